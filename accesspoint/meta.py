@@ -1,0 +1,163 @@
+"""API primitives shared by every meshfed CRD: conditions, label selectors, CRD descriptors.
+
+Pure and dependency-free (pydantic only); every other meshfed module may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "meshfed.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class ApiModel(BaseModel):
+    """Base of every API model: camelCase on the wire, unknown fields rejected, dumps drop None."""
+
+    model_config = ConfigDict(populate_by_name=True, extra="forbid", frozen=False)
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(ApiModel):
+    """A metav1.Condition."""
+
+    type: str
+    status: ConditionStatus
+    reason: str = Field(min_length=1)
+    message: str = ""
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    last_transition_time: str | None = Field(default=None, alias="lastTransitionTime")
+
+
+def set_condition(existing: Iterable[Condition], new: Condition, now: str) -> list[Condition]:
+    """Upsert `new` by type; keep lastTransitionTime unless the status flips (metav1 semantics)."""
+    out: list[Condition] = []
+    placed = False
+    for cond in existing:
+        if cond.type != new.type:
+            out.append(cond)
+            continue
+        placed = True
+        since = cond.last_transition_time if cond.status == new.status else now
+        out.append(new.model_copy(update={"last_transition_time": since or now}))
+    if not placed:
+        out.append(new.model_copy(update={"last_transition_time": now}))
+    return out
+
+
+def merge_conditions(previous: Iterable[Condition], fresh: Iterable[Condition], now: str) -> list[Condition]:
+    """Apply every fresh condition over the previous ones, preserving transition times."""
+    result = list(previous)
+    fresh_list = list(fresh)
+    for cond in fresh_list:
+        result = set_condition(result, cond, now)
+    order = {c.type: i for i, c in enumerate(fresh_list)}
+    return sorted((c for c in result if c.type in order), key=lambda c: order[c.type])
+
+
+def condition(conditions: Iterable[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(min_length=1)
+    operator: SelectorOperator
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelector(ApiModel):
+    """A metav1.LabelSelector; an empty selector matches everything."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict, alias="matchLabels")
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, alias="matchExpressions")
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for req in self.match_expressions:
+            present = req.key in labels
+            if req.operator == "In" and not (present and labels[req.key] in req.values):
+                return False
+            if req.operator == "NotIn" and present and labels[req.key] in req.values:
+                return False
+            if req.operator == "Exists" and not present:
+                return False
+            if req.operator == "DoesNotExist" and present:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: str = "string"
+    priority: int = 0
+    description: str = ""
+
+    def wire(self) -> dict[str, Any]:
+        col: dict[str, Any] = {"name": self.name, "type": self.type, "jsonPath": self.json_path}
+        if self.priority:
+            col["priority"] = self.priority
+        if self.description:
+            col["description"] = self.description
+        return col
+
+
+AGE = PrinterColumn("Age", ".metadata.creationTimestamp", "date")
+
+
+@dataclass(frozen=True)
+class CRDInfo:
+    """How a pydantic model is published as a CustomResourceDefinition."""
+
+    kind: str
+    plural: str
+    singular: str
+    scope: Literal["Namespaced", "Cluster"] = "Namespaced"
+    short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ("meshfed",)
+    printer_columns: tuple[PrinterColumn, ...] = ()
+    # Extra CEL rules on the root object (x-kubernetes-validations), e.g. name length limits.
+    root_rules: tuple[dict[str, str], ...] = ()
+    status_subresource: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Resource(ApiModel):
+    """A top-level custom resource: apiVersion/kind/metadata plus the model's spec and status."""
+
+    crd: ClassVar[CRDInfo]
+    model_config = ConfigDict(populate_by_name=True, extra="ignore")
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace", ""))
+
+    @property
+    def generation(self) -> int:
+        return int(self.metadata.get("generation", 0))
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.metadata.get("labels") or {})

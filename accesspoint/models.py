@@ -1,0 +1,121 @@
+"""AccessPoint API models (spec, status) and its CRD descriptor.
+
+Imports accesspoint.meta, accesspoint.kinds, accesspoint.traffic, accesspoint.rollout and
+placement.models. Pure data, no I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from accesspoint.kinds import TEMPLATE_KINDS
+from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
+from accesspoint.rollout import RolloutSpec
+from accesspoint.traffic import TrafficPolicy
+from placement.models import PlacementDecision, PlacementSpec
+
+TemplateKind = Literal["Service", "Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry"]
+assert set(TemplateKind.__args__) == set(TEMPLATE_KINDS)  # type: ignore[attr-defined]
+
+
+class TemplateMetadata(ApiModel):
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str | None = Field(default=None, min_length=1, max_length=63)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TemplateObject(ApiModel):
+    """One object of the bundle. `spec` is free-form: the member's own schema validates it."""
+
+    api_version: str = Field(alias="apiVersion", min_length=1)
+    kind: TemplateKind
+    metadata: TemplateMetadata
+    spec: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
+class PlacementRef(ApiModel):
+    name: str = Field(min_length=1)
+
+
+class AccessPointSpec(ApiModel):
+    template: list[TemplateObject] = Field(min_length=1, max_length=64)
+    placement: PlacementSpec | None = None
+    placement_ref: PlacementRef | None = Field(default=None, alias="placementRef")
+    deletion_policy: Literal["Delete", "Orphan"] = Field(default="Delete", alias="deletionPolicy")
+    adopt_existing: bool = Field(
+        default=False,
+        alias="adoptExisting",
+        description="Take over pre-existing member objects with the same name (otherwise: Conflict).",
+    )
+    traffic: TrafficPolicy | None = None
+    rollout: RolloutSpec | None = None
+
+
+ClusterState = Literal["Applied", "Progressing", "Failed", "Conflict", "Unknown", "Removing"]
+
+
+class ClusterStatus(ApiModel):
+    name: str
+    region: str = ""
+    zone: str = ""
+    state: ClusterState
+    revision: str | None = None
+    objects: int = 0
+    vip: str | None = None
+    fqdn: str | None = None
+    certificate: str | None = None
+    route_configured: bool | None = Field(default=None, alias="routeConfigured")
+    last_error: str | None = Field(default=None, alias="lastError")
+
+
+class AccessPointSummary(ApiModel):
+    """Pre-formatted strings for printer columns (kubectl columns cannot compute)."""
+
+    clusters: str = "0/0"
+    vips: str = ""
+    phase: str = ""
+
+
+class AccessPointStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    revision: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    placement: PlacementDecision | None = None
+    clusters: list[ClusterStatus] = Field(default_factory=list)
+    summary: AccessPointSummary | None = None
+    fqdn: str | None = None
+    certificate: str | None = None
+
+
+class AccessPoint(Resource):
+    crd = CRDInfo(
+        kind="AccessPoint",
+        plural="accesspoints",
+        singular="accesspoint",
+        short_names=("ap",),
+        printer_columns=(
+            PrinterColumn("Clusters", ".status.summary.clusters", description="ready/placed"),
+            PrinterColumn("Phase", ".status.summary.phase"),
+            PrinterColumn("Revision", ".status.revision", priority=1),
+            PrinterColumn("VIPs", ".status.summary.vips"),
+            PrinterColumn("FQDN", ".status.fqdn"),
+            PrinterColumn("Cert", ".status.certificate"),
+            AGE,
+        ),
+        root_rules=(
+            {
+                "rule": "self.metadata.name.size() <= 63",
+                "message": "metadata.name must be at most 63 characters (it is used in member labels)",
+            },
+            {
+                "rule": "!(has(self.spec.placement) && has(self.spec.placementRef))",
+                "message": "spec.placement and spec.placementRef are mutually exclusive",
+            },
+        ),
+    )
+    kind: str = "AccessPoint"
+    spec: AccessPointSpec
+    status: AccessPointStatus | None = None

@@ -1,0 +1,1 @@
+"""Certificate issuers, issuance, renewal policy (pure) and delivery (Secrets, SDS)."""

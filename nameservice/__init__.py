@@ -1,0 +1,1 @@
+"""NameService and DNSProvider API, desired-record computation and plans (pure), DNS providers."""

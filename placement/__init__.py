@@ -1,0 +1,1 @@
+"""MemberCluster and PlacementPolicy API models and the pure cluster-selection functions."""
