@@ -1,4 +1,9 @@
-"""MemberCluster and placement API models, and ClusterFacts: what placement decides over.
+"""MemberCluster and PlacementPolicy API models, ClusterFacts (what placement decides over) and
+PlacementDecision (what it decides).
+
+Owns the placement vocabulary: cluster facts (incl. taints and the Deployments a member runs, for
+`followWorkload`), the PlacementSpec shape used inline by AccessPoints and as a PlacementPolicy's
+spec, tolerations, spread, and the decision with a reason per cluster.
 
 Imports only accesspoint.meta (shared API primitives). Pure data, no I/O.
 """
@@ -7,7 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from accesspoint.meta import (
     AGE,
@@ -71,6 +76,14 @@ class MemberCluster(Resource):
     status: MemberClusterStatus | None = None
 
 
+class WorkloadFact(ApiModel):
+    """One Deployment seen in a member cluster (only what followWorkload needs)."""
+
+    namespace: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
 class ClusterFacts(ApiModel):
     """What the hub knows of one member at a moment: the input to placement and rendering."""
 
@@ -83,6 +96,10 @@ class ClusterFacts(ApiModel):
     ready: bool = False
     # Reachable=False means "we do not know": never a reason to remove anything from it.
     reachable: bool | None = None
+    # Deployments in the member (the caller may pass only those relevant to followWorkload).
+    # None means "not known" (e.g. unreachable): followWorkload then keeps what was placed before
+    # and places nothing new.
+    workloads: list[WorkloadFact] | None = None
 
     @property
     def selector_labels(self) -> dict[str, str]:
@@ -95,22 +112,157 @@ class ClusterFacts(ApiModel):
         }
 
 
+class Toleration(ApiModel):
+    """A core/v1 Toleration, matched against MemberCluster taints with Kubernetes semantics."""
+
+    key: str | None = Field(default=None, description="Empty with operator Exists tolerates every taint.")
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str = ""
+    effect: Literal["NoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Empty tolerates every effect."
+    )
+
+    def tolerates(self, taint: Taint) -> bool:
+        if self.effect is not None and self.effect != taint.effect:
+            return False
+        if self.operator == "Exists":
+            return self.key in (None, "", taint.key)
+        return self.key == taint.key and self.value == taint.value
+
+
+class Spread(ApiModel):
+    """Caps on how many clusters are chosen; ties are broken deterministically (see select)."""
+
+    per_zone: int | None = Field(default=None, ge=1, alias="perZone")
+    max_clusters: int | None = Field(default=None, ge=1, alias="maxClusters")
+
+
+class WorkloadRef(ApiModel):
+    """A Deployment to follow: by name, or by label selector, in one namespace."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "has(self.name) != has(self.selector)",
+                    "message": "set exactly one of name or selector",
+                }
+            ]
+        }
+    )
+    namespace: str = Field(min_length=1, max_length=63)
+    name: str | None = Field(default=None, min_length=1, max_length=253)
+    selector: LabelSelector | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> WorkloadRef:
+        if (self.name is None) == (self.selector is None):
+            raise ValueError("followWorkload needs exactly one of name or selector")
+        return self
+
+    def found_in(self, workloads: list[WorkloadFact]) -> bool:
+        for w in workloads:
+            if w.namespace != self.namespace:
+                continue
+            if self.name is not None and w.name == self.name:
+                return True
+            if self.selector is not None and self.selector.matches(w.labels):
+                return True
+        return False
+
+    def describe(self) -> str:
+        if self.name is not None:
+            return f"Deployment {self.namespace}/{self.name}"
+        return f"a Deployment in {self.namespace} matching the selector"
+
+
 class PlacementSpec(ApiModel):
-    """Which member clusters an AccessPoint goes to (inline, or the spec of a PlacementPolicy)."""
+    """Which member clusters an AccessPoint goes to (inline, or the spec of a PlacementPolicy).
+
+    Every set criterion must hold (AND). An empty spec selects every ready cluster.
+    """
 
     cluster_names: list[str] = Field(default_factory=list, alias="clusterNames")
     cluster_selector: LabelSelector | None = Field(default=None, alias="clusterSelector")
+    regions: list[str] = Field(default_factory=list)
+    zones: list[str] = Field(default_factory=list)
+    exclude_clusters: list[str] = Field(
+        default_factory=list, alias="excludeClusters", description="Never placed here, whatever else matches."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list)
+    spread: Spread | None = None
+    follow_workload: WorkloadRef | None = Field(
+        default=None, alias="followWorkload", description="Place only where this Deployment exists."
+    )
+
+
+DecisionCode = Literal[
+    # selected
+    "Matched",
+    "Kept",
+    # rejected
+    "Excluded",
+    "NotNamed",
+    "SelectorMismatch",
+    "WrongRegion",
+    "WrongZone",
+    "Tainted",
+    "NoWorkload",
+    "WorkloadUnknown",
+    "NotReady",
+    "SpreadLimit",
+]
 
 
 class ClusterDecision(ApiModel):
     cluster: str
     reason: str
+    code: DecisionCode | None = None
+    region: str | None = None
+    zone: str | None = None
 
 
 class PlacementDecision(ApiModel):
     selected: list[ClusterDecision] = Field(default_factory=list)
     rejected: list[ClusterDecision] = Field(default_factory=list)
+    unknown_clusters: list[str] = Field(
+        default_factory=list,
+        alias="unknownClusters",
+        description="Names in clusterNames/excludeClusters that are no registered MemberCluster.",
+    )
 
     @property
     def names(self) -> list[str]:
         return [d.cluster for d in self.selected]
+
+
+class PlacementSummary(ApiModel):
+    """Pre-formatted strings for printer columns."""
+
+    selected: str = "0/0"
+    clusters: str = ""
+
+
+class PlacementPolicyStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+    decision: PlacementDecision | None = None
+    summary: PlacementSummary | None = None
+
+
+class PlacementPolicy(Resource):
+    crd = CRDInfo(
+        kind="PlacementPolicy",
+        plural="placementpolicies",
+        singular="placementpolicy",
+        short_names=("pp",),
+        printer_columns=(
+            PrinterColumn("Selected", ".status.summary.selected", description="selected/known clusters"),
+            PrinterColumn("Clusters", ".status.summary.clusters"),
+            PrinterColumn("Workload", ".spec.followWorkload.name", priority=1),
+            AGE,
+        ),
+    )
+    kind: str = "PlacementPolicy"
+    spec: PlacementSpec
+    status: PlacementPolicyStatus | None = None

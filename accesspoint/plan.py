@@ -1,0 +1,84 @@
+"""The plan for one member cluster: diff(desired manifests, objects we own there).
+
+Pure. An object is rewritten only when its content hash changed or a field we manage drifted
+(desired is no longer a subset of what the member holds); an unchanged world yields an empty
+plan and therefore zero writes. Imports accesspoint.render and accesspoint.ownership.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from accesspoint.ownership import HASH_ANNOTATION
+from accesspoint.render import ObjectKey, key_of
+
+
+def is_subset(desired: Any, current: Any) -> bool:
+    """True when every field of `desired` holds the same value in `current`.
+
+    Extra fields in `current` (server defaults, status, fields other managers own) are fine;
+    lists must match item by item, each item again as a subset.
+    """
+    if isinstance(desired, dict):
+        return isinstance(current, dict) and all(k in current and is_subset(v, current[k]) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (
+            isinstance(current, list)
+            and len(desired) == len(current)
+            and all(is_subset(d, c) for d, c in zip(desired, current, strict=True))
+        )
+    if isinstance(desired, bool) or isinstance(current, bool):
+        return desired is current
+    if isinstance(desired, int | float) and isinstance(current, int | float):
+        return float(desired) == float(current)
+    return bool(desired == current)
+
+
+@dataclass
+class Plan:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    update: list[dict[str, Any]] = field(default_factory=list)
+    # (key, uid, resourceVersion) so the delete is conditional on the object we saw.
+    delete: list[tuple[ObjectKey, str, str]] = field(default_factory=list)
+    unchanged: int = 0
+    drifted: list[ObjectKey] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.update or self.delete)
+
+    @property
+    def writes(self) -> int:
+        return len(self.create) + len(self.update) + len(self.delete)
+
+
+def _hash(obj: Mapping[str, Any]) -> str | None:
+    value = ((obj.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
+    return str(value) if value is not None else None
+
+
+def plan(desired: Iterable[dict[str, Any]], owned: Mapping[ObjectKey, Mapping[str, Any]]) -> Plan:
+    """Diff desired manifests against the objects this AccessPoint owns in one cluster."""
+    result = Plan()
+    wanted: set[ObjectKey] = set()
+    for obj in desired:
+        key = key_of(obj)
+        wanted.add(key)
+        current = owned.get(key)
+        if current is None:
+            result.create.append(obj)
+            continue
+        same_hash = _hash(current) == _hash(obj)
+        drift = not is_subset({"metadata": obj["metadata"], "spec": obj.get("spec", {})}, current)
+        if same_hash and not drift:
+            result.unchanged += 1
+            continue
+        if same_hash:
+            result.drifted.append(key)
+        result.update.append(obj)
+    for key in sorted(set(owned) - wanted, key=lambda k: (k.kind, k.namespace, k.name)):
+        meta = owned[key].get("metadata") or {}
+        result.delete.append((key, str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))))
+    return result

@@ -1,0 +1,113 @@
+"""AccessPoint status summary: per-cluster outcomes + placement -> conditions and columns.
+
+Pure: the caller passes `now` (RFC 3339) for transition times; an unchanged world yields an equal
+status, so the writer can skip the write. Imports accesspoint.models, accesspoint.meta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from accesspoint.meta import Condition, merge_conditions
+from accesspoint.models import (
+    AccessPoint,
+    AccessPointStatus,
+    AccessPointSummary,
+    ClusterStatus,
+)
+from placement.models import PlacementDecision
+
+
+def summarize(
+    ap: AccessPoint,
+    revision: str,
+    decision: PlacementDecision,
+    clusters: Sequence[ClusterStatus],
+    now: str,
+    previous: AccessPointStatus | None,
+    invalid: Sequence[str] = (),
+) -> AccessPointStatus:
+    gen = ap.generation
+    prev_conditions = previous.conditions if previous else []
+    placed = set(decision.names)
+    entries = sorted(clusters, key=lambda c: c.name)
+    in_place = [c for c in entries if c.name in placed]
+    applied = [c for c in in_place if c.state == "Applied"]
+    failed = [c for c in in_place if c.state in ("Failed", "Conflict")]
+    unknown = [c for c in in_place if c.state == "Unknown"]
+    removing = [c for c in entries if c.name not in placed]
+
+    def cond(type_: str, status: str, reason: str, message: str) -> Condition:
+        return Condition(type=type_, status=status, reason=reason, message=message, observedGeneration=gen)  # type: ignore[arg-type]
+
+    if invalid:
+        fresh = [
+            cond("Accepted", "False", "InvalidSpec", "; ".join(invalid)),
+            cond("Applied", "Unknown", "InvalidSpec", "nothing is written while the spec is invalid"),
+            cond("Ready", "False", "InvalidSpec", "the spec is invalid"),
+        ]
+        status = (previous or AccessPointStatus()).model_copy(deep=True)
+        status.observed_generation = gen
+        status.conditions = merge_conditions(prev_conditions, fresh, now)
+        status.summary = AccessPointSummary(
+            clusters=(status.summary.clusters if status.summary else "0/0"),
+            vips=(status.summary.vips if status.summary else ""),
+            phase="Invalid",
+        )
+        return status
+
+    fresh = [cond("Accepted", "True", "Valid", "the spec is valid")]
+    if placed:
+        fresh.append(cond("Placed", "True", "ClustersSelected", f"{len(placed)} cluster(s): {', '.join(sorted(placed))}"))
+    else:
+        fresh.append(cond("Placed", "False", "NoClusterSelected", "the placement selects no member cluster"))
+
+    def names(items: Sequence[ClusterStatus]) -> str:
+        return ", ".join(c.name for c in items)
+
+    if failed:
+        detail = "; ".join(f"{c.name}: {c.last_error}" for c in failed)
+        fresh.append(cond("Applied", "False", "ApplyFailed", detail))
+    elif unknown:
+        fresh.append(cond("Applied", "Unknown", "ClusterUnreachable", f"state unknown in: {names(unknown)}"))
+    elif len(applied) < len(in_place) or removing:
+        waiting = [c for c in in_place if c.state != "Applied"] + removing
+        fresh.append(cond("Applied", "False", "Progressing", f"in progress: {names(waiting)}"))
+    elif placed:
+        fresh.append(cond("Applied", "True", "Applied", f"revision {revision} applied in {len(applied)} cluster(s)"))
+    else:
+        fresh.append(cond("Applied", "False", "NoClusterSelected", "nothing to apply"))
+
+    lb_missing = [c for c in applied if c.vip is None and c.route_configured is False]
+    ready = [c for c in applied if c not in lb_missing]
+    if placed and len(ready) == len(in_place) and not removing:
+        fresh.append(cond("Ready", "True", "Ready", f"ready in {len(ready)}/{len(in_place)} cluster(s)"))
+    elif failed:
+        fresh.append(cond("Ready", "False", "ApplyFailed", f"failed in: {names(failed)}"))
+    elif unknown:
+        fresh.append(cond("Ready", "Unknown", "ClusterUnreachable", f"state unknown in: {names(unknown)}"))
+    else:
+        fresh.append(cond("Ready", "False", "NotReady", f"ready in {len(ready)}/{len(in_place)} cluster(s)"))
+
+    phase = "Ready"
+    if failed:
+        phase = "Degraded"
+    elif unknown:
+        phase = "Unknown"
+    elif not placed:
+        phase = "Unplaced"
+    elif len(ready) < len(in_place) or removing:
+        phase = "Progressing"
+
+    vips = [c.vip for c in in_place if c.vip]
+    status = AccessPointStatus(
+        observedGeneration=gen,
+        revision=revision,
+        conditions=merge_conditions(prev_conditions, fresh, now),
+        placement=decision,
+        clusters=list(entries),
+        summary=AccessPointSummary(clusters=f"{len(ready)}/{len(in_place)}", vips=",".join(vips), phase=phase),
+        fqdn=previous.fqdn if previous else None,
+        certificate=previous.certificate if previous else None,
+    )
+    return status

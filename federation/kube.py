@@ -1,0 +1,250 @@
+"""A small async Kubernetes REST client over kubernetes-asyncio's configuration and session.
+
+Owns: loading a kubeconfig (file or dict, any auth kubernetes-asyncio supports), generic REST
+calls by path (get/list/watch/create/apply/merge-patch/delete), and the retry policy for
+transient failures (tenacity lives here and in other client modules only). One KubeClient per
+API server; never the global default configuration (kopf logs the hub into it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import yaml
+from kubernetes_asyncio.client import ApiClient, Configuration
+from kubernetes_asyncio.config import kube_config
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """A failed API call. status 0 means the server could not be reached."""
+
+    def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}" if status else f"unreachable: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.body = dict(body or {})
+
+    @property
+    def transient(self) -> bool:
+        return self.status in (0, 429, 500, 502, 503, 504)
+
+
+def _is_transient(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.transient
+
+
+@dataclass
+class WatchEvent:
+    type: str  # ADDED | MODIFIED | DELETED | BOOKMARK
+    object: dict[str, Any]
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old (410): relist."""
+
+
+class KubeClient:
+    def __init__(self, api: ApiClient, name: str, *, attempts: int = 3) -> None:
+        self.api = api
+        self.name = name
+        self.host = api.configuration.host.rstrip("/")
+        self.attempts = attempts
+
+    @classmethod
+    async def from_kubeconfig_dict(cls, config: Mapping[str, Any], name: str, *, attempts: int = 3) -> KubeClient:
+        cfg = type.__call__(Configuration)
+        loader = kube_config.KubeConfigLoader(config_dict=dict(config), config_base_path=None)
+        await loader.load_and_set(cfg)
+        cfg.connection_pool_maxsize = 64
+        return cls(ApiClient(configuration=cfg), name, attempts=attempts)
+
+    @classmethod
+    async def from_kubeconfig_file(cls, path: str, name: str, *, attempts: int = 3) -> KubeClient:
+        with open(path) as fh:
+            config = yaml.safe_load(fh)
+        return await cls.from_kubeconfig_dict(config, name, attempts=attempts)
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _headers(self, content_type: str) -> dict[str, str]:
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        await self.api.update_params_for_auth(headers, [], ["BearerToken"])
+        return headers
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        body: Any,
+        content_type: str,
+        timeout: float,
+    ) -> dict[str, Any]:
+        headers = await self._headers(content_type)
+        session: aiohttp.ClientSession = self.api.rest_client.pool_manager
+        data = None if body is None else json.dumps(body)
+        try:
+            async with session.request(
+                method,
+                self.host + path,
+                params={k: str(v) for k, v in (query or {}).items()},
+                headers=headers,
+                data=data,
+                timeout=aiohttp.ClientTimeout(total=timeout),
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise ApiError(0, "Unreachable", f"{self.name}: {type(exc).__name__}: {exc}") from None
+        try:
+            payload = json.loads(raw) if raw else {}
+        except ValueError:
+            payload = {"message": raw.decode(errors="replace")[:500]}
+        if status >= 300:
+            raise ApiError(status, str(payload.get("reason", "")), str(payload.get("message", payload)), payload)
+        return payload if isinstance(payload, dict) else {"value": payload}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: float = 30.0,
+        retry: bool = True,
+    ) -> dict[str, Any]:
+        if not retry or self.attempts <= 1:
+            return await self._once(method, path, query, body, content_type, timeout)
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(self.attempts),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                return await self._once(method, path, query, body, content_type, timeout)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        try:
+            return await self.request("GET", path)
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+
+    async def list(self, path: str, *, label_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        query: dict[str, Any] = {"limit": 500}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        items: list[dict[str, Any]] = []
+        while True:
+            page = await self.request("GET", path, query=query)
+            items.extend(page.get("items") or [])
+            meta = page.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, str(meta.get("resourceVersion", ""))
+            query["continue"] = meta["continue"]
+
+    async def watch(
+        self,
+        path: str,
+        resource_version: str,
+        *,
+        label_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[WatchEvent]:
+        """Stream watch events from `resource_version`; raises Gone on 410, ApiError otherwise."""
+        query: dict[str, Any] = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": timeout_seconds,
+        }
+        if label_selector:
+            query["labelSelector"] = label_selector
+        headers = await self._headers("application/json")
+        session: aiohttp.ClientSession = self.api.rest_client.pool_manager
+        try:
+            async with session.get(
+                self.host + path,
+                params=query,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30),
+            ) as resp:
+                if resp.status == 410:
+                    raise Gone()
+                if resp.status >= 300:
+                    raise ApiError(resp.status, resp.reason or "", (await resp.text())[:500])
+                async for line in resp.content:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        if obj.get("code") == 410:
+                            raise Gone()
+                        raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
+                    yield WatchEvent(str(event.get("type")), obj)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise ApiError(0, "Unreachable", f"{self.name}: {type(exc).__name__}: {exc}") from None
+
+    async def create(self, path: str, body: Mapping[str, Any], *, field_manager: str) -> dict[str, Any]:
+        return await self.request("POST", path, query={"fieldManager": field_manager}, body=body)
+
+    async def apply(
+        self, path: str, body: Mapping[str, Any], *, field_manager: str, force: bool = True, subresource: str = ""
+    ) -> dict[str, Any]:
+        """Server-side apply (the body is JSON, which is YAML)."""
+        query = {"fieldManager": field_manager, "force": "true" if force else "false"}
+        return await self.request(
+            "PATCH",
+            path + (f"/{subresource}" if subresource else ""),
+            query=query,
+            body=body,
+            content_type="application/apply-patch+yaml",
+        )
+
+    async def merge_patch(
+        self, path: str, body: Mapping[str, Any], *, subresource: str = "", field_manager: str | None = None
+    ) -> dict[str, Any]:
+        query = {"fieldManager": field_manager} if field_manager else None
+        return await self.request(
+            "PATCH",
+            path + (f"/{subresource}" if subresource else ""),
+            query=query,
+            body=body,
+            content_type="application/merge-patch+json",
+        )
+
+    async def delete(self, path: str, *, uid: str = "", resource_version: str = "") -> bool:
+        """Delete conditionally on uid/resourceVersion; False when it was already gone."""
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        if preconditions:
+            body["preconditions"] = preconditions
+        try:
+            await self.request("DELETE", path, body=body)
+        except ApiError as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
