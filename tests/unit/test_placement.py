@@ -28,8 +28,9 @@ def fleet() -> list[ClusterFacts]:
     for r in ("us-east", "us-west", "eu-west"):
         for z in ("a", "b"):
             for i in (1, 2):
-                out.append(ClusterFacts(name=f"{r}-{z}{i}", region=r, zone=f"{r}-{z}", ready=True, reachable=True,
-                                        labels={"env": "prod" if i == 1 else "staging"}))
+                labels = {"env": "prod" if i == 1 else "staging"}
+                out.append(ClusterFacts(name=f"{r}-{z}{i}", region=r, zone=f"{r}-{z}", ready=True,
+                                        reachable=True, labels=labels))
     return out
 
 
@@ -134,8 +135,8 @@ def test_relabel_of_unreachable_cluster_still_prunes_hub_side_fact() -> None:
 
 
 def test_follow_workload_by_name_and_selector() -> None:
-    have = ClusterFacts(name="have", region="r", zone="z", ready=True, reachable=True,
-                        workloads=[WorkloadFact(namespace="shop", name="checkout", labels={"app": "checkout"})])
+    deploy = WorkloadFact(namespace="shop", name="checkout", labels={"app": "checkout"})
+    have = ClusterFacts(name="have", region="r", zone="z", ready=True, reachable=True, workloads=[deploy])
     lack = ClusterFacts(name="lack", region="r", zone="z", ready=True, reachable=True,
                         workloads=[WorkloadFact(namespace="other", name="checkout")])
     unknown = ClusterFacts(name="unknown", region="r", zone="z", ready=True, reachable=True)
