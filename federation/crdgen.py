@@ -12,10 +12,11 @@ from typing import Any
 
 from accesspoint.meta import GROUP, VERSION, Resource
 from accesspoint.models import AccessPoint
+from certs.models import Certificate, CertificateIssuer
 from placement.models import MemberCluster
 
 # Each issue's resources join this list; order is the order of files in deploy/crds.
-RESOURCES: list[type[Resource]] = [MemberCluster, AccessPoint]
+RESOURCES: list[type[Resource]] = [MemberCluster, AccessPoint, CertificateIssuer, Certificate]
 
 _DROP = {"title", "default", "examples"}
 

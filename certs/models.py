@@ -1,0 +1,235 @@
+"""Certificate API models: CertificateIssuer (internal CA or ACME) and Certificate, with their CRDs.
+
+Imports only accesspoint.meta (shared API primitives). Pure data, no I/O. Nothing here ever holds a
+private key: keys live in Secrets that these models only reference by name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
+
+# Go-style duration as Kubernetes APIs use it ("2160h", "90m", "1h30m", "45s").
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"
+# A DNS host name or a single leading wildcard label.
+HOST_PATTERN = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Host = Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]
+
+
+class SecretRef(ApiModel):
+    """A Secret on the hub. `key` is only used where one value of the Secret is meant."""
+
+    name: str = Field(min_length=1, max_length=253)
+    namespace: str = Field(default="meshfed-system", min_length=1, max_length=63)
+    key: str | None = Field(default=None, min_length=1)
+
+
+# --- CertificateIssuer -------------------------------------------------------------------------
+
+
+class CAIssuer(ApiModel):
+    """An internal CA (stand-in for an enterprise issuance center): its cert and key sit in a hub
+    Secret of type kubernetes.io/tls (`tls.crt`, `tls.key`); only the issuer ever reads it."""
+
+    secret_ref: SecretRef = Field(alias="secretRef")
+
+
+class ExternalAccountBinding(ApiModel):
+    key_id: str = Field(alias="keyID", min_length=1)
+    # Secret value: the base64url HMAC key the CA handed out.
+    key_secret_ref: SecretRef = Field(alias="keySecretRef")
+    key_algorithm: Literal["HS256", "HS384", "HS512"] = Field(default="HS256", alias="keyAlgorithm")
+
+
+class Http01Solver(ApiModel):
+    """HTTP-01: meshfed serves /.well-known/acme-challenge/<token> with its built-in responder
+    (reachable on `port` for every host of the order, e.g. through the gateway)."""
+
+    port: int = Field(default=80, ge=1, le=65535)
+
+
+class Dns01Solver(ApiModel):
+    """DNS-01: `_acme-challenge` TXT records published through a DNSProvider (nameservice)."""
+
+    provider_ref: str = Field(alias="providerRef", min_length=1, description="name of a DNSProvider")
+    provider_namespace: str | None = Field(default=None, alias="providerNamespace")
+
+
+class AcmeSolver(ApiModel):
+    http01: Http01Solver | None = None
+    dns01: Dns01Solver | None = None
+
+
+class AcmeIssuer(ApiModel):
+    server: str = Field(min_length=1, pattern=r"^https://", description="ACME directory URL")
+    email: str | None = None
+    account_key_secret_ref: SecretRef = Field(
+        alias="accountKeySecretRef", description="PEM account key; generated and stored if absent"
+    )
+    external_account_binding: ExternalAccountBinding | None = Field(
+        default=None, alias="externalAccountBinding"
+    )
+    solver: AcmeSolver
+    ca_bundle: str | None = Field(
+        default=None, alias="caBundle", description="PEM CA bundle trusted for the ACME server's TLS"
+    )
+
+
+class CertificateIssuerSpec(ApiModel):
+    ca: CAIssuer | None = None
+    acme: AcmeIssuer | None = None
+    allowed_domains: list[str] = Field(
+        default_factory=list,
+        alias="allowedDomains",
+        description="host patterns this issuer may sign ('example.com', '*.example.com'); empty: any",
+    )
+
+
+class CertificateIssuerStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+    type: str | None = None
+    ready: str | None = Field(default=None, description="Ready condition status, for printing")
+    acme_account_uri: str | None = Field(default=None, alias="acmeAccountURI")
+    ca_not_after: str | None = Field(default=None, alias="caNotAfter")
+
+
+class CertificateIssuer(Resource):
+    crd = CRDInfo(
+        kind="CertificateIssuer",
+        plural="certificateissuers",
+        singular="certificateissuer",
+        scope="Cluster",
+        short_names=("mfci",),
+        printer_columns=(
+            PrinterColumn("Type", ".status.type"),
+            PrinterColumn("Ready", ".status.ready"),
+            PrinterColumn("Server", ".spec.acme.server", priority=1),
+            AGE,
+        ),
+        root_rules=(
+            {
+                "rule": "has(self.spec.ca) != has(self.spec.acme)",
+                "message": "exactly one of spec.ca and spec.acme must be set",
+            },
+            {
+                "rule": "!has(self.spec.acme) || "
+                "(has(self.spec.acme.solver.http01) != has(self.spec.acme.solver.dns01))",
+                "message": "spec.acme.solver needs exactly one of http01 and dns01",
+            },
+        ),
+    )
+    kind: str = "CertificateIssuer"
+    spec: CertificateIssuerSpec
+    status: CertificateIssuerStatus | None = None
+
+
+# --- Certificate -------------------------------------------------------------------------------
+
+
+class IssuerRef(ApiModel):
+    name: str = Field(min_length=1)
+
+
+class AccessPointRef(ApiModel):
+    name: str = Field(min_length=1)
+
+
+class PrivateKeySpec(ApiModel):
+    algorithm: Literal["ECDSA", "RSA"] = "ECDSA"
+    size: int | None = Field(default=None, description="ECDSA: 256 or 384; RSA: 2048..4096")
+    rotation_policy: Literal["Always", "Never"] = Field(
+        default="Always", alias="rotationPolicy", description="Always: a new key for every certificate"
+    )
+
+
+class CertificateSpec(ApiModel):
+    hosts: list[Host] = Field(min_length=1, max_length=100)
+    issuer_ref: IssuerRef = Field(alias="issuerRef")
+    access_point_ref: AccessPointRef | None = Field(default=None, alias="accessPointRef")
+    duration: str = Field(default="2160h", pattern=DURATION_PATTERN)
+    renew_before: str | None = Field(
+        default=None,
+        alias="renewBefore",
+        pattern=DURATION_PATTERN,
+        description="default: 1/3 of the lifetime",
+    )
+    secret_name: str | None = Field(
+        default=None, alias="secretName", max_length=253, description="member TLS Secret; default <name>-tls"
+    )
+    private_key: PrivateKeySpec = Field(default_factory=PrivateKeySpec, alias="privateKey")
+
+
+class ClusterDelivery(ApiModel):
+    """What one member cluster holds: the revision of the TLS Secret meshfed wrote there."""
+
+    name: str
+    revision: int | None = None
+    secret: str | None = None
+    last_error: str | None = Field(default=None, alias="lastError")
+
+
+class EnvoySdsStatus(ApiModel):
+    """One Envoy connected to `meshfed sds`, for one secret: what it ACKed, or its NACK."""
+
+    node: str
+    resource: str
+    acked_version: str | None = Field(default=None, alias="ackedVersion")
+    nack_version: str | None = Field(default=None, alias="nackVersion")
+    nack_message: str | None = Field(default=None, alias="nackMessage")
+    connected: bool | None = None
+
+
+class Failure(ApiModel):
+    time: str
+    reason: str
+    message: str = ""
+
+
+class CertificateStatus(ApiModel):
+    observed_generation: int | None = Field(default=None, alias="observedGeneration")
+    conditions: list[Condition] = Field(default_factory=list)
+    revision: int = 0
+    serial: str | None = Field(default=None, description="hex serial of the current certificate")
+    hosts: list[str] = Field(default_factory=list, description="hosts the current certificate covers")
+    issuer: str | None = Field(default=None, description="issuer that signed the current certificate")
+    not_before: str | None = Field(default=None, alias="notBefore")
+    not_after: str | None = Field(default=None, alias="notAfter")
+    renewal_time: str | None = Field(default=None, alias="renewalTime")
+    clusters: list[ClusterDelivery] = Field(default_factory=list)
+    envoys: list[EnvoySdsStatus] = Field(default_factory=list)
+    last_failure: Failure | None = Field(default=None, alias="lastFailure")
+    failures: int = Field(default=0, description="consecutive failed issuance attempts")
+    next_attempt: str | None = Field(
+        default=None, alias="nextAttempt", description="backoff: no retry before"
+    )
+    summary: str | None = Field(default=None, description="e.g. 'rev 3, 61d' (the AccessPoint CERT column)")
+    ready: str | None = Field(default=None, description="Ready condition status, for printing")
+
+
+class Certificate(Resource):
+    crd = CRDInfo(
+        kind="Certificate",
+        plural="certificates",
+        singular="certificate",
+        short_names=("mfcert",),
+        printer_columns=(
+            PrinterColumn("Ready", ".status.ready"),
+            PrinterColumn("Cert", ".status.summary"),
+            PrinterColumn("Issuer", ".spec.issuerRef.name"),
+            PrinterColumn("Serial", ".status.serial", priority=1),
+            PrinterColumn("NotAfter", ".status.notAfter", "date", priority=1),
+            PrinterColumn("Renewal", ".status.renewalTime", "date", priority=1),
+            AGE,
+        ),
+    )
+    kind: str = "Certificate"
+    spec: CertificateSpec
+    status: CertificateStatus | None = None
+
+    @property
+    def secret_name(self) -> str:
+        return self.spec.secret_name or f"{self.name}-tls"
