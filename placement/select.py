@@ -118,8 +118,11 @@ def select(
         if ok:
             candidates.append((cluster, code, reason))
         else:
-            rejected.append(ClusterDecision(cluster=name, reason=reason, code=code, region=cluster.region,
-                                            zone=cluster.zone))
+            rejected.append(
+                ClusterDecision(
+                    cluster=name, reason=reason, code=code, region=cluster.region, zone=cluster.zone
+                )
+            )
 
     selected: list[ClusterDecision] = []
     spread = spec.spread
@@ -141,21 +144,32 @@ def select(
         for _, (cluster, code, reason) in ranked:
             zone_key = (cluster.region, cluster.zone)
             if spread.per_zone is not None and zone_count[zone_key] >= spread.per_zone:
-                why = (f"over the spread limit: perZone {spread.per_zone} already reached"
-                       f" in zone {cluster.zone}")
+                why = (
+                    f"over the spread limit: perZone {spread.per_zone} already reached in zone {cluster.zone}"
+                )
             elif spread.max_clusters is not None and len(chosen) >= spread.max_clusters:
                 why = f"over the spread limit: maxClusters {spread.max_clusters} already reached"
             else:
                 zone_count[zone_key] += 1
                 chosen.append((cluster, code, reason))
                 continue
-            rejected.append(ClusterDecision(cluster=cluster.name, reason=why, code="SpreadLimit",
-                                            region=cluster.region, zone=cluster.zone))
+            rejected.append(
+                ClusterDecision(
+                    cluster=cluster.name,
+                    reason=why,
+                    code="SpreadLimit",
+                    region=cluster.region,
+                    zone=cluster.zone,
+                )
+            )
         chosen.sort(key=lambda m: m[0].name)
         rejected.sort(key=lambda d: d.cluster)
     for cluster, code, reason in chosen:
-        selected.append(ClusterDecision(cluster=cluster.name, reason=reason, code=code, region=cluster.region,
-                                        zone=cluster.zone))
+        selected.append(
+            ClusterDecision(
+                cluster=cluster.name, reason=reason, code=code, region=cluster.region, zone=cluster.zone
+            )
+        )
     unknown = sorted((set(spec.cluster_names) | set(spec.exclude_clusters)) - set(by_name))
     return PlacementDecision(selected=selected, rejected=rejected, unknown_clusters=unknown)
 
@@ -177,14 +191,23 @@ def decision_condition(decision: PlacementDecision, observed_generation: int | N
     if decision.selected:
         names = decision.names
         shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        return Condition(type="Placed", status="True", reason="Placed",
-                         message=f"{len(names)} cluster(s): {shown}{unknown}",
-                         observed_generation=observed_generation)
+        return Condition(
+            type="Placed",
+            status="True",
+            reason="Placed",
+            message=f"{len(names)} cluster(s): {shown}{unknown}",
+            observed_generation=observed_generation,
+        )
     counts = Counter(d.code or "Rejected" for d in decision.rejected)
     breakdown = ", ".join(f"{n} {code}" for code, n in sorted(counts.items()))
     message = f"no cluster matches the placement ({breakdown or 'no member clusters'}){unknown}"
-    return Condition(type="Placed", status="False", reason="NoMatchingClusters", message=message,
-                     observed_generation=observed_generation)
+    return Condition(
+        type="Placed",
+        status="False",
+        reason="NoMatchingClusters",
+        message=message,
+        observed_generation=observed_generation,
+    )
 
 
 def summarize(decision: PlacementDecision, limit: int = 5) -> PlacementSummary:

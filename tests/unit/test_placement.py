@@ -29,8 +29,16 @@ def fleet() -> list[ClusterFacts]:
         for z in ("a", "b"):
             for i in (1, 2):
                 labels = {"env": "prod" if i == 1 else "staging"}
-                out.append(ClusterFacts(name=f"{r}-{z}{i}", region=r, zone=f"{r}-{z}", ready=True,
-                                        reachable=True, labels=labels))
+                out.append(
+                    ClusterFacts(
+                        name=f"{r}-{z}{i}",
+                        region=r,
+                        zone=f"{r}-{z}",
+                        ready=True,
+                        reachable=True,
+                        labels=labels,
+                    )
+                )
     return out
 
 
@@ -69,8 +77,14 @@ def test_each_rejection_has_a_reason() -> None:
 
 
 def test_tainted_and_tolerated() -> None:
-    c = ClusterFacts(name="x", region="r", zone="z", ready=True, reachable=True,
-                     taints=[Taint(key="dedicated", value="payments", effect="NoSchedule")])
+    c = ClusterFacts(
+        name="x",
+        region="r",
+        zone="z",
+        ready=True,
+        reachable=True,
+        taints=[Taint(key="dedicated", value="payments", effect="NoSchedule")],
+    )
     assert codes(select(PlacementSpec(), [c]))["x"] == "Tainted"
     for tol in (
         Toleration(key="dedicated", value="payments"),
@@ -79,8 +93,10 @@ def test_tainted_and_tolerated() -> None:
         Toleration(key="dedicated", value="payments", effect="NoSchedule"),
     ):
         assert select(PlacementSpec(tolerations=[tol]), [c]).names == ["x"], tol
-    for tol in (Toleration(key="dedicated", value="other"), Toleration(key="dedicated", operator="Exists",
-                                                                        effect="NoExecute")):
+    for tol in (
+        Toleration(key="dedicated", value="other"),
+        Toleration(key="dedicated", operator="Exists", effect="NoExecute"),
+    ):
         assert select(PlacementSpec(tolerations=[tol]), [c]).names == [], tol
 
 
@@ -99,8 +115,10 @@ def test_unreachable_previously_selected_stays() -> None:
     spec = PlacementSpec(regions=["us-east"])
     prev = select(spec, clusters)
     assert len(prev.names) == 4
-    down = [c.model_copy(update={"ready": False, "reachable": False}) if c.name == "us-east-a1" else c
-            for c in clusters]
+    down = [
+        c.model_copy(update={"ready": False, "reachable": False}) if c.name == "us-east-a1" else c
+        for c in clusters
+    ]
     d = select(spec, down, prev)
     assert d.names == prev.names
     kept = next(s for s in d.selected if s.cluster == "us-east-a1")
@@ -114,12 +132,19 @@ def test_new_matching_cluster_is_added_relabel_prunes() -> None:
     spec = PlacementSpec(cluster_selector=LabelSelector(match_labels={"env": "prod"}))
     clusters = fleet()
     prev = select(spec, clusters)
-    new = ClusterFacts(name="ap-south-a1", region="ap-south", zone="ap-south-a", ready=True, reachable=True,
-                       labels={"env": "prod"})
+    new = ClusterFacts(
+        name="ap-south-a1",
+        region="ap-south",
+        zone="ap-south-a",
+        ready=True,
+        reachable=True,
+        labels={"env": "prod"},
+    )
     d = select(spec, [*clusters, new], prev)
     assert added_and_removed(prev, d) == (["ap-south-a1"], [])
-    relabeled = [c.model_copy(update={"labels": {"env": "staging"}}) if c.name == "us-east-a1" else c
-                 for c in clusters]
+    relabeled = [
+        c.model_copy(update={"labels": {"env": "staging"}}) if c.name == "us-east-a1" else c for c in clusters
+    ]
     d2 = select(spec, relabeled, prev)
     assert added_and_removed(prev, d2) == ([], ["us-east-a1"])
 
@@ -137,11 +162,19 @@ def test_relabel_of_unreachable_cluster_still_prunes_hub_side_fact() -> None:
 def test_follow_workload_by_name_and_selector() -> None:
     deploy = WorkloadFact(namespace="shop", name="checkout", labels={"app": "checkout"})
     have = ClusterFacts(name="have", region="r", zone="z", ready=True, reachable=True, workloads=[deploy])
-    lack = ClusterFacts(name="lack", region="r", zone="z", ready=True, reachable=True,
-                        workloads=[WorkloadFact(namespace="other", name="checkout")])
+    lack = ClusterFacts(
+        name="lack",
+        region="r",
+        zone="z",
+        ready=True,
+        reachable=True,
+        workloads=[WorkloadFact(namespace="other", name="checkout")],
+    )
     unknown = ClusterFacts(name="unknown", region="r", zone="z", ready=True, reachable=True)
-    for ref in (WorkloadRef(namespace="shop", name="checkout"),
-                WorkloadRef(namespace="shop", selector=LabelSelector(match_labels={"app": "checkout"}))):
+    for ref in (
+        WorkloadRef(namespace="shop", name="checkout"),
+        WorkloadRef(namespace="shop", selector=LabelSelector(match_labels={"app": "checkout"})),
+    ):
         d = select(PlacementSpec(follow_workload=ref), [have, lack, unknown])
         assert d.names == ["have"]
         assert codes(d) == {"have": "Matched", "lack": "NoWorkload", "unknown": "WorkloadUnknown"}
@@ -151,8 +184,14 @@ def test_follow_workload_by_name_and_selector() -> None:
 
 def test_follow_workload_unreachable_keeps() -> None:
     ref = WorkloadRef(namespace="shop", name="checkout")
-    c = ClusterFacts(name="x", region="r", zone="z", ready=True, reachable=True,
-                     workloads=[WorkloadFact(namespace="shop", name="checkout")])
+    c = ClusterFacts(
+        name="x",
+        region="r",
+        zone="z",
+        ready=True,
+        reachable=True,
+        workloads=[WorkloadFact(namespace="shop", name="checkout")],
+    )
     prev = select(PlacementSpec(follow_workload=ref), [c])
     assert prev.names == ["x"]
     down = c.model_copy(update={"ready": False, "reachable": False, "workloads": None})
@@ -191,20 +230,30 @@ def test_unknown_names_reported() -> None:
 
 
 def test_match_expressions_on_region_label() -> None:
-    sel = LabelSelector(match_expressions=[LabelSelectorRequirement(
-        key="topology.kubernetes.io/region", operator="In", values=["eu-west"])])
+    sel = LabelSelector(
+        match_expressions=[
+            LabelSelectorRequirement(key="topology.kubernetes.io/region", operator="In", values=["eu-west"])
+        ]
+    )
     assert len(select(PlacementSpec(cluster_selector=sel), fleet()).names) == 4
 
 
 def test_placement_policy_resource_roundtrip() -> None:
-    pp = PlacementPolicy.model_validate({
-        "apiVersion": "meshfed.io/v1alpha1", "kind": "PlacementPolicy",
-        "metadata": {"name": "prod", "namespace": "shop"},
-        "spec": {"clusterSelector": {"matchLabels": {"env": "prod"}}, "regions": ["us-east"],
-                 "spread": {"perZone": 1, "maxClusters": 3},
-                 "tolerations": [{"key": "dedicated", "operator": "Exists"}],
-                 "excludeClusters": ["x"], "followWorkload": {"namespace": "shop", "name": "checkout"}},
-    })
+    pp = PlacementPolicy.model_validate(
+        {
+            "apiVersion": "meshfed.io/v1alpha1",
+            "kind": "PlacementPolicy",
+            "metadata": {"name": "prod", "namespace": "shop"},
+            "spec": {
+                "clusterSelector": {"matchLabels": {"env": "prod"}},
+                "regions": ["us-east"],
+                "spread": {"perZone": 1, "maxClusters": 3},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+                "excludeClusters": ["x"],
+                "followWorkload": {"namespace": "shop", "name": "checkout"},
+            },
+        }
+    )
     assert pp.spec.spread == Spread(per_zone=1, max_clusters=3)
     assert PlacementPolicy.crd.short_names == ("pp",)
     with pytest.raises(ValidationError):
@@ -222,8 +271,12 @@ cluster_st = st.builds(
     region=st.sampled_from(["r1", "r2", "r3"]),
     zone=st.sampled_from(["z1", "z2"]),
     labels=st.dictionaries(st.sampled_from(["env", "tier"]), st.sampled_from(["prod", "dev"]), max_size=2),
-    taints=st.lists(st.builds(Taint, key=st.sampled_from(["k1", "k2"]),
-                              effect=st.sampled_from(["NoSchedule", "NoExecute"])), max_size=1),
+    taints=st.lists(
+        st.builds(
+            Taint, key=st.sampled_from(["k1", "k2"]), effect=st.sampled_from(["NoSchedule", "NoExecute"])
+        ),
+        max_size=1,
+    ),
     ready=st.booleans(),
     reachable=st.sampled_from([True, False, None]),
 )
@@ -231,20 +284,33 @@ clusters_st = st.lists(cluster_st, max_size=10, unique_by=lambda c: c.name)
 spec_st = st.builds(
     PlacementSpec,
     regions=st.lists(st.sampled_from(["r1", "r2", "r3"]), max_size=2, unique=True),
-    cluster_selector=st.one_of(st.none(), st.builds(LabelSelector, match_labels=st.dictionaries(
-        st.just("env"), st.sampled_from(["prod", "dev"]), max_size=1))),
+    cluster_selector=st.one_of(
+        st.none(),
+        st.builds(
+            LabelSelector,
+            match_labels=st.dictionaries(st.just("env"), st.sampled_from(["prod", "dev"]), max_size=1),
+        ),
+    ),
     tolerations=st.lists(st.builds(Toleration, key=st.just("k1"), operator=st.just("Exists")), max_size=1),
-    spread=st.one_of(st.none(), st.builds(Spread, per_zone=st.one_of(st.none(), st.integers(1, 3)),
-                                          max_clusters=st.one_of(st.none(), st.integers(1, 5)))),
+    spread=st.one_of(
+        st.none(),
+        st.builds(
+            Spread,
+            per_zone=st.one_of(st.none(), st.integers(1, 3)),
+            max_clusters=st.one_of(st.none(), st.integers(1, 5)),
+        ),
+    ),
 )
 
 
 @settings(max_examples=200, deadline=None)
 @given(spec=spec_st, clusters=clusters_st, prev_names=st.lists(names, unique=True), data=st.data())
-def test_properties(spec: PlacementSpec, clusters: list[ClusterFacts], prev_names: list[str],
-                    data: st.DataObject) -> None:
-    prev = select(PlacementSpec(cluster_names=prev_names), [c.model_copy(update={"ready": True})
-                                                           for c in clusters])
+def test_properties(
+    spec: PlacementSpec, clusters: list[ClusterFacts], prev_names: list[str], data: st.DataObject
+) -> None:
+    prev = select(
+        PlacementSpec(cluster_names=prev_names), [c.model_copy(update={"ready": True}) for c in clusters]
+    )
     d = select(spec, clusters, prev)
     shuffled = data.draw(st.permutations(clusters))
     assert select(spec, shuffled, prev) == d  # order-free and deterministic
@@ -259,9 +325,14 @@ def test_properties(spec: PlacementSpec, clusters: list[ClusterFacts], prev_name
         assert len(d.selected) <= spec.spread.max_clusters
     # an outage alone never removes: same decision with every previously selected cluster down
     # still keeps each of them that is kept by hub-side facts
-    down = [c.model_copy(update={"ready": False, "reachable": False}) if c.name in prev.names else c
-            for c in clusters]
-    up = [c.model_copy(update={"ready": True, "reachable": True}) if c.name in prev.names else c
-          for c in clusters]
+    down = [
+        c.model_copy(update={"ready": False, "reachable": False}) if c.name in prev.names else c
+        for c in clusters
+    ]
+    up = [
+        c.model_copy(update={"ready": True, "reachable": True}) if c.name in prev.names else c
+        for c in clusters
+    ]
     assert set(select(spec, up, prev).names) & set(prev.names) == set(select(spec, down, prev).names) & set(
-        prev.names)
+        prev.names
+    )

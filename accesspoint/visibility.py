@@ -1,0 +1,111 @@
+"""Visibility: the `exportTo` of generated VirtualServices, DestinationRules and ServiceEntries.
+
+Owns the VisibilityPolicy model (part of an AccessPoint's `spec.traffic`) and the pure functions
+that turn it into `exportTo` lists. Imports accesspoint.meta only; no I/O.
+
+Why: every exported object lands in the Envoy config of every proxy that can see it; past a few
+thousand services gateways degrade. The default therefore exports to the object's own namespace
+(".") plus the gateway namespace (a gateway only applies VirtualServices/DestinationRules it can
+see), never to "*". Declared consumer namespaces are added by name; past `maxExportTo` names the
+list collapses to ["*"] (Istio's own limit on a useful list is a matter of config size, not schema).
+
+Rules:
+  * the object's own namespace is written ".", never by name; duplicates are dropped;
+  * the result is sorted: "." first, then namespace names; it never mixes "*" with names;
+  * consumer "*" means "export everywhere" explicitly; "~" (export nowhere) is not offered since
+    the gateway must always see the object.
+  * objects whose template already sets `exportTo` keep it (the template author decided).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import Field
+
+from accesspoint.meta import ApiModel
+
+EXPORTED_KINDS = frozenset({"VirtualService", "DestinationRule", "ServiceEntry"})
+DEFAULT_MAX_EXPORT_TO = 16
+_NS_PATTERN = r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$"
+
+
+class VisibilityPolicy(ApiModel):
+    """Who may see the generated Istio objects (`spec.traffic.visibility`)."""
+
+    consumer_namespaces: list[str] = Field(
+        default_factory=list,
+        alias="consumerNamespaces",
+        max_length=1024,
+        description='Namespaces whose workloads call this AccessPoint; "*" exports to all.',
+    )
+    max_export_to: int = Field(
+        default=DEFAULT_MAX_EXPORT_TO,
+        ge=1,
+        le=1024,
+        alias="maxExportTo",
+        description='Past this many namespaces exportTo collapses to ["*"].',
+    )
+    gateway_namespace: str | None = Field(
+        default=None,
+        alias="gatewayNamespace",
+        max_length=63,
+        pattern=_NS_PATTERN,
+        description="Namespace of the gateway that serves the AccessPoint (default: the controller's).",
+    )
+
+
+def export_to(
+    policy: VisibilityPolicy | None,
+    object_namespace: str,
+    gateway_namespace: str,
+) -> list[str]:
+    """The exportTo list for one object living in `object_namespace`."""
+    consumers = policy.consumer_namespaces if policy is not None else []
+    limit = policy.max_export_to if policy is not None else DEFAULT_MAX_EXPORT_TO
+    gateway = (policy.gateway_namespace if policy is not None else None) or gateway_namespace
+    if "*" in consumers:
+        return ["*"]
+    names = {ns for ns in [*consumers, gateway] if ns and ns != object_namespace}
+    if len(names) + 1 > limit:
+        return ["*"]
+    return [".", *sorted(names)]
+
+
+def validate_visibility(policy: VisibilityPolicy | None) -> list[str]:
+    """Error messages naming the field (things the CRD schema does not already reject)."""
+    if policy is None:
+        return []
+    errors = []
+    for i, ns in enumerate(policy.consumer_namespaces):
+        if not re.match(_NS_PATTERN, ns) or len(ns) > 63:
+            errors.append(
+                f"spec.traffic.visibility.consumerNamespaces[{i}]: {ns!r} is not a namespace name or '*'"
+            )
+    return errors
+
+
+def apply_visibility(
+    objects: Iterable[Mapping[str, Any]],
+    policy: VisibilityPolicy | None,
+    gateway_namespace: str,
+    *,
+    default_namespace: str = "",
+) -> list[dict[str, Any]]:
+    """Copies of `objects` with exportTo set on VirtualServices, DestinationRules and ServiceEntries.
+
+    An object whose spec already has `exportTo` is left as the template wrote it.
+    """
+    out: list[dict[str, Any]] = []
+    for obj in objects:
+        new = copy.deepcopy(dict(obj))
+        if new.get("kind") in EXPORTED_KINDS:
+            spec = new.setdefault("spec", {})
+            if "exportTo" not in spec:
+                ns = str((new.get("metadata") or {}).get("namespace") or default_namespace)
+                spec["exportTo"] = export_to(policy, ns, gateway_namespace)
+        out.append(new)
+    return out
