@@ -12,6 +12,7 @@ from pydantic import Field
 
 from accesspoint.kinds import TEMPLATE_KINDS
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
+from accesspoint.overrides import Override
 from accesspoint.rollout import RolloutSpec
 from accesspoint.traffic import TrafficPolicy
 from placement.models import PlacementDecision, PlacementSpec
@@ -50,6 +51,7 @@ class AccessPointSpec(ApiModel):
         alias="adoptExisting",
         description="Take over pre-existing member objects with the same name (otherwise: Conflict).",
     )
+    overrides: list[Override] = Field(default_factory=list, max_length=256)
     traffic: TrafficPolicy | None = None
     rollout: RolloutSpec | None = None
 
