@@ -13,10 +13,11 @@ from typing import Any
 from accesspoint.meta import GROUP, VERSION, Resource
 from accesspoint.models import AccessPoint
 from certs.models import Certificate, CertificateIssuer
-from placement.models import MemberCluster
+from placement.models import MemberCluster, PlacementPolicy
 
 # Each issue's resources join this list; order is the order of files in deploy/crds.
 RESOURCES: list[type[Resource]] = [MemberCluster, AccessPoint, CertificateIssuer, Certificate]
+RESOURCES.append(PlacementPolicy)
 
 _DROP = {"title", "default", "examples"}
 
