@@ -13,11 +13,13 @@ from typing import Any
 from accesspoint.meta import GROUP, VERSION, Resource
 from accesspoint.models import AccessPoint
 from certs.models import Certificate, CertificateIssuer
+from nameservice.models import DNSProvider, NameService
 from placement.models import MemberCluster, PlacementPolicy
 
 # Each issue's resources join this list; order is the order of files in deploy/crds.
 RESOURCES: list[type[Resource]] = [MemberCluster, AccessPoint, CertificateIssuer, Certificate]
 RESOURCES.append(PlacementPolicy)
+RESOURCES += [NameService, DNSProvider]
 
 _DROP = {"title", "default", "examples"}
 
