@@ -70,7 +70,7 @@ def renewal_time(
     """notAfter - renewBefore - fraction(serial) * jitter * renewBefore, but never before notBefore."""
     before = effective_renew_before(not_before, not_after, renew_before)
     at = not_after - before - before * (jitter * jitter_fraction(serial))
-    return max(at, not_before)
+    return max(at.replace(microsecond=0), not_before)  # whole seconds: status round-trips it exactly
 
 
 def backoff(failures: int, base: timedelta = BACKOFF_BASE, cap: timedelta = BACKOFF_CAP) -> timedelta:
