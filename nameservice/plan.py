@@ -69,9 +69,8 @@ class Change:
 
     @property
     def size(self) -> int:
-        """Records this change puts in an UPDATE message (prerequisites + updates)."""
-        prereq = sum(max(1, len(r.values)) for r in self.before) if self.before else 2
-        return prereq + sum(len(r.values) for r in self.puts) + len(self.removes) + len(self.puts)
+        """Records this change writes (values put + rrsets deleted); prerequisites not counted."""
+        return sum(len(r.values) for r in self.puts) + len(self.removes)
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
 """RFC 2136 dynamic-update provider (BIND and friends) through dnspython's asyncio API, with TSIG.
 
-Owns: TSIG keyring, zone listing by TSIG zone transfer (AXFR first, then IXFR from the cached copy),
-batched UPDATE messages (changes packed up to `batch_size` records, at least 50, a change never
-split) with RFC 2136 prerequisites built from each change's `before` (value-dependent "RRset
-exists" for what we listed, "name not in use" for new names) so a concurrent writer makes the
-update fail (NXRRSET / YXDOMAIN …) instead of being overwritten; retries with exponential backoff
-(tenacity) on transport failures, then ProviderUnreachable.
+Owns: the TSIG keyring; zone listing by TSIG zone transfer (AXFR first, then IXFR from the cached
+copy); batched UPDATE messages (changes packed up to `batch_size` written records, at least 50;
+a change is never split; a message that would exceed 64 KiB is halved) with RFC 2136
+prerequisites built from each change's `before` (value-dependent "RRset exists" for what we
+listed, "name not in use" for new names), so a concurrent writer makes the update fail (NXRRSET,
+YXDOMAIN ...) instead of being overwritten; retries with exponential backoff (tenacity) on
+transport failures, then ProviderUnreachable.
 
 A batch whose prerequisites fail is retried change by change; a change that still fails is checked
 against a fresh transfer: already in place (a retried message that had been applied) counts as
@@ -269,6 +270,14 @@ class RFC2136Provider:
             batches.append(current)
         return batches
 
+    def _fits(self, changes: Sequence[Change]) -> bool:
+        """Whether the UPDATE message fits the 64 KiB DNS-over-TCP limit."""
+        try:
+            self._message(changes).to_wire()
+        except dns.exception.TooBig:
+            return False
+        return True
+
     async def _send(self, changes: Sequence[Change]) -> int:
         msg = self._message(changes)
 
@@ -283,7 +292,13 @@ class RFC2136Provider:
         result = ApplyResult()
         before = self.writes_sent
         try:
-            for batch in self._batches(plan.changes):
+            queue = self._batches(plan.changes)
+            while queue:
+                batch = queue.pop(0)
+                if len(batch) > 1 and not self._fits(batch):
+                    half = len(batch) // 2
+                    queue[:0] = [batch[:half], batch[half:]]
+                    continue
                 rcode = await self._send(batch)
                 if rcode == dns.rcode.NOERROR:
                     result.applied.extend(batch)
