@@ -57,16 +57,14 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
             node = {**options[0], **node}
         elif types == {"integer", "string"}:
             node["x-kubernetes-int-or-string"] = True
-            patterns = [o["pattern"] for o in options if "pattern" in o]
-            if patterns:
-                node.setdefault("x-kubernetes-validations", []).append(
-                    {
-                        "rule": f"type(self) == int || self.matches('{patterns[0]}')",
-                        "message": f"must be an integer or match {patterns[0]}",
-                    }
-                )
+            # No CEL for the string form: its cost multiplies with every enclosing list; the
+            # controller validates it and reports the field.
         else:
             node["x-kubernetes-preserve-unknown-fields"] = True
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(node.get(bound), int | float) and not isinstance(node.get(bound), bool):
+            node[plain] = node[bound]  # JSON Schema 2020 number -> OpenAPI 3.0 boolean form
+            node[bound] = True
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if node.get("type") == "object" and node.get("additionalProperties") in ({}, True):

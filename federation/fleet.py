@@ -35,6 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 GO_MODULE = REPO / "e2e" / "apiserver"
 K8S_VERSION = "v1.34.4"
 HUB_NAMESPACE = "meshfed-system"
+_MAJOR, _MINOR = K8S_VERSION[1:].split(".")[:2]
+LDFLAGS = (
+    "-s", "-w",
+    f"-X k8s.io/component-base/version.gitVersion={K8S_VERSION}",
+    f"-X k8s.io/component-base/version.gitMajor={_MAJOR}",
+    f"-X k8s.io/component-base/version.gitMinor={_MINOR}",
+    f"-X k8s.io/client-go/pkg/version.gitVersion={K8S_VERSION}",
+)
 
 
 def say(msg: str) -> None:
@@ -64,6 +72,7 @@ def apiserver_binary(*, quiet: bool = False) -> Path:
     digest = hashlib.sha256()
     for name in ("go.mod", "go.sum", "main.go"):
         digest.update((GO_MODULE / name).read_bytes())
+    digest.update(" ".join(LDFLAGS).encode())
     target = cache_dir() / "bin" / f"meshfed-apiserver-{K8S_VERSION}-{digest.hexdigest()[:12]}"
     if target.exists():
         return target
@@ -76,7 +85,7 @@ def apiserver_binary(*, quiet: bool = False) -> Path:
         say(f"building kube-apiserver {K8S_VERSION} from Go modules (once; cached at {target}) ...")
     start = time.monotonic()
     proc = subprocess.Popen(
-        [go, "build", "-trimpath", "-ldflags=-s -w", "-o", str(tmp), "."],
+        [go, "build", "-trimpath", "-ldflags=" + " ".join(LDFLAGS), "-o", str(tmp), "."],
         cwd=GO_MODULE,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

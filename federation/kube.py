@@ -79,6 +79,19 @@ class KubeClient:
             config = yaml.safe_load(fh)
         return await cls.from_kubeconfig_dict(config, name, attempts=attempts)
 
+    @classmethod
+    async def in_cluster(cls, name: str) -> KubeClient:
+        """The service-account configuration of a Pod (the controller's Deployment)."""
+        from kubernetes_asyncio.config import incluster_config
+
+        cfg = type.__call__(Configuration)
+        incluster_config.InClusterConfigLoader(
+            token_filename=incluster_config.SERVICE_TOKEN_FILENAME,
+            cert_filename=incluster_config.SERVICE_CERT_FILENAME,
+        ).load_and_set(cfg)
+        cfg.connection_pool_maxsize = 64
+        return cls(ApiClient(configuration=cfg), name)
+
     async def close(self) -> None:
         await self.api.close()
 
@@ -248,3 +261,4 @@ class KubeClient:
                 return False
             raise
         return True
+

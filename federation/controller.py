@@ -1,0 +1,403 @@
+"""The hub controller: a keyed work queue that reconciles AccessPoints and MemberCluster status.
+
+Owns the reconcile loop: gather facts (hub objects from kopf events, member caches and probes)
+→ pure functions (validate, place, render, plan, summarize) → member writes through the executor
+→ one status write on change. Handlers feeding it stay thin (federation/operator.py). Imports the
+pure packages and federation's client modules.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import ValidationError
+
+from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
+from accesspoint.ownership import Owner
+from accesspoint.plan import plan
+from accesspoint.render import content_hash, render, validate
+from accesspoint.status import summarize
+from federation import telemetry
+from federation.executor import execute
+from federation.hubwriter import FINALIZER, HubWriter, now_rfc3339
+from federation.kube import ApiError, KubeClient
+from federation.members import Member, MemberRegistry
+from placement.models import MemberClusterStatus, PlacementDecision, PlacementPolicy, PlacementSpec
+from placement.select import select
+
+log = logging.getLogger("meshfed.controller")
+
+AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
+MC_PATH = "/apis/meshfed.io/v1alpha1/memberclusters/{name}"
+
+
+def _field_path(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def validation_messages(err: ValidationError) -> list[str]:
+    return [f"{_field_path(e['loc'])}: {e['msg']}" for e in err.errors()]
+
+
+def revision_of(ap: AccessPoint) -> str:
+    """Content hash of what lands on members (the rollout settings are not part of it)."""
+    spec = ap.spec.wire()
+    spec.pop("rollout", None)
+    return content_hash(spec)[:10]
+
+
+def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
+    for obj in objects:
+        if obj.get("kind") != "Service" or (obj.get("spec") or {}).get("type") != "LoadBalancer":
+            continue
+        for ing in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []:
+            addr = ing.get("ip") or ing.get("hostname")
+            if addr:
+                return str(addr)
+    return None
+
+
+class Controller:
+    def __init__(self, hub: KubeClient, hub_id: str, *, workers: int = 16, probe_interval: float = 5.0,
+                 resync_seconds: float = 600.0) -> None:
+        self.hub = hub
+        self.hub_id = hub_id
+        self.writer = HubWriter(hub)
+        self.registry = MemberRegistry(hub, hub_id, self._owner_changed, self._member_changed, probe_interval)
+        self.accesspoints: dict[str, dict[str, Any]] = {}
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.memberclusters: dict[str, dict[str, Any]] = {}
+        self.workers = workers
+        self.resync_seconds = resync_seconds
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()
+        self._retries: dict[str, int] = {}
+        self._seen_generation: dict[str, tuple[int, float]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._last_cluster_state: dict[tuple[str, str], str] = {}
+
+    # ---- event intake (called by the operator's handlers and the member registry) ----
+
+    def enqueue(self, key: str) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self.queue.put_nowait(key)
+
+    def enqueue_later(self, key: str, delay: float) -> None:
+        asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+
+    def enqueue_all(self) -> None:
+        for key in list(self.accesspoints):
+            self.enqueue(f"ap/{key}")
+
+    def _owner_changed(self, member: str, owner_key: str) -> None:
+        self.enqueue(f"ap/{owner_key}")
+
+    def _member_changed(self, member: str) -> None:
+        self.enqueue(f"mc/{member}")
+        self.enqueue_all()
+
+    def on_accesspoint(self, event_type: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        if event_type == "DELETED":
+            self.accesspoints.pop(key, None)
+            self._seen_generation.pop(key, None)
+            return
+        self.accesspoints[key] = body
+        gen = int(meta.get("generation", 0))
+        if self._seen_generation.get(key, (None, 0.0))[0] != gen:
+            self._seen_generation[key] = (gen, time.monotonic())
+        self.enqueue(f"ap/{key}")
+
+    def on_policy(self, event_type: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        if event_type == "DELETED":
+            self.policies.pop(key, None)
+        else:
+            self.policies[key] = body
+        for ap_key, ap in self.accesspoints.items():
+            ref = (ap.get("spec") or {}).get("placementRef") or {}
+            if ap_key.split("/")[0] == meta["namespace"] and ref.get("name") == meta["name"]:
+                self.enqueue(f"ap/{ap_key}")
+
+    async def on_membercluster(self, event_type: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.memberclusters.pop(name, None)
+            await self.registry.remove(name)
+            return
+        self.memberclusters[name] = body
+        try:
+            await self.registry.upsert(body)
+        except ValidationError as err:
+            log.warning("MemberCluster %s is invalid: %s", name, "; ".join(validation_messages(err)))
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        for i in range(self.workers):
+            self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
+        self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.registry.close()
+
+    async def _resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            for body in list(self.memberclusters.values()):
+                await self.on_membercluster("MODIFIED", body)
+            self.enqueue_all()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            try:
+                if key.startswith("ap/"):
+                    await self.reconcile_accesspoint(key[3:])
+                elif key.startswith("mc/"):
+                    await self.write_member_status(key[3:])
+            except Exception:
+                log.exception("reconcile %s failed", key)
+                attempt = self._retries.get(key, 0) + 1
+                self._retries[key] = attempt
+                self.enqueue_later(key, min(0.5 * 2**attempt, 60.0))
+            finally:
+                self._active.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)
+
+    # ---- MemberCluster status ----
+
+    async def write_member_status(self, name: str) -> None:
+        body = self.memberclusters.get(name)
+        member = self.registry.members.get(name)
+        if body is None or member is None:
+            return
+        probe = member.probe
+        previous = MemberClusterStatus.model_validate(body.get("status") or {})
+        from accesspoint.meta import Condition, merge_conditions
+
+        if member.kubeconfig_error:
+            reach = Condition(type="Reachable", status="Unknown", reason="KubeconfigUnavailable",
+                              message=member.kubeconfig_error)
+        elif probe.reachable is None:
+            reach = Condition(type="Reachable", status="Unknown", reason="Probing", message="not probed yet")
+        elif probe.reachable:
+            reach = Condition(type="Reachable", status="True", reason="ProbeSucceeded", message=probe.message)
+        else:
+            reach = Condition(type="Reachable", status="False", reason="ProbeFailed", message=probe.message)
+        if probe.ready:
+            ready = Condition(type="Ready", status="True", reason="Ready", message=probe.message)
+        elif reach.status == "True":
+            ready = Condition(type="Ready", status="False", reason="IstioCRDsMissing", message=probe.message)
+        else:
+            ready = Condition(type="Ready", status="Unknown" if reach.status != "False" else "False",
+                              reason=reach.reason, message=reach.message)
+        gen = int(body["metadata"].get("generation", 0))
+        conds = [c.model_copy(update={"observed_generation": gen}) for c in (reach, ready)]
+        status = MemberClusterStatus(
+            conditions=merge_conditions(previous.conditions, conds, now_rfc3339()),
+            kubernetesVersion=probe.version or previous.kubernetes_version,
+            istioCRDs=probe.istio if probe.istio is not None else previous.istio_crds,
+            ready=ready.status,
+        )
+        # lastProbeTime is not written on every probe: that would be a hub write every few seconds.
+        wire = status.wire()
+        wire.setdefault("lastProbeTime", (body.get("status") or {}).get("lastProbeTime"))
+        if status.conditions != previous.conditions or wire.get("kubernetesVersion") != previous.kubernetes_version \
+                or wire.get("istioCRDs") != previous.istio_crds or wire.get("ready") != previous.ready:
+            wire["lastProbeTime"] = now_rfc3339()
+        wire = {k: v for k, v in wire.items() if v is not None}
+        await self.writer.write_status(MC_PATH.format(name=name), "MemberCluster", name, None, wire,
+                                       body.get("status"))
+
+    # ---- AccessPoint reconcile ----
+
+    def _placement_spec(self, ap: AccessPoint) -> tuple[PlacementSpec | None, str | None]:
+        if ap.spec.placement_ref is not None:
+            body = self.policies.get(f"{ap.namespace}/{ap.spec.placement_ref.name}")
+            if body is None:
+                return None, f"spec.placementRef.name: PlacementPolicy {ap.spec.placement_ref.name!r} not found in namespace {ap.namespace}"
+            return PlacementPolicy.model_validate(body).spec, None
+        return ap.spec.placement or PlacementSpec(), None
+
+    async def reconcile_accesspoint(self, key: str) -> None:
+        body = self.accesspoints.get(key)
+        if body is None:
+            return
+        telemetry.count("reconciles")
+        ns, name = key.split("/", 1)
+        path = AP_PATH.format(ns=ns, name=name)
+        meta = body["metadata"]
+        with telemetry.tracer.start_as_current_span("accesspoint.reconcile", attributes={"accesspoint": key}):
+            if meta.get("deletionTimestamp"):
+                await self._finalize(key, body, path)
+                return
+            await self.writer.set_finalizer(path, meta, True)
+            await self._reconcile(key, body, path)
+
+    async def _reconcile(self, key: str, body: dict[str, Any], path: str) -> None:
+        ns, name = key.split("/", 1)
+        previous = AccessPointStatus.model_validate(body.get("status") or {}) if body.get("status") else None
+        try:
+            ap = AccessPoint.model_validate(body)
+            problems = [str(e) for e in validate(ap)]
+        except ValidationError as err:
+            ap = None
+            problems = validation_messages(err)
+        spec = None
+        if ap is not None and not problems:
+            spec, missing = self._placement_spec(ap)
+            if missing:
+                problems.append(missing)
+        if ap is None or problems or spec is None:
+            shell = AccessPoint.model_construct(metadata=body["metadata"], spec=None)  # only metadata is read
+            status = summarize(shell, "", PlacementDecision(), [], now_rfc3339(), previous, invalid=problems)
+            if await self._write_status(path, ns, name, status, body):
+                await self.writer.event(body, "Warning", "InvalidSpec", "; ".join(problems))
+            return
+
+        owner = Owner(self.hub_id, ns, name)
+        revision = revision_of(ap)
+        members = self.registry.members
+        decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
+        placed = set(decision.names)
+        results = await asyncio.gather(
+            *(self._sync_cluster(ap, owner, revision, m, m.name in placed) for m in members.values())
+        )
+        entries = [r for r in results if r is not None]
+        # Placed clusters we have no client for (Secret missing): report them, touch nothing.
+        for cname in sorted(placed - set(members)):
+            entries.append(ClusterStatus(name=cname, state="Unknown", lastError="member cluster not registered"))
+        status = summarize(ap, revision, decision, entries, now_rfc3339(), previous)
+        await self._write_status(path, ns, name, status, body)
+        await self._emit_transitions(body, entries)
+        if any(e.state in ("Failed", "Unknown", "Removing") for e in entries):
+            attempt = self._retries.get(f"ap/{key}", 0) + 1
+            self._retries[f"ap/{key}"] = attempt
+            self.enqueue_later(f"ap/{key}", min(1.0 * 2**attempt, 300.0))
+        else:
+            self._retries.pop(f"ap/{key}", None)
+
+    async def _sync_cluster(self, ap: AccessPoint, owner: Owner, revision: str, member: Member,
+                            placed: bool) -> ClusterStatus | None:
+        facts = member.facts
+        owned = member.cache.owned(owner)
+        if not placed and not owned:
+            return None
+        base = {"name": member.name, "region": facts.region, "zone": facts.zone}
+        if not member.usable:
+            why = member.kubeconfig_error or member.probe.message or "member cache not synced yet"
+            return ClusterStatus(**base, state="Unknown", objects=len(owned), vip=_vip(owned.values()),
+                                 lastError=why if member.probe.reachable is False or member.kubeconfig_error else None)
+        desired: list[dict[str, Any]] = []
+        if placed:
+            rendered = render(ap, facts, self.hub_id)
+            if rendered.errors:
+                # Keep the last good objects in this cluster; report the problem.
+                return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
+                                     lastError="; ".join(str(e) for e in rendered.errors))
+            desired = rendered.objects
+        the_plan = plan(desired, owned)
+        client = member.client
+        assert client is not None
+        outcome = await execute(client, the_plan, owner, member.cache, adopt=ap.spec.adopt_existing) \
+            if not the_plan.empty else None
+        if outcome is not None and outcome.writes:
+            seen = self._seen_generation.get(owner.key)
+            if seen and seen[0] == ap.generation:
+                telemetry.propagation_latency.record(time.monotonic() - seen[1], {"cluster": member.name})
+        owned_now = member.cache.owned(owner)
+        vip = _vip(owned_now.values())
+        if outcome is not None and outcome.conflicts:
+            return ClusterStatus(**base, state="Conflict", objects=len(owned_now), vip=vip,
+                                 lastError="; ".join(outcome.conflicts + outcome.errors))
+        if outcome is not None and outcome.unreachable:
+            return ClusterStatus(**base, state="Unknown", objects=len(owned_now), vip=vip,
+                                 lastError="; ".join(outcome.errors))
+        if outcome is not None and outcome.errors:
+            return ClusterStatus(**base, state="Failed", objects=len(owned_now), vip=vip,
+                                 lastError="; ".join(outcome.errors))
+        if not placed:
+            return ClusterStatus(**base, state="Removing", objects=len(owned_now)) if owned_now else None
+        wants_vip = any(o["kind"] == "Service" and (o.get("spec") or {}).get("type") == "LoadBalancer"
+                        for o in desired)
+        if wants_vip and vip is None:
+            return ClusterStatus(**base, state="Progressing", revision=revision, objects=len(owned_now),
+                                 lastError=None, routeConfigured=None)
+        return ClusterStatus(**base, state="Applied", revision=revision, objects=len(owned_now), vip=vip)
+
+    async def _write_status(self, path: str, ns: str, name: str, status: AccessPointStatus,
+                            body: dict[str, Any]) -> bool:
+        return await self.writer.write_status(path, "AccessPoint", name, ns, status.wire(), body.get("status"))
+
+    async def _emit_transitions(self, body: dict[str, Any], entries: list[ClusterStatus]) -> None:
+        key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        for entry in entries:
+            state_key = (key, entry.name)
+            before = self._last_cluster_state.get(state_key)
+            signature = f"{entry.state}:{entry.revision}:{entry.last_error}"
+            if before == signature:
+                continue
+            self._last_cluster_state[state_key] = signature
+            if before is None and entry.state == "Applied" and (body.get("status") or {}).get("clusters"):
+                continue  # controller restart: the state was already reported
+            if entry.state in ("Failed", "Conflict"):
+                await self.writer.event(body, "Warning", f"Cluster{entry.state}", f"{entry.name}: {entry.last_error}")
+            elif entry.state == "Applied":
+                await self.writer.event(body, "Normal", "ClusterApplied",
+                                        f"{entry.name}: revision {entry.revision} applied ({entry.objects} objects)")
+            elif entry.state == "Unknown" and entry.last_error:
+                await self.writer.event(body, "Warning", "ClusterUnreachable", f"{entry.name}: {entry.last_error}")
+
+    async def _finalize(self, key: str, body: dict[str, Any], path: str) -> None:
+        meta = body["metadata"]
+        if FINALIZER not in (meta.get("finalizers") or []):
+            return
+        ns, name = key.split("/", 1)
+        owner = Owner(self.hub_id, ns, name)
+        policy = (body.get("spec") or {}).get("deletionPolicy", "Delete")
+        waiting: list[str] = []
+        if policy == "Delete":
+            placed_before = {c.get("name") for c in (body.get("status") or {}).get("clusters") or []}
+            for member in self.registry.members.values():
+                owned = member.cache.owned(owner)
+                if not member.usable:
+                    if owned or member.name in placed_before:
+                        waiting.append(member.name)
+                    continue
+                if owned:
+                    assert member.client is not None
+                    outcome = await execute(member.client, plan([], owned), owner, member.cache)
+                    if not outcome.ok or member.cache.owned(owner):
+                        waiting.append(member.name)
+        if waiting:
+            log.info("AccessPoint %s: deletion waits for clusters %s", key, ", ".join(waiting))
+            self.enqueue_later(f"ap/{key}", 5.0)
+            return
+        await self.writer.set_finalizer(path, meta, False)
+        try:
+            await self.writer.event(body, "Normal", "Deleted" if policy == "Delete" else "Orphaned",
+                                    "member objects removed" if policy == "Delete" else "member objects left in place")
+        except ApiError:
+            pass

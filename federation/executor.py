@@ -1,0 +1,123 @@
+"""Executes one member cluster's plan: create, server-side apply, conditional delete.
+
+Owns the write rules of the house: objects are created with POST (never blindly applied over
+something that exists), updated with server-side apply under one field manager, and deleted only
+with uid+resourceVersion preconditions of the object we saw owned. A pre-existing object we do not
+own is a conflict unless the AccessPoint asks for adoption, and never one owned by another
+AccessPoint or hub. Successful writes go straight into the member's cache (write-through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from accesspoint.kinds import MANAGED_KINDS, NAMESPACE, api_path
+from accesspoint.ownership import FIELD_MANAGER, MANAGED_BY, Owner, foreign_owner_description, owner_of
+from accesspoint.plan import Plan
+from accesspoint.render import ObjectKey, key_of
+from federation import telemetry
+from federation.kube import ApiError, KubeClient
+from federation.members import OwnedCache
+
+
+@dataclass
+class Outcome:
+    writes: int = 0
+    errors: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    unreachable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.errors or self.conflicts or self.unreachable)
+
+
+def _describe(key: ObjectKey) -> str:
+    return f"{key.kind} {key.namespace}/{key.name}"
+
+
+async def _ensure_namespace(client: KubeClient, name: str, owner: Owner) -> None:
+    """Create the namespace if it is missing. Namespaces are never updated or deleted by meshfed."""
+    body = {"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {MANAGED_BY: "meshfed", "meshfed.io/hub": owner.hub}}}
+    try:
+        await client.create(api_path(NAMESPACE, None), body, field_manager=FIELD_MANAGER)
+    except ApiError as err:
+        if err.status != 409:
+            raise
+
+
+async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: bool, cache: OwnedCache,
+                  out: Outcome) -> None:
+    key = key_of(obj)
+    kind = MANAGED_KINDS[key.kind]
+    collection = api_path(kind, key.namespace)
+    try:
+        try:
+            created = await client.create(collection, obj, field_manager=FIELD_MANAGER)
+        except ApiError as err:
+            if err.status == 404 and "namespaces" in err.message:
+                await _ensure_namespace(client, key.namespace, owner)
+                created = await client.create(collection, obj, field_manager=FIELD_MANAGER)
+            else:
+                raise
+        out.writes += 1
+        cache.put(created)
+    except ApiError as err:
+        if err.status != 409:
+            raise
+        existing = await client.get(api_path(kind, key.namespace, key.name)) or {}
+        holder = owner_of(existing, owner.hub)
+        if holder == owner or (adopt and holder is None and
+                               ((existing.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) != "meshfed"):
+            applied = await client.apply(api_path(kind, key.namespace, key.name), obj, field_manager=FIELD_MANAGER)
+            out.writes += 1
+            cache.put(applied)
+            return
+        hint = "" if holder else " (set spec.adoptExisting: true to take it over)"
+        out.conflicts.append(f"{_describe(key)} already exists and belongs to {foreign_owner_description(existing)}{hint}")
+
+
+async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCache, *, adopt: bool = False) -> Outcome:
+    out = Outcome()
+
+    async def guarded(key: ObjectKey, action: Any) -> None:
+        try:
+            await action
+        except ApiError as err:
+            telemetry.count("member_errors", cluster=client.name)
+            if err.status == 0:
+                out.unreachable = True
+                out.errors.append(f"{_describe(key)}: {err.message}")
+            elif err.status == 409 and "precondition" in err.message.lower():
+                pass  # the object changed since we saw it; the watch will bring the new state
+            else:
+                out.errors.append(f"{_describe(key)}: {err.message}")
+
+    async def update(obj: dict[str, Any]) -> None:
+        key = key_of(obj)
+        applied = await client.apply(api_path(MANAGED_KINDS[key.kind], key.namespace, key.name), obj,
+                                     field_manager=FIELD_MANAGER)
+        out.writes += 1
+        cache.put(applied)
+
+    async def delete(key: ObjectKey, uid: str, rv: str) -> None:
+        current = cache.objects.get(key)
+        gone = await client.delete(api_path(MANAGED_KINDS[key.kind], key.namespace, key.name), uid=uid,
+                                   resource_version=rv)
+        out.writes += int(gone)
+        if current is not None:
+            cache.remove(current)
+
+    with telemetry.tracer.start_as_current_span(
+        "member.apply", attributes={"cluster": client.name, "accesspoint": owner.key, "writes": plan.writes}
+    ):
+        await asyncio.gather(
+            *(guarded(key_of(o), _create(client, o, owner, adopt, cache, out)) for o in plan.create),
+            *(guarded(key_of(o), update(o)) for o in plan.update),
+            *(guarded(k, delete(k, uid, rv)) for k, uid, rv in plan.delete),
+        )
+    telemetry.count("member_writes", out.writes, cluster=client.name)
+    return out

@@ -1,0 +1,313 @@
+"""Member clusters as the hub sees them: one client, one health probe and one owned-object cache each.
+
+Owns: building a KubeClient from a MemberCluster's kubeconfig Secret, probing /readyz, /version and
+the Istio API group (-> Reachable/Ready facts), and list+watch caches of every object this hub owns
+in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint. Changes are reported
+through callbacks; this module never writes to members (the executor does) nor to the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from accesspoint.kinds import MANAGED_KINDS, Kind, api_path
+from accesspoint.ownership import HUB, Owner, owner_of
+from accesspoint.render import ObjectKey, key_of
+from federation.kube import ApiError, Gone, KubeClient
+from placement.models import ClusterFacts, MemberCluster
+
+log = logging.getLogger("meshfed.members")
+
+ISTIO_RESOURCES = {"gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"}
+
+
+def _rv(obj: dict[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+class OwnedCache:
+    """Objects of one member labelled with our hub id, with an index by owning AccessPoint."""
+
+    def __init__(self, hub: str) -> None:
+        self.hub = hub
+        self.objects: dict[ObjectKey, dict[str, Any]] = {}
+        self.by_owner: dict[str, set[ObjectKey]] = defaultdict(set)
+        self.synced: set[str] = set()
+
+    def put(self, obj: dict[str, Any]) -> str | None:
+        """Store `obj` unless we hold a newer version; return its owner key when it changed."""
+        key = key_of(obj)
+        old = self.objects.get(key)
+        if old is not None and _rv(old) > _rv(obj) and old["metadata"].get("uid") == obj["metadata"].get("uid"):
+            return None
+        previous_owner = self._drop(key)
+        owner = owner_of(obj, self.hub)
+        if owner is None:  # someone removed our labels: it is no longer ours
+            return previous_owner
+        self.objects[key] = obj
+        self.by_owner[owner.key].add(key)
+        return owner.key
+
+    def remove(self, obj: dict[str, Any]) -> str | None:
+        key = key_of(obj)
+        old = self.objects.get(key)
+        if old is None or old["metadata"].get("uid") != obj["metadata"].get("uid"):
+            return None
+        return self._drop(key)
+
+    def _drop(self, key: ObjectKey) -> str | None:
+        old = self.objects.pop(key, None)
+        if old is None:
+            return None
+        owner = owner_of(old, self.hub)
+        if owner is not None:
+            self.by_owner[owner.key].discard(key)
+            return owner.key
+        return None
+
+    def replace_kind(self, kind: str, items: list[dict[str, Any]]) -> set[str]:
+        """After a relist: replace every object of `kind`; return the owners that changed."""
+        changed: set[str] = set()
+        fresh = {key_of(o): o for o in items}
+        for key in [k for k in self.objects if k.kind == kind and k not in fresh]:
+            owner = self._drop(key)
+            if owner:
+                changed.add(owner)
+        for obj in items:
+            old = self.objects.get(key_of(obj))
+            if old is None or old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                owner = self.put(obj)
+                if owner:
+                    changed.add(owner)
+        self.synced.add(kind)
+        return changed
+
+    def owned(self, owner: Owner) -> dict[ObjectKey, dict[str, Any]]:
+        return {k: self.objects[k] for k in self.by_owner.get(owner.key, set()) if k in self.objects}
+
+    def owners(self) -> set[str]:
+        return {k for k, v in self.by_owner.items() if v}
+
+
+@dataclass
+class Probe:
+    reachable: bool | None = None
+    ready: bool = False
+    version: str | None = None
+    istio: bool | None = None
+    message: str = ""
+    at: float = 0.0
+
+
+@dataclass
+class Member:
+    """The hub's live view of one member cluster."""
+
+    name: str
+    spec: MemberCluster
+    hub_id: str
+    cache: OwnedCache
+    client: KubeClient | None = None
+    probe: Probe = field(default_factory=Probe)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    kubeconfig_error: str | None = None
+
+    @property
+    def facts(self) -> ClusterFacts:
+        return ClusterFacts(
+            name=self.name,
+            region=self.spec.spec.region,
+            zone=self.spec.spec.zone,
+            labels=self.spec.labels,
+            taints=self.spec.spec.taints,
+            ready=self.probe.ready,
+            reachable=self.probe.reachable,
+        )
+
+    @property
+    def usable(self) -> bool:
+        """Reachable now and every managed kind listed at least once: safe to plan against."""
+        return bool(self.probe.reachable) and self.client is not None and self.cache.synced >= {
+            k for k in MANAGED_KINDS if self.probe.istio or MANAGED_KINDS[k].group == ""
+        }
+
+
+OwnerCallback = Callable[[str, str], None]  # (member name, owner key)
+MemberCallback = Callable[[str], None]  # member name
+
+
+class MemberRegistry:
+    """Starts/stops Members as MemberCluster objects and their Secrets come and go."""
+
+    def __init__(
+        self,
+        hub: KubeClient,
+        hub_id: str,
+        on_owner_change: OwnerCallback,
+        on_member_change: MemberCallback,
+        probe_interval: float = 5.0,
+    ) -> None:
+        self.hub = hub
+        self.hub_id = hub_id
+        self.members: dict[str, Member] = {}
+        self.on_owner_change = on_owner_change
+        self.on_member_change = on_member_change
+        self.probe_interval = probe_interval
+        self._kubeconfigs: dict[str, str] = {}
+
+    async def upsert(self, body: dict[str, Any]) -> None:
+        mc = MemberCluster.model_validate(body)
+        member = self.members.get(mc.name)
+        if member is None:
+            member = Member(name=mc.name, spec=mc, hub_id=self.hub_id, cache=OwnedCache(self.hub_id))
+            self.members[mc.name] = member
+        else:
+            member.spec = mc
+        await self._ensure_client(member)
+        self.on_member_change(mc.name)
+
+    async def remove(self, name: str) -> None:
+        """Forget a deregistered member. Its objects stay where they are: deregistering is no deletion."""
+        member = self.members.pop(name, None)
+        if member is not None:
+            await self._stop(member)
+        self.on_member_change(name)
+
+    async def close(self) -> None:
+        for member in list(self.members.values()):
+            await self._stop(member)
+        self.members.clear()
+
+    async def _stop(self, member: Member) -> None:
+        for task in member.tasks:
+            task.cancel()
+        for task in member.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        member.tasks.clear()
+        if member.client is not None:
+            await member.client.close()
+            member.client = None
+
+    async def _read_kubeconfig(self, member: Member) -> str | None:
+        ref = member.spec.spec.kubeconfig_secret_ref
+        try:
+            secret = await self.hub.get(f"/api/v1/namespaces/{ref.namespace}/secrets/{ref.name}")
+        except ApiError as err:
+            member.kubeconfig_error = f"cannot read Secret {ref.namespace}/{ref.name}: {err}"
+            return None
+        if secret is None:
+            member.kubeconfig_error = f"Secret {ref.namespace}/{ref.name} not found"
+            return None
+        data = (secret.get("data") or {}).get(ref.key)
+        if not data:
+            member.kubeconfig_error = f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}"
+            return None
+        member.kubeconfig_error = None
+        return base64.b64decode(data).decode()
+
+    async def _ensure_client(self, member: Member) -> None:
+        text = await self._read_kubeconfig(member)
+        if text is None or self._kubeconfigs.get(member.name) == text and member.client is not None:
+            if text is None:
+                member.probe = Probe(reachable=None, ready=False, message=member.kubeconfig_error or "", at=time.time())
+            return
+        await self._stop(member)
+        try:
+            member.client = await KubeClient.from_kubeconfig_dict(yaml.safe_load(text), member.name, attempts=2)
+        except Exception as exc:  # a malformed kubeconfig is user input: report it, do not crash
+            member.kubeconfig_error = f"invalid kubeconfig in Secret: {type(exc).__name__}: {exc}"
+            member.probe = Probe(reachable=None, ready=False, message=member.kubeconfig_error, at=time.time())
+            return
+        self._kubeconfigs[member.name] = text
+        member.cache = OwnedCache(self.hub_id)
+        member.tasks.append(asyncio.create_task(self._probe_loop(member), name=f"probe-{member.name}"))
+
+    async def probe_once(self, member: Member) -> Probe:
+        client = member.client
+        assert client is not None
+        try:
+            await client.request("GET", "/readyz", timeout=3, retry=False)
+            version = await client.request("GET", "/version", timeout=3, retry=False)
+            try:
+                group = await client.request("GET", "/apis/networking.istio.io/v1", timeout=3, retry=False)
+                names = {r.get("name") for r in group.get("resources") or []}
+                istio = ISTIO_RESOURCES <= names
+            except ApiError as err:
+                if err.status != 404:
+                    raise
+                istio = False
+            message = "API server ready" + ("" if istio else "; Istio networking CRDs (v1) are not installed")
+            return Probe(True, istio, str(version.get("gitVersion", "")), istio, message, time.time())
+        except ApiError as err:
+            return Probe(False, False, member.probe.version, member.probe.istio, str(err), time.time())
+
+    async def _probe_loop(self, member: Member) -> None:
+        watching: set[str] = set()
+        while True:
+            probe = await self.probe_once(member)
+            changed = (probe.reachable, probe.ready, probe.version, probe.istio) != (
+                member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio)
+            member.probe = probe
+            if probe.reachable:
+                for kind in MANAGED_KINDS.values():
+                    if kind.kind in watching or (kind.group and not probe.istio):
+                        continue
+                    watching.add(kind.kind)
+                    member.tasks.append(asyncio.create_task(self._watch_kind(member, kind),
+                                                            name=f"watch-{member.name}-{kind.kind}"))
+            if changed:
+                log.info("member %s: reachable=%s ready=%s (%s)", member.name, probe.reachable, probe.ready,
+                         probe.message)
+                self.on_member_change(member.name)
+            await asyncio.sleep(self.probe_interval if probe.reachable else min(self.probe_interval, 1.0))
+
+    async def _watch_kind(self, member: Member, kind: Kind) -> None:
+        """List+watch one kind forever; relist after 410 or a lost connection."""
+        selector = f"{HUB}={self.hub_id}"
+        path = api_path(kind, None)
+        delay = 0.2
+        while True:
+            client = member.client
+            if client is None:
+                return
+            try:
+                items, rv = await client.list(path, label_selector=selector)
+                for item in items:
+                    item.setdefault("kind", kind.kind)
+                    item.setdefault("apiVersion", kind.api_version)
+                changed = member.cache.replace_kind(kind.kind, items)
+                for owner in changed:
+                    self.on_owner_change(member.name, owner)
+                self.on_member_change(member.name)
+                delay = 0.2
+                while True:
+                    async for ev in client.watch(path, rv, label_selector=selector):
+                        rv = str(ev.object.get("metadata", {}).get("resourceVersion", rv))
+                        if ev.type == "BOOKMARK":
+                            continue
+                        ev.object.setdefault("kind", kind.kind)
+                        ev.object.setdefault("apiVersion", kind.api_version)
+                        owner = member.cache.remove(ev.object) if ev.type == "DELETED" else member.cache.put(ev.object)
+                        if owner:
+                            self.on_owner_change(member.name, owner)
+            except Gone:
+                continue
+            except ApiError as err:
+                log.debug("member %s: watch %s: %s", member.name, kind.plural, err)
+                member.cache.synced.discard(kind.kind)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)

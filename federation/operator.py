@@ -1,0 +1,87 @@
+"""kopf wiring: hub watch streams feed the Controller; nothing else happens in handlers.
+
+Only `on.event` handlers are used, so kopf stores no handler progress on hub objects (no hub
+writes of its own); meshfed manages its own finalizer. kopf connects to the hub only; members
+are reached with our own clients (federation/members.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+import kopf
+
+from federation.controller import Controller
+from federation.kube import KubeClient
+
+log = logging.getLogger("meshfed.operator")
+
+
+def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    holder: dict[str, Controller] = {}
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        if options.get("kubeconfig"):
+            return kopf.login_with_kubeconfig(**kwargs)
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.posting.enabled = False  # meshfed posts its own Events, only on transitions
+        settings.batching.batch_window = 0.01
+        settings.watching.server_timeout = 300
+        settings.persistence.finalizer = "meshfed.io/kopf"  # unused: no handler needs one
+        if options.get("kubeconfig"):
+            hub = await KubeClient.from_kubeconfig_file(options["kubeconfig"], "hub")
+        else:
+            hub = await KubeClient.in_cluster("hub")
+        controller = Controller(
+            hub,
+            options["hub_id"],
+            workers=options.get("workers", 16),
+            probe_interval=options.get("probe_interval", 5.0),
+            resync_seconds=options.get("resync_seconds", 600.0),
+        )
+        await controller.start()
+        holder["controller"] = controller
+        log.info("meshfed controller started (hub id %r)", options["hub_id"])
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        controller = holder.pop("controller", None)
+        if controller is not None:
+            await controller.stop()
+            await controller.hub.close()
+
+    @kopf.on.event("meshfed.io", "v1alpha1", "memberclusters", registry=registry)
+    async def membercluster_event(event: dict[str, Any], **_: Any) -> None:
+        await holder["controller"].on_membercluster(event.get("type") or "ADDED", event["object"])
+
+    @kopf.on.event("meshfed.io", "v1alpha1", "placementpolicies", registry=registry)
+    def policy_event(event: dict[str, Any], **_: Any) -> None:
+        holder["controller"].on_policy(event.get("type") or "ADDED", event["object"])
+
+    @kopf.on.event("meshfed.io", "v1alpha1", "accesspoints", registry=registry)
+    def accesspoint_event(event: dict[str, Any], **_: Any) -> None:
+        holder["controller"].on_accesspoint(event.get("type") or "ADDED", event["object"])
+
+    return registry
+
+
+def run(kubeconfig: str | None, hub_id: str, **options: Any) -> None:
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
+    opts = {"kubeconfig": kubeconfig, "hub_id": hub_id, **options}
+    asyncio.run(
+        kopf.operator(
+            registry=build_registry(opts),
+            clusterwide=True,
+            standalone=True,
+            liveness_endpoint=options.get("liveness"),
+        )
+    )
