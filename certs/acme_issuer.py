@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -331,6 +332,7 @@ class AcmeIssuer:
             for challb, response in answers:
                 await asyncio.to_thread(acme.answer_challenge, challb, response)
             deadline = datetime.now() + self._timeout
+            await asyncio.to_thread(_wait_authorizations, acme, order, deadline)
             done = await asyncio.to_thread(acme.poll_and_finalize, order, deadline)
         finally:
             for domain, token, validation in presented:
@@ -346,6 +348,19 @@ class AcmeIssuer:
         if not done.fullchain_pem:
             raise IssuanceError("AcmeOrderFailed", "the order finished without a certificate")
         return IssuedChain(chain_pem=done.fullchain_pem.encode(), ca_pem=self._root_pem)
+
+
+def _wait_authorizations(acme: client.ClientV2, order: messages.OrderResource, deadline: datetime) -> None:
+    """Poll pending authorizations with a short, growing interval (50 ms .. 1 s) so that
+    poll_and_finalize (which sleeps 1 s between polls) finds them decided already."""
+    for authzr in order.authorizations:
+        delay = 0.05
+        while datetime.now() < deadline:
+            current, _ = acme.poll(authzr)
+            if current.body.status != messages.STATUS_PENDING:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 def _map_error(exc: Exception, url: str) -> IssuanceError:
