@@ -80,6 +80,11 @@ class ZoneSnapshot:
     zone: str
     serial: int | None
     rrsets: Mapping[tuple[str, str], RRset] = field(default_factory=dict)
+    _by_name: dict[str, list[RRset]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for (name, _), r in sorted(self.rrsets.items()):
+            self._by_name.setdefault(name, []).append(r)
 
     @staticmethod
     def of(zone: str, serial: int | None, rrsets: Sequence[RRset]) -> ZoneSnapshot:
@@ -87,8 +92,7 @@ class ZoneSnapshot:
 
     def at(self, name: str) -> list[RRset]:
         """Every rrset at exactly `name`, sorted by type."""
-        n = absolute(name)
-        return sorted((r for (rn, _), r in self.rrsets.items() if rn == n), key=lambda r: r.rtype)
+        return list(self._by_name.get(absolute(name), ()))
 
     def get(self, name: str, rtype: str) -> RRset | None:
         return self.rrsets.get((absolute(name), rtype.upper()))

@@ -91,6 +91,7 @@ class RFC2136Provider:
         self.writes_sent = 0
         self.transfers: dict[str, int] = {"AXFR": 0, "IXFR": 0}
         self._cache: dns.zone.Zone | None = None
+        self._converted: dict[tuple[dns.name.Name, int], tuple[dns.rdataset.Rdataset, RRset]] = {}
         self._address: str | None = None
 
     # -- transport ---------------------------------------------------------------------------
@@ -175,7 +176,23 @@ class RFC2136Provider:
     async def list_records(self) -> ZoneSnapshot:
         """Zone contents by TSIG transfer: IXFR from the cached copy when there is one, else AXFR."""
         zone = await self._retry("zone transfer", self._transfer)
-        return _snapshot(self.zone, zone)
+        return self._snapshot(zone)
+
+    def _snapshot(self, zone: dns.zone.Zone) -> ZoneSnapshot:
+        """Convert the transferred zone; rdatasets an IXFR left untouched reuse their conversion."""
+        rrsets: list[RRset] = []
+        serial: int | None = None
+        seen: dict[tuple[dns.name.Name, int], tuple[dns.rdataset.Rdataset, RRset]] = {}
+        for name, rds in zone.iterate_rdatasets():
+            key = (name, int(rds.rdtype))
+            if rds.rdtype == dns.rdatatype.SOA:
+                serial = int(rds[0].serial)
+            hit = self._converted.get(key)
+            rr = hit[1] if hit is not None and hit[0] is rds else _convert(zone, name, rds)
+            seen[key] = (rds, rr)
+            rrsets.append(rr)
+        self._converted = seen
+        return ZoneSnapshot.of(self.zone, serial, rrsets)
 
     async def _transfer(self) -> dns.zone.Zone:
         where = await self._where()
@@ -270,20 +287,16 @@ class RFC2136Provider:
             batches.append(current)
         return batches
 
-    def _fits(self, changes: Sequence[Change]) -> bool:
-        """Whether the UPDATE message fits the 64 KiB DNS-over-TCP limit."""
-        try:
-            self._message(changes).to_wire()
-        except dns.exception.TooBig:
-            return False
-        return True
-
     async def _send(self, changes: Sequence[Change]) -> int:
         msg = self._message(changes)
 
         async def op() -> int:
             self.writes_sent += 1
-            r = await dns.asyncquery.tcp(msg, await self._where(), port=self.port, timeout=self.timeout)
+            try:
+                r = await dns.asyncquery.tcp(msg, await self._where(), port=self.port, timeout=self.timeout)
+            except dns.exception.TooBig:
+                self.writes_sent -= 1  # rendering failed: nothing was sent
+                raise
             return r.rcode()
 
         return await self._retry("UPDATE", op)
@@ -295,11 +308,14 @@ class RFC2136Provider:
             queue = self._batches(plan.changes)
             while queue:
                 batch = queue.pop(0)
-                if len(batch) > 1 and not self._fits(batch):
+                try:
+                    rcode = await self._send(batch)
+                except dns.exception.TooBig:
+                    if len(batch) == 1:
+                        raise ProviderRejected(f"the UPDATE for {batch[0].name} exceeds 64 KiB") from None
                     half = len(batch) // 2
                     queue[:0] = [batch[:half], batch[half:]]
                     continue
-                rcode = await self._send(batch)
                 if rcode == dns.rcode.NOERROR:
                     result.applied.extend(batch)
                     continue
@@ -345,17 +361,11 @@ def _rdataset(r: RRset, ttl: int | None = None) -> dns.rdataset.Rdataset:
     )
 
 
-def _snapshot(zone_name: str, zone: dns.zone.Zone) -> ZoneSnapshot:
-    rrsets: list[RRset] = []
-    serial: int | None = None
-    for name, rds in zone.iterate_rdatasets():
-        rtype = dns.rdatatype.to_text(rds.rdtype)
-        absname = name.derelativize(zone.origin) if zone.origin is not None else name
-        if rds.rdtype == dns.rdatatype.SOA:
-            serial = int(rds[0].serial)
-        values = [rd.to_text(origin=zone.origin, relativize=False) for rd in rds]
-        try:
-            rrsets.append(RRset.make(absname.to_text(), rtype, rds.ttl, values))
-        except ValueError:
-            rrsets.append(RRset(absname.to_text().lower(), rtype, rds.ttl, tuple(sorted(values))))
-    return ZoneSnapshot.of(zone_name, serial, rrsets)
+def _convert(zone: dns.zone.Zone, name: dns.name.Name, rds: dns.rdataset.Rdataset) -> RRset:
+    rtype = dns.rdatatype.to_text(rds.rdtype)
+    absname = name.derelativize(zone.origin) if zone.origin is not None else name
+    values = [rd.to_text(origin=zone.origin, relativize=False) for rd in rds]
+    try:
+        return RRset.make(absname.to_text(), rtype, rds.ttl, values)
+    except ValueError:
+        return RRset(absname.to_text().lower(), rtype, rds.ttl, tuple(sorted(values)))

@@ -16,6 +16,7 @@ from itertools import count
 from typing import Any
 
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.tsigkeyring
@@ -72,7 +73,9 @@ def resolve(bind: BindServer, name: str, rtype: str = "A") -> list[str]:
 
 def raw_update(bind: BindServer, build: Any) -> int:
     kr = dns.tsigkeyring.from_text({bind.key_name: (bind.key_algorithm, bind.key_secret)})
-    upd = dns.update.UpdateMessage(ZONE, keyring=kr, keyname=bind.key_name, keyalgorithm=bind.key_algorithm)
+    upd = dns.update.UpdateMessage(
+        ZONE, keyring=kr, keyname=dns.name.from_text(bind.key_name), keyalgorithm=bind.key_algorithm
+    )
     build(upd)
     return dns.query.tcp(upd, bind.host, port=bind.port, timeout=3).rcode()
 
@@ -228,3 +231,13 @@ async def test_server_stopped_then_restarted(bind: BindServer) -> None:
     await p.close()
     await short.close()
     await asyncio.sleep(0)
+
+
+async def test_oversized_update_is_split(bind: BindServer) -> None:
+    p = provider(bind, batch_size=2000)
+    items = [SyncItem(make_ns(), facts(f"10.6.{i // 250}.{i % 250 + 1}")) for i in range(1000)]
+    report = await sync_nameservices(items, p, HUB, NOW, verify=False)
+    assert len(report.result.applied) == 1000 and not report.result.failed
+    assert report.result.messages >= 2  # 2,000 records do not fit one 64 KiB message
+    assert resolve(bind, items[-1].ns.spec.fqdn) == ["10.6.3.250"]
+    await p.close()
