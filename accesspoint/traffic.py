@@ -18,9 +18,11 @@ Istio rules obeyed (REFERENCE.md, "Istio rules the traffic compiler must respect
 
 Compilation, for a member cluster in region R, given the regions that have endpoints (P):
   * Weighted: `from: R/*`, `to: {R/*: localWeight, <remote>/*: ...}`. Remotes are the named
-    `remotes` (minus R) or, when none are named, every other region in P. Unweighted remotes share
-    the remainder equally; a remainder that does not divide evenly gives +1 to the first remotes
-    in the order listed (sorted by name when taken from P). With one region only, local gets 100.
+    `remotes` (minus R) or, when none are named, every other region in P. Without localWeight
+    every remote gets its weight or 1 and local the rest (99/1 for two regions, 98/1/1 for three).
+    With localWeight set, unweighted remotes share the remainder equally; a remainder that does not
+    divide evenly gives +1 to the first remotes in the order listed (sorted by name when taken from
+    P). With one region only, local gets 100.
   * Drain: Weighted with the drained regions removed from every `to`; a cluster in a drained region
     sends everything to `drain.to` (or every non-drained region), so one change moves traffic away.
   * Failover: `failover` rules (region -> region) as given, `enabled: true`.
@@ -66,12 +68,24 @@ class RegionWeighted(ApiModel):
     """Weights for clients in one region (overrides localWeight/remotes there)."""
 
     region: str = Field(min_length=1, max_length=253, pattern=_REGION)
-    local_weight: int = Field(default=99, ge=0, le=100, alias="localWeight")
+    local_weight: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        alias="localWeight",
+        description="Share kept in the client's region; default 1 per remote, the rest local (99/1, 98/1/1).",
+    )
     remotes: list[RegionWeight] = Field(default_factory=list)
 
 
 class WeightedLocality(ApiModel):
-    local_weight: int = Field(default=99, ge=0, le=100, alias="localWeight")
+    local_weight: int | None = Field(
+        default=None,
+        ge=0,
+        le=100,
+        alias="localWeight",
+        description="Share kept in the client's region; default 1 per remote, the rest local (99/1, 98/1/1).",
+    )
     remotes: list[RegionWeight] = Field(
         default_factory=list, description="Remote regions for the remainder; default: every other region."
     )
@@ -311,17 +325,21 @@ def _weights_for(
                 local, named_remotes = entry.local_weight, entry.remotes
                 break
         ctx = f" (clients in region {region})"
-        if local < 1:
-            sub.errors.append(
-                f"{where}.localWeight: weight 0 is not allowed (1..100); use mode Drain "
-                "to move a region's traffic away"
-            )
         named = _dedupe(named_remotes, f"{where}.remotes", sub)
         remotes = named if named_remotes else [RegionWeight(region=p) for p in others]
         # The client's own region and drained regions are no remotes: an explicit share they had goes
         # back to local, unweighted ones are re-shared (use byRegion for exact per-region weights).
-        local += sum(r.weight or 0 for r in remotes if r.region in drained or r.region == region)
+        folded = sum(r.weight or 0 for r in remotes if r.region in drained or r.region == region)
         remotes = [r for r in remotes if r.region not in drained and r.region != region]
+        if local is None:  # default: every remote gets its explicit weight or 1, local the rest
+            local = max(100 - sum(r.weight if r.weight is not None else 1 for r in remotes), 0)
+        else:
+            local += folded
+        if local < 1:
+            sub.errors.append(
+                f"{where}.localWeight: weight 0 is not allowed (1..100){ctx}; use mode Drain "
+                "to move a region's traffic away"
+            )
         if local >= 100 or not remotes:
             if local < 100 and named_remotes and not remotes and not drained:
                 sub.warnings.append(f"{where}.remotes: no remote region{ctx}: all traffic stays local")

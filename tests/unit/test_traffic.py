@@ -61,7 +61,14 @@ OUTLIER = {"consecutive5xxErrors": 5, "interval": "5s", "baseEjectionTime": "30s
             ["us-east", "us-west"],
             {"us-west/*": {"us-east/*": 1, "us-west/*": 99}},
         ),
-        # three regions, 98/1/1
+        # three regions, 98/1/1 by default (1 per remote, the rest local)
+        (
+            tp(mode="Weighted"),
+            "us-west",
+            ["us-east", "us-west", "eu-west"],
+            {"us-west/*": {"eu-west/*": 1, "us-east/*": 1, "us-west/*": 98}},
+        ),
+        # three regions, 98/1/1 explicit
         (
             tp(weighted={"localWeight": 98}),
             "eu-west",
@@ -332,12 +339,12 @@ region_names = st.sampled_from(["r0", "r1", "r2", "r3", "r4"])
 def weighted_cases(draw: st.DrawFn) -> tuple[TrafficPolicy, list[str]]:
     regions = draw(st.lists(region_names, min_size=1, max_size=5, unique=True))
     mode = draw(st.sampled_from(["Weighted", "Drain"]))
-    local = draw(st.integers(1, 100))
+    local = draw(st.one_of(st.none(), st.integers(1, 100)))
     remotes = draw(st.lists(region_names, max_size=4, unique=True))
-    locality: dict[str, Any] = {
-        "mode": mode,
-        "weighted": {"localWeight": local, "remotes": [{"region": r} for r in remotes]},
-    }
+    weighted: dict[str, Any] = {"remotes": [{"region": r} for r in remotes]}
+    if local is not None:
+        weighted["localWeight"] = local
+    locality: dict[str, Any] = {"mode": mode, "weighted": weighted}
     if mode == "Drain":
         locality["drain"] = {"regions": draw(st.lists(st.sampled_from(regions), min_size=1, unique=True))}
     return TrafficPolicy.model_validate({"locality": locality}), regions
@@ -379,3 +386,15 @@ def test_overlap_check_symmetric(locs: list[str]) -> None:
     ok_forward = not check_localities(locs, "x")
     ok_backward = not check_localities(list(reversed(locs)), "x")
     assert ok_forward == ok_backward
+
+
+@settings(max_examples=100, deadline=None)
+@given(regions=st.lists(region_names, min_size=1, max_size=5, unique=True))
+def test_default_policy_is_always_valid_and_keeps_every_region(regions: list[str]) -> None:
+    policy = tp(mode="Weighted")
+    report = validate_policy(policy, regions)
+    assert report.errors == [] and report.warnings == []
+    for region in regions:
+        to = distribute(compile_locality(policy, cluster(region), regions))[f"{region}/*"]
+        assert set(to) == {f"{r}/*" for r in regions}
+        assert to[f"{region}/*"] == 100 - (len(regions) - 1)
