@@ -152,7 +152,9 @@ class PowerDNSProvider:
 
         async def op() -> tuple[str, ...]:
             q = dns.message.make_query(absolute(name), rtype)
-            r = await dns.asyncquery.tcp(q, nameserver, port=self.nameserver_port, timeout=self.timeout)
+            r, _ = await dns.asyncquery.udp_with_fallback(
+                q, nameserver, port=self.nameserver_port, timeout=self.timeout
+            )
             if r.rcode() == dns.rcode.NXDOMAIN:
                 return ()
             want = dns.rdatatype.from_text(rtype)

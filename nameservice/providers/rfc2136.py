@@ -235,7 +235,9 @@ class RFC2136Provider:
 
         async def op() -> tuple[str, ...]:
             q = dns.message.make_query(absolute(name), rtype)
-            r = await dns.asyncquery.tcp(q, await self._where(), port=self.port, timeout=self.timeout)
+            r, _ = await dns.asyncquery.udp_with_fallback(
+                q, await self._where(), port=self.port, timeout=self.timeout
+            )
             if r.rcode() == dns.rcode.NXDOMAIN:
                 return ()
             self._check_rcode(r.rcode(), "query")
