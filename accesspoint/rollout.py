@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, model_validator
+from pydantic.config import JsonDict
 
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, LabelSelector, PrinterColumn, Resource
 from placement.models import REGION_LABEL, ZONE_LABEL, ClusterFacts
@@ -32,6 +33,11 @@ _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 CLUSTER_NAME_LABEL = "meshfed.io/cluster-name"
+# How `kubectl meshfed abort|promote --full` ask (AccessPoint annotations; the value is the revision
+# they apply to, so a request never outlives its revision). deploy/rbac/approval-policy.yaml
+# requires the `promote` verb to set PROMOTE_ANNOTATION.
+ABORT_ANNOTATION = "meshfed.io/abort"
+PROMOTE_ANNOTATION = "meshfed.io/promote-full"
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
 
 
@@ -206,34 +212,40 @@ Decision = Literal["Approved", "Rejected"]
 ApprovalPhase = Literal["Pending", "Approved", "Rejected", "Superseded", "Cancelled", "Invalid"]
 
 
+_IMMUTABLE: JsonDict = {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": "immutable"}]}
+
+
 class RolloutApprovalSpec(ApiModel):
+    """Created by the controller; a person sets only `decision`, `approver` and `reason`."""
+
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "!has(self.decision) || self.approver != ''",
+                    "rule": "!has(self.decision) || (has(self.approver) && self.approver != '')",
                     "message": "spec.approver is required when spec.decision is set",
                 },
                 {
-                    "rule": "!has(oldSelf.decision) || "
-                    "(has(self.decision) && self.decision == oldSelf.decision)",
-                    "message": "spec.decision cannot be changed or removed once set",
-                },
-                {
-                    "rule": "self.accessPoint == oldSelf.accessPoint && self.revision == oldSelf.revision"
-                    " && self.wave == oldSelf.wave && self.gate == oldSelf.gate",
-                    "message": "spec.accessPoint, revision, wave and gate are immutable",
+                    "rule": "!has(oldSelf.decision) || has(self.decision)",
+                    "message": "spec.decision cannot be removed once set",
                 },
             ]
         }
     )
 
-    access_point: str = Field(alias="accessPoint", min_length=1, max_length=63)
-    revision: str = Field(min_length=1)
-    wave: int = Field(ge=1, description="1-based wave index")
+    access_point: str = Field(alias="accessPoint", min_length=1, max_length=63, json_schema_extra=_IMMUTABLE)
+    revision: str = Field(min_length=1, json_schema_extra=_IMMUTABLE)
+    wave: int = Field(ge=1, description="1-based wave index", json_schema_extra=_IMMUTABLE)
     wave_name: str = Field(default="", alias="waveName")
-    gate: GatePosition = "After"
-    decision: Decision | None = None
+    gate: GatePosition = Field(json_schema_extra=_IMMUTABLE)
+    decision: Decision | None = Field(
+        default=None,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self == oldSelf", "message": "spec.decision cannot be changed once set"}
+            ]
+        },
+    )
     approver: str = Field(
         default="", description="Must be the user setting the decision (admission-checked)."
     )

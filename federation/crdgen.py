@@ -12,6 +12,7 @@ from typing import Any
 
 from accesspoint.meta import GROUP, VERSION, Resource
 from accesspoint.models import AccessPoint
+from accesspoint.rollout import RolloutApproval
 from certs.models import Certificate, CertificateIssuer
 from nameservice.models import DNSProvider, NameService
 from placement.models import MemberCluster, PlacementPolicy
@@ -20,6 +21,7 @@ from placement.models import MemberCluster, PlacementPolicy
 RESOURCES: list[type[Resource]] = [MemberCluster, AccessPoint, CertificateIssuer, Certificate]
 RESOURCES.append(PlacementPolicy)
 RESOURCES += [NameService, DNSProvider]
+RESOURCES.append(RolloutApproval)
 
 _DROP = {"title", "default", "examples"}
 
