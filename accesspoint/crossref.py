@@ -20,6 +20,7 @@ Istio limits respected: hosts 1..256 and never "*", endpoints <= 4096, endpoint 
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,6 +67,7 @@ def federated_host(name: str, namespace: str, domain: str = DEFAULT_DOMAIN) -> s
     return f"{name}.{namespace}.{domain}"
 
 
+@functools.lru_cache(maxsize=65536)
 def _is_ip(address: str) -> bool:
     try:
         ipaddress.ip_address(address)

@@ -182,11 +182,11 @@ def apply_overrides(
 ) -> tuple[list[dict[str, Any]], list[OverrideError]]:
     """Apply the overrides that select `cluster` (see the module docstring for order and rules).
 
-    Returns (objects, errors). On success objects not patched are the input dicts themselves
-    (not copies) and patched ones are new; on any error the input objects are returned unchanged.
+    Returns (objects, errors). Inputs are never mutated: patched objects are new dicts (a merge
+    patch shares the subtrees it did not touch with the input, a JSON patch copies), unpatched
+    ones are the input dicts themselves; on any error the input objects are returned unchanged.
     """
     result: list[Any] = list(objects)
-    patched: set[int] = set()
     errors: list[OverrideError] = []
     for index, override in ordered(overrides):
         if not override.applies_to(cluster):
@@ -218,9 +218,6 @@ def apply_overrides(
         if _identity(new) != _identity(current):
             fail(f"patch on {override.target} may not change apiVersion group, kind, name or namespace")
             continue
-        if pos not in patched:
-            new = copy.deepcopy(new)  # detach from the caller's structures once
-            patched.add(pos)
         result[pos] = new
     if errors:
         return [cast(dict[str, Any], o) for o in objects], errors

@@ -32,7 +32,6 @@ Compilation, for a member cluster in region R, given the regions that have endpo
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -448,21 +447,8 @@ def validate_policy(policy: TrafficPolicy | None, regions: Iterable[str]) -> Rep
     return report
 
 
-def compile_locality(
-    policy: TrafficPolicy | None, cluster: ClusterFacts, regions: Iterable[str]
-) -> dict[str, Any] | None:
-    """The DestinationRule `trafficPolicy` fragment for `cluster`, or None when there is no policy.
-
-    `regions` are the regions with endpoints (the placed clusters' regions); the cluster's own region
-    is always included. Raises TrafficPolicyError (with every message) for an invalid policy.
-    """
-    if policy is None or policy.locality is None:
-        return None
-    loc = policy.locality
-    present = _regions([*regions, cluster.region])
-    report = validate_policy(policy, present)
-    if report.errors:
-        raise TrafficPolicyError(report.errors)
+def _fragment(loc: LocalityPolicy, region: str, present: Sequence[str]) -> dict[str, Any]:
+    """The fragment for clients in `region`; the policy is already validated over `present`."""
     if loc.mode == "Disabled":
         return {"loadBalancer": {"localityLbSetting": {"enabled": False}}}
     lb: dict[str, Any] = {"enabled": True}
@@ -473,13 +459,51 @@ def compile_locality(
     elif loc.weighted is not None and loc.weighted.rules:
         lb["distribute"] = [{"from": r.from_, "to": dict(sorted(r.to.items()))} for r in loc.weighted.rules]
     else:
-        weights = _weights_for(loc, cluster.region, present, Report())
-        assert weights is not None  # validated above
-        lb["distribute"] = [
-            {"from": _loc(cluster.region), "to": {_loc(k): weights[k] for k in sorted(weights)}}
-        ]
+        weights = _weights_for(loc, region, present, Report())
+        assert weights is not None  # validated by the caller
+        lb["distribute"] = [{"from": _loc(region), "to": {_loc(k): weights[k] for k in sorted(weights)}}]
     outlier = (loc.outlier_detection or OutlierDetection()).istio()
     return {"loadBalancer": {"localityLbSetting": lb}, "outlierDetection": outlier}
+
+
+def compile_locality(
+    policy: TrafficPolicy | None, cluster: ClusterFacts, regions: Iterable[str]
+) -> dict[str, Any] | None:
+    """The DestinationRule `trafficPolicy` fragment for `cluster`, or None when there is no policy.
+
+    `regions` are the regions with endpoints (the placed clusters' regions); the cluster's own region
+    is always included. Raises TrafficPolicyError (with every message) for an invalid policy.
+    """
+    if policy is None or policy.locality is None:
+        return None
+    present = _regions([*regions, cluster.region])
+    report = validate_policy(policy, present)
+    if report.errors:
+        raise TrafficPolicyError(report.errors)
+    return _fragment(policy.locality, cluster.region, present)
+
+
+def compile_regions(policy: TrafficPolicy | None, regions: Iterable[str]) -> dict[str, dict[str, Any] | None]:
+    """compile_locality for every region at once (validates once): region -> fragment.
+
+    Every cluster of a region gets the same fragment, so a controller compiles once per
+    AccessPoint and looks the fragment up by the cluster's region.
+    """
+    present = _regions(regions)
+    if policy is None or policy.locality is None:
+        return dict.fromkeys(present)
+    report = validate_policy(policy, present)
+    if report.errors:
+        raise TrafficPolicyError(report.errors)
+    return {region: _fragment(policy.locality, region, present) for region in present}
+
+
+def _json_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(v) for v in value]
+    return value
 
 
 def apply_traffic(
@@ -487,28 +511,32 @@ def apply_traffic(
     fragment: Mapping[str, Any] | None,
     hosts: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Copies of `objects` with the compiled fragment set on DestinationRules' trafficPolicy.
+    """`objects` with the compiled fragment set on DestinationRules' trafficPolicy.
 
     Replaces `loadBalancer.localityLbSetting` and `outlierDetection`; keeps every other field the
     template set (e.g. `loadBalancer.simple`, `connectionPool`). `hosts` limits which rules change.
+    Inputs are never mutated: changed objects are new along the changed path (other values are
+    shared), unchanged objects are returned as they are.
     """
     only = set(hosts) if hosts is not None else None
     out: list[dict[str, Any]] = []
     for obj in objects:
-        new = copy.deepcopy(dict(obj))
-        spec = new.get("spec")
+        spec = obj.get("spec")
         if (
-            fragment
-            and new.get("kind") == "DestinationRule"
-            and isinstance(spec, dict)
-            and (only is None or spec.get("host") in only)
+            not fragment
+            or obj.get("kind") != "DestinationRule"
+            or not isinstance(spec, Mapping)
+            or (only is not None and spec.get("host") not in only)
         ):
-            tp = spec.setdefault("trafficPolicy", {})
-            lb = tp.setdefault("loadBalancer", {})
-            lb["localityLbSetting"] = copy.deepcopy(fragment["loadBalancer"]["localityLbSetting"])
-            if "outlierDetection" in fragment:
-                tp["outlierDetection"] = copy.deepcopy(fragment["outlierDetection"])
-        out.append(new)
+            out.append(obj if isinstance(obj, dict) else dict(obj))
+            continue
+        tp = dict(spec.get("trafficPolicy") or {})
+        lb = dict(tp.get("loadBalancer") or {})
+        lb["localityLbSetting"] = _json_copy(fragment["loadBalancer"]["localityLbSetting"])
+        tp["loadBalancer"] = lb
+        if "outlierDetection" in fragment:
+            tp["outlierDetection"] = _json_copy(fragment["outlierDetection"])
+        out.append({**obj, "spec": {**spec, "trafficPolicy": tp}})
     return out
 
 

@@ -19,7 +19,6 @@ Rules:
 
 from __future__ import annotations
 
-import copy
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -95,17 +94,21 @@ def apply_visibility(
     *,
     default_namespace: str = "",
 ) -> list[dict[str, Any]]:
-    """Copies of `objects` with exportTo set on VirtualServices, DestinationRules and ServiceEntries.
+    """`objects` with exportTo set on VirtualServices, DestinationRules and ServiceEntries.
 
-    An object whose spec already has `exportTo` is left as the template wrote it.
+    An object whose spec already has `exportTo` is left as the template wrote it. Inputs are never
+    mutated: a changed object is a new dict with a new `spec` (other values are shared, not copied);
+    unchanged objects are returned as they are.
     """
     out: list[dict[str, Any]] = []
+    cache: dict[str, list[str]] = {}
     for obj in objects:
-        new = copy.deepcopy(dict(obj))
-        if new.get("kind") in EXPORTED_KINDS:
-            spec = new.setdefault("spec", {})
-            if "exportTo" not in spec:
-                ns = str((new.get("metadata") or {}).get("namespace") or default_namespace)
-                spec["exportTo"] = export_to(policy, ns, gateway_namespace)
-        out.append(new)
+        spec = obj.get("spec")
+        if obj.get("kind") in EXPORTED_KINDS and not (isinstance(spec, Mapping) and "exportTo" in spec):
+            ns = str((obj.get("metadata") or {}).get("namespace") or default_namespace)
+            if ns not in cache:
+                cache[ns] = export_to(policy, ns, gateway_namespace)
+            out.append({**obj, "spec": {**(spec or {}), "exportTo": list(cache[ns])}})
+        else:
+            out.append(obj if isinstance(obj, dict) else dict(obj))
     return out

@@ -22,6 +22,7 @@ from accesspoint.traffic import (
     apply_traffic,
     check_locality_lb_setting,
     compile_locality,
+    compile_regions,
     traffic_conditions,
     validate_policy,
 )
@@ -364,6 +365,7 @@ def test_compiled_always_obeys_istio(case: tuple[TrafficPolicy, list[str]], data
             continue
         frag = compile_locality(policy, cluster(region), regions)
         assert frag == compile_locality(policy, cluster(region), shuffled)  # deterministic
+        assert frag == compile_regions(policy, regions)[region]
         assert frag is not None
         lb = frag["loadBalancer"]["localityLbSetting"]
         assert "failover" not in lb
