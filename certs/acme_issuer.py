@@ -30,11 +30,25 @@ from acme import client, errors, messages
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from josepy import jwa, jwk
+from tenacity import retry, retry_if_exception, stop_after_attempt
 
 from certs.checks import disallowed_hosts
 from certs.issuers import IssuanceError, IssuedChain, key_to_pem, load_key, new_private_key
 
 log = logging.getLogger("meshfed.acme")
+
+
+def _bad_nonce(exc: BaseException) -> bool:
+    return isinstance(exc, messages.Error) and exc.code == "badNonce"
+
+
+# The acme client retries a badNonce once per POST; servers may reject nonces at random (Pebble: 5%).
+_nonce_retry = retry(retry=retry_if_exception(_bad_nonce), stop=stop_after_attempt(4), reraise=True)
+
+
+async def _in_thread(fn: Any, *args: Any) -> Any:
+    """Run a blocking acme call in a worker thread, retrying it on badNonce."""
+    return await asyncio.to_thread(_nonce_retry(fn), *args)
 
 
 # --- solvers -----------------------------------------------------------------------------------
@@ -288,7 +302,7 @@ class AcmeIssuer:
     async def _ensure_account(self) -> None:
         async with self._account_lock:
             if self._account is None:
-                self._account = await asyncio.to_thread(self._register)
+                self._account = await _in_thread(self._register)
                 log.info("acme: account %s at %s", self._account.uri, self._url)
 
     async def sign(self, csr_pem: bytes, hosts: Sequence[str], duration: timedelta) -> IssuedChain:
@@ -306,7 +320,7 @@ class AcmeIssuer:
 
     async def _sign(self, csr_pem: bytes) -> IssuedChain:
         await self._ensure_account()
-        acme, order = await asyncio.to_thread(self._order, csr_pem)
+        acme, order = await _in_thread(self._order, csr_pem)
         presented: list[tuple[str, str, str]] = []
         try:
             answers = []
@@ -330,10 +344,10 @@ class AcmeIssuer:
                 presented.append((domain, token, validation))
                 answers.append((challb, response))
             for challb, response in answers:
-                await asyncio.to_thread(acme.answer_challenge, challb, response)
+                await _in_thread(acme.answer_challenge, challb, response)
             deadline = datetime.now() + self._timeout
-            await asyncio.to_thread(_wait_authorizations, acme, order, deadline)
-            done = await asyncio.to_thread(acme.poll_and_finalize, order, deadline)
+            await _in_thread(_wait_authorizations, acme, order, deadline)
+            done: messages.OrderResource = await _in_thread(acme.poll_and_finalize, order, deadline)
         finally:
             for domain, token, validation in presented:
                 try:
