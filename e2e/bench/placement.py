@@ -40,15 +40,11 @@ from accesspoint.crossref import (
     federated_host,
 )
 from accesspoint.models import AccessPoint
+from accesspoint.render import render
 from accesspoint.traffic import TrafficPolicy, apply_traffic, compile_regions
 from accesspoint.visibility import apply_visibility, export_to
 from placement.models import ClusterFacts, PlacementDecision, Taint
 from placement.select import select
-
-try:  # the renderer is written concurrently by the hub-runtime work
-    from accesspoint.render import render as _render
-except ImportError:  # pragma: no cover - TODO: remove once accesspoint/render.py is on main
-    _render = None
 
 HUB = "bench-hub"
 REGIONS = ("us-east", "us-west", "eu-west")
@@ -202,12 +198,9 @@ def desired_for_ap(
     out = {}
     for cluster in placed:
         t0 = time.process_time()
-        if _render is None:  # TODO(render): measured without render until accesspoint/render.py exists
-            objects: list[dict[str, Any]] = [t.wire() for t in ap.spec.template]
-        else:
-            rendered = _render(ap, cluster, HUB)
-            assert not rendered.errors, rendered.errors
-            objects = rendered.objects
+        rendered = render(ap, cluster, HUB)
+        assert not rendered.errors, rendered.errors
+        objects = rendered.objects
         RENDER_CPU[0] += time.process_time() - t0
         objects = apply_traffic(objects, fragments[cluster.region])
         out[cluster.name] = apply_visibility(
@@ -293,7 +286,6 @@ def run(n_aps: int, n_clusters: int, scenario: str) -> dict[str, Any]:
         "renderSeconds": round(render_wall, 3),
         "renderCpuSeconds": round(render_cpu, 3),
         "placementPlusRenderSeconds": round(place_wall + render_wall, 3),
-        "renderIncludesAccesspointRender": _render is not None,
         "cpuInAccesspointRender": round(render_only_cpu, 3),
         "cpuInTrafficCrossrefVisibility": round(render_cpu - render_only_cpu, 3),
         "placementPlusRenderCpuSeconds": round(place_cpu + render_cpu, 3),
@@ -329,10 +321,7 @@ def main() -> None:
             f"-> {r['placedPairs']} placed pairs, {r['objects']} objects"
         )
         print(f"  placement           {r['placementSeconds']:8.3f} s  (cpu {r['placementCpuSeconds']:.3f} s)")
-        print(
-            f"  render+traffic+xref {r['renderSeconds']:8.3f} s  (cpu {r['renderCpuSeconds']:.3f} s)"
-            f"{'' if r['renderIncludesAccesspointRender'] else '  [TODO: without accesspoint.render]'}"
-        )
+        print(f"  render+traffic+xref {r['renderSeconds']:8.3f} s  (cpu {r['renderCpuSeconds']:.3f} s)")
         print(
             f"    of which render() cpu {r['cpuInAccesspointRender']:.3f} s, traffic+xref+visibility cpu "
             f"{r['cpuInTrafficCrossrefVisibility']:.3f} s"
