@@ -17,6 +17,7 @@ from typing import Any
 
 from accesspoint.kinds import TEMPLATE_KINDS
 from accesspoint.models import AccessPoint
+from accesspoint.overrides import apply_overrides
 from accesspoint.ownership import HASH_ANNOTATION, Owner
 from placement.models import ClusterFacts
 
@@ -131,10 +132,15 @@ def variables_for(ap: AccessPoint, cluster: ClusterFacts) -> dict[str, str]:
 
 
 def render(ap: AccessPoint, cluster: ClusterFacts, hub: str) -> Rendered:
-    """The manifests `cluster` should carry for `ap`: substituted, labelled, hashed."""
+    """The manifests `cluster` should carry for `ap`: substituted, overridden, labelled, hashed.
+
+    Order: variable substitution -> overrides (accesspoint.overrides, all-or-nothing) -> owner
+    labels and content hash, so an override can never remove meshfed's ownership marks.
+    """
     owner = Owner(hub, ap.namespace, ap.name)
     variables = variables_for(ap, cluster)
     out = Rendered()
+    substituted: list[dict[str, Any]] = []
     for i, tmpl in enumerate(ap.spec.template):
         path = f"spec.template[{i}]"
         try:
@@ -142,20 +148,29 @@ def render(ap: AccessPoint, cluster: ClusterFacts, hub: str) -> Rendered:
         except TemplateError as err:
             out.errors.append(err)
             continue
-        kind = TEMPLATE_KINDS[tmpl.kind]
         meta = raw.get("metadata", {})
-        obj: dict[str, Any] = {
-            "apiVersion": kind.api_version,
+        substituted.append({
+            "apiVersion": TEMPLATE_KINDS[tmpl.kind].api_version,
             "kind": tmpl.kind,
             "metadata": {
                 "name": meta["name"],
                 "namespace": meta.get("namespace") or ap.namespace,
-                "labels": {**meta.get("labels", {}), **owner.labels()},
+                "labels": dict(meta.get("labels", {})),
+                "annotations": dict(meta.get("annotations", {})),
             },
             "spec": raw.get("spec", {}),
-        }
-        annotations = dict(meta.get("annotations", {}))
-        annotations[HASH_ANNOTATION] = content_hash({**obj, "annotations": annotations})
-        obj["metadata"]["annotations"] = annotations
+        })
+    if out.errors:
+        return out
+    patched, problems = apply_overrides(substituted, ap.spec.overrides, cluster)
+    if problems:
+        out.errors = [TemplateError(str(p).split(": ", 1)[0], p.message) for p in problems]
+        return out
+    for obj in patched:
+        meta = obj.setdefault("metadata", {})
+        meta["labels"] = {**(meta.get("labels") or {}), **owner.labels()}
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != HASH_ANNOTATION}
+        meta["annotations"] = annotations
+        annotations[HASH_ANNOTATION] = content_hash(obj)
         out.objects.append(obj)
     return out

@@ -49,6 +49,11 @@ def cmd_controller(args: argparse.Namespace) -> None:
 def cmd_fleet(args: argparse.Namespace) -> None:
     from federation.fleet import Fleet
 
+    if args.action == "build":
+        from federation.fleet import apiserver_binary
+
+        print(f"kube-apiserver binary: {apiserver_binary()}")
+        return
     fleet = Fleet(Path(args.dir))
     if args.action == "up":
         state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones))
@@ -196,7 +201,7 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     ctl.set_defaults(func=cmd_controller)
 
     fleet = sub.add_parser("fleet", help="local fleet of real kube-apiservers (hub + members)")
-    fleet.add_argument("action", choices=["up", "down", "status", "kubeconfig", "stop-member", "start-member"])
+    fleet.add_argument("action", choices=["build", "up", "down", "status", "kubeconfig", "stop-member", "start-member"])
     fleet.add_argument("cluster", nargs="?")
     fleet.add_argument("--dir", default=str(DEFAULT_FLEET_DIR))
     fleet.add_argument("--members", type=int, default=3)

@@ -84,6 +84,7 @@ class Controller:
         self._seen_generation: dict[str, tuple[int, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_cluster_state: dict[tuple[str, str], str] = {}
+        self._warm_deadline = 0.0
 
     # ---- event intake (called by the operator's handlers and the member registry) ----
 
@@ -147,7 +148,13 @@ class Controller:
 
     # ---- lifecycle ----
 
-    async def start(self) -> None:
+    async def start(self, warmup_timeout: float = 30.0) -> None:
+        # Know every member before the first AccessPoint reconcile, so placement is never computed
+        # over a partial list (kopf's own list of MemberClusters may arrive after AccessPoints).
+        items, _ = await self.hub.list("/apis/meshfed.io/v1alpha1/memberclusters")
+        for body in items:
+            await self.on_membercluster("ADDED", body)
+        self._warm_deadline = time.monotonic() + warmup_timeout
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
@@ -194,6 +201,8 @@ class Controller:
         if body is None or member is None:
             return
         probe = member.probe
+        if probe.reachable is None and not member.kubeconfig_error:
+            return  # not probed yet: nothing to report
         previous = MemberClusterStatus.model_validate(body.get("status") or {})
         from accesspoint.meta import Condition, merge_conditions
 
@@ -244,6 +253,9 @@ class Controller:
     async def reconcile_accesspoint(self, key: str) -> None:
         body = self.accesspoints.get(key)
         if body is None:
+            return
+        if not self.registry.warm() and time.monotonic() < self._warm_deadline:
+            self.enqueue_later(f"ap/{key}", 0.2)
             return
         telemetry.count("reconciles")
         ns, name = key.split("/", 1)
@@ -360,8 +372,12 @@ class Controller:
             if before == signature:
                 continue
             self._last_cluster_state[state_key] = signature
-            if before is None and entry.state == "Applied" and (body.get("status") or {}).get("clusters"):
-                continue  # controller restart: the state was already reported
+            if before is None:
+                reported = next((c for c in (body.get("status") or {}).get("clusters") or []
+                                 if c.get("name") == entry.name), None)
+                if reported and reported.get("state") == entry.state and \
+                        reported.get("lastError") == entry.last_error:
+                    continue  # controller restart: this state was already reported
             if entry.state in ("Failed", "Conflict"):
                 await self.writer.event(body, "Warning", f"Cluster{entry.state}", f"{entry.name}: {entry.last_error}")
             elif entry.state == "Applied":

@@ -392,6 +392,12 @@ class Fleet:
         for name, pid in list(self.state.aux_pids.items()):
             _kill_group(pid)
             self.state.aux_pids.pop(name)
+        for pid_file in self.root.glob("*.pid"):  # e.g. the demo's controller
+            try:
+                _kill_group(int(pid_file.read_text().strip()))
+            except ValueError:
+                pass
+            pid_file.unlink()
         for cluster in self.state.clusters():
             cluster.stop()
         self.save()

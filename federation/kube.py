@@ -156,6 +156,21 @@ class KubeClient:
                 return await self._once(method, path, query, body, content_type, timeout)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def request_text(self, path: str, timeout: float = 30.0) -> str:
+        """GET a non-JSON endpoint such as /metrics."""
+        headers = await self._headers("application/json")
+        headers["Accept"] = "text/plain"
+        session: aiohttp.ClientSession = self.api.rest_client.pool_manager
+        try:
+            async with session.get(self.host + path, headers=headers,
+                                   timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                text = await resp.text()
+                if resp.status >= 300:
+                    raise ApiError(resp.status, resp.reason or "", text[:500])
+                return text
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise ApiError(0, "Unreachable", f"{self.name}: {type(exc).__name__}: {exc}") from None
+
     async def get(self, path: str) -> dict[str, Any] | None:
         try:
             return await self.request("GET", path)

@@ -186,6 +186,17 @@ class MemberRegistry:
             await self._stop(member)
         self.on_member_change(name)
 
+    def warm(self) -> bool:
+        """Every member has been probed, and the reachable ones have listed their objects.
+
+        Until then the hub's view is incomplete, not failed: reconciling would report clusters
+        as Unknown (and then flip back), which is status churn and noise after every restart.
+        """
+        return all(
+            m.kubeconfig_error is not None or m.probe.reachable is False or m.usable
+            for m in self.members.values()
+        )
+
     async def close(self) -> None:
         for member in list(self.members.values()):
             await self._stop(member)

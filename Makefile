@@ -1,0 +1,66 @@
+# meshfed — two commands do all the set-up on a fresh machine:
+#   make demo   local hub + member clusters (real kube-apiservers), controller, example AccessPoints
+#   make test   lint, type checks, unit, integration (one real API server) and e2e (local fleet) tests
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+FLEET_DIR ?= $(CURDIR)/.fleet
+DEBIAN_PACKAGES := bind9 bind9-utils pdns-server pdns-backend-sqlite3 pebble
+export MESHFED_FLEET_DIR := $(FLEET_DIR)
+
+.PHONY: deps python-deps debian-deps apiserver test lint unit integration e2e demo demo-down crds bench clean
+
+deps: python-deps debian-deps apiserver
+
+$(VENV)/.installed: pyproject.toml
+	@echo "==> Python dependencies into $(VENV) (python: $(PYTHON))"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --progress-bar off -e '.[dev]' | grep -E "^(Successfully|ERROR)" || true
+	@$(PY) -c "import kopf, kubernetes_asyncio, pydantic" && touch $@
+
+python-deps: $(VENV)/.installed
+
+debian-deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "==> Debian packages present: $(DEBIAN_PACKAGES)"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "==> apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null && echo "    done"; \
+	else echo "==> missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing); DNS/ACME tests will fail until then"; fi
+
+apiserver: python-deps
+	@echo "==> kube-apiserver from Go modules (cached after the first build)"
+	@$(PY) -m federation.cli fleet build
+
+lint: python-deps
+	@echo "==> ruff"; $(VENV)/bin/ruff check federation accesspoint placement nameservice certs tests e2e
+	@echo "==> mypy --strict"; $(VENV)/bin/mypy
+
+unit: python-deps
+	@$(VENV)/bin/pytest -q tests/unit
+
+integration: deps
+	@$(VENV)/bin/pytest -q tests/integration
+
+e2e: deps
+	@$(VENV)/bin/pytest -q e2e
+
+test: deps lint
+	@echo "==> tests (unit, integration, e2e)"
+	@$(VENV)/bin/pytest -q -p no:cacheprovider tests e2e
+
+crds: python-deps
+	@$(PY) -m federation.cli crds --out deploy/crds
+
+demo: deps
+	@bash e2e/demo.sh
+
+demo-down:
+	@$(PY) -m federation.cli fleet down --dir $(FLEET_DIR)
+
+bench: deps
+	@for b in e2e/bench/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+
+clean: demo-down
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

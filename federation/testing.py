@@ -1,0 +1,135 @@
+"""Test and benchmark harness: real API servers, the local fleet, the controller as a subprocess,
+and write counts read from each API server's own /metrics (an independent witness).
+
+Used by tests/integration, e2e/ and e2e/bench; never by the controller itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from federation.crdgen import all_crds
+from federation.fleet import REPO, ClusterProc, Fleet, apiserver_binary, apply_crds, free_port, load_member_crds
+from federation.kube import KubeClient
+
+T = TypeVar("T")
+
+# Resources meshfed writes; other writes (the API server's own leases, endpoints) are not ours.
+WATCHED_RESOURCES = {
+    "services", "gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries",
+    "secrets", "namespaces", "accesspoints", "memberclusters", "events", "rolloutapprovals",
+    "placementpolicies", "nameservices", "dnsproviders", "certificates", "certificateissuers",
+}
+MUTATING = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE", "DELETECOLLECTION"}
+_LINE = re.compile(r'^apiserver_request_total\{([^}]*)\}\s+([0-9.e+]+)$')
+
+
+async def write_breakdown(client: KubeClient, resources: Iterable[str] = WATCHED_RESOURCES) -> dict[str, int]:
+    """Mutating requests this API server has served on `resources` since it started, by
+    "verb resource[/subresource]"."""
+    text = await client.request_text("/metrics")
+    wanted = set(resources)
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("verb") in MUTATING and labels.get("resource") in wanted:
+            key = f"{labels['verb']} {labels['resource']}" + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+            out[key] = out.get(key, 0) + int(float(m.group(2)))
+    return out
+
+
+def diff_breakdown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after.get(k, 0) - before.get(k, 0) for k in sorted(set(before) | set(after))
+            if after.get(k, 0) != before.get(k, 0)}
+
+
+async def write_count(client: KubeClient, resources: Iterable[str] = WATCHED_RESOURCES) -> int:
+    """Total mutating requests this API server has served on `resources` since it started."""
+    return sum((await write_breakdown(client, resources)).values())
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, interval: float = 0.2,
+                     message: str = "condition not met") -> T:
+    """Poll `check` until it returns a truthy value; fail with the last value and `message`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = await check()
+            if last:
+                return last
+        except AssertionError as err:
+            last = err
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{message} (after {timeout:.0f}s; last: {last!r})")
+
+
+async def single_apiserver(root: Path, name: str = "hub", *, meshfed_crds: bool = True,
+                           istio_crds: bool = False) -> ClusterProc:
+    cluster = ClusterProc(name=name, role="hub", dir=str(root / name), port=free_port(), etcd_port=free_port(),
+                          peer_port=free_port())
+    cluster.start(apiserver_binary())
+    await cluster.wait_ready()
+    client = await cluster.client()
+    try:
+        crds = (all_crds() if meshfed_crds else []) + (load_member_crds() if istio_crds else [])
+        if crds:
+            await apply_crds(client, crds)
+    finally:
+        await client.close()
+    return cluster
+
+
+class ControllerProcess:
+    """`meshfed controller` as a real subprocess against a fleet's hub."""
+
+    def __init__(self, hub_kubeconfig: Path, log_path: Path, *, hub_id: str = "meshfed-hub",
+                 extra: Iterable[str] = ()) -> None:
+        self.args = [sys.executable, "-m", "federation.cli", "controller", "--kubeconfig", str(hub_kubeconfig),
+                     "--hub-id", hub_id, "--probe-interval", "0.5", *extra]
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                     start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+
+async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
+                      topology: list[tuple[str, str, str]] | None = None) -> Fleet:
+    fleet = Fleet(root)
+    await fleet.up(members=members, regions=regions, zones=zones, topology=topology)
+    return fleet
