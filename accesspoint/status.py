@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from accesspoint.meta import Condition, merge_conditions
+from accesspoint.meta import Condition, ConditionStatus, merge_conditions
 from accesspoint.models import (
-    AccessPoint,
     AccessPointStatus,
     AccessPointSummary,
     ClusterStatus,
@@ -19,7 +18,7 @@ from placement.models import PlacementDecision
 
 
 def summarize(
-    ap: AccessPoint,
+    generation: int,
     revision: str,
     decision: PlacementDecision,
     clusters: Sequence[ClusterStatus],
@@ -27,7 +26,7 @@ def summarize(
     previous: AccessPointStatus | None,
     invalid: Sequence[str] = (),
 ) -> AccessPointStatus:
-    gen = ap.generation
+    gen = generation
     prev_conditions = previous.conditions if previous else []
     placed = set(decision.names)
     entries = sorted(clusters, key=lambda c: c.name)
@@ -37,8 +36,8 @@ def summarize(
     unknown = [c for c in in_place if c.state == "Unknown"]
     removing = [c for c in entries if c.name not in placed]
 
-    def cond(type_: str, status: str, reason: str, message: str) -> Condition:
-        return Condition(type=type_, status=status, reason=reason, message=message, observedGeneration=gen)  # type: ignore[arg-type]
+    def cond(type_: str, status: ConditionStatus, reason: str, message: str) -> Condition:
+        return Condition(type=type_, status=status, reason=reason, message=message, observed_generation=gen)
 
     if invalid:
         fresh = [
@@ -58,7 +57,8 @@ def summarize(
 
     fresh = [cond("Accepted", "True", "Valid", "the spec is valid")]
     if placed:
-        fresh.append(cond("Placed", "True", "ClustersSelected", f"{len(placed)} cluster(s): {', '.join(sorted(placed))}"))
+        names_list = ", ".join(sorted(placed))
+        fresh.append(cond("Placed", "True", "ClustersSelected", f"{len(placed)} cluster(s): {names_list}"))
     else:
         fresh.append(cond("Placed", "False", "NoClusterSelected", "the placement selects no member cluster"))
 
@@ -101,7 +101,7 @@ def summarize(
 
     vips = [c.vip for c in in_place if c.vip]
     status = AccessPointStatus(
-        observedGeneration=gen,
+        observed_generation=gen,
         revision=revision,
         conditions=merge_conditions(prev_conditions, fresh, now),
         placement=decision,

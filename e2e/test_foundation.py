@@ -309,7 +309,8 @@ async def test_controller_restart_and_noop_resync_cause_no_writes(
     fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], namespace: str
 ) -> None:
     for i in range(5):
-        await hub.create(AP.format(ns=namespace), accesspoint(namespace, f"quiet-{i}", template=template(prefix="${name}-")), field_manager="e2e")
+        body = accesspoint(namespace, f"quiet-{i}", template=template(prefix="${name}-"))
+        await hub.create(AP.format(ns=namespace), body, field_manager="e2e")
     for i in range(5):
         await wait_ready(hub, namespace, f"quiet-{i}")
     await asyncio.sleep(3)  # let trailing events settle

@@ -226,8 +226,8 @@ class Controller:
         conds = [c.model_copy(update={"observed_generation": gen}) for c in (reach, ready)]
         status = MemberClusterStatus(
             conditions=merge_conditions(previous.conditions, conds, now_rfc3339()),
-            kubernetesVersion=probe.version or previous.kubernetes_version,
-            istioCRDs=probe.istio if probe.istio is not None else previous.istio_crds,
+            kubernetes_version=probe.version or previous.kubernetes_version,
+            istio_crds=probe.istio if probe.istio is not None else previous.istio_crds,
             ready=ready.status,
         )
         # lastProbeTime is not written on every probe: that would be a hub write every few seconds.
@@ -246,7 +246,8 @@ class Controller:
         if ap.spec.placement_ref is not None:
             body = self.policies.get(f"{ap.namespace}/{ap.spec.placement_ref.name}")
             if body is None:
-                return None, f"spec.placementRef.name: PlacementPolicy {ap.spec.placement_ref.name!r} not found in namespace {ap.namespace}"
+                ref = ap.spec.placement_ref.name
+                return None, f"spec.placementRef.name: PlacementPolicy {ref!r} not found in namespace {ap.namespace}"
             return PlacementPolicy.model_validate(body).spec, None
         return ap.spec.placement or PlacementSpec(), None
 
@@ -283,8 +284,8 @@ class Controller:
             if missing:
                 problems.append(missing)
         if ap is None or problems or spec is None:
-            shell = AccessPoint.model_construct(metadata=body["metadata"], spec=None)  # only metadata is read
-            status = summarize(shell, "", PlacementDecision(), [], now_rfc3339(), previous, invalid=problems)
+            generation = int(body["metadata"].get("generation", 0))
+            status = summarize(generation, "", PlacementDecision(), [], now_rfc3339(), previous, invalid=problems)
             if await self._write_status(path, ns, name, status, body):
                 await self.writer.event(body, "Warning", "InvalidSpec", "; ".join(problems))
             return
@@ -300,8 +301,8 @@ class Controller:
         entries = [r for r in results if r is not None]
         # Placed clusters we have no client for (Secret missing): report them, touch nothing.
         for cname in sorted(placed - set(members)):
-            entries.append(ClusterStatus(name=cname, state="Unknown", lastError="member cluster not registered"))
-        status = summarize(ap, revision, decision, entries, now_rfc3339(), previous)
+            entries.append(ClusterStatus(name=cname, state="Unknown", last_error="member cluster not registered"))
+        status = summarize(ap.generation, revision, decision, entries, now_rfc3339(), previous)
         await self._write_status(path, ns, name, status, body)
         await self._emit_transitions(body, entries)
         if any(e.state in ("Failed", "Unknown", "Removing") for e in entries):
@@ -321,14 +322,14 @@ class Controller:
         if not member.usable:
             why = member.kubeconfig_error or member.probe.message or "member cache not synced yet"
             return ClusterStatus(**base, state="Unknown", objects=len(owned), vip=_vip(owned.values()),
-                                 lastError=why if member.probe.reachable is False or member.kubeconfig_error else None)
+                                 last_error=why if member.probe.reachable is False or member.kubeconfig_error else None)
         desired: list[dict[str, Any]] = []
         if placed:
             rendered = render(ap, facts, self.hub_id)
             if rendered.errors:
                 # Keep the last good objects in this cluster; report the problem.
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
-                                     lastError="; ".join(str(e) for e in rendered.errors))
+                                     last_error="; ".join(str(e) for e in rendered.errors))
             desired = rendered.objects
         the_plan = plan(desired, owned)
         client = member.client
@@ -343,20 +344,20 @@ class Controller:
         vip = _vip(owned_now.values())
         if outcome is not None and outcome.conflicts:
             return ClusterStatus(**base, state="Conflict", objects=len(owned_now), vip=vip,
-                                 lastError="; ".join(outcome.conflicts + outcome.errors))
+                                 last_error="; ".join(outcome.conflicts + outcome.errors))
         if outcome is not None and outcome.unreachable:
             return ClusterStatus(**base, state="Unknown", objects=len(owned_now), vip=vip,
-                                 lastError="; ".join(outcome.errors))
+                                 last_error="; ".join(outcome.errors))
         if outcome is not None and outcome.errors:
             return ClusterStatus(**base, state="Failed", objects=len(owned_now), vip=vip,
-                                 lastError="; ".join(outcome.errors))
+                                 last_error="; ".join(outcome.errors))
         if not placed:
             return ClusterStatus(**base, state="Removing", objects=len(owned_now)) if owned_now else None
         wants_vip = any(o["kind"] == "Service" and (o.get("spec") or {}).get("type") == "LoadBalancer"
                         for o in desired)
         if wants_vip and vip is None:
             return ClusterStatus(**base, state="Progressing", revision=revision, objects=len(owned_now),
-                                 lastError=None, routeConfigured=None)
+                                 last_error=None, route_configured=None)
         return ClusterStatus(**base, state="Applied", revision=revision, objects=len(owned_now), vip=vip)
 
     async def _write_status(self, path: str, ns: str, name: str, status: AccessPointStatus,

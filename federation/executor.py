@@ -77,7 +77,8 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
             cache.put(applied)
             return
         hint = "" if holder else " (set spec.adoptExisting: true to take it over)"
-        out.conflicts.append(f"{_describe(key)} already exists and belongs to {foreign_owner_description(existing)}{hint}")
+        holder_text = foreign_owner_description(existing)
+        out.conflicts.append(f"{_describe(key)} already exists and belongs to {holder_text}{hint}")
 
 
 async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCache, *, adopt: bool = False) -> Outcome:

@@ -112,12 +112,16 @@ def free_port() -> int:
 
 
 def kubeconfig_dict(name: str, port: int, ca: bytes, client: pki.KeyPair) -> dict[str, Any]:
-    b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": name, "cluster": {"server": f"https://127.0.0.1:{port}", "certificate-authority-data": b64(ca)}}],
-        "users": [{"name": f"{name}-admin", "user": {"client-certificate-data": b64(client.cert_pem), "client-key-data": b64(client.key_pem)}}],
+        "clusters": [{"name": name, "cluster": {"server": f"https://127.0.0.1:{port}",
+                                                 "certificate-authority-data": b64(ca)}}],
+        "users": [{"name": f"{name}-admin", "user": {"client-certificate-data": b64(client.cert_pem),
+                                                      "client-key-data": b64(client.key_pem)}}],
         "contexts": [{"name": name, "context": {"cluster": name, "user": f"{name}-admin"}}],
         "current-context": name,
     }
@@ -157,7 +161,8 @@ class ClusterProc:
         (pki_dir / "serving.crt").write_bytes(serving.cert_pem)
         pki.write_private(pki_dir / "serving.key", serving.key_pem)
         pki.write_service_account_keys(pki_dir)
-        pki.write_private(self.kubeconfig, yaml.safe_dump(kubeconfig_dict(self.name, self.port, ca.cert_pem, admin)).encode())
+        kubeconfig = kubeconfig_dict(self.name, self.port, ca.cert_pem, admin)
+        pki.write_private(self.kubeconfig, yaml.safe_dump(kubeconfig).encode())
 
     def command(self, binary: Path) -> list[str]:
         p = self.path / "pki"

@@ -32,7 +32,7 @@ class HubWriter:
     async def write_status(self, path: str, kind: str, name: str, namespace: str | None,
                            status: dict[str, Any], current: dict[str, Any] | None) -> bool:
         """Apply `status` unless the object already carries it; True when a write happened."""
-        if status == (current or {}) or self.written.get(path) == status and current is None:
+        if status == (current or {}) or (self.written.get(path) == status and current is None):
             return False
         meta: dict[str, Any] = {"name": name}
         if namespace:

@@ -8,7 +8,6 @@ API server; never the global default configuration (kopf logs the hub into it).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -62,7 +61,7 @@ class KubeClient:
     def __init__(self, api: ApiClient, name: str, *, attempts: int = 3) -> None:
         self.api = api
         self.name = name
-        self.host = api.configuration.host.rstrip("/")
+        self.host = str(api.configuration.host or "").rstrip("/")
         self.attempts = attempts
 
     @classmethod
@@ -123,7 +122,7 @@ class KubeClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ApiError(0, "Unreachable", f"{self.name}: {type(exc).__name__}: {exc}") from None
         try:
             payload = json.loads(raw) if raw else {}
@@ -168,7 +167,7 @@ class KubeClient:
                 if resp.status >= 300:
                     raise ApiError(resp.status, resp.reason or "", text[:500])
                 return text
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ApiError(0, "Unreachable", f"{self.name}: {type(exc).__name__}: {exc}") from None
 
     async def get(self, path: str) -> dict[str, Any] | None:
@@ -230,9 +229,10 @@ class KubeClient:
                     if event.get("type") == "ERROR":
                         if obj.get("code") == 410:
                             raise Gone()
-                        raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
+                        raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")),
+                                       str(obj.get("message", "")))
                     yield WatchEvent(str(event.get("type")), obj)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ApiError(0, "Unreachable", f"{self.name}: {type(exc).__name__}: {exc}") from None
 
     async def create(self, path: str, body: Mapping[str, Any], *, field_manager: str) -> dict[str, Any]:

@@ -232,7 +232,7 @@ class MemberRegistry:
 
     async def _ensure_client(self, member: Member) -> None:
         text = await self._read_kubeconfig(member)
-        if text is None or self._kubeconfigs.get(member.name) == text and member.client is not None:
+        if text is None or (self._kubeconfigs.get(member.name) == text and member.client is not None):
             if text is None:
                 member.probe = Probe(reachable=None, ready=False, message=member.kubeconfig_error or "", at=time.time())
             return
@@ -256,7 +256,7 @@ class MemberRegistry:
             try:
                 group = await client.request("GET", "/apis/networking.istio.io/v1", timeout=3, retry=False)
                 names = {r.get("name") for r in group.get("resources") or []}
-                istio = ISTIO_RESOURCES <= names
+                istio = names >= ISTIO_RESOURCES
             except ApiError as err:
                 if err.status != 404:
                     raise
@@ -301,13 +301,13 @@ class MemberRegistry:
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
                 changed = member.cache.replace_kind(kind.kind, items)
-                for owner in changed:
-                    self.on_owner_change(member.name, owner)
+                for changed_owner in changed:
+                    self.on_owner_change(member.name, changed_owner)
                 self.on_member_change(member.name)
                 delay = 0.2
                 while True:
                     async for ev in client.watch(path, rv, label_selector=selector):
-                        rv = str(ev.object.get("metadata", {}).get("resourceVersion", rv))
+                        rv = str(ev.object.get("metadata", {}).get("resourceVersion") or rv)
                         if ev.type == "BOOKMARK":
                             continue
                         ev.object.setdefault("kind", kind.kind)

@@ -59,16 +59,16 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             await controller.hub.close()
 
     @kopf.on.event("meshfed.io", "v1alpha1", "memberclusters", registry=registry)
-    async def membercluster_event(event: dict[str, Any], **_: Any) -> None:
-        await holder["controller"].on_membercluster(event.get("type") or "ADDED", event["object"])
+    async def membercluster_event(event: kopf.RawEvent, **_: Any) -> None:
+        await holder["controller"].on_membercluster(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "placementpolicies", registry=registry)
-    def policy_event(event: dict[str, Any], **_: Any) -> None:
-        holder["controller"].on_policy(event.get("type") or "ADDED", event["object"])
+    def policy_event(event: kopf.RawEvent, **_: Any) -> None:
+        holder["controller"].on_policy(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "accesspoints", registry=registry)
-    def accesspoint_event(event: dict[str, Any], **_: Any) -> None:
-        holder["controller"].on_accesspoint(event.get("type") or "ADDED", event["object"])
+    def accesspoint_event(event: kopf.RawEvent, **_: Any) -> None:
+        holder["controller"].on_accesspoint(event.get("type") or "ADDED", dict(event["object"]))
 
     return registry
 

@@ -45,7 +45,8 @@ async def write_breakdown(client: KubeClient, resources: Iterable[str] = WATCHED
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
         if labels.get("verb") in MUTATING and labels.get("resource") in wanted:
-            key = f"{labels['verb']} {labels['resource']}" + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+            sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            key = f"{labels['verb']} {labels['resource']}{sub}"
             out[key] = out.get(key, 0) + int(float(m.group(2)))
     return out
 
@@ -69,7 +70,7 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, i
         try:
             last = await check()
             if last:
-                return last
+                return last  # type: ignore[no-any-return]
         except AssertionError as err:
             last = err
         await asyncio.sleep(interval)
