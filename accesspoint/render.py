@@ -8,6 +8,7 @@ placement.models only.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -115,6 +116,34 @@ def validate(ap: AccessPoint) -> list[TemplateError]:
     return errors
 
 
+Transform = Callable[[list[dict[str, Any]], ClusterFacts], list[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What rendering needs beyond the AccessPoint and the cluster, built once per reconcile by the
+    controller's context providers (federation/controller.py):
+
+    - `transforms`: pure functions over one cluster's substituted objects (traffic policy into
+      DestinationRules, exportTo, credentialName on Gateways), applied in order;
+    - `generated`: objects meshfed generates per cluster (cross-cluster ServiceEntries, TLS Secrets);
+      they get the same owner labels and hash as template objects.
+    Overrides run after both, so users can still patch generated objects.
+    """
+
+    transforms: tuple[Transform, ...] = ()
+    generated: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+
+    def merged(self, other: RenderContext) -> RenderContext:
+        generated = {k: tuple(v) for k, v in self.generated.items()}
+        for cluster, objs in other.generated.items():
+            generated[cluster] = generated.get(cluster, ()) + tuple(objs)
+        return RenderContext(self.transforms + other.transforms, generated)
+
+
+EMPTY_CONTEXT = RenderContext()
+
+
 @dataclass
 class Rendered:
     objects: list[dict[str, Any]] = field(default_factory=list)
@@ -131,11 +160,12 @@ def variables_for(ap: AccessPoint, cluster: ClusterFacts) -> dict[str, str]:
     }
 
 
-def render(ap: AccessPoint, cluster: ClusterFacts, hub: str) -> Rendered:
+def render(ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderContext = EMPTY_CONTEXT) -> Rendered:
     """The manifests `cluster` should carry for `ap`: substituted, overridden, labelled, hashed.
 
-    Order: variable substitution -> overrides (accesspoint.overrides, all-or-nothing) -> owner
-    labels and content hash, so an override can never remove meshfed's ownership marks.
+    Order: variable substitution -> context transforms -> generated objects -> overrides
+    (accesspoint.overrides, all-or-nothing) -> owner labels and content hash, so an override can
+    never remove meshfed's ownership marks.
     """
     owner = Owner(hub, ap.namespace, ap.name)
     variables = variables_for(ap, cluster)
@@ -162,6 +192,9 @@ def render(ap: AccessPoint, cluster: ClusterFacts, hub: str) -> Rendered:
         })
     if out.errors:
         return out
+    for transform in context.transforms:
+        substituted = transform(substituted, cluster)
+    substituted += [copy.deepcopy(o) for o in context.generated.get(cluster.name, ())]
     patched, problems = apply_overrides(substituted, ap.spec.overrides, cluster)
     if problems:
         out.errors = [TemplateError(str(p).split(": ", 1)[0], p.message) for p in problems]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,17 +19,30 @@ from pydantic import ValidationError
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
 from accesspoint.plan import plan
-from accesspoint.render import content_hash, render, validate
+from accesspoint.render import EMPTY_CONTEXT, RenderContext, render, validate
+from accesspoint.revisions import revision_hash
 from accesspoint.status import summarize
 from federation import telemetry
 from federation.executor import execute
 from federation.hubwriter import FINALIZER, HubWriter, now_rfc3339
 from federation.kube import ApiError, KubeClient
 from federation.members import Member, MemberRegistry
-from placement.models import MemberClusterStatus, PlacementDecision, PlacementPolicy, PlacementSpec
+from placement.models import ClusterFacts, MemberClusterStatus, PlacementDecision, PlacementPolicy, PlacementSpec
 from placement.select import select
 
 log = logging.getLogger("meshfed.controller")
+
+# ---- extension points: each feature's wiring lives in its own module and registers here ----
+# Validator: blocking problems (each naming its field) for an AccessPoint, given the known clusters.
+Validator = Callable[[AccessPoint, Sequence[ClusterFacts]], list[str]]
+# ContextProvider: facts for rendering (traffic transforms, generated objects), once per reconcile.
+ContextProvider = Callable[[AccessPoint, PlacementDecision, Mapping[str, Member]], Awaitable[RenderContext]]
+# SpecSelector: which AccessPoint (revision) each placed cluster should carry (the rollout).
+SpecSelector = Callable[[AccessPoint, PlacementDecision, Mapping[str, Member]], Awaitable[Mapping[str, AccessPoint]]]
+# StatusContributor: adds its part (FQDN, certificate, rollout, extra conditions) to a computed status.
+StatusContributor = Callable[[AccessPoint, AccessPointStatus, AccessPointStatus | None, str], AccessPointStatus]
+# StatusListener: told about every computed status of an AccessPoint (changed or not).
+StatusListener = Callable[[str, AccessPoint, AccessPointStatus], None]
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
 MC_PATH = "/apis/meshfed.io/v1alpha1/memberclusters/{name}"
@@ -47,10 +60,8 @@ def validation_messages(err: ValidationError) -> list[str]:
 
 
 def revision_of(ap: AccessPoint) -> str:
-    """Content hash of what lands on members (the rollout settings are not part of it)."""
-    spec = ap.spec.wire()
-    spec.pop("rollout", None)
-    return content_hash(spec)[:10]
+    """Content hash of what lands on members (accesspoint.revisions decides what counts)."""
+    return revision_hash(ap.spec)
 
 
 def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
@@ -85,6 +96,11 @@ class Controller:
         self._tasks: list[asyncio.Task[None]] = []
         self._last_cluster_state: dict[tuple[str, str], str] = {}
         self._warm_deadline = 0.0
+        self.validators: list[Validator] = []
+        self.context_providers: list[ContextProvider] = []
+        self.spec_selector: SpecSelector | None = None
+        self.status_contributors: list[StatusContributor] = []
+        self.status_listeners: list[StatusListener] = []
 
     # ---- event intake (called by the operator's handlers and the member registry) ----
 
@@ -283,6 +299,9 @@ class Controller:
             spec, missing = self._placement_spec(ap)
             if missing:
                 problems.append(missing)
+            facts = [m.facts for m in self.registry.members.values()]
+            for validator in self.validators:
+                problems += validator(ap, facts)
         if ap is None or problems or spec is None:
             generation = int(body["metadata"].get("generation", 0))
             status = summarize(generation, "", PlacementDecision(), [], now_rfc3339(), previous, invalid=problems)
@@ -295,14 +314,26 @@ class Controller:
         members = self.registry.members
         decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
         placed = set(decision.names)
+        context = EMPTY_CONTEXT
+        for provider in self.context_providers:
+            context = context.merged(await provider(ap, decision, members))
+        specs: Mapping[str, AccessPoint] = {}
+        if self.spec_selector is not None:
+            specs = await self.spec_selector(ap, decision, members)
         results = await asyncio.gather(
-            *(self._sync_cluster(ap, owner, revision, m, m.name in placed) for m in members.values())
+            *(self._sync_cluster(specs.get(m.name, ap), owner, m, m.name in placed, context)
+              for m in members.values())
         )
         entries = [r for r in results if r is not None]
         # Placed clusters we have no client for (Secret missing): report them, touch nothing.
         for cname in sorted(placed - set(members)):
             entries.append(ClusterStatus(name=cname, state="Unknown", last_error="member cluster not registered"))
-        status = summarize(ap.generation, revision, decision, entries, now_rfc3339(), previous)
+        now = now_rfc3339()
+        status = summarize(ap.generation, revision, decision, entries, now, previous)
+        for contribute in self.status_contributors:
+            status = contribute(ap, status, previous, now)
+        for listener in self.status_listeners:
+            listener(key, ap, status)
         await self._write_status(path, ns, name, status, body)
         await self._emit_transitions(body, entries)
         if any(e.state in ("Failed", "Unknown", "Removing") for e in entries):
@@ -312,8 +343,10 @@ class Controller:
         else:
             self._retries.pop(f"ap/{key}", None)
 
-    async def _sync_cluster(self, ap: AccessPoint, owner: Owner, revision: str, member: Member,
-                            placed: bool) -> ClusterStatus | None:
+    async def _sync_cluster(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
+                            context: RenderContext) -> ClusterStatus | None:
+        """Bring one member to the rendering of `ap` (the revision this cluster should carry)."""
+        revision = revision_of(ap)
         facts = member.facts
         owned = member.cache.owned(owner)
         if not placed and not owned:
@@ -325,7 +358,7 @@ class Controller:
                                  last_error=why if member.probe.reachable is False or member.kubeconfig_error else None)
         desired: list[dict[str, Any]] = []
         if placed:
-            rendered = render(ap, facts, self.hub_id)
+            rendered = render(ap, facts, self.hub_id, context)
             if rendered.errors:
                 # Keep the last good objects in this cluster; report the problem.
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
