@@ -8,9 +8,11 @@ are reached with our own clients (federation/members.py).
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import kopf
 
@@ -18,6 +20,26 @@ from federation.controller import Controller
 from federation.kube import KubeClient
 
 log = logging.getLogger("meshfed.operator")
+
+
+class Feature(Protocol):
+    """A feature module (traffic, rollout, DNS, certificates) plugged into the controller.
+
+    `register` adds the feature's own kopf handlers (its hub resources); `install` attaches its
+    hooks to the Controller (validators, context providers, spec selector, status contributors and
+    listeners) and may start its own tasks. `holder["controller"]` is the running Controller.
+    """
+
+    register: Callable[[kopf.OperatorRegistry, dict[str, Any]], None]
+    install: Callable[[Controller], Awaitable[None]]
+
+
+# Modules exposing `register(registry, holder)` and `async install(controller)`; listed here once.
+FEATURES: list[str] = []
+
+
+def features() -> list[Any]:
+    return [importlib.import_module(name) for name in FEATURES]
 
 
 def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
@@ -47,8 +69,10 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             probe_interval=options.get("probe_interval", 5.0),
             resync_seconds=options.get("resync_seconds", 600.0),
         )
-        await controller.start()
         holder["controller"] = controller
+        for feature in features():
+            await feature.install(controller)
+        await controller.start()
         log.info("meshfed controller started (hub id %r)", options["hub_id"])
 
     @kopf.on.cleanup(registry=registry)
@@ -70,6 +94,8 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
     def accesspoint_event(event: kopf.RawEvent, **_: Any) -> None:
         holder["controller"].on_accesspoint(event.get("type") or "ADDED", dict(event["object"]))
 
+    for feature in features():
+        feature.register(registry, holder)
     return registry
 
 
