@@ -13,7 +13,7 @@ from pydantic import Field
 from accesspoint.kinds import TEMPLATE_KINDS
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
 from accesspoint.overrides import Override
-from accesspoint.rollout import RolloutSpec
+from accesspoint.rollout import RolloutSpec, RolloutState
 from accesspoint.traffic import TrafficPolicy
 from placement.models import PlacementDecision, PlacementSpec
 
@@ -90,6 +90,7 @@ class AccessPointStatus(ApiModel):
     summary: AccessPointSummary | None = None
     fqdn: str | None = None
     certificate: str | None = None
+    rollout: RolloutState | None = None
 
 
 class AccessPoint(Resource):
@@ -101,8 +102,13 @@ class AccessPoint(Resource):
         printer_columns=(
             PrinterColumn("Clusters", ".status.summary.clusters", description="ready/placed"),
             PrinterColumn("Phase", ".status.summary.phase"),
-            PrinterColumn("Revision", ".status.revision", priority=1),
             PrinterColumn("VIPs", ".status.summary.vips"),
+            PrinterColumn("Rollout", ".status.rollout.phase", description="rollout phase"),
+            PrinterColumn("Wave", ".status.rollout.wave", description="current wave, e.g. 1/3 zone-a"),
+            PrinterColumn("Updated", ".status.rollout.updated", description="placed clusters on the revision"),
+            PrinterColumn("Reason", ".status.rollout.reason"),
+            PrinterColumn("Revision", ".status.revision"),
+            PrinterColumn("Stable", ".status.rollout.stable", priority=1),
             PrinterColumn("FQDN", ".status.fqdn"),
             PrinterColumn("Cert", ".status.certificate"),
             AGE,
