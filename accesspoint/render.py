@@ -23,8 +23,9 @@ from accesspoint.ownership import HASH_ANNOTATION, Owner
 from placement.models import ClusterFacts
 
 VARIABLES = ("cluster", "zone", "region", "namespace", "name")
-_VAR = re.compile(r"\$(\$?)\{([^{}]*)\}")
-_UNCLOSED = re.compile(r"(?<!\$)\$\{[^}]*$")
+# A variable `${x}`, an escaped `$${x}`, or (last alternative) a `${` that starts neither: with no
+# closing `}` before the next `{`, e.g. `${regoin-${cluster}`, it is malformed (or, escaped, literal).
+_VAR = re.compile(r"\$(\$?)\{([^{}]*)\}|(\$?)\$\{")
 
 
 class TemplateError(ValueError):
@@ -71,11 +72,13 @@ def substitute(value: Any, variables: Mapping[str, str], path: str) -> Any:
     def one(text: str, where: str) -> str:
         if "$" not in text:
             return text
-        if _UNCLOSED.search(text):
-            raise TemplateError(where, f"malformed variable in {text!r}: '${{' without a closing '}}'")
 
         def repl(m: re.Match[str]) -> str:
             escaped, var = m.group(1), m.group(2)
+            if var is None:
+                if m.group(3):
+                    return m.group(0)  # an escaped `$${` without a closing brace stays as it is
+                raise TemplateError(where, f"malformed variable in {text!r}: '${{' without a closing '}}'")
             if escaped:
                 return "${" + var + "}"
             if var not in variables:
