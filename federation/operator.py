@@ -35,7 +35,7 @@ class Feature(Protocol):
 
 
 # Modules exposing `register(registry, holder)` and `async install(controller)`; listed here once.
-FEATURES: list[str] = []
+FEATURES: list[str] = ["federation.traffic"]
 
 
 def features() -> list[Any]:

@@ -1,0 +1,371 @@
+"""Controller wiring of issue 3: placement checks, overrides, locality traffic policy, cross-cluster
+reachability, visibility, and PlacementPolicy status.
+
+Owns, as controller hooks (federation/controller.py extension points):
+  * a Validator: `spec.traffic` (accesspoint.traffic.validate_policy over the regions the placement
+    selects), `spec.overrides` (unknown clusters), `spec.traffic.visibility`, and a placement that
+    selects no cluster because of its selector/regions/zones. Any error blocks the reconcile
+    (Accepted=False naming the field): nothing already applied on members changes;
+  * a ContextProvider: the gateway VIP of every placed cluster (its LoadBalancer Service status, read
+    from the member caches) -> per-region locality fragments (compile_regions) applied to the
+    template's DestinationRules, exportTo on VirtualServices/DestinationRules/ServiceEntries
+    (apply_visibility), and per cluster the cross-cluster ServiceEntry + DestinationRule pointing at
+    the other clusters' gateways (accesspoint.crossref). A VIP change re-renders because the member
+    watch enqueues the owning AccessPoint;
+  * a StatusContributor: TrafficPolicyValid / TrafficPolicyRisky (and OverridesApplied when the
+    AccessPoint has overrides), transition times kept from the previous status so an unchanged world
+    writes nothing;
+  * PlacementPolicy status (decision, summary, Placed condition), recomputed when a policy or a member
+    changes and written through the controller's HubWriter only when it changed.
+
+Pure decisions stay in accesspoint/ and placement/; this module only gathers facts and wires them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import weakref
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from accesspoint.crossref import CrossPort, CrossrefError, GatewayEndpoint, cross_cluster_objects, federated_host
+from accesspoint.meta import Condition, set_condition
+from accesspoint.models import AccessPoint, AccessPointStatus
+from accesspoint.overrides import overrides_condition, validate_overrides
+from accesspoint.ownership import Owner
+from accesspoint.render import RenderContext
+from accesspoint.traffic import (
+    RegionWeight,
+    TrafficPolicy,
+    apply_traffic,
+    compile_regions,
+    traffic_conditions,
+    validate_policy,
+)
+from accesspoint.visibility import apply_visibility, export_to, validate_visibility
+from federation.controller import Controller, _vip
+from federation.kube import ApiError
+from federation.members import Member
+from placement.models import (
+    ClusterFacts,
+    PlacementDecision,
+    PlacementPolicy,
+    PlacementPolicyStatus,
+    PlacementSpec,
+)
+from placement.select import decision_condition, select, summarize
+
+log = logging.getLogger("meshfed.traffic")
+
+PP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/placementpolicies/{name}"
+GATEWAY_NAMESPACE = os.environ.get("MESHFED_GATEWAY_NAMESPACE", "istio-system")
+# A placement that selects nothing only because of these (hub-side) criteria is a spec mistake:
+# applying it would remove the AccessPoint everywhere, so it is rejected instead.
+_SPEC_MISMATCH = frozenset({"SelectorMismatch", "WrongRegion", "WrongZone", "NotNamed", "Excluded"})
+_PORT_NAME = re.compile(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")
+_SWEEP_SECONDS = 10.0
+
+
+# ---- pure helpers -----------------------------------------------------------------------------
+
+
+def placement_problems(spec: PlacementSpec, decision: PlacementDecision, facts: Sequence[ClusterFacts],
+                       where: str) -> list[str]:
+    """Errors for a placement whose own criteria match no registered member cluster."""
+    if not facts or decision.selected:
+        return []
+    codes = Counter(d.code or "Rejected" for d in decision.rejected)
+    if not codes or not set(codes) <= _SPEC_MISMATCH or set(codes) == {"Excluded"}:
+        return []  # e.g. clusters not ready or tainted: reported by Placed, not a spec error
+    breakdown = ", ".join(f"{n} {code}" for code, n in sorted(codes.items()))
+    if spec.cluster_selector is not None and not any(spec.cluster_selector.matches(f.selector_labels) for f in facts):
+        return [f"{where}.clusterSelector: matches no member cluster ({len(facts)} registered: {breakdown}); "
+                "nothing already applied is changed"]
+    return [f"{where}: selects no member cluster ({breakdown}); nothing already applied is changed"]
+
+
+def zero_weights(traffic: TrafficPolicy) -> list[str]:
+    """Every explicit weight 0, wherever it is: Istio accepts 1..100 only, and the compiler drops a
+    remote whose region keeps 100% local instead of saying so."""
+    loc = traffic.locality
+    if loc is None:
+        return []
+    lists: list[tuple[str, Sequence[RegionWeight]]] = []
+    if loc.weighted is not None:
+        lists.append(("spec.traffic.locality.weighted.remotes", loc.weighted.remotes))
+        lists += [(f"spec.traffic.locality.weighted.byRegion[{i}].remotes", r.remotes)
+                  for i, r in enumerate(loc.weighted.by_region)]
+    if loc.drain is not None:
+        lists.append(("spec.traffic.locality.drain.to", loc.drain.to))
+    return [f"{where}[{i}].weight: weight 0 is not allowed (1..100); omit region {r.region} from the list "
+            "to send it nothing" for where, weights in lists for i, r in enumerate(weights) if r.weight == 0]
+
+
+def _protocol(name: str, number: int) -> str:
+    lowered = name.lower()
+    if lowered.startswith("https") or lowered.startswith("tls") or number == 443:
+        return "TLS"
+    if lowered.startswith("http2") or lowered.startswith("grpc"):
+        return "HTTP2"
+    if lowered.startswith("http"):
+        return "HTTP"
+    return "TCP"
+
+
+def gateway_ports(ap: AccessPoint) -> list[CrossPort]:
+    """The ports of the AccessPoint's LoadBalancer Service(s): what a remote gateway VIP serves."""
+    out: dict[int, CrossPort] = {}
+    names: set[str] = set()
+    for obj in ap.spec.template:
+        if obj.kind != "Service" or obj.spec.get("type") != "LoadBalancer":
+            continue
+        for port in obj.spec.get("ports") or []:
+            number = port.get("port")
+            if not isinstance(number, int) or not 1 <= number <= 65535 or number in out:
+                continue
+            name = str(port.get("name") or "")
+            if not _PORT_NAME.match(name) or len(name) > 62 or name in names:
+                name = f"port-{number}"
+            names.add(name)
+            out[number] = CrossPort(name=name, number=number, protocol=_protocol(name, number))
+    return [out[n] for n in sorted(out)]
+
+
+def merge_previous(status: AccessPointStatus, previous: AccessPointStatus | None,
+                   fresh: Sequence[Condition], now: str) -> AccessPointStatus:
+    """`status` with `fresh` conditions upserted; transition times taken from `previous`."""
+    before = previous.conditions if previous else []
+    conditions = list(status.conditions)
+    for cond in fresh:
+        merged = set_condition([c for c in before if c.type == cond.type], cond, now)[0]
+        conditions = [c for c in conditions if c.type != cond.type] + [merged]
+    return status.model_copy(update={"conditions": conditions})
+
+
+# ---- the feature ------------------------------------------------------------------------------
+
+
+class TrafficFeature:
+    def __init__(self, controller: Controller) -> None:
+        self.controller = controller
+        self.policies: dict[str, dict[str, Any]] = {}
+        self._written: dict[str, dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- helpers --
+
+    def _facts(self) -> list[ClusterFacts]:
+        return [m.facts for m in self.controller.registry.members.values()]
+
+    def _where(self, ap: AccessPoint) -> str:
+        if ap.spec.placement_ref is not None:
+            return f"PlacementPolicy {ap.spec.placement_ref.name} (spec.placementRef) spec"
+        return "spec.placement"
+
+    def _decision(self, ap: AccessPoint, facts: Sequence[ClusterFacts]) -> tuple[PlacementSpec | None,
+                                                                                   PlacementDecision]:
+        spec, _ = self.controller._placement_spec(ap)
+        if spec is None:
+            return None, PlacementDecision()
+        previous = ap.status.placement if ap.status else None
+        return spec, select(spec, facts, previous)
+
+    # -- Validator --
+
+    def validate(self, ap: AccessPoint, facts: Sequence[ClusterFacts]) -> list[str]:
+        problems: list[str] = []
+        spec, decision = self._decision(ap, facts)
+        if spec is not None:
+            problems += placement_problems(spec, decision, facts, self._where(ap))
+        problems += validate_overrides(ap.spec.overrides, facts).errors
+        traffic = ap.spec.traffic
+        if traffic is not None:
+            problems += validate_visibility(traffic.visibility)
+            zero = zero_weights(traffic)
+            regions = {d.region or "" for d in decision.selected}
+            errors = validate_policy(traffic, regions).errors
+            problems += zero + [e for e in errors if not (zero and "weight 0 is not allowed" in e)]
+        return problems
+
+    # -- ContextProvider --
+
+    def gateways(self, ap: AccessPoint, decision: PlacementDecision,
+                 members: Mapping[str, Member]) -> list[GatewayEndpoint]:
+        owner = Owner(self.controller.hub_id, ap.namespace, ap.name)
+        out = []
+        for d in decision.selected:
+            member = members.get(d.cluster)
+            if member is None:
+                continue
+            vip = _vip(member.cache.owned(owner).values())
+            if vip:
+                facts = member.facts
+                out.append(GatewayEndpoint(cluster=d.cluster, region=facts.region, zone=facts.zone, address=vip))
+        return out
+
+    async def context(self, ap: AccessPoint, decision: PlacementDecision,
+                      members: Mapping[str, Member]) -> RenderContext:
+        traffic = ap.spec.traffic
+        visibility = traffic.visibility if traffic is not None else None
+        locality = traffic.locality if traffic is not None else None
+        regions = sorted({d.region or "" for d in decision.selected})
+        # Validated by the Validator over the same decision; a TrafficPolicyError here is a bug and
+        # fails the reconcile (nothing written) rather than applying half a policy.
+        fragments = compile_regions(traffic, regions) if locality is not None else {}
+
+        def transform(objects: list[dict[str, Any]], cluster: ClusterFacts) -> list[dict[str, Any]]:
+            fragment = fragments.get(cluster.region)
+            if fragment is not None:
+                objects = apply_traffic(objects, fragment)
+            return apply_visibility(objects, visibility, GATEWAY_NAMESPACE, default_namespace=ap.namespace)
+
+        generated: dict[str, tuple[dict[str, Any], ...]] = {}
+        ports = gateway_ports(ap)
+        if locality is not None and ports:
+            gateways = self.gateways(ap, decision, members)
+            exports = export_to(visibility, ap.namespace, GATEWAY_NAMESPACE)
+            host = federated_host(ap.name, ap.namespace)
+            for d in decision.selected:
+                member = members.get(d.cluster)
+                if member is None:
+                    continue
+                facts = member.facts
+                try:
+                    objs = cross_cluster_objects(ap.name, ap.namespace, facts, gateways, ports, [host],
+                                                 export_to=exports, traffic=fragments.get(facts.region))
+                except CrossrefError as err:
+                    log.warning("AccessPoint %s/%s: no cross-cluster objects for %s: %s",
+                                ap.namespace, ap.name, d.cluster, err)
+                    continue
+                if objs:
+                    generated[d.cluster] = tuple(objs)
+        return RenderContext(transforms=(transform,), generated=generated)
+
+    # -- StatusContributor --
+
+    def contribute(self, ap: AccessPoint, status: AccessPointStatus, previous: AccessPointStatus | None,
+                   now: str) -> AccessPointStatus:
+        fresh: list[Condition] = []
+        if ap.spec.traffic is not None:
+            regions = {d.region or "" for d in (status.placement or PlacementDecision()).selected}
+            fresh += traffic_conditions(validate_policy(ap.spec.traffic, regions), ap.generation)
+        if ap.spec.overrides:
+            failed = [f"{c.name}: {c.last_error}" for c in status.clusters
+                      if c.last_error and "spec.overrides[" in c.last_error]
+            cond = overrides_condition(failed, ap.generation)
+            warnings = validate_overrides(ap.spec.overrides, self._facts()).warnings
+            if not failed and warnings:
+                cond = cond.model_copy(update={"message": "; ".join(warnings)})
+            fresh.append(cond)
+        return merge_previous(status, previous, fresh, now) if fresh else status
+
+    # -- PlacementPolicy status --
+
+    def on_policy_event(self, event_type: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        if event_type == "DELETED":
+            self.policies.pop(key, None)
+            self._written.pop(PP_PATH.format(ns=meta["namespace"], name=meta["name"]), None)
+            return
+        self.policies[key] = body
+        self.poke()
+
+    def poke(self, *_: Any) -> None:
+        self._wake.set()
+
+    def policy_status(self, body: dict[str, Any], facts: Sequence[ClusterFacts], now: str) -> dict[str, Any] | None:
+        try:
+            policy = PlacementPolicy.model_validate(body)
+        except ValidationError as err:
+            log.warning("PlacementPolicy %s/%s is invalid: %s", body["metadata"].get("namespace"),
+                        body["metadata"].get("name"), err)
+            return None
+        previous = policy.status or PlacementPolicyStatus()
+        decision = select(policy.spec, facts, previous.decision)
+        cond = decision_condition(decision, policy.generation)
+        problems = placement_problems(policy.spec, decision, facts, "spec")
+        if problems:
+            cond = cond.model_copy(update={"reason": "SelectorMatchesNothing", "message": "; ".join(problems)})
+        merged = set_condition([c for c in previous.conditions if c.type == cond.type], cond, now)
+        status = PlacementPolicyStatus(observed_generation=policy.generation, conditions=merged,
+                                       decision=decision, summary=summarize(decision))
+        return status.wire()
+
+    async def sweep(self) -> None:
+        from federation.hubwriter import now_rfc3339
+
+        facts = self._facts()
+        now = now_rfc3339()
+        for key, body in list(self.policies.items()):
+            wire = self.policy_status(body, facts, now)
+            if wire is None:
+                continue
+            ns, name = key.split("/", 1)
+            path = PP_PATH.format(ns=ns, name=name)
+            if wire == self._written.get(path) or wire == (body.get("status") or {}):
+                continue
+            try:
+                if await self.controller.writer.write_status(path, "PlacementPolicy", name, ns, wire,
+                                                             body.get("status")):
+                    self._written[path] = wire
+            except ApiError as err:
+                log.warning("PlacementPolicy %s: status not written: %s", key, err)
+                self.poke()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), _SWEEP_SECONDS)
+            await asyncio.sleep(0.05)  # coalesce bursts (a member change comes with many events)
+            self._wake.clear()
+            if not self.controller.registry.warm():
+                await asyncio.sleep(0.2)
+                self.poke()
+                continue
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("PlacementPolicy status sweep failed")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="placementpolicy-status")
+            self.controller._tasks.append(self._task)  # cancelled by Controller.stop()
+
+
+_FEATURES: weakref.WeakKeyDictionary[Controller, TrafficFeature] = weakref.WeakKeyDictionary()
+
+
+def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
+    @kopf.on.event("meshfed.io", "v1alpha1", "placementpolicies", registry=registry)
+    def placementpolicy_status_event(event: kopf.RawEvent, **_: Any) -> None:
+        feature = _FEATURES.get(holder["controller"])
+        if feature is not None:
+            feature.on_policy_event(event.get("type") or "ADDED", dict(event["object"]))
+
+
+async def install(controller: Controller) -> None:
+    feature = TrafficFeature(controller)
+    _FEATURES[controller] = feature
+    controller.validators.append(feature.validate)
+    controller.context_providers.append(feature.context)
+    controller.status_contributors.append(feature.contribute)
+    # Member changes (labels, readiness, new members) change PlacementPolicy decisions.
+    notify = controller.registry.on_member_change
+
+    def member_changed(name: str) -> None:
+        notify(name)
+        feature.poke()
+
+    controller.registry.on_member_change = member_changed
+    feature.start()
