@@ -90,6 +90,15 @@ def cmd_fleet(args: argparse.Namespace) -> None:
         print(f"{args.cluster}: {'stopped' if args.action == 'stop-member' else 'started'}")
 
 
+# ---- sds ----
+
+def cmd_sds(argv: list[str]) -> None:
+    """`meshfed sds …`: certs.sds.main parses its own options (--listen, --dir, --interval)."""
+    from certs.sds import main as sds_main
+
+    sys.exit(sds_main(argv))
+
+
 # ---- crds ----
 
 def cmd_crds(args: argparse.Namespace) -> None:
@@ -209,6 +218,10 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     fleet.add_argument("--zones", type=int, default=3)
     fleet.set_defaults(func=cmd_fleet)
 
+    sds = sub.add_parser("sds", add_help=False,
+                         help="serve certificates to Envoy over SDS (meshfed sds --help for options)")
+    sds.set_defaults(func=lambda _args: cmd_sds([]))  # main() hands `sds …` over before parsing
+
     crds = sub.add_parser("crds", help="write the CRDs generated from the models")
     crds.add_argument("--out", default="deploy/crds")
     crds.set_defaults(func=cmd_crds)
@@ -225,6 +238,9 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sds"]:
+        cmd_sds(argv[1:])
     args = build_parser().parse_args(argv)
     args.func(args)
 

@@ -1,0 +1,397 @@
+"""Certificates e2e: hub + 3 members (real kube-apiservers with Istio's CRDs), the controller process
+and an internal-CA CertificateIssuer whose key sits in a hub Secret.
+
+Covers: the Certificate derived from an AccessPoint's Gateway TLS hosts; the TLS Secret in every
+placed member (tls.crt verifies against the CA, tls.key matches, every host covered, revision and
+serial as in status) and the Gateway's credentialName; status, columns and Events; no key material
+on the hub outside the store Secret, nor in the controller log; renewal with a short lifetime
+rotating the Secret everywhere; a host no issuer may sign and a missing CA Secret (clear
+conditions, nothing delivered, nothing else changes, recovery once the Secret exists); a controller
+restart that neither re-issues nor writes anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import re
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
+from certs.ca import generate_ca
+from certs.checks import host_covered, san_names
+from federation.fleet import Fleet
+from federation.kube import KubeClient
+from federation.testing import ControllerProcess, diff_breakdown, eventually, start_fleet, write_breakdown
+
+pytestmark = pytest.mark.e2e
+
+AP = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
+CERT = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/certificates"
+ISSUERS = "/apis/meshfed.io/v1alpha1/certificateissuers"
+SECRETS = "/api/v1/namespaces/{ns}/secrets"
+GW = "/apis/networking.istio.io/v1/namespaces/{ns}/gateways"
+HUB_NS = "meshfed-system"
+ALLOWED = ["example.com", "*.example.com"]
+
+
+# ---- fixtures: this module's own fleet, CA and controller ----
+
+@pytest.fixture(scope="module")
+async def cfleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path_factory.mktemp("certfleet"), members=3, regions=2, zones=3)
+    try:
+        yield f
+    finally:
+        f.down(purge=False)
+
+
+@pytest.fixture(scope="module")
+async def chub(cfleet: Fleet) -> AsyncIterator[KubeClient]:
+    assert cfleet.state is not None
+    client = await cfleet.state.hub.client()
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="module")
+async def cmembers(cfleet: Fleet) -> AsyncIterator[dict[str, KubeClient]]:
+    assert cfleet.state is not None
+    clients = {m.name: await m.client(attempts=1) for m in cfleet.state.members}
+    yield clients
+    for c in clients.values():
+        await c.close()
+
+
+def tls_secret_body(name: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": HUB_NS},
+            "data": {"tls.crt": base64.b64encode(cert_pem).decode(), "tls.key": base64.b64encode(key_pem).decode()}}
+
+
+@pytest.fixture(scope="module")
+async def ca(chub: KubeClient) -> tuple[bytes, bytes]:
+    cert_pem, key_pem = generate_ca("meshfed e2e corp CA")
+    await chub.create(SECRETS.format(ns=HUB_NS), tls_secret_body("corp-ca", cert_pem, key_pem), field_manager="e2e")
+    issuer = {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": "corp-ca"},
+              "spec": {"ca": {"secretRef": {"name": "corp-ca", "namespace": HUB_NS}}, "allowedDomains": ALLOWED}}
+    await chub.create(ISSUERS, issuer, field_manager="e2e")
+    return cert_pem, key_pem
+
+
+@pytest.fixture(scope="module")
+def cctl(cfleet: Fleet, ca: tuple[bytes, bytes]) -> Iterator[ControllerProcess]:
+    assert cfleet.state is not None
+    ctl = ControllerProcess(cfleet.state.hub.kubeconfig, cfleet.root / "controller.log")
+    ctl.start()
+    yield ctl
+    ctl.stop()
+
+
+@pytest.fixture
+async def ns(chub: KubeClient) -> AsyncIterator[str]:
+    """A fresh hub namespace; its AccessPoints are deleted afterwards (and waited for)."""
+    name = f"c-{uuid.uuid4().hex[:8]}"
+    await chub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+                      field_manager="e2e")
+    yield name
+    path = AP.format(ns=name)
+    for item in (await chub.list(path))[0]:
+        await chub.delete(f"{path}/{item['metadata']['name']}")
+
+    async def gone() -> bool:
+        return not (await chub.list(path))[0] and not (await chub.list(CERT.format(ns=name)))[0]
+
+    await eventually(gone, 60, message="AccessPoints and their Certificates should be deleted")
+
+
+# ---- helpers ----
+
+def template(host: str, credential: str = "preexisting-tls") -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gw"},
+         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
+                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
+         "spec": {"selector": {"app": "gw"},
+                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": credential}},
+                              {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [host]}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "app"},
+         "spec": {"hosts": [host], "gateways": ["gw"],
+                  "http": [{"route": [{"destination": {"host": "app.svc.cluster.local"}}]}]}},
+    ]
+
+
+def accesspoint(ns: str, name: str, host: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint",
+            "metadata": {"name": name, "namespace": ns, "annotations": annotations or {}},
+            "spec": {"template": template(host)}}
+
+
+def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
+
+
+async def cert_status(hub: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    obj = await hub.get(f"{CERT.format(ns=ns)}/{name}") or {}
+    return obj.get("status") or {}
+
+
+async def wait_delivered(hub: KubeClient, ns: str, name: str, revision: int = 1, clusters: int = 3,
+                         timeout: float = 90) -> dict[str, Any]:
+    async def check() -> dict[str, Any]:
+        st = await cert_status(hub, ns, name)
+        per = [c.get("revision") for c in st.get("clusters") or []]
+        ok = cond(st, "Ready").get("status") == "True" and st.get("revision") == revision \
+            and per == [revision] * clusters
+        assert ok, {k: st.get(k) for k in ("revision", "serial", "clusters", "conditions")}
+        return st
+
+    return await eventually(check, timeout, message=f"Certificate {ns}/{name} revision {revision} not delivered")
+
+
+def decode(secret: dict[str, Any]) -> dict[str, bytes]:
+    return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+
+def check_tls_secret(secret: dict[str, Any], ca_pem: bytes, hosts: list[str]) -> x509.Certificate:
+    """The Secret is a TLS Secret whose certificate verifies against the CA, matches its key and
+    covers every host."""
+    assert secret["type"] == "kubernetes.io/tls"
+    data = decode(secret)
+    assert set(data) == {"tls.crt", "tls.key", "ca.crt"}
+    assert data["ca.crt"] == ca_pem
+    leaf = x509.load_pem_x509_certificate(data["tls.crt"])
+    ca_cert = x509.load_pem_x509_certificate(ca_pem)
+    leaf.verify_directly_issued_by(ca_cert)  # raises unless signed by the CA
+    key = serialization.load_pem_private_key(data["tls.key"], password=None)
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == \
+        leaf.public_key().public_bytes(serialization.Encoding.DER, spki), "tls.key does not match tls.crt"
+    names = san_names(leaf)
+    assert all(host_covered(h, names) for h in hosts), (names, hosts)
+    return leaf
+
+
+def kubectl(fleet: Fleet, *args: str) -> str:
+    assert fleet.state is not None
+    return subprocess.run(["kubectl", *args], capture_output=True, text=True, check=True,
+                          env={**os.environ, "KUBECONFIG": str(fleet.state.hub.kubeconfig)}).stdout
+
+
+async def events(hub: KubeClient, ns: str, name: str) -> list[dict[str, Any]]:
+    items = (await hub.request("GET", f"/api/v1/namespaces/{ns}/events"))["items"]
+    return [e for e in items if e["involvedObject"]["name"] == name]
+
+
+# ---- tests ----
+
+async def test_tls_secret_lands_in_every_placed_member_and_the_gateway_references_it(
+    cfleet: Fleet, cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient],
+    ca: tuple[bytes, bytes], ns: str,
+) -> None:
+    ca_pem, ca_key = ca
+    await chub.create(AP.format(ns=ns), accesspoint(ns, "shop", "shop.${region}.example.com"), field_manager="e2e")
+    st = await wait_delivered(chub, ns, "shop")
+    hosts = ["shop.region-a.example.com", "shop.region-b.example.com"]
+    cert = await chub.get(f"{CERT.format(ns=ns)}/shop") or {}
+    # Derived from the Gateway TLS hosts of every placed cluster, owned by the AccessPoint.
+    assert cert["spec"]["hosts"] == hosts and cert["spec"]["issuerRef"] == {"name": "corp-ca"}
+    assert cert["spec"]["accessPointRef"] == {"name": "shop"}
+    assert cert["metadata"]["labels"][OWNER_NAME] == "shop" and cert["metadata"]["labels"][HUB] == "meshfed-hub"
+    assert cert["metadata"]["ownerReferences"][0]["kind"] == "AccessPoint"
+    assert st["hosts"] == hosts and st["issuer"] == "corp-ca" and st["renewalTime"] and st["notAfter"]
+    assert {c["type"]: c["status"] for c in st["conditions"]} == {"Issued": "True", "Delivered": "True",
+                                                                 "Ready": "True"}
+    assert cond(st, "Delivered")["message"] == "3/3 at revision 1"
+    assert [c["name"] for c in st["clusters"]] == sorted(cmembers)
+    for name, member in cmembers.items():
+        secret = await member.get(f"{SECRETS.format(ns=ns)}/shop-tls")
+        assert secret is not None, f"TLS Secret missing on {name}"
+        leaf = check_tls_secret(secret, ca_pem, hosts)
+        assert f"{leaf.serial_number:x}" == st["serial"]
+        ann, labels = secret["metadata"]["annotations"], secret["metadata"]["labels"]
+        assert ann["meshfed.io/certificate-revision"] == "1" and ann["meshfed.io/certificate-serial"] == st["serial"]
+        assert labels[OWNER_NAME] == "shop" and labels[OWNER_NAMESPACE] == ns and labels[HUB] == "meshfed-hub"
+        gw = await member.get(f"{GW.format(ns=ns)}/gw") or {}
+        https, http = gw["spec"]["servers"]
+        assert https["tls"]["credentialName"] == "shop-tls" and https["tls"]["mode"] == "SIMPLE"
+        assert "tls" not in http
+    # The AccessPoint: CERT column and per-cluster revision.
+    ap = await chub.get(f"{AP.format(ns=ns)}/shop") or {}
+    assert re.fullmatch(r"rev 1, (89|90)d", ap["status"]["certificate"]), ap["status"]["certificate"]
+    assert all(c["certificate"] == "rev 1" for c in ap["status"]["clusters"])
+    header, row = kubectl(cfleet, "get", "accesspoints", "-n", ns).splitlines()[:2]
+    assert "CERT" in header.split() and re.search(r"rev 1, (89|90)d", row)
+    header, row = kubectl(cfleet, "get", "mfcert", "-n", ns).splitlines()[:2]
+    assert header.split()[:4] == ["NAME", "READY", "CERT", "ISSUER"] and row.split()[:2] == ["shop", "True"]
+    assert "corp-ca" in row
+    issuer = await chub.get(f"{ISSUERS}/corp-ca") or {}
+    assert issuer["status"]["ready"] == "True" and issuer["status"]["type"] == "CA"
+    evs = await events(chub, ns, "shop")
+    assert any(e["reason"] == "Issued" and st["serial"] in e["message"] for e in evs), evs
+    # Key material: only in the member Secrets and the store Secret, never in status, events or logs.
+    member_secret = await cmembers["member-1"].get(f"{SECRETS.format(ns=ns)}/shop-tls") or {}
+    key_pem = decode(member_secret)["tls.key"]
+    key_line = key_pem.decode().splitlines()[1]
+    store = await chub.get(f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.shop") or {}
+    assert decode(store)["tls.key"] == key_pem
+    for text in (str(cert), str(ap), str(evs), cctl.log_tail(10**7)):
+        assert "PRIVATE KEY" not in text and key_line not in text
+        assert ca_key.decode().splitlines()[1] not in text
+
+
+async def test_renewal_rotates_the_secret_on_every_member(
+    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ca: tuple[bytes, bytes], ns: str,
+) -> None:
+    # 90 s certificates renewed 60 s before expiry (minus jitter): a renewal ~25-30 s after issuance.
+    body = accesspoint(ns, "rot", "rot.example.com", {"meshfed.io/certificate-duration": "90s",
+                                                       "meshfed.io/certificate-renew-before": "60s"})
+    await chub.create(AP.format(ns=ns), body, field_manager="e2e")
+    first = await wait_delivered(chub, ns, "rot")
+    old = {name: decode(await m.get(f"{SECRETS.format(ns=ns)}/rot-tls") or {}) for name, m in cmembers.items()}
+    second = await wait_delivered(chub, ns, "rot", revision=2, timeout=120)
+    assert second["serial"] != first["serial"]
+    for name, member in cmembers.items():
+        secret = await member.get(f"{SECRETS.format(ns=ns)}/rot-tls") or {}
+        leaf = check_tls_secret(secret, ca[0], ["rot.example.com"])
+        assert f"{leaf.serial_number:x}" == second["serial"]
+        assert secret["metadata"]["annotations"]["meshfed.io/certificate-revision"] == "2"
+        assert decode(secret)["tls.key"] != old[name]["tls.key"], "a new key per certificate"
+    evs = await events(chub, ns, "rot")
+    assert any(e["reason"] == "Renewed" and second["serial"] in e["message"] for e in evs), evs
+    # Deleting the AccessPoint removes its Secrets on members, its Certificate and the stored bundle.
+    await chub.delete(f"{AP.format(ns=ns)}/rot")
+
+    async def cleaned() -> bool:
+        for member in cmembers.values():
+            if await member.get(f"{SECRETS.format(ns=ns)}/rot-tls") is not None:
+                return False
+        return await chub.get(f"{CERT.format(ns=ns)}/rot") is None and \
+            await chub.get(f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.rot") is None
+
+    await eventually(cleaned, 60, message="member Secrets, Certificate and store Secret should be deleted")
+
+
+async def test_a_host_no_issuer_may_sign_gets_a_condition_and_nothing_is_delivered(
+    cfleet: Fleet, cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient],
+    ca: tuple[bytes, bytes], ns: str,
+) -> None:
+    await chub.create(AP.format(ns=ns), accesspoint(ns, "good", "good.example.com"), field_manager="e2e")
+    good = await wait_delivered(chub, ns, "good")
+    await chub.create(AP.format(ns=ns), accesspoint(ns, "rogue", "shop.other.test"), field_manager="e2e")
+
+    async def refused() -> dict[str, Any]:
+        st = await cert_status(hub=chub, ns=ns, name="rogue")
+        assert cond(st, "Issued").get("reason") == "HostNotAllowed", st
+        return st
+
+    st = await eventually(refused, 60, message="Issued=False/HostNotAllowed expected")
+    issued = cond(st, "Issued")
+    assert issued["status"] == "False" and "shop.other.test" in issued["message"]
+    assert "no CertificateIssuer may sign" in issued["message"]
+    assert cond(st, "Ready")["status"] == "False" and st["failures"] >= 1 and st["nextAttempt"]
+    assert "serial" not in st
+
+    async def ap_reports() -> dict[str, Any]:
+        ap = await chub.get(f"{AP.format(ns=ns)}/rogue") or {}
+        assert (ap.get("status") or {}).get("certificate") == "HostNotAllowed", ap.get("status")
+        return ap
+
+    ap = await eventually(ap_reports, 30, message="CERT column should say HostNotAllowed")
+    # Nothing else changes: the template objects are applied as they are, no Secret anywhere.
+    assert all(c["state"] == "Applied" for c in ap["status"]["clusters"])
+    for member in cmembers.values():
+        assert await member.get(f"{SECRETS.format(ns=ns)}/rogue-tls") is None
+        gw = await member.get(f"{GW.format(ns=ns)}/gw") or {}
+        assert gw["spec"]["servers"][0]["tls"]["credentialName"] == "preexisting-tls"
+    evs = await events(chub, ns, "rogue")
+    assert any(e["reason"] == "IssuanceFailed" and "HostNotAllowed" in e["message"] for e in evs), evs
+    row = kubectl(cfleet, "get", "accesspoints", "-n", ns, "rogue").splitlines()[1]
+    assert "HostNotAllowed" in row
+    # The other AccessPoint's certificate is untouched.
+    assert (await cert_status(chub, ns, "good"))["serial"] == good["serial"]
+
+
+async def test_missing_ca_secret_gets_a_condition_then_issues_once_it_exists(
+    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+) -> None:
+    issuer = {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": "lost-ca"},
+              "spec": {"ca": {"secretRef": {"name": "lost-ca", "namespace": HUB_NS}},
+                       "allowedDomains": ["*.lost.example"]}}
+    await chub.create(ISSUERS, issuer, field_manager="e2e")
+    try:
+        await chub.create(AP.format(ns=ns), accesspoint(ns, "lost", "app.lost.example"), field_manager="e2e")
+
+        async def missing() -> dict[str, Any]:
+            st = await cert_status(chub, ns, "lost")
+            assert cond(st, "Issued").get("reason") == "CASecretMissing", st
+            return st
+
+        st = await eventually(missing, 60, message="Issued=False/CASecretMissing expected")
+        assert cond(st, "Ready")["status"] == "False"
+        cert = await chub.get(f"{CERT.format(ns=ns)}/lost") or {}
+        assert cert["spec"]["issuerRef"]["name"] == "lost-ca"
+        ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
+        assert ci["status"]["ready"] == "False" and cond(ci["status"], "Ready")["reason"] == "CASecretMissing"
+        for member in cmembers.values():
+            assert await member.get(f"{SECRETS.format(ns=ns)}/lost-tls") is None
+        # The CA Secret appears: the next attempt (backoff 10 s) issues and delivers.
+        cert_pem, key_pem = generate_ca("lost CA")
+        await chub.create(SECRETS.format(ns=HUB_NS), tls_secret_body("lost-ca", cert_pem, key_pem),
+                          field_manager="e2e")
+        st = await wait_delivered(chub, ns, "lost", timeout=90)
+        for member in cmembers.values():
+            check_tls_secret(await member.get(f"{SECRETS.format(ns=ns)}/lost-tls") or {}, cert_pem,
+                             ["app.lost.example"])
+        ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
+        assert ci["status"]["ready"] == "True"
+    finally:
+        await chub.delete(f"{AP.format(ns=ns)}/lost")
+        await eventually(lambda: _absent(chub, f"{CERT.format(ns=ns)}/lost"), 60, message="Certificate not deleted")
+        await chub.delete(f"{ISSUERS}/lost-ca")
+
+
+async def _absent(hub: KubeClient, path: str) -> bool:
+    return await hub.get(path) is None
+
+
+async def test_controller_restart_keeps_the_key_and_writes_nothing(
+    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+) -> None:
+    for i in range(3):
+        await chub.create(AP.format(ns=ns), accesspoint(ns, f"calm-{i}", f"calm-{i}.example.com"),
+                          field_manager="e2e")
+    before_status = {}
+    for i in range(3):
+        before_status[i] = await wait_delivered(chub, ns, f"calm-{i}")
+    await asyncio.sleep(4)  # let trailing events settle
+
+    async def writes() -> dict[str, int]:
+        clients = {"hub": chub, **cmembers}
+        counts = await asyncio.gather(*(write_breakdown(c) for c in clients.values()))
+        return {f"{name}: {k}": v for name, bd in zip(clients, counts, strict=True) for k, v in bd.items()}
+
+    before = await writes()
+    cctl.restart()
+    await asyncio.sleep(15)  # start, list everything, probe members, reconcile every AccessPoint and Certificate
+    assert cctl.proc is not None and cctl.proc.poll() is None, cctl.log_tail()
+    after = await writes()
+    changed = diff_breakdown(before, after)
+    assert not changed, f"writes after a restart with nothing changed: {changed}"
+    for i in range(3):
+        st = await cert_status(chub, ns, f"calm-{i}")
+        assert st["serial"] == before_status[i]["serial"] and st["revision"] == 1
+        assert cond(st, "Ready")["status"] == "True"
+    # Still alive and working after the restart: a new AccessPoint gets its certificate.
+    await chub.create(AP.format(ns=ns), accesspoint(ns, "late", "late.example.com"), field_manager="e2e")
+    await wait_delivered(chub, ns, "late")

@@ -1,0 +1,761 @@
+"""Certificates on the hub: derive, issue, renew, store and deliver the TLS certificate of each AccessPoint.
+
+Owns the hub wiring of certs/ (which stays free of Kubernetes clients):
+
+- **Derivation.** Every AccessPoint whose Istio Gateways terminate TLS gets a `Certificate` of the
+  same name in its namespace (labelled with the owner labels, ownerReference to the AccessPoint),
+  whose hosts are the TLS hosts of its Gateways rendered for every placed cluster
+  (`certs.manager.desired_certificate`). The issuer is the AccessPoint annotation
+  `meshfed.io/certificate-issuer` (`none`: no certificate), else the CertificateIssuer whose
+  `allowedDomains` cover every host (a specific one before a catch-all, then by name). Without any
+  CertificateIssuer on the hub the feature stays idle. `meshfed.io/certificate-duration` and
+  `meshfed.io/certificate-renew-before` on the AccessPoint set the lifetime; other spec fields
+  edited on the Certificate (privateKey, secretName) are kept.
+- **Issuance and renewal.** A keyed work queue runs `certs.manager.reconcile` per Certificate with
+  the issuer built from its CertificateIssuer (`build_issuer`; the CA Secret is read here and only
+  here, on the hub, through `_read_secret`). A timer requeues the Certificate at its renewal time
+  (or at the end of a failure backoff). Failures land in the Certificate's status and a Warning
+  Event (once per distinct failure); the certificate already delivered keeps serving.
+- **Storage.** The private key lives in memory and in the Secrets a gateway reads. So that a
+  controller restart neither re-issues nor rewrites anything, the issued bundle is also kept in one
+  hub Secret, `meshfed-system/mfcert.<namespace>.<name>` (type kubernetes.io/tls, annotated with
+  revision and serial, labelled `meshfed.io/certificate-namespace`/`meshfed.io/certificate`), read
+  back on start. It sits in `meshfed-system` so the controller needs Secret rights in that one hub
+  namespace only (deploy/rbac/certificates.yaml); it is deleted with the Certificate's AccessPoint.
+  Should it be lost, the bundle is recovered from a member Secret carrying the current serial, and
+  only when that fails too is a new certificate issued.
+- **Delivery.** A ContextProvider adds the kubernetes.io/tls Secret (`tls.crt`, `tls.key`, `ca.crt`;
+  name `<accesspoint>-tls` unless spec.secretName) to each placed cluster, in the namespace of each
+  TLS Gateway, and sets `tls.credentialName` on the Gateway servers the certificate covers. The
+  controller's plan/executor writes it like any member object (owner labels, content hash, pruned
+  when no longer desired). Only issued certificates are delivered: a Certificate that never issued
+  changes nothing on members.
+- **Status.** Certificate status: revision, serial, notAfter, renewal time, Issued/Delivered/Ready,
+  and per placed cluster the revision its Secret carries, read back from the member caches (an
+  unusable member reports no revision: Unknown, never a guess) with the member's error when it
+  rejected the Secret. The AccessPoint's CERT column (`rev 3, 61d`, or the failure reason) and each
+  cluster entry's `certificate` come from a StatusContributor. The CertificateIssuer status carries
+  Ready (with the reason when its Secret is missing or invalid) and the CA's notAfter.
+
+Private keys never reach logs, Events, status or exceptions: bundles and Secret manifests redact
+themselves (certs.issuers.CertBundle, certs.delivery.SecretManifest), and only serials, revisions,
+hosts and reasons are ever formatted. Imports certs.*, accesspoint.* and federation's clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import re
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from accesspoint.meta import API_VERSION, Condition, merge_conditions
+from accesspoint.models import AccessPoint, AccessPointStatus
+from accesspoint.ownership import HUB, MANAGED_BY, Owner
+from accesspoint.render import EMPTY_CONTEXT, RenderContext, render
+from certs.acme_issuer import Http01Responder
+from certs.ca import InternalCA
+from certs.checks import disallowed_hosts, load_chain, san_names
+from certs.delivery import (
+    SERIAL_ANNOTATION,
+    SecretManifest,
+    delivered_revision,
+    gateway_tls_hosts,
+    set_credential_name,
+    tls_secret,
+)
+from certs.issuers import CertBundle, IssuanceError, Issuer
+from certs.manager import build_issuer, desired_certificate, reconcile, rfc3339, with_delivery
+from certs.models import (
+    DURATION_PATTERN,
+    Certificate,
+    CertificateIssuer,
+    CertificateIssuerStatus,
+    CertificateSpec,
+    CertificateStatus,
+    ClusterDelivery,
+    IssuerRef,
+    SecretRef,
+)
+from federation import telemetry
+from federation.controller import Controller
+from federation.hubwriter import STATUS_MANAGER, now_rfc3339
+from federation.kube import ApiError
+from federation.members import Member
+from placement.models import ClusterFacts, PlacementDecision
+
+log = logging.getLogger("meshfed.certificates")
+
+CERTS = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/certificates"
+ISSUERS = "/apis/meshfed.io/v1alpha1/certificateissuers"
+SECRETS = "/api/v1/namespaces/{ns}/secrets"
+ISSUER_ANNOTATION = "meshfed.io/certificate-issuer"
+DURATION_ANNOTATION = "meshfed.io/certificate-duration"
+RENEW_BEFORE_ANNOTATION = "meshfed.io/certificate-renew-before"
+CERT_NAMESPACE_LABEL = "meshfed.io/certificate-namespace"
+STORE_NAMESPACE = "meshfed-system"
+FIELD_MANAGER = "meshfed-certificates"
+WARMUP_SECONDS = 30.0
+
+_features: weakref.WeakKeyDictionary[Controller, Certificates] = weakref.WeakKeyDictionary()
+
+
+def store_name(namespace: str, name: str) -> str:
+    """The hub Secret (in meshfed-system) keeping the current bundle of Certificate namespace/name."""
+    return f"mfcert.{namespace}.{name}"
+
+
+def _decode(secret: Mapping[str, Any] | None) -> dict[str, bytes] | None:
+    if secret is None:
+        return None
+    return {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+
+
+@dataclass(frozen=True, repr=False)
+class Current:
+    """The certificate being delivered for one Certificate: its bundle (with the key) and revision."""
+
+    bundle: CertBundle
+    revision: int
+
+    def __repr__(self) -> str:
+        return f"Current(revision={self.revision}, bundle={self.bundle!r})"
+
+
+def bundle_from_secret(secret: Mapping[str, Any], issuer: str = "") -> tuple[CertBundle, int] | None:
+    """(bundle, revision) from a kubernetes.io/tls Secret meshfed wrote (hub store or member copy)."""
+    data = _decode(secret) or {}
+    revision = delivered_revision(secret)
+    if not data.get("tls.crt") or not data.get("tls.key") or revision is None:
+        return None
+    try:
+        chain = load_chain(data["tls.crt"])
+    except ValueError:
+        return None
+    if not chain:
+        return None
+    bundle = CertBundle(cert_pem=data["tls.crt"], key_pem=data["tls.key"], ca_pem=data.get("ca.crt", b""),
+                        hosts=tuple(san_names(chain[0])), issuer=issuer)
+    return bundle, revision
+
+
+@dataclass
+class Derived:
+    """What one AccessPoint reconcile found: the Certificate it wants and where its Secrets go."""
+
+    certificate: Certificate | None
+    gateway_namespaces: dict[str, set[str]] = field(default_factory=dict)  # cluster -> namespaces
+
+
+class Certificates:
+    """The certificate feature attached to one Controller."""
+
+    def __init__(self, controller: Controller) -> None:
+        self.ctl = controller
+        self.hub = controller.hub
+        self.writer = controller.writer
+        self.hub_id = controller.hub_id
+        self.issuers: dict[str, dict[str, Any]] = {}
+        self.certs: dict[str, dict[str, Any]] = {}  # "ns/name" -> Certificate body (hub view)
+        self.current: dict[str, Current] = {}
+        self.placed: dict[str, tuple[str, ...]] = {}  # AccessPoint key -> clusters placed at its last reconcile
+        self.cluster_errors: dict[str, dict[str, str]] = {}
+        self.issuer_cache: dict[str, Issuer] = {}
+        self.http01: dict[int, Http01Responder] = {}
+        self.queue: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._active: set[str] = set()
+        self._dirty: set[str] = set()
+        self._retries: dict[str, int] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._loaded: set[str] = set()
+        self._lost: set[str] = set()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._warm_deadline = 0.0
+
+    # ---- intake ----
+
+    def enqueue(self, key: str) -> None:
+        if key in self._active:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self.queue.put_nowait(key)
+
+    def enqueue_at(self, key: str, when: datetime) -> None:
+        delay = max((when - datetime.now(UTC)).total_seconds(), 0.0) + 0.05
+        old = self._timers.pop(key, None)
+        if old is not None:
+            old.cancel()
+        self._timers[key] = asyncio.get_running_loop().call_later(min(delay, 86400.0), self.enqueue, key)
+
+    def on_issuer(self, event_type: str, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        old = self.issuers.get(name)
+        if event_type == "DELETED":
+            self.issuers.pop(name, None)
+        else:
+            self.issuers[name] = body
+        if old is not None and event_type != "DELETED" and \
+                old["metadata"].get("generation") == body["metadata"].get("generation"):
+            return  # a status update (ours): nothing to redo
+        for key, cert in self.certs.items():
+            if ((cert.get("spec") or {}).get("issuerRef") or {}).get("name") == name:
+                self.enqueue(key)
+        self.ctl.enqueue_all()  # issuer choice (and whether certificates are wanted) may change
+
+    def on_certificate(self, event_type: str, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        old = self.certs.get(key)
+        if event_type == "DELETED":
+            if old is not None and old["metadata"].get("uid") == meta.get("uid"):
+                self.certs.pop(key, None)
+                self._loaded.discard(key)
+                self.ctl.enqueue(f"ap/{key}")
+            return
+        if old is not None and _rv(old) > _rv(body) and old["metadata"].get("uid") == meta.get("uid"):
+            return
+        self.certs[key] = body
+        if old is None or old.get("spec") != body.get("spec") or \
+                old["metadata"].get("uid") != meta.get("uid"):
+            self.enqueue(key)
+        before, after = (old or {}).get("status") or {}, body.get("status") or {}
+        if (before.get("summary"), before.get("ready"), before.get("lastFailure")) != \
+                (after.get("summary"), after.get("ready"), after.get("lastFailure")):
+            self.ctl.enqueue(f"ap/{key}")  # the CERT column
+
+    async def on_accesspoint_deleted(self, key: str) -> None:
+        await self._forget(key)
+
+    # ---- lifecycle ----
+
+    async def start(self, workers: int = 4) -> None:
+        # Know every issuer and certificate before the first AccessPoint reconcile, like the
+        # controller does for MemberClusters: rendering must never miss a delivered Secret.
+        items, _ = await self.hub.list(ISSUERS)
+        for body in items:
+            self.issuers[body["metadata"]["name"]] = body
+        items, _ = await self.hub.list("/apis/meshfed.io/v1alpha1/certificates")
+        for body in items:
+            self.certs[f"{body['metadata']['namespace']}/{body['metadata']['name']}"] = body
+        self._warm_deadline = time.monotonic() + WARMUP_SECONDS
+        tasks = [asyncio.create_task(self._worker(), name=f"cert-worker-{i}") for i in range(workers)]
+        self.ctl._tasks.extend(tasks)  # stopped with the controller
+        for key in self.certs:
+            self.enqueue(key)
+
+    async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        for responder in self.http01.values():
+            await responder.stop()
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            self._queued.discard(key)
+            self._active.add(key)
+            try:
+                await self.reconcile_certificate(key)
+                self._retries.pop(key, None)
+            except Exception as exc:
+                log.warning("certificate %s: reconcile failed: %s: %s", key, type(exc).__name__, exc)
+                attempt = self._retries.get(key, 0) + 1
+                self._retries[key] = attempt
+                asyncio.get_running_loop().call_later(min(0.5 * 2**attempt, 60.0), self.enqueue, key)
+            finally:
+                self._active.discard(key)
+                if key in self._dirty:
+                    self._dirty.discard(key)
+                    self.enqueue(key)
+
+    # ---- derivation (called from the AccessPoint reconcile) ----
+
+    def _choose_issuer(self, hosts: list[str]) -> str | None:
+        names = sorted(self.issuers)
+        if not names:
+            return None
+
+        def allowed(name: str) -> list[str]:
+            return list((self.issuers[name].get("spec") or {}).get("allowedDomains") or [])
+
+        covering = [n for n in names if not disallowed_hosts(hosts, allowed(n))]
+        specific = [n for n in covering if allowed(n)]
+        return (specific or covering or names)[0]
+
+    def derive(self, ap: AccessPoint, decision: PlacementDecision, members: Mapping[str, Member]) -> Derived:
+        key = f"{ap.namespace}/{ap.name}"
+        annotations = dict(ap.metadata.get("annotations") or {})
+        explicit = annotations.get(ISSUER_ANNOTATION)
+        existing = self.certs.get(key)
+        if explicit == "none" or (not self.issuers and existing is None):
+            return Derived(None)
+        manifests: list[dict[str, Any]] = []
+        namespaces: dict[str, set[str]] = {}
+        for cname in decision.names:
+            member = members.get(cname)
+            if member is None:
+                continue
+            rendered = render(ap, member.facts, self.hub_id)
+            if rendered.errors:
+                continue
+            manifests += rendered.objects
+            namespaces[cname] = {
+                str(o["metadata"]["namespace"]) for o in rendered.objects
+                if o.get("kind") == "Gateway" and gateway_tls_hosts([o])
+            }
+        hosts = gateway_tls_hosts(manifests)
+        if not hosts:
+            if not decision.names and existing is not None:
+                # Placed nowhere right now: keep the Certificate as it is (nothing to deliver).
+                return Derived(Certificate.model_validate(existing), {})
+            return Derived(None)
+        issuer = explicit
+        if issuer is None and existing is not None:
+            # Keep the issuer already chosen while it exists and may sign every host (no surprise re-issue).
+            kept = ((existing.get("spec") or {}).get("issuerRef") or {}).get("name")
+            allowed = ((self.issuers.get(kept or "") or {}).get("spec") or {}).get("allowedDomains") or []
+            if kept in self.issuers and not disallowed_hosts(hosts, allowed):
+                issuer = kept
+        issuer = issuer or self._choose_issuer(hosts)
+        if issuer is None:
+            return Derived(None)
+        base = CertificateSpec.model_validate(existing["spec"]) if existing else None
+        update: dict[str, Any] = {}
+        if annotations.get(DURATION_ANNOTATION):
+            update["duration"] = annotations[DURATION_ANNOTATION]
+        if annotations.get(RENEW_BEFORE_ANNOTATION):
+            update["renew_before"] = annotations[RENEW_BEFORE_ANNOTATION]
+        if update:
+            base = (base or CertificateSpec(hosts=hosts, issuer_ref=IssuerRef(name=issuer))).model_copy(update=update)
+            base = CertificateSpec.model_validate(base.wire())  # re-validate the annotation values
+        owner = Owner(self.hub_id, ap.namespace, ap.name)
+        cert = desired_certificate(ap.name, ap.namespace, manifests, issuer,
+                                   labels={**owner.labels()}, base=base)
+        return Derived(cert, namespaces)
+
+    async def provide(self, ap: AccessPoint, decision: PlacementDecision,
+                      members: Mapping[str, Member]) -> RenderContext:
+        """ContextProvider: the TLS Secret per placed cluster and credentialName on covered servers."""
+        key = f"{ap.namespace}/{ap.name}"
+        self.placed[key] = tuple(decision.names)
+        try:
+            derived = self.derive(ap, decision, members)
+        except ValidationError as err:  # bad annotation values: reported on the Certificate's owner
+            log.warning("AccessPoint %s: certificate annotations invalid: %s", key, err.errors()[0]["msg"])
+            raise
+        if derived.certificate is None:
+            if key in self.certs and self._ours(self.certs[key], ap):
+                await self._forget(key)
+            return EMPTY_CONTEXT
+        await self._ensure_certificate(ap, derived.certificate)
+        await self.ensure_loaded(key)
+        current = self.current.get(key)
+        self.enqueue(key)
+        if current is None:
+            return EMPTY_CONTEXT
+        cert = Certificate.model_validate(self.certs[key])
+        secret_name = cert.secret_name
+        bundle, revision = current.bundle, current.revision
+        generated: dict[str, tuple[dict[str, Any], ...]] = {}
+        for cname, namespaces in derived.gateway_namespaces.items():
+            generated[cname] = tuple(
+                tls_secret(bundle, name=secret_name, namespace=ns, revision=revision, certificate=cert.name)
+                for ns in sorted(namespaces)
+            )
+        hosts = list(bundle.hosts)
+
+        def credential(objs: list[dict[str, Any]], _cluster: Any) -> list[dict[str, Any]]:
+            return set_credential_name(objs, hosts, secret_name)
+
+        return RenderContext(transforms=(credential,), generated=generated)
+
+    def _ours(self, body: Mapping[str, Any], ap: AccessPoint) -> bool:
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        return labels.get(MANAGED_BY) == "meshfed" and labels.get(HUB) == self.hub_id and \
+            ((body.get("spec") or {}).get("accessPointRef") or {}).get("name") == ap.name
+
+    async def _ensure_certificate(self, ap: AccessPoint, cert: Certificate) -> None:
+        key = f"{ap.namespace}/{ap.name}"
+        existing = self.certs.get(key)
+        want_spec = cert.spec.wire()
+        want_labels = dict(cert.labels)
+        owner_ref = {"apiVersion": API_VERSION, "kind": "AccessPoint", "name": ap.name,
+                     "uid": str(ap.metadata.get("uid", "")), "controller": True, "blockOwnerDeletion": False}
+        if existing is not None:
+            have_spec = CertificateSpec.model_validate(existing.get("spec") or {}).wire()
+            have_labels = (existing["metadata"].get("labels") or {})
+            if have_spec == want_spec and all(have_labels.get(k) == v for k, v in want_labels.items()):
+                return
+        body: dict[str, Any] = {
+            "apiVersion": API_VERSION, "kind": "Certificate",
+            "metadata": {"name": ap.name, "namespace": ap.namespace, "labels": want_labels,
+                         "ownerReferences": [owner_ref] if owner_ref["uid"] else []},
+            "spec": want_spec,
+        }
+        path = CERTS.format(ns=ap.namespace)
+        if existing is None:
+            try:
+                result = await self.hub.create(path, body, field_manager=FIELD_MANAGER)
+            except ApiError as err:
+                if err.status != 409:
+                    raise
+                result = await self.hub.apply(f"{path}/{ap.name}", body, field_manager=FIELD_MANAGER)
+        else:
+            result = await self.hub.apply(f"{path}/{ap.name}", body, field_manager=FIELD_MANAGER)
+        self.on_certificate("MODIFIED" if existing else "ADDED", result)
+
+    async def _forget(self, key: str) -> None:
+        """The AccessPoint is gone or wants no certificate: delete the Certificate and its stored bundle."""
+        ns, name = key.split("/", 1)
+        body = self.certs.pop(key, None)
+        self.current.pop(key, None)
+        self._loaded.discard(key)
+        self.placed.pop(key, None)
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+        if body is not None:
+            labels = (body["metadata"].get("labels") or {})
+            if labels.get(HUB) == self.hub_id:
+                await self.hub.delete(f"{CERTS.format(ns=ns)}/{name}", uid=str(body["metadata"].get("uid", "")))
+        await self.hub.delete(f"{SECRETS.format(ns=STORE_NAMESPACE)}/{store_name(ns, name)}")
+
+    # ---- the stored bundle ----
+
+    async def ensure_loaded(self, key: str) -> None:
+        """Bring the bundle of Certificate `key` into memory (once per process): from the hub store,
+        else from a member Secret carrying the current serial; otherwise mark it lost (re-issue)."""
+        if key in self._loaded:
+            return
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            if key in self._loaded:
+                return
+            body = self.certs.get(key)
+            if body is None:
+                return
+            ns, name = key.split("/", 1)
+            status = CertificateStatus.model_validate(body.get("status") or {})
+            issuer = status.issuer or ""
+            stored = await self.hub.get(f"{SECRETS.format(ns=STORE_NAMESPACE)}/{store_name(ns, name)}")
+            found = bundle_from_secret(stored, issuer) if stored else None
+            if found is not None and (found[0].serial_hex == status.serial or found[1] > status.revision):
+                self.current[key] = Current(*found)
+            elif status.serial:
+                owner = Owner(self.hub_id, ns, name)
+                for member in self.ctl.registry.members.values():
+                    for okey, obj in member.cache.owned(owner).items():
+                        if okey.kind != "Secret":
+                            continue
+                        if ((obj.get("metadata") or {}).get("annotations") or {}).get(SERIAL_ANNOTATION) \
+                                != status.serial:
+                            continue
+                        recovered = bundle_from_secret(obj, issuer)
+                        if recovered is not None:
+                            self.current[key] = Current(*recovered)
+                            await self._store(ns, name, body, recovered[0], recovered[1])
+                            log.info("certificate %s: bundle recovered from member %s", key, member.name)
+                            break
+                    if key in self.current:
+                        break
+                if key not in self.current:
+                    log.warning("certificate %s: the key of serial %s is lost; a new certificate is issued",
+                                key, status.serial)
+                    self._lost.add(key)
+            self._loaded.add(key)
+
+    async def _store(self, ns: str, name: str, body: Mapping[str, Any], bundle: CertBundle, revision: int) -> None:
+        secret: SecretManifest = tls_secret(
+            bundle, name=store_name(ns, name), namespace=STORE_NAMESPACE, revision=revision,
+            labels={MANAGED_BY: "meshfed", HUB: self.hub_id, CERT_NAMESPACE_LABEL: ns}, certificate=name)
+        secret["metadata"]["annotations"]["meshfed.io/certificate-uid"] = str(body["metadata"].get("uid", ""))
+        await self.hub.apply(f"{SECRETS.format(ns=STORE_NAMESPACE)}/{secret['metadata']['name']}", secret,
+                             field_manager=FIELD_MANAGER)
+
+    # ---- issuers ----
+
+    async def _read_secret(self, ref: SecretRef) -> Mapping[str, bytes] | None:
+        try:
+            return _decode(await self.hub.get(f"{SECRETS.format(ns=ref.namespace)}/{ref.name}"))
+        except ApiError as err:
+            raise IssuanceError("SecretUnreadable", f"cannot read Secret {ref.namespace}/{ref.name}: "
+                                f"{err.status} {err.reason}") from None
+
+    async def _http01(self, port: int) -> Http01Responder:
+        responder = self.http01.get(port)
+        if responder is None:
+            try:
+                responder = await Http01Responder("0.0.0.0", port).start()
+            except OSError as exc:
+                raise IssuanceError("Http01ResponderFailed", f"cannot listen on port {port}: {exc}") from None
+            self.http01[port] = responder
+        return responder
+
+    async def issuer_for(self, cert: Certificate) -> Issuer | IssuanceError:
+        name = cert.spec.issuer_ref.name
+        body = self.issuers.get(name)
+        if body is None:
+            return IssuanceError("IssuerNotFound", f"CertificateIssuer {name} not found")
+        try:
+            resource = CertificateIssuer.model_validate(body)
+        except ValidationError as err:
+            return IssuanceError("IssuerInvalid", f"CertificateIssuer {name}: {err.errors()[0]['msg']}")
+        allowed = resource.spec.allowed_domains
+        denied = disallowed_hosts(cert.spec.hosts, allowed)
+        if denied:
+            others = [n for n in sorted(self.issuers) if n != name]
+            return IssuanceError(
+                "HostNotAllowed",
+                f"no CertificateIssuer may sign {', '.join(denied)}: {name} allows only {', '.join(allowed)}"
+                + (f" and none of {', '.join(others)} covers every host" if others else ""),
+                retryable=False,
+            )
+        try:
+            http01 = None
+            if resource.spec.acme is not None and resource.spec.acme.solver.http01 is not None:
+                http01 = await self._http01(resource.spec.acme.solver.http01.port)
+            issuer: Issuer | IssuanceError = await build_issuer(resource, self._read_secret, http01=http01,
+                                                                cache=self.issuer_cache)
+        except IssuanceError as err:
+            issuer = err
+        await self._issuer_status(resource, body, issuer)
+        return issuer
+
+    async def _issuer_status(self, resource: CertificateIssuer, body: dict[str, Any],
+                             issuer: Issuer | IssuanceError) -> None:
+        previous = CertificateIssuerStatus.model_validate(body.get("status") or {})
+        if isinstance(issuer, IssuanceError):
+            ready = Condition(type="Ready", status="False", reason=issuer.reason, message=issuer.message)
+        else:
+            ready = Condition(type="Ready", status="True", reason="Ready", message="the issuer can sign")
+        ready = ready.model_copy(update={"observed_generation": resource.generation})
+        ca_not_after = previous.ca_not_after
+        if isinstance(issuer, InternalCA):
+            ca_not_after = rfc3339(load_chain(issuer.ca_pem)[0].not_valid_after_utc)
+        status = previous.model_copy(update={
+            "observed_generation": resource.generation,
+            "conditions": merge_conditions(previous.conditions, [ready], now_rfc3339()),
+            "type": "CA" if resource.spec.ca is not None else "ACME",
+            "ready": ready.status,
+            "ca_not_after": ca_not_after,
+        })
+        wire = status.wire()
+        if wire != (body.get("status") or {}):
+            result = await self._write_status(f"{ISSUERS}/{resource.name}", "CertificateIssuer", resource.name,
+                                              None, wire)
+            if result is not None:
+                self.issuers[resource.name] = result
+
+    # ---- the Certificate reconcile ----
+
+    @staticmethod
+    def _member_revision(member: Member, owner: Owner, secret: str) -> int | None:
+        """The revision every copy of our Secret in this member carries (None: none, or they differ)."""
+        revisions = {delivered_revision(obj) for okey, obj in member.cache.owned(owner).items()
+                     if okey.kind == "Secret" and okey.name == secret}
+        return revisions.pop() if len(revisions) == 1 else None
+
+    def deliveries(self, key: str, cert: Certificate) -> list[ClusterDelivery] | None:
+        placed = self.placed.get(key)
+        if placed is None:
+            return None  # the AccessPoint was not reconciled yet in this process: keep what status says
+        ns, name = key.split("/", 1)
+        owner = Owner(self.hub_id, ns, name)
+        errors = self.cluster_errors.get(key, {})
+        out = []
+        for cname in placed:
+            member = self.ctl.registry.members.get(cname)
+            revision = None
+            if member is not None and member.usable and "Secret" in member.cache.synced:
+                revision = self._member_revision(member, owner, cert.secret_name)
+            out.append(ClusterDelivery(name=cname, revision=revision, secret=cert.secret_name,
+                                       last_error=errors.get(cname)))
+        return out
+
+    async def reconcile_certificate(self, key: str) -> None:
+        body = self.certs.get(key)
+        if body is None:
+            return
+        if not self.ctl.registry.warm() and time.monotonic() < self._warm_deadline:
+            asyncio.get_running_loop().call_later(0.2, self.enqueue, key)
+            return
+        await self.ensure_loaded(key)
+        body = self.certs.get(key)
+        if body is None:
+            return
+        ns, name = key.split("/", 1)
+        cert = Certificate.model_validate(body)
+        status = cert.status or CertificateStatus()
+        current = self.current.get(key)
+        if current is not None and current.bundle.serial_hex != status.serial:
+            # The stored bundle is newer than status (a crash between the two writes): adopt it.
+            leaf = current.bundle.leaf
+            status = status.model_copy(update={
+                "revision": current.revision, "serial": current.bundle.serial_hex,
+                "hosts": list(current.bundle.hosts), "issuer": status.issuer or cert.spec.issuer_ref.name,
+                "not_before": rfc3339(leaf.not_valid_before_utc), "not_after": rfc3339(leaf.not_valid_after_utc),
+            })
+        elif key in self._lost:
+            status = status.model_copy(update={"serial": None, "not_before": None, "not_after": None,
+                                               "hosts": [], "renewal_time": None})
+        cert = cert.model_copy(update={"status": status})
+        issuer = await self.issuer_for(cert)
+        now = datetime.now(UTC)
+        out = await reconcile(cert, issuer, now=now,
+                              current_key_pem=current.bundle.key_pem if current is not None else None)
+        if out.bundle is not None:
+            revision = out.status.revision
+            await self._store(ns, name, body, out.bundle, revision)
+            self.current[key] = Current(out.bundle, revision)
+            self._lost.discard(key)
+            self.ctl.enqueue(f"ap/{key}")
+            what = "Issued" if out.decision.reason == "Initial" or revision == 1 else "Renewed"
+            log.info("certificate %s: %s revision %d, serial %s, hosts %s, notAfter %s (%s)", key, what.lower(),
+                     revision, out.bundle.serial_hex, ",".join(out.bundle.hosts), out.status.not_after,
+                     out.decision.reason)
+            await self.writer.event(body, "Normal", what,
+                                    f"revision {revision}, serial {out.bundle.serial_hex}, hosts "
+                                    f"{', '.join(out.bundle.hosts)}, notAfter {out.status.not_after} "
+                                    f"({out.decision.reason})")
+        else:
+            failure, before = out.status.last_failure, status.last_failure
+            if failure is not None and (before is None or (before.reason, before.message, before.time)
+                                        != (failure.reason, failure.message, failure.time)):
+                log.warning("certificate %s: issuance failed: %s: %s (attempt %d, next %s)", key, failure.reason,
+                            failure.message, out.status.failures, out.status.next_attempt)
+                if before is None or (before.reason, before.message) != (failure.reason, failure.message):
+                    await self.writer.event(body, "Warning", "IssuanceFailed",
+                                            f"{failure.reason}: {failure.message}")
+        new = with_delivery(out.status, clusters=self.deliveries(key, cert), now=now)
+        wire = new.wire()
+        if wire != (body.get("status") or {}):
+            result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
+            if result is not None:
+                self.on_certificate("MODIFIED", result)
+        self.enqueue_at(key, out.requeue_at)
+
+    async def _write_status(self, path: str, kind: str, name: str, ns: str | None,
+                            status: dict[str, Any]) -> dict[str, Any] | None:
+        """Apply a status (the caller checked it changed); the result updates our view at once, so a
+        reconcile before the watch event neither writes the same status again nor reads a stale one."""
+        meta: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
+        try:
+            result = await self.hub.apply(path, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta,
+                                                 "status": status}, field_manager=STATUS_MANAGER,
+                                          subresource="status")
+        except ApiError as err:
+            if err.status == 404:
+                return None
+            raise
+        telemetry.count("hub_writes", kind="status")
+        return result
+
+    # ---- AccessPoint status ----
+
+    def listen(self, key: str, ap: AccessPoint, status: AccessPointStatus) -> None:
+        """StatusListener: member errors about our Secret, and a nudge to refresh delivery status."""
+        body = self.certs.get(key)
+        if body is None:
+            return
+        secret = Certificate.model_validate(body).secret_name
+        self.cluster_errors[key] = {
+            c.name: c.last_error for c in status.clusters
+            if c.last_error and c.state in ("Failed", "Conflict") and "Secret " in c.last_error
+            and f"/{secret}" in c.last_error
+        }
+        self.enqueue(key)
+
+    def contribute(self, ap: AccessPoint, status: AccessPointStatus, previous: AccessPointStatus | None,
+                   now: str) -> AccessPointStatus:
+        """StatusContributor: the CERT column and each cluster's delivered certificate revision."""
+        key = f"{ap.namespace}/{ap.name}"
+        body = self.certs.get(key)
+        if body is None:
+            return status.model_copy(update={"certificate": None}) if status.certificate else status
+        cst = CertificateStatus.model_validate(body.get("status") or {})
+        column = cst.summary
+        if cst.last_failure is not None:
+            column = f"{column} ({cst.last_failure.reason})" if column else cst.last_failure.reason
+        column = column or "Pending"
+        delivered = {c.name: c.revision for c in cst.clusters}
+        ns, name = key.split("/", 1)
+        secret = Certificate.model_validate(body).secret_name
+        owner = Owner(self.hub_id, ns, name)
+        clusters = []
+        for entry in status.clusters:
+            member = self.ctl.registry.members.get(entry.name)
+            revision = delivered.get(entry.name)
+            if member is not None and member.usable:
+                revision = self._member_revision(member, owner, secret)
+            clusters.append(entry.model_copy(update={"certificate": f"rev {revision}" if revision else None}))
+        return status.model_copy(update={"certificate": column, "clusters": clusters})
+
+
+def validate_annotations(ap: AccessPoint, _facts: Sequence[ClusterFacts]) -> list[str]:
+    """Validator: the certificate annotations of an AccessPoint, each problem naming its field."""
+    annotations = dict(ap.metadata.get("annotations") or {})
+    problems = []
+    for name in (DURATION_ANNOTATION, RENEW_BEFORE_ANNOTATION):
+        value = annotations.get(name)
+        if value is not None and not re.fullmatch(DURATION_PATTERN, value):
+            problems.append(f"metadata.annotations[{name}]: invalid duration {value!r} "
+                            "(expected e.g. '2160h', '90m', '1h30m')")
+    return problems
+
+
+def _rv(obj: Mapping[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
+    except ValueError:
+        return 0
+
+
+# ---- feature protocol (federation/operator.py) ----
+
+def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
+    def feature() -> Certificates | None:
+        ctl = holder.get("controller")
+        return _features.get(ctl) if ctl is not None else None
+
+    @kopf.on.event("meshfed.io", "v1alpha1", "certificateissuers", registry=registry)
+    def issuer_event(event: kopf.RawEvent, **_: Any) -> None:
+        f = feature()
+        if f is not None:
+            f.on_issuer(event.get("type") or "ADDED", dict(event["object"]))
+
+    @kopf.on.event("meshfed.io", "v1alpha1", "certificates", registry=registry)
+    def certificate_event(event: kopf.RawEvent, **_: Any) -> None:
+        f = feature()
+        if f is not None:
+            f.on_certificate(event.get("type") or "ADDED", dict(event["object"]))
+
+    @kopf.on.event("meshfed.io", "v1alpha1", "accesspoints", registry=registry)
+    async def accesspoint_deleted(event: kopf.RawEvent, **_: Any) -> None:
+        f = feature()
+        if f is None or event.get("type") != "DELETED":
+            return
+        meta = event["object"]["metadata"]
+        with contextlib.suppress(ApiError):
+            await f.on_accesspoint_deleted(f"{meta['namespace']}/{meta['name']}")
+
+
+async def install(controller: Controller) -> None:
+    feature = Certificates(controller)
+    _features[controller] = feature
+    controller.validators.append(validate_annotations)
+    controller.context_providers.append(feature.provide)
+    controller.status_contributors.append(feature.contribute)
+    controller.status_listeners.append(feature.listen)
+    await feature.start()
