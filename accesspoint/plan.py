@@ -19,10 +19,14 @@ def is_subset(desired: Any, current: Any) -> bool:
     """True when every field of `desired` holds the same value in `current`.
 
     Extra fields in `current` (server defaults, status, fields other managers own) are fine;
-    lists must match item by item, each item again as a subset.
+    lists must match item by item, each item again as a subset. A null in `desired` matches an
+    absent field: API servers drop nulls, so they never come back.
     """
     if isinstance(desired, dict):
-        return isinstance(current, dict) and all(k in current and is_subset(v, current[k]) for k, v in desired.items())
+        return isinstance(current, dict) and all(
+            (current.get(k) is None) if v is None else (k in current and is_subset(v, current[k]))
+            for k, v in desired.items()
+        )
     if isinstance(desired, list):
         return (
             isinstance(current, list)
@@ -54,6 +58,9 @@ class Plan:
         return len(self.create) + len(self.update) + len(self.delete)
 
 
+_IDENTITY = frozenset({"apiVersion", "kind"})
+
+
 def _hash(obj: Mapping[str, Any]) -> str | None:
     value = ((obj.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
     return str(value) if value is not None else None
@@ -71,7 +78,9 @@ def plan(desired: Iterable[dict[str, Any]], owned: Mapping[ObjectKey, Mapping[st
             result.create.append(obj)
             continue
         same_hash = _hash(current) == _hash(obj)
-        drift = not is_subset({"metadata": obj["metadata"], "spec": obj.get("spec", {})}, current)
+        # Every top-level field but apiVersion/kind (the key covers them; list items may lack them):
+        # `spec` for most kinds, `data`/`type` for Secrets.
+        drift = not is_subset({k: v for k, v in obj.items() if k not in _IDENTITY}, current)
         if same_hash and not drift:
             result.unchanged += 1
             continue
