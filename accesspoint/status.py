@@ -30,7 +30,9 @@ def summarize(
     prev_conditions = previous.conditions if previous else []
     placed = set(decision.names)
     entries = sorted(clusters, key=lambda c: c.name)
-    in_place = [c for c in entries if c.name in placed]
+    # A placed cluster nobody reported on is in an unknown state (never Ready by omission).
+    unreported = [ClusterStatus(name=n, state="Unknown") for n in placed - {c.name for c in entries}]
+    in_place = sorted([c for c in entries if c.name in placed] + unreported, key=lambda c: c.name)
     applied = [c for c in in_place if c.state == "Applied"]
     failed = [c for c in in_place if c.state in ("Failed", "Conflict")]
     unknown = [c for c in in_place if c.state == "Unknown"]
