@@ -60,7 +60,7 @@ demo-down:
 	@$(PY) -m federation.cli fleet down --dir $(FLEET_DIR)
 
 bench: deps
-	@for b in e2e/bench/*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+	@for b in e2e/bench/*.py; do m=$$(basename $$b .py); echo "==> python -m e2e.bench.$$m"; $(PY) -m e2e.bench.$$m || exit 1; done
 
 clean: demo-down
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

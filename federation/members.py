@@ -159,6 +159,7 @@ class MemberRegistry:
         on_owner_change: OwnerCallback,
         on_member_change: MemberCallback,
         probe_interval: float = 5.0,
+        failure_threshold: int = 3,
     ) -> None:
         self.hub = hub
         self.hub_id = hub_id
@@ -166,6 +167,9 @@ class MemberRegistry:
         self.on_owner_change = on_owner_change
         self.on_member_change = on_member_change
         self.probe_interval = probe_interval
+        # Consecutive failed probes before a reachable member is reported unreachable: one slow
+        # answer from a busy API server must not flip every AccessPoint on it to Unknown.
+        self.failure_threshold = failure_threshold
         self._kubeconfigs: dict[str, str] = {}
 
     async def upsert(self, body: dict[str, Any]) -> None:
@@ -251,10 +255,10 @@ class MemberRegistry:
         client = member.client
         assert client is not None
         try:
-            await client.request("GET", "/readyz", timeout=3, retry=False)
-            version = await client.request("GET", "/version", timeout=3, retry=False)
+            await client.request("GET", "/readyz", timeout=5, retry=False)
+            version = await client.request("GET", "/version", timeout=5, retry=False)
             try:
-                group = await client.request("GET", "/apis/networking.istio.io/v1", timeout=3, retry=False)
+                group = await client.request("GET", "/apis/networking.istio.io/v1", timeout=5, retry=False)
                 names = {r.get("name") for r in group.get("resources") or []}
                 istio = names >= ISTIO_RESOURCES
             except ApiError as err:
@@ -268,8 +272,13 @@ class MemberRegistry:
 
     async def _probe_loop(self, member: Member) -> None:
         watching: set[str] = set()
+        failures = 0
         while True:
             probe = await self.probe_once(member)
+            failures = 0 if probe.reachable else failures + 1
+            if not probe.reachable and member.probe.reachable and failures < self.failure_threshold:
+                await asyncio.sleep(min(self.probe_interval, 1.0))
+                continue  # not yet: keep the last good view for a few more probes
             changed = (probe.reachable, probe.ready, probe.version, probe.istio) != (
                 member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio)
             member.probe = probe
@@ -318,7 +327,9 @@ class MemberRegistry:
             except Gone:
                 continue
             except ApiError as err:
+                # The cache stays usable while we relist: planning on a slightly stale cache is
+                # safe (creates meet 409, applies are idempotent, deletes carry preconditions);
+                # an unreachable member is caught by the probe, not here.
                 log.debug("member %s: watch %s: %s", member.name, kind.plural, err)
-                member.cache.synced.discard(kind.kind)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

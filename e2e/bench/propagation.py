@@ -1,0 +1,267 @@
+"""Propagation benchmark: hub + N members (real kube-apiservers), M AccessPoints of 5 objects each.
+
+Prints, all measured in one run on the same fleet:
+  1. baseline: the same objects written by a minimal direct server-side-apply client with the same
+     concurrency (W AccessPoints in flight, each writing its objects to every member in parallel);
+  2. meshfed: time from the first AccessPoint created on the hub until all report Applied on
+     every member; the ratio baseline/meshfed (target >= 0.7);
+  3. member and hub writes during a no-op resync and after a controller restart (target 0),
+     counted by the API servers themselves (/metrics apiserver_request_total);
+  4. single-change propagation latency, hub edit -> the object updated on every member, p50/p99
+     (target p99 <= 1 s; Karmada publishes p99 1.3 s in push mode);
+  5. controller peak RSS (target <= 300 MB).
+
+Usage: python -m e2e.bench.propagation [--members 5] [--aps 500] [--workers 16] [--samples 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from accesspoint.models import AccessPoint
+from accesspoint.ownership import HUB
+from accesspoint.render import render
+from federation.fleet import Fleet
+from federation.kube import KubeClient
+from federation.testing import ControllerProcess, diff_breakdown, write_breakdown
+
+AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
+PATHS = {
+    "Service": "/api/v1/namespaces/{ns}/services/{name}",
+    "Gateway": "/apis/networking.istio.io/v1/namespaces/{ns}/gateways/{name}",
+    "VirtualService": "/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/{name}",
+    "DestinationRule": "/apis/networking.istio.io/v1/namespaces/{ns}/destinationrules/{name}",
+    "ServiceEntry": "/apis/networking.istio.io/v1/namespaces/{ns}/serviceentries/{name}",
+}
+
+
+def template(tag: str = "v0") -> list[dict[str, Any]]:
+    host = "${name}.${region}.bench.example"
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}"},
+         "spec": {"selector": {"app": "${name}"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}"},
+         "spec": {"selector": {"istio": "ingressgateway"},
+                  "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [host]}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "${name}"},
+         "spec": {"hosts": [host], "gateways": ["${name}"],
+                  "http": [{"route": [{"destination": {"host": "${name}.svc.cluster.local"}}],
+                            "headers": {"response": {"set": {"x-tag": tag, "x-cluster": "${cluster}"}}}}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "${name}"},
+         "spec": {"host": "${name}.svc.cluster.local"}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry", "metadata": {"name": "${name}-ext"},
+         "spec": {"hosts": ["${name}.ext.example"], "ports": [{"number": 443, "name": "tls", "protocol": "TLS"}],
+                  "resolution": "DNS", "location": "MESH_EXTERNAL"}},
+    ]
+
+
+def accesspoint(ns: str, name: str, tag: str = "v0") -> dict[str, Any]:
+    return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint", "metadata": {"name": name, "namespace": ns},
+            # One wave, no gates: a change goes everywhere at once (gated rollouts: e2e/bench/rollout.py).
+            "spec": {"template": template(tag), "rollout": {"waves": [{"name": "all"}]}}}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+async def ensure_ns(client: KubeClient, ns: str) -> None:
+    from federation.fleet import ensure_namespace
+
+    await ensure_namespace(client, ns)
+
+
+async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, workers: int) -> float:
+    """Direct SSA of the same rendered objects (into namespace bench-direct), same concurrency."""
+    assert fleet.state is not None
+    ns = "bench-direct"
+    for client in members.values():
+        await ensure_ns(client, ns)
+    facts = {m.name: m for m in fleet.state.members}
+    from placement.models import ClusterFacts
+
+    rendered: list[dict[str, list[dict[str, Any]]]] = []
+    for i in range(aps):
+        ap = AccessPoint.model_validate(accesspoint(ns, f"ap-{i}"))
+        per_cluster = {}
+        for name, m in facts.items():
+            cf = ClusterFacts(name=name, region=m.region, zone=m.zone, ready=True, reachable=True)
+            per_cluster[name] = render(ap, cf, "bench-direct-hub").objects
+        rendered.append(per_cluster)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(aps):
+        queue.put_nowait(i)
+
+    async def worker() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            await asyncio.gather(*(
+                members[c].apply(PATHS[o["kind"]].format(ns=ns, name=o["metadata"]["name"]), o,
+                                 field_manager="bench-direct")
+                for c, objs in rendered[i].items() for o in objs))
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return time.monotonic() - start
+
+
+async def all_applied(hub: KubeClient, ns: str, aps: int, members: int) -> int:
+    items, _ = await hub.list(AP_PATH.format(ns=ns))
+    done = 0
+    for item in items:
+        st = item.get("status") or {}
+        conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
+        if conds.get("Applied") == "True" and (st.get("summary") or {}).get("clusters") == f"{members}/{members}" \
+                and st.get("observedGeneration") == item["metadata"].get("generation"):
+            done += 1
+    return done
+
+
+async def writes(hub: KubeClient, members: dict[str, KubeClient]) -> dict[str, int]:
+    clients = {"hub": hub, **members}
+    counts = await asyncio.gather(*(write_breakdown(c) for c in clients.values()))
+    return {f"{n}: {k}": v for n, bd in zip(clients, counts, strict=True) for k, v in bd.items()}
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samples: int, aps: int) -> list[float]:
+    """Patch one AccessPoint's template; time until every member's VirtualService carries the change."""
+    seen: dict[tuple[str, str], str] = {}
+    changed = asyncio.Event()
+
+    async def watch(member: str, client: KubeClient) -> None:
+        path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices"
+        items, rv = await client.list(path, label_selector=f"{HUB}=meshfed-hub")
+        for it in items:
+            seen[(member, it["metadata"]["name"])] = it["spec"]["http"][0]["headers"]["response"]["set"]["x-tag"]
+        while True:
+            async for ev in client.watch(path, rv, label_selector=f"{HUB}=meshfed-hub"):
+                rv = ev.object["metadata"].get("resourceVersion", rv)
+                if ev.type in ("ADDED", "MODIFIED"):
+                    spec = ev.object["spec"]
+                    seen[(member, ev.object["metadata"]["name"])] = spec["http"][0]["headers"]["response"]["set"]["x-tag"]
+                    changed.set()
+
+    tasks = [asyncio.create_task(watch(n, c)) for n, c in members.items()]
+    await asyncio.sleep(1.0)
+    out: list[float] = []
+    try:
+        for k in range(samples):
+            name = f"ap-{(k * 7) % aps}"
+            tag = f"lat-{k}"
+            start = time.monotonic()
+            await hub.merge_patch(f"{AP_PATH.format(ns=ns)}/{name}", {"spec": {"template": template(tag)}})
+            while not all(seen.get((m, name)) == tag for m in members):
+                changed.clear()
+                try:
+                    await asyncio.wait_for(changed.wait(), 10)
+                except TimeoutError:
+                    raise AssertionError(f"change {tag} of {name} not propagated in 10 s") from None
+            out.append(time.monotonic() - start)
+            await asyncio.sleep(0.05)
+    finally:
+        for t in tasks:
+            t.cancel()
+    return out
+
+
+async def main(args: argparse.Namespace) -> None:
+    root = Path(tempfile.mkdtemp(prefix="meshfed-bench-"))
+    fleet = Fleet(root)
+    print(f"fleet: hub + {args.members} members ({root})", flush=True)
+    await fleet.up(members=args.members, regions=2, zones=args.members, vip_allocator=False)
+    assert fleet.state is not None
+    hub = await fleet.state.hub.client()
+    members = {m.name: await m.client() for m in fleet.state.members}
+    ctl = ControllerProcess(fleet.state.hub.kubeconfig, root / "controller.log",
+                            extra=["--workers", str(args.workers), "--resync", str(args.resync)])
+    try:
+        total_objects = args.aps * 5 * args.members
+        print(f"baseline: direct SSA of {total_objects} objects, {args.workers} AccessPoints in flight ...",
+              flush=True)
+        base = await baseline(fleet, members, args.aps, args.workers)
+        print(f"  baseline: {base:.1f} s ({total_objects / base:.0f} objects/s)", flush=True)
+
+        ns = "bench"
+        await ensure_ns(hub, ns)
+        ctl.start()
+        await asyncio.sleep(3)  # controller up and members probed
+        print(f"meshfed: {args.aps} AccessPoints x 5 objects x {args.members} members ...", flush=True)
+        start = time.monotonic()
+        sem = asyncio.Semaphore(args.workers)
+
+        async def create(i: int) -> None:
+            async with sem:
+                await hub.create(AP_PATH.format(ns=ns), accesspoint(ns, f"ap-{i}"), field_manager="bench")
+
+        await asyncio.gather(*(create(i) for i in range(args.aps)))
+        while await all_applied(hub, ns, args.aps, args.members) < args.aps:
+            await asyncio.sleep(0.25)
+            if time.monotonic() - start > 900:
+                raise SystemExit("not all AccessPoints applied within 15 minutes:\n" + ctl.log_tail())
+        took = time.monotonic() - start
+        print(f"  meshfed: {took:.1f} s ({total_objects / took:.0f} objects/s)", flush=True)
+
+        await asyncio.sleep(5)  # trailing status writes and watch events
+        before = await writes(hub, members)
+        print(f"no-op resync: waiting {args.resync + 10:.0f} s (resync every {args.resync:.0f} s) ...", flush=True)
+        await asyncio.sleep(args.resync + 10)
+        noop = diff_breakdown(before, await writes(hub, members))
+
+        before = await writes(hub, members)
+        ctl.restart()
+        await asyncio.sleep(min(args.resync, 25))
+        restart = diff_breakdown(before, await writes(hub, members))
+        assert ctl.proc is not None and ctl.proc.poll() is None, ctl.log_tail()
+
+        print(f"latency: {args.samples} single changes, hub edit -> all {args.members} members updated ...",
+              flush=True)
+        lat = await latency(hub, members, ns, args.samples, args.aps)
+        assert ctl.proc is not None
+        rss_after_restart = peak_rss_mb(ctl.proc.pid)
+
+        # Peak RSS over the full bulk load: a fresh controller takes over all AccessPoints again.
+        print("\n==== propagation benchmark ====")
+        print(f"fleet: hub + {args.members} members, {args.aps} AccessPoints x 5 objects = {total_objects} objects")
+        print(f"baseline (direct SSA, {args.workers} in flight):  {base:7.1f} s   {total_objects / base:6.0f} obj/s")
+        print(f"meshfed (hub create -> Applied everywhere):   {took:7.1f} s   {total_objects / took:6.0f} obj/s")
+        print(f"ratio baseline/meshfed:                       {base / took:7.2f}     (target >= 0.70)")
+        print(f"writes during a no-op resync:                 {sum(noop.values()):7d}     (target 0) {noop or ''}")
+        print(f"writes after a controller restart:            {sum(restart.values()):7d}     (target 0) {restart or ''}")
+        print(f"single change hub -> all members: p50 {statistics.median(lat) * 1000:6.0f} ms, "
+              f"p99 {pct(lat, 99) * 1000:6.0f} ms, max {max(lat) * 1000:6.0f} ms   (target p99 <= 1000 ms; "
+              f"Karmada p99 1298 ms)")
+        print(f"controller peak RSS (restarted controller, all {args.aps} AccessPoints): "
+              f"{rss_after_restart:6.0f} MB   (target <= 300 MB)")
+    except BaseException:
+        print("---- controller log (tail) ----\n" + ctl.log_tail(6000))
+        raise
+    finally:
+        ctl.stop()
+        await hub.close()
+        for c in members.values():
+            await c.close()
+        fleet.down()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--aps", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--resync", type=float, default=20.0)
+    asyncio.run(main(parser.parse_args()))
