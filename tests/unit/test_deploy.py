@@ -1,0 +1,228 @@
+"""deploy/: every manifest parses, kustomizations list existing files (and every CRD), the controller
+Deployment runs `meshfed controller` in-cluster with a liveness probe that matches its flag, and
+the controller's hub RBAC is least-privilege and consistent. `kubectl kustomize deploy` builds when
+kubectl is installed."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from federation.cli import build_parser
+from federation.crdgen import all_crds
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+NAMESPACE = "meshfed-system"
+SA = "meshfed-controller"
+YAML_FILES = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def objects(*relative: str) -> list[dict[str, Any]]:
+    return [d for r in relative for d in docs(DEPLOY / r)]
+
+
+def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def test_there_is_something_to_check() -> None:
+    names = {p.relative_to(DEPLOY).as_posix() for p in YAML_FILES}
+    assert {"kustomization.yaml", "rbac/controller.yaml", "controller/deployment.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", YAML_FILES, ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_every_yaml_parses_into_objects(path: Path) -> None:
+    found = docs(path)
+    assert found, f"{path} holds no document"
+    for doc in found:
+        assert isinstance(doc, dict), f"{path}: a document is not a mapping"
+        assert doc.get("apiVersion") and doc.get("kind"), f"{path}: apiVersion/kind missing"
+        if doc["kind"] != "Kustomization":
+            assert doc.get("metadata", {}).get("name"), f"{path}: {doc['kind']} without metadata.name"
+
+
+def kustomizations() -> list[Path]:
+    return sorted(DEPLOY.rglob("kustomization.yaml"))
+
+
+@pytest.mark.parametrize("path", kustomizations(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_kustomization_lists_existing_files(path: Path) -> None:
+    (k,) = docs(path)
+    assert k["kind"] == "Kustomization"
+    resources = k.get("resources") or []
+    assert resources and len(resources) == len(set(resources))
+    for entry in resources:
+        target = path.parent / entry
+        assert target.exists(), f"{path.relative_to(DEPLOY)} lists {entry}, which does not exist"
+        if target.is_dir():
+            assert (target / "kustomization.yaml").exists(), f"{entry} is a directory without a kustomization"
+
+
+def test_top_level_kustomization_has_every_crd_rbac_and_the_controller() -> None:
+    (k,) = docs(DEPLOY / "kustomization.yaml")
+    resources = set(k["resources"])
+    crds = {f"crds/{c['metadata']['name']}.yaml" for c in all_crds()}
+    assert crds <= resources, f"CRDs missing from deploy/kustomization.yaml: {sorted(crds - resources)}"
+    on_disk = {f"crds/{p.name}" for p in (DEPLOY / "crds").glob("*.yaml")}
+    assert on_disk <= resources, f"deploy/crds files not in deploy/kustomization.yaml: {sorted(on_disk - resources)}"
+    assert {"rbac/controller.yaml", "controller"} <= resources
+
+
+def test_controller_kustomization_lists_every_file_of_the_directory() -> None:
+    (k,) = docs(DEPLOY / "controller" / "kustomization.yaml")
+    files = {p.name for p in (DEPLOY / "controller").glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(k["resources"]) == files
+
+
+# ---- the controller ---------------------------------------------------------------------------
+
+CONTROLLER = objects("controller/namespace.yaml", "controller/serviceaccount.yaml", "controller/deployment.yaml")
+
+
+def container() -> dict[str, Any]:
+    deployment = one(CONTROLLER, "Deployment", "meshfed-controller")
+    (c,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(c)
+
+
+def test_namespace_and_service_account() -> None:
+    one(CONTROLLER, "Namespace", NAMESPACE)
+    sa = one(CONTROLLER, "ServiceAccount", SA)
+    assert sa["metadata"]["namespace"] == NAMESPACE
+
+
+def test_deployment_runs_one_controller_with_its_service_account() -> None:
+    deployment = one(CONTROLLER, "Deployment", "meshfed-controller")
+    spec = deployment["spec"]
+    assert deployment["metadata"]["namespace"] == NAMESPACE
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}  # never two standalone controllers at once
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert spec["template"]["spec"]["serviceAccountName"] == SA
+
+
+def test_command_is_meshfed_controller_in_cluster() -> None:
+    c = container()
+    argv = [*c.get("command", []), *c.get("args", [])]
+    assert argv[:2] == ["meshfed", "controller"]
+    args = build_parser().parse_args(argv[1:])  # the CLI accepts exactly these flags
+    assert args.kubeconfig is None  # in-cluster service account
+    assert args.liveness == "http://0.0.0.0:8080/healthz"
+    env = {e["name"]: e.get("value") for e in c.get("env", [])}
+    assert env.get("MESHFED_HUB_ID"), "the hub id goes into member owner labels: set it explicitly"
+
+
+def test_liveness_probe_matches_the_liveness_flag() -> None:
+    c = container()
+    args = build_parser().parse_args([*c["command"], *c["args"]][1:])
+    url = urlparse(args.liveness)
+    probe = c["livenessProbe"]["httpGet"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    port = ports[probe["port"]] if isinstance(probe["port"], str) else probe["port"]
+    assert (probe["path"], port) == (url.path, url.port)
+    assert url.hostname == "0.0.0.0"  # the kubelet probes the Pod IP
+
+
+def test_resources_and_security_context() -> None:
+    c = container()
+    assert set(c["resources"]["requests"]) == {"cpu", "memory"}
+    assert set(c["resources"]["limits"]) >= {"memory"}
+    assert c["securityContext"]["allowPrivilegeEscalation"] is False
+    if c["securityContext"].get("readOnlyRootFilesystem"):
+        assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, "the kube client writes cert files"
+
+
+# ---- RBAC -----------------------------------------------------------------------------------
+
+RBAC = objects("rbac/controller.yaml")
+CRD_PLURALS = {c["spec"]["names"]["plural"]: c for c in all_crds()}
+
+
+def rules(kind: str, name: str) -> list[dict[str, Any]]:
+    return list(one(RBAC, kind, name)["rules"])
+
+
+def allowed(rule_list: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rule_list)
+
+
+def test_no_wildcards_and_only_known_meshfed_resources() -> None:
+    for obj in RBAC:
+        for rule in obj.get("rules", []):
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], f"{obj['metadata']['name']}: wildcard in {key}"
+            if "meshfed.io" in rule["apiGroups"]:
+                for res in rule["resources"]:
+                    plural, _, sub = res.partition("/")
+                    assert plural in CRD_PLURALS, f"{res} is no meshfed CRD"
+                    if sub:
+                        assert sub == "status"
+                        assert "status" in CRD_PLURALS[plural]["spec"]["versions"][0].get("subresources", {})
+
+
+def test_controller_can_do_what_the_foundation_does() -> None:
+    cluster = rules("ClusterRole", "meshfed-controller")
+    for plural in ("memberclusters", "placementpolicies", "accesspoints"):
+        for verb in ("get", "list", "watch"):
+            assert allowed(cluster, "meshfed.io", plural, verb), f"{verb} {plural}"
+    for plural in ("memberclusters", "accesspoints"):
+        assert allowed(cluster, "meshfed.io", f"{plural}/status", "patch"), f"patch {plural}/status"
+    assert allowed(cluster, "meshfed.io", "accesspoints", "patch")  # finalizer
+    assert allowed(cluster, "", "events", "create")
+    for verb in ("create", "update", "delete", "deletecollection"):
+        for plural in ("memberclusters", "placementpolicies", "accesspoints"):
+            assert not allowed(cluster, "meshfed.io", plural, verb), f"controller may not {verb} {plural}"
+
+
+def test_secrets_only_in_meshfed_system_and_read_only() -> None:
+    for obj in RBAC:
+        if obj["kind"] == "ClusterRole":
+            assert not any("secrets" in r["resources"] for r in obj["rules"]), "no cluster-wide Secret access"
+    role = one(RBAC, "Role", "meshfed-controller-kubeconfigs")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert allowed(role["rules"], "", "secrets", "get")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allowed(role["rules"], "", "secrets", verb)
+
+
+def test_bindings_bind_existing_roles_to_the_service_account() -> None:
+    bindings = [o for o in RBAC if o["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    assert {b["kind"] for b in bindings} == {"ClusterRoleBinding", "RoleBinding"}
+    for b in bindings:
+        ref = b["roleRef"]
+        role = one(RBAC, ref["kind"], ref["name"])
+        if b["kind"] == "RoleBinding":
+            assert role["metadata"]["namespace"] == b["metadata"]["namespace"] == NAMESPACE
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": SA, "namespace": NAMESPACE}]
+
+
+# ---- kustomize --------------------------------------------------------------------------------
+
+KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_builds_everything() -> None:
+    assert KUBECTL is not None
+    out = subprocess.run([KUBECTL, "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    crds = {o["metadata"]["name"] for o in built if o["kind"] == "CustomResourceDefinition"}
+    assert crds == {c["metadata"]["name"] for c in all_crds()}
+    one(built, "Deployment", "meshfed-controller")
+    one(built, "Namespace", NAMESPACE)
+    one(built, "ClusterRoleBinding", "meshfed-controller")
+    assert len({(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in built}) == len(built)
