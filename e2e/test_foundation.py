@@ -231,7 +231,11 @@ async def test_member_outage_deletes_nothing_and_converges_on_return(
     fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], namespace: str
 ) -> None:
     assert fleet.state is not None
-    await hub.create(AP.format(ns=namespace), accesspoint(namespace, "outage"), field_manager="e2e")
+    # One wave with no gate: the change below goes to every cluster at once (without spec.rollout a
+    # change is staged: one cluster, then a pause awaiting approval; see docs/rollout.md).
+    all_at_once = {"waves": [{"name": "all"}]}
+    await hub.create(AP.format(ns=namespace), accesspoint(namespace, "outage", rollout=all_at_once),
+                     field_manager="e2e")
     await wait_ready(hub, namespace, "outage")
     down = fleet.state.member("member-3")
     down.stop()
