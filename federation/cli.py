@@ -151,6 +151,11 @@ def render_status(obj: dict[str, Any]) -> str:
     rejected = (status.get("placement") or {}).get("rejected") or []
     if rejected:
         lines += ["", "Not placed:"] + [f"  {r['cluster']}: {r['reason']}" for r in rejected]
+    from federation.kubectl_plugin import render_rollout
+
+    rollout = render_rollout(status)
+    if rollout:
+        lines.append(rollout)
     return "\n".join(lines)
 
 
@@ -194,6 +199,9 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     status.add_argument("--kubeconfig")
     status.set_defaults(func=cmd_status)
 
+    from federation.kubectl_plugin import add_rollout_commands
+
+    add_rollout_commands(sub)
     if plugin:
         return parser
 

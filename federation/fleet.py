@@ -333,6 +333,7 @@ class Fleet:
         try:
             await apply_crds(hub, all_crds())
             await ensure_namespace(hub, HUB_NAMESPACE)
+            await apply_manifests(hub, APPROVAL_POLICY)
         finally:
             await hub.close()
         member_crds = load_member_crds()
@@ -473,6 +474,23 @@ async def apply_crds(client: KubeClient, crds: Sequence[dict[str, Any]], timeout
             if time.monotonic() > deadline:
                 raise TimeoutError(f"CRD {crd['metadata']['name']} not Established on {client.name}")
             await asyncio.sleep(0.1)
+
+
+APPROVAL_POLICY = REPO / "deploy" / "rbac" / "approval-policy.yaml"
+_CLUSTER_PATHS = {
+    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+}
+
+
+async def apply_manifests(client: KubeClient, path: Path) -> None:
+    """Server-side apply the cluster-scoped objects of a manifest file (the approval policy and roles)."""
+    docs = [d for d in yaml.safe_load_all(await asyncio.to_thread(path.read_text)) if d]
+    for doc in docs:
+        if doc:
+            await client.apply(f"{_CLUSTER_PATHS[doc['kind']]}/{doc['metadata']['name']}", doc,
+                               field_manager="meshfed-fleet")
 
 
 async def ensure_namespace(client: KubeClient, name: str) -> None:

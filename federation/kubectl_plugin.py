@@ -1,10 +1,278 @@
-"""`kubectl meshfed …`: the user-facing subcommands of the meshfed CLI as a kubectl plugin."""
+"""`kubectl meshfed …`: the user-facing subcommands of the meshfed CLI as a kubectl plugin.
+
+Owns the rollout subcommands (approve, reject, undo, promote --full, abort, pause, resume,
+history) and the rollout part of `status`. Every change goes through the API server as the
+current user, who is checked there: approve/reject set `spec.decision` of the waiting
+RolloutApproval with `spec.approver` = the user the API server reports (SelfSubjectReview), and
+deploy/rbac/approval-policy.yaml refuses anyone without the `approve` verb; promote --full sets an
+annotation that needs the `promote` verb; abort sets an annotation; undo writes an old revision's
+spec back (a new revision that rolls out like any change).
+"""
 
 from __future__ import annotations
 
-from federation.cli import build_parser
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from federation.cli import _hub_kubeconfig, build_parser, table
+
+AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
+APPROVALS_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/rolloutapprovals"
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser("kubectl meshfed", plugin=True).parse_args(argv)
     args.func(args)
+
+
+# ---- status: the rollout part ----
+
+def render_rollout(status: dict[str, Any]) -> str:
+    ro = status.get("rollout")
+    if not ro:
+        return ""
+    lines = [
+        "",
+        f"Rollout: {ro.get('phase', '-')}"
+        + (f" ({ro['reason']})" if ro.get("reason") else "")
+        + f"   revision {ro.get('revision') or '-'}   stable {ro.get('stable') or '-'}   "
+        f"wave {ro.get('wave') or '-'}   updated {ro.get('updated', '-')}",
+    ]
+    if ro.get("message"):
+        lines.append(f"  {ro['message']}")
+    waves = ro.get("waves") or []
+    if waves:
+        index = int(ro.get("waveIndex", 0))
+        rows = [["#", "WAVE", "BEFORE", "AFTER", "CLUSTERS", "RELEASED", "STATE"]]
+        granted = {(g["wave"], g["gate"]): g for g in ro.get("granted") or []}
+        for i, w in enumerate(waves):
+            if w.get("skipped"):
+                state = "Skipped"
+            elif ro.get("phase") == "Succeeded" or i < index:
+                state = "Done"
+            elif i == index:
+                state = {"Before": "Gate (before)", "Updating": "Updating", "After": "Gate (after)"}.get(
+                    ro.get("stage", ""), "")
+                if ro.get("phase") == "Aborted":
+                    state = "Aborted"
+            else:
+                state = "Pending"
+
+            def gates(position: str, items: list[dict[str, Any]], number: int = i + 1) -> str:
+                out = []
+                for g in items:
+                    label = g["type"] + (f" {g['duration']}" if g.get("duration") else "")
+                    grant = granted.get((number, position))
+                    if g["type"] == "Approval" and grant:
+                        label += f" ✓{grant.get('approver') or grant.get('how', '')}"
+                    out.append(label)
+                return ",".join(out) or "-"
+
+            clusters = w.get("clusters")
+            rows.append([str(i + 1), w["name"], gates("Before", w.get("before") or []),
+                         gates("After", w.get("after") or []),
+                         ",".join(clusters) if clusters is not None else "(not frozen)",
+                         ",".join(w.get("released") or []) or "-", state])
+        lines += ["", table(rows)]
+    return "\n".join(lines)
+
+
+# ---- helpers ----
+
+def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> None:
+    from federation.kube import ApiError, KubeClient
+
+    async def go() -> str:
+        client = await KubeClient.from_kubeconfig_file(_hub_kubeconfig(args), "hub", attempts=1)
+        try:
+            return await work(client)
+        finally:
+            await client.close()
+
+    try:
+        print(asyncio.run(go()))
+    except ApiError as err:
+        sys.exit(f"meshfed: refused by the API server ({err.status} {err.reason}): {err.message}")
+    except UserError as err:
+        sys.exit(f"meshfed: {err}")
+
+
+class UserError(Exception):
+    pass
+
+
+async def _accesspoint(client: Any, args: argparse.Namespace) -> dict[str, Any]:
+    obj: dict[str, Any] | None = await client.get(AP_PATH.format(ns=args.namespace, name=args.name))
+    if obj is None:
+        raise UserError(f"AccessPoint {args.namespace}/{args.name} not found (list them with: kubectl get ap -A)")
+    return obj
+
+
+def _rollout_revision(obj: dict[str, Any]) -> str:
+    ro = (obj.get("status") or {}).get("rollout") or {}
+    rev = ro.get("revision")
+    if not rev:
+        raise UserError(f"AccessPoint {obj['metadata']['namespace']}/{obj['metadata']['name']} has no rollout "
+                        "yet (the controller has not reported one)")
+    return str(rev)
+
+
+# ---- approve / reject ----
+
+def cmd_decide(args: argparse.Namespace) -> None:
+    from federation.rollouts import whoami
+
+    decision = "Approved" if args.command == "approve" else "Rejected"
+
+    async def work(client: Any) -> str:
+        obj = await _accesspoint(client, args)
+        revision = _rollout_revision(obj)
+        items, _ = await client.list(APPROVALS_PATH.format(ns=args.namespace))
+        mine = [a for a in items if (a.get("spec") or {}).get("accessPoint") == args.name]
+        if args.wave is not None:
+            mine = [a for a in mine if a["spec"].get("wave") == args.wave]
+        current = [a for a in mine if a["spec"].get("revision") == revision and not a["spec"].get("decision")]
+        waiting = [a for a in current if (a.get("status") or {}).get("phase") in (None, "Pending")]
+        if not waiting:
+            decided = [a for a in mine if a["spec"].get("revision") == revision and a["spec"].get("decision")]
+            other = [a for a in mine if a["spec"].get("revision") != revision and not a["spec"].get("decision")]
+            detail = ""
+            if decided:
+                detail += "; already decided: " + ", ".join(
+                    f"{a['metadata']['name']} ({a['spec']['decision']} by {a['spec'].get('approver')})"
+                    for a in decided)
+            if other:
+                detail += "; for superseded revisions (nothing to decide): " + ", ".join(
+                    a["metadata"]["name"] for a in other)
+            raise UserError(f"nothing awaits a decision for AccessPoint {args.namespace}/{args.name} "
+                            f"revision {revision}{detail}")
+        waiting.sort(key=lambda a: (a["spec"].get("wave", 0), a["spec"].get("gate") != "Before"))
+        target = waiting[0]
+        user = await whoami(client)
+        patch: dict[str, Any] = {"spec": {"decision": decision, "approver": user}}
+        if args.message:
+            patch["spec"]["reason"] = args.message
+        name = target["metadata"]["name"]
+        query = {"dryRun": "All"} if args.dry_run else None
+        await client.request("PATCH", f"{APPROVALS_PATH.format(ns=args.namespace)}/{name}", body=patch,
+                             query=query, content_type="application/merge-patch+json")
+        spec = target["spec"]
+        what = "approved" if decision == "Approved" else "rejected"
+        return (f"{what} RolloutApproval {name} (revision {spec['revision']}, wave {spec['wave']} "
+                f"{spec.get('waveName', '')}, {spec['gate'].lower()} gate) as {user}"
+                + (" (dry run)" if args.dry_run else ""))
+
+    _run(args, work)
+
+
+# ---- abort / promote / pause / resume ----
+
+def cmd_annotate(args: argparse.Namespace) -> None:
+    from accesspoint.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+
+    async def work(client: Any) -> str:
+        obj = await _accesspoint(client, args)
+        revision = _rollout_revision(obj)
+        stable = ((obj.get("status") or {}).get("rollout") or {}).get("stable")
+        if revision == stable:
+            raise UserError(f"revision {revision} is already stable: no rollout in progress")
+        annotation = ABORT_ANNOTATION if args.command == "abort" else PROMOTE_ANNOTATION
+        await client.merge_patch(AP_PATH.format(ns=args.namespace, name=args.name),
+                                 {"metadata": {"annotations": {annotation: revision}}}, field_manager="kubectl-meshfed")
+        if args.command == "abort":
+            return f"abort requested for revision {revision}: clusters return to stable revision {stable}"
+        return f"promote --full requested for revision {revision}: remaining gates are skipped"
+
+    if args.command == "promote" and not args.full:
+        sys.exit("meshfed: promote needs --full (skip every remaining gate of the rollout)")
+    _run(args, work)
+
+
+def cmd_pause(args: argparse.Namespace) -> None:
+    paused = args.command == "pause"
+
+    async def work(client: Any) -> str:
+        await _accesspoint(client, args)
+        await client.merge_patch(AP_PATH.format(ns=args.namespace, name=args.name),
+                                 {"spec": {"rollout": {"paused": paused}}}, field_manager="kubectl-meshfed")
+        return f"AccessPoint {args.namespace}/{args.name}: rollout {'paused' if paused else 'resumed'}"
+
+    _run(args, work)
+
+
+# ---- undo / history ----
+
+def cmd_undo(args: argparse.Namespace) -> None:
+    from accesspoint.models import AccessPoint
+    from accesspoint.revisions import RevisionNotFound, revision_hash, undo
+    from federation.rollouts import read_history
+
+    async def work(client: Any) -> str:
+        obj = await _accesspoint(client, args)
+        history = await read_history(client, obj)
+        current = AccessPoint.model_validate(obj).spec
+        try:
+            spec = undo(history, args.to_revision, current)
+        except RevisionNotFound as err:
+            raise UserError(f"AccessPoint {args.namespace}/{args.name}: {err}") from None
+        if revision_hash(spec) == revision_hash(current):
+            return f"revision {args.to_revision} is already the current revision: nothing to do"
+        body = {k: v for k, v in obj.items() if k != "status"}
+        body["spec"] = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        await client.request("PUT", AP_PATH.format(ns=args.namespace, name=args.name), body=body,
+                             query={"fieldManager": "kubectl-meshfed"})
+        return (f"AccessPoint {args.namespace}/{args.name}: revision {args.to_revision} re-deployed as a new "
+                f"revision ({revision_hash(spec)}); it rolls out like any change")
+
+    _run(args, work)
+
+
+def cmd_history(args: argparse.Namespace) -> None:
+    from federation.rollouts import read_history
+
+    async def work(client: Any) -> str:
+        obj = await _accesspoint(client, args)
+        history = await read_history(client, obj)
+        ro = (obj.get("status") or {}).get("rollout") or {}
+        rows = [["REVISION", "HASH", "CREATED", "UNDO OF", ""]]
+        for r in history.records:
+            mark = " ".join(x for x, h in (("stable", ro.get("stable")), ("rolling-out", ro.get("revision")))
+                            if h == r.hash and (x == "stable" or ro.get("stable") != r.hash))
+            rows.append([str(r.number), r.hash, r.created_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                         str(r.undo_of or "-"), mark])
+        return table(rows) if len(rows) > 1 else "(no revisions recorded)"
+
+    _run(args, work)
+
+
+def add_rollout_commands(sub: Any) -> None:
+    """The rollout subcommands (registered by federation.cli.build_parser)."""
+
+    def target(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("name", help="AccessPoint name")
+        p.add_argument("-n", "--namespace", default="default")
+        p.add_argument("--kubeconfig")
+        return p
+
+    for verb, help_ in (("approve", "release the waiting gate of an AccessPoint's rollout"),
+                        ("reject", "reject the waiting gate (aborts the rollout)")):
+        p = target(sub.add_parser(verb, help=help_))
+        p.add_argument("-m", "--message", default="", help="reason recorded on the RolloutApproval")
+        p.add_argument("--wave", type=int, help="only the gate of this wave (1-based)")
+        p.add_argument("--dry-run", action="store_true", help="ask the API server without recording anything")
+        p.set_defaults(func=cmd_decide)
+    p = target(sub.add_parser("undo", help="re-deploy an old revision as a new one"))
+    p.add_argument("--to-revision", type=int, default=0, help="revision number (0: the previous one)")
+    p.set_defaults(func=cmd_undo)
+    p = target(sub.add_parser("promote", help="skip every remaining gate (needs the promote verb)"))
+    p.add_argument("--full", action="store_true", required=True)
+    p.set_defaults(func=cmd_annotate)
+    target(sub.add_parser("abort", help="return every cluster to the stable revision")).set_defaults(
+        func=cmd_annotate)
+    target(sub.add_parser("pause", help="stop the rollout where it is (spec.rollout.paused)")).set_defaults(
+        func=cmd_pause)
+    target(sub.add_parser("resume", help="continue a paused rollout")).set_defaults(func=cmd_pause)
+    target(sub.add_parser("history", help="the revisions kept for an AccessPoint")).set_defaults(func=cmd_history)
