@@ -18,6 +18,10 @@ Owns, as controller hooks (federation/controller.py extension points):
   * PlacementPolicy status (decision, summary, Placed condition), recomputed when a policy or a member
     changes and written through the controller's HubWriter only when it changed.
 
+The render context is built from the AccessPoint's current spec, so a traffic change (a Drain) reaches
+every placed cluster in one change, also clusters a staged rollout still holds on an older template
+revision: moving traffic away from a region is not something to release wave by wave.
+
 Pure decisions stay in accesspoint/ and placement/; this module only gathers facts and wires them.
 """
 
