@@ -591,11 +591,18 @@ class Certificates:
         if not self.ctl.registry.warm() and time.monotonic() < self._warm_deadline:
             asyncio.get_running_loop().call_later(0.2, self.enqueue, key)
             return
+        ns, name = key.split("/", 1)
+        if key not in self.ctl.accesspoints and \
+                await self.hub.get(f"/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}") is None:
+            # Its AccessPoint was deleted while no controller ran: nothing left to serve.
+            if ((body.get("metadata") or {}).get("labels") or {}).get(HUB) == self.hub_id:
+                log.info("certificate %s: its AccessPoint is gone; deleting it", key)
+                await self._forget(key)
+            return
         await self.ensure_loaded(key)
         body = self.certs.get(key)
         if body is None:
             return
-        ns, name = key.split("/", 1)
         cert = Certificate.model_validate(body)
         status = cert.status or CertificateStatus()
         current = self.current.get(key)
