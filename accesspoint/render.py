@@ -8,7 +8,6 @@ placement.models only.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import re
@@ -17,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accesspoint.kinds import TEMPLATE_KINDS
-from accesspoint.models import AccessPoint
+from accesspoint.models import AccessPoint, TemplateObject
 from accesspoint.overrides import apply_overrides
 from accesspoint.ownership import HASH_ANNOTATION, Owner
 from placement.models import ClusterFacts
@@ -66,30 +65,92 @@ def _walk_strings(value: Any, path: str, fn: Callable[[str, str], str]) -> Any:
     return value
 
 
+class _VariableError(ValueError):
+    """A substitution problem before its field path is known (see _fill)."""
+
+
+def _replace(text: str, variables: Mapping[str, str]) -> str:
+    """`text` with its variables substituted; raises _VariableError with the message."""
+
+    def repl(m: re.Match[str]) -> str:
+        escaped, var = m.group(1), m.group(2)
+        if var is None:
+            if m.group(3):
+                return m.group(0)  # an escaped `$${` without a closing brace stays as it is
+            raise _VariableError(f"malformed variable in {text!r}: '${{' without a closing '}}'")
+        if escaped:
+            return "${" + var + "}"
+        if var not in variables:
+            raise _VariableError(
+                f"unknown variable ${{{var}}} (known: {', '.join('${' + v + '}' for v in VARIABLES)})"
+            )
+        return variables[var]
+
+    return _VAR.sub(repl, text)
+
+
 def substitute(value: Any, variables: Mapping[str, str], path: str) -> Any:
     """Replace ${var} in every string below `value`; raises TemplateError naming the field."""
 
     def one(text: str, where: str) -> str:
         if "$" not in text:
             return text
-
-        def repl(m: re.Match[str]) -> str:
-            escaped, var = m.group(1), m.group(2)
-            if var is None:
-                if m.group(3):
-                    return m.group(0)  # an escaped `$${` without a closing brace stays as it is
-                raise TemplateError(where, f"malformed variable in {text!r}: '${{' without a closing '}}'")
-            if escaped:
-                return "${" + var + "}"
-            if var not in variables:
-                raise TemplateError(
-                    where, f"unknown variable ${{{var}}} (known: {', '.join('${' + v + '}' for v in VARIABLES)})"
-                )
-            return variables[var]
-
-        return _VAR.sub(repl, text)
+        try:
+            return _replace(text, variables)
+        except _VariableError as err:
+            raise TemplateError(where, str(err)) from None
 
     return _walk_strings(value, path, one)
+
+
+_Path = tuple[str | int, ...]
+_VARIABLE_STRINGS: dict[str, tuple[tuple[_Path, str], ...]] = {}
+_VARIABLE_STRINGS_MAX = 8192
+
+
+def _variable_strings(wire_json: str) -> tuple[tuple[_Path, str], ...]:
+    """Where the strings holding '$' are in a template object (given as its wire JSON), found once
+    per distinct content (a bounded cache keyed by the content itself, so never stale)."""
+    hit = _VARIABLE_STRINGS.get(wire_json)
+    if hit is not None:
+        return hit
+    found: list[tuple[_Path, str]] = []
+    stack: list[tuple[_Path, Any]] = [((), json.loads(wire_json))]
+    while stack:
+        where, node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, item in items:
+            if isinstance(item, str):
+                if "$" in item:
+                    found.append(((*where, key), item))
+            elif isinstance(item, (dict, list)):
+                stack.append(((*where, key), item))
+    if len(_VARIABLE_STRINGS) >= _VARIABLE_STRINGS_MAX:
+        _VARIABLE_STRINGS.pop(next(iter(_VARIABLE_STRINGS)))
+    result = _VARIABLE_STRINGS[wire_json] = tuple(found)
+    return result
+
+
+def _substituted_wire(tmpl: TemplateObject, variables: Mapping[str, str]) -> dict[str, Any]:
+    """substitute(tmpl.wire(), ...) without walking the object: a fresh copy from the wire JSON,
+    then only the strings holding '$' are replaced. Raises _VariableError (no field path: the
+    caller re-runs substitute() to name the field)."""
+    text = tmpl.model_dump_json(by_alias=True, exclude_none=True)
+    raw: dict[str, Any] = json.loads(text)
+    for where, value in _variable_strings(text):
+        node: Any = raw
+        for key in where[:-1]:
+            node = node[key]
+        node[where[-1]] = _replace(value, variables)
+    return raw
+
+
+def _json_copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(v) for v in value]
+    return value
 
 
 def validate(ap: AccessPoint) -> list[TemplateError]:
@@ -177,10 +238,13 @@ def render(ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderCont
     for i, tmpl in enumerate(ap.spec.template):
         path = f"spec.template[{i}]"
         try:
-            raw = substitute(tmpl.wire(), variables, path)
-        except TemplateError as err:
-            out.errors.append(err)
-            continue
+            raw = _substituted_wire(tmpl, variables)
+        except _VariableError:
+            try:  # the slow path names the field
+                raw = substitute(tmpl.wire(), variables, path)
+            except TemplateError as err:
+                out.errors.append(err)
+                continue
         meta = raw.get("metadata", {})
         substituted.append({
             "apiVersion": TEMPLATE_KINDS[tmpl.kind].api_version,
@@ -197,14 +261,15 @@ def render(ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderCont
         return out
     for transform in context.transforms:
         substituted = transform(substituted, cluster)
-    substituted += [copy.deepcopy(o) for o in context.generated.get(cluster.name, ())]
+    substituted += [_json_copy(o) for o in context.generated.get(cluster.name, ())]
     patched, problems = apply_overrides(substituted, ap.spec.overrides, cluster)
     if problems:
         out.errors = [TemplateError(str(p).split(": ", 1)[0], p.message) for p in problems]
         return out
+    owner_labels = owner.labels()
     for obj in patched:
         meta = obj.setdefault("metadata", {})
-        meta["labels"] = {**(meta.get("labels") or {}), **owner.labels()}
+        meta["labels"] = {**(meta.get("labels") or {}), **owner_labels}
         annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != HASH_ANNOTATION}
         meta["annotations"] = annotations
         annotations[HASH_ANNOTATION] = content_hash(obj)
