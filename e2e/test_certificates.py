@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import os
 import re
 import subprocess
@@ -397,3 +398,71 @@ async def test_controller_restart_keeps_the_key_and_writes_nothing(
     # Still alive and working after the restart: a new AccessPoint gets its certificate.
     await chub.create(AP.format(ns=ns), accesspoint(ns, "late", "late.example.com"), field_manager="e2e")
     await wait_delivered(chub, ns, "late")
+
+
+async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachable_server(
+    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+) -> None:
+    """ACME through the controller: Pebble (60 s certificates, so a renewal happens during the test),
+    real HTTP-01 validation against the controller's built-in responder; and an ACME directory
+    nobody answers gives a clear condition and delivers nothing."""
+    from certservers import MissingComponent, Pebble, free_port  # e2e/ is on sys.path (no __init__.py)
+
+    from certs.acme_issuer import new_account_key_pem
+
+    try:
+        pebble = await asyncio.to_thread(Pebble(validity_seconds=60).start)
+    except MissingComponent as exc:
+        pytest.skip(str(exc))
+    account = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "acme-account", "namespace": HUB_NS},
+               "data": {"tls.key": base64.b64encode(new_account_key_pem()).decode()}}
+    await chub.create(SECRETS.format(ns=HUB_NS), account, field_manager="e2e")
+
+    def acme_issuer(name: str, server: str, domain: str, port: int) -> dict[str, Any]:
+        return {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": name},
+                "spec": {"acme": {"server": server, "accountKeySecretRef": {"name": "acme-account"},
+                                  "solver": {"http01": {"port": port}}, "caBundle": pebble.ca_bundle_pem},
+                         "allowedDomains": [domain]}}
+
+    dead_url = f"https://127.0.0.1:{free_port()}/dir"
+    await chub.create(ISSUERS, acme_issuer("pebble", pebble.directory_url, "*.example.test", pebble.http01_port),
+                      field_manager="e2e")
+    await chub.create(ISSUERS, acme_issuer("dead-acme", dead_url, "*.dead.test", free_port()), field_manager="e2e")
+    try:
+        await chub.create(AP.format(ns=ns), accesspoint(ns, "acme", "shop.example.test"), field_manager="e2e")
+        await chub.create(AP.format(ns=ns), accesspoint(ns, "dead", "shop.dead.test"), field_manager="e2e")
+        first = await wait_delivered(chub, ns, "acme", timeout=120)
+        cert = await chub.get(f"{CERT.format(ns=ns)}/acme") or {}
+        assert cert["spec"]["issuerRef"]["name"] == "pebble"
+        for member in cmembers.values():
+            secret = await member.get(f"{SECRETS.format(ns=ns)}/acme-tls") or {}
+            data = decode(secret)
+            leaf = x509.load_pem_x509_certificate(data["tls.crt"])
+            assert f"{leaf.serial_number:x}" == first["serial"]
+            assert "Pebble" in leaf.issuer.rfc4514_string() and data["ca.crt"].startswith(b"-----BEGIN CERTIFICATE")
+            assert host_covered("shop.example.test", san_names(leaf))
+            key = serialization.load_pem_private_key(data["tls.key"], password=None)
+            spki = serialization.PublicFormat.SubjectPublicKeyInfo
+            assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == \
+                leaf.public_key().public_bytes(serialization.Encoding.DER, spki)
+        # The unreachable directory: a clear condition, nothing delivered, the other certificate unaffected.
+        st = await cert_status(chub, ns, "dead")
+        assert cond(st, "Issued").get("reason") == "AcmeUnreachable", st
+        assert dead_url in cond(st, "Issued")["message"] and "serial" not in st
+        for member in cmembers.values():
+            assert await member.get(f"{SECRETS.format(ns=ns)}/dead-tls") is None
+        # Pebble's 60 s certificates renew at two thirds of their life: revision 2 reaches every member.
+        second = await wait_delivered(chub, ns, "acme", revision=2, timeout=150)
+        assert second["serial"] != first["serial"]
+        for member in cmembers.values():
+            secret = await member.get(f"{SECRETS.format(ns=ns)}/acme-tls") or {}
+            assert secret["metadata"]["annotations"]["meshfed.io/certificate-serial"] == second["serial"]
+    finally:
+        for name in ("acme", "dead"):
+            await chub.delete(f"{AP.format(ns=ns)}/{name}")
+        for name in ("acme", "dead"):
+            await eventually(functools.partial(_absent, chub, f"{CERT.format(ns=ns)}/{name}"), 60,
+                             message=f"Certificate {name} not deleted")
+        await chub.delete(f"{ISSUERS}/pebble")
+        await chub.delete(f"{ISSUERS}/dead-acme")
+        await asyncio.to_thread(pebble.stop)
