@@ -348,12 +348,21 @@ async def measure_fleet_drain(aps: int = 10, samples: int = 30, root: Path | Non
     """
     import tempfile
 
+    from federation.fleet import Fleet
     from federation.kube import KubeClient
     from federation.testing import ControllerProcess, eventually, start_fleet
 
     own_root = root is None
     base = root or Path(tempfile.mkdtemp(prefix="meshfed-bench-drain-"))
-    fleet = await start_fleet(base, members=len(FLEET_TOPOLOGY), topology=FLEET_TOPOLOGY)
+    for attempt in (1, 2):
+        try:
+            fleet = await start_fleet(base, members=len(FLEET_TOPOLOGY), topology=FLEET_TOPOLOGY)
+            break
+        except RuntimeError:  # e.g. a loopback port taken meanwhile by another fleet: stop what started
+            Fleet(base).down(purge=True)
+            if attempt == 2 or root is not None:
+                raise
+            base.mkdir(parents=True, exist_ok=True)
     assert fleet.state is not None
     region_of = {name: region for name, region, _ in FLEET_TOPOLOGY}
     ctl = ControllerProcess(fleet.state.hub.kubeconfig, base / "controller.log")
