@@ -5,8 +5,10 @@ the 3 VIPs and shows on the AccessPoint (status and `kubectl get` column); a VIP
 member reaches DNS event-driven; a controller restart writes nothing (hub or DNS); a foreign
 record with the same name is never overwritten; bad input (wrong TSIG secret, zone not served,
 FQDN outside the zone, unknown provider, missing AccessPoint, TTL out of range) gives a clear
-condition and changes nothing in DNS; a stopped cluster's VIP stays for the grace period, then
-goes, then comes back with the cluster; deletion removes only what the NameService owns.
+condition and changes nothing in DNS; BIND stopped while a VIP changes → the status says what is
+pending, and on its return the change is applied with nothing lost or duplicated; a stopped
+cluster's VIP stays for the grace period, then goes, then comes back with the cluster; deletion
+removes only what the NameService owns.
 """
 
 from __future__ import annotations
@@ -381,6 +383,36 @@ async def test_bad_input_gives_a_clear_condition_and_changes_nothing(
     vips = await wait_ap_vips(hub, namespace, "ghost")
     await wait_ns(hub, namespace, "noap", "True", "Ready")
     await wait_resolves(bind, f"noap.{ZONE}", set(vips.values()), timeout=10)
+
+
+async def test_dns_server_outage_is_pending_then_applied_without_loss_or_duplicates(
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], namespace: str,
+    bind: BindServer,
+) -> None:
+    st = await wait_ns(hub, namespace, "shop", "True", "Ready")
+    before = set(st["records"])
+    bind.stop()
+    try:
+        # A VIP changes while BIND is down: the status says what is pending; nothing is guessed.
+        svc_status = f"{SVC.format(ns=namespace)}/shop-gw/status"
+        vip1 = next(t["address"] for t in st["targets"] if t["cluster"] == "member-1")
+        await members["member-1"].merge_patch(svc_status,
+                                              {"status": {"loadBalancer": {"ingress": [{"ip": "127.100.1.77"}]}}})
+        st = await wait_ns(hub, namespace, "shop", "Unknown", "ProviderUnreachable", timeout=90)
+        assert cond(st, "Programmed")["status"] == "Unknown"
+        assert any("shop.dns.test" in p and "unreachable" in p for p in st["pending"]), st["pending"]
+        assert set(st["records"]) == before, "the published set stays the last known-good one"
+    finally:
+        bind.start()
+    expected = (before - {vip1}) | {"127.100.1.77"}
+    await wait_resolves(bind, f"shop.{ZONE}", expected, timeout=90)
+    st = await wait_ns(hub, namespace, "shop", "True", "Ready", timeout=30)
+    assert st.get("pending", []) == [] and set(st["records"]) == expected
+    # Nothing lost or duplicated: one A rrset with exactly these values, one ownership value.
+    assert await resolve(bind, f"_meshfed-owner.shop.{ZONE}", "TXT") == {
+        f'"heritage=meshfed,hub=meshfed-hub,owner={namespace}/shop"'}
+    r = await dns.asyncquery.udp(dns.message.make_query(f"shop.{ZONE}", "A"), bind.host, port=bind.port, timeout=2)
+    assert sorted(rd.to_text() for rr in r.answer for rd in rr) == sorted(expected)
 
 
 async def test_stopped_cluster_keeps_its_vip_for_the_grace_period(
