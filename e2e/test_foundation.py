@@ -196,8 +196,11 @@ async def test_malformed_variable_gets_accepted_false_and_writes_nothing(
     message = cond(st, "Accepted")["message"]
     assert "spec.template[1].spec.servers[0].hosts[0]" in message and "${regoin}" in message
     assert st["summary"]["phase"] == "Invalid"
-    events = await hub.request("GET", f"/api/v1/namespaces/{namespace}/events")
-    assert any(e["reason"] == "InvalidSpec" and "${regoin}" in e["message"] for e in events["items"])
+    async def invalid_event() -> bool:  # posted right after the status write
+        events = await hub.request("GET", f"/api/v1/namespaces/{namespace}/events")
+        return any(e["reason"] == "InvalidSpec" and "${regoin}" in e["message"] for e in events["items"])
+
+    await eventually(invalid_event, 10, message="an InvalidSpec Event naming the variable")
     for client in members.values():
         assert await client.get(f"{SVC.format(ns=namespace)}/gw") is None
 
