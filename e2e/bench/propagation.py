@@ -152,7 +152,8 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
                 rv = ev.object["metadata"].get("resourceVersion", rv)
                 if ev.type in ("ADDED", "MODIFIED"):
                     spec = ev.object["spec"]
-                    seen[(member, ev.object["metadata"]["name"])] = spec["http"][0]["headers"]["response"]["set"]["x-tag"]
+                    tag_now = spec["http"][0]["headers"]["response"]["set"]["x-tag"]
+                    seen[(member, ev.object["metadata"]["name"])] = tag_now
                     changed.set()
 
     tasks = [asyncio.create_task(watch(n, c)) for n, c in members.items()]
@@ -240,7 +241,8 @@ async def main(args: argparse.Namespace) -> None:
         print(f"meshfed (hub create -> Applied everywhere):   {took:7.1f} s   {total_objects / took:6.0f} obj/s")
         print(f"ratio baseline/meshfed:                       {base / took:7.2f}     (target >= 0.70)")
         print(f"writes during a no-op resync:                 {sum(noop.values()):7d}     (target 0) {noop or ''}")
-        print(f"writes after a controller restart:            {sum(restart.values()):7d}     (target 0) {restart or ''}")
+        print(f"writes after a controller restart:            {sum(restart.values()):7d}     (target 0) "
+              f"{restart or ''}")
         print(f"single change hub -> all members: p50 {statistics.median(lat) * 1000:6.0f} ms, "
               f"p99 {pct(lat, 99) * 1000:6.0f} ms, max {max(lat) * 1000:6.0f} ms   (target p99 <= 1000 ms; "
               f"Karmada p99 1298 ms)")
