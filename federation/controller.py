@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -87,8 +88,13 @@ class Controller:
         self.memberclusters: dict[str, dict[str, Any]] = {}
         self.workers = workers
         self.resync_seconds = resync_seconds
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
+        # Two levels: event-driven keys (a hub edit, a member object changed) go before bulk work
+        # (resync, member status changes, retries), so a user's change never waits behind a
+        # re-check of every AccessPoint.
+        self._urgent: deque[str] = deque()
+        self._bulk: deque[str] = deque()
+        self._wakeup = asyncio.Event()
+        self._queued: dict[str, bool] = {}  # key -> queued as urgent
         self._active: set[str] = set()
         self._dirty: set[str] = set()
         self._retries: dict[str, int] = {}
@@ -104,19 +110,37 @@ class Controller:
 
     # ---- event intake (called by the operator's handlers and the member registry) ----
 
-    def enqueue(self, key: str) -> None:
+    def enqueue(self, key: str, *, urgent: bool = True) -> None:
         if key in self._active:
             self._dirty.add(key)
-        elif key not in self._queued:
-            self._queued.add(key)
-            self.queue.put_nowait(key)
+            return
+        queued_urgent = self._queued.get(key)
+        if queued_urgent is None or (urgent and not queued_urgent):
+            self._queued[key] = urgent
+            (self._urgent if urgent else self._bulk).append(key)
+            self._wakeup.set()
 
     def enqueue_later(self, key: str, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, self.enqueue, key)
+        asyncio.get_running_loop().call_later(delay, lambda: self.enqueue(key, urgent=False))
 
     def enqueue_all(self) -> None:
         for key in list(self.accesspoints):
-            self.enqueue(f"ap/{key}")
+            self.enqueue(f"ap/{key}", urgent=False)
+
+    @property
+    def pending(self) -> int:
+        return len(self._queued)
+
+    async def _next_key(self) -> str:
+        while True:
+            for source in (self._urgent, self._bulk):
+                while source:
+                    key = source.popleft()
+                    if key in self._queued:  # else already taken from the other level
+                        del self._queued[key]
+                        return key
+            self._wakeup.clear()
+            await self._wakeup.wait()
 
     def _owner_changed(self, member: str, owner_key: str) -> None:
         self.enqueue(f"ap/{owner_key}")
@@ -190,8 +214,7 @@ class Controller:
 
     async def _worker(self) -> None:
         while True:
-            key = await self.queue.get()
-            self._queued.discard(key)
+            key = await self._next_key()
             self._active.add(key)
             try:
                 if key.startswith("ap/"):
