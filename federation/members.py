@@ -51,8 +51,11 @@ class OwnedCache:
         """Store `obj` unless we hold a newer version; return its owner key when it changed."""
         key = key_of(obj)
         old = self.objects.get(key)
-        if old is not None and _rv(old) > _rv(obj) and old["metadata"].get("uid") == obj["metadata"].get("uid"):
-            return None
+        if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid"):
+            if _rv(old) > _rv(obj):
+                return None  # an older event than what we hold
+            if old["metadata"].get("resourceVersion") == obj["metadata"].get("resourceVersion"):
+                return None  # the watch echo of our own write (already in the cache): nothing new
         previous_owner = self._drop(key)
         owner = owner_of(obj, self.hub)
         if owner is None:  # someone removed our labels: it is no longer ours
