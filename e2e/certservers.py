@@ -126,6 +126,8 @@ class Pebble:
 
     http01="builtin": nothing listens on http01_port, run certs.acme_issuer.Http01Responder there;
     http01="challtestsrv": challtestsrv serves HTTP-01 on it (see certs.acme_issuer.ChallTestSrv).
+    dns_server="127.0.0.1:PORT": Pebble resolves through that server instead of challtestsrv (e.g.
+    a BIND from e2e.dnsservers, so DNS-01 validation reads the `_acme-challenge` TXT records there).
     """
 
     def __init__(
@@ -134,9 +136,11 @@ class Pebble:
         validity_seconds: int | None = None,
         always_valid: bool = False,
         http01: str = "builtin",
+        dns_server: str | None = None,
         wait_for_apt: float = 300.0,
     ) -> None:
         self.validity_seconds = validity_seconds
+        self.dns_server = dns_server
         self.always_valid = always_valid
         self.http01 = http01
         self._wait_for_apt = wait_for_apt
@@ -204,7 +208,8 @@ class Pebble:
         self._procs.append(
             _Proc(
                 "pebble",
-                [pebble, "-config", str(work / "pebble.json"), "-dnsserver", f"127.0.0.1:{self.dns_port}"],
+                [pebble, "-config", str(work / "pebble.json"), "-dnsserver",
+                 self.dns_server or f"127.0.0.1:{self.dns_port}"],
                 work,
                 env,
             )
