@@ -18,8 +18,10 @@ import functools
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -348,20 +350,64 @@ async def test_missing_ca_secret_gets_a_condition_then_issues_once_it_exists(
         assert ci["status"]["ready"] == "False" and cond(ci["status"], "Ready")["reason"] == "CASecretMissing"
         for member in cmembers.values():
             assert await member.get(f"{SECRETS.format(ns=ns)}/lost-tls") is None
-        # The CA Secret appears: the next attempt (backoff 10 s) issues and delivers.
-        cert_pem, key_pem = generate_ca("lost CA")
+        # The CA Secret appears: the controller watches the Secrets issuers reference (metadata only), so
+        # the issuer turns Ready and the certificate is issued at once, not when the backoff ends.
+        st = await eventually(missing, 30, message="a fresh failure with ~10 s of backoff ahead")
+        next_attempt = datetime.fromisoformat(st["nextAttempt"].replace("Z", "+00:00"))
+        if (next_attempt - datetime.now(UTC)).total_seconds() < 6:  # just before a retry: wait for the next one
+            st = await eventually(lambda: _failed_after(chub, ns, "lost", next_attempt), 40,
+                                  message="the next failed attempt")
+            next_attempt = datetime.fromisoformat(st["nextAttempt"].replace("Z", "+00:00"))
+        cert_pem, key_pem = generate_ca("lost CA", validity=timedelta(days=400))
         await chub.create(SECRETS.format(ns=HUB_NS), tls_secret_body("lost-ca", cert_pem, key_pem),
                           field_manager="e2e")
-        st = await wait_delivered(chub, ns, "lost", timeout=90)
+        created = time.monotonic()
+
+        async def issuer_ready() -> dict[str, Any]:
+            ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
+            assert (ci.get("status") or {}).get("ready") == "True", ci.get("status")
+            return ci
+
+        ci = await eventually(issuer_ready, 10, 0.1, message="CertificateIssuer Ready once its CA Secret exists")
+        ca_not_after = ci["status"]["caNotAfter"]
+        assert ca_not_after == x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        st = await wait_delivered(chub, ns, "lost", timeout=30)
+        issued_after = time.monotonic() - created
+        assert datetime.now(UTC) < next_attempt or issued_after < 8, (issued_after, next_attempt)
+        issued = next(e for e in await events(chub, ns, "lost") if e["reason"] == "Issued")
+        first_seen = datetime.fromisoformat(
+            (issued.get("firstTimestamp") or issued["eventTime"]).replace("Z", "+00:00"))
+        assert first_seen < next_attempt, f"issued at {first_seen}, only when the backoff ended ({next_attempt})"
         for member in cmembers.values():
             check_tls_secret(await member.get(f"{SECRETS.format(ns=ns)}/lost-tls") or {}, cert_pem,
                              ["app.lost.example"])
-        ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
-        assert ci["status"]["ready"] == "True"
+        # Rotating the CA Secret (another CA in place) re-evaluates the issuer within seconds: its
+        # caNotAfter follows; the delivered certificate keeps serving until its renewal.
+        new_cert, new_key = generate_ca("lost CA, rotated", validity=timedelta(days=800))
+        await chub.apply(f"{SECRETS.format(ns=HUB_NS)}/lost-ca", tls_secret_body("lost-ca", new_cert, new_key),
+                         field_manager="e2e")
+
+        async def rotated() -> dict[str, Any]:
+            ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
+            assert ci["status"]["caNotAfter"] != ca_not_after and ci["status"]["ready"] == "True", ci["status"]
+            return ci
+
+        ci = await eventually(rotated, 10, 0.1, message="caNotAfter of the rotated CA")
+        assert ci["status"]["caNotAfter"] == x509.load_pem_x509_certificate(new_cert).not_valid_after_utc.strftime(
+            "%Y-%m-%dT%H:%M:%SZ")
+        assert (await cert_status(chub, ns, "lost"))["serial"] == st["serial"]
     finally:
         await chub.delete(f"{AP.format(ns=ns)}/lost")
         await eventually(lambda: _absent(chub, f"{CERT.format(ns=ns)}/lost"), 60, message="Certificate not deleted")
         await chub.delete(f"{ISSUERS}/lost-ca")
+
+
+async def _failed_after(hub: KubeClient, ns: str, name: str, when: datetime) -> dict[str, Any]:
+    st = await cert_status(hub, ns, name)
+    failed = datetime.fromisoformat(st["lastFailure"]["time"].replace("Z", "+00:00"))
+    assert failed >= when - timedelta(seconds=1), st["lastFailure"]
+    return st
 
 
 async def _absent(hub: KubeClient, path: str) -> bool:
@@ -466,3 +512,133 @@ async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachab
         await chub.delete(f"{ISSUERS}/pebble")
         await chub.delete(f"{ISSUERS}/dead-acme")
         await asyncio.to_thread(pebble.stop)
+
+
+def _txt(host: str, port: int, name: str, rtype: str = "TXT") -> list[str]:
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    r = dns.query.tcp(dns.message.make_query(name, rtype), host, port=port, timeout=3)
+    want = dns.rdatatype.from_text(rtype)
+    return sorted(rd.to_text() for rr in r.answer if rr.rdtype == want for rd in rr)
+
+
+async def test_acme_dns01_through_a_dnsprovider_on_bind(
+    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+) -> None:
+    """ACME DNS-01 through a DNSProvider (rfc2136 + TSIG) on a real BIND that Pebble resolves through:
+    the challenge TXT goes beside a foreign value, Pebble validates it, and it is gone after the order
+    (the foreign value kept); a CNAME at a challenge name is never written (ChallengeRecordConflict);
+    an issuer naming a DNSProvider that does not exist reports DNSProviderMissing and issues within
+    seconds once that DNSProvider is created. The TSIG secret appears nowhere."""
+    import dns.name
+    import dns.query
+    import dns.tsigkeyring
+    import dns.update
+    from certservers import Pebble  # e2e/ is on sys.path (no __init__.py)
+    from dnsservers import start_bind
+
+    from certs.acme_issuer import new_account_key_pem
+
+    zone = "dns01.test"
+    bind = await asyncio.to_thread(start_bind, [zone])
+    pebble = await asyncio.to_thread(Pebble(dns_server=f"{bind.host}:{bind.port}").start)
+
+    def update(build: Any) -> None:
+        keyring = dns.tsigkeyring.from_text({bind.key_name: (bind.key_algorithm, bind.key_secret)})
+        upd = dns.update.UpdateMessage(zone, keyring=keyring, keyname=dns.name.from_text(bind.key_name),
+                                       keyalgorithm=bind.key_algorithm)
+        build(upd)
+        assert dns.query.tcp(upd, bind.host, port=bind.port, timeout=3).rcode() == 0
+
+    # Somebody else's records: a TXT value at one challenge name, a CNAME delegating another.
+    update(lambda u: u.add(f"_acme-challenge.shop.{zone}.", 300, "TXT", '"foreign-token"'))
+    update(lambda u: u.add(f"_acme-challenge.deleg.{zone}.", 300, "CNAME", "challenges.elsewhere.test."))
+    tsig = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "e2e-bind-tsig", "namespace": HUB_NS},
+            "data": {"secret": base64.b64encode(bind.key_secret.encode()).decode()}}
+    account = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "acme-account-dns01", "namespace": HUB_NS},
+               "data": {"tls.key": base64.b64encode(new_account_key_pem()).decode()}}
+    for secret in (tsig, account):
+        await chub.create(SECRETS.format(ns=HUB_NS), secret, field_manager="e2e")
+
+    def provider(name: str) -> dict[str, Any]:
+        return {"apiVersion": "meshfed.io/v1alpha1", "kind": "DNSProvider", "metadata": {"name": name},
+                "spec": {"type": "rfc2136", "zone": zone,
+                         "rfc2136": {"server": bind.host, "port": bind.port,
+                                     "tsig": {"keyName": bind.key_name, "algorithm": bind.key_algorithm,
+                                              "secretRef": {"name": "e2e-bind-tsig", "namespace": HUB_NS,
+                                                            "key": "secret"}}}}}
+
+    def issuer(name: str, provider_ref: str, domain: str) -> dict[str, Any]:
+        return {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": name},
+                "spec": {"acme": {"server": pebble.directory_url, "caBundle": pebble.ca_bundle_pem,
+                                  "accountKeySecretRef": {"name": "acme-account-dns01"},
+                                  "solver": {"dns01": {"providerRef": provider_ref}}},
+                         "allowedDomains": [domain]}}
+
+    dnsp = "/apis/meshfed.io/v1alpha1/dnsproviders"
+    await chub.create(dnsp, provider("e2e-bind"), field_manager="e2e")
+    await chub.create(ISSUERS, issuer("bind-acme", "e2e-bind", f"*.{zone}"), field_manager="e2e")
+    await chub.create(ISSUERS, issuer("late-acme", "late-bind", f"*.late.{zone}"), field_manager="e2e")
+    names = {"dns": (f"shop.{zone}", "bind-acme"), "deleg": (f"deleg.{zone}", "bind-acme"),
+             "late": (f"app.late.{zone}", "late-acme")}
+    try:
+        for ap, (host, iss) in names.items():
+            await chub.create(AP.format(ns=ns), accesspoint(ns, ap, host, {"meshfed.io/certificate-issuer": iss}),
+                              field_manager="e2e")
+        st = await wait_delivered(chub, ns, "dns", timeout=120)
+        for member in cmembers.values():
+            data = decode(await member.get(f"{SECRETS.format(ns=ns)}/dns-tls") or {})
+            leaf = x509.load_pem_x509_certificate(data["tls.crt"])
+            assert f"{leaf.serial_number:x}" == st["serial"] and "Pebble" in leaf.issuer.rfc4514_string()
+            assert san_names(leaf) == [f"shop.{zone}"]
+        # Our challenge value was removed after the order; the foreign one is untouched.
+        assert _txt(bind.host, bind.port, f"_acme-challenge.shop.{zone}.") == ['"foreign-token"']
+
+        async def failed(name: str, reason: str) -> dict[str, Any]:
+            st = await cert_status(chub, ns, name)
+            assert cond(st, "Issued").get("reason") == reason, st
+            return st
+
+        st = await eventually(lambda: failed("deleg", "ChallengeRecordConflict"), 60,
+                              message="Issued=False/ChallengeRecordConflict expected")
+        assert "CNAME" in cond(st, "Issued")["message"] and "e2e-bind" in cond(st, "Issued")["message"]
+        assert _txt(bind.host, bind.port, f"_acme-challenge.deleg.{zone}.", "CNAME") == ["challenges.elsewhere.test."]
+        assert _txt(bind.host, bind.port, f"_acme-challenge.deleg.{zone}.", "TXT") == []
+        st = await eventually(lambda: failed("late", "DNSProviderMissing"), 60,
+                              message="Issued=False/DNSProviderMissing expected")
+        assert "late-bind" in cond(st, "Issued")["message"]
+        ci = await chub.get(f"{ISSUERS}/late-acme") or {}
+        assert cond(ci["status"], "Ready")["reason"] == "DNSProviderMissing"
+        for member in cmembers.values():
+            for ap in ("deleg", "late"):
+                assert await member.get(f"{SECRETS.format(ns=ns)}/{ap}-tls") is None
+        # The DNSProvider appears: issued without waiting for the backoff.
+        await chub.create(dnsp, provider("late-bind"), field_manager="e2e")
+        created = time.monotonic()
+        await wait_delivered(chub, ns, "late", timeout=60)
+        print(f"late DNSProvider -> delivered in {time.monotonic() - created:.1f}s")
+        assert _txt(bind.host, bind.port, f"_acme-challenge.app.late.{zone}.") == []
+        ci = await chub.get(f"{ISSUERS}/late-acme") or {}
+        assert ci["status"]["ready"] == "True"
+        # The TSIG secret never leaves its Secret.
+        texts = [str(await chub.get(f"{CERT.format(ns=ns)}/{ap}")) for ap in names]
+        texts += [str(await events(chub, ns, ap)) for ap in names]
+        texts += [str(await chub.get(f"{ISSUERS}/{n}")) for n in ("bind-acme", "late-acme")]
+        texts.append(cctl.log_tail(10**7))
+        assert not [t for t in texts if bind.key_secret in t]
+    finally:
+        for ap in names:
+            await chub.delete(f"{AP.format(ns=ns)}/{ap}")
+        for ap in names:
+            await eventually(functools.partial(_absent, chub, f"{CERT.format(ns=ns)}/{ap}"), 60,
+                             message=f"Certificate {ap} not deleted")
+        for name in ("bind-acme", "late-acme"):
+            await chub.delete(f"{ISSUERS}/{name}")
+        for name in ("e2e-bind", "late-bind"):
+            await chub.delete(f"{dnsp}/{name}")
+        for name in ("e2e-bind-tsig", "acme-account-dns01"):
+            await chub.delete(f"{SECRETS.format(ns=HUB_NS)}/{name}")
+        await asyncio.to_thread(pebble.stop)
+        await asyncio.to_thread(bind.close)

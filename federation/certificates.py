@@ -87,11 +87,16 @@ from certs.models import (
     IssuerRef,
     SecretRef,
 )
+from federation import dns as dns_feature
 from federation import telemetry
 from federation.controller import Controller
 from federation.hubwriter import STATUS_MANAGER, now_rfc3339
-from federation.kube import ApiError
+from federation.kube import ApiError, Gone
 from federation.members import Member
+from nameservice.dns01 import Dns01ProviderHook
+from nameservice.models import DNSProvider
+from nameservice.providers import Provider, ProviderError
+from nameservice.records import Owner as RecordOwner
 from placement.models import ClusterFacts, PlacementDecision
 
 log = logging.getLogger("meshfed.certificates")
@@ -106,6 +111,7 @@ CERT_NAMESPACE_LABEL = "meshfed.io/certificate-namespace"
 STORE_NAMESPACE = "meshfed-system"
 FIELD_MANAGER = "meshfed-certificates"
 WARMUP_SECONDS = 30.0
+ISSUER_KEY = "issuer:"  # work-queue key prefix of a CertificateIssuer (':' is never in a namespace)
 
 _features: weakref.WeakKeyDictionary[Controller, Certificates] = weakref.WeakKeyDictionary()
 
@@ -157,6 +163,63 @@ class Derived:
     gateway_namespaces: dict[str, set[str]] = field(default_factory=dict)  # cluster -> namespaces
 
 
+class ProviderChallenges:
+    """The Dns01Hook of `spec.acme.solver.dns01.providerRef`: challenge TXT records written through the
+    DNS feature's client for that DNSProvider (federation.dns, which reads its TSIG / API key Secret),
+    under that client's lock (one writer per zone, NameService syncs included). The client is looked
+    up at every call: a rotated Secret or an edited spec is used at once, a deleted DNSProvider fails
+    with DNSProviderMissing. Provider failures become IssuanceErrors naming the provider (their
+    messages never hold the secret)."""
+
+    def __init__(self, dns: dns_feature.DNSFeature, provider: str, owner: RecordOwner) -> None:
+        self.dns = dns
+        self.provider = provider
+        self._hook = Dns01ProviderHook(self._source, owner)
+
+    def __repr__(self) -> str:
+        return f"ProviderChallenges(provider={self.provider!r})"
+
+    async def _source(self) -> tuple[Provider, asyncio.Lock | None]:
+        body = self.dns.providers.get(self.provider)
+        if body is None:
+            raise IssuanceError("DNSProviderMissing", f"DNSProvider {self.provider} not found")
+        try:
+            dp = DNSProvider.model_validate(body)
+        except ValidationError as err:
+            raise IssuanceError("DNSProviderInvalid",
+                                f"DNSProvider {self.provider}: {err.errors()[0]['msg']}") from None
+        try:
+            client = await self.dns.client(self.provider, dp)
+        except dns_feature.SetupError as err:
+            raise IssuanceError(err.reason, f"DNSProvider {self.provider}: {err.message}") from None
+        return client.provider, client.lock
+
+    async def set_txt(self, fqdn: str, value: str, ttl: int) -> None:
+        try:
+            await self._hook.set_txt(fqdn, value, ttl)
+        except ProviderError as err:
+            raise IssuanceError(err.reason, f"DNS-01 through DNSProvider {self.provider}: {err.message}") from None
+
+    async def delete_txt(self, fqdn: str, value: str) -> None:
+        try:
+            await self._hook.delete_txt(fqdn, value)
+        except ProviderError as err:
+            raise IssuanceError(err.reason, f"DNS-01 through DNSProvider {self.provider}: {err.message}") from None
+
+
+def secret_refs(issuers: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """(namespace, name) of every hub Secret a CertificateIssuer reads -> the issuers reading it."""
+    refs: dict[tuple[str, str], set[str]] = {}
+    for name, body in issuers.items():
+        spec = body.get("spec") or {}
+        acme = spec.get("acme") or {}
+        for ref in ((spec.get("ca") or {}).get("secretRef"), acme.get("accountKeySecretRef"),
+                    (acme.get("externalAccountBinding") or {}).get("keySecretRef")):
+            if isinstance(ref, Mapping) and ref.get("name"):
+                refs.setdefault((str(ref.get("namespace") or STORE_NAMESPACE), str(ref["name"])), set()).add(name)
+    return refs
+
+
 class Certificates:
     """The certificate feature attached to one Controller."""
 
@@ -182,6 +245,10 @@ class Certificates:
         self._lost: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._warm_deadline = 0.0
+        self._kicked: set[str] = set()  # Certificates to retry now, backoff or not (an input changed)
+        self._secret_refs: dict[tuple[str, str], set[str]] = {}
+        self._secret_watches: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._dns_providers: dict[str, tuple[Any, Any]] = {}  # name -> (generation, uid)
 
     # ---- intake ----
 
@@ -209,10 +276,95 @@ class Certificates:
         if old is not None and event_type != "DELETED" and \
                 old["metadata"].get("generation") == body["metadata"].get("generation"):
             return  # a status update (ours): nothing to redo
+        self._sync_secret_watches()
+        self.issuer_inputs_changed(name)
+        self.ctl.enqueue_all()  # issuer choice (and whether certificates are wanted) may change
+
+    def issuer_inputs_changed(self, name: str) -> None:
+        """Issuer `name`, a Secret or a DNSProvider it uses changed: build it again, refresh its status
+        and retry its Certificates now (a failure backoff is not waited out: the input it waited for
+        may have arrived)."""
+        for key in [k for k in self.issuer_cache if k.rsplit("@", 1)[0] == name]:
+            self.issuer_cache.pop(key, None)
+        if name in self.issuers:
+            self.enqueue(f"{ISSUER_KEY}{name}")
         for key, cert in self.certs.items():
             if ((cert.get("spec") or {}).get("issuerRef") or {}).get("name") == name:
+                self._kicked.add(key)
                 self.enqueue(key)
-        self.ctl.enqueue_all()  # issuer choice (and whether certificates are wanted) may change
+
+    def on_dnsprovider(self, event_type: str, body: dict[str, Any]) -> None:
+        """A DNSProvider was created, edited or deleted: the ACME issuers solving DNS-01 through it."""
+        name = body["metadata"]["name"]
+        signature = None if event_type == "DELETED" else (body["metadata"].get("generation"),
+                                                          body["metadata"].get("uid"))
+        if self._dns_providers.get(name) == signature:
+            return  # a status update
+        if signature is None:
+            self._dns_providers.pop(name, None)
+        else:
+            self._dns_providers[name] = signature
+        for issuer, ibody in list(self.issuers.items()):
+            dns01 = (((ibody.get("spec") or {}).get("acme") or {}).get("solver") or {}).get("dns01") or {}
+            if dns01.get("providerRef") == name:
+                self.issuer_inputs_changed(issuer)
+
+    # ---- the hub Secrets issuers read: metadata-only watches ----
+
+    def _sync_secret_watches(self) -> None:
+        """One watch per hub Secret a CertificateIssuer references (none for any other Secret)."""
+        self._secret_refs = secret_refs(self.issuers)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not running (unit tests): nothing to watch
+        for ref in [r for r in self._secret_watches if r not in self._secret_refs]:
+            self._secret_watches.pop(ref).cancel()
+        for ref in self._secret_refs:
+            if ref not in self._secret_watches:
+                self._secret_watches[ref] = loop.create_task(self._watch_secret(*ref),
+                                                             name=f"cert-secret-{ref[0]}/{ref[1]}")
+
+    async def _watch_secret(self, ns: str, name: str) -> None:
+        """Follow one referenced Secret by list+watch of its metadata only (PartialObjectMetadata with
+        a metadata.name field selector): the key never comes through here, `_read_secret` stays its
+        only reader. Created, rotated (new resourceVersion) or deleted -> its issuers are re-evaluated."""
+        path, selector = SECRETS.format(ns=ns), f"metadata.name={name}"
+        known: tuple[str, str] | None = None
+        first, delay, last_error = True, 1.0, ""
+        while True:
+            try:
+                items, rv = await self.hub.list(path, field_selector=selector, metadata_only=True)
+                seen = _fingerprint(items[0]) if items else None
+                issuers = self._secret_refs.get((ns, name), set())
+                if (seen != known and not first) or (first and seen is not None and any(
+                        (self.issuers.get(i, {}).get("status") or {}).get("ready") != "True" for i in issuers)):
+                    self._secret_changed(ns, name)
+                known, first = seen, False
+                async for event in self.hub.watch(path, rv, field_selector=selector, metadata_only=True):
+                    delay, last_error = 1.0, ""
+                    if event.type == "BOOKMARK":
+                        continue
+                    now = None if event.type == "DELETED" else _fingerprint(event.object)
+                    if now != known:
+                        known = now
+                        self._secret_changed(ns, name)
+            except Gone:
+                continue
+            except ApiError as err:
+                message = f"{err.status} {err.reason}"
+                if message != last_error:
+                    log.warning("cannot watch hub Secret %s/%s (referenced by CertificateIssuer %s): %s", ns, name,
+                                ", ".join(sorted(self._secret_refs.get((ns, name), ()))), message)
+                    last_error = message
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+
+    def _secret_changed(self, ns: str, name: str) -> None:
+        issuers = sorted(self._secret_refs.get((ns, name), ()))
+        log.info("hub Secret %s/%s changed: re-evaluating CertificateIssuer %s", ns, name, ", ".join(issuers))
+        for issuer in issuers:
+            self.issuer_inputs_changed(issuer)
 
     def on_certificate(self, event_type: str, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -246,6 +398,10 @@ class Certificates:
         items, _ = await self.hub.list(ISSUERS)
         for body in items:
             self.issuers[body["metadata"]["name"]] = body
+        self._sync_secret_watches()
+        dns = dns_feature.feature_of(self.ctl)  # installed before us: its DNSProviders are listed
+        for name, body in (dns.providers if dns is not None else {}).items():
+            self._dns_providers[name] = (body["metadata"].get("generation"), body["metadata"].get("uid"))
         items, _ = await self.hub.list("/apis/meshfed.io/v1alpha1/certificates")
         for body in items:
             self.certs[f"{body['metadata']['namespace']}/{body['metadata']['name']}"] = body
@@ -254,10 +410,15 @@ class Certificates:
         self.ctl._tasks.extend(tasks)  # stopped with the controller
         for key in self.certs:
             self.enqueue(key)
+        for name in self.issuers:  # their status (Ready, caNotAfter), with or without Certificates
+            self.enqueue(f"{ISSUER_KEY}{name}")
 
     async def stop(self) -> None:
         for timer in self._timers.values():
             timer.cancel()
+        for task in self._secret_watches.values():
+            task.cancel()
+        self._secret_watches.clear()
         for responder in self.http01.values():
             await responder.stop()
 
@@ -267,7 +428,10 @@ class Certificates:
             self._queued.discard(key)
             self._active.add(key)
             try:
-                await self.reconcile_certificate(key)
+                if key.startswith(ISSUER_KEY):
+                    await self.reconcile_issuer(key[len(ISSUER_KEY):])
+                else:
+                    await self.reconcile_certificate(key)
                 self._retries.pop(key, None)
             except Exception as exc:
                 log.warning("certificate %s: reconcile failed: %s: %s", key, type(exc).__name__, exc)
@@ -522,12 +686,34 @@ class Certificates:
                 + (f" and none of {', '.join(others)} covers every host" if others else ""),
                 retryable=False,
             )
+        return await self._build(resource, body)
+
+    async def reconcile_issuer(self, name: str) -> None:
+        """Build issuer `name` and write its status (Ready or why not, the CA's notAfter)."""
+        body = self.issuers.get(name)
+        if body is None:
+            return
+        try:
+            resource = CertificateIssuer.model_validate(body)
+        except ValidationError:
+            return  # reported on its Certificates (IssuerInvalid)
+        await self._build(resource, body)
+
+    async def _build(self, resource: CertificateIssuer, body: dict[str, Any]) -> Issuer | IssuanceError:
         try:
             http01 = None
-            if resource.spec.acme is not None and resource.spec.acme.solver.http01 is not None:
-                http01 = await self._http01(resource.spec.acme.solver.http01.port)
+            dns_hooks: dict[str, ProviderChallenges] = {}
+            acme = resource.spec.acme
+            if acme is not None and acme.solver.http01 is not None:
+                http01 = await self._http01(acme.solver.http01.port)
+            if acme is not None and acme.solver.dns01 is not None:
+                provider = acme.solver.dns01.provider_ref
+                dns = dns_feature.feature_of(self.ctl)
+                if dns is not None and provider in dns.providers:
+                    dns_hooks[provider] = ProviderChallenges(dns, provider,
+                                                             RecordOwner(self.hub_id, "acme", resource.name))
             issuer: Issuer | IssuanceError = await build_issuer(resource, self._read_secret, http01=http01,
-                                                                cache=self.issuer_cache)
+                                                                dns_hooks=dns_hooks, cache=self.issuer_cache)
         except IssuanceError as err:
             issuer = err
         await self._issuer_status(resource, body, issuer)
@@ -618,9 +804,15 @@ class Certificates:
             status = status.model_copy(update={"serial": None, "not_before": None, "not_after": None,
                                                "hosts": [], "renewal_time": None})
         cert = cert.model_copy(update={"status": status})
+        kicked = key in self._kicked
+        self._kicked.discard(key)
         issuer = await self.issuer_for(cert)
         now = datetime.now(UTC)
-        out = await reconcile(cert, issuer, now=now,
+        attempt = cert
+        if kicked and status.last_failure is not None:
+            # An input of its issuer changed (Secret, DNSProvider, spec): try now, not after the backoff.
+            attempt = cert.model_copy(update={"status": status.model_copy(update={"last_failure": None})})
+        out = await reconcile(attempt, issuer, now=now,
                               current_key_pem=current.bundle.key_pem if current is not None else None)
         if out.bundle is not None:
             revision = out.status.revision
@@ -722,6 +914,11 @@ def validate_annotations(ap: AccessPoint, _facts: Sequence[ClusterFacts]) -> lis
     return problems
 
 
+def _fingerprint(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
+
+
 def _rv(obj: Mapping[str, Any]) -> int:
     try:
         return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
@@ -741,6 +938,12 @@ def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
         f = feature()
         if f is not None:
             f.on_issuer(event.get("type") or "ADDED", dict(event["object"]))
+
+    @kopf.on.event("meshfed.io", "v1alpha1", "dnsproviders", registry=registry)
+    def certificate_dnsprovider_event(event: kopf.RawEvent, **_: Any) -> None:
+        f = feature()
+        if f is not None:
+            f.on_dnsprovider(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "certificates", registry=registry)
     def certificate_event(event: kopf.RawEvent, **_: Any) -> None:

@@ -644,6 +644,11 @@ class DNSFeature:
 # ---- the feature module interface (federation/operator.py FEATURES) ----
 
 
+def feature_of(controller: Controller) -> DNSFeature | None:
+    """The DNS feature installed on `controller` (None when it is not), e.g. for ACME DNS-01."""
+    return _INSTANCES.get(id(controller))
+
+
 def _feature(holder: dict[str, Any]) -> DNSFeature | None:
     controller = holder.get("controller")
     return _INSTANCES.get(id(controller)) if controller is not None else None

@@ -53,6 +53,11 @@ class WatchEvent:
     object: dict[str, Any]
 
 
+# Accept headers asking the API server for metadata only (what client-go's metadata client sends).
+METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
+METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
 class Gone(Exception):
     """The watch's resourceVersion is too old (410): relist."""
 
@@ -94,8 +99,8 @@ class KubeClient:
     async def close(self) -> None:
         await self.api.close()
 
-    async def _headers(self, content_type: str) -> dict[str, str]:
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+    async def _headers(self, content_type: str, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Content-Type": content_type, "Accept": accept}
         await self.api.update_params_for_auth(headers, [], ["BearerToken"])
         return headers
 
@@ -107,8 +112,9 @@ class KubeClient:
         body: Any,
         content_type: str,
         timeout: float,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
-        headers = await self._headers(content_type)
+        headers = await self._headers(content_type, accept)
         session: aiohttp.ClientSession = self.api.rest_client.pool_manager
         data = None if body is None else json.dumps(body)
         try:
@@ -142,9 +148,10 @@ class KubeClient:
         content_type: str = "application/json",
         timeout: float = 30.0,
         retry: bool = True,
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         if not retry or self.attempts <= 1:
-            return await self._once(method, path, query, body, content_type, timeout)
+            return await self._once(method, path, query, body, content_type, timeout, accept)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self.attempts),
@@ -152,7 +159,7 @@ class KubeClient:
             reraise=True,
         ):
             with attempt:
-                return await self._once(method, path, query, body, content_type, timeout)
+                return await self._once(method, path, query, body, content_type, timeout, accept)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def request_text(self, path: str, timeout: float = 30.0) -> str:
@@ -178,13 +185,18 @@ class KubeClient:
                 return None
             raise
 
-    async def list(self, path: str, *, label_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    async def list(self, path: str, *, label_selector: str | None = None, field_selector: str | None = None,
+                   metadata_only: bool = False) -> tuple[list[dict[str, Any]], str]:
+        """Every item (paged). `metadata_only`: PartialObjectMetadata, e.g. Secrets without their data."""
         query: dict[str, Any] = {"limit": 500}
         if label_selector:
             query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        accept = METADATA_LIST if metadata_only else "application/json"
         items: list[dict[str, Any]] = []
         while True:
-            page = await self.request("GET", path, query=query)
+            page = await self.request("GET", path, query=query, accept=accept)
             items.extend(page.get("items") or [])
             meta = page.get("metadata") or {}
             if not meta.get("continue"):
@@ -197,9 +209,12 @@ class KubeClient:
         resource_version: str,
         *,
         label_selector: str | None = None,
+        field_selector: str | None = None,
+        metadata_only: bool = False,
         timeout_seconds: int = 300,
     ) -> AsyncIterator[WatchEvent]:
-        """Stream watch events from `resource_version`; raises Gone on 410, ApiError otherwise."""
+        """Stream watch events from `resource_version`; raises Gone on 410, ApiError otherwise.
+        `metadata_only`: the objects are PartialObjectMetadata (no spec, data or status)."""
         query: dict[str, Any] = {
             "watch": "1",
             "resourceVersion": resource_version,
@@ -208,7 +223,9 @@ class KubeClient:
         }
         if label_selector:
             query["labelSelector"] = label_selector
-        headers = await self._headers("application/json")
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        headers = await self._headers("application/json", METADATA if metadata_only else "application/json")
         session: aiohttp.ClientSession = self.api.rest_client.pool_manager
         try:
             async with session.get(

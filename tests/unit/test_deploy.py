@@ -198,6 +198,26 @@ def test_secrets_only_in_meshfed_system_and_read_only() -> None:
         assert not allowed(role["rules"], "", "secrets", verb)
 
 
+def test_certificates_touch_hub_secrets_in_meshfed_system_only_and_watch_them_by_metadata() -> None:
+    objs = objects("rbac/certificates.yaml")
+    hub = list(one(objs, "ClusterRole", "meshfed-controller-certificates")["rules"])
+    assert not any("secrets" in r["resources"] for r in hub), "no cluster-wide Secret access on the hub"
+    for verb in ("get", "list", "watch"):  # ACME DNS-01 through a DNSProvider; issuers
+        assert allowed(hub, "meshfed.io", "dnsproviders", verb)
+        assert allowed(hub, "meshfed.io", "certificateissuers", verb)
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allowed(hub, "meshfed.io", "dnsproviders", verb)
+        assert not allowed(hub, "meshfed.io", "certificateissuers", verb)
+    role = one(objs, "Role", "meshfed-controller-certificate-secrets")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    # list/watch only to follow the referenced CA/account Secrets (metadata-only, by name); no update.
+    assert [sorted(r["verbs"]) for r in role["rules"]] == [["create", "delete", "get", "list", "patch", "watch"]]
+    assert [r["resources"] for r in role["rules"]] == [["secrets"]]
+    binding = one(objs, "RoleBinding", "meshfed-controller-certificate-secrets")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SA, "namespace": NAMESPACE}]
+
+
 def test_bindings_bind_existing_roles_to_the_service_account() -> None:
     bindings = [o for o in RBAC if o["kind"] in ("ClusterRoleBinding", "RoleBinding")]
     assert {b["kind"] for b in bindings} == {"ClusterRoleBinding", "RoleBinding"}
