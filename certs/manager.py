@@ -298,17 +298,22 @@ def _delivered(status: CertificateStatus) -> Condition:
         )
     errors = [f"{c.name}: {c.last_error}" for c in status.clusters if c.last_error]
     nacks = [f"{e.node}: {e.nack_message}" for e in status.envoys if e.nack_message]
+    refused = (
+        [f"meshfed sds refused serial {status.sds.refused_serial}: {status.sds.refused_message}"]
+        if status.sds is not None and status.sds.refused_message
+        else []
+    )
     unknown = [c.name for c in status.clusters if c.revision is None and not c.last_error]
     behind = [c.name for c in status.clusters if c.revision is not None and c.revision != status.revision]
     stale = [e.node for e in status.envoys if not e.nack_message and not _envoy_current(e, status.serial)]
     ok = targets - len(errors) - len(nacks) - len(unknown) - len(behind) - len(stale)
     counts = f"{ok}/{targets} at revision {status.revision}"
-    if errors or nacks:
+    if errors or nacks or refused:
         return Condition(
             type="Delivered",
             status="False",
             reason="DeliveryFailed",
-            message=f"{counts}; " + "; ".join(errors + nacks),
+            message=f"{counts}; " + "; ".join(errors + nacks + refused),
         )
     if unknown:
         return Condition(

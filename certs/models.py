@@ -181,6 +181,24 @@ class EnvoySdsStatus(ApiModel):
     nack_version: str | None = Field(default=None, alias="nackVersion")
     nack_message: str | None = Field(default=None, alias="nackMessage")
     connected: bool | None = None
+    time: str | None = Field(default=None, description="when this Envoy last ACKed, NACKed or subscribed")
+
+
+class SdsServing(ApiModel):
+    """What `meshfed sds --kubeconfig` serves for a Certificate (written by it, field manager meshfed-sds):
+    the SDS resource name, the serial and version served, and the last bundle it refused to serve."""
+
+    resource: str
+    serial: str | None = None
+    version: str | None = None
+    refused_serial: str | None = Field(default=None, alias="refusedSerial")
+    refused_message: str | None = Field(default=None, alias="refusedMessage")
+    time: str | None = Field(default=None, description="when this last changed")
+
+
+# The Certificate status fields `meshfed sds --kubeconfig` writes (field manager meshfed-sds); the
+# controller reads them and never applies them.
+SDS_STATUS_FIELDS = ("envoys", "sds")
 
 
 class Failure(ApiModel):
@@ -200,7 +218,10 @@ class CertificateStatus(ApiModel):
     not_after: str | None = Field(default=None, alias="notAfter")
     renewal_time: str | None = Field(default=None, alias="renewalTime")
     clusters: list[ClusterDelivery] = Field(default_factory=list)
-    envoys: list[EnvoySdsStatus] = Field(default_factory=list)
+    envoys: list[EnvoySdsStatus] = Field(
+        default_factory=list, description="Envoys connected to `meshfed sds` (owned by meshfed-sds)"
+    )
+    sds: SdsServing | None = Field(default=None, description="what `meshfed sds` serves (owned by meshfed-sds)")
     last_failure: Failure | None = Field(default=None, alias="lastFailure")
     failures: int = Field(default=0, description="consecutive failed issuance attempts")
     next_attempt: str | None = Field(

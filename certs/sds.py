@@ -3,10 +3,12 @@
 Owns: the named secrets served (`<name>` = tls_certificate, `<name>-cacert` = validation context),
 their versions, pushing a new version to every subscribed Envoy on rotation, and the per-Envoy
 ACK/NACK record (an ACK echoes our nonce with no error_detail; a NACK carries error_detail and the
-last version Envoy accepted). `set_secret` runs certs.checks first and refuses a bundle that fails
-them, so a served certificate is never replaced by a broken one (`force=True` exists only to test
-Envoy's own NACK path). Protobuf messages carrying keys are built only at send time and never
-logged. Imports grpc.aio, the xds-protos stubs, certs.checks / certs.issuers / certs.models.
+last version Envoy accepted), with the wall-clock time of its last change. Versions are
+"<n>-<serial>" unless the caller names one (federation/sds.py: "<revision>-<serial>").
+`set_secret` runs certs.checks first and refuses a bundle that fails them, so a served certificate
+is never replaced by a broken one (`force=True` exists only to test Envoy's own NACK path).
+Protobuf messages carrying keys are built only at send time and never logged. Imports grpc.aio,
+the xds-protos stubs, certs.checks / certs.issuers / certs.models.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class NodeStatus:
     nack_message: str | None = None
     connected: bool = True
     updated: float = field(default_factory=time.monotonic)
+    since: datetime | None = None  # wall clock of the last ACK/NACK/subscription
 
     def wire(self) -> EnvoySdsStatus:
         return EnvoySdsStatus(
@@ -58,6 +61,7 @@ class NodeStatus:
             nack_version=self.nack_version,
             nack_message=self.nack_message,
             connected=self.connected,
+            time=self.since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if self.since else None,
         )
 
 
@@ -76,6 +80,7 @@ class _Stream:
     pending: list[discovery_pb2.DiscoveryRequest] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     closed: bool = False
+    answered: bool = False  # Envoy answered (ACK/NACK) one of our responses on this stream
 
 
 def _base(name: str) -> str:
@@ -122,16 +127,22 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
 
     # --- secrets ---------------------------------------------------------------------------
 
-    def set_secret(self, name: str, bundle: CertBundle, *, force: bool = False) -> CheckResult:
+    def set_secret(
+        self, name: str, bundle: CertBundle, *, force: bool = False, version: str | None = None
+    ) -> CheckResult:
         """Serve `bundle` as secret `name` (and `name`-cacert) and push it to subscribed Envoys,
         unless it fails certs.checks: then nothing changes and the problems are returned.
-        `force=True` pushes even a failing bundle (for testing Envoy's NACK path only)."""
+        `force=True` pushes even a failing bundle (for testing Envoy's NACK path only).
+        `version` (e.g. "<revision>-<serial>", stable across restarts) defaults to "<n>-<serial>";
+        it must end with "-" + the first 16 hex digits of the serial (certs.manager reads it so)."""
         result = check_bundle(bundle, self._clock())
         if not result.ok and not force:
             log.warning("sds: refused new certificate for %s: %s", name, result.message)
             return result
         self._counter += 1
-        version = f"{self._counter}-{bundle.serial_hex[:16]}"
+        current = self._secrets.get(name)
+        if version is None or (current is not None and current.version == version and current.bundle != bundle):
+            version = f"{self._counter}-{bundle.serial_hex[:16]}"
         self._secrets[name] = _Served(version, bundle)
         log.info(
             "sds: serving %s version %s%s", name, version, " (forced past checks)" if not result.ok else ""
@@ -225,6 +236,11 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
                 st = self._status.setdefault((stream.node, resource), NodeStatus(stream.node, resource))
                 if req.HasField("error_detail"):
                     st.nack_version, st.nack_message = version, req.error_detail.message
+                    if (st.acked_version is None and not stream.answered and req.version_info
+                            and "=" not in req.version_info and len({_base(r) for r in stream.subscribed}) == 1):
+                        # The first answer on a new stream (e.g. after our restart) to a stream for one
+                        # secret: the version Envoy names is the one it still serves for that secret.
+                        st.acked_version = req.version_info
                     log.warning(
                         "sds: %s NACKed %s version %s: %s",
                         stream.node,
@@ -234,17 +250,19 @@ class SdsServer(sds_pb2_grpc.SecretDiscoveryServiceServicer):  # type: ignore[mi
                     )
                 else:
                     st.acked_version, st.nack_version, st.nack_message = version, None, None
-                st.connected, st.updated = True, time.monotonic()
+                st.connected, st.updated, st.since = True, time.monotonic(), self._clock()
                 changed = True
             # Older nonces are superseded by this answer.
             stream.nonces.clear()
+            stream.answered = True
         names = frozenset(req.resource_names)
         if names != stream.subscribed:
             stream.subscribed = names
             for resource in names:
                 key = (stream.node, resource)
-                if key not in self._status:
-                    self._status[key] = NodeStatus(stream.node, resource)
+                if key not in self._status or not self._status[key].connected:
+                    st = self._status.setdefault(key, NodeStatus(stream.node, resource))
+                    st.connected, st.since = True, self._clock()
                     changed = True
         return changed
 
