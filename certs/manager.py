@@ -304,7 +304,11 @@ def _delivered(status: CertificateStatus) -> Condition:
         else []
     )
     unknown = [c.name for c in status.clusters if c.revision is None and not c.last_error]
-    behind = [c.name for c in status.clusters if c.revision is not None and c.revision != status.revision]
+    behind = [  # a cluster that refused the Secret is counted once, with its error
+        c.name
+        for c in status.clusters
+        if c.revision is not None and c.revision != status.revision and not c.last_error
+    ]
     stale = [e.node for e in status.envoys if not e.nack_message and not _envoy_current(e, status.serial)]
     ok = targets - len(errors) - len(nacks) - len(unknown) - len(behind) - len(stale)
     counts = f"{ok}/{targets} at revision {status.revision}"

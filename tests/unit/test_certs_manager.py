@@ -174,6 +174,12 @@ async def test_delivery_conditions(issuer: Flaky) -> None:
             ClusterDelivery(name="b", revision=0, last_error="secrets is forbidden"),
         ]
     )[:2] == ("False", "DeliveryFailed")
+    # A member refusing the new revision keeps the old one: counted once, as failed, with its message.
+    s = with_delivery(st, now=now, clusters=[
+        ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=1),
+        ClusterDelivery(name="c", revision=0, last_error="secrets is forbidden")])
+    c = condition(s.conditions, "Delivered")
+    assert c is not None and c.message == "2/3 at revision 1; c: secrets is forbidden"
     good = EnvoySdsStatus(node="gw-1", resource="checkout-tls", acked_version=f"4-{serial[:16]}")
     old = EnvoySdsStatus(node="gw-2", resource="checkout-tls", acked_version="3-abc")
     nack = EnvoySdsStatus(
