@@ -32,7 +32,7 @@ from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
 from certs.ca import generate_ca
 from certs.checks import host_covered, san_names
 from federation.fleet import Fleet
-from federation.kube import KubeClient
+from federation.kube import ApiError, KubeClient
 from federation.testing import ControllerProcess, diff_breakdown, eventually, start_fleet, write_breakdown
 
 pytestmark = pytest.mark.e2e
@@ -642,3 +642,98 @@ async def test_acme_dns01_through_a_dnsprovider_on_bind(
             await chub.delete(f"{SECRETS.format(ns=HUB_NS)}/{name}")
         await asyncio.to_thread(pebble.stop)
         await asyncio.to_thread(bind.close)
+
+
+async def test_a_member_that_rejects_the_secret_fails_alone_and_converges_once_it_accepts_again(
+    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ca: tuple[bytes, bytes], ns: str,
+) -> None:
+    """member-2 starts refusing meshfed's TLS Secrets in this namespace (a ValidatingAdmissionPolicy,
+    after revision 1 was delivered everywhere). The renewal (90 s certificates, renewed 60 s before
+    expiry) reaches member-1 and member-3; member-2 keeps serving revision 1, untouched, and the
+    Certificate says why, naming the cluster. Nothing else changes. Removing the policy converges by
+    itself."""
+    vap = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
+    vapb = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
+    refusal = f"member-2 accepts no meshfed TLS Secret in namespace {ns}"
+    m2 = cmembers["member-2"]
+    secret_path = f"{SECRETS.format(ns=ns)}/picky-tls"
+    body = accesspoint(ns, "picky", "picky.example.com", {"meshfed.io/certificate-duration": "90s",
+                                                           "meshfed.io/certificate-renew-before": "60s"})
+    await chub.create(AP.format(ns=ns), body, field_manager="e2e")
+    first = await wait_delivered(chub, ns, "picky")
+    kept = await m2.get(secret_path) or {}
+    paths = {"Service": f"/api/v1/namespaces/{ns}/services/picky-gw", "Gateway": f"{GW.format(ns=ns)}/picky-gw",
+             "VirtualService": f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/picky-app"}
+    others_before = {k: ((await m2.get(p)) or {})["metadata"]["resourceVersion"] for k, p in paths.items()}
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": "no-meshfed-secrets"},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": [""], "apiVersions": ["v1"],
+                                                               "operations": ["CREATE", "UPDATE"],
+                                                               "resources": ["secrets"]}]},
+                       "validations": [{"expression": "!has(object.metadata.labels) || "
+                                                      "!('meshfed.io/hub' in object.metadata.labels)",
+                                        "message": refusal}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": "no-meshfed-secrets"},
+               "spec": {"policyName": "no-meshfed-secrets", "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {
+                            "matchLabels": {"kubernetes.io/metadata.name": ns}}}}}
+    await m2.create(vap, policy, field_manager="e2e")
+    await m2.create(vapb, binding, field_manager="e2e")
+    try:
+        probe = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "probe", "namespace": ns,
+                                                                     "labels": {HUB: "probe"}}}
+
+        async def enforced() -> bool:
+            try:
+                await m2.request("POST", SECRETS.format(ns=ns), query={"dryRun": "All"}, body=probe)
+            except ApiError as err:
+                return refusal in err.message
+            return False
+
+        await eventually(enforced, 30, message="the policy should be enforced on member-2")
+
+        async def rejected() -> dict[str, Any]:
+            st = await cert_status(chub, ns, "picky")
+            per = {c["name"]: c for c in st.get("clusters") or []}
+            assert st["revision"] == 2 and per["member-1"].get("revision") == 2 and \
+                per["member-3"].get("revision") == 2, per
+            assert per["member-2"].get("revision") == 1 and refusal in (per["member-2"].get("lastError") or ""), per
+            return st
+
+        st = await eventually(rejected, 120, message="renewal delivered to member-1/3, refused by member-2")
+        delivered = cond(st, "Delivered")
+        assert delivered["status"] == "False" and delivered["reason"] == "DeliveryFailed", delivered
+        assert delivered["message"].startswith("2/3 at revision 2; member-2: ") and refusal in delivered["message"]
+        assert cond(st, "Ready")["status"] == "False" and cond(st, "Issued")["status"] == "True"
+        assert "lastError" not in {k for c in st["clusters"] if c["name"] != "member-2" for k in c}
+        # member-2 keeps serving revision 1: its Secret is exactly as it was.
+        now = await m2.get(secret_path) or {}
+        assert now["metadata"]["resourceVersion"] == kept["metadata"]["resourceVersion"]
+        assert now["data"] == kept["data"] and \
+            now["metadata"]["annotations"]["meshfed.io/certificate-serial"] == first["serial"]
+        for name in ("member-1", "member-3"):
+            secret = await cmembers[name].get(secret_path) or {}
+            leaf = check_tls_secret(secret, ca[0], ["picky.example.com"])
+            assert f"{leaf.serial_number:x}" == st["serial"] != first["serial"]
+        # A Warning Event names the cluster and carries the member's message.
+        evs = [e for e in await events(chub, ns, "picky") if e["type"] == "Warning"]
+        assert any(e["reason"] == "ClusterFailed" and e["message"].startswith("member-2: ") and refusal in e["message"]
+                   for e in evs), evs
+        # Nothing else changes: the other objects on member-2, the other clusters' state.
+        others_now = {k: ((await m2.get(p)) or {})["metadata"]["resourceVersion"] for k, p in paths.items()}
+        assert others_now == others_before
+        ap = await chub.get(f"{AP.format(ns=ns)}/picky") or {}
+        states = {c["name"]: c["state"] for c in ap["status"]["clusters"]}
+        assert states == {"member-1": "Applied", "member-2": "Failed", "member-3": "Applied"}, states
+    finally:
+        await m2.delete(f"{vapb}/no-meshfed-secrets")
+        await m2.delete(f"{vap}/no-meshfed-secrets")
+    # The member accepts again: revision 2 lands there without anyone touching meshfed.
+    st = await wait_delivered(chub, ns, "picky", revision=2, timeout=90)
+    assert all("lastError" not in c for c in st["clusters"])
+    secret = await m2.get(secret_path) or {}
+    assert secret["metadata"]["annotations"]["meshfed.io/certificate-serial"] == st["serial"]
+    ap = await chub.get(f"{AP.format(ns=ns)}/picky") or {}
+    assert [c["state"] for c in ap["status"]["clusters"]] == ["Applied"] * 3
