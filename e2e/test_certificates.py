@@ -719,8 +719,9 @@ async def test_a_member_that_rejects_the_secret_fails_alone_and_converges_once_i
             assert f"{leaf.serial_number:x}" == st["serial"] != first["serial"]
         # A Warning Event names the cluster and carries the member's message.
         evs = [e for e in await events(chub, ns, "picky") if e["type"] == "Warning"]
-        assert any(e["reason"] == "ClusterFailed" and e["message"].startswith("member-2: ") and refusal in e["message"]
-                   for e in evs), evs
+        for kind, reason in (("AccessPoint", "ClusterFailed"), ("Certificate", "DeliveryFailed")):
+            assert any(e["involvedObject"]["kind"] == kind and e["reason"] == reason and
+                       e["message"].startswith("member-2: ") and refusal in e["message"] for e in evs), evs
         # Nothing else changes: the other objects on member-2, the other clusters' state.
         others_now = {k: ((await m2.get(p)) or {})["metadata"]["resourceVersion"] for k, p in paths.items()}
         assert others_now == others_before

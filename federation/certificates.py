@@ -843,6 +843,10 @@ class Certificates:
         # status.envoys / status.sds belong to `meshfed sds` (its own field manager): read from the live
         # object into Delivered/Ready, never applied here (so neither side ever overwrites the other).
         new = with_delivery(out.status, clusters=self.deliveries(key, cert), envoys=status.envoys, now=now)
+        refused = {c.name: c.last_error for c in status.clusters if c.last_error}
+        for entry in new.clusters:  # once per distinct refusal (a restart finds it in status already)
+            if entry.last_error and refused.get(entry.name) != entry.last_error:
+                await self.writer.event(body, "Warning", "DeliveryFailed", f"{entry.name}: {entry.last_error}")
         wire = {k: v for k, v in new.wire().items() if k not in SDS_STATUS_FIELDS}
         if wire != {k: v for k, v in (body.get("status") or {}).items() if k not in SDS_STATUS_FIELDS}:
             result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
