@@ -15,7 +15,12 @@ Owns the hub wiring of certs/ (which stays free of Kubernetes clients):
   the issuer built from its CertificateIssuer (`build_issuer`; the CA Secret is read here and only
   here, on the hub, through `_read_secret`). A timer requeues the Certificate at its renewal time
   (or at the end of a failure backoff). Failures land in the Certificate's status and a Warning
-  Event (once per distinct failure); the certificate already delivered keeps serving.
+  Event (once per distinct failure); the certificate already delivered keeps serving. The Secrets
+  issuers reference are followed by metadata-only list+watch, one per Secret, by name (never their
+  data); a created/rotated Secret, an edited issuer or a DNSProvider appearing rebuilds the issuer,
+  refreshes its status and retries its Certificates at once (no backoff wait). ACME DNS-01 writes
+  `_acme-challenge` TXT values through the DNS feature's client for `solver.dns01.providerRef`
+  (`ProviderChallenges`, ownership rules in nameservice.dns01).
 - **Storage.** The private key lives in memory and in the Secrets a gateway reads. So that a
   controller restart neither re-issues nor rewrites anything, the issued bundle is also kept in one
   hub Secret, `meshfed-system/mfcert.<namespace>.<name>` (type kubernetes.io/tls, annotated with
@@ -39,7 +44,8 @@ Owns the hub wiring of certs/ (which stays free of Kubernetes clients):
 
 Private keys never reach logs, Events, status or exceptions: bundles and Secret manifests redact
 themselves (certs.issuers.CertBundle, certs.delivery.SecretManifest), and only serials, revisions,
-hosts and reasons are ever formatted. Imports certs.*, accesspoint.* and federation's clients.
+hosts and reasons are ever formatted. Imports certs.*, accesspoint.*, nameservice (models, providers,
+dns01) and federation's clients and DNS feature.
 """
 
 from __future__ import annotations
