@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -62,12 +65,57 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): relist."""
 
 
+def _ssl_context(cfg: Configuration) -> ssl.SSLContext:
+    """The TLS settings kubernetes-asyncio's REST client derives from a Configuration."""
+    ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+    if cfg.cert_file:
+        ctx.load_cert_chain(cfg.cert_file, keyfile=cfg.key_file)
+    if not cfg.verify_ssl:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cfg.disable_strict_ssl_verification:
+        ctx.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return ctx
+
+
+def _proxy_for(host: str, configured: str | None) -> str | None:
+    """The proxy for `host`: the kubeconfig's proxy-url, else HTTPS_PROXY/HTTP_PROXY unless
+    NO_PROXY exempts the host. Decided once per client: aiohttp's trust_env would look it up (and
+    read ~/.netrc) in a worker thread on every request, which costs more CPU than the request."""
+    if configured:
+        return configured
+    parsed = urllib.parse.urlsplit(host)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parsed.scheme or "https")
+    if not proxy or not parsed.hostname or urllib.request.proxy_bypass(parsed.hostname):
+        return None
+    return proxy
+
+
 class KubeClient:
     def __init__(self, api: ApiClient, name: str, *, attempts: int = 3) -> None:
         self.api = api
         self.name = name
         self.host = str(api.configuration.host or "").rstrip("/")
         self.attempts = attempts
+        cfg = api.configuration
+        # Per-request options kubernetes-asyncio would pass (aiohttp takes them per request).
+        self.request_options: dict[str, Any] = {"proxy": _proxy_for(self.host, cfg.proxy)}
+        if cfg.proxy_headers:
+            self.request_options["proxy_headers"] = cfg.proxy_headers
+        if cfg.tls_server_name:
+            self.request_options["server_hostname"] = cfg.tls_server_name
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Our own session (created lazily inside the running loop) with trust_env off; the proxy
+        is resolved once (`_proxy_for`). Same TLS settings and pool size as kubernetes-asyncio's."""
+        if self._session is None:
+            cfg = self.api.configuration
+            connector = aiohttp.TCPConnector(limit=cfg.connection_pool_maxsize or 64, ssl=_ssl_context(cfg))
+            self._session = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
+        return self._session
 
     @classmethod
     async def from_kubeconfig_dict(cls, config: Mapping[str, Any], name: str, *, attempts: int = 3) -> KubeClient:
@@ -97,6 +145,8 @@ class KubeClient:
         return cls(ApiClient(configuration=cfg), name)
 
     async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
         await self.api.close()
 
     async def _headers(self, content_type: str, accept: str = "application/json") -> dict[str, str]:
@@ -115,7 +165,7 @@ class KubeClient:
         accept: str = "application/json",
     ) -> dict[str, Any]:
         headers = await self._headers(content_type, accept)
-        session: aiohttp.ClientSession = self.api.rest_client.pool_manager
+        session = self.session
         data = None if body is None else json.dumps(body)
         try:
             async with session.request(
@@ -125,6 +175,7 @@ class KubeClient:
                 headers=headers,
                 data=data,
                 timeout=aiohttp.ClientTimeout(total=timeout),
+                **self.request_options,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
@@ -166,10 +217,10 @@ class KubeClient:
         """GET a non-JSON endpoint such as /metrics."""
         headers = await self._headers("application/json")
         headers["Accept"] = "text/plain"
-        session: aiohttp.ClientSession = self.api.rest_client.pool_manager
+        session = self.session
         try:
             async with session.get(self.host + path, headers=headers,
-                                   timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                                   timeout=aiohttp.ClientTimeout(total=timeout), **self.request_options) as resp:
                 text = await resp.text()
                 if resp.status >= 300:
                     raise ApiError(resp.status, resp.reason or "", text[:500])
@@ -226,13 +277,14 @@ class KubeClient:
         if field_selector:
             query["fieldSelector"] = field_selector
         headers = await self._headers("application/json", METADATA if metadata_only else "application/json")
-        session: aiohttp.ClientSession = self.api.rest_client.pool_manager
+        session = self.session
         try:
             async with session.get(
                 self.host + path,
                 params=query,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_seconds + 30),
+                **self.request_options,
             ) as resp:
                 if resp.status == 410:
                     raise Gone()
