@@ -113,3 +113,21 @@ def summarize(
         certificate=previous.certificate if previous else None,
     )
     return status
+
+
+def applied_message(applied: Sequence[ClusterStatus]) -> str:
+    """One Event message for the clusters a reconcile brought to their revision, grouped by
+    revision: `revision 3f2a… applied on m1, m2, m3 (5 objects each)`."""
+    by_revision: dict[str, list[ClusterStatus]] = {}
+    for entry in sorted(applied, key=lambda e: e.name):
+        by_revision.setdefault(entry.revision or "", []).append(entry)
+    parts = []
+    for revision, entries in sorted(by_revision.items()):
+        counts = {e.objects for e in entries}
+        if len(counts) == 1:
+            names = ", ".join(e.name for e in entries)
+            parts.append(f"revision {revision} applied on {names} ({counts.pop()} objects each)")
+        else:
+            names = ", ".join(f"{e.name} ({e.objects} objects)" for e in entries)
+            parts.append(f"revision {revision} applied on {names}")
+    return "; ".join(parts)

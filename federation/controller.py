@@ -22,7 +22,7 @@ from accesspoint.ownership import Owner
 from accesspoint.plan import plan
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, render, validate
 from accesspoint.revisions import revision_hash
-from accesspoint.status import summarize
+from accesspoint.status import applied_message, summarize
 from federation import telemetry
 from federation.executor import execute
 from federation.hubwriter import FINALIZER, HubWriter, now_rfc3339
@@ -203,6 +203,7 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.writer.close()
         await self.registry.close()
 
     async def _resync(self) -> None:
@@ -422,6 +423,7 @@ class Controller:
 
     async def _emit_transitions(self, body: dict[str, Any], entries: list[ClusterStatus]) -> None:
         key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"
+        applied: list[ClusterStatus] = []
         for entry in entries:
             state_key = (key, entry.name)
             before = self._last_cluster_state.get(state_key)
@@ -438,10 +440,13 @@ class Controller:
             if entry.state in ("Failed", "Conflict"):
                 await self.writer.event(body, "Warning", f"Cluster{entry.state}", f"{entry.name}: {entry.last_error}")
             elif entry.state == "Applied":
-                await self.writer.event(body, "Normal", "ClusterApplied",
-                                        f"{entry.name}: revision {entry.revision} applied ({entry.objects} objects)")
+                applied.append(entry)
             elif entry.state == "Unknown" and entry.last_error:
                 await self.writer.event(body, "Warning", "ClusterUnreachable", f"{entry.name}: {entry.last_error}")
+        if applied:
+            # One Event per reconcile for the clusters that reached the revision (not one per
+            # cluster): a bulk change over many clusters must not multiply the hub's writes.
+            await self.writer.event(body, "Normal", "ClusterApplied", applied_message(applied))
 
     async def _finalize(self, key: str, body: dict[str, Any], path: str) -> None:
         meta = body["metadata"]

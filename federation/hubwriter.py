@@ -3,10 +3,15 @@
 Owns the "write once, only on change" rule for hub objects: a status equal to the last one seen
 or written costs no request. Field manager `meshfed-status` for status, `meshfed-federation` for
 finalizers.
+
+Events are recorded the way client-go's EventRecorder does it: `event()` only queues, and a small
+pool of background tasks posts them, so a reconcile never waits on an Event (they are
+best-effort: a full queue drops the newest with a log line, never blocks the controller).
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from typing import Any
@@ -25,9 +30,14 @@ def now_rfc3339() -> str:
 
 
 class HubWriter:
-    def __init__(self, hub: KubeClient) -> None:
+    def __init__(self, hub: KubeClient, *, event_queue: int = 2000, event_senders: int = 2) -> None:
         self.hub = hub
         self.written: dict[str, dict[str, Any]] = {}
+        self._event_queue_size = event_queue
+        self._event_senders = event_senders
+        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._senders: list[asyncio.Task[None]] = []
+        self.events_dropped = 0
 
     async def write_status(self, path: str, kind: str, name: str, namespace: str | None,
                            status: dict[str, Any], current: dict[str, Any] | None) -> bool:
@@ -88,8 +98,40 @@ class HubWriter:
             "lastTimestamp": ts,
             "count": 1,
         }
+        if self._events is None:
+            self._events = asyncio.Queue(self._event_queue_size)
+            self._senders = [asyncio.create_task(self._send_events(), name=f"events-{i}")
+                             for i in range(self._event_senders)]
         try:
-            await self.hub.create(f"/api/v1/namespaces/{namespace}/events", body, field_manager="meshfed-events")
-            telemetry.count("hub_writes", kind="event")
-        except ApiError as err:
-            log.debug("event not posted: %s", err)
+            self._events.put_nowait(body)
+        except asyncio.QueueFull:
+            self.events_dropped += 1
+            log.warning("event queue full: dropped %s %s on %s/%s", type_, reason, namespace, meta.get("name"))
+
+    async def _send_events(self) -> None:
+        assert self._events is not None
+        while True:
+            body = await self._events.get()
+            try:
+                namespace = body["metadata"]["namespace"]
+                await self.hub.create(f"/api/v1/namespaces/{namespace}/events", body, field_manager="meshfed-events")
+                telemetry.count("hub_writes", kind="event")
+            except ApiError as err:
+                log.debug("event not posted: %s", err)
+            finally:
+                self._events.task_done()
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Wait (bounded) until the queued Events are posted."""
+        if self._events is not None:
+            try:
+                await asyncio.wait_for(self._events.join(), timeout)
+            except TimeoutError:
+                log.warning("%d events not posted before shutdown", self._events.qsize())
+
+    async def close(self) -> None:
+        await self.flush()
+        for task in self._senders:
+            task.cancel()
+        await asyncio.gather(*self._senders, return_exceptions=True)
+        self._senders = []

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from accesspoint.meta import Condition, condition
 from accesspoint.models import AccessPointStatus, AccessPointSummary, ClusterStatus
-from accesspoint.status import summarize
+from accesspoint.status import applied_message, summarize
 from placement.models import ClusterDecision, PlacementDecision
 
 T1, T2, T3 = "2025-01-01T00:00:00Z", "2025-01-01T00:01:00Z", "2025-01-01T00:02:00Z"
@@ -228,3 +228,13 @@ def test_a_placed_cluster_nobody_reported_on_is_unknown_not_ready() -> None:
     assert [c.name for c in st_.clusters] == ["m1"]  # entries are reported, not invented
     alone = summarize(1, REV, placed("m1"), [], T1, None)
     assert conds(alone)["Ready"][0] == "Unknown" and alone.summary is not None and alone.summary.clusters == "0/1"
+
+
+def test_applied_message_one_event_for_many_clusters() -> None:
+    entries = [ClusterStatus(name=n, state="Applied", revision="abc", objects=5) for n in ("m3", "m1", "m2")]
+    assert applied_message(entries) == "revision abc applied on m1, m2, m3 (5 objects each)"
+    mixed = [ClusterStatus(name="m2", state="Applied", revision="abc", objects=4),
+             ClusterStatus(name="m1", state="Applied", revision="abc", objects=5),
+             ClusterStatus(name="m9", state="Applied", revision="old", objects=5)]
+    assert applied_message(mixed) == ("revision abc applied on m1 (5 objects), m2 (4 objects); "
+                                      "revision old applied on m9 (5 objects each)")
