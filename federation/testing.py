@@ -28,6 +28,7 @@ WATCHED_RESOURCES = {
     "services", "gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries",
     "secrets", "namespaces", "accesspoints", "memberclusters", "events", "rolloutapprovals",
     "placementpolicies", "nameservices", "dnsproviders", "certificates", "certificateissuers",
+    "controllerrevisions",
 }
 MUTATING = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE", "DELETECOLLECTION"}
 _LINE = re.compile(r'^apiserver_request_total\{([^}]*)\}\s+([0-9.e+]+)$')

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -112,22 +113,79 @@ async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, worke
     return time.monotonic() - start
 
 
-async def all_applied(hub: KubeClient, ns: str, aps: int, members: int) -> int:
-    items, _ = await hub.list(AP_PATH.format(ns=ns))
-    done = 0
-    for item in items:
-        st = item.get("status") or {}
-        conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
-        if conds.get("Applied") == "True" and (st.get("summary") or {}).get("clusters") == f"{members}/{members}" \
-                and st.get("observedGeneration") == item["metadata"].get("generation"):
-            done += 1
-    return done
+def applied(item: dict[str, Any], members: int) -> bool:
+    st = item.get("status") or {}
+    conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
+    return conds.get("Applied") == "True" and (st.get("summary") or {}).get("clusters") == f"{members}/{members}" \
+        and st.get("observedGeneration") == item["metadata"].get("generation")
+
+
+class AppliedTracker:
+    """Which AccessPoints report Applied on every member, kept by one watch on the hub (as a user's
+    `kubectl get -w` would; polling a list of 500 large objects would load the hub's API server
+    and slow down the very thing being measured)."""
+
+    def __init__(self, hub: KubeClient, ns: str, members: int) -> None:
+        self.hub, self.path, self.members = hub, AP_PATH.format(ns=ns), members
+        self.done: set[str] = set()
+        self.changed = asyncio.Event()
+
+    async def run(self) -> None:
+        items, rv = await self.hub.list(self.path)
+        for item in items:
+            self._see(item)
+        while True:
+            async for ev in self.hub.watch(self.path, rv):
+                rv = ev.object.get("metadata", {}).get("resourceVersion", rv)
+                if ev.type in ("ADDED", "MODIFIED"):
+                    self._see(ev.object)
+
+    def _see(self, item: dict[str, Any]) -> None:
+        name = item["metadata"]["name"]
+        if applied(item, self.members):
+            self.done.add(name)
+        else:
+            self.done.discard(name)
+        self.changed.set()
+
+    async def wait_for(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.done) < count:
+            self.changed.clear()
+            await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
 
 
 async def writes(hub: KubeClient, members: dict[str, KubeClient]) -> dict[str, int]:
     clients = {"hub": hub, **members}
     counts = await asyncio.gather(*(write_breakdown(c) for c in clients.values()))
     return {f"{n}: {k}": v for n, bd in zip(clients, counts, strict=True) for k, v in bd.items()}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its reaped children), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds spent by the controller and by all API servers between two points."""
+
+    def __init__(self, fleet: Fleet, ctl: ControllerProcess) -> None:
+        assert fleet.state is not None
+        self.servers = [fleet.state.hub.pid, *(m.pid for m in fleet.state.members)]
+        self.ctl = ctl
+
+    def sample(self) -> tuple[float, float, float]:
+        pid = self.ctl.proc.pid if self.ctl.proc is not None else 0
+        return (cpu_seconds(pid) if pid else 0.0, sum(cpu_seconds(p) for p in self.servers), time.process_time())
+
+    @staticmethod
+    def since(start: tuple[float, float, float], end: tuple[float, float, float]) -> str:
+        return (f"controller {end[0] - start[0]:6.1f} s, API servers {end[1] - start[1]:6.1f} s, "
+                f"bench process {end[2] - start[2]:6.1f} s")
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -193,7 +251,10 @@ async def main(args: argparse.Namespace) -> None:
         total_objects = args.aps * 5 * args.members
         print(f"baseline: direct SSA of {total_objects} objects, {args.workers} AccessPoints in flight ...",
               flush=True)
+        meter = CpuMeter(fleet, ctl)
+        cpu0 = meter.sample()
         base = await baseline(fleet, members, args.aps, args.workers)
+        base_cpu = CpuMeter.since(cpu0, meter.sample())
         print(f"  baseline: {base:.1f} s ({total_objects / base:.0f} objects/s)", flush=True)
 
         ns = "bench"
@@ -201,7 +262,12 @@ async def main(args: argparse.Namespace) -> None:
         ctl.start()
         await asyncio.sleep(3)  # controller up and members probed
         print(f"meshfed: {args.aps} AccessPoints x 5 objects x {args.members} members ...", flush=True)
+        tracker = AppliedTracker(hub, ns, args.members)
+        tracking = asyncio.create_task(tracker.run())
+        await asyncio.sleep(0.5)
         start = time.monotonic()
+        cpu0 = meter.sample()
+        hub_writes0 = await write_breakdown(hub)
         sem = asyncio.Semaphore(args.workers)
 
         async def create(i: int) -> None:
@@ -209,11 +275,14 @@ async def main(args: argparse.Namespace) -> None:
                 await hub.create(AP_PATH.format(ns=ns), accesspoint(ns, f"ap-{i}"), field_manager="bench")
 
         await asyncio.gather(*(create(i) for i in range(args.aps)))
-        while await all_applied(hub, ns, args.aps, args.members) < args.aps:
-            await asyncio.sleep(0.25)
-            if time.monotonic() - start > 900:
-                raise SystemExit("not all AccessPoints applied within 15 minutes:\n" + ctl.log_tail())
+        try:
+            await tracker.wait_for(args.aps, 900)
+        except TimeoutError:
+            raise SystemExit("not all AccessPoints applied within 15 minutes:\n" + ctl.log_tail()) from None
         took = time.monotonic() - start
+        tracking.cancel()
+        bulk_cpu = CpuMeter.since(cpu0, meter.sample())
+        bulk_hub_writes = diff_breakdown(hub_writes0, await write_breakdown(hub))
         print(f"  meshfed: {took:.1f} s ({total_objects / took:.0f} objects/s)", flush=True)
 
         # Settle: the last reconciles after "Applied" (rollout phase Succeeded, events) are part of
@@ -249,6 +318,9 @@ async def main(args: argparse.Namespace) -> None:
         print(f"baseline (direct SSA, {args.workers} in flight):  {base:7.1f} s   {total_objects / base:6.0f} obj/s")
         print(f"meshfed (hub create -> Applied everywhere):   {took:7.1f} s   {total_objects / took:6.0f} obj/s")
         print(f"settling after Applied (until 6 s without writes): {settled:4.1f} s")
+        print(f"  CPU during the baseline: {base_cpu} CPU")
+        print(f"  CPU during meshfed:      {bulk_cpu} CPU")
+        print(f"  hub writes during meshfed's bulk (incl. the bench's {args.aps} creates): {bulk_hub_writes}")
         print(f"ratio baseline/meshfed:                       {base / took:7.2f}     (target >= 0.70)")
         print(f"writes during a no-op resync:                 {sum(noop.values()):7d}     (target 0) {noop or ''}")
         print(f"writes after a controller restart:            {sum(restart.values()):7d}     (target 0) "
