@@ -948,20 +948,22 @@ def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
         ctl = holder.get("controller")
         return _features.get(ctl) if ctl is not None else None
 
+    # Async handlers: kopf runs sync ones in a worker thread, where neither the work queue nor
+    # asyncio.get_running_loop() (the Secret watches, timers) may be used.
     @kopf.on.event("meshfed.io", "v1alpha1", "certificateissuers", registry=registry)
-    def issuer_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def issuer_event(event: kopf.RawEvent, **_: Any) -> None:
         f = feature()
         if f is not None:
             f.on_issuer(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "dnsproviders", registry=registry)
-    def certificate_dnsprovider_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def certificate_dnsprovider_event(event: kopf.RawEvent, **_: Any) -> None:
         f = feature()
         if f is not None:
             f.on_dnsprovider(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "certificates", registry=registry)
-    def certificate_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def certificate_event(event: kopf.RawEvent, **_: Any) -> None:
         f = feature()
         if f is not None:
             f.on_certificate(event.get("type") or "ADDED", dict(event["object"]))
