@@ -656,19 +656,19 @@ def _feature(holder: dict[str, Any]) -> DNSFeature | None:
 
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
     @kopf.on.event("meshfed.io", "v1alpha1", "nameservices", registry=registry)
-    def nameservice_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def nameservice_event(event: kopf.RawEvent, **_: Any) -> None:
         feature = _feature(holder)
         if feature is not None:
             feature.on_nameservice(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "dnsproviders", registry=registry)
-    def dnsprovider_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def dnsprovider_event(event: kopf.RawEvent, **_: Any) -> None:
         feature = _feature(holder)
         if feature is not None:
             feature.on_provider(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "accesspoints", registry=registry)
-    def dns_accesspoint_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def dns_accesspoint_event(event: kopf.RawEvent, **_: Any) -> None:
         feature = _feature(holder)
         if feature is not None:
             feature.on_accesspoint(event.get("type") or "ADDED", dict(event["object"]))

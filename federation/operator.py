@@ -87,11 +87,11 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
         await holder["controller"].on_membercluster(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "placementpolicies", registry=registry)
-    def policy_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def policy_event(event: kopf.RawEvent, **_: Any) -> None:
         holder["controller"].on_policy(event.get("type") or "ADDED", dict(event["object"]))
 
     @kopf.on.event("meshfed.io", "v1alpha1", "accesspoints", registry=registry)
-    def accesspoint_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def accesspoint_event(event: kopf.RawEvent, **_: Any) -> None:
         holder["controller"].on_accesspoint(event.get("type") or "ADDED", dict(event["object"]))
 
     for feature in features():

@@ -394,7 +394,7 @@ def runtime(controller: Controller) -> Rollouts | None:
 
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
     @kopf.on.event("meshfed.io", "v1alpha1", "rolloutapprovals", registry=registry)
-    def approval_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def approval_event(event: kopf.RawEvent, **_: Any) -> None:
         controller = holder.get("controller")
         rollouts = runtime(controller) if controller is not None else None
         if rollouts is not None:

@@ -48,13 +48,14 @@ from accesspoint.ownership import Owner
 from accesspoint.render import RenderContext
 from accesspoint.traffic import (
     RegionWeight,
+    TrafficMemo,
     TrafficPolicy,
     apply_traffic,
     compile_regions,
     traffic_conditions,
     validate_policy,
 )
-from accesspoint.visibility import apply_visibility, export_to, validate_visibility
+from accesspoint.visibility import VisibilityMemo, apply_visibility, export_to, validate_visibility
 from federation.controller import Controller, _vip
 from federation.kube import ApiError
 from federation.members import Member
@@ -225,12 +226,16 @@ class TrafficFeature:
         # Validated by the Validator over the same decision; a TrafficPolicyError here is a bug and
         # fails the reconcile (nothing written) rather than applying half a policy.
         fragments = compile_regions(traffic, regions) if locality is not None else {}
+        # The placed clusters mostly get the same objects (per region): transformed once per reconcile.
+        traffic_memo: TrafficMemo = {}
+        visibility_memo: VisibilityMemo = {}
 
         def transform(objects: list[dict[str, Any]], cluster: ClusterFacts) -> list[dict[str, Any]]:
             fragment = fragments.get(cluster.region)
             if fragment is not None:
-                objects = apply_traffic(objects, fragment)
-            return apply_visibility(objects, visibility, GATEWAY_NAMESPACE, default_namespace=ap.namespace)
+                objects = apply_traffic(objects, fragment, memo=traffic_memo)
+            return apply_visibility(objects, visibility, GATEWAY_NAMESPACE, default_namespace=ap.namespace,
+                                    memo=visibility_memo)
 
         generated: dict[str, tuple[dict[str, Any], ...]] = {}
         ports = gateway_ports(ap)
@@ -238,20 +243,31 @@ class TrafficFeature:
             gateways = self.gateways(ap, decision, members)
             exports = export_to(visibility, ap.namespace, GATEWAY_NAMESPACE)
             host = federated_host(ap.name, ap.namespace)
+            # With the local gateway included, a cluster's objects depend only on its region (the
+            # fragment), unless every gateway is its own (then there are none): built once per key
+            # and shared (read-only) instead of once per cluster, which is O(clusters^2) per AccessPoint.
+            built: dict[tuple[str, str | None], tuple[dict[str, Any], ...] | CrossrefError] = {}
             for d in decision.selected:
                 member = members.get(d.cluster)
                 if member is None:
                     continue
                 facts = member.facts
-                try:
-                    objs = cross_cluster_objects(ap.name, ap.namespace, facts, gateways, ports, [host],
-                                                 export_to=exports, traffic=fragments.get(facts.region))
-                except CrossrefError as err:
+                alone = facts.name if all(g.cluster == facts.name for g in gateways) else None
+                key = (facts.region, alone)
+                if key not in built:
+                    try:
+                        built[key] = tuple(cross_cluster_objects(
+                            ap.name, ap.namespace, facts, gateways, ports, [host],
+                            export_to=exports, traffic=fragments.get(facts.region)))
+                    except CrossrefError as err:
+                        built[key] = err
+                objs = built[key]
+                if isinstance(objs, CrossrefError):
                     log.warning("AccessPoint %s/%s: no cross-cluster objects for %s: %s",
-                                ap.namespace, ap.name, d.cluster, err)
+                                ap.namespace, ap.name, d.cluster, objs)
                     continue
                 if objs:
-                    generated[d.cluster] = tuple(objs)
+                    generated[d.cluster] = objs
         return RenderContext(transforms=(transform,), generated=generated)
 
     # -- StatusContributor --
@@ -352,7 +368,7 @@ _FEATURES: weakref.WeakKeyDictionary[Controller, TrafficFeature] = weakref.WeakK
 
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
     @kopf.on.event("meshfed.io", "v1alpha1", "placementpolicies", registry=registry)
-    def placementpolicy_status_event(event: kopf.RawEvent, **_: Any) -> None:
+    async def placementpolicy_status_event(event: kopf.RawEvent, **_: Any) -> None:
         feature = _FEATURES.get(holder["controller"])
         if feature is not None:
             feature.on_policy_event(event.get("type") or "ADDED", dict(event["object"]))
