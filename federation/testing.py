@@ -34,22 +34,31 @@ MUTATING = {"POST", "PUT", "PATCH", "DELETE", "APPLY", "CREATE", "UPDATE", "DELE
 _LINE = re.compile(r'^apiserver_request_total\{([^}]*)\}\s+([0-9.e+]+)$')
 
 
-async def write_breakdown(client: KubeClient, resources: Iterable[str] = WATCHED_RESOURCES) -> dict[str, int]:
-    """Mutating requests this API server has served on `resources` since it started, by
-    "verb resource[/subresource]"."""
+async def request_breakdown(client: KubeClient, verbs: Iterable[str] | None = None,
+                            resources: Iterable[str] | None = None) -> dict[str, int]:
+    """Requests this API server has served since it started, by "verb resource[/subresource]"
+    (all verbs / resources when None), from its /metrics."""
     text = await client.request_text("/metrics")
-    wanted = set(resources)
+    wanted_verbs = set(verbs) if verbs is not None else None
+    wanted = set(resources) if resources is not None else None
     out: dict[str, int] = {}
     for line in text.splitlines():
         m = _LINE.match(line)
         if not m:
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        if labels.get("verb") in MUTATING and labels.get("resource") in wanted:
+        if (wanted_verbs is None or labels.get("verb") in wanted_verbs) and \
+                (wanted is None or labels.get("resource") in wanted):
             sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
-            key = f"{labels['verb']} {labels['resource']}{sub}"
+            key = f"{labels['verb']} {labels.get('resource', '')}{sub}"
             out[key] = out.get(key, 0) + int(float(m.group(2)))
     return out
+
+
+async def write_breakdown(client: KubeClient, resources: Iterable[str] = WATCHED_RESOURCES) -> dict[str, int]:
+    """Mutating requests this API server has served on `resources` since it started, by
+    "verb resource[/subresource]"."""
+    return await request_breakdown(client, MUTATING, resources)
 
 
 def diff_breakdown(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:

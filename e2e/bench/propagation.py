@@ -30,7 +30,7 @@ from accesspoint.ownership import HUB
 from accesspoint.render import render
 from federation.fleet import Fleet
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, write_breakdown
+from federation.testing import ControllerProcess, diff_breakdown, request_breakdown, write_breakdown
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
 PATHS = {
@@ -171,21 +171,34 @@ def cpu_seconds(pid: int) -> float:
 
 
 class CpuMeter:
-    """CPU seconds spent by the controller and by all API servers between two points."""
+    """CPU seconds spent by the controller, the hub's and the members' API servers, and this
+    process (the baseline's client) between two points."""
 
     def __init__(self, fleet: Fleet, ctl: ControllerProcess) -> None:
         assert fleet.state is not None
-        self.servers = [fleet.state.hub.pid, *(m.pid for m in fleet.state.members)]
+        self.hub = fleet.state.hub.pid
+        self.members = [m.pid for m in fleet.state.members]
         self.ctl = ctl
 
-    def sample(self) -> tuple[float, float, float]:
+    def sample(self) -> tuple[float, ...]:
         pid = self.ctl.proc.pid if self.ctl.proc is not None else 0
-        return (cpu_seconds(pid) if pid else 0.0, sum(cpu_seconds(p) for p in self.servers), time.process_time())
+        return (cpu_seconds(pid) if pid else 0.0, cpu_seconds(self.hub),
+                sum(cpu_seconds(p) for p in self.members), time.process_time())
 
     @staticmethod
-    def since(start: tuple[float, float, float], end: tuple[float, float, float]) -> str:
-        return (f"controller {end[0] - start[0]:6.1f} s, API servers {end[1] - start[1]:6.1f} s, "
-                f"bench process {end[2] - start[2]:6.1f} s")
+    def since(start: tuple[float, ...], end: tuple[float, ...]) -> str:
+        d = [b - a for a, b in zip(start, end, strict=True)]
+        return (f"controller {d[0]:5.1f} s, hub API server {d[1]:5.1f} s, member API servers {d[2]:5.1f} s, "
+                f"bench process {d[3]:5.1f} s")
+
+
+async def all_requests(members: dict[str, KubeClient]) -> dict[str, int]:
+    """Every request the members served, summed over members, by verb and resource."""
+    total: dict[str, int] = {}
+    for bd in await asyncio.gather(*(request_breakdown(c) for c in members.values())):
+        for k, v in bd.items():
+            total[k] = total.get(k, 0) + v
+    return total
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -268,6 +281,7 @@ async def main(args: argparse.Namespace) -> None:
         start = time.monotonic()
         cpu0 = meter.sample()
         hub_writes0 = await write_breakdown(hub)
+        member_requests0 = await all_requests(members)
         sem = asyncio.Semaphore(args.workers)
 
         async def create(i: int) -> None:
@@ -283,6 +297,7 @@ async def main(args: argparse.Namespace) -> None:
         tracking.cancel()
         bulk_cpu = CpuMeter.since(cpu0, meter.sample())
         bulk_hub_writes = diff_breakdown(hub_writes0, await write_breakdown(hub))
+        bulk_member_requests = diff_breakdown(member_requests0, await all_requests(members))
         print(f"  meshfed: {took:.1f} s ({total_objects / took:.0f} objects/s)", flush=True)
 
         # Settle: the last reconciles after "Applied" (rollout phase Succeeded, events) are part of
@@ -321,6 +336,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"  CPU during the baseline: {base_cpu} CPU")
         print(f"  CPU during meshfed:      {bulk_cpu} CPU")
         print(f"  hub writes during meshfed's bulk (incl. the bench's {args.aps} creates): {bulk_hub_writes}")
+        print(f"  member requests during meshfed's bulk (all members): {bulk_member_requests}")
         print(f"ratio baseline/meshfed:                       {base / took:7.2f}     (target >= 0.70)")
         print(f"writes during a no-op resync:                 {sum(noop.values()):7d}     (target 0) {noop or ''}")
         print(f"writes after a controller restart:            {sum(restart.values()):7d}     (target 0) "
