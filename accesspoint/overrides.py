@@ -21,6 +21,7 @@ Application (after variable substitution, before owner labels/hashes are stamped
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -149,6 +150,76 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
+_INDEX = re.compile(r"^(0|[1-9][0-9]*)$")
+
+
+def _fast_json_patch(doc: dict[str, Any], ops: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """`jsonpatch.apply_patch(doc, ops, in_place=False)` for the common case, without copying the
+    whole document: add / replace / remove through existing objects and arrays, copying only the
+    containers along each path (the rest is shared with `doc`, which is never mutated). None for
+    anything else (other ops, the root, '~' escapes, a missing path, a bad index): the caller then
+    runs jsonpatch, which gives the same result or the error message."""
+    root: Any = doc
+    for op in ops:
+        kind, path = op.get("op"), op.get("path")
+        if kind not in ("add", "replace", "remove") or not isinstance(path, str) or not path.startswith("/"):
+            return None
+        if "~" in path or (kind != "remove" and "value" not in op):
+            return None
+        parts = path[1:].split("/")
+        new_root: Any = root.copy() if isinstance(root, dict) else None
+        if new_root is None:
+            return None
+        node = new_root
+        for part in parts[:-1]:  # copy every container on the way down
+            if isinstance(node, dict):
+                if part not in node:
+                    return None
+                child = node[part]
+            elif isinstance(node, list):
+                if not _INDEX.match(part) or int(part) >= len(node):
+                    return None
+                child = node[int(part)]
+            else:
+                return None
+            if isinstance(child, dict | list):
+                child = child.copy()
+            else:
+                return None
+            node[int(part) if isinstance(node, list) else part] = child
+            node = child
+        last = parts[-1]
+        if isinstance(node, dict):
+            if kind == "add":
+                node[last] = copy.deepcopy(op["value"])
+            elif last not in node:
+                return None
+            elif kind == "replace":
+                node[last] = copy.deepcopy(op["value"])
+            else:
+                del node[last]
+        elif isinstance(node, list):
+            if kind == "add" and last == "-":
+                node.append(copy.deepcopy(op["value"]))
+                root = new_root
+                continue
+            if not _INDEX.match(last):
+                return None
+            index = int(last)
+            if index > len(node) or (kind != "add" and index == len(node)):
+                return None
+            if kind == "add":
+                node.insert(index, copy.deepcopy(op["value"]))
+            elif kind == "replace":
+                node[index] = copy.deepcopy(op["value"])
+            else:
+                del node[index]
+        else:
+            return None
+        root = new_root
+    return root if isinstance(root, dict) else None
+
+
 def ordered(overrides: Sequence[Override]) -> list[tuple[int, Override]]:
     """(index, override) in application order: by specificity, then list order."""
     return sorted(enumerate(overrides), key=lambda pair: (pair[1].level, pair[0]))
@@ -175,22 +246,38 @@ def _find(objects: Sequence[Mapping[str, Any]], ref: ObjectRef) -> tuple[int | N
     return hits[0], None
 
 
+# (id(object), override index) -> (that object, the object patched by that override)
+OverrideMemo = dict[tuple[int, int], tuple[Mapping[str, Any], dict[str, Any]]]
+
+
 def apply_overrides(
     objects: Sequence[Mapping[str, Any]],
     overrides: Sequence[Override],
     cluster: ClusterFacts,
+    *,
+    memo: OverrideMemo | None = None,
 ) -> tuple[list[dict[str, Any]], list[OverrideError]]:
     """Apply the overrides that select `cluster` (see the module docstring for order and rules).
 
     Returns (objects, errors). Inputs are never mutated: patched objects are new dicts (a merge
     patch shares the subtrees it did not touch with the input, a JSON patch copies), unpatched
     ones are the input dicts themselves; on any error the input objects are returned unchanged.
+
+    `memo` (accesspoint.render.Renderer, one AccessPoint over many clusters): a successful patch of
+    an object is kept by the object's identity and the override, and the same object patched by the
+    same override again is that result, shared (the memo holds the object, so its id stays unique).
     """
     result: list[Any] = list(objects)
     errors: list[OverrideError] = []
     for index, override in ordered(overrides):
         if not override.applies_to(cluster):
             continue
+        if memo is not None:
+            pos, _ = _find(result, override.target)
+            hit = memo.get((id(result[pos]), index)) if pos is not None else None
+            if pos is not None and hit is not None and hit[0] is result[pos]:
+                result[pos] = hit[1]
+                continue
 
         def fail(message: str, index: int = index, override: Override = override) -> None:
             errors.append(OverrideError(index, override.name, cluster.name, message))
@@ -205,7 +292,8 @@ def apply_overrides(
                 new = merge_patch(current, override.merge_patch)
             else:
                 ops = [op.rfc() for op in override.json_patch or []]
-                new = jsonpatch.apply_patch(current, ops, in_place=False)
+                fast = _fast_json_patch(current, ops) if isinstance(current, dict) else None
+                new = fast if fast is not None else jsonpatch.apply_patch(current, ops, in_place=False)
         except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
             fail(f"JSON patch on {override.target} failed: {exc}")
             continue
@@ -218,6 +306,8 @@ def apply_overrides(
         if _identity(new) != _identity(current):
             fail(f"patch on {override.target} may not change apiVersion group, kind, name or namespace")
             continue
+        if memo is not None:
+            memo[(id(current), index)] = (current, new)
         result[pos] = new
     if errors:
         return [cast(dict[str, Any], o) for o in objects], errors

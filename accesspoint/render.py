@@ -4,6 +4,15 @@ Pure and deterministic. Owns variable substitution (`${cluster}`, `${zone}`, `${
 `${namespace}`, `${name}`; `$${x}` is a literal `${x}`), template validation that the CRD schema
 cannot express, owner labels and the content-hash annotation. Imports accesspoint.* and
 placement.models only.
+
+Two entry points with the same result: `render(ap, cluster, hub, context)` for one cluster, and
+`Renderer(ap, hub, context).render(cluster)` for many clusters of one AccessPoint (the controller's
+reconcile and the placement benchmark): the template is compiled once (the JSON of every object with
+its `${var}` sites located, the variables each object uses, owner labels) and what does not change
+between clusters is computed once: an object's substitution is shared by every cluster with the
+same values of the variables it uses, and an object that reaches the last step unchanged (same
+object, e.g. a Service without `${cluster}`, or a generated object shared by the context) is labelled
+and hashed once. `_render_reference` is the straightforward implementation both are tested against.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from typing import Any
 
 from accesspoint.kinds import TEMPLATE_KINDS
 from accesspoint.models import AccessPoint, TemplateObject
-from accesspoint.overrides import apply_overrides
+from accesspoint.overrides import OverrideMemo, apply_overrides
 from accesspoint.ownership import HASH_ANNOTATION, Owner
 from placement.models import ClusterFacts
 
@@ -131,20 +140,6 @@ def _variable_strings(wire_json: str) -> tuple[tuple[_Path, str], ...]:
     return result
 
 
-def _substituted_wire(tmpl: TemplateObject, variables: Mapping[str, str]) -> dict[str, Any]:
-    """substitute(tmpl.wire(), ...) without walking the object: a fresh copy from the wire JSON,
-    then only the strings holding '$' are replaced. Raises _VariableError (no field path: the
-    caller re-runs substitute() to name the field)."""
-    text = tmpl.model_dump_json(by_alias=True, exclude_none=True)
-    raw: dict[str, Any] = json.loads(text)
-    for where, value in _variable_strings(text):
-        node: Any = raw
-        for key in where[:-1]:
-            node = node[key]
-        node[where[-1]] = _replace(value, variables)
-    return raw
-
-
 def _json_copy(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _json_copy(v) for k, v in value.items()}
@@ -224,39 +219,22 @@ def variables_for(ap: AccessPoint, cluster: ClusterFacts) -> dict[str, str]:
     }
 
 
-def render(ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderContext = EMPTY_CONTEXT) -> Rendered:
-    """The manifests `cluster` should carry for `ap`: substituted, overridden, labelled, hashed.
-
-    Order: variable substitution -> context transforms -> generated objects -> overrides
-    (accesspoint.overrides, all-or-nothing) -> owner labels and content hash, so an override can
-    never remove meshfed's ownership marks.
-    """
+def _render_reference(
+    ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderContext = EMPTY_CONTEXT
+) -> Rendered:
+    """The straightforward rendering (see `render` for the order of the steps): every call walks
+    the whole template. Renderer must return exactly this; it also produces the errors."""
     owner = Owner(hub, ap.namespace, ap.name)
     variables = variables_for(ap, cluster)
     out = Rendered()
     substituted: list[dict[str, Any]] = []
     for i, tmpl in enumerate(ap.spec.template):
-        path = f"spec.template[{i}]"
         try:
-            raw = _substituted_wire(tmpl, variables)
-        except _VariableError:
-            try:  # the slow path names the field
-                raw = substitute(tmpl.wire(), variables, path)
-            except TemplateError as err:
-                out.errors.append(err)
-                continue
-        meta = raw.get("metadata", {})
-        substituted.append({
-            "apiVersion": TEMPLATE_KINDS[tmpl.kind].api_version,
-            "kind": tmpl.kind,
-            "metadata": {
-                "name": meta["name"],
-                "namespace": meta.get("namespace") or ap.namespace,
-                "labels": dict(meta.get("labels", {})),
-                "annotations": dict(meta.get("annotations", {})),
-            },
-            "spec": raw.get("spec", {}),
-        })
+            raw = substitute(tmpl.wire(), variables, f"spec.template[{i}]")
+        except TemplateError as err:
+            out.errors.append(err)
+            continue
+        substituted.append(_normalized(ap, tmpl, raw))
     if out.errors:
         return out
     for transform in context.transforms:
@@ -275,3 +253,239 @@ def render(ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderCont
         annotations[HASH_ANNOTATION] = content_hash(obj)
         out.objects.append(obj)
     return out
+
+
+def _normalized(ap: AccessPoint, tmpl: TemplateObject, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A substituted template object as members get it: apiVersion of what meshfed writes, the
+    AccessPoint's namespace by default, labels/annotations always present."""
+    meta = raw.get("metadata", {})
+    return {
+        "apiVersion": TEMPLATE_KINDS[tmpl.kind].api_version,
+        "kind": tmpl.kind,
+        "metadata": {
+            "name": meta["name"],
+            "namespace": meta.get("namespace") or ap.namespace,
+            "labels": dict(meta.get("labels", {})),
+            "annotations": dict(meta.get("annotations", {})),
+        },
+        "spec": raw.get("spec", {}),
+    }
+
+
+_Piece = str | tuple[str]  # literal text, or (variable name,)
+
+
+def _pieces(text: str) -> list[_Piece] | None:
+    """`text` split the way _replace substitutes it; None when _replace would raise (the variables
+    known and the syntax do not depend on the values, so this is decided once per template)."""
+    out: list[_Piece] = []
+    pos = 0
+    for m in _VAR.finditer(text):
+        if m.start() > pos:
+            out.append(text[pos : m.start()])
+        escaped, var = m.group(1), m.group(2)
+        if var is None:
+            if not m.group(3):
+                return None
+            out.append(m.group(0))
+        elif escaped:
+            out.append("${" + var + "}")
+        elif var in VARIABLES:
+            out.append((var,))
+        else:
+            return None
+        pos = m.end()
+    if pos < len(text):
+        out.append(text[pos:])
+    return out
+
+
+_MARKER = re.compile(r'"\\ue000(\d+)\\ue000"')
+_encode_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+_PER_AP = frozenset({"namespace", "name"})  # the same for every cluster of one AccessPoint
+
+
+def _split(text: str, sites: int) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """JSON text with markers 0..sites-1 (each at most once) -> the text between them, and the
+    marker numbers in order."""
+    split = _MARKER.split(text)
+    order = tuple(int(n) for n in split[1::2])
+    assert len(set(order)) == len(order) and set(order) <= set(range(sites))
+    return tuple(split[0::2]), order
+
+
+@dataclass(frozen=True)
+class _CompiledObject:
+    """One template object, normalized, with what does not depend on the cluster substituted: `base`
+    (never mutated; its `${var}` sites that depend on the cluster hold markers) and, per such site,
+    its path in `base` and its pieces. `hashed`/`hashed_order`: the canonical JSON content_hash
+    reads (sorted keys, owner labels, no hash annotation) split at the sites, or None when that
+    cannot be precomputed."""
+
+    base: dict[str, Any]
+    paths: tuple[_Path, ...]
+    sites: tuple[tuple[_Piece, ...], ...]
+    uses: tuple[str, ...]  # the variables the object uses per cluster, in VARIABLES order
+    hashed: tuple[str, ...] | None
+    hashed_order: tuple[int, ...]
+
+
+def _labelled(obj: Mapping[str, Any], owner_labels: Mapping[str, str]) -> dict[str, Any]:
+    """`obj` (not mutated) with the owner labels and without the hash annotation."""
+    done = dict(obj)
+    meta = dict(obj.get("metadata") or {})
+    meta["labels"] = {**(meta.get("labels") or {}), **owner_labels}
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k != HASH_ANNOTATION}
+    done["metadata"] = meta
+    return done
+
+
+def _compile(ap: AccessPoint, tmpl: TemplateObject, owner_labels: Mapping[str, str]) -> _CompiledObject | None:
+    """None when some string of the object cannot be substituted (the reference path names it)."""
+    text = tmpl.model_dump_json(by_alias=True, exclude_none=True)
+    if "\ue000" in text:  # the marker below: such (rare) text takes the reference path
+        return None
+    raw: Any = json.loads(text)
+    per_ap = {"namespace": ap.namespace, "name": ap.name}
+    paths: list[_Path] = []
+    marks: list[tuple[_Piece, ...]] = []
+    for where, value in _variable_strings(text):
+        pieces = _pieces(value)
+        if pieces is None:
+            return None
+        node = raw
+        for key in where[:-1]:
+            node = node[key]
+        if all(isinstance(p, str) or p[0] in _PER_AP for p in pieces):
+            node[where[-1]] = "".join(p if isinstance(p, str) else per_ap[p[0]] for p in pieces)
+        elif where[0] == "apiVersion":  # not written: the kind's apiVersion is (still a valid template)
+            node[where[-1]] = ""
+        else:
+            node[where[-1]] = f"\ue000{len(marks)}\ue000"
+            paths.append(where)
+            marks.append(tuple(p if isinstance(p, str) or p[0] not in _PER_AP else per_ap[p[0]] for p in pieces))
+    base = _normalized(ap, tmpl, raw)
+    hashed: tuple[str, ...] | None = None
+    hashed_order: tuple[int, ...] = ()
+    if "\ue000" not in str(base["metadata"]["namespace"]):  # `or ap.namespace` needs the value
+        # ensure_ascii: the markers are the only non-ASCII text, "\ue000<n>\ue000" in the output.
+        # Keys are never substituted, so the sorted key order does not depend on the values. A
+        # site may be gone (a template's own content-hash annotation is dropped).
+        canonical = json.dumps(_labelled(base, owner_labels), sort_keys=True, separators=(",", ":"))
+        hashed, hashed_order = _split(canonical, len(marks))
+    used = {p[0] for site in marks for p in site if isinstance(p, tuple)}
+    return _CompiledObject(
+        base, tuple(paths), tuple(marks), tuple(v for v in VARIABLES if v in used), hashed, hashed_order
+    )
+
+
+def _with_values(base: dict[str, Any], paths: tuple[_Path, ...], values: list[str]) -> dict[str, Any]:
+    """`base` with the string at each path replaced, copying only the containers on those paths
+    (the rest is shared with `base`, which is not mutated)."""
+    copies: dict[int, Any] = {}
+    root = dict(base)
+    for path, value in zip(paths, values, strict=True):
+        node: Any = root
+        original: Any = base
+        for key in path[:-1]:
+            original = original[key]
+            child = copies.get(id(original))
+            if child is None:
+                child = copies[id(original)] = original.copy()
+                node[key] = child
+            node = child
+        node[path[-1]] = value
+    return root
+
+
+class Renderer:
+    """`render` for one AccessPoint over many clusters, compiled once (see the module docstring).
+
+    `Renderer(ap, hub, context).render(cluster) == render(ap, cluster, hub, context)` for every
+    cluster. The objects it returns are read-only: they may share parts with each other, with other
+    clusters' results of the same Renderer and with `context.generated` (so do `context.transforms`
+    and the overrides, which never mutate their inputs). Neither `ap` nor the context may change
+    while the Renderer is in use (the controller builds one per reconcile).
+    """
+
+    def __init__(self, ap: AccessPoint, hub: str, context: RenderContext = EMPTY_CONTEXT) -> None:
+        self.ap = ap
+        self.hub = hub
+        self.context = context
+        self._owner_labels = Owner(hub, ap.namespace, ap.name).labels()
+        compiled = [_compile(ap, t, self._owner_labels) for t in ap.spec.template]
+        # Any object with a variable error: every cluster gets the reference path's errors.
+        self._objects: list[_CompiledObject] | None = (
+            None if any(c is None for c in compiled) else [c for c in compiled if c is not None]
+        )
+        # (object index, values of the variables it uses) -> the substituted object (shared)
+        self._substituted: dict[tuple[int, tuple[str, ...]], dict[str, Any]] = {}
+        # id(substituted object) -> (it, its compiled form, its site values): its hash without
+        # serializing it, if it reaches the last step unchanged.
+        self._sites: dict[int, tuple[dict[str, Any], _CompiledObject, list[str]]] = {}
+        # id(object before labels) -> (that object, the labelled and hashed object): an object met
+        # again (shared substitution, generated object, memoised override) is finished once.
+        self._finished: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
+        self._overridden: OverrideMemo = {}
+
+    def _substitute(self, index: int, obj: _CompiledObject, variables: Mapping[str, str]) -> dict[str, Any]:
+        key = (index, tuple([variables[v] for v in obj.uses]))
+        hit = self._substituted.get(key)
+        if hit is not None:
+            return hit
+        values = ["".join([p if isinstance(p, str) else variables[p[0]] for p in site]) for site in obj.sites]
+        result = _with_values(obj.base, obj.paths, values)
+        meta = result["metadata"]
+        if not meta["namespace"]:  # a substituted namespace that came out empty: as _normalized
+            result["metadata"] = {**meta, "namespace": self.ap.namespace}
+        self._substituted[key] = result
+        self._sites[id(result)] = (result, obj, values)
+        return result
+
+    def _finish(self, obj: Mapping[str, Any]) -> dict[str, Any]:
+        hit = self._finished.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        done = _labelled(obj, self._owner_labels)
+        sites = self._sites.get(id(obj))
+        if sites is not None and sites[0] is obj and sites[1].hashed is not None:
+            compiled, values = sites[1], sites[2]
+            assert compiled.hashed is not None
+            parts = [compiled.hashed[0]]
+            for n, chunk in zip(compiled.hashed_order, compiled.hashed[1:], strict=True):
+                parts.append(_encode_string(values[n]))
+                parts.append(chunk)
+            digest = hashlib.sha256("".join(parts).encode()).hexdigest()[:16]  # == content_hash(done)
+        else:
+            digest = content_hash(done)
+        done["metadata"]["annotations"][HASH_ANNOTATION] = digest
+        self._finished[id(obj)] = (obj, done)  # holds `obj`, so its id is not reused meanwhile
+        return done
+
+    def render(self, cluster: ClusterFacts) -> Rendered:
+        if self._objects is None:
+            return _render_reference(self.ap, cluster, self.hub, self.context)
+        variables = variables_for(self.ap, cluster)
+        objects: list[dict[str, Any]] = [
+            self._substitute(i, obj, variables) for i, obj in enumerate(self._objects)
+        ]
+        for transform in self.context.transforms:
+            objects = transform(objects, cluster)
+        objects += self.context.generated.get(cluster.name, ())
+        patched, problems = apply_overrides(objects, self.ap.spec.overrides, cluster, memo=self._overridden)
+        if problems:
+            return Rendered(errors=[TemplateError(str(p).split(": ", 1)[0], p.message) for p in problems])
+        return Rendered(objects=[self._finish(obj) for obj in patched])
+
+
+def render(ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderContext = EMPTY_CONTEXT) -> Rendered:
+    """The manifests `cluster` should carry for `ap`: substituted, overridden, labelled, hashed.
+
+    Order: variable substitution -> context transforms -> generated objects -> overrides
+    (accesspoint.overrides, all-or-nothing) -> owner labels and content hash, so an override can
+    never remove meshfed's ownership marks. The objects are the caller's (new, sharing nothing);
+    for many clusters of one AccessPoint use Renderer.
+    """
+    rendered = Renderer(ap, hub, context).render(cluster)
+    rendered.objects = [_json_copy(o) for o in rendered.objects]
+    return rendered

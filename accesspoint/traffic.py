@@ -10,7 +10,8 @@ Imports accesspoint.meta, accesspoint.visibility and placement.models only. Pure
 
 Istio rules obeyed (REFERENCE.md, "Istio rules the traffic compiler must respect"):
   * `distribute` and `failover` are mutually exclusive;
-  * every `to` weight is 1..100 and each `from` entry totals exactly 100;
+  * every `to` weight is 1..100 and each `from` entry totals exactly 100 (an explicit weight 0 is an
+    error wherever it is written, naming the field);
   * wildcards only at the end of a locality; localities in a list must not overlap;
   * a locality missing from `to` gets no traffic at all -> warning for a region with endpoints;
   * `failover` is region-only and needs `outlierDetection`; `maxEjectionPercent` is set to 100 so
@@ -362,8 +363,39 @@ def _left_out(region: str, to_regions: Iterable[str], present: Sequence[str], dr
 # ---- validation and compilation ----------------------------------------------------------------
 
 
+def _zero_weights(policy: LocalityPolicy) -> list[str]:
+    """Every explicit weight 0, wherever it is (also where it is not used for these regions): Istio
+    accepts 1..100 only, and a share of 0 would otherwise be dropped silently (e.g. a remote next to
+    localWeight 100, or a byRegion entry of a region without clusters yet)."""
+    errors: list[str] = []
+    lists: list[tuple[str, Sequence[RegionWeight]]] = []
+    locals_: list[tuple[str, int | None]] = []
+    if policy.weighted is not None:
+        locals_.append((f"{P}.weighted.localWeight", policy.weighted.local_weight))
+        lists.append((f"{P}.weighted.remotes", policy.weighted.remotes))
+        for i, entry in enumerate(policy.weighted.by_region):
+            locals_.append((f"{P}.weighted.byRegion[{i}].localWeight", entry.local_weight))
+            lists.append((f"{P}.weighted.byRegion[{i}].remotes", entry.remotes))
+    if policy.drain is not None:
+        lists.append((f"{P}.drain.to", policy.drain.to))
+    for where, weight in locals_:
+        if weight == 0:
+            errors.append(
+                f"{where}: weight 0 is not allowed (1..100); use mode Drain to move a region's traffic away"
+            )
+    for where, weights in lists:
+        errors += [
+            f"{where}[{i}].weight: weight 0 is not allowed (1..100); omit region {r.region} from the list "
+            "to send it nothing"
+            for i, r in enumerate(weights)
+            if r.weight == 0
+        ]
+    return errors
+
+
 def _structure(policy: LocalityPolicy) -> Report:
     report = Report()
+    report.errors.extend(_zero_weights(policy))
     distribute_like = policy.mode in ("Weighted", "Drain")
     if policy.failover is not None and distribute_like:
         report.errors.append(
@@ -506,10 +538,16 @@ def _json_copy(value: Any) -> Any:
     return value
 
 
+# (id(object), id(fragment)) -> (that object, that fragment, the object with the fragment set)
+TrafficMemo = dict[tuple[int, int], tuple[Mapping[str, Any], Mapping[str, Any], dict[str, Any]]]
+
+
 def apply_traffic(
     objects: Iterable[Mapping[str, Any]],
     fragment: Mapping[str, Any] | None,
     hosts: Iterable[str] | None = None,
+    *,
+    memo: TrafficMemo | None = None,
 ) -> list[dict[str, Any]]:
     """`objects` with the compiled fragment set on DestinationRules' trafficPolicy.
 
@@ -517,8 +555,14 @@ def apply_traffic(
     template set (e.g. `loadBalancer.simple`, `connectionPool`). `hosts` limits which rules change.
     Inputs are never mutated: changed objects are new along the changed path (other values are
     shared), unchanged objects are returned as they are.
+
+    `memo` (one AccessPoint's objects over many clusters, e.g. the controller's render context): the
+    same input object with the same fragment gives the same, shared, result object (the memo holds
+    both, so their ids stay unique). Not used with `hosts`.
     """
     only = set(hosts) if hosts is not None else None
+    if only is not None:
+        memo = None
     out: list[dict[str, Any]] = []
     for obj in objects:
         spec = obj.get("spec")
@@ -530,13 +574,21 @@ def apply_traffic(
         ):
             out.append(obj if isinstance(obj, dict) else dict(obj))
             continue
+        if memo is not None:
+            hit = memo.get((id(obj), id(fragment)))
+            if hit is not None and hit[0] is obj and hit[1] is fragment:
+                out.append(hit[2])
+                continue
         tp = dict(spec.get("trafficPolicy") or {})
         lb = dict(tp.get("loadBalancer") or {})
         lb["localityLbSetting"] = _json_copy(fragment["loadBalancer"]["localityLbSetting"])
         tp["loadBalancer"] = lb
         if "outlierDetection" in fragment:
             tp["outlierDetection"] = _json_copy(fragment["outlierDetection"])
-        out.append({**obj, "spec": {**spec, "trafficPolicy": tp}})
+        new = {**obj, "spec": {**spec, "trafficPolicy": tp}}
+        if memo is not None:
+            memo[(id(obj), id(fragment))] = (obj, fragment, new)
+        out.append(new)
     return out
 
 

@@ -87,28 +87,44 @@ def validate_visibility(policy: VisibilityPolicy | None) -> list[str]:
     return errors
 
 
+# id(object) -> (that object, the object with exportTo set), for one (policy, namespaces)
+VisibilityMemo = dict[int, tuple[Mapping[str, Any], dict[str, Any]]]
+
+
 def apply_visibility(
     objects: Iterable[Mapping[str, Any]],
     policy: VisibilityPolicy | None,
     gateway_namespace: str,
     *,
     default_namespace: str = "",
+    memo: VisibilityMemo | None = None,
 ) -> list[dict[str, Any]]:
     """`objects` with exportTo set on VirtualServices, DestinationRules and ServiceEntries.
 
     An object whose spec already has `exportTo` is left as the template wrote it. Inputs are never
     mutated: a changed object is a new dict with a new `spec` (other values are shared, not copied);
     unchanged objects are returned as they are.
+
+    `memo` (one AccessPoint's objects over many clusters): the same input object gives the same,
+    shared, result object (the memo holds the input, so its id stays unique). A memo belongs to one
+    (policy, gateway_namespace, default_namespace): the caller keeps one per such triple.
     """
     out: list[dict[str, Any]] = []
     cache: dict[str, list[str]] = {}
     for obj in objects:
         spec = obj.get("spec")
         if obj.get("kind") in EXPORTED_KINDS and not (isinstance(spec, Mapping) and "exportTo" in spec):
+            hit = memo.get(id(obj)) if memo is not None else None
+            if hit is not None and hit[0] is obj:
+                out.append(hit[1])
+                continue
             ns = str((obj.get("metadata") or {}).get("namespace") or default_namespace)
             if ns not in cache:
                 cache[ns] = export_to(policy, ns, gateway_namespace)
-            out.append({**obj, "spec": {**(spec or {}), "exportTo": list(cache[ns])}})
+            new = {**obj, "spec": {**(spec or {}), "exportTo": list(cache[ns])}}
+            if memo is not None:
+                memo[id(obj)] = (obj, new)
+            out.append(new)
         else:
             out.append(obj if isinstance(obj, dict) else dict(obj))
     return out
