@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
 from accesspoint.plan import plan
-from accesspoint.render import EMPTY_CONTEXT, RenderContext, render, validate
+from accesspoint.render import EMPTY_CONTEXT, RenderContext, Renderer, render, validate
 from accesspoint.revisions import revision_hash
 from accesspoint.status import applied_message, summarize
 from federation import telemetry
@@ -344,8 +344,10 @@ class Controller:
         specs: Mapping[str, AccessPoint] = {}
         if self.spec_selector is not None:
             specs = await self.spec_selector(ap, decision, members)
+        # One compiled Renderer per AccessPoint revision for all its clusters (accesspoint.render).
+        renderers: dict[int, Renderer] = {}
         results = await asyncio.gather(
-            *(self._sync_cluster(specs.get(m.name, ap), owner, m, m.name in placed, context)
+            *(self._sync_cluster(specs.get(m.name, ap), owner, m, m.name in placed, context, renderers)
               for m in members.values())
         )
         entries = [r for r in results if r is not None]
@@ -368,7 +370,8 @@ class Controller:
             self._retries.pop(f"ap/{key}", None)
 
     async def _sync_cluster(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
-                            context: RenderContext) -> ClusterStatus | None:
+                            context: RenderContext,
+                            renderers: dict[int, Renderer] | None = None) -> ClusterStatus | None:
         """Bring one member to the rendering of `ap` (the revision this cluster should carry)."""
         revision = revision_of(ap)
         facts = member.facts
@@ -382,7 +385,11 @@ class Controller:
                                  last_error=why if member.probe.reachable is False or member.kubeconfig_error else None)
         desired: list[dict[str, Any]] = []
         if placed:
-            rendered = render(ap, facts, self.hub_id, context)
+            if renderers is None:
+                rendered = render(ap, facts, self.hub_id, context)
+            else:  # keyed by id: every `ap` stays referenced by the reconcile while renderers lives
+                renderer = renderers.get(id(ap)) or renderers.setdefault(id(ap), Renderer(ap, self.hub_id, context))
+                rendered = renderer.render(facts)
             if rendered.errors:
                 # Keep the last good objects in this cluster; report the problem.
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
