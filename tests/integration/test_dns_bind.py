@@ -11,11 +11,9 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from itertools import count
+from datetime import timedelta
 from typing import Any
 
-import dns.message
 import dns.name
 import dns.query
 import dns.rcode
@@ -24,18 +22,28 @@ import dns.update
 import pytest
 
 from e2e.dnsservers import BindServer, start_bind
-from nameservice.models import NameService, NameServiceStatus
+from nameservice.models import NameService
 from nameservice.plan import diff
 from nameservice.providers import RFC2136Provider
 from nameservice.records import TargetFact, desired, owner_name
-from nameservice.sync import SyncItem, delete_nameservice, sync_nameservice, sync_nameservices
+from nameservice.sync import SyncItem, sync_nameservice, sync_nameservices
+from tests.integration.dns_harness import (
+    HUB,
+    NOW,
+    ZONE,
+    change_one_vip,
+    cond,
+    delete_only_ours,
+    facts,
+    foreign_record_kept,
+    publish,
+    resolve,
+    resync_is_noop,
+    unique,
+)
+from tests.integration.dns_harness import make_ns as _make_ns
 
 pytestmark = pytest.mark.integration
-
-ZONE = "example.test"
-HUB = "hub-it"
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-_names = count()
 
 
 @pytest.fixture(scope="module")
@@ -49,26 +57,7 @@ def provider(bind: BindServer, **kw: Any) -> RFC2136Provider:
 
 
 def make_ns(fqdn: str | None = None, **spec: Any) -> NameService:
-    name = f"svc{next(_names)}"
-    base: dict[str, Any] = {
-        "fqdn": fqdn or f"{name}.{ZONE}",
-        "providerRef": {"name": "bind"},
-        "target": {"accessPointRef": {"name": name}},
-        "ttl": 30,
-    }
-    base.update(spec)
-    return NameService.model_validate(
-        {"metadata": {"name": name, "namespace": "shop", "generation": 1}, "spec": base}
-    )
-
-
-def facts(*vips: str | None) -> list[TargetFact]:
-    return [TargetFact(f"c{i}", "eu", v, True) for i, v in enumerate(vips)]
-
-
-def resolve(bind: BindServer, name: str, rtype: str = "A") -> list[str]:
-    r = dns.query.udp(dns.message.make_query(name, rtype), bind.host, port=bind.port, timeout=3)
-    return sorted(rd.to_text() for rr in r.answer for rd in rr)
+    return _make_ns("bind", fqdn, **spec)
 
 
 def raw_update(bind: BindServer, build: Any) -> int:
@@ -80,43 +69,27 @@ def raw_update(bind: BindServer, build: Any) -> int:
     return dns.query.tcp(upd, bind.host, port=bind.port, timeout=3).rcode()
 
 
-def cond(st: NameServiceStatus, type_: str) -> tuple[str, str]:
-    c = next(c for c in st.conditions if c.type == type_)
-    return c.status, c.reason
-
-
 async def test_publish_resolve_update_noop(bind: BindServer) -> None:
     p = provider(bind)
     ns = make_ns()
-    st = await sync_nameservice(ns, p, facts("10.0.0.1", "10.0.0.2", "10.0.0.3"), None, HUB, NOW)
-    assert st.ready == "True", st.conditions
+    st = await publish(p, ns, bind)
     assert cond(st, "Resolvable") == ("True", "Resolved")
-    assert resolve(bind, ns.spec.fqdn) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
-    assert resolve(bind, owner_name(ns.spec.fqdn), "TXT") == [
-        f'"heritage=meshfed,hub={HUB},owner=shop/{ns.name}"'
-    ]
     assert st.zone_serial is not None and st.zone_serial > 1
     # a VIP changes in one member
-    st2 = await sync_nameservice(ns, p, facts("10.0.0.1", "10.0.0.9", "10.0.0.3"), st, HUB, NOW)
-    assert resolve(bind, ns.spec.fqdn) == ["10.0.0.1", "10.0.0.3", "10.0.0.9"]
-    assert st2.zone_serial is not None and st2.zone_serial > st.zone_serial
+    st2 = await change_one_vip(p, ns, bind, st)
     # nothing changed: zero UPDATE messages, identical status, listing by IXFR
-    sent, ixfr = p.writes_sent, p.transfers["IXFR"]
-    st3 = await sync_nameservice(ns, p, facts("10.0.0.1", "10.0.0.9", "10.0.0.3"), st2, HUB, NOW)
-    assert p.writes_sent == sent
-    assert st3 == st2
+    ixfr = p.transfers["IXFR"]
+    await resync_is_noop(p, ns, st2)
     assert p.transfers["IXFR"] > ixfr
     await p.close()
 
 
 async def test_foreign_record_never_overwritten(bind: BindServer) -> None:
-    fqdn = f"legacy{next(_names)}.{ZONE}"
+    fqdn = f"{unique('legacy')}.{ZONE}"
     assert raw_update(bind, lambda u: u.add(fqdn + ".", 300, "A", "192.0.2.10")) == dns.rcode.NOERROR
     p = provider(bind)
-    st = await sync_nameservice(make_ns(fqdn), p, facts("10.0.0.1"), None, HUB, NOW)
-    assert cond(st, "Programmed") == ("False", "ForeignRecord")
-    assert st.ready == "False" and p.writes_sent == 0
-    assert resolve(bind, fqdn) == ["192.0.2.10"]
+    st = await foreign_record_kept(p, bind, make_ns(fqdn))
+    assert st.ready == "False"
     await p.close()
 
 
@@ -147,11 +120,8 @@ async def test_batched_bulk_sync_and_delete_only_ours(bind: BindServer) -> None:
     # deletion removes what the NameService owns, nothing else at the name
     victim = items[0].ns
     assert raw_update(bind, lambda u: u.add(victim.spec.fqdn + ".", 300, "TXT", "site-verification=abc")) == 0
-    result = await delete_nameservice(victim, p, HUB)
-    assert len(result.applied) == 1
-    assert resolve(bind, victim.spec.fqdn) == []
+    await delete_only_ours(p, bind, victim)
     assert resolve(bind, owner_name(victim.spec.fqdn), "TXT") == []
-    assert resolve(bind, victim.spec.fqdn, "TXT") == ['"site-verification=abc"']
     await p.close()
 
 

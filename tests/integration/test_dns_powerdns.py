@@ -7,26 +7,31 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
-from itertools import count
 from typing import Any
 
-import dns.message
-import dns.query
 import pytest
 
 from e2e.dnsservers import PowerDNSServer, start_powerdns
-from nameservice.models import NameService, NameServiceStatus
+from nameservice.models import NameService
 from nameservice.providers import PowerDNSProvider
-from nameservice.records import TargetFact, owner_name
-from nameservice.sync import SyncItem, delete_nameservice, sync_nameservice, sync_nameservices
+from nameservice.sync import SyncItem, sync_nameservice, sync_nameservices
+from tests.integration.dns_harness import (
+    HUB,
+    NOW,
+    ZONE,
+    change_one_vip,
+    cond,
+    delete_only_ours,
+    facts,
+    foreign_record_kept,
+    publish,
+    resolve,
+    resync_is_noop,
+    unique,
+)
+from tests.integration.dns_harness import make_ns as _make_ns
 
 pytestmark = pytest.mark.integration
-
-ZONE = "example.test"
-HUB = "hub-it"
-NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-_names = count()
 
 
 @pytest.fixture(scope="module")
@@ -42,26 +47,7 @@ def provider(pdns: PowerDNSServer, **kw: Any) -> PowerDNSProvider:
 
 
 def make_ns(fqdn: str | None = None, **spec: Any) -> NameService:
-    name = f"svc{next(_names)}"
-    base: dict[str, Any] = {
-        "fqdn": fqdn or f"{name}.{ZONE}",
-        "providerRef": {"name": "pdns"},
-        "target": {"accessPointRef": {"name": name}},
-        "ttl": 30,
-    }
-    base.update(spec)
-    return NameService.model_validate(
-        {"metadata": {"name": name, "namespace": "shop", "generation": 1}, "spec": base}
-    )
-
-
-def facts(*vips: str | None) -> list[TargetFact]:
-    return [TargetFact(f"c{i}", "eu", v, True) for i, v in enumerate(vips)]
-
-
-def resolve(pdns: PowerDNSServer, name: str, rtype: str = "A") -> list[str]:
-    r = dns.query.udp(dns.message.make_query(name, rtype), pdns.host, port=pdns.port, timeout=3)
-    return sorted(rd.to_text() for rr in r.answer for rd in rr)
+    return _make_ns("pdns", fqdn, **spec)
 
 
 def foreign(pdns: PowerDNSServer, name: str, rtype: str, content: str) -> None:
@@ -83,26 +69,12 @@ def foreign(pdns: PowerDNSServer, name: str, rtype: str, content: str) -> None:
     assert status == 204, body
 
 
-def cond(st: NameServiceStatus, type_: str) -> tuple[str, str]:
-    c = next(c for c in st.conditions if c.type == type_)
-    return c.status, c.reason
-
-
 async def test_publish_resolve_update_noop(pdns: PowerDNSServer) -> None:
     p = provider(pdns)
     ns = make_ns()
-    st = await sync_nameservice(ns, p, facts("10.0.0.1", "10.0.0.2", "10.0.0.3"), None, HUB, NOW)
-    assert st.ready == "True", st.conditions
-    assert resolve(pdns, ns.spec.fqdn) == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
-    assert resolve(pdns, owner_name(ns.spec.fqdn), "TXT") == [
-        f'"heritage=meshfed,hub={HUB},owner=shop/{ns.name}"'
-    ]
-    st2 = await sync_nameservice(ns, p, facts("10.0.0.1", "10.0.0.9", "10.0.0.3"), st, HUB, NOW)
-    assert resolve(pdns, ns.spec.fqdn) == ["10.0.0.1", "10.0.0.3", "10.0.0.9"]
-    assert st2.zone_serial is not None and st.zone_serial is not None and st2.zone_serial > st.zone_serial
-    sent = p.writes_sent
-    st3 = await sync_nameservice(ns, p, facts("10.0.0.1", "10.0.0.9", "10.0.0.3"), st2, HUB, NOW)
-    assert p.writes_sent == sent and st3 == st2
+    st = await publish(p, ns, pdns)
+    st2 = await change_one_vip(p, ns, pdns, st)
+    await resync_is_noop(p, ns, st2)
     await p.close()
 
 
@@ -114,20 +86,15 @@ async def test_bulk_is_one_patch_and_delete_only_ours(pdns: PowerDNSServer) -> N
     assert resolve(pdns, items[299].ns.spec.fqdn) == ["10.8.1.50"]
     victim = items[0].ns
     foreign(pdns, victim.spec.fqdn, "TXT", '"site-verification=abc"')
-    result = await delete_nameservice(victim, p, HUB)
-    assert len(result.applied) == 1
-    assert resolve(pdns, victim.spec.fqdn) == []
-    assert resolve(pdns, victim.spec.fqdn, "TXT") == ['"site-verification=abc"']
+    await delete_only_ours(p, pdns, victim)
     await p.close()
 
 
 async def test_foreign_record_never_overwritten(pdns: PowerDNSServer) -> None:
-    fqdn = f"legacy{next(_names)}.{ZONE}"
+    fqdn = f"{unique('legacy')}.{ZONE}"
     foreign(pdns, fqdn, "A", "192.0.2.10")
     p = provider(pdns)
-    st = await sync_nameservice(make_ns(fqdn), p, facts("10.0.0.1"), None, HUB, NOW)
-    assert cond(st, "Programmed") == ("False", "ForeignRecord") and p.writes_sent == 0
-    assert resolve(pdns, fqdn) == ["192.0.2.10"]
+    await foreign_record_kept(p, pdns, make_ns(fqdn))
     await p.close()
 
 
