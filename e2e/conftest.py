@@ -1,52 +1,63 @@
-"""E2e fixtures: the local fleet (hub + 3 members, real kube-apiservers) and the controller process."""
+"""E2e fixtures: a local fleet (hub + members, real kube-apiservers) per module, its hub and member
+clients, and the controller process.
+
+A module sets the shape of its fleet with a module-level `FLEET` (keyword arguments of
+`federation.testing.start_fleet`; hub + 3 members over 2 regions and 3 zones when absent). A module
+that needs objects on the hub before the controller starts (a CA Secret, a DNSProvider) overrides
+`hub_setup`.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from federation.fleet import Fleet
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, start_fleet
+from federation.testing import (
+    ControllerProcess,
+    create_namespace,
+    delete_accesspoints,
+    hub_client,
+    member_clients,
+    running_controller,
+    running_fleet,
+)
+
+DEFAULT_FLEET: dict[str, Any] = {"members": 3, "regions": 2, "zones": 3}
 
 
-@pytest.fixture(scope="session")
-async def fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    f = await start_fleet(tmp_path_factory.mktemp("fleet"), members=3, regions=2, zones=3)
-    try:
+@pytest.fixture(scope="module")
+async def fleet(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
+    shape = getattr(request.module, "FLEET", DEFAULT_FLEET)
+    async with running_fleet(tmp_path_factory.mktemp(f"fleet-{request.module.__name__}"), **shape) as f:
         yield f
-    finally:
-        f.down(purge=False)
 
 
-@pytest.fixture(scope="session")
-def controller(fleet: Fleet) -> ControllerProcess:
-    assert fleet.state is not None
-    ctl = ControllerProcess(fleet.state.hub.kubeconfig, fleet.root / "controller.log")
-    ctl.start()
-    yield ctl  # type: ignore[misc]
-    ctl.stop()
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def hub(fleet: Fleet) -> AsyncIterator[KubeClient]:
-    assert fleet.state is not None
-    client = await fleet.state.hub.client()
-    yield client
-    await client.close()
+    async with hub_client(fleet) as client:
+        yield client
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def members(fleet: Fleet) -> AsyncIterator[dict[str, KubeClient]]:
-    assert fleet.state is not None
-    clients = {m.name: await m.client(attempts=1) for m in fleet.state.members}
-    yield clients
-    for c in clients.values():
-        await c.close()
+    async with member_clients(fleet) as clients:
+        yield clients
+
+
+@pytest.fixture(scope="module")
+def hub_setup() -> None:
+    """What must exist on the hub before the controller starts: nothing here; a module overrides it."""
+
+
+@pytest.fixture(scope="module")
+def controller(fleet: Fleet, hub_setup: None) -> Iterator[ControllerProcess]:
+    with running_controller(fleet) as ctl:
+        yield ctl
 
 
 @pytest.fixture
@@ -56,18 +67,9 @@ async def namespace(hub: KubeClient) -> AsyncIterator[str]:
     Its AccessPoints are deleted afterwards, so one test's deliberately broken objects do not
     keep the controller busy during the next test's measurements.
     """
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                     field_manager="e2e")
+    name = await create_namespace(hub)
     yield name
-    path = f"/apis/meshfed.io/v1alpha1/namespaces/{name}/accesspoints"
-    items, _ = await hub.list(path)
-    for item in items:
-        await hub.delete(f"{path}/{item['metadata']['name']}")
-    for _ in range(100):
-        if not (await hub.list(path))[0]:
-            break
-        await asyncio.sleep(0.2)
+    await delete_accesspoints(hub, name, timeout=20)
 
 
 def repo_root() -> Path:

@@ -19,7 +19,9 @@ import pytest
 from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
 from federation.fleet import Fleet, apiserver_binary
 from federation.kube import ApiError, KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, eventually, write_breakdown
+from federation.testing import ControllerProcess, diff_breakdown, eventually, wait_status, write_breakdown
+from federation.testing import accesspoint_status as status
+from federation.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
@@ -55,26 +57,14 @@ def accesspoint(ns: str, name: str, **spec: Any) -> dict[str, Any]:
             "metadata": {"name": name, "namespace": ns}, "spec": spec}
 
 
-async def status(hub: KubeClient, ns: str, name: str) -> dict[str, Any]:
-    obj = await hub.get(f"{AP.format(ns=ns)}/{name}") or {}
-    return obj.get("status") or {}
-
-
-def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
-
-
 async def wait_ready(hub: KubeClient, ns: str, name: str, clusters: int = 3, timeout: float = 60) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        st = await status(hub, ns, name)
+    def ok(st: dict[str, Any]) -> bool:
         summary = st.get("summary") or {}
-        ok = cond(st, "Ready").get("status") == "True" and summary.get("clusters") == f"{clusters}/{clusters}"
-        if not ok:
-            raise AssertionError({"summary": summary, "conditions": st.get("conditions"),
-                                  "clusters": st.get("clusters")})
-        return st
+        return cond(st, "Ready").get("status") == "True" and summary.get("clusters") == f"{clusters}/{clusters}"
 
-    return await eventually(check, timeout, message=f"AccessPoint {ns}/{name} not Ready on {clusters} clusters")
+    return await wait_status(hub, f"{AP.format(ns=ns)}/{name}", ok, timeout=timeout,
+                             message=f"AccessPoint {ns}/{name} not Ready on {clusters} clusters",
+                             show=("summary", "conditions", "clusters"))
 
 
 async def test_propagates_with_owner_labels_status_and_columns(

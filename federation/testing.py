@@ -7,13 +7,15 @@ Used by tests/integration, e2e/ and e2e/bench; never by the controller itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -87,6 +89,103 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, i
     raise AssertionError(f"{message} (after {timeout:.0f}s; last: {last!r})")
 
 
+# ---- hub object status: get, condition by type, wait -------------------------------------------
+
+ACCESSPOINTS = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
+
+
+def condition(status: Mapping[str, Any], type_: str) -> dict[str, Any]:
+    """The condition of type `type_` in `status` ({} when there is none)."""
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), {})
+
+
+async def get_object(client: KubeClient, path: str) -> dict[str, Any]:
+    """The object at `path` ({} when it does not exist)."""
+    return await client.get(path) or {}
+
+
+async def get_status(client: KubeClient, path: str) -> dict[str, Any]:
+    """The status of the object at `path` ({} when it has none or does not exist)."""
+    return (await get_object(client, path)).get("status") or {}
+
+
+async def accesspoint_status(client: KubeClient, ns: str, name: str) -> dict[str, Any]:
+    return await get_status(client, f"{ACCESSPOINTS.format(ns=ns)}/{name}")
+
+
+async def wait_object(client: KubeClient, path: str, ok: Callable[[dict[str, Any]], bool], *, timeout: float = 60.0,
+                      interval: float = 0.2, message: str = "condition not met",
+                      show: Iterable[str] = ("conditions", "clusters")) -> dict[str, Any]:
+    """Poll the object at `path` until `ok(object)`; return the object. A timeout fails with `message`
+    and the status fields named in `show` as last seen."""
+    fields = tuple(show)
+
+    async def check() -> dict[str, Any]:
+        obj = await get_object(client, path)
+        if not ok(obj):
+            st = obj.get("status") or {}
+            raise AssertionError({k: st.get(k) for k in fields})
+        return obj
+
+    return await eventually(check, timeout, interval, message)
+
+
+async def wait_status(client: KubeClient, path: str, ok: Callable[[dict[str, Any]], bool], *, timeout: float = 60.0,
+                      interval: float = 0.2, message: str = "condition not met",
+                      show: Iterable[str] = ("conditions", "clusters")) -> dict[str, Any]:
+    """`wait_object` on the object's status: poll until `ok(status)`; return the status."""
+    obj = await wait_object(client, path, lambda o: ok(o.get("status") or {}), timeout=timeout, interval=interval,
+                            message=message, show=show)
+    return obj.get("status") or {}
+
+
+async def wait_condition(client: KubeClient, path: str, type_: str, status: str = "True", reason: str | None = None,
+                         *, timeout: float = 60.0, message: str | None = None,
+                         show: Iterable[str] = ("conditions",)) -> dict[str, Any]:
+    """Poll until the object's condition `type_` has `status` (and `reason`, when given); return the status."""
+
+    def ok(st: dict[str, Any]) -> bool:
+        c = condition(st, type_)
+        return c.get("status") == status and (reason is None or c.get("reason") == reason)
+
+    return await wait_status(client, path, ok, timeout=timeout, show=show,
+                             message=message or f"{path}: {type_}={status} {reason or ''}")
+
+
+# ---- hub namespaces for tests ------------------------------------------------------------------
+
+
+async def create_namespace(client: KubeClient, prefix: str = "t-") -> str:
+    """A fresh namespace named `prefix` + 8 hex digits."""
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
+    await client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+                        field_manager="e2e")
+    return name
+
+
+async def delete_accesspoints(client: KubeClient, ns: str, *, timeout: float = 20.0, also_gone: Iterable[str] = (),
+                              strict: bool = False) -> None:
+    """Delete every AccessPoint in `ns` and wait up to `timeout` until they (and whatever is listed at the
+    `also_gone` paths) are gone; a timeout fails only when `strict` (namespaces themselves never finish
+    deleting without a controller-manager, so tests clean up what keeps the controller busy)."""
+    path = ACCESSPOINTS.format(ns=ns)
+    for item in (await client.list(path))[0]:
+        await client.delete(f"{path}/{item['metadata']['name']}")
+    paths = (path, *also_gone)
+
+    async def gone() -> bool:
+        for p in paths:
+            if (await client.list(p))[0]:
+                return False
+        return True
+
+    try:
+        await eventually(gone, timeout, message=f"objects in {ns} should be deleted: {', '.join(paths)}")
+    except AssertionError:
+        if strict:
+            raise
+
+
 async def single_apiserver(root: Path, name: str = "hub", *, meshfed_crds: bool = True,
                            istio_crds: bool = False) -> ClusterProc:
     cluster = ClusterProc(name=name, role="hub", dir=str(root / name), port=free_port(), etcd_port=free_port(),
@@ -144,3 +243,54 @@ async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int
     fleet = Fleet(root)
     await fleet.up(members=members, regions=regions, zones=zones, topology=topology)
     return fleet
+
+
+# ---- a fleet, its clients and the controller, for tests (e2e/conftest.py makes them fixtures) ----
+
+
+@contextlib.asynccontextmanager
+async def running_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
+                        topology: list[tuple[str, str, str]] | None = None) -> AsyncIterator[Fleet]:
+    """`start_fleet`, brought down (state kept on disk for post-mortems) on exit."""
+    fleet = await start_fleet(root, members=members, regions=regions, zones=zones, topology=topology)
+    try:
+        yield fleet
+    finally:
+        fleet.down(purge=False)
+
+
+@contextlib.asynccontextmanager
+async def hub_client(fleet: Fleet) -> AsyncIterator[KubeClient]:
+    assert fleet.state is not None
+    client = await fleet.state.hub.client()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@contextlib.asynccontextmanager
+async def member_clients(fleet: Fleet) -> AsyncIterator[dict[str, KubeClient]]:
+    """A client per member, by member name."""
+    assert fleet.state is not None
+    clients: dict[str, KubeClient] = {}
+    try:
+        for m in fleet.state.members:
+            clients[m.name] = await m.client(attempts=1)
+        yield clients
+    finally:
+        for c in clients.values():
+            await c.close()
+
+
+@contextlib.contextmanager
+def running_controller(fleet: Fleet, *, hub_id: str = "meshfed-hub",
+                       extra: Iterable[str] = ()) -> Iterator[ControllerProcess]:
+    """The controller process against the fleet's hub (log in the fleet's root), stopped on exit."""
+    assert fleet.state is not None
+    ctl = ControllerProcess(fleet.state.hub.kubeconfig, fleet.root / "controller.log", hub_id=hub_id, extra=extra)
+    ctl.start()
+    try:
+        yield ctl
+    finally:
+        ctl.stop()
