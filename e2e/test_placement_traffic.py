@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -27,7 +26,17 @@ from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
 from accesspoint.traffic import TrafficPolicy, compile_regions
 from federation.fleet import Fleet, apiserver_binary
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, eventually, start_fleet, write_breakdown
+from federation.testing import (
+    ControllerProcess,
+    create_namespace,
+    delete_accesspoints,
+    diff_breakdown,
+    eventually,
+    get_object,
+    wait_object,
+    write_breakdown,
+)
+from federation.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
@@ -52,68 +61,27 @@ PATHS = {
 DEMO = {"clusterSelector": {"matchLabels": {"env": "demo"}}}
 
 
-# ---- fixtures: this module's own fleet and controller ------------------------------------------
+# ---- fixtures: this module's own fleet (see e2e/conftest.py) and namespaces -----------------------
 
-
-@pytest.fixture(scope="module")
-async def fleet6(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    f = await start_fleet(tmp_path_factory.mktemp("fleet6"), members=6, topology=TOPOLOGY)
-    try:
-        yield f
-    finally:
-        f.down(purge=False)
-
-
-@pytest.fixture(scope="module")
-def controller6(fleet6: Fleet) -> Iterator[ControllerProcess]:
-    assert fleet6.state is not None
-    ctl = ControllerProcess(fleet6.state.hub.kubeconfig, fleet6.root / "controller.log", hub_id=HUB_ID)
-    ctl.start()
-    yield ctl
-    ctl.stop()
-
-
-@pytest.fixture(scope="module")
-async def hub6(fleet6: Fleet) -> AsyncIterator[KubeClient]:
-    assert fleet6.state is not None
-    client = await fleet6.state.hub.client()
-    yield client
-    await client.close()
-
-
-@pytest.fixture(scope="module")
-async def members6(fleet6: Fleet) -> AsyncIterator[dict[str, KubeClient]]:
-    assert fleet6.state is not None
-    clients = {m.name: await m.client(attempts=1) for m in fleet6.state.members}
-    yield clients
-    for c in clients.values():
-        await c.close()
+FLEET = {"members": 6, "topology": TOPOLOGY}
 
 
 async def _namespace(hub: KubeClient) -> AsyncIterator[str]:
     """A fresh hub namespace; its AccessPoints are deleted (and gone) afterwards."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                     field_manager="e2e")
+    name = await create_namespace(hub)
     yield name
-    path = AP.format(ns=name)
-    for item in (await hub.list(path))[0]:
-        await hub.delete(f"{path}/{item['metadata']['name']}")
-    for _ in range(300):
-        if not (await hub.list(path))[0]:
-            break
-        await asyncio.sleep(0.2)
+    await delete_accesspoints(hub, name, timeout=60)
 
 
 @pytest.fixture
-async def ns(hub6: KubeClient, controller6: ControllerProcess) -> AsyncIterator[str]:
-    async for name in _namespace(hub6):
+async def ns(hub: KubeClient, controller: ControllerProcess) -> AsyncIterator[str]:
+    async for name in _namespace(hub):
         yield name
 
 
 @pytest.fixture
-async def ns2(hub6: KubeClient, controller6: ControllerProcess) -> AsyncIterator[str]:
-    async for name in _namespace(hub6):
+async def ns2(hub: KubeClient, controller: ControllerProcess) -> AsyncIterator[str]:
+    async for name in _namespace(hub):
         yield name
 
 
@@ -147,29 +115,22 @@ def accesspoint(ns: str, name: str, **spec: Any) -> dict[str, Any]:
 
 
 async def get_ap(hub: KubeClient, ns: str, name: str) -> dict[str, Any]:
-    return await hub.get(f"{AP.format(ns=ns)}/{name}") or {}
-
-
-def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
+    return await get_object(hub, f"{AP.format(ns=ns)}/{name}")
 
 
 async def wait_ready(hub: KubeClient, ns: str, name: str, clusters: set[str], timeout: float = 120) -> dict[str, Any]:
     """Ready on exactly `clusters`, every entry Applied with a VIP, the current generation observed."""
 
-    async def check() -> dict[str, Any]:
-        body = await get_ap(hub, ns, name)
+    def ok(body: dict[str, Any]) -> bool:
         st = body.get("status") or {}
         entries = {c["name"]: c for c in st.get("clusters") or []}
-        ok = (st.get("observedGeneration") == body["metadata"]["generation"]
-              and cond(st, "Ready").get("status") == "True"
-              and set(entries) == clusters
-              and all(e["state"] == "Applied" and e.get("vip") for e in entries.values()))
-        if not ok:
-            raise AssertionError({"conditions": st.get("conditions"), "clusters": st.get("clusters")})
-        return body
+        return (st.get("observedGeneration") == body["metadata"]["generation"]
+                and cond(st, "Ready").get("status") == "True"
+                and set(entries) == clusters
+                and all(e["state"] == "Applied" and e.get("vip") for e in entries.values()))
 
-    return await eventually(check, timeout, message=f"{ns}/{name} not Ready on {sorted(clusters)}")
+    return await wait_object(hub, f"{AP.format(ns=ns)}/{name}", ok, timeout=timeout,
+                             message=f"{ns}/{name} not Ready on {sorted(clusters)}")
 
 
 async def owned(client: KubeClient, ns: str, name: str) -> dict[str, dict[str, Any]]:
@@ -246,17 +207,17 @@ async def member_writes(members: dict[str, KubeClient]) -> dict[str, int]:
 
 
 async def test_99_1_and_98_1_1_in_every_destination_rule_and_all_objects_accepted(
-    controller6: ControllerProcess, hub6: KubeClient, members6: dict[str, KubeClient], ns: str, ns2: str
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str, ns2: str
 ) -> None:
     two = {"locality": {"mode": "Weighted"}, "visibility": {"consumerNamespaces": ["web"]}}
     placement_two = {**DEMO, "regions": ["region-a", "region-b"]}
-    await hub6.create(AP.format(ns=ns), accesspoint(ns, "duo", placement=placement_two, traffic=two),
-                      field_manager="e2e")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "duo", placement=placement_two, traffic=two),
+                     field_manager="e2e")
     three = {"locality": {"mode": "Weighted"}}
-    await hub6.create(AP.format(ns=ns2), accesspoint(ns2, "trio", traffic=three), field_manager="e2e")
+    await hub.create(AP.format(ns=ns2), accesspoint(ns2, "trio", traffic=three), field_manager="e2e")
     duo_clusters = {m for m in REGION if REGION[m] in ("region-a", "region-b")}
-    duo = await wait_ready(hub6, ns, "duo", duo_clusters)
-    trio = await wait_ready(hub6, ns2, "trio", set(REGION))
+    duo = await wait_ready(hub, ns, "duo", duo_clusters)
+    trio = await wait_ready(hub, ns2, "trio", set(REGION))
 
     for body, clusters, regions, policy in (
         (duo, duo_clusters, ["region-a", "region-b"], two),
@@ -274,7 +235,7 @@ async def test_99_1_and_98_1_1_in_every_destination_rule_and_all_objects_accepte
         async def converged(name: str = name, ns: str = ns, clusters: set[str] = clusters,
                             vips: dict[str, str] = vips, fragments: dict[str, Any] = fragments, host: str = host,
                             policy: dict[str, Any] = policy) -> bool:
-            for member, client in members6.items():
+            for member, client in members.items():
                 objs = await owned(client, ns, name)
                 if member not in clusters:
                     assert objs == {}, f"{name} must not be on {member}"
@@ -311,17 +272,17 @@ async def test_99_1_and_98_1_1_in_every_destination_rule_and_all_objects_accepte
     # The table examples, literally: 99/1 with two regions, 98/1/1 with three.
     ns = duo["metadata"]["namespace"]
     for member in duo_clusters:
-        dr = await members6[member].get(f"{PATHS['DestinationRule'].format(ns=ns)}/app") or {}
+        dr = await members[member].get(f"{PATHS['DestinationRule'].format(ns=ns)}/app") or {}
         region, other = REGION[member], ({"region-a", "region-b"} - {REGION[member]}).pop()
         assert locality(dr)["distribute"] == [{"from": f"{region}/*", "to": {f"{region}/*": 99, f"{other}/*": 1}}]
     for member in REGION:
-        objs = await owned(members6[member], ns2, "trio")
+        objs = await owned(members[member], ns2, "trio")
         to = distribute(objs["DestinationRule/app"])
         assert to == {f"{r}/*": (98 if r == REGION[member] else 1) for r in ("region-a", "region-b", "region-c")}
 
     # Settled: an unchanged world costs no writes, on members or the hub (no status churn).
     await asyncio.sleep(3)
-    clients = {"hub": hub6, **members6}
+    clients = {"hub": hub, **members}
     before = await member_writes(clients)
     await asyncio.sleep(6)
     changed = diff_breakdown(before, await member_writes(clients))
@@ -329,12 +290,12 @@ async def test_99_1_and_98_1_1_in_every_destination_rule_and_all_objects_accepte
 
 
 async def test_drain_converges_in_all_clusters(
-    controller6: ControllerProcess, hub6: KubeClient, members6: dict[str, KubeClient], ns: str
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str
 ) -> None:
-    await hub6.create(AP.format(ns=ns), accesspoint(ns, "drain", traffic={"locality": {"mode": "Weighted"}}),
-                      field_manager="e2e")
-    ready = await wait_ready(hub6, ns, "drain", set(REGION))
-    await wait_xref(members6, ns, "drain", vips_of(ready))
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "drain", traffic={"locality": {"mode": "Weighted"}}),
+                     field_manager="e2e")
+    ready = await wait_ready(hub, ns, "drain", set(REGION))
+    await wait_xref(members, ns, "drain", vips_of(ready))
     dr_path = f"{PATHS['DestinationRule'].format(ns=ns)}/app"
     drain = {"locality": {"mode": "Drain", "drain": {"regions": ["region-c"]}}}
     fragments = expected_fragments(drain, ["region-a", "region-b", "region-c"])
@@ -345,47 +306,47 @@ async def test_drain_converges_in_all_clusters(
         {"region-a/*": 50, "region-b/*": 50}
 
     start = time.monotonic()
-    await hub6.merge_patch(f"{AP.format(ns=ns)}/drain", {"spec": {"traffic": drain}})
+    await hub.merge_patch(f"{AP.format(ns=ns)}/drain", {"spec": {"traffic": drain}})
     seen: dict[str, float] = {}
 
     async def drained() -> bool:
-        for member, client in members6.items():
+        for member, client in members.items():
             if member in seen:
                 continue
             dr = await client.get(dr_path) or {}
             if locality(dr) == fragments[REGION[member]]["loadBalancer"]["localityLbSetting"]:
                 seen[member] = time.monotonic() - start
-        return len(seen) == len(members6)
+        return len(seen) == len(members)
 
     await eventually(drained, 60, interval=0.05, message="Drain did not converge in every cluster")
     # Every cluster, including the generated DestinationRule of the federated host.
-    for member, client in members6.items():
+    for member, client in members.items():
         objs = await owned(client, ns, "drain")
         for key in ("DestinationRule/app", "DestinationRule/meshfed-xref-drain"):
             assert locality(objs[key]) == fragments[REGION[member]]["loadBalancer"]["localityLbSetting"], \
                 (member, key)
-    st = (await wait_ready(hub6, ns, "drain", set(REGION)))["status"]
+    st = (await wait_ready(hub, ns, "drain", set(REGION)))["status"]
     assert cond(st, "TrafficPolicyValid")["status"] == "True"
     print(f"drain converged in all {len(seen)} clusters: max {max(seen.values()):.2f}s "
           f"(per cluster: {', '.join(f'{m} {t:.2f}s' for m, t in sorted(seen.items()))})")
 
 
 async def test_membership_changes_place_and_prune_without_touching_the_accesspoint(
-    fleet6: Fleet, controller6: ControllerProcess, hub6: KubeClient, members6: dict[str, KubeClient], ns: str
+    fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str
 ) -> None:
     policy = {"apiVersion": "meshfed.io/v1alpha1", "kind": "PlacementPolicy",
               "metadata": {"name": "region-b", "namespace": ns},
               "spec": {"clusterSelector": {"matchLabels": {"env": "demo"}}, "regions": ["region-b"]}}
-    await hub6.create(PP.format(ns=ns), policy, field_manager="e2e")
+    await hub.create(PP.format(ns=ns), policy, field_manager="e2e")
     body = accesspoint(ns, "follow", traffic={"locality": {"mode": "Weighted"}})
     del body["spec"]["placement"]
     body["spec"]["placementRef"] = {"name": "region-b"}
-    await hub6.create(AP.format(ns=ns), body, field_manager="e2e")
-    created = await wait_ready(hub6, ns, "follow", {"m-b1", "m-b2"})
+    await hub.create(AP.format(ns=ns), body, field_manager="e2e")
+    created = await wait_ready(hub, ns, "follow", {"m-b1", "m-b2"})
     generation, spec = created["metadata"]["generation"], created["spec"]
 
     async def pp_status(selected: str) -> dict[str, Any]:
-        pp = await hub6.get(f"{PP.format(ns=ns)}/region-b") or {}
+        pp = await hub.get(f"{PP.format(ns=ns)}/region-b") or {}
         st = pp.get("status") or {}
         if (st.get("summary") or {}).get("selected") != selected or st.get("observedGeneration") != 1:
             raise AssertionError(st)
@@ -402,16 +363,16 @@ async def test_membership_changes_place_and_prune_without_touching_the_accesspoi
     assert cond(st, "Placed")["status"] == "True"
 
     # A new member with matching labels gets the AccessPoint; nobody touched the AccessPoint.
-    new = await fleet6.add_member("m-b3", "region-b", "region-b-1", {"env": "demo"})
+    new = await fleet.add_member("m-b3", "region-b", "region-b-1", {"env": "demo"})
     client = await new.client(attempts=1)
     try:
-        grown = await wait_ready(hub6, ns, "follow", {"m-b1", "m-b2", "m-b3"}, timeout=180)
+        grown = await wait_ready(hub, ns, "follow", {"m-b1", "m-b2", "m-b3"}, timeout=180)
         assert grown["metadata"]["generation"] == generation and grown["spec"] == spec
         vips = {c["name"]: c["vip"] for c in grown["status"]["clusters"]}
 
         async def endpoints_everywhere(expected: set[str]) -> bool:
             for m in expected:
-                c = client if m == "m-b3" else members6[m]
+                c = client if m == "m-b3" else members[m]
                 se = (await owned(c, ns, "follow")).get("ServiceEntry/meshfed-xref-follow")
                 assert se is not None, m
                 assert {e["address"] for e in se["spec"]["endpoints"]} == {vips[x] for x in expected}, m
@@ -424,13 +385,13 @@ async def test_membership_changes_place_and_prune_without_touching_the_accesspoi
         await eventually(lambda: pp_status("3/7"), 30, message="PlacementPolicy status after add")
 
         # Relabeling the member on the hub removes the AccessPoint from it, and only from it.
-        await hub6.merge_patch(MC.format(name="m-b3"), {"metadata": {"labels": {"env": "retired"}}})
+        await hub.merge_patch(MC.format(name="m-b3"), {"metadata": {"labels": {"env": "retired"}}})
 
         async def pruned() -> bool:
             return await owned(client, ns, "follow") == {}
 
         await eventually(pruned, 60, message="relabeled member should be pruned")
-        shrunk = await wait_ready(hub6, ns, "follow", {"m-b1", "m-b2"})
+        shrunk = await wait_ready(hub, ns, "follow", {"m-b1", "m-b2"})
         assert shrunk["metadata"]["generation"] == generation
         rejected = {d["cluster"]: d for d in shrunk["status"]["placement"]["rejected"]}
         assert rejected["m-b3"]["code"] == "SelectorMismatch"
@@ -444,26 +405,26 @@ async def test_membership_changes_place_and_prune_without_touching_the_accesspoi
 
 
 async def test_stopping_a_member_removes_nothing(
-    fleet6: Fleet, controller6: ControllerProcess, hub6: KubeClient, members6: dict[str, KubeClient], ns: str
+    fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str
 ) -> None:
-    assert fleet6.state is not None
+    assert fleet.state is not None
     placement = {**DEMO, "regions": ["region-a", "region-c"]}
-    await hub6.create(AP.format(ns=ns), accesspoint(ns, "steady", placement=placement,
-                                                    traffic={"locality": {"mode": "Weighted"}}),
-                      field_manager="e2e")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "steady", placement=placement,
+                                                   traffic={"locality": {"mode": "Weighted"}}),
+                     field_manager="e2e")
     clusters = {"m-a1", "m-a2", "m-c1", "m-c2"}
-    ready = await wait_ready(hub6, ns, "steady", clusters)
-    await wait_xref(members6, ns, "steady", vips_of(ready))
+    ready = await wait_ready(hub, ns, "steady", clusters)
+    await wait_xref(members, ns, "steady", vips_of(ready))
     await asyncio.sleep(2)
-    live = {m: members6[m] for m in clusters - {"m-c2"}}
-    before = await snapshot(members6, ns, "steady")
-    down = fleet6.state.member("m-c2")
+    live = {m: members[m] for m in clusters - {"m-c2"}}
+    before = await snapshot(members, ns, "steady")
+    down = fleet.state.member("m-c2")
     down.stop()
     try:
         async def unknown() -> dict[str, Any]:
-            st = (await get_ap(hub6, ns, "steady")).get("status") or {}
+            st = (await get_ap(hub, ns, "steady")).get("status") or {}
             entries = {c["name"]: c for c in st.get("clusters") or []}
-            mc = await hub6.get(MC.format(name="m-c2")) or {}
+            mc = await hub.get(MC.format(name="m-c2")) or {}
             if cond(mc.get("status") or {}, "Reachable").get("status") != "False" or \
                     entries.get("m-c2", {}).get("state") != "Unknown":
                 raise AssertionError(entries)
@@ -481,8 +442,8 @@ async def test_stopping_a_member_removes_nothing(
     client = await down.client()
     try:
         assert content(await owned(client, ns, "steady")) == before["m-c2"], "nothing deleted on the stopped member"
-        await wait_ready(hub6, ns, "steady", clusters)
-        assert await snapshot(members6, ns, "steady") == before
+        await wait_ready(hub, ns, "steady", clusters)
+        assert await snapshot(members, ns, "steady") == before
     finally:
         await client.close()
 
@@ -521,23 +482,23 @@ BAD_INPUT: list[tuple[str, dict[str, Any], list[str]]] = [
 
 
 async def test_bad_input_gets_a_clear_condition_and_changes_nothing(
-    controller6: ControllerProcess, hub6: KubeClient, members6: dict[str, KubeClient], ns: str
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str
 ) -> None:
     good_traffic = {"locality": {"mode": "Weighted"}}
-    await hub6.create(AP.format(ns=ns), accesspoint(ns, "guard", traffic=good_traffic), field_manager="e2e")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "guard", traffic=good_traffic), field_manager="e2e")
     path = f"{AP.format(ns=ns)}/guard"
-    good = await wait_ready(hub6, ns, "guard", set(REGION))
+    good = await wait_ready(hub, ns, "guard", set(REGION))
     good_spec = good["spec"]
-    await wait_xref(members6, ns, "guard", vips_of(good))
+    await wait_xref(members, ns, "guard", vips_of(good))
     await asyncio.sleep(3)  # trailing events of the first rollout
-    before = await snapshot(members6, ns, "guard")
-    writes_before = await member_writes(members6)
+    before = await snapshot(members, ns, "guard")
+    writes_before = await member_writes(members)
 
     for label, bad, expected in BAD_INPUT:
-        await replace_spec(hub6, path, {**good_spec, **bad})
+        await replace_spec(hub, path, {**good_spec, **bad})
 
         async def rejected(label: str = label) -> dict[str, Any]:
-            body = await get_ap(hub6, ns, "guard")
+            body = await get_ap(hub, ns, "guard")
             st = body.get("status") or {}
             accepted = cond(st, "Accepted")
             if st.get("observedGeneration") != body["metadata"]["generation"] or accepted.get("status") != "False":
@@ -549,23 +510,23 @@ async def test_bad_input_gets_a_clear_condition_and_changes_nothing(
         assert all(text in message for text in expected), (label, message)
         assert cond(st, "Accepted")["reason"] == "InvalidSpec" and st["summary"]["phase"] == "Invalid"
         # Restore the good spec; the good world comes back with the same objects.
-        await replace_spec(hub6, path, good_spec)
-        restored = await wait_ready(hub6, ns, "guard", set(REGION))
+        await replace_spec(hub, path, good_spec)
+        restored = await wait_ready(hub, ns, "guard", set(REGION))
         assert restored["spec"] == good_spec, label
-        assert await snapshot(members6, ns, "guard") == before, f"{label}: member objects changed"
-    changed = diff_breakdown(writes_before, await member_writes(members6))
+        assert await snapshot(members, ns, "guard") == before, f"{label}: member objects changed"
+    changed = diff_breakdown(writes_before, await member_writes(members))
     assert not changed, f"bad input caused member writes: {changed}"
-    events = await hub6.request("GET", f"/api/v1/namespaces/{ns}/events")
+    events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
     messages = [e["message"] for e in events["items"] if e["reason"] == "InvalidSpec"]
     for label, _, expected in BAD_INPUT:
         assert any(all(t in m for t in expected) for m in messages), f"no InvalidSpec event for {label}"
 
     # Risky (a region with endpoints left out of `to`) is a warning, not an error: it is applied.
     risky = {"locality": {"mode": "Weighted", "weighted": {"remotes": [{"region": "region-b"}]}}}
-    await hub6.merge_patch(path, {"spec": {"traffic": risky}})
+    await hub.merge_patch(path, {"spec": {"traffic": risky}})
 
     async def warned() -> dict[str, Any]:
-        body = await get_ap(hub6, ns, "guard")
+        body = await get_ap(hub, ns, "guard")
         st = body.get("status") or {}
         if st.get("observedGeneration") != body["metadata"]["generation"] or \
                 cond(st, "TrafficPolicyRisky").get("status") != "True":
@@ -578,7 +539,7 @@ async def test_bad_input_gets_a_clear_condition_and_changes_nothing(
     assert cond(st, "TrafficPolicyValid")["status"] == "True" and cond(st, "Accepted")["status"] == "True"
 
     async def applied() -> bool:
-        dr = (await owned(members6["m-a1"], ns, "guard"))["DestinationRule/app"]
+        dr = (await owned(members["m-a1"], ns, "guard"))["DestinationRule/app"]
         return distribute(dr) == {"region-a/*": 99, "region-b/*": 1}
 
     await eventually(applied, 60, message="the risky policy is applied")
