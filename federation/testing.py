@@ -294,3 +294,201 @@ def running_controller(fleet: Fleet, *, hub_id: str = "meshfed-hub",
         yield ctl
     finally:
         ctl.stop()
+
+
+# ---- deploy/ manifests applied as they are, ServiceAccount tokens, audited API servers ---------------
+# (tests/integration/test_deploy_rbac.py: the controller runs with exactly the RBAC in deploy/.)
+
+DEPLOY = REPO / "deploy"
+# REST collection of each kind deploy/ holds ({ns}: namespaced).
+MANIFEST_PATHS: dict[str, str] = {
+    "Namespace": "/api/v1/namespaces",
+    "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
+    "Secret": "/api/v1/namespaces/{ns}/secrets",
+    "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+    "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+    "Role": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles",
+    "RoleBinding": "/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings",
+    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+}
+
+
+def kustomize_objects(directory: Path) -> list[dict[str, Any]]:
+    """The objects `kubectl kustomize DIRECTORY` builds, for kustomizations that only list `resources`
+    (files, or directories with their own kustomization.yaml) — all deploy/ uses; anything else fails."""
+    import yaml
+
+    (k,) = [d for d in yaml.safe_load_all((directory / "kustomization.yaml").read_text()) if d]
+    unsupported = set(k) - {"apiVersion", "kind", "resources"}
+    if unsupported:
+        raise ValueError(f"{directory}/kustomization.yaml uses {sorted(unsupported)}: only `resources` is supported")
+    out: list[dict[str, Any]] = []
+    for entry in k.get("resources") or []:
+        target = directory / entry
+        if target.is_dir():
+            out += kustomize_objects(target)
+        else:
+            out += [d for d in yaml.safe_load_all(target.read_text()) if d]
+    return out
+
+
+def manifest_path(obj: dict[str, Any]) -> str:
+    kind = obj["kind"]
+    if kind not in MANIFEST_PATHS:
+        raise ValueError(f"no REST path known for kind {kind} (add it to federation.testing.MANIFEST_PATHS)")
+    meta = obj["metadata"]
+    return f"{MANIFEST_PATHS[kind].format(ns=meta.get('namespace', ''))}/{meta['name']}"
+
+
+async def apply_objects(client: KubeClient, objs: Iterable[dict[str, Any]],
+                        field_manager: str = "meshfed-test") -> None:
+    """Server-side apply `objs` as an administrator would: Namespaces first, then CRDs (waiting until
+    they are Established), then everything else in order."""
+    items = list(objs)
+    for obj in (o for o in items if o["kind"] == "Namespace"):
+        await client.apply(manifest_path(obj), obj, field_manager=field_manager)
+    crds = [dict(o) for o in items if o["kind"] == "CustomResourceDefinition"]
+    if crds:
+        await apply_crds(client, crds)
+    for obj in (o for o in items if o["kind"] not in ("Namespace", "CustomResourceDefinition")):
+        await client.apply(manifest_path(obj), obj, field_manager=field_manager)
+
+
+async def service_account_token(client: KubeClient, namespace: str, name: str, seconds: int = 3600) -> str:
+    """A bound token for ServiceAccount namespace/name (TokenRequest API, as `kubectl create token`)."""
+    body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}}
+    resp = await client.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token", body=body)
+    return str(resp["status"]["token"])
+
+
+def token_kubeconfig(cluster: ClusterProc, user: str, token: str) -> dict[str, Any]:
+    """A kubeconfig for `cluster` authenticating with a bearer token."""
+    import base64
+
+    ca = base64.b64encode((cluster.path / "pki" / "ca.crt").read_bytes()).decode()
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": cluster.name, "cluster": {"server": f"https://127.0.0.1:{cluster.port}",
+                                                        "certificate-authority-data": ca}}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": cluster.name, "context": {"cluster": cluster.name, "user": user}}],
+        "current-context": cluster.name,
+    }
+
+
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+"""
+
+
+class AuditedClusterProc(ClusterProc):
+    """An API server that also writes an audit log (every request at level Metadata: who, verb,
+    resource, response code, authorization decision) to `audit.log` in its directory."""
+
+    @property
+    def audit_log(self) -> Path:
+        return self.path / "audit.log"
+
+    def prepare(self) -> None:
+        super().prepare()
+        (self.path / "audit-policy.yaml").write_text(AUDIT_POLICY)
+
+    def command(self, binary: Path) -> list[str]:
+        return [*super().command(binary), f"--audit-policy-file={self.path / 'audit-policy.yaml'}",
+                f"--audit-log-path={self.audit_log}", "--audit-log-format=json", "--audit-log-mode=blocking"]
+
+    def audit_events(self, username: str | None = None) -> list[dict[str, Any]]:
+        """The completed requests in the audit log (of `username` only, when given)."""
+        import json
+
+        if not self.audit_log.exists():
+            return []
+        out = []
+        for line in self.audit_log.read_text(errors="replace").splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            if event.get("stage") not in ("ResponseComplete", "ResponseStarted", "Panic"):
+                continue
+            if username is None or (event.get("user") or {}).get("username") == username:
+                out.append(event)
+        return out
+
+
+def describe_request(event: dict[str, Any]) -> str:
+    """`verb group/resource[/subresource] namespace/name -> code` of one audit event."""
+    ref = event.get("objectRef") or {}
+    res = f"{ref.get('apiGroup') or 'core'}/{ref.get('resource', '')}" if ref else event.get("requestURI", "")
+    sub = f"/{ref['subresource']}" if ref.get("subresource") else ""
+    where = "/".join(x for x in (ref.get("namespace"), ref.get("name")) if x)
+    code = (event.get("responseStatus") or {}).get("code")
+    return f"{event.get('verb')} {res}{sub} {where} -> {code}".replace("  ", " ")
+
+
+def denied_requests(events: Iterable[dict[str, Any]]) -> list[str]:
+    """The requests among audit `events` the API server refused as unauthorized (403 or an RBAC forbid)."""
+    return [describe_request(e) for e in events
+            if (e.get("responseStatus") or {}).get("code") == 403
+            or (e.get("annotations") or {}).get("authorization.k8s.io/decision") == "forbid"]
+
+
+async def authorization_refusals(client: KubeClient) -> dict[str, int]:
+    """Requests this API server's authorizer did not allow since it started, by result ("no-opinion": no
+    RBAC rule matched; "denied"), from authorization_attempts_total in its /metrics. A request refused
+    by RBAC is answered 403 before it reaches a handler, so apiserver_request_total never counts it:
+    this is the metric that does. It has no user label (the audit log has)."""
+    text = await client.request_text("/metrics")
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        m = re.match(r'^authorization_attempts_total\{result="([^"]*)"\}\s+([0-9.e+]+)$', line)
+        if m and m.group(1) != "allowed" and float(m.group(2)):
+            out[m.group(1)] = out.get(m.group(1), 0) + int(float(m.group(2)))
+    return out
+
+
+async def requests_with_code(client: KubeClient, code: str) -> dict[str, int]:
+    """Requests this API server's handlers answered with HTTP `code` since it started, by "VERB resource[/sub]"
+    (apiserver_request_total in its /metrics; no user label). Requests refused by the authorizer never
+    reach a handler and are not counted here: see `authorization_refusals`."""
+    text = await client.request_text("/metrics")
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if labels.get("code") != code:
+            continue
+        sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
+        key = f"{labels.get('verb')} {labels.get('resource', '')}{sub}"
+        out[key] = out.get(key, 0) + int(float(m.group(2)))
+    return {k: v for k, v in out.items() if v}
+
+
+async def audited_apiserver(root: Path, name: str, *, istio_crds: bool = False) -> AuditedClusterProc:
+    """One API server with an audit log and nothing installed but (optionally) Istio's and Gateway API's
+    CRDs: apply deploy/ with `apply_objects(kustomize_objects(...))`."""
+    cluster = AuditedClusterProc(name=name, role="hub", dir=str(root / name), port=free_port(),
+                                 etcd_port=free_port(), peer_port=free_port())
+    cluster.start(apiserver_binary())
+    try:
+        await cluster.wait_ready()
+        if istio_crds:
+            client = await cluster.client()
+            try:
+                await apply_crds(client, load_member_crds())
+            finally:
+                await client.close()
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster

@@ -70,6 +70,27 @@ def test_kustomization_lists_existing_files(path: Path) -> None:
             assert (target / "kustomization.yaml").exists(), f"{entry} is a directory without a kustomization"
 
 
+@pytest.mark.parametrize("path", kustomizations(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
+def test_kustomization_only_lists_resources(path: Path) -> None:
+    # federation.testing.kustomize_objects (the RBAC integration test) builds exactly these.
+    (k,) = docs(path)
+    assert set(k) <= {"apiVersion", "kind", "resources"}, f"{path.relative_to(DEPLOY)}: {sorted(k)}"
+
+
+def test_every_rbac_file_is_listed_on_the_hub() -> None:
+    (k,) = docs(DEPLOY / "kustomization.yaml")
+    on_disk = {f"rbac/{p.name}" for p in (DEPLOY / "rbac").glob("*.yaml")}
+    missing = on_disk - set(k["resources"])
+    assert not missing, f"deploy/rbac files not in deploy/kustomization.yaml: {sorted(missing)}"
+    assert "member" not in k["resources"], "deploy/member/ is for member clusters, not the hub"
+
+
+def test_member_kustomization_lists_every_file_of_the_directory() -> None:
+    (k,) = docs(DEPLOY / "member" / "kustomization.yaml")
+    files = {p.name for p in (DEPLOY / "member").glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(k["resources"]) == files
+
+
 def test_top_level_kustomization_has_every_crd_rbac_and_the_controller() -> None:
     (k,) = docs(DEPLOY / "kustomization.yaml")
     resources = set(k["resources"])
@@ -253,6 +274,158 @@ def test_sds_reads_certificates_and_bundles_and_writes_only_certificate_status()
             assert not any("*" in rule[k] for k in ("apiGroups", "resources", "verbs"))
 
 
+# ---- the controller's rights, all files together ------------------------------------------------
+
+CONTROLLER_FILES = ("rbac/controller.yaml", "rbac/rollouts.yaml", "rbac/dns.yaml", "rbac/certificates.yaml")
+HUB_RBAC_FILES = sorted(f"rbac/{p.name}" for p in (DEPLOY / "rbac").glob("*.yaml"))
+MEMBER = objects("member/namespace.yaml", "member/serviceaccount.yaml", "member/rbac.yaml")
+SA_SUBJECT = {"kind": "ServiceAccount", "name": SA, "namespace": NAMESPACE}
+
+
+def controller_rules(namespace: str | None = None) -> list[dict[str, Any]]:
+    """Every rule bound to the controller's ServiceAccount on the hub: cluster-wide (namespace None),
+    or effective in `namespace` (cluster-wide rules plus the Roles bound there)."""
+    objs = [o for f in HUB_RBAC_FILES for o in objects(f)]
+    out: list[dict[str, Any]] = []
+    for b in objs:
+        if b["kind"] not in ("ClusterRoleBinding", "RoleBinding") or SA_SUBJECT not in b["subjects"]:
+            continue
+        if b["kind"] == "RoleBinding" and b["metadata"]["namespace"] != namespace:
+            continue
+        ref = b["roleRef"]
+        out += one(objs, ref["kind"], ref["name"])["rules"]
+    return out
+
+
+@pytest.mark.parametrize("path", [*HUB_RBAC_FILES, "member/rbac.yaml"])
+def test_no_wildcards_anywhere(path: str) -> None:
+    for obj in objects(path):
+        for rule in obj.get("rules", []):
+            for key in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[key], f"{path}: {obj['metadata']['name']}: wildcard in {key}"
+                assert not any(v.endswith("/*") for v in rule[key]), f"{path}: subresource wildcard"
+            assert "nonResourceURLs" not in rule, f"{path}: non-resource URLs are for the default roles"
+            if "meshfed.io" in rule["apiGroups"]:
+                for res in rule["resources"]:
+                    plural, _, sub = res.partition("/")
+                    assert plural in CRD_PLURALS, f"{path}: {res} is no meshfed CRD"
+                    if sub:
+                        assert sub == "status"
+                        assert "status" in CRD_PLURALS[plural]["spec"]["versions"][0].get("subresources", {})
+
+
+@pytest.mark.parametrize("path", [*CONTROLLER_FILES, "member/rbac.yaml"])
+def test_every_rule_says_which_code_path_needs_it(path: str) -> None:
+    lines = (DEPLOY / path).read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.strip().startswith("- apiGroups:"):
+            assert lines[i - 1].strip().startswith("#"), f"{path}:{i + 1}: a rule without its comment"
+
+
+@pytest.mark.parametrize("path", CONTROLLER_FILES)
+def test_controller_files_bind_their_roles_to_the_controller_only(path: str) -> None:
+    objs = objects(path)
+    for b in (o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        role = one(objs, b["roleRef"]["kind"], b["roleRef"]["name"])  # in the same file
+        if b["kind"] == "RoleBinding":
+            assert role["metadata"]["namespace"] == b["metadata"]["namespace"] == NAMESPACE
+        assert b["subjects"] == [SA_SUBJECT], f"{path}: {b['metadata']['name']}"
+    assert {o["kind"] for o in objs} <= {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def test_hub_secrets_never_cluster_wide_and_only_in_meshfed_system() -> None:
+    for path in HUB_RBAC_FILES:
+        for obj in objects(path):
+            if obj["kind"] == "ClusterRole":
+                assert not any("secrets" in r["resources"] for r in obj["rules"]), \
+                    f"{path}: {obj['metadata']['name']}: Secret access on the hub is per namespace (meshfed-system)"
+            if obj["kind"] == "Role" and any("secrets" in r["resources"] for r in obj["rules"]):
+                assert obj["metadata"]["namespace"] == NAMESPACE, f"{path}: {obj['metadata']['name']}"
+    assert not any("secrets" in r["resources"] for r in controller_rules())
+    assert not any("secrets" in r["resources"] for r in controller_rules("payments"))
+    in_system = controller_rules(NAMESPACE)
+    for verb in ("get", "list", "watch", "create", "patch", "delete"):  # certificates.yaml documents each
+        assert allowed(in_system, "", "secrets", verb), verb
+    assert not allowed(in_system, "", "secrets", "update")
+
+
+def test_the_controller_never_writes_what_people_own() -> None:
+    rules_ = controller_rules()
+    for plural in ("memberclusters", "placementpolicies", "accesspoints", "nameservices", "dnsproviders",
+                   "certificateissuers", "rolloutapprovals"):
+        for verb in ("update", "delete", "deletecollection"):
+            assert not allowed(rules_, "meshfed.io", plural, verb), f"controller may not {verb} {plural}"
+    for plural in ("memberclusters", "placementpolicies", "accesspoints", "nameservices", "dnsproviders",
+                   "certificateissuers"):
+        assert not allowed(rules_, "meshfed.io", plural, "create"), f"controller may not create {plural}"
+    for plural in ("memberclusters", "placementpolicies", "dnsproviders", "certificateissuers", "rolloutapprovals"):
+        assert not allowed(rules_, "meshfed.io", plural, "patch"), f"{plural}: spec/metadata are people's"
+    for verb in ("get", "update", "patch", "watch"):
+        assert not allowed(rules_, "apps", "controllerrevisions", verb), f"{verb} controllerrevisions is not needed"
+    assert not any(r for r in rules_ if "rbac.authorization.k8s.io" in r["apiGroups"]), "no RBAC escalation"
+
+
+def test_rollouts_can_keep_history_and_approvals() -> None:
+    objs = objects("rbac/rollouts.yaml")
+    cluster = list(one(objs, "ClusterRole", "meshfed-controller-rollouts")["rules"])
+    for verb in ("list", "create", "delete"):
+        assert allowed(cluster, "apps", "controllerrevisions", verb), verb
+    for verb in ("list", "watch", "create"):
+        assert allowed(cluster, "meshfed.io", "rolloutapprovals", verb), verb
+    assert allowed(cluster, "meshfed.io", "rolloutapprovals/status", "patch")
+    assert {res for r in cluster for res in r["resources"]} == {
+        "controllerrevisions", "rolloutapprovals", "rolloutapprovals/status"}
+
+
+def test_dns_reads_its_objects_writes_status_and_finalizers_and_gets_its_secrets() -> None:
+    objs = objects("rbac/dns.yaml")
+    cluster = list(one(objs, "ClusterRole", "meshfed-controller-dns")["rules"])
+    for plural in ("nameservices", "dnsproviders"):
+        for verb in ("list", "watch"):
+            assert allowed(cluster, "meshfed.io", plural, verb), f"{verb} {plural}"
+        assert allowed(cluster, "meshfed.io", f"{plural}/status", "patch")
+    assert allowed(cluster, "meshfed.io", "nameservices", "patch")  # the cleanup finalizer
+    assert not allowed(cluster, "meshfed.io", "dnsproviders", "patch")
+    role = one(objs, "Role", "meshfed-controller-dns-secrets")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+
+
+def test_certificates_file_holds_hub_objects_only() -> None:
+    objs = objects("rbac/certificates.yaml")
+    names = {o["metadata"]["name"] for o in objs}
+    assert not any(n.startswith("meshfed-member") for n in names), "member RBAC belongs to deploy/member/"
+    for b in (o for o in objs if o["kind"] in ("ClusterRoleBinding", "RoleBinding")):
+        assert b["subjects"] == [SA_SUBJECT]
+
+
+# ---- members ----------------------------------------------------------------------------------
+
+
+def test_member_rbac_covers_every_kind_the_controller_writes_and_watches() -> None:
+    from accesspoint.kinds import MANAGED_KINDS
+    from accesspoint.kinds import NAMESPACE as NAMESPACE_KIND
+
+    sa = one(MEMBER, "ServiceAccount", "meshfed-hub")
+    one(MEMBER, "Namespace", sa["metadata"]["namespace"])
+    binding = one(MEMBER, "ClusterRoleBinding", "meshfed-member")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-hub",
+                                    "namespace": sa["metadata"]["namespace"]}]
+    role = one(MEMBER, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+    member_rules = list(role["rules"])
+    for kind in MANAGED_KINDS.values():  # executor: create/apply/delete/get; members.py: list+watch
+        for verb in ("get", "list", "watch", "create", "patch", "delete"):
+            assert allowed(member_rules, kind.group, kind.plural, verb), f"{verb} {kind.plural}"
+        assert not allowed(member_rules, kind.group, kind.plural, "update")
+        assert not allowed(member_rules, kind.group, kind.plural, "deletecollection")
+    assert allowed(member_rules, NAMESPACE_KIND.group, NAMESPACE_KIND.plural, "create")
+    for verb in ("get", "list", "watch", "update", "patch", "delete"):
+        assert not allowed(member_rules, "", "namespaces", verb), f"{verb} namespaces is not needed"
+    granted = {(g, res) for r in member_rules for g in r["apiGroups"] for res in r["resources"]}
+    wanted = {(k.group, k.plural) for k in MANAGED_KINDS.values()} | {("", "namespaces")}
+    assert granted == wanted, f"more than the controller needs: {sorted(granted - wanted)}"
+
+
 # ---- kustomize --------------------------------------------------------------------------------
 
 KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
@@ -270,3 +443,14 @@ def test_kubectl_kustomize_builds_everything() -> None:
     one(built, "Namespace", NAMESPACE)
     one(built, "ClusterRoleBinding", "meshfed-controller")
     assert len({(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in built}) == len(built)
+    for name in ("meshfed-controller-rollouts", "meshfed-controller-dns", "meshfed-controller-certificates"):
+        one(built, "ClusterRoleBinding", name)
+
+
+@pytest.mark.skipif(KUBECTL is None, reason="kubectl is not installed")
+def test_kubectl_kustomize_builds_the_member_rbac() -> None:
+    assert KUBECTL is not None
+    out = subprocess.run([KUBECTL, "kustomize", str(DEPLOY / "member")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    built = [d for d in yaml.safe_load_all(out.stdout) if d]
+    assert {o["kind"] for o in built} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
