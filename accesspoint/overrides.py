@@ -269,6 +269,8 @@ def apply_overrides(
     """
     result: list[Any] = list(objects)
     errors: list[OverrideError] = []
+    if not overrides:
+        return result, errors
     for index, override in ordered(overrides):
         if not override.applies_to(cluster):
             continue
