@@ -19,8 +19,7 @@ import os
 import secrets
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
@@ -36,7 +35,17 @@ from dnsservers import BindServer, start_bind  # e2e/ is on sys.path for its tes
 
 from federation.fleet import HUB_NAMESPACE, Fleet, apiserver_binary, ensure_namespace
 from federation.kube import ApiError, KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, eventually, start_fleet, write_breakdown
+from federation.testing import (
+    ControllerProcess,
+    create_namespace,
+    diff_breakdown,
+    eventually,
+    get_status,
+    wait_condition,
+    wait_status,
+    write_breakdown,
+)
+from federation.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
@@ -58,53 +67,19 @@ def bind() -> Iterator[BindServer]:
 
 
 @pytest.fixture(scope="module")
-async def dns_fleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    f = await start_fleet(tmp_path_factory.mktemp("dnsfleet"), members=3, regions=2, zones=3)
-    try:
-        yield f
-    finally:
-        f.down(purge=False)
-
-
-@pytest.fixture(scope="module")
-async def hub(dns_fleet: Fleet, bind: BindServer) -> AsyncIterator[KubeClient]:
-    assert dns_fleet.state is not None
-    client = await dns_fleet.state.hub.client()
-    # The TSIG secret and the DNSProvider for BIND; a second provider with a wrong secret.
-    await ensure_namespace(client, HUB_NAMESPACE)
-    await put_secret(client, "bind-tsig", bind.key_secret)
-    await put_secret(client, "wrong-tsig", base64.b64encode(secrets.token_bytes(32)).decode())
-    await client.create(DNSP, provider("bind", bind, "bind-tsig"), field_manager="e2e")
-    await client.create(DNSP, provider("bind-wrong-key", bind, "wrong-tsig"), field_manager="e2e")
-    await client.create(DNSP, provider("bind-other-zone", bind, "bind-tsig", zone="other.test"), field_manager="e2e")
-    yield client
-    await client.close()
-
-
-@pytest.fixture(scope="module")
-def controller(dns_fleet: Fleet, hub: KubeClient) -> Iterator[ControllerProcess]:
-    assert dns_fleet.state is not None
-    ctl = ControllerProcess(dns_fleet.state.hub.kubeconfig, dns_fleet.root / "controller.log")
-    ctl.start()
-    yield ctl
-    ctl.stop()
-
-
-@pytest.fixture(scope="module")
-async def members(dns_fleet: Fleet) -> AsyncIterator[dict[str, KubeClient]]:
-    assert dns_fleet.state is not None
-    clients = {m.name: await m.client(attempts=1) for m in dns_fleet.state.members}
-    yield clients
-    for c in clients.values():
-        await c.close()
+async def hub_setup(hub: KubeClient, bind: BindServer) -> None:
+    """The TSIG secret and the DNSProvider for BIND; a second provider with a wrong secret."""
+    await ensure_namespace(hub, HUB_NAMESPACE)
+    await put_secret(hub, "bind-tsig", bind.key_secret)
+    await put_secret(hub, "wrong-tsig", base64.b64encode(secrets.token_bytes(32)).decode())
+    await hub.create(DNSP, provider("bind", bind, "bind-tsig"), field_manager="e2e")
+    await hub.create(DNSP, provider("bind-wrong-key", bind, "wrong-tsig"), field_manager="e2e")
+    await hub.create(DNSP, provider("bind-other-zone", bind, "bind-tsig", zone="other.test"), field_manager="e2e")
 
 
 @pytest.fixture(scope="module")
 async def namespace(hub: KubeClient) -> str:
-    name = f"dns-{uuid.uuid4().hex[:6]}"
-    await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                     field_manager="e2e")
-    return name
+    return await create_namespace(hub, prefix="dns-")
 
 
 # ---- helpers ----
@@ -145,14 +120,6 @@ def nameservice(ns: str, name: str, fqdn: str, *, target: dict[str, Any] | None 
                      "target": target or {"accessPointRef": {"name": name}}, **spec}}
 
 
-def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
-
-
-async def get_status(hub: KubeClient, path: str) -> dict[str, Any]:
-    return ((await hub.get(path)) or {}).get("status") or {}
-
-
 async def resolve(bind: BindServer, name: str, rtype: str = "A") -> set[str]:
     """What BIND itself answers for (name, type), over UDP."""
     q = dns.message.make_query(name, rtype)
@@ -167,14 +134,16 @@ async def soa_serial(bind: BindServer) -> int:
 
 
 async def wait_ap_vips(hub: KubeClient, ns: str, name: str, clusters: int = 3, timeout: float = 90) -> dict[str, str]:
-    async def check() -> dict[str, str]:
-        st = await get_status(hub, f"{AP.format(ns=ns)}/{name}")
-        vips = {c["name"]: c.get("vip") for c in st.get("clusters") or []}
-        if cond(st, "Ready").get("status") == "True" and len(vips) == clusters and all(vips.values()):
-            return {k: str(v) for k, v in vips.items()}
-        raise AssertionError(st.get("clusters"))
+    def vips_of(st: dict[str, Any]) -> dict[str, Any]:
+        return {c["name"]: c.get("vip") for c in st.get("clusters") or []}
 
-    return await eventually(check, timeout, message=f"AccessPoint {ns}/{name} not ready with VIPs")
+    def ok(st: dict[str, Any]) -> bool:
+        vips = vips_of(st)
+        return cond(st, "Ready").get("status") == "True" and len(vips) == clusters and all(vips.values())
+
+    st = await wait_status(hub, f"{AP.format(ns=ns)}/{name}", ok, timeout=timeout, show=("clusters",),
+                           message=f"AccessPoint {ns}/{name} not ready with VIPs")
+    return {k: str(v) for k, v in vips_of(st).items()}
 
 
 async def wait_resolves(bind: BindServer, name: str, values: set[str], timeout: float = 60) -> float:
@@ -193,14 +162,9 @@ async def wait_resolves(bind: BindServer, name: str, values: set[str], timeout: 
 
 async def wait_ns(hub: KubeClient, ns: str, name: str, ready: str, reason: str | None = None,
                   timeout: float = 60) -> dict[str, Any]:
-    async def check() -> dict[str, Any]:
-        st = await get_status(hub, f"{NSVC.format(ns=ns)}/{name}")
-        c = cond(st, "Ready")
-        if c.get("status") != ready or (reason is not None and c.get("reason") != reason):
-            raise AssertionError({"conditions": st.get("conditions"), "pending": st.get("pending")})
-        return st
-
-    return await eventually(check, timeout, message=f"NameService {ns}/{name}: Ready={ready} {reason or ''}")
+    return await wait_condition(hub, f"{NSVC.format(ns=ns)}/{name}", "Ready", ready, reason, timeout=timeout,
+                                show=("conditions", "pending"),
+                                message=f"NameService {ns}/{name}: Ready={ready} {reason or ''}")
 
 
 def table(out: str) -> list[dict[str, str]]:
@@ -232,7 +196,7 @@ def kubectl(fleet: Fleet, *args: str) -> str:
 
 
 async def test_fqdn_resolves_to_the_vips_and_follows_a_vip_change(
-    dns_fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient],
+    fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient],
     namespace: str, bind: BindServer,
 ) -> None:
     await hub.create(AP.format(ns=namespace), accesspoint(namespace, "shop"), field_manager="e2e")
@@ -257,12 +221,12 @@ async def test_fqdn_resolves_to_the_vips_and_follows_a_vip_change(
         return (await get_status(hub, f"{AP.format(ns=namespace)}/shop")).get("fqdn") == f"shop.{ZONE}"
 
     await eventually(ap_fqdn, 30, message="AccessPoint status.fqdn should show the NameService's FQDN")
-    row = table(kubectl(dns_fleet, "get", "accesspoints", "-n", namespace))[0]
+    row = table(kubectl(fleet, "get", "accesspoints", "-n", namespace))[0]
     assert row["NAME"] == "shop" and row["FQDN"] == f"shop.{ZONE}", row
-    row = table(kubectl(dns_fleet, "get", "nameservices", "-n", namespace))[0]
+    row = table(kubectl(fleet, "get", "nameservices", "-n", namespace))[0]
     assert row == {**row, "NAME": "shop", "FQDN": f"shop.{ZONE}", "TYPE": "A", "TTL": "30",
                    "RECORDS": ",".join(sorted(vips.values())), "TARGETS": "3/3", "READY": "True"}, row
-    row = table(kubectl(dns_fleet, "get", "dnsproviders", "bind"))[0]
+    row = table(kubectl(fleet, "get", "dnsproviders", "bind"))[0]
     assert row == {**row, "TYPE": "rfc2136", "ZONE": ZONE, "READY": "True"}, row
 
     # A VIP changes in member-2 (as a cloud load balancer would): DNS follows, event-driven.
@@ -416,13 +380,13 @@ async def test_dns_server_outage_is_pending_then_applied_without_loss_or_duplica
 
 
 async def test_stopped_cluster_keeps_its_vip_for_the_grace_period(
-    dns_fleet: Fleet, controller: ControllerProcess, hub: KubeClient, namespace: str, bind: BindServer
+    fleet: Fleet, controller: ControllerProcess, hub: KubeClient, namespace: str, bind: BindServer
 ) -> None:
-    assert dns_fleet.state is not None
+    assert fleet.state is not None
     st = await wait_ns(hub, namespace, "shop", "True", "Ready")
     published = set(st["records"])
     member3_vip = next(t["address"] for t in st["targets"] if t["cluster"] == "member-3")
-    down = dns_fleet.state.member("member-3")
+    down = fleet.state.member("member-3")
     # ClusterProc.stop waits for the API server's graceful shutdown: keep watching meanwhile.
     stopping = asyncio.create_task(asyncio.to_thread(down.stop))
     try:
