@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import kopf
 
 from federation.controller import Controller
+from federation.gcpolicy import tune_gc
 from federation.kube import KubeClient
 
 log = logging.getLogger("meshfed.operator")
@@ -100,6 +101,7 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
 
 
 def run(kubeconfig: str | None, hub_id: str, **options: Any) -> None:
+    tune_gc()
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     opts = {"kubeconfig": kubeconfig, "hub_id": hub_id, **options}
