@@ -142,6 +142,9 @@ class Rollouts:
         self.hub: KubeClient = controller.hub
         self.states: dict[str, RolloutState] = {}          # by AccessPoint uid
         self.histories: dict[str, RevisionHistory] = {}    # by AccessPoint uid
+        # ControllerRevisions listed once at start, by AccessPoint uid (None: not loaded, list per
+        # AccessPoint on its first reconcile).
+        self.preloaded: dict[str, list[dict[str, Any]]] | None = None
         self.used: dict[str, dict[str, ClusterObservation]] = {}
         self.seen: dict[str, dict[str, ClusterObservation]] = {}
         self.approvals: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> body
@@ -155,6 +158,19 @@ class Rollouts:
         items, _ = await self.hub.list(GROUP_PATH + "/rolloutapprovals")
         for body in items:
             self.on_approval("ADDED", body)
+
+    async def load_histories(self) -> None:
+        """Every AccessPoint's ControllerRevisions in one list at start, instead of one list per
+        AccessPoint on its first reconcile (500 AccessPoints: 500 hub requests). Only this
+        controller creates them, and `record` keeps `histories` current, so an AccessPoint with
+        none in this list has no history."""
+        items, _ = await self.hub.list("/apis/apps/v1/controllerrevisions", label_selector=AP_UID_LABEL)
+        preloaded: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            uid = ((item.get("metadata") or {}).get("labels") or {}).get(AP_UID_LABEL)
+            if uid:
+                preloaded.setdefault(uid, []).append(item)
+        self.preloaded = preloaded
 
     def on_approval(self, event_type: str, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -177,7 +193,11 @@ class Rollouts:
         uid = str(ap.metadata.get("uid", ""))
         found = self.histories.get(uid)
         if found is None:
-            items, _ = await self.hub.list(REVISIONS.format(ns=ap.namespace), label_selector=f"{AP_UID_LABEL}={uid}")
+            if self.preloaded is not None:
+                items = self.preloaded.pop(uid, [])
+            else:
+                items, _ = await self.hub.list(REVISIONS.format(ns=ap.namespace),
+                                               label_selector=f"{AP_UID_LABEL}={uid}")
             found = history_from_items(items, history_limit(ap))
             self.histories[uid] = found
         return found.model_copy(update={"limit": history_limit(ap)})
@@ -405,6 +425,7 @@ async def install(controller: Controller) -> None:
     rollouts = Rollouts(controller)
     _RUNTIMES[id(controller)] = rollouts
     await rollouts.load_approvals()
+    await rollouts.load_histories()
     controller.spec_selector = rollouts.select
     controller.status_contributors.append(rollouts.contribute)
 
