@@ -28,6 +28,7 @@ from accesspoint.kinds import TEMPLATE_KINDS
 from accesspoint.models import AccessPoint, TemplateObject
 from accesspoint.overrides import OverrideMemo, apply_overrides
 from accesspoint.ownership import HASH_ANNOTATION, Owner
+from accesspoint.revisions import revision_hash
 from placement.models import ClusterFacts
 
 VARIABLES = ("cluster", "zone", "region", "namespace", "name")
@@ -427,6 +428,14 @@ class Renderer:
         # again (shared substitution, generated object, memoised override) is finished once.
         self._finished: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         self._overridden: OverrideMemo = {}
+        self._revision: str | None = None
+
+    @property
+    def revision(self) -> str:
+        """The AccessPoint's revision (accesspoint.revisions.revision_hash of its spec), computed once."""
+        if self._revision is None:
+            self._revision = revision_hash(self.ap.spec)
+        return self._revision
 
     def _substitute(self, index: int, obj: _CompiledObject, variables: Mapping[str, str]) -> dict[str, Any]:
         key = (index, tuple([variables[v] for v in obj.uses]))

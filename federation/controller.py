@@ -373,7 +373,11 @@ class Controller:
                             context: RenderContext,
                             renderers: dict[int, Renderer] | None = None) -> ClusterStatus | None:
         """Bring one member to the rendering of `ap` (the revision this cluster should carry)."""
-        revision = revision_of(ap)
+        if renderers is None:
+            revision = revision_of(ap)
+        else:  # the spec hash once per AccessPoint revision, not once per cluster
+            renderer_ = renderers.get(id(ap)) or renderers.setdefault(id(ap), Renderer(ap, self.hub_id, context))
+            revision = renderer_.revision
         facts = member.facts
         owned = member.cache.owned(owner)
         if not placed and not owned:
