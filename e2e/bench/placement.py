@@ -58,6 +58,7 @@ from accesspoint.models import AccessPoint
 from accesspoint.render import Renderer
 from accesspoint.traffic import TrafficMemo, TrafficPolicy, apply_traffic, compile_regions
 from accesspoint.visibility import VisibilityMemo, apply_visibility, export_to
+from federation.gcpolicy import tune_gc
 from placement.models import ClusterFacts, PlacementDecision, Taint
 from placement.select import select
 
@@ -561,6 +562,7 @@ def main() -> None:
     parser.add_argument("--fleet-aps", type=int, default=10)
     parser.add_argument("--fleet-samples", type=int, default=30)
     args = parser.parse_args()
+    tune_gc()  # the controller's garbage-collector policy (federation/gcpolicy.py): measure what it runs
     scenarios = ["spread", "all"] if args.scenario == "both" else [args.scenario]
     load_before = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     results = [] if args.fleet_only else [run(args.aps, args.clusters, s) for s in scenarios]
