@@ -19,8 +19,7 @@ import os
 import re
 import subprocess
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -33,7 +32,17 @@ from certs.ca import generate_ca
 from certs.checks import host_covered, san_names
 from federation.fleet import Fleet
 from federation.kube import ApiError, KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, eventually, start_fleet, write_breakdown
+from federation.testing import (
+    ControllerProcess,
+    create_namespace,
+    delete_accesspoints,
+    diff_breakdown,
+    eventually,
+    get_status,
+    wait_status,
+    write_breakdown,
+)
+from federation.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
@@ -48,32 +57,6 @@ ALLOWED = ["example.com", "*.example.com"]
 
 # ---- fixtures: this module's own fleet, CA and controller ----
 
-@pytest.fixture(scope="module")
-async def cfleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    f = await start_fleet(tmp_path_factory.mktemp("certfleet"), members=3, regions=2, zones=3)
-    try:
-        yield f
-    finally:
-        f.down(purge=False)
-
-
-@pytest.fixture(scope="module")
-async def chub(cfleet: Fleet) -> AsyncIterator[KubeClient]:
-    assert cfleet.state is not None
-    client = await cfleet.state.hub.client()
-    yield client
-    await client.close()
-
-
-@pytest.fixture(scope="module")
-async def cmembers(cfleet: Fleet) -> AsyncIterator[dict[str, KubeClient]]:
-    assert cfleet.state is not None
-    clients = {m.name: await m.client(attempts=1) for m in cfleet.state.members}
-    yield clients
-    for c in clients.values():
-        await c.close()
-
-
 def tls_secret_body(name: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
             "metadata": {"name": name, "namespace": HUB_NS},
@@ -81,39 +64,26 @@ def tls_secret_body(name: str, cert_pem: bytes, key_pem: bytes) -> dict[str, Any
 
 
 @pytest.fixture(scope="module")
-async def ca(chub: KubeClient) -> tuple[bytes, bytes]:
+async def ca(hub: KubeClient) -> tuple[bytes, bytes]:
     cert_pem, key_pem = generate_ca("meshfed e2e corp CA")
-    await chub.create(SECRETS.format(ns=HUB_NS), tls_secret_body("corp-ca", cert_pem, key_pem), field_manager="e2e")
+    await hub.create(SECRETS.format(ns=HUB_NS), tls_secret_body("corp-ca", cert_pem, key_pem), field_manager="e2e")
     issuer = {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": "corp-ca"},
               "spec": {"ca": {"secretRef": {"name": "corp-ca", "namespace": HUB_NS}}, "allowedDomains": ALLOWED}}
-    await chub.create(ISSUERS, issuer, field_manager="e2e")
+    await hub.create(ISSUERS, issuer, field_manager="e2e")
     return cert_pem, key_pem
 
 
 @pytest.fixture(scope="module")
-def cctl(cfleet: Fleet, ca: tuple[bytes, bytes]) -> Iterator[ControllerProcess]:
-    assert cfleet.state is not None
-    ctl = ControllerProcess(cfleet.state.hub.kubeconfig, cfleet.root / "controller.log")
-    ctl.start()
-    yield ctl
-    ctl.stop()
+def hub_setup(ca: tuple[bytes, bytes]) -> None:
+    """The CA Secret and its CertificateIssuer exist before the controller starts."""
 
 
 @pytest.fixture
-async def ns(chub: KubeClient) -> AsyncIterator[str]:
+async def ns(hub: KubeClient) -> AsyncIterator[str]:
     """A fresh hub namespace; its AccessPoints are deleted afterwards (and waited for)."""
-    name = f"c-{uuid.uuid4().hex[:8]}"
-    await chub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
-                      field_manager="e2e")
+    name = await create_namespace(hub, prefix="c-")
     yield name
-    path = AP.format(ns=name)
-    for item in (await chub.list(path))[0]:
-        await chub.delete(f"{path}/{item['metadata']['name']}")
-
-    async def gone() -> bool:
-        return not (await chub.list(path))[0] and not (await chub.list(CERT.format(ns=name)))[0]
-
-    await eventually(gone, 60, message="AccessPoints and their Certificates should be deleted")
+    await delete_accesspoints(hub, name, timeout=60, also_gone=[CERT.format(ns=name)], strict=True)
 
 
 # ---- helpers ----
@@ -140,26 +110,20 @@ def accesspoint(ns: str, name: str, host: str, annotations: dict[str, str] | Non
             "spec": {"template": template(host)}}
 
 
-def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
-
-
 async def cert_status(hub: KubeClient, ns: str, name: str) -> dict[str, Any]:
-    obj = await hub.get(f"{CERT.format(ns=ns)}/{name}") or {}
-    return obj.get("status") or {}
+    return await get_status(hub, f"{CERT.format(ns=ns)}/{name}")
 
 
 async def wait_delivered(hub: KubeClient, ns: str, name: str, revision: int = 1, clusters: int = 3,
                          timeout: float = 90) -> dict[str, Any]:
-    async def check() -> dict[str, Any]:
-        st = await cert_status(hub, ns, name)
+    def ok(st: dict[str, Any]) -> bool:
         per = [c.get("revision") for c in st.get("clusters") or []]
-        ok = cond(st, "Ready").get("status") == "True" and st.get("revision") == revision \
+        return cond(st, "Ready").get("status") == "True" and st.get("revision") == revision \
             and per == [revision] * clusters
-        assert ok, {k: st.get(k) for k in ("revision", "serial", "clusters", "conditions")}
-        return st
 
-    return await eventually(check, timeout, message=f"Certificate {ns}/{name} revision {revision} not delivered")
+    return await wait_status(hub, f"{CERT.format(ns=ns)}/{name}", ok, timeout=timeout,
+                             show=("revision", "serial", "clusters", "conditions"),
+                             message=f"Certificate {ns}/{name} revision {revision} not delivered")
 
 
 def decode(secret: dict[str, Any]) -> dict[str, bytes]:
@@ -199,14 +163,14 @@ async def events(hub: KubeClient, ns: str, name: str) -> list[dict[str, Any]]:
 # ---- tests ----
 
 async def test_tls_secret_lands_in_every_placed_member_and_the_gateway_references_it(
-    cfleet: Fleet, cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient],
+    fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient],
     ca: tuple[bytes, bytes], ns: str,
 ) -> None:
     ca_pem, ca_key = ca
-    await chub.create(AP.format(ns=ns), accesspoint(ns, "shop", "shop.${region}.example.com"), field_manager="e2e")
-    st = await wait_delivered(chub, ns, "shop")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "shop", "shop.${region}.example.com"), field_manager="e2e")
+    st = await wait_delivered(hub, ns, "shop")
     hosts = ["shop.region-a.example.com", "shop.region-b.example.com"]
-    cert = await chub.get(f"{CERT.format(ns=ns)}/shop") or {}
+    cert = await hub.get(f"{CERT.format(ns=ns)}/shop") or {}
     # Derived from the Gateway TLS hosts of every placed cluster, owned by the AccessPoint.
     assert cert["spec"]["hosts"] == hosts and cert["spec"]["issuerRef"] == {"name": "corp-ca"}
     assert cert["spec"]["accessPointRef"] == {"name": "shop"}
@@ -216,8 +180,8 @@ async def test_tls_secret_lands_in_every_placed_member_and_the_gateway_reference
     assert {c["type"]: c["status"] for c in st["conditions"]} == {"Issued": "True", "Delivered": "True",
                                                                  "Ready": "True"}
     assert cond(st, "Delivered")["message"] == "3/3 at revision 1"
-    assert [c["name"] for c in st["clusters"]] == sorted(cmembers)
-    for name, member in cmembers.items():
+    assert [c["name"] for c in st["clusters"]] == sorted(members)
+    for name, member in members.items():
         secret = await member.get(f"{SECRETS.format(ns=ns)}/shop-tls")
         assert secret is not None, f"TLS Secret missing on {name}"
         leaf = check_tls_secret(secret, ca_pem, hosts)
@@ -230,71 +194,71 @@ async def test_tls_secret_lands_in_every_placed_member_and_the_gateway_reference
         assert https["tls"]["credentialName"] == "shop-tls" and https["tls"]["mode"] == "SIMPLE"
         assert "tls" not in http
     # The AccessPoint: CERT column and per-cluster revision.
-    ap = await chub.get(f"{AP.format(ns=ns)}/shop") or {}
+    ap = await hub.get(f"{AP.format(ns=ns)}/shop") or {}
     assert re.fullmatch(r"rev 1, (89|90)d", ap["status"]["certificate"]), ap["status"]["certificate"]
     assert all(c["certificate"] == "rev 1" for c in ap["status"]["clusters"])
-    header, row = kubectl(cfleet, "get", "accesspoints", "-n", ns).splitlines()[:2]
+    header, row = kubectl(fleet, "get", "accesspoints", "-n", ns).splitlines()[:2]
     assert "CERT" in header.split() and re.search(r"rev 1, (89|90)d", row)
-    header, row = kubectl(cfleet, "get", "mfcert", "-n", ns).splitlines()[:2]
+    header, row = kubectl(fleet, "get", "mfcert", "-n", ns).splitlines()[:2]
     assert header.split()[:4] == ["NAME", "READY", "CERT", "ISSUER"] and row.split()[:2] == ["shop", "True"]
     assert "corp-ca" in row
-    issuer = await chub.get(f"{ISSUERS}/corp-ca") or {}
+    issuer = await hub.get(f"{ISSUERS}/corp-ca") or {}
     assert issuer["status"]["ready"] == "True" and issuer["status"]["type"] == "CA"
-    evs = await events(chub, ns, "shop")
+    evs = await events(hub, ns, "shop")
     assert any(e["reason"] == "Issued" and st["serial"] in e["message"] for e in evs), evs
     # Key material: only in the member Secrets and the store Secret, never in status, events or logs.
-    member_secret = await cmembers["member-1"].get(f"{SECRETS.format(ns=ns)}/shop-tls") or {}
+    member_secret = await members["member-1"].get(f"{SECRETS.format(ns=ns)}/shop-tls") or {}
     key_pem = decode(member_secret)["tls.key"]
     key_line = key_pem.decode().splitlines()[1]
-    store = await chub.get(f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.shop") or {}
+    store = await hub.get(f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.shop") or {}
     assert decode(store)["tls.key"] == key_pem
-    for text in (str(cert), str(ap), str(evs), cctl.log_tail(10**7)):
+    for text in (str(cert), str(ap), str(evs), controller.log_tail(10**7)):
         assert "PRIVATE KEY" not in text and key_line not in text
         assert ca_key.decode().splitlines()[1] not in text
 
 
 async def test_renewal_rotates_the_secret_on_every_member(
-    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ca: tuple[bytes, bytes], ns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ca: tuple[bytes, bytes], ns: str,
 ) -> None:
     # 90 s certificates renewed 60 s before expiry (minus jitter): a renewal ~25-30 s after issuance.
     body = accesspoint(ns, "rot", "rot.example.com", {"meshfed.io/certificate-duration": "90s",
                                                        "meshfed.io/certificate-renew-before": "60s"})
-    await chub.create(AP.format(ns=ns), body, field_manager="e2e")
-    first = await wait_delivered(chub, ns, "rot")
-    old = {name: decode(await m.get(f"{SECRETS.format(ns=ns)}/rot-tls") or {}) for name, m in cmembers.items()}
-    second = await wait_delivered(chub, ns, "rot", revision=2, timeout=120)
+    await hub.create(AP.format(ns=ns), body, field_manager="e2e")
+    first = await wait_delivered(hub, ns, "rot")
+    old = {name: decode(await m.get(f"{SECRETS.format(ns=ns)}/rot-tls") or {}) for name, m in members.items()}
+    second = await wait_delivered(hub, ns, "rot", revision=2, timeout=120)
     assert second["serial"] != first["serial"]
-    for name, member in cmembers.items():
+    for name, member in members.items():
         secret = await member.get(f"{SECRETS.format(ns=ns)}/rot-tls") or {}
         leaf = check_tls_secret(secret, ca[0], ["rot.example.com"])
         assert f"{leaf.serial_number:x}" == second["serial"]
         assert secret["metadata"]["annotations"]["meshfed.io/certificate-revision"] == "2"
         assert decode(secret)["tls.key"] != old[name]["tls.key"], "a new key per certificate"
-    evs = await events(chub, ns, "rot")
+    evs = await events(hub, ns, "rot")
     assert any(e["reason"] == "Renewed" and second["serial"] in e["message"] for e in evs), evs
     # Deleting the AccessPoint removes its Secrets on members, its Certificate and the stored bundle.
-    await chub.delete(f"{AP.format(ns=ns)}/rot")
+    await hub.delete(f"{AP.format(ns=ns)}/rot")
 
     async def cleaned() -> bool:
-        for member in cmembers.values():
+        for member in members.values():
             if await member.get(f"{SECRETS.format(ns=ns)}/rot-tls") is not None:
                 return False
-        return await chub.get(f"{CERT.format(ns=ns)}/rot") is None and \
-            await chub.get(f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.rot") is None
+        return await hub.get(f"{CERT.format(ns=ns)}/rot") is None and \
+            await hub.get(f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.rot") is None
 
     await eventually(cleaned, 60, message="member Secrets, Certificate and store Secret should be deleted")
 
 
 async def test_a_host_no_issuer_may_sign_gets_a_condition_and_nothing_is_delivered(
-    cfleet: Fleet, cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient],
+    fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient],
     ca: tuple[bytes, bytes], ns: str,
 ) -> None:
-    await chub.create(AP.format(ns=ns), accesspoint(ns, "good", "good.example.com"), field_manager="e2e")
-    good = await wait_delivered(chub, ns, "good")
-    await chub.create(AP.format(ns=ns), accesspoint(ns, "rogue", "shop.other.test"), field_manager="e2e")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "good", "good.example.com"), field_manager="e2e")
+    good = await wait_delivered(hub, ns, "good")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "rogue", "shop.other.test"), field_manager="e2e")
 
     async def refused() -> dict[str, Any]:
-        st = await cert_status(hub=chub, ns=ns, name="rogue")
+        st = await cert_status(hub=hub, ns=ns, name="rogue")
         assert cond(st, "Issued").get("reason") == "HostNotAllowed", st
         return st
 
@@ -306,7 +270,7 @@ async def test_a_host_no_issuer_may_sign_gets_a_condition_and_nothing_is_deliver
     assert "serial" not in st
 
     async def ap_reports() -> dict[str, Any]:
-        ap = await chub.get(f"{AP.format(ns=ns)}/rogue") or {}
+        ap = await hub.get(f"{AP.format(ns=ns)}/rogue") or {}
         st = ap.get("status") or {}
         assert st.get("certificate") == "HostNotAllowed", st
         # Nothing else changes: the template objects are applied as they are.
@@ -315,56 +279,56 @@ async def test_a_host_no_issuer_may_sign_gets_a_condition_and_nothing_is_deliver
 
     await eventually(ap_reports, 60, message="CERT column should say HostNotAllowed, every cluster Applied")
     # ... and no Secret anywhere, the Gateway keeps the template's credentialName.
-    for member in cmembers.values():
+    for member in members.values():
         assert await member.get(f"{SECRETS.format(ns=ns)}/rogue-tls") is None
         gw = await member.get(f"{GW.format(ns=ns)}/rogue-gw") or {}
         assert gw["spec"]["servers"][0]["tls"]["credentialName"] == "preexisting-tls"
-    evs = await events(chub, ns, "rogue")
+    evs = await events(hub, ns, "rogue")
     assert any(e["reason"] == "IssuanceFailed" and "HostNotAllowed" in e["message"] for e in evs), evs
-    row = kubectl(cfleet, "get", "accesspoints", "-n", ns, "rogue").splitlines()[1]
+    row = kubectl(fleet, "get", "accesspoints", "-n", ns, "rogue").splitlines()[1]
     assert "HostNotAllowed" in row
     # The other AccessPoint's certificate is untouched.
-    assert (await cert_status(chub, ns, "good"))["serial"] == good["serial"]
+    assert (await cert_status(hub, ns, "good"))["serial"] == good["serial"]
 
 
 async def test_missing_ca_secret_gets_a_condition_then_issues_once_it_exists(
-    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str,
 ) -> None:
     issuer = {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": "lost-ca"},
               "spec": {"ca": {"secretRef": {"name": "lost-ca", "namespace": HUB_NS}},
                        "allowedDomains": ["*.lost.example"]}}
-    await chub.create(ISSUERS, issuer, field_manager="e2e")
+    await hub.create(ISSUERS, issuer, field_manager="e2e")
     try:
-        await chub.create(AP.format(ns=ns), accesspoint(ns, "lost", "app.lost.example"), field_manager="e2e")
+        await hub.create(AP.format(ns=ns), accesspoint(ns, "lost", "app.lost.example"), field_manager="e2e")
 
         async def missing() -> dict[str, Any]:
-            st = await cert_status(chub, ns, "lost")
+            st = await cert_status(hub, ns, "lost")
             assert cond(st, "Issued").get("reason") == "CASecretMissing", st
             return st
 
         st = await eventually(missing, 60, message="Issued=False/CASecretMissing expected")
         assert cond(st, "Ready")["status"] == "False"
-        cert = await chub.get(f"{CERT.format(ns=ns)}/lost") or {}
+        cert = await hub.get(f"{CERT.format(ns=ns)}/lost") or {}
         assert cert["spec"]["issuerRef"]["name"] == "lost-ca"
-        ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
+        ci = await hub.get(f"{ISSUERS}/lost-ca") or {}
         assert ci["status"]["ready"] == "False" and cond(ci["status"], "Ready")["reason"] == "CASecretMissing"
-        for member in cmembers.values():
+        for member in members.values():
             assert await member.get(f"{SECRETS.format(ns=ns)}/lost-tls") is None
         # The CA Secret appears: the controller watches the Secrets issuers reference (metadata only), so
         # the issuer turns Ready and the certificate is issued at once, not when the backoff ends.
         st = await eventually(missing, 30, message="a fresh failure with ~10 s of backoff ahead")
         next_attempt = datetime.fromisoformat(st["nextAttempt"].replace("Z", "+00:00"))
         if (next_attempt - datetime.now(UTC)).total_seconds() < 6:  # just before a retry: wait for the next one
-            st = await eventually(lambda: _failed_after(chub, ns, "lost", next_attempt), 40,
-                                  message="the next failed attempt")
+            st = await eventually(lambda: _failed_after(hub, ns, "lost", next_attempt), 40,
+                                 message="the next failed attempt")
             next_attempt = datetime.fromisoformat(st["nextAttempt"].replace("Z", "+00:00"))
         cert_pem, key_pem = generate_ca("lost CA", validity=timedelta(days=400))
-        await chub.create(SECRETS.format(ns=HUB_NS), tls_secret_body("lost-ca", cert_pem, key_pem),
-                          field_manager="e2e")
+        await hub.create(SECRETS.format(ns=HUB_NS), tls_secret_body("lost-ca", cert_pem, key_pem),
+                         field_manager="e2e")
         created = time.monotonic()
 
         async def issuer_ready() -> dict[str, Any]:
-            ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
+            ci = await hub.get(f"{ISSUERS}/lost-ca") or {}
             assert (ci.get("status") or {}).get("ready") == "True", ci.get("status")
             return ci
 
@@ -372,35 +336,35 @@ async def test_missing_ca_secret_gets_a_condition_then_issues_once_it_exists(
         ca_not_after = ci["status"]["caNotAfter"]
         assert ca_not_after == x509.load_pem_x509_certificate(cert_pem).not_valid_after_utc.strftime(
             "%Y-%m-%dT%H:%M:%SZ")
-        st = await wait_delivered(chub, ns, "lost", timeout=30)
+        st = await wait_delivered(hub, ns, "lost", timeout=30)
         issued_after = time.monotonic() - created
         assert datetime.now(UTC) < next_attempt or issued_after < 8, (issued_after, next_attempt)
-        issued = next(e for e in await events(chub, ns, "lost") if e["reason"] == "Issued")
+        issued = next(e for e in await events(hub, ns, "lost") if e["reason"] == "Issued")
         first_seen = datetime.fromisoformat(
             (issued.get("firstTimestamp") or issued["eventTime"]).replace("Z", "+00:00"))
         assert first_seen < next_attempt, f"issued at {first_seen}, only when the backoff ended ({next_attempt})"
-        for member in cmembers.values():
+        for member in members.values():
             check_tls_secret(await member.get(f"{SECRETS.format(ns=ns)}/lost-tls") or {}, cert_pem,
                              ["app.lost.example"])
         # Rotating the CA Secret (another CA in place) re-evaluates the issuer within seconds: its
         # caNotAfter follows; the delivered certificate keeps serving until its renewal.
         new_cert, new_key = generate_ca("lost CA, rotated", validity=timedelta(days=800))
-        await chub.apply(f"{SECRETS.format(ns=HUB_NS)}/lost-ca", tls_secret_body("lost-ca", new_cert, new_key),
-                         field_manager="e2e")
+        await hub.apply(f"{SECRETS.format(ns=HUB_NS)}/lost-ca", tls_secret_body("lost-ca", new_cert, new_key),
+                        field_manager="e2e")
 
         async def rotated() -> dict[str, Any]:
-            ci = await chub.get(f"{ISSUERS}/lost-ca") or {}
+            ci = await hub.get(f"{ISSUERS}/lost-ca") or {}
             assert ci["status"]["caNotAfter"] != ca_not_after and ci["status"]["ready"] == "True", ci["status"]
             return ci
 
         ci = await eventually(rotated, 10, 0.1, message="caNotAfter of the rotated CA")
         assert ci["status"]["caNotAfter"] == x509.load_pem_x509_certificate(new_cert).not_valid_after_utc.strftime(
             "%Y-%m-%dT%H:%M:%SZ")
-        assert (await cert_status(chub, ns, "lost"))["serial"] == st["serial"]
+        assert (await cert_status(hub, ns, "lost"))["serial"] == st["serial"]
     finally:
-        await chub.delete(f"{AP.format(ns=ns)}/lost")
-        await eventually(lambda: _absent(chub, f"{CERT.format(ns=ns)}/lost"), 60, message="Certificate not deleted")
-        await chub.delete(f"{ISSUERS}/lost-ca")
+        await hub.delete(f"{AP.format(ns=ns)}/lost")
+        await eventually(lambda: _absent(hub, f"{CERT.format(ns=ns)}/lost"), 60, message="Certificate not deleted")
+        await hub.delete(f"{ISSUERS}/lost-ca")
 
 
 async def _failed_after(hub: KubeClient, ns: str, name: str, when: datetime) -> dict[str, Any]:
@@ -415,39 +379,39 @@ async def _absent(hub: KubeClient, path: str) -> bool:
 
 
 async def test_controller_restart_keeps_the_key_and_writes_nothing(
-    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str,
 ) -> None:
     for i in range(3):
-        await chub.create(AP.format(ns=ns), accesspoint(ns, f"calm-{i}", f"calm-{i}.example.com"),
-                          field_manager="e2e")
+        await hub.create(AP.format(ns=ns), accesspoint(ns, f"calm-{i}", f"calm-{i}.example.com"),
+                         field_manager="e2e")
     before_status = {}
     for i in range(3):
-        before_status[i] = await wait_delivered(chub, ns, f"calm-{i}")
+        before_status[i] = await wait_delivered(hub, ns, f"calm-{i}")
     await asyncio.sleep(4)  # let trailing events settle
 
     async def writes() -> dict[str, int]:
-        clients = {"hub": chub, **cmembers}
+        clients = {"hub": hub, **members}
         counts = await asyncio.gather(*(write_breakdown(c) for c in clients.values()))
         return {f"{name}: {k}": v for name, bd in zip(clients, counts, strict=True) for k, v in bd.items()}
 
     before = await writes()
-    cctl.restart()
+    controller.restart()
     await asyncio.sleep(15)  # start, list everything, probe members, reconcile every AccessPoint and Certificate
-    assert cctl.proc is not None and cctl.proc.poll() is None, cctl.log_tail()
+    assert controller.proc is not None and controller.proc.poll() is None, controller.log_tail()
     after = await writes()
     changed = diff_breakdown(before, after)
     assert not changed, f"writes after a restart with nothing changed: {changed}"
     for i in range(3):
-        st = await cert_status(chub, ns, f"calm-{i}")
+        st = await cert_status(hub, ns, f"calm-{i}")
         assert st["serial"] == before_status[i]["serial"] and st["revision"] == 1
         assert cond(st, "Ready")["status"] == "True"
     # Still alive and working after the restart: a new AccessPoint gets its certificate.
-    await chub.create(AP.format(ns=ns), accesspoint(ns, "late", "late.example.com"), field_manager="e2e")
-    await wait_delivered(chub, ns, "late")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, "late", "late.example.com"), field_manager="e2e")
+    await wait_delivered(hub, ns, "late")
 
 
 async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachable_server(
-    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str,
 ) -> None:
     """ACME through the controller: Pebble (60 s certificates, so a renewal happens during the test),
     real HTTP-01 validation against the controller's built-in responder; and an ACME directory
@@ -462,7 +426,7 @@ async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachab
         pytest.skip(str(exc))
     account = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "acme-account", "namespace": HUB_NS},
                "data": {"tls.key": base64.b64encode(new_account_key_pem()).decode()}}
-    await chub.create(SECRETS.format(ns=HUB_NS), account, field_manager="e2e")
+    await hub.create(SECRETS.format(ns=HUB_NS), account, field_manager="e2e")
 
     def acme_issuer(name: str, server: str, domain: str, port: int) -> dict[str, Any]:
         return {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": name},
@@ -471,16 +435,16 @@ async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachab
                          "allowedDomains": [domain]}}
 
     dead_url = f"https://127.0.0.1:{free_port()}/dir"
-    await chub.create(ISSUERS, acme_issuer("pebble", pebble.directory_url, "*.example.test", pebble.http01_port),
-                      field_manager="e2e")
-    await chub.create(ISSUERS, acme_issuer("dead-acme", dead_url, "*.dead.test", free_port()), field_manager="e2e")
+    await hub.create(ISSUERS, acme_issuer("pebble", pebble.directory_url, "*.example.test", pebble.http01_port),
+                     field_manager="e2e")
+    await hub.create(ISSUERS, acme_issuer("dead-acme", dead_url, "*.dead.test", free_port()), field_manager="e2e")
     try:
-        await chub.create(AP.format(ns=ns), accesspoint(ns, "acme", "shop.example.test"), field_manager="e2e")
-        await chub.create(AP.format(ns=ns), accesspoint(ns, "dead", "shop.dead.test"), field_manager="e2e")
-        first = await wait_delivered(chub, ns, "acme", timeout=120)
-        cert = await chub.get(f"{CERT.format(ns=ns)}/acme") or {}
+        await hub.create(AP.format(ns=ns), accesspoint(ns, "acme", "shop.example.test"), field_manager="e2e")
+        await hub.create(AP.format(ns=ns), accesspoint(ns, "dead", "shop.dead.test"), field_manager="e2e")
+        first = await wait_delivered(hub, ns, "acme", timeout=120)
+        cert = await hub.get(f"{CERT.format(ns=ns)}/acme") or {}
         assert cert["spec"]["issuerRef"]["name"] == "pebble"
-        for member in cmembers.values():
+        for member in members.values():
             secret = await member.get(f"{SECRETS.format(ns=ns)}/acme-tls") or {}
             data = decode(secret)
             leaf = x509.load_pem_x509_certificate(data["tls.crt"])
@@ -492,25 +456,25 @@ async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachab
             assert key.public_key().public_bytes(serialization.Encoding.DER, spki) == \
                 leaf.public_key().public_bytes(serialization.Encoding.DER, spki)
         # The unreachable directory: a clear condition, nothing delivered, the other certificate unaffected.
-        st = await cert_status(chub, ns, "dead")
+        st = await cert_status(hub, ns, "dead")
         assert cond(st, "Issued").get("reason") == "AcmeUnreachable", st
         assert dead_url in cond(st, "Issued")["message"] and "serial" not in st
-        for member in cmembers.values():
+        for member in members.values():
             assert await member.get(f"{SECRETS.format(ns=ns)}/dead-tls") is None
         # Pebble's 60 s certificates renew at two thirds of their life: revision 2 reaches every member.
-        second = await wait_delivered(chub, ns, "acme", revision=2, timeout=150)
+        second = await wait_delivered(hub, ns, "acme", revision=2, timeout=150)
         assert second["serial"] != first["serial"]
-        for member in cmembers.values():
+        for member in members.values():
             secret = await member.get(f"{SECRETS.format(ns=ns)}/acme-tls") or {}
             assert secret["metadata"]["annotations"]["meshfed.io/certificate-serial"] == second["serial"]
     finally:
         for name in ("acme", "dead"):
-            await chub.delete(f"{AP.format(ns=ns)}/{name}")
+            await hub.delete(f"{AP.format(ns=ns)}/{name}")
         for name in ("acme", "dead"):
-            await eventually(functools.partial(_absent, chub, f"{CERT.format(ns=ns)}/{name}"), 60,
-                             message=f"Certificate {name} not deleted")
-        await chub.delete(f"{ISSUERS}/pebble")
-        await chub.delete(f"{ISSUERS}/dead-acme")
+            await eventually(functools.partial(_absent, hub, f"{CERT.format(ns=ns)}/{name}"), 60,
+                            message=f"Certificate {name} not deleted")
+        await hub.delete(f"{ISSUERS}/pebble")
+        await hub.delete(f"{ISSUERS}/dead-acme")
         await asyncio.to_thread(pebble.stop)
 
 
@@ -525,7 +489,7 @@ def _txt(host: str, port: int, name: str, rtype: str = "TXT") -> list[str]:
 
 
 async def test_acme_dns01_through_a_dnsprovider_on_bind(
-    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str,
 ) -> None:
     """ACME DNS-01 through a DNSProvider (rfc2136 + TSIG) on a real BIND that Pebble resolves through:
     the challenge TXT goes beside a foreign value, Pebble validates it, and it is gone after the order
@@ -560,7 +524,7 @@ async def test_acme_dns01_through_a_dnsprovider_on_bind(
     account = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "acme-account-dns01", "namespace": HUB_NS},
                "data": {"tls.key": base64.b64encode(new_account_key_pem()).decode()}}
     for secret in (tsig, account):
-        await chub.create(SECRETS.format(ns=HUB_NS), secret, field_manager="e2e")
+        await hub.create(SECRETS.format(ns=HUB_NS), secret, field_manager="e2e")
 
     def provider(name: str) -> dict[str, Any]:
         return {"apiVersion": "meshfed.io/v1alpha1", "kind": "DNSProvider", "metadata": {"name": name},
@@ -578,17 +542,17 @@ async def test_acme_dns01_through_a_dnsprovider_on_bind(
                          "allowedDomains": [domain]}}
 
     dnsp = "/apis/meshfed.io/v1alpha1/dnsproviders"
-    await chub.create(dnsp, provider("e2e-bind"), field_manager="e2e")
-    await chub.create(ISSUERS, issuer("bind-acme", "e2e-bind", f"*.{zone}"), field_manager="e2e")
-    await chub.create(ISSUERS, issuer("late-acme", "late-bind", f"*.late.{zone}"), field_manager="e2e")
+    await hub.create(dnsp, provider("e2e-bind"), field_manager="e2e")
+    await hub.create(ISSUERS, issuer("bind-acme", "e2e-bind", f"*.{zone}"), field_manager="e2e")
+    await hub.create(ISSUERS, issuer("late-acme", "late-bind", f"*.late.{zone}"), field_manager="e2e")
     names = {"dns": (f"shop.{zone}", "bind-acme"), "deleg": (f"deleg.{zone}", "bind-acme"),
              "late": (f"app.late.{zone}", "late-acme")}
     try:
         for ap, (host, iss) in names.items():
-            await chub.create(AP.format(ns=ns), accesspoint(ns, ap, host, {"meshfed.io/certificate-issuer": iss}),
-                              field_manager="e2e")
-        st = await wait_delivered(chub, ns, "dns", timeout=120)
-        for member in cmembers.values():
+            await hub.create(AP.format(ns=ns), accesspoint(ns, ap, host, {"meshfed.io/certificate-issuer": iss}),
+                             field_manager="e2e")
+        st = await wait_delivered(hub, ns, "dns", timeout=120)
+        for member in members.values():
             data = decode(await member.get(f"{SECRETS.format(ns=ns)}/dns-tls") or {})
             leaf = x509.load_pem_x509_certificate(data["tls.crt"])
             assert f"{leaf.serial_number:x}" == st["serial"] and "Pebble" in leaf.issuer.rfc4514_string()
@@ -597,7 +561,7 @@ async def test_acme_dns01_through_a_dnsprovider_on_bind(
         assert _txt(bind.host, bind.port, f"_acme-challenge.shop.{zone}.") == ['"foreign-token"']
 
         async def failed(name: str, reason: str) -> dict[str, Any]:
-            st = await cert_status(chub, ns, name)
+            st = await cert_status(hub, ns, name)
             assert cond(st, "Issued").get("reason") == reason, st
             return st
 
@@ -609,43 +573,43 @@ async def test_acme_dns01_through_a_dnsprovider_on_bind(
         st = await eventually(lambda: failed("late", "DNSProviderMissing"), 60,
                               message="Issued=False/DNSProviderMissing expected")
         assert "late-bind" in cond(st, "Issued")["message"]
-        ci = await chub.get(f"{ISSUERS}/late-acme") or {}
+        ci = await hub.get(f"{ISSUERS}/late-acme") or {}
         assert cond(ci["status"], "Ready")["reason"] == "DNSProviderMissing"
-        for member in cmembers.values():
+        for member in members.values():
             for ap in ("deleg", "late"):
                 assert await member.get(f"{SECRETS.format(ns=ns)}/{ap}-tls") is None
         # The DNSProvider appears: issued without waiting for the backoff.
-        await chub.create(dnsp, provider("late-bind"), field_manager="e2e")
+        await hub.create(dnsp, provider("late-bind"), field_manager="e2e")
         created = time.monotonic()
-        await wait_delivered(chub, ns, "late", timeout=60)
+        await wait_delivered(hub, ns, "late", timeout=60)
         print(f"late DNSProvider -> delivered in {time.monotonic() - created:.1f}s")
         assert _txt(bind.host, bind.port, f"_acme-challenge.app.late.{zone}.") == []
-        ci = await chub.get(f"{ISSUERS}/late-acme") or {}
+        ci = await hub.get(f"{ISSUERS}/late-acme") or {}
         assert ci["status"]["ready"] == "True"
         # The TSIG secret never leaves its Secret.
-        texts = [str(await chub.get(f"{CERT.format(ns=ns)}/{ap}")) for ap in names]
-        texts += [str(await events(chub, ns, ap)) for ap in names]
-        texts += [str(await chub.get(f"{ISSUERS}/{n}")) for n in ("bind-acme", "late-acme")]
-        texts.append(cctl.log_tail(10**7))
+        texts = [str(await hub.get(f"{CERT.format(ns=ns)}/{ap}")) for ap in names]
+        texts += [str(await events(hub, ns, ap)) for ap in names]
+        texts += [str(await hub.get(f"{ISSUERS}/{n}")) for n in ("bind-acme", "late-acme")]
+        texts.append(controller.log_tail(10**7))
         assert not [t for t in texts if bind.key_secret in t]
     finally:
         for ap in names:
-            await chub.delete(f"{AP.format(ns=ns)}/{ap}")
+            await hub.delete(f"{AP.format(ns=ns)}/{ap}")
         for ap in names:
-            await eventually(functools.partial(_absent, chub, f"{CERT.format(ns=ns)}/{ap}"), 60,
-                             message=f"Certificate {ap} not deleted")
+            await eventually(functools.partial(_absent, hub, f"{CERT.format(ns=ns)}/{ap}"), 60,
+                            message=f"Certificate {ap} not deleted")
         for name in ("bind-acme", "late-acme"):
-            await chub.delete(f"{ISSUERS}/{name}")
+            await hub.delete(f"{ISSUERS}/{name}")
         for name in ("e2e-bind", "late-bind"):
-            await chub.delete(f"{dnsp}/{name}")
+            await hub.delete(f"{dnsp}/{name}")
         for name in ("e2e-bind-tsig", "acme-account-dns01"):
-            await chub.delete(f"{SECRETS.format(ns=HUB_NS)}/{name}")
+            await hub.delete(f"{SECRETS.format(ns=HUB_NS)}/{name}")
         await asyncio.to_thread(pebble.stop)
         await asyncio.to_thread(bind.close)
 
 
 async def test_a_member_that_rejects_the_secret_fails_alone_and_converges_once_it_accepts_again(
-    cctl: ControllerProcess, chub: KubeClient, cmembers: dict[str, KubeClient], ca: tuple[bytes, bytes], ns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ca: tuple[bytes, bytes], ns: str,
 ) -> None:
     """member-2 starts refusing meshfed's TLS Secrets in this namespace (a ValidatingAdmissionPolicy,
     after revision 1 was delivered everywhere). The renewal (90 s certificates, renewed 60 s before
@@ -655,12 +619,12 @@ async def test_a_member_that_rejects_the_secret_fails_alone_and_converges_once_i
     vap = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies"
     vapb = "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings"
     refusal = f"member-2 accepts no meshfed TLS Secret in namespace {ns}"
-    m2 = cmembers["member-2"]
+    m2 = members["member-2"]
     secret_path = f"{SECRETS.format(ns=ns)}/picky-tls"
     body = accesspoint(ns, "picky", "picky.example.com", {"meshfed.io/certificate-duration": "90s",
                                                            "meshfed.io/certificate-renew-before": "60s"})
-    await chub.create(AP.format(ns=ns), body, field_manager="e2e")
-    first = await wait_delivered(chub, ns, "picky")
+    await hub.create(AP.format(ns=ns), body, field_manager="e2e")
+    first = await wait_delivered(hub, ns, "picky")
     kept = await m2.get(secret_path) or {}
     paths = {"Service": f"/api/v1/namespaces/{ns}/services/picky-gw", "Gateway": f"{GW.format(ns=ns)}/picky-gw",
              "VirtualService": f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/picky-app"}
@@ -695,7 +659,7 @@ async def test_a_member_that_rejects_the_secret_fails_alone_and_converges_once_i
         await eventually(enforced, 30, message="the policy should be enforced on member-2")
 
         async def rejected() -> dict[str, Any]:
-            st = await cert_status(chub, ns, "picky")
+            st = await cert_status(hub, ns, "picky")
             per = {c["name"]: c for c in st.get("clusters") or []}
             assert st["revision"] == 2 and per["member-1"].get("revision") == 2 and \
                 per["member-3"].get("revision") == 2, per
@@ -714,27 +678,27 @@ async def test_a_member_that_rejects_the_secret_fails_alone_and_converges_once_i
         assert now["data"] == kept["data"] and \
             now["metadata"]["annotations"]["meshfed.io/certificate-serial"] == first["serial"]
         for name in ("member-1", "member-3"):
-            secret = await cmembers[name].get(secret_path) or {}
+            secret = await members[name].get(secret_path) or {}
             leaf = check_tls_secret(secret, ca[0], ["picky.example.com"])
             assert f"{leaf.serial_number:x}" == st["serial"] != first["serial"]
         # A Warning Event names the cluster and carries the member's message.
-        evs = [e for e in await events(chub, ns, "picky") if e["type"] == "Warning"]
+        evs = [e for e in await events(hub, ns, "picky") if e["type"] == "Warning"]
         for kind, reason in (("AccessPoint", "ClusterFailed"), ("Certificate", "DeliveryFailed")):
             assert any(e["involvedObject"]["kind"] == kind and e["reason"] == reason and
                        e["message"].startswith("member-2: ") and refusal in e["message"] for e in evs), evs
         # Nothing else changes: the other objects on member-2, the other clusters' state.
         others_now = {k: ((await m2.get(p)) or {})["metadata"]["resourceVersion"] for k, p in paths.items()}
         assert others_now == others_before
-        ap = await chub.get(f"{AP.format(ns=ns)}/picky") or {}
+        ap = await hub.get(f"{AP.format(ns=ns)}/picky") or {}
         states = {c["name"]: c["state"] for c in ap["status"]["clusters"]}
         assert states == {"member-1": "Applied", "member-2": "Failed", "member-3": "Applied"}, states
     finally:
         await m2.delete(f"{vapb}/no-meshfed-secrets")
         await m2.delete(f"{vap}/no-meshfed-secrets")
     # The member accepts again: revision 2 lands there without anyone touching meshfed.
-    st = await wait_delivered(chub, ns, "picky", revision=2, timeout=90)
+    st = await wait_delivered(hub, ns, "picky", revision=2, timeout=90)
     assert all("lastError" not in c for c in st["clusters"])
     secret = await m2.get(secret_path) or {}
     assert secret["metadata"]["annotations"]["meshfed.io/certificate-serial"] == st["serial"]
-    ap = await chub.get(f"{AP.format(ns=ns)}/picky") or {}
+    ap = await hub.get(f"{AP.format(ns=ns)}/picky") or {}
     assert [c["state"] for c in ap["status"]["clusters"]] == ["Applied"] * 3
