@@ -21,7 +21,6 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ from certservers import Envoy, MissingComponent, free_port  # e2e/ is on sys.pat
 from certs.ca import InternalCA, generate_ca
 from federation.fleet import REPO, Fleet
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, eventually, start_fleet, write_breakdown
+from federation.testing import ControllerProcess, eventually, get_object, write_breakdown
+from federation.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
@@ -73,46 +73,28 @@ class SdsProcess:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
 
-# ---- fixtures: own fleet (hub + 1 member), CA, controller ----
+# ---- fixtures: own fleet (hub + 1 member; see e2e/conftest.py), CA ----
 
-@pytest.fixture(scope="module")
-async def sfleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    f = await start_fleet(tmp_path_factory.mktemp("sdsfleet"), members=1, regions=1, zones=1)
-    try:
-        yield f
-    finally:
-        f.down(purge=False)
+FLEET = {"members": 1, "regions": 1, "zones": 1}
 
 
 @pytest.fixture(scope="module")
-async def shub(sfleet: Fleet) -> AsyncIterator[KubeClient]:
-    assert sfleet.state is not None
-    client = await sfleet.state.hub.client()
-    yield client
-    await client.close()
-
-
-@pytest.fixture(scope="module")
-async def sca(shub: KubeClient) -> InternalCA:
+async def sca(hub: KubeClient) -> InternalCA:
     cert_pem, key_pem = generate_ca("meshfed e2e sds CA")
     secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
               "metadata": {"name": "sds-ca", "namespace": HUB_NS},
               "data": {"tls.crt": base64.b64encode(cert_pem).decode(), "tls.key": base64.b64encode(key_pem).decode()}}
-    await shub.create(SECRETS.format(ns=HUB_NS), secret, field_manager="e2e")
+    await hub.create(SECRETS.format(ns=HUB_NS), secret, field_manager="e2e")
     issuer = {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": "sds-ca"},
               "spec": {"ca": {"secretRef": {"name": "sds-ca", "namespace": HUB_NS}},
                        "allowedDomains": ["*.example.com"]}}
-    await shub.create(ISSUERS, issuer, field_manager="e2e")
+    await hub.create(ISSUERS, issuer, field_manager="e2e")
     return InternalCA(cert_pem, key_pem)
 
 
 @pytest.fixture(scope="module")
-def sctl(sfleet: Fleet, sca: InternalCA) -> Iterator[ControllerProcess]:
-    assert sfleet.state is not None
-    ctl = ControllerProcess(sfleet.state.hub.kubeconfig, sfleet.root / "controller.log")
-    ctl.start()
-    yield ctl
-    ctl.stop()
+def hub_setup(sca: InternalCA) -> None:
+    """The CA Secret and its CertificateIssuer exist before the controller starts."""
 
 
 def accesspoint(ns: str, name: str, host: str) -> dict[str, Any]:
@@ -129,12 +111,8 @@ def accesspoint(ns: str, name: str, host: str) -> dict[str, Any]:
             "metadata": {"name": name, "namespace": ns}, "spec": {"template": template}}
 
 
-def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
-    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
-
-
 async def cert_obj(hub: KubeClient, ns: str, name: str) -> dict[str, Any]:
-    return await hub.get(f"{CERT.format(ns=ns)}/{name}") or {}
+    return await get_object(hub, f"{CERT.format(ns=ns)}/{name}")
 
 
 def summary(st: dict[str, Any]) -> dict[str, Any]:
@@ -145,22 +123,22 @@ def summary(st: dict[str, Any]) -> dict[str, Any]:
 # ---- the test ----
 
 async def test_envoy_ack_nack_reach_the_hub_certificate(
-    sfleet: Fleet, shub: KubeClient, sca: InternalCA, sctl: ControllerProcess,
+    fleet: Fleet, hub: KubeClient, sca: InternalCA, controller: ControllerProcess,
 ) -> None:
-    assert sfleet.state is not None
+    assert fleet.state is not None
     ns, name = f"s-{uuid.uuid4().hex[:8]}", "shop"
-    await shub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
-                      field_manager="e2e")
-    await shub.create(AP.format(ns=ns), accesspoint(ns, name, "shop.example.com"), field_manager="e2e")
+    await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                     field_manager="e2e")
+    await hub.create(AP.format(ns=ns), accesspoint(ns, name, "shop.example.com"), field_manager="e2e")
 
     async def issued() -> dict[str, Any]:
-        st = (await cert_obj(shub, ns, name)).get("status") or {}
+        st = (await cert_obj(hub, ns, name)).get("status") or {}
         assert st.get("serial") and cond(st, "Delivered").get("status") == "True", summary(st)
         return st
 
     first = await eventually(issued, 90, message="the controller should issue and deliver revision 1")
     port = free_port()
-    sds = SdsProcess(sfleet.state.hub.kubeconfig, port, sfleet.root / "sds.log").start()
+    sds = SdsProcess(fleet.state.hub.kubeconfig, port, fleet.root / "sds.log").start()
     envoy = Envoy(sds_port=port, secret=f"{ns}/{name}", node_id="gw-1")
     try:
         try:
@@ -170,7 +148,7 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
 
         # 1. The Envoy's ACK of the issued serial shows on the hub Certificate; Delivered counts it.
         async def acked(serial: str) -> dict[str, Any]:
-            st = (await cert_obj(shub, ns, name)).get("status") or {}
+            st = (await cert_obj(hub, ns, name)).get("status") or {}
             envoys = st.get("envoys") or []
             assert st.get("serial") == serial and [e["node"] for e in envoys] == [NODE], summary(st)
             e = envoys[0]
@@ -186,23 +164,23 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
 
         # 2. Field ownership on the real API server: envoys/sds belong to meshfed-sds alone, the
         #    controller (meshfed-status) keeps the rest; then nothing churns.
-        obj = await cert_obj(shub, ns, name)
+        obj = await cert_obj(hub, ns, name)
         owned = {m["manager"]: json.dumps(m.get("fieldsV1", {})) for m in obj["metadata"]["managedFields"]
                  if m.get("subresource") == "status"}
         assert '"f:envoys"' in owned["meshfed-sds"] and '"f:sds"' in owned["meshfed-sds"], owned
         assert '"f:conditions"' not in owned["meshfed-sds"], owned
         assert '"f:envoys"' not in owned["meshfed-status"] and '"f:sds"' not in owned["meshfed-status"], owned
         assert '"f:conditions"' in owned["meshfed-status"], owned
-        before = await write_breakdown(shub, {"certificates"})
+        before = await write_breakdown(hub, {"certificates"})
         await asyncio.sleep(4)
-        assert await write_breakdown(shub, {"certificates"}) == before, "Certificate writes while nothing changed"
+        assert await write_breakdown(hub, {"certificates"}) == before, "Certificate writes while nothing changed"
 
         # 3. A new revision (host change) is served and ACKed.
-        await shub.merge_patch(f"{AP.format(ns=ns)}/{name}",
-                               {"spec": accesspoint(ns, name, "shop2.example.com")["spec"]})
+        await hub.merge_patch(f"{AP.format(ns=ns)}/{name}",
+                              {"spec": accesspoint(ns, name, "shop2.example.com")["spec"]})
 
         async def renewed() -> dict[str, Any]:
-            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            cur = (await cert_obj(hub, ns, name)).get("status") or {}
             assert cur.get("revision", 0) > st["revision"] and cur.get("serial") != st["serial"], summary(cur)
             return await acked(str(cur["serial"]))
 
@@ -212,16 +190,16 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
         # 4. A bad bundle in the hub store (another certificate with the served key) is refused by
         #    meshfed sds: the refusal shows in status, Delivered=False, Envoy keeps the good serial.
         store_path = f"{SECRETS.format(ns=HUB_NS)}/mfcert.{ns}.{name}"
-        store = await shub.get(store_path) or {}
+        store = await hub.get(store_path) or {}
         other = sca.issue_sync(["shop2.example.com"], timedelta(days=1))
         bad_revision = second["revision"] + 1
-        await shub.merge_patch(store_path, {
-            "metadata": {"annotations": {"meshfed.io/certificate-revision": str(bad_revision),
-                                         "meshfed.io/certificate-serial": other.serial_hex}},
-            "data": {"tls.crt": base64.b64encode(other.cert_pem).decode(), "tls.key": store["data"]["tls.key"]}})
+        await hub.merge_patch(store_path, {
+           "metadata": {"annotations": {"meshfed.io/certificate-revision": str(bad_revision),
+                                        "meshfed.io/certificate-serial": other.serial_hex}},
+           "data": {"tls.crt": base64.b64encode(other.cert_pem).decode(), "tls.key": store["data"]["tls.key"]}})
 
         async def refused() -> dict[str, Any]:
-            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            cur = (await cert_obj(hub, ns, name)).get("status") or {}
             sds_st = cur.get("sds") or {}
             assert sds_st.get("refusedSerial") == other.serial_hex and sds_st.get("serial") == second["serial"], \
                 summary(cur)
@@ -238,11 +216,11 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
         # 5. Forced through (a restarted meshfed sds that skips its checks): Envoy NACKs, the hub shows
         #    the NACK message naming the node, and Envoy still serves the good serial.
         sds.stop()
-        sds = SdsProcess(sfleet.state.hub.kubeconfig, port, sfleet.root / "sds-forced.log",
-                         "--unsafe-serve-unchecked").start()
+        sds = SdsProcess(fleet.state.hub.kubeconfig, port, fleet.root / "sds-forced.log",
+                       "--unsafe-serve-unchecked").start()
 
         async def nacked() -> dict[str, Any]:
-            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            cur = (await cert_obj(hub, ns, name)).get("status") or {}
             envoys = cur.get("envoys") or []
             assert [e["node"] for e in envoys] == [NODE], summary(cur)
             e = envoys[0]
@@ -261,18 +239,18 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
         assert second["serial"] in served and other.serial_hex not in served
 
         # 6. A good revision afterwards is ACKed again.
-        await shub.merge_patch(f"{AP.format(ns=ns)}/{name}",
-                               {"spec": accesspoint(ns, name, "shop3.example.com")["spec"]})
+        await hub.merge_patch(f"{AP.format(ns=ns)}/{name}",
+                              {"spec": accesspoint(ns, name, "shop3.example.com")["spec"]})
 
         async def recovered() -> dict[str, Any]:
-            cur = (await cert_obj(shub, ns, name)).get("status") or {}
+            cur = (await cert_obj(hub, ns, name)).get("status") or {}
             assert cur.get("revision", 0) > second["revision"] and cur.get("serial") != second["serial"], summary(cur)
             return await acked(str(cur["serial"]))
 
         third = await eventually(recovered, 60, message="a good revision should be ACKed after the NACK")
         assert await asyncio.to_thread(envoy.handshake_serial) == third["serial"]
     except BaseException:
-        print("---- meshfed sds log ----\n" + sds.log_tail() + "\n---- controller log ----\n" + sctl.log_tail())
+        print("---- meshfed sds log ----\n" + sds.log_tail() + "\n---- controller log ----\n" + controller.log_tail())
         raise
     finally:
         await asyncio.to_thread(envoy.stop)
