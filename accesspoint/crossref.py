@@ -100,12 +100,17 @@ def cross_cluster_objects(
     workload_labels: Mapping[str, str] | None = None,
     export_to: Sequence[str] | None = None,
     traffic: Mapping[str, Any] | None = None,
+    memo: CrossrefMemo | None = None,
 ) -> list[dict[str, Any]]:
     """The cross-cluster objects for member `cluster` (see the module docstring).
 
     `gateways` are the gateway VIPs of every placed cluster (the local one is used only with
     `include_local`). Returns [] when there is nothing to point at. Raises CrossrefError on input
     Istio would reject (no/wildcard/too many hosts, duplicate ports, too many endpoints).
+
+    `memo` (one AccessPoint over many clusters/regions): the ServiceEntry (or WorkloadEntries) for
+    the same inputs is built once and shared, read-only, between the results; only the
+    DestinationRule carrying the per-region `traffic` is new per call.
     """
     if not hosts or len(hosts) > MAX_HOSTS or any(h == "*" or not h for h in hosts):
         raise CrossrefError(f"hosts must be 1..{MAX_HOSTS} names, none of them '*'")
@@ -125,8 +130,54 @@ def cross_cluster_objects(
         return []
     if len(eps) > MAX_ENDPOINTS:
         raise CrossrefError(f"{len(eps)} gateways exceed Istio's {MAX_ENDPOINTS} endpoints per ServiceEntry")
-    resolution = "STATIC" if all(_is_ip(g.address) for g in eps) else "DNS"
     se_name = f"{PREFIX}-{name}"
+    key = (
+        name, namespace, tuple((g.cluster, g.region, g.zone, g.address, g.network) for g in eps),
+        tuple((p.name, p.number, p.protocol, p.target_port) for p in ports), tuple(hosts), mode,
+        tuple(sorted((workload_labels or {}).items())), None if export_to is None else tuple(export_to),
+    )
+    shared = memo.get(key) if memo is not None else None
+    out = list(shared) if shared is not None else _entries(name, namespace, se_name, eps, ports, hosts,
+                                                            mode, workload_labels, export_to)
+    if memo is not None and shared is None:
+        memo[key] = tuple(out)
+    if traffic is not None:
+        for i, host in enumerate(sorted(set(hosts))):
+            dr_spec: dict[str, Any] = {"host": host, "trafficPolicy": dict(traffic)}
+            if export_to is not None:
+                dr_spec["exportTo"] = list(export_to)
+            out.append(
+                {
+                    "apiVersion": ISTIO_API,
+                    "kind": "DestinationRule",
+                    "metadata": {
+                        "name": se_name if i == 0 else f"{se_name}-{i}",
+                        "namespace": namespace,
+                        "labels": _labels(name),
+                    },
+                    "spec": dr_spec,
+                }
+            )
+    return out
+
+
+# the inputs of the ServiceEntry part -> it (cross_cluster_objects' memo)
+CrossrefMemo = dict[tuple[Any, ...], tuple[dict[str, Any], ...]]
+
+
+def _entries(
+    name: str,
+    namespace: str,
+    se_name: str,
+    eps: Sequence[GatewayEndpoint],
+    ports: Sequence[CrossPort],
+    hosts: Sequence[str],
+    mode: Literal["endpoints", "workloadEntries"],
+    workload_labels: Mapping[str, str] | None,
+    export_to: Sequence[str] | None,
+) -> list[dict[str, Any]]:
+    """The ServiceEntry (first) and, in workloadEntries mode, the WorkloadEntries."""
+    resolution = "STATIC" if all(_is_ip(g.address) for g in eps) else "DNS"
     spec: dict[str, Any] = {
         "hosts": sorted(set(hosts)),
         "location": "MESH_INTERNAL",
@@ -184,23 +235,6 @@ def cross_cluster_objects(
         "spec": spec,
     }
     out.insert(0, se)
-    if traffic is not None:
-        for i, host in enumerate(sorted(set(hosts))):
-            dr_spec: dict[str, Any] = {"host": host, "trafficPolicy": dict(traffic)}
-            if export_to is not None:
-                dr_spec["exportTo"] = list(export_to)
-            out.append(
-                {
-                    "apiVersion": ISTIO_API,
-                    "kind": "DestinationRule",
-                    "metadata": {
-                        "name": se_name if i == 0 else f"{se_name}-{i}",
-                        "namespace": namespace,
-                        "labels": _labels(name),
-                    },
-                    "spec": dr_spec,
-                }
-            )
     return out
 
 

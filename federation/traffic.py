@@ -40,7 +40,14 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from accesspoint.crossref import CrossPort, CrossrefError, GatewayEndpoint, cross_cluster_objects, federated_host
+from accesspoint.crossref import (
+    CrossPort,
+    CrossrefError,
+    CrossrefMemo,
+    GatewayEndpoint,
+    cross_cluster_objects,
+    federated_host,
+)
 from accesspoint.meta import Condition, set_condition
 from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.overrides import overrides_condition, validate_overrides
@@ -247,6 +254,7 @@ class TrafficFeature:
             # fragment), unless every gateway is its own (then there are none): built once per key
             # and shared (read-only) instead of once per cluster, which is O(clusters^2) per AccessPoint.
             built: dict[tuple[str, str | None], tuple[dict[str, Any], ...] | CrossrefError] = {}
+            crossref_memo: CrossrefMemo = {}  # the ServiceEntry once for all regions
             for d in decision.selected:
                 member = members.get(d.cluster)
                 if member is None:
@@ -258,7 +266,7 @@ class TrafficFeature:
                     try:
                         built[key] = tuple(cross_cluster_objects(
                             ap.name, ap.namespace, facts, gateways, ports, [host],
-                            export_to=exports, traffic=fragments.get(facts.region)))
+                            export_to=exports, traffic=fragments.get(facts.region), memo=crossref_memo))
                     except CrossrefError as err:
                         built[key] = err
                 objs = built[key]

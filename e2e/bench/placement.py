@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from accesspoint.crossref import (
     CrossPort,
+    CrossrefMemo,
     GatewayEndpoint,
     cross_cluster_objects,
     federated_host,
@@ -210,6 +211,7 @@ def desired_for_ap(
     fragments = compile_regions(traffic, regions)
     host = federated_host(ap.name, ap.namespace)
     exports = export_to(traffic.visibility, ap.namespace, GATEWAY_NS)
+    crossref_memo: CrossrefMemo = {}  # the ServiceEntry once for all regions, as federation/traffic.py
     xref = {
         region: cross_cluster_objects(
             ap.name,
@@ -220,6 +222,7 @@ def desired_for_ap(
             [host],
             export_to=exports,
             traffic=fragments[region],
+            memo=crossref_memo,
         )
         for region in regions
     }

@@ -358,3 +358,24 @@ def test_crossref_edges() -> None:
     with pytest.raises(CrossrefError):
         cross_cluster_objects("checkout", "shop", me(), gws, [PORTS[0], PORTS[0]], [host])
     assert ipaddress.ip_address(se["spec"]["endpoints"][0]["address"])
+
+
+@pytest.mark.parametrize("mode", ["endpoints", "workloadEntries"])
+def test_crossref_memo_gives_the_same_objects_and_shares_the_service_entry(mode: str) -> None:
+    gws = [GatewayEndpoint(cluster=f"c{i}", region=r, zone=f"{r}-a", address=f"10.0.0.{i + 1}")
+           for i, r in enumerate(["us-east", "us-west", "eu-west", "us-east"])]
+    ports = [CrossPort(name="https", number=443, protocol="TLS")]
+    policy = TrafficPolicy.model_validate({"locality": {"mode": "Weighted"}})
+    memo: dict[Any, Any] = {}
+    results = []
+    for gw in gws:
+        cluster = ClusterFacts(name=gw.cluster, region=gw.region, zone=gw.zone)
+        fragment = compile_locality(policy, cluster, [g.region for g in gws])
+        plain = cross_cluster_objects("app", "shop", cluster, gws, ports, ["app.shop.global"], mode=mode,  # type: ignore[arg-type]
+                                      export_to=[".", "web"], traffic=fragment)
+        memoised = cross_cluster_objects("app", "shop", cluster, gws, ports, ["app.shop.global"], mode=mode,  # type: ignore[arg-type]
+                                         export_to=[".", "web"], traffic=fragment, memo=memo)
+        assert memoised == plain
+        results.append(memoised)
+    assert all(r[0] is results[0][0] for r in results)  # one ServiceEntry, shared (read-only)
+    assert len(memo) == 1
