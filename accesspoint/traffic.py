@@ -524,10 +524,23 @@ def compile_regions(policy: TrafficPolicy | None, regions: Iterable[str]) -> dic
     present = _regions(regions)
     if policy is None or policy.locality is None:
         return dict.fromkeys(present)
-    report = validate_policy(policy, present)
-    if report.errors:
-        raise TrafficPolicyError(report.errors)
-    return {region: _fragment(policy.locality, region, present) for region in present}
+    # Many AccessPoints share a policy (and a set of regions): validated and compiled once. The
+    # key is the policy's JSON, so an edited policy is a new entry; callers get fresh copies.
+    key = (policy.model_dump_json(), tuple(present))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        report = validate_policy(policy, present)
+        if report.errors:
+            raise TrafficPolicyError(report.errors)
+        compiled = {region: _fragment(policy.locality, region, present) for region in present}
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = compiled
+    return {region: _json_copy(fragment) for region, fragment in compiled.items()}
+
+
+_COMPILED: dict[tuple[str, tuple[str, ...]], dict[str, dict[str, Any]]] = {}
+_COMPILED_MAX = 4096
 
 
 def _json_copy(value: Any) -> Any:
