@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,14 @@ from accesspoint.rollout import approval_name
 from federation import pki
 from federation.fleet import Fleet, kubeconfig_dict
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, eventually, start_fleet, write_breakdown
+from federation.testing import (
+    ControllerProcess,
+    accesspoint_status,
+    diff_breakdown,
+    eventually,
+    wait_status,
+    write_breakdown,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -71,39 +77,7 @@ def accesspoint(ns: str, name: str, version: str, **spec: Any) -> dict[str, Any]
 # fixtures: a 6-member fleet of its own, users, the controller
 
 
-@pytest.fixture(scope="module")
-async def rfleet(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Fleet]:
-    f = await start_fleet(tmp_path_factory.mktemp("rollout-fleet"), topology=TOPOLOGY)
-    try:
-        yield f
-    finally:
-        f.down(purge=False)
-
-
-@pytest.fixture(scope="module")
-def rctl(rfleet: Fleet) -> Iterator[ControllerProcess]:
-    assert rfleet.state is not None
-    ctl = ControllerProcess(rfleet.state.hub.kubeconfig, rfleet.root / "controller.log")
-    ctl.start()
-    yield ctl
-    ctl.stop()
-
-
-@pytest.fixture(scope="module")
-async def rhub(rfleet: Fleet) -> AsyncIterator[KubeClient]:
-    assert rfleet.state is not None
-    client = await rfleet.state.hub.client()
-    yield client
-    await client.close()
-
-
-@pytest.fixture(scope="module")
-async def rmembers(rfleet: Fleet) -> AsyncIterator[dict[str, KubeClient]]:
-    assert rfleet.state is not None
-    clients = {m.name: await m.client(attempts=1) for m in rfleet.state.members}
-    yield clients
-    for c in clients.values():
-        await c.close()
+FLEET = {"topology": TOPOLOGY}
 
 
 def user_kubeconfig(fleet: Fleet, user: str) -> Path:
@@ -137,23 +111,23 @@ class Kubectl:
 
 
 @pytest.fixture(scope="module")
-def admin(rfleet: Fleet) -> Kubectl:
-    assert rfleet.state is not None
-    return Kubectl(rfleet.state.hub.kubeconfig)
+def admin(fleet: Fleet) -> Kubectl:
+    assert fleet.state is not None
+    return Kubectl(fleet.state.hub.kubeconfig)
 
 
 @pytest.fixture(scope="module")
-def alice(rfleet: Fleet) -> Kubectl:
-    return Kubectl(user_kubeconfig(rfleet, "alice"))
+def alice(fleet: Fleet) -> Kubectl:
+    return Kubectl(user_kubeconfig(fleet, "alice"))
 
 
 @pytest.fixture(scope="module")
-def bob(rfleet: Fleet) -> Kubectl:
-    return Kubectl(user_kubeconfig(rfleet, "bob"))
+def bob(fleet: Fleet) -> Kubectl:
+    return Kubectl(user_kubeconfig(fleet, "bob"))
 
 
 @pytest.fixture
-async def rns(rhub: KubeClient, admin: Kubectl) -> str:
+async def rns(hub: KubeClient, admin: Kubectl) -> str:
     """A namespace where alice holds meshfed-approver and bob may edit approvals but not `approve`."""
     ns = f"r-{uuid.uuid4().hex[:8]}"
     await admin.ok("create", "namespace", ns)
@@ -221,23 +195,21 @@ class Auditor:
 
 
 async def rollout(hub: KubeClient, ns: str, name: str) -> dict[str, Any]:
-    obj = await hub.get(f"{AP.format(ns=ns)}/{name}") or {}
-    return dict((obj.get("status") or {}).get("rollout") or {})
+    return dict((await accesspoint_status(hub, ns, name)).get("rollout") or {})
 
 
 async def wait_rollout(hub: KubeClient, ns: str, name: str, timeout: float = 90, **want: Any) -> dict[str, Any]:
-    async def check() -> dict[str, Any] | None:
-        ro = await rollout(hub, ns, name)
-        if all(ro.get(k) == v for k, v in want.items()):
-            return ro
-        raise AssertionError({k: ro.get(k) for k in ("phase", "reason", "wave", "updated", "message")})
+    def ok(st: dict[str, Any]) -> bool:
+        ro = st.get("rollout") or {}
+        return all(ro.get(k) == v for k, v in want.items())
 
-    return await eventually(check, timeout, message=f"rollout of {ns}/{name} should reach {want}")
+    st = await wait_status(hub, f"{AP.format(ns=ns)}/{name}", ok, timeout=timeout, show=("rollout",),
+                           message=f"rollout of {ns}/{name} should reach {want}")
+    return dict(st.get("rollout") or {})
 
 
 async def revision(hub: KubeClient, ns: str, name: str) -> str:
-    obj = await hub.get(f"{AP.format(ns=ns)}/{name}") or {}
-    return str((obj.get("status") or {}).get("revision") or "")
+    return str((await accesspoint_status(hub, ns, name)).get("revision") or "")
 
 
 async def wait_revision_change(hub: KubeClient, ns: str, name: str, old: str) -> str:
@@ -270,21 +242,21 @@ async def create_and_settle(hub: KubeClient, auditor: Auditor, ns: str, name: st
 
 
 async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zone_by_zone(
-    rfleet: Fleet, rctl: ControllerProcess, rhub: KubeClient, rmembers: dict[str, KubeClient], rns: str,
+    fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], rns: str,
     admin: Kubectl, alice: Kubectl,
 ) -> None:
     ns = rns
     # Later waves are read first, so a sample never shows a later wave ahead of an earlier one
     # merely because the earlier cluster was read before it changed.
     order = ZONES["zone-c"] + ZONES["zone-b"] + ["m-a2", CANARY]
-    auditor = Auditor(rmembers, ns, "v1", order)
+    auditor = Auditor(members, ns, "v1", order)
     auditor.start()
     try:
-        v1 = await create_and_settle(rhub, auditor, ns, "shop", "v1")
+        v1 = await create_and_settle(hub, auditor, ns, "shop", "v1")
         auditor.allowed = {CANARY}
-        await set_template(rhub, ns, "shop", "v2")
-        v2 = await wait_revision_change(rhub, ns, "shop", v1)
-        ro = await wait_rollout(rhub, ns, "shop", phase="Paused", reason="AwaitingApproval", updated="1/6")
+        await set_template(hub, ns, "shop", "v2")
+        v2 = await wait_revision_change(hub, ns, "shop", v1)
+        ro = await wait_rollout(hub, ns, "shop", phase="Paused", reason="AwaitingApproval", updated="1/6")
         assert ro["revision"] == v2 and ro["stable"] == v1 and ro["wave"] == "1/4 canary"
         await auditor.wait({CANARY: "v2", **{m: "v1" for m in ALL if m != CANARY}})
         await asyncio.sleep(3)  # it stays stopped after one cluster
@@ -299,7 +271,7 @@ async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zon
                                       "REVISION"]
         assert "Paused" in row and "1/4 canary" in row and "1/6" in row and "AwaitingApproval" in row and v2 in row
         name = approval_name("shop", v2, 1, "After")
-        rap = await approval(rhub, ns, name)
+        rap = await approval(hub, ns, name)
         assert rap["spec"]["accessPoint"] == "shop" and rap["spec"]["revision"] == v2
         assert rap["status"]["phase"] == "Pending" and "decision" not in rap["spec"]
         out = await admin.ok("get", "rolloutapprovals", "-n", ns)
@@ -310,14 +282,14 @@ async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zon
 
         # A controller restart in the middle of a rollout writes nothing, anywhere.
         async def writes() -> dict[str, int]:
-            clients = {"hub": rhub, **rmembers}
+            clients = {"hub": hub, **members}
             counts = await asyncio.gather(*(write_breakdown(c) for c in clients.values()))
             return {f"{n}: {k}": v for n, bd in zip(clients, counts, strict=True) for k, v in bd.items()}
 
         before = await writes()
-        rctl.restart()
+        controller.restart()
         await asyncio.sleep(12)
-        assert rctl.proc is not None and rctl.proc.poll() is None, rctl.log_tail()
+        assert controller.proc is not None and controller.proc.poll() is None, controller.log_tail()
         changed = diff_breakdown(before, await writes())
         assert not changed, f"writes after a restart mid-rollout: {changed}"
 
@@ -326,12 +298,12 @@ async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zon
         out = await alice.ok("meshfed", "approve", "shop", "-n", ns, "-m", "canary looks good")
         assert f"approved RolloutApproval {name}" in out and "as alice" in out
         await auditor.wait(dict.fromkeys(ALL, "v2"))
-        ro = await wait_rollout(rhub, ns, "shop", phase="Succeeded", reason="Completed")
+        ro = await wait_rollout(hub, ns, "shop", phase="Succeeded", reason="Completed")
         assert ro["stable"] == v2 and ro["updated"] == "6/6"
-        rap = await approval(rhub, ns, name)
+        rap = await approval(hub, ns, name)
         assert rap["spec"]["decision"] == "Approved" and rap["spec"]["approver"] == "alice"
         assert rap["spec"]["reason"] == "canary looks good"
-        await eventually(lambda: _phase_is(rhub, ns, name, "Approved"), 30, message="approval status Approved")
+        await eventually(lambda: _phase_is(hub, ns, name, "Approved"), 30, message="approval status Approved")
     finally:
         await auditor.stop()
     auditor.check()
@@ -345,7 +317,7 @@ async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zon
     assert any(snap["m-b1"] == "v2" and snap["m-c1"] == "v1" for snap in auditor.samples) or \
         any(snap["m-b2"] == "v2" and snap["m-c2"] == "v1" for snap in auditor.samples), \
         "zone-b should have been seen updated before zone-c"
-    events = await rhub.request("GET", f"/api/v1/namespaces/{ns}/events")
+    events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
     reasons = [e["reason"] for e in events["items"] if e["involvedObject"]["name"] == "shop"]
     for reason in ("InitialRevision", "RolloutStarted", "AwaitingApproval", "Approved", "WaveStarted",
                    "RolloutCompleted"):
@@ -370,18 +342,18 @@ WAVES = {
 
 
 async def test_each_approval_releases_one_wave_unauthorized_refused_abort_restores_stable(
-    rctl: ControllerProcess, rhub: KubeClient, rmembers: dict[str, KubeClient], rns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], rns: str,
     alice: Kubectl, bob: Kubectl, admin: Kubectl,
 ) -> None:
     ns = rns
-    auditor = Auditor(rmembers, ns, "v1", ALL[::-1])
+    auditor = Auditor(members, ns, "v1", ALL[::-1])
     auditor.start()
     try:
-        v1 = await create_and_settle(rhub, auditor, ns, "cart", "v1", rollout=WAVES)
+        v1 = await create_and_settle(hub, auditor, ns, "cart", "v1", rollout=WAVES)
         auditor.allowed = {CANARY}
-        await set_template(rhub, ns, "cart", "v2")
-        v2 = await wait_revision_change(rhub, ns, "cart", v1)
-        await wait_rollout(rhub, ns, "cart", phase="Paused", reason="AwaitingApproval", wave="1/4 canary")
+        await set_template(hub, ns, "cart", "v2")
+        v2 = await wait_revision_change(hub, ns, "cart", v1)
+        await wait_rollout(hub, ns, "cart", phase="Paused", reason="AwaitingApproval", wave="1/4 canary")
         await auditor.wait({CANARY: "v2", "m-a2": "v1"})
 
         # bob may edit RolloutApprovals but lacks the `approve` verb: the API server refuses him.
@@ -398,19 +370,19 @@ async def test_each_approval_releases_one_wave_unauthorized_refused_abort_restor
         code, out = await alice("-n", ns, "patch", "rolloutapproval", name1, "--type", "merge", "-p",
                                 '{"spec": {"decision": "Approved", "approver": "carol"}}')
         assert code != 0 and "spec.approver must be the user making the decision" in out, out
-        rap = await approval(rhub, ns, name1)
+        rap = await approval(hub, ns, name1)
         assert "decision" not in rap["spec"]
         await asyncio.sleep(2)
-        assert (await rollout(rhub, ns, "cart"))["reason"] == "AwaitingApproval"
+        assert (await rollout(hub, ns, "cart"))["reason"] == "AwaitingApproval"
 
         # Each approval releases exactly the next wave.
         auditor.allowed |= set(ZONES["zone-a"])
         await alice.ok("meshfed", "approve", "cart", "-n", ns)
-        await wait_rollout(rhub, ns, "cart", phase="Paused", reason="AwaitingApproval", wave="2/4 zone-a")
+        await wait_rollout(hub, ns, "cart", phase="Paused", reason="AwaitingApproval", wave="2/4 zone-a")
         await auditor.wait({"m-a2": "v2", "m-b1": "v1", "m-b2": "v1", "m-c1": "v1", "m-c2": "v1"})
         auditor.allowed |= set(ZONES["zone-b"])
         await alice.ok("meshfed", "approve", "cart", "-n", ns, "--wave", "2")
-        ro = await wait_rollout(rhub, ns, "cart", phase="Paused", reason="AwaitingApproval", wave="3/4 zone-b")
+        ro = await wait_rollout(hub, ns, "cart", phase="Paused", reason="AwaitingApproval", wave="3/4 zone-b")
         snap = await auditor.wait({**dict.fromkeys(ALL[:4], "v2"), "m-c1": "v1", "m-c2": "v1"})
         assert ro["updated"] == "4/6", ro
         auditor.check()
@@ -419,12 +391,12 @@ async def test_each_approval_releases_one_wave_unauthorized_refused_abort_restor
         out = await admin.ok("meshfed", "abort", "cart", "-n", ns)
         assert f"abort requested for revision {v2}" in out
         await auditor.wait(dict.fromkeys(ALL, "v1"))
-        ro = await wait_rollout(rhub, ns, "cart", phase="Aborted", reason="Aborted")
+        ro = await wait_rollout(hub, ns, "cart", phase="Aborted", reason="Aborted")
         assert ro["stable"] == v1 and ro["revision"] == v2
         assert "every cluster is back on stable revision" in ro["message"], ro["message"]
         name3 = approval_name("cart", v2, 3, "After")
-        await eventually(lambda: _phase_is(rhub, ns, name3, "Cancelled"), 30, message="pending approval Cancelled")
-        st = (await rhub.get(f"{AP.format(ns=ns)}/cart") or {})["status"]
+        await eventually(lambda: _phase_is(hub, ns, name3, "Cancelled"), 30, message="pending approval Cancelled")
+        st = (await hub.get(f"{AP.format(ns=ns)}/cart") or {})["status"]
         assert {c["name"]: c["revision"] for c in st["clusters"]} == dict.fromkeys(ALL, v1)
         await asyncio.sleep(2)
         snap = await auditor.snapshot()
@@ -433,47 +405,47 @@ async def test_each_approval_releases_one_wave_unauthorized_refused_abort_restor
         await auditor.stop()
     auditor.check()
     assert not any(s["m-c1"] == "v2" or s["m-c2"] == "v2" for s in auditor.samples)
-    events = await rhub.request("GET", f"/api/v1/namespaces/{ns}/events")
+    events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
     reasons = [e["reason"] for e in events["items"] if e["involvedObject"]["name"] == "cart"]
     assert "Aborted" in reasons and "WaveReverted" in reasons and "AbortCompleted" in reasons, reasons
 
 
 async def test_new_revision_supersedes_pending_approval_and_undo_outside_history_is_refused(
-    rctl: ControllerProcess, rhub: KubeClient, rmembers: dict[str, KubeClient], rns: str,
+    controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], rns: str,
     alice: Kubectl, admin: Kubectl,
 ) -> None:
     ns = rns
-    auditor = Auditor(rmembers, ns, "v1", ALL[::-1])
+    auditor = Auditor(members, ns, "v1", ALL[::-1])
     auditor.start()
     try:
         limit = {"metadata": {"annotations": {"meshfed.io/revision-history-limit": "2"}}}
-        await rhub.create(AP.format(ns=ns), {**accesspoint(ns, "sup", "v1"), **{
-            "metadata": {"name": "sup", "namespace": ns, **limit["metadata"]}}}, field_manager="e2e")
+        await hub.create(AP.format(ns=ns), {**accesspoint(ns, "sup", "v1"), **{
+           "metadata": {"name": "sup", "namespace": ns, **limit["metadata"]}}}, field_manager="e2e")
         await auditor.wait(dict.fromkeys(ALL, "v1"))
-        v1 = str((await wait_rollout(rhub, ns, "sup", phase="Succeeded"))["stable"])
+        v1 = str((await wait_rollout(hub, ns, "sup", phase="Succeeded"))["stable"])
         auditor.allowed = {CANARY}
-        await set_template(rhub, ns, "sup", "v2")
-        v2 = await wait_revision_change(rhub, ns, "sup", v1)
-        await wait_rollout(rhub, ns, "sup", phase="Paused", reason="AwaitingApproval", revision=v2)
+        await set_template(hub, ns, "sup", "v2")
+        v2 = await wait_revision_change(hub, ns, "sup", v1)
+        await wait_rollout(hub, ns, "sup", phase="Paused", reason="AwaitingApproval", revision=v2)
         await auditor.wait({CANARY: "v2"})
         old = approval_name("sup", v2, 1, "After")
-        await eventually(lambda: _phase_is(rhub, ns, old, "Pending"), 30, message="approval Pending")
+        await eventually(lambda: _phase_is(hub, ns, old, "Pending"), 30, message="approval Pending")
 
         # v3 supersedes v2: the pending approval is void, the canary carries v3 (its wave 1 again).
-        await set_template(rhub, ns, "sup", "v3")
-        v3 = await wait_revision_change(rhub, ns, "sup", v2)
-        await wait_rollout(rhub, ns, "sup", phase="Paused", reason="AwaitingApproval", revision=v3, stable=v1)
+        await set_template(hub, ns, "sup", "v3")
+        v3 = await wait_revision_change(hub, ns, "sup", v2)
+        await wait_rollout(hub, ns, "sup", phase="Paused", reason="AwaitingApproval", revision=v3, stable=v1)
         await auditor.wait({CANARY: "v3", **{m: "v1" for m in ALL if m != CANARY}})
-        await eventually(lambda: _phase_is(rhub, ns, old, "Superseded"), 30, message="old approval Superseded")
+        await eventually(lambda: _phase_is(hub, ns, old, "Superseded"), 30, message="old approval Superseded")
         # A decision on the superseded approval is recorded by the API server but changes nothing.
         await alice.ok("-n", ns, "patch", "rolloutapproval", old, "--type", "merge", "-p",
                        '{"spec": {"decision": "Approved", "approver": "alice"}}')
         await asyncio.sleep(3)
-        rap = await approval(rhub, ns, old)
+        rap = await approval(hub, ns, old)
         assert rap["status"]["phase"] == "Superseded" and "superseded" in rap["status"]["message"], rap["status"]
         snap = await auditor.snapshot()
         assert snap == {CANARY: "v3", **{m: "v1" for m in ALL if m != CANARY}}, snap
-        assert (await rollout(rhub, ns, "sup"))["reason"] == "AwaitingApproval"
+        assert (await rollout(hub, ns, "sup"))["reason"] == "AwaitingApproval"
         auditor.check()
 
         # History limit 2 keeps the stable revision (1) and the newest (3): revision 2 is gone.
@@ -482,14 +454,14 @@ async def test_new_revision_supersedes_pending_approval_and_undo_outside_history
         assert numbers == ["1", "3"], out
         code, out = await admin("meshfed", "undo", "sup", "-n", ns, "--to-revision", "2")
         assert code != 0 and "revision 2 is not in the history (kept: 1, 3" in out, out
-        assert await revision(rhub, ns, "sup") == v3  # nothing changed
+        assert await revision(hub, ns, "sup") == v3  # nothing changed
 
         # Undo to revision 1 (the stable one) is a new revision equal to stable: back at once.
         out = await admin.ok("meshfed", "undo", "sup", "-n", ns, "--to-revision", "1")
         assert "re-deployed as a new revision" in out
         await auditor.wait(dict.fromkeys(ALL, "v1"))
         auditor.allowed = set()
-        ro = await wait_rollout(rhub, ns, "sup", phase="Succeeded", reason="StableRevision")
+        ro = await wait_rollout(hub, ns, "sup", phase="Succeeded", reason="StableRevision")
         assert ro["stable"] == v1 and ro["revision"] == v1
         out = await admin.ok("meshfed", "history", "sup", "-n", ns)
         assert [line.split()[0] for line in out.splitlines()[1:]][-1] == "4", out
