@@ -4,9 +4,10 @@ Owns the "write once, only on change" rule for hub objects: a status equal to th
 or written costs no request. Field manager `meshfed-status` for status, `meshfed-federation` for
 finalizers.
 
-Events are recorded the way client-go's EventRecorder does it: `event()` only queues, and a small
-pool of background tasks posts them, so a reconcile never waits on an Event (they are
-best-effort: a full queue drops the newest with a log line, never blocks the controller).
+Events are recorded the way client-go's EventRecorder does it: `event()` only queues, and a
+background task posts them in order, so a reconcile never waits on an Event (they are best-effort:
+a full queue drops the newest with a log line, never blocks the controller). One sender keeps
+their order on the hub (a rollout's WaveStarted events read in sequence).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def now_rfc3339() -> str:
 
 
 class HubWriter:
-    def __init__(self, hub: KubeClient, *, event_queue: int = 2000, event_senders: int = 2) -> None:
+    def __init__(self, hub: KubeClient, *, event_queue: int = 2000, event_senders: int = 1) -> None:
         self.hub = hub
         self.written: dict[str, dict[str, Any]] = {}
         self._event_queue_size = event_queue
