@@ -39,6 +39,7 @@ from federation.testing import (
     diff_breakdown,
     eventually,
     get_status,
+    tls_gateway_template,
     wait_status,
     write_breakdown,
 )
@@ -90,14 +91,8 @@ async def ns(hub: KubeClient) -> AsyncIterator[str]:
 
 def template(host: str, credential: str = "preexisting-tls") -> list[dict[str, Any]]:
     return [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}-gw"},
-         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
-                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}-gw"},
-         "spec": {"selector": {"app": "gw"},
-                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": credential}},
-                              {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [host]}]}},
+        *tls_gateway_template(host, credential,
+                              [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [host]}]),
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "${name}-app"},
          "spec": {"hosts": [host], "gateways": ["${name}-gw"],
                   "http": [{"route": [{"destination": {"host": "app.svc.cluster.local"}}]}]}},

@@ -31,7 +31,7 @@ from certservers import Envoy, MissingComponent, free_port  # e2e/ is on sys.pat
 from certs.ca import InternalCA, generate_ca
 from federation.fleet import REPO, Fleet
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, eventually, get_object, write_breakdown
+from federation.testing import ControllerProcess, eventually, get_object, tls_gateway_template, write_breakdown
 from federation.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
@@ -98,15 +98,7 @@ def hub_setup(sca: InternalCA) -> None:
 
 
 def accesspoint(ns: str, name: str, host: str) -> dict[str, Any]:
-    template = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}-gw"},
-         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
-                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}-gw"},
-         "spec": {"selector": {"app": "gw"},
-                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": "x-tls"}}]}},
-    ]
+    template = tls_gateway_template(host, "x-tls")
     return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint",
             "metadata": {"name": name, "namespace": ns}, "spec": {"template": template}}
 

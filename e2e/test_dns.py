@@ -41,6 +41,7 @@ from federation.testing import (
     diff_breakdown,
     eventually,
     get_status,
+    tls_gateway_template,
     wait_condition,
     wait_status,
     write_breakdown,
@@ -100,15 +101,7 @@ def provider(name: str, bind: BindServer, secret: str, zone: str = ZONE) -> dict
 
 
 def accesspoint(ns: str, name: str) -> dict[str, Any]:
-    template = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}-gw"},
-         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
-                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}-gw"},
-         "spec": {"selector": {"app": "gw"},
-                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                               "hosts": [f"{name}.{ZONE}"], "tls": {"mode": "SIMPLE", "credentialName": "${name}"}}]}},
-    ]
+    template = tls_gateway_template(f"{name}.{ZONE}", "${name}")
     return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint", "metadata": {"name": name, "namespace": ns},
             "spec": {"template": template}}
 

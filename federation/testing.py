@@ -37,9 +37,9 @@ _LINE = re.compile(r'^apiserver_request_total\{([^}]*)\}\s+([0-9.e+]+)$')
 
 
 async def request_breakdown(client: KubeClient, verbs: Iterable[str] | None = None,
-                            resources: Iterable[str] | None = None) -> dict[str, int]:
+                            resources: Iterable[str] | None = None, code: str | None = None) -> dict[str, int]:
     """Requests this API server has served since it started, by "verb resource[/subresource]"
-    (all verbs / resources when None), from its /metrics."""
+    (all verbs / resources / response codes when None), from its /metrics."""
     text = await client.request_text("/metrics")
     wanted_verbs = set(verbs) if verbs is not None else None
     wanted = set(resources) if resources is not None else None
@@ -50,7 +50,7 @@ async def request_breakdown(client: KubeClient, verbs: Iterable[str] | None = No
             continue
         labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
         if (wanted_verbs is None or labels.get("verb") in wanted_verbs) and \
-                (wanted is None or labels.get("resource") in wanted):
+                (wanted is None or labels.get("resource") in wanted) and (code is None or labels.get("code") == code):
             sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
             key = f"{labels['verb']} {labels.get('resource', '')}{sub}"
             out[key] = out.get(key, 0) + int(float(m.group(2)))
@@ -459,18 +459,7 @@ async def requests_with_code(client: KubeClient, code: str) -> dict[str, int]:
     """Requests this API server's handlers answered with HTTP `code` since it started, by "VERB resource[/sub]"
     (apiserver_request_total in its /metrics; no user label). Requests refused by the authorizer never
     reach a handler and are not counted here: see `authorization_refusals`."""
-    text = await client.request_text("/metrics")
-    out: dict[str, int] = {}
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-        if labels.get("code") != code:
-            continue
-        sub = f"/{labels['subresource']}" if labels.get("subresource") else ""
-        key = f"{labels.get('verb')} {labels.get('resource', '')}{sub}"
-        out[key] = out.get(key, 0) + int(float(m.group(2)))
+    out = await request_breakdown(client, code=code)
     return {k: v for k, v in out.items() if v}
 
 
@@ -492,3 +481,19 @@ async def audited_apiserver(root: Path, name: str, *, istio_crds: bool = False) 
         cluster.stop()
         raise
     return cluster
+
+
+def tls_gateway_template(host: str, credential: str,
+                         extra_servers: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+    """The AccessPoint template objects the TLS tests share: a LoadBalancer Service `${name}-gw`
+    (443 -> 8443) and an Istio Gateway terminating TLS for `host` with `credential`."""
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}-gw"},
+         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
+                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}-gw"},
+         "spec": {"selector": {"app": "gw"},
+                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": credential}},
+                              *extra_servers]}},
+    ]

@@ -54,6 +54,7 @@ from federation.testing import (
     kustomize_objects,
     requests_with_code,
     service_account_token,
+    tls_gateway_template,
     token_kubeconfig,
 )
 from federation.vipalloc import Allocator, pool_for
@@ -115,13 +116,7 @@ def write_kubeconfig(path: Path, config: dict[str, Any]) -> Path:
 def accesspoint(version: str) -> dict[str, Any]:
     host = f"checkout.{ZONE}"
     template = [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}-gw"},
-         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
-                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}-gw"},
-         "spec": {"selector": {"app": "gw"},
-                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": "placeholder"}}]}},
+        *tls_gateway_template(host, "placeholder"),
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "${name}-app"},
          "spec": {"hosts": [host], "gateways": ["${name}-gw"],
                   "http": [{"route": [{"destination": {"host": "app.svc.cluster.local"}}],
