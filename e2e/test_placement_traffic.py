@@ -33,6 +33,7 @@ from federation.testing import (
     diff_breakdown,
     eventually,
     get_object,
+    tls_gateway_template,
     wait_object,
     write_breakdown,
 )
@@ -91,13 +92,7 @@ async def ns2(hub: KubeClient, controller: ControllerProcess) -> AsyncIterator[s
 def template() -> list[dict[str, Any]]:
     host = "shop.${region}.example"
     return [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gw"},
-         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
-                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
-         "spec": {"selector": {"app": "gw"},
-                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": "gw-tls"}}]}},
+        *tls_gateway_template(host, "gw-tls", name="gw"),
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "app"},
          "spec": {"hosts": [host], "gateways": ["gw"],
                   "http": [{"route": [{"destination": {"host": "app.svc.cluster.local"}}]}]}},

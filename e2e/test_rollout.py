@@ -34,6 +34,7 @@ from federation.testing import (
     accesspoint_status,
     diff_breakdown,
     eventually,
+    tls_gateway_template,
     wait_status,
     write_breakdown,
 )
@@ -57,13 +58,7 @@ CANARY = "m-a1"  # first by (region, zone, name)
 def template(version: str) -> list[dict[str, Any]]:
     host = f"{version}.${{region}}.example"
     return [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gw"},
-         "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
-                  "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
-         "spec": {"selector": {"app": "gw"},
-                  "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                               "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": "gw-tls"}}]}},
+        *tls_gateway_template(host, "gw-tls", name="gw"),
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "app"},
          "spec": {"hosts": [host], "gateways": ["gw"],
                   "http": [{"route": [{"destination": {"host": "app.svc.cluster.local"}}]}]}},

@@ -483,15 +483,15 @@ async def audited_apiserver(root: Path, name: str, *, istio_crds: bool = False) 
     return cluster
 
 
-def tls_gateway_template(host: str, credential: str,
-                         extra_servers: Iterable[dict[str, Any]] = ()) -> list[dict[str, Any]]:
-    """The AccessPoint template objects the TLS tests share: a LoadBalancer Service `${name}-gw`
-    (443 -> 8443) and an Istio Gateway terminating TLS for `host` with `credential`."""
+def tls_gateway_template(host: str, credential: str, extra_servers: Iterable[dict[str, Any]] = (),
+                         name: str = "${name}-gw") -> list[dict[str, Any]]:
+    """The AccessPoint template objects the tests share: a LoadBalancer Service `name` (443 -> 8443)
+    and an Istio Gateway `name` terminating TLS for `host` with `credential`."""
     return [
-        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}-gw"},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
          "spec": {"type": "LoadBalancer", "selector": {"app": "gw"},
                   "ports": [{"name": "https", "port": 443, "targetPort": 8443}]}},
-        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}-gw"},
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": name},
          "spec": {"selector": {"app": "gw"},
                   "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
                                "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": credential}},
