@@ -161,3 +161,12 @@ class Resource(ApiModel):
     @property
     def labels(self) -> dict[str, str]:
         return dict(self.metadata.get("labels") or {})
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars), without copy.deepcopy's memo bookkeeping."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_copy(v) for v in value]
+    return value

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accesspoint.kinds import TEMPLATE_KINDS
+from accesspoint.meta import json_copy
 from accesspoint.models import AccessPoint, TemplateObject
 from accesspoint.overrides import OverrideMemo, apply_overrides
 from accesspoint.ownership import HASH_ANNOTATION, Owner
@@ -141,14 +142,6 @@ def _variable_strings(wire_json: str) -> tuple[tuple[_Path, str], ...]:
     return result
 
 
-def _json_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_copy(v) for v in value]
-    return value
-
-
 def validate(ap: AccessPoint) -> list[TemplateError]:
     """Checks the CRD schema cannot express; every error names its field."""
     errors: list[TemplateError] = []
@@ -240,7 +233,7 @@ def _render_reference(
         return out
     for transform in context.transforms:
         substituted = transform(substituted, cluster)
-    substituted += [_json_copy(o) for o in context.generated.get(cluster.name, ())]
+    substituted += [json_copy(o) for o in context.generated.get(cluster.name, ())]
     patched, problems = apply_overrides(substituted, ap.spec.overrides, cluster)
     if problems:
         out.errors = [TemplateError(str(p).split(": ", 1)[0], p.message) for p in problems]
@@ -496,5 +489,5 @@ def render(ap: AccessPoint, cluster: ClusterFacts, hub: str, context: RenderCont
     for many clusters of one AccessPoint use Renderer.
     """
     rendered = Renderer(ap, hub, context).render(cluster)
-    rendered.objects = [_json_copy(o) for o in rendered.objects]
+    rendered.objects = [json_copy(o) for o in rendered.objects]
     return rendered

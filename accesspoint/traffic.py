@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from accesspoint.meta import ApiModel, Condition
+from accesspoint.meta import ApiModel, Condition, json_copy
 from accesspoint.visibility import VisibilityPolicy
 from placement.models import ClusterFacts
 
@@ -536,19 +536,11 @@ def compile_regions(policy: TrafficPolicy | None, regions: Iterable[str]) -> dic
         if len(_COMPILED) >= _COMPILED_MAX:
             _COMPILED.pop(next(iter(_COMPILED)))
         _COMPILED[key] = compiled
-    return {region: _json_copy(fragment) for region, fragment in compiled.items()}
+    return {region: json_copy(fragment) for region, fragment in compiled.items()}
 
 
 _COMPILED: dict[tuple[str, tuple[str, ...]], dict[str, dict[str, Any]]] = {}
 _COMPILED_MAX = 4096
-
-
-def _json_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _json_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_copy(v) for v in value]
-    return value
 
 
 # (id(object), id(fragment)) -> (that object, that fragment, the object with the fragment set)
@@ -594,10 +586,10 @@ def apply_traffic(
                 continue
         tp = dict(spec.get("trafficPolicy") or {})
         lb = dict(tp.get("loadBalancer") or {})
-        lb["localityLbSetting"] = _json_copy(fragment["loadBalancer"]["localityLbSetting"])
+        lb["localityLbSetting"] = json_copy(fragment["loadBalancer"]["localityLbSetting"])
         tp["loadBalancer"] = lb
         if "outlierDetection" in fragment:
-            tp["outlierDetection"] = _json_copy(fragment["outlierDetection"])
+            tp["outlierDetection"] = json_copy(fragment["outlierDetection"])
         new = {**obj, "spec": {**spec, "trafficPolicy": tp}}
         if memo is not None:
             memo[(id(obj), id(fragment))] = (obj, fragment, new)
