@@ -100,6 +100,7 @@ from federation.controller import Controller
 from federation.hubwriter import STATUS_MANAGER, now_rfc3339
 from federation.kube import ApiError, Gone
 from federation.members import Member
+from federation.workqueue import KeyedQueue
 from nameservice.dns01 import Dns01ProviderHook
 from nameservice.models import DNSProvider
 from nameservice.providers import Provider, ProviderError
@@ -242,10 +243,7 @@ class Certificates:
         self.cluster_errors: dict[str, dict[str, str]] = {}
         self.issuer_cache: dict[str, Issuer] = {}
         self.http01: dict[int, Http01Responder] = {}
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
-        self._active: set[str] = set()
-        self._dirty: set[str] = set()
+        self.queue = KeyedQueue()
         self._retries: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._loaded: set[str] = set()
@@ -260,11 +258,7 @@ class Certificates:
     # ---- intake ----
 
     def enqueue(self, key: str) -> None:
-        if key in self._active:
-            self._dirty.add(key)
-        elif key not in self._queued:
-            self._queued.add(key)
-            self.queue.put_nowait(key)
+        self.queue.put(key)
 
     def enqueue_at(self, key: str, when: datetime) -> None:
         delay = max((when - datetime.now(UTC)).total_seconds(), 0.0) + 0.05
@@ -434,8 +428,6 @@ class Certificates:
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
-            self._queued.discard(key)
-            self._active.add(key)
             try:
                 if key.startswith(ISSUER_KEY):
                     await self.reconcile_issuer(key[len(ISSUER_KEY):])
@@ -448,10 +440,7 @@ class Certificates:
                 self._retries[key] = attempt
                 asyncio.get_running_loop().call_later(min(0.5 * 2**attempt, 60.0), self.enqueue, key)
             finally:
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.enqueue(key)
+                self.queue.done(key)
 
     # ---- derivation (called from the AccessPoint reconcile) ----
 

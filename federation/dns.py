@@ -41,6 +41,7 @@ from federation import telemetry
 from federation.controller import Controller, validation_messages
 from federation.hubwriter import FINALIZER, STATUS_MANAGER, now_rfc3339
 from federation.kube import ApiError
+from federation.workqueue import KeyedQueue
 from nameservice.models import DNSProvider, DNSProviderStatus, NameService, NameServiceStatus
 from nameservice.providers import Provider, ProviderError, provider_for
 from nameservice.records import TargetFact
@@ -117,10 +118,7 @@ class DNSFeature:
         self.ap_status: dict[str, AccessPointStatus] = {}  # newest computed AccessPoint status
         self.ap_signature: dict[str, tuple[tuple[str, str, str | None, bool | None], ...]] = {}
         self.intake: dict[str, tuple[Any, ...]] = {}  # key -> what last enqueued it (spec, deletion)
-        self.queue: asyncio.Queue[str] = asyncio.Queue()
-        self._queued: set[str] = set()
-        self._active: set[str] = set()
-        self._dirty: set[str] = set()
+        self.queue = KeyedQueue()
         self._retries: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -130,11 +128,7 @@ class DNSFeature:
     # ---- queue ----
 
     def enqueue(self, key: str) -> None:
-        if key in self._active:
-            self._dirty.add(key)
-        elif key not in self._queued:
-            self._queued.add(key)
-            self.queue.put_nowait(key)
+        self.queue.put(key)
 
     def enqueue_later(self, key: str, delay: float) -> None:
         """Enqueue `key` after `delay` seconds (an earlier pending timer for it wins)."""
@@ -160,8 +154,6 @@ class DNSFeature:
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
-            self._queued.discard(key)
-            self._active.add(key)
             try:
                 if key.startswith("ns/"):
                     await self.reconcile_nameservice(key[3:])
@@ -171,10 +163,7 @@ class DNSFeature:
                 log.exception("DNS reconcile %s failed", key)
                 self._retry(key)
             finally:
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.enqueue(key)
+                self.queue.done(key)
 
     async def _resync(self) -> None:
         period = min(self.controller.resync_seconds, MAX_RESYNC_SECONDS)
