@@ -44,7 +44,7 @@ from federation.kube import ApiError
 from federation.workqueue import KeyedQueue
 from nameservice.models import DNSProvider, DNSProviderStatus, NameService, NameServiceStatus
 from nameservice.providers import Provider, ProviderError, provider_for
-from nameservice.records import TargetFact
+from nameservice.records import TargetFact, parse_time
 from nameservice.sync import delete_nameservice, error_status, sync_nameservice
 
 log = logging.getLogger("meshfed.dns")
@@ -86,15 +86,6 @@ def _rv(body: dict[str, Any]) -> int:
         return int((body.get("metadata") or {}).get("resourceVersion", "0"))
     except ValueError:
         return 0
-
-
-def _parse_time(s: str | None) -> datetime | None:
-    if not s:
-        return None
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
 
 
 def _cond(conditions: Iterable[Condition], type_: str) -> Condition | None:
@@ -474,7 +465,7 @@ class DNSFeature:
         for t in status.targets:
             if t.reason != "UnreachableInGrace":
                 continue
-            start = _parse_time(t.last_seen) or _parse_time(t.unreachable_since)
+            start = parse_time(t.last_seen) or parse_time(t.unreachable_since)
             if start is not None:
                 due.append(max(0.0, (start + grace - now).total_seconds()))
         if due:

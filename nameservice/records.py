@@ -171,7 +171,8 @@ def _iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def _parse_time(s: str | None) -> datetime | None:
+def parse_time(s: str | None) -> datetime | None:
+    """An RFC 3339 time from status, or None when absent or unreadable."""
     if not s:
         return None
     try:
@@ -194,7 +195,7 @@ def _cluster_target(
     prev_addr = prev.address if prev else None
     # lastSeen is recorded only while the cluster is not reachable (stable status, no churn).
     last_seen = (
-        None if fact.reachable is True else (fact.last_seen or _parse_time(prev.last_seen if prev else None))
+        None if fact.reachable is True else (fact.last_seen or parse_time(prev.last_seen if prev else None))
     )
     base = TargetStatus(
         cluster=fact.cluster,
@@ -224,7 +225,7 @@ def _cluster_target(
             update={"included": False, "reason": "ReachabilityUnknown", "message": "not probed yet"}
         )
     # Unreachable: keep the VIP for the grace period, counted from when it was last seen.
-    since = _parse_time(prev.unreachable_since if prev else None) or now
+    since = parse_time(prev.unreachable_since if prev else None) or now
     start = last_seen or since
     base = base.model_copy(update={"unreachable_since": _iso(since)})
     if not address:
