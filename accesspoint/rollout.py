@@ -1,11 +1,12 @@
 """Staged rollouts: the `spec.rollout` models, the RolloutApproval CRD model and the pure state machine.
 
-Owns: waves (cluster selector, maxConcurrency), gates (Approval, Soak), the default strategy (one
-cluster, approval, then zone by zone), the persisted RolloutState, and `step`, the one function that
-decides which revision every placed cluster carries, which approvals must exist, which events to
-emit and when to be called again.
+Owns: waves (cluster selector, maxConcurrency), gates (Approval, Soak, Analysis), the default
+strategy (one cluster, approval, then zone by zone), the persisted RolloutState, and `step`, the one
+function that decides which revision every placed cluster carries, which approvals must exist, which
+clusters to probe and which gateway figures to gather (the Analysis decision itself is
+accesspoint.health.decide), which events to emit and when to be called again.
 
-Imports accesspoint.meta and placement.models only. Pure: no I/O, no clock (`now` is passed in),
+Imports accesspoint.meta, accesspoint.health and placement.models only. Pure: no I/O, no clock (`now` is passed in),
 deterministic (clusters are ordered by region, zone, name).
 """
 
@@ -21,16 +22,21 @@ from typing import Annotated, Literal
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 
+from accesspoint.health import (
+    DURATION_PATTERN,
+    AnalysisFigures,
+    AnalysisSpec,
+    HttpProbe,
+    decide,
+    parse_duration,
+)
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, LabelSelector, PrinterColumn, Resource
 from placement.models import REGION_LABEL, ZONE_LABEL, ClusterFacts
 
 # ---------------------------------------------------------------------------------------------
 # spec.rollout
 
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
 PERCENT_PATTERN = r"^(100|[1-9][0-9]?)%$"
-_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 CLUSTER_NAME_LABEL = "meshfed.io/cluster-name"
 # How `kubectl meshfed abort|promote --full` ask (AccessPoint annotations; the value is the revision
@@ -41,19 +47,13 @@ PROMOTE_ANNOTATION = "meshfed.io/promote-full"
 DEFAULT_PROGRESS_DEADLINE_SECONDS = 600
 
 
-def parse_duration(text: str) -> timedelta:
-    """A Go-style duration such as "90s", "10m" or "1h30m"."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 10m, 1h30m")
-    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
-
-
-GateType = Literal["Approval", "Soak"]
+GateType = Literal["Approval", "Soak", "Analysis"]
 GatePosition = Literal["Before", "After"]
 
 
 class Gate(ApiModel):
-    """A pause before or after a wave: wait for a human (`Approval`) or for time (`Soak`)."""
+    """A pause before or after a wave: wait for a human (`Approval`), for time (`Soak`), or for the
+    gateways' traffic figures of the clusters on the new revision to pass thresholds (`Analysis`)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -61,7 +61,11 @@ class Gate(ApiModel):
                 {
                     "rule": "self.type == 'Soak' ? has(self.duration) : !has(self.duration)",
                     "message": "duration is required for a Soak gate and not allowed for an Approval gate",
-                }
+                },
+                {
+                    "rule": "self.type == 'Analysis' || !has(self.analysis)",
+                    "message": "analysis is only allowed on an Analysis gate",
+                },
             ]
         }
     )
@@ -70,18 +74,27 @@ class Gate(ApiModel):
     duration: str | None = Field(
         default=None, pattern=DURATION_PATTERN, description="Soak only: e.g. 90s, 10m, 1h30m."
     )
+    analysis: AnalysisSpec | None = Field(
+        default=None, description="Analysis only: the thresholds (absent: the defaults of each field)."
+    )
 
     @model_validator(mode="after")
     def _duration_matches_type(self) -> Gate:
         if self.type == "Soak" and self.duration is None:
             raise ValueError("a Soak gate needs a duration (e.g. 10m)")
-        if self.type == "Approval" and self.duration is not None:
-            raise ValueError("an Approval gate takes no duration")
+        if self.type != "Soak" and self.duration is not None:
+            raise ValueError(f"an {self.type} gate takes no duration")
+        if self.type != "Analysis" and self.analysis is not None:
+            raise ValueError("analysis is only allowed on an Analysis gate")
         return self
 
     @property
     def soak(self) -> timedelta:
         return parse_duration(self.duration) if self.duration else timedelta(0)
+
+    @property
+    def thresholds(self) -> AnalysisSpec:
+        return self.analysis or AnalysisSpec()
 
 
 MaxConcurrency = Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=PERCENT_PATTERN)]
@@ -107,15 +120,6 @@ class Wave(ApiModel):
 
 UnmatchedPolicy = Literal["LastWave", "OwnWave", "Ignore"]
 FailurePolicy = Literal["Pause", "Abort"]
-
-
-class HttpProbe(ApiModel):
-    url: str = Field(
-        min_length=1,
-        description="Template: ${cluster}, ${zone}, ${region}, ${vip}, ${fqdn} are replaced per cluster.",
-    )
-    expected_status: int = Field(default=200, ge=100, le=599, alias="expectedStatus")
-    timeout_seconds: int = Field(default=5, ge=1, le=60, alias="timeoutSeconds")
 
 
 class HealthChecks(ApiModel):
@@ -332,6 +336,10 @@ class RolloutState(ApiModel):
     stage: Stage = "Before"
     gate_index: int = Field(default=0, alias="gateIndex")
     gate_since: datetime | None = Field(default=None, alias="gateSince")
+    gate_failed: str = Field(
+        default="", alias="gateFailed",
+        description="why the current Analysis gate failed (onFailure: Pause holds it there)",
+    )
     granted: list[GrantedGate] = Field(default_factory=list)
     fresh_approval: bool = Field(
         default=False, alias="freshApproval", description="an approval was granted and nothing released since"
@@ -354,8 +362,9 @@ Health = Literal["Healthy", "Progressing", "Failed", "Unknown"]
 
 class ClusterObservation(ApiModel):
     """What a member reports: the revision its objects carry and the health of that revision
-    (Healthy: applied, revision reported, VIP present if required, HTTP probe passed;
-    Failed: a definite failure, e.g. rejected apply or wrong probe status; Unknown: unreachable)."""
+    (Healthy: applied, revision reported, VIP present if required, HTTP probe passed its
+    successThreshold; Progressing: on its way, e.g. the probe has not passed yet; Failed: a
+    definite failure, e.g. rejected apply or failureThreshold probe failures; Unknown: unreachable)."""
 
     revision: str | None = None
     health: Health = "Unknown"
@@ -386,6 +395,9 @@ class RolloutInputs(ApiModel):
         default=None, alias="promoteFull", description="promote --full for this revision"
     )
     pause: bool = Field(default=False, description="a pause request besides spec.rollout.paused")
+    analysis: AnalysisFigures | None = Field(
+        default=None, description="figures gathered for the Analysis gate of the last AnalysisRequest"
+    )
 
 
 @dataclass(frozen=True)
@@ -431,12 +443,29 @@ class ApprovalVerdict:
 
 
 @dataclass(frozen=True)
+class AnalysisRequest:
+    """An Analysis gate is open: gather the gateway figures of `canary` (clusters on the new
+    revision) and `stable` (placed clusters on the stable revision) since the gate opened, and pass
+    them as `RolloutInputs.analysis` (with this `key`) to the next steps, every `interval` at most."""
+
+    key: str
+    canary: list[str]
+    stable: list[str]
+    window: timedelta
+    interval: timedelta
+
+
+@dataclass(frozen=True)
 class RolloutActions:
     assignments: dict[str, str]  # every placed cluster -> the revision it must carry
     approval_requests: list[ApprovalRequest] = field(default_factory=list)
     approval_verdicts: list[ApprovalVerdict] = field(default_factory=list)
     events: list[RolloutEvent] = field(default_factory=list)
     requeue_after: timedelta | None = None  # call `step` again by then even if nothing changes
+    # Clusters whose health waits on the HTTP probe now (spec.rollout.healthChecks.http): probe
+    # them (and only them); their observations must stay short of Healthy until the probe passes.
+    probes: list[str] = field(default_factory=list)
+    analysis: AnalysisRequest | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -517,6 +546,7 @@ class _Step:
         self.events: list[RolloutEvent] = []
         self.requests: list[ApprovalRequest] = []
         self.requeue: list[timedelta] = []
+        self.analysis: AnalysisRequest | None = None
 
     # -- helpers ------------------------------------------------------------------------------
     def event(self, reason: str, message: str, warning: bool = False) -> None:
@@ -668,12 +698,57 @@ class _Step:
                     self.requeue.append(remaining)
                     return False
                 self.event("SoakCompleted", f"wave {self.wave_label(s.wave_index)}: soaked {g.duration}")
-            elif g.type == "Approval" and not self.approval_gate(number, gate):
+            elif g.type == "Approval":
+                if not self.approval_gate(number, gate):
+                    return False
+            elif g.type == "Analysis" and not wave.skipped and not self.analysis_gate(g, gate):
                 return False
             s.gate_index += 1
             s.gate_since = None
+            s.gate_failed = ""
         s.gate_index = 0
         return True
+
+    def analysis_gate(self, g: Gate, gate: GatePosition) -> bool:
+        """True when the Analysis gate passes; while it waits, ask for figures; on failure abort
+        (onFailure: Abort) or hold the rollout at the gate (Pause) with the figures in the reason."""
+        s = self.s
+        assert s.revision is not None
+        label = f"wave {self.wave_label(s.wave_index)}"
+        if s.gate_failed:
+            self.set("Paused", "AnalysisFailed", s.gate_failed)
+            return False
+        spec = g.thresholds
+        if s.gate_since is None:
+            s.gate_since = self.now
+            self.event("AnalysisStarted", f"{label}: analysing the gateways' traffic for {spec.window}")
+        key = f"{s.revision}/w{s.wave_index + 1}/{gate.lower()}/{s.gate_index}"
+        released = set(self.released())
+        canary = [c.name for c in self.placed if c.name in released]
+        stable = [c.name for c in self.placed if c.name not in released]
+        self.analysis = AnalysisRequest(key, canary, stable, timedelta(seconds=spec.window_seconds),
+                                        timedelta(seconds=spec.interval_seconds))
+        figures = self.i.analysis if self.i.analysis is not None and self.i.analysis.key == key else None
+        waited = (self.now - s.gate_since).total_seconds()
+        verdict = decide(spec, canary, stable, figures, waited)
+        if verdict.decision == "Pass":
+            self.event("AnalysisPassed", f"{label}: {verdict.message}")
+            return True
+        if verdict.decision == "Fail":
+            message = f"{label}: analysis failed: {verdict.message}"
+            if self.spec.on_failure == "Abort":
+                self.begin_abort("AnalysisFailed", message)
+                self.revert()
+                return False
+            s.gate_failed = message
+            self.event("AnalysisFailed", message + "; rollout held at this gate (onFailure: Pause): "
+                       "kubectl meshfed abort or promote --full", warning=True)
+            self.set("Paused", "AnalysisFailed", message)
+            return False
+        self.set("Progressing", "Analyzing", f"{label}: analysing: {verdict.message}")
+        left = spec.max_wait_seconds - waited
+        self.requeue.append(timedelta(seconds=max(0.05, min(spec.interval_seconds, left))))
+        return False
 
     def approval_gate(self, number: int, gate: GatePosition) -> bool:
         """True when the Approval gate at (wave number, gate) is granted (now or before)."""
@@ -1008,14 +1083,28 @@ class _Step:
         on_new = sum(1 for c in self.placed if self.obs(c.name).revision == s.revision)
         s.updated = f"{on_new}/{len(self.placed)}"
 
+    def probe_targets(self) -> list[str]:
+        """Released clusters reporting the new revision but not healthy on it yet, while the
+        rollout moves forward (not paused, aborting or done) and an HTTP probe is configured."""
+        s = self.s
+        checks = self.spec.health_checks
+        if checks is None or checks.http is None or s.aborting or s.revision in (None, s.stable):
+            return []
+        if self.spec.paused or self.i.pause or s.phase in ("Succeeded", "Aborted"):
+            return []
+        return [c for c in self.released() if self.obs(c).revision == s.revision and not self.done(c)]
+
     def actions(self) -> RolloutActions:
         self.labels()
+        analysis = self.analysis if not self.s.aborting and self.s.reason == "Analyzing" else None
         return RolloutActions(
             assignments=self.assignments(),
             approval_requests=self.requests,
             approval_verdicts=self.verdicts(),
             events=self.events,
             requeue_after=min(self.requeue) if self.requeue else None,
+            probes=self.probe_targets(),
+            analysis=analysis,
         )
 
 
@@ -1051,6 +1140,7 @@ def summary(state: RolloutState) -> str:
 
 
 __all__ = [
+    "AnalysisRequest",
     "ApprovalRequest",
     "ApprovalSeen",
     "ApprovalVerdict",
