@@ -10,15 +10,21 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from accesspoint.kinds import TEMPLATE_KINDS
+from accesspoint.kinds import TEMPLATE_KIND_NAMES
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
 from accesspoint.overrides import Override
 from accesspoint.rollout import RolloutSpec, RolloutState
 from accesspoint.traffic import TrafficPolicy
 from placement.models import PlacementDecision, PlacementSpec
 
-TemplateKind = Literal["Service", "Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry"]
-assert set(TemplateKind.__args__) == set(TEMPLATE_KINDS)  # type: ignore[attr-defined]
+# The kind names of accesspoint.kinds.TEMPLATE_KINDS (Gateway once: the apiVersion picks Istio's or the
+# Gateway API's). An unknown kind is refused by the hub CRD's enum.
+TemplateKind = Literal[
+    "Service", "Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Sidecar",
+    "EnvoyFilter", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", "Telemetry",
+    "HTTPRoute", "GRPCRoute", "ReferenceGrant",
+]
+assert TemplateKind.__args__ == TEMPLATE_KIND_NAMES  # type: ignore[attr-defined]
 
 
 class TemplateMetadata(ApiModel):
@@ -31,7 +37,12 @@ class TemplateMetadata(ApiModel):
 class TemplateObject(ApiModel):
     """One object of the bundle. `spec` is free-form: the member's own schema validates it."""
 
-    api_version: str = Field(alias="apiVersion", min_length=1)
+    api_version: str = Field(
+        alias="apiVersion",
+        min_length=1,
+        description="Picks the API group where kinds share a name: networking.istio.io/v1 Gateway is Istio's, "
+        "gateway.networking.k8s.io/v1 Gateway the Gateway API's.",
+    )
     kind: TemplateKind
     metadata: TemplateMetadata
     spec: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
@@ -50,6 +61,14 @@ class AccessPointSpec(ApiModel):
         default=False,
         alias="adoptExisting",
         description="Take over pre-existing member objects with the same name (otherwise: Conflict).",
+    )
+    allow_envoy_filter: bool = Field(
+        default=False,
+        alias="allowEnvoyFilter",
+        description="DANGEROUS: allow EnvoyFilter objects in the template. An EnvoyFilter patches the Envoy "
+        "configuration istiod generates, below every API Istio validates: a wrong patch can make the gateway "
+        "reject its whole configuration (for every AccessPoint on it) and patches break silently across Istio "
+        "upgrades. Without it an EnvoyFilter in spec.template is refused (condition Accepted=False).",
     )
     overrides: list[Override] = Field(default_factory=list, max_length=256)
     traffic: TrafficPolicy | None = None

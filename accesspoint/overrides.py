@@ -9,7 +9,8 @@ Application (after variable substitution, before owner labels/hashes are stamped
     `clusterSelector` (MemberCluster labels plus region/zone/name labels) or `clusters`;
   * applicable overrides run from least to most specific - region < zone < clusterSelector <
     cluster - and, within one level, in list order, so a cluster override wins over a zone one;
-  * each targets one object of the bundle by kind + name (+ namespace when names repeat) and holds
+  * each targets one object of the bundle by kind + name (+ namespace when names repeat, + group when
+    kinds of two API groups share kind and name: Istio's and the Gateway API's Gateway) and holds
     either a JSON merge patch (`mergePatch`, RFC 7386: null deletes a key) or a JSON patch
     (`jsonPatch`, RFC 6902) applied to the whole object (paths start at `/spec`, `/metadata`...);
   * an override may not change an object's apiVersion, kind, name or namespace;
@@ -40,10 +41,18 @@ class ObjectRef(ApiModel):
     kind: str = Field(min_length=1)
     name: str = Field(min_length=1, max_length=253)
     namespace: str | None = Field(default=None, min_length=1, max_length=63)
+    group: str | None = Field(
+        default=None,
+        max_length=253,
+        description="API group of the target (\"\" for core): needed only when two objects of the bundle share "
+        "kind and name across groups, e.g. Istio's Gateway (networking.istio.io) and the Gateway API's "
+        "(gateway.networking.k8s.io).",
+    )
 
     def __str__(self) -> str:
         ns = f"{self.namespace}/" if self.namespace else ""
-        return f"{self.kind} {ns}{self.name}"
+        kind = f"{self.kind}.{self.group}" if self.group else self.kind
+        return f"{kind} {ns}{self.name}"
 
 
 class JsonPatchOperation(ApiModel):
@@ -238,11 +247,14 @@ def _find(objects: Sequence[Mapping[str, Any]], ref: ObjectRef) -> tuple[int | N
         if obj.get("kind") == ref.kind
         and (obj.get("metadata") or {}).get("name") == ref.name
         and (ref.namespace is None or (obj.get("metadata") or {}).get("namespace") == ref.namespace)
+        and (ref.group is None or str(obj.get("apiVersion", "")).rpartition("/")[0] == ref.group)
     ]
     if not hits:
         return None, f"target {ref} is not in the rendered bundle"
     if len(hits) > 1:
-        return None, f"target {ref} is ambiguous: set target.namespace"
+        groups = {str(objects[i].get("apiVersion", "")).rpartition("/")[0] for i in hits}
+        fields = "target.group" if len(groups) > 1 else "target.namespace"
+        return None, f"target {ref} is ambiguous: set {fields}"
     return hits[0], None
 
 

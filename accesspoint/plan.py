@@ -87,7 +87,7 @@ def plan(desired: Iterable[dict[str, Any]], owned: Mapping[ObjectKey, Mapping[st
         if same_hash:
             result.drifted.append(key)
         result.update.append(obj)
-    for key in sorted(set(owned) - wanted, key=lambda k: (k.kind, k.namespace, k.name)):
+    for key in sorted(set(owned) - wanted, key=lambda k: (k.kind, k.group, k.namespace, k.name)):
         meta = owned[key].get("metadata") or {}
         result.delete.append((key, str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))))
     return result

@@ -24,7 +24,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from accesspoint.kinds import TEMPLATE_KINDS
+from accesspoint.kinds import (
+    ENVOY_FILTER_OPT_IN,
+    accepted_api_versions,
+    display_name,
+    group_of,
+    kinds_named,
+    template_kind,
+)
 from accesspoint.meta import json_copy
 from accesspoint.models import AccessPoint, TemplateObject
 from accesspoint.overrides import OverrideMemo, apply_overrides
@@ -48,17 +55,22 @@ class TemplateError(ValueError):
 
 @dataclass(frozen=True)
 class ObjectKey:
+    """A member object's identity: kind, namespace, name and API group (Istio's Gateway and the
+    Gateway API's share a kind name)."""
+
     kind: str
     namespace: str
     name: str
+    group: str
 
     def __str__(self) -> str:
-        return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{display_name(self.group, self.kind)} {self.namespace}/{self.name}"
 
 
 def key_of(obj: Mapping[str, Any]) -> ObjectKey:
     meta = obj.get("metadata") or {}
-    return ObjectKey(str(obj.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", "")))
+    return ObjectKey(str(obj.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
+                     group_of(str(obj.get("apiVersion", ""))))
 
 
 def content_hash(obj: Mapping[str, Any]) -> str:
@@ -145,24 +157,34 @@ def _variable_strings(wire_json: str) -> tuple[tuple[_Path, str], ...]:
 def validate(ap: AccessPoint) -> list[TemplateError]:
     """Checks the CRD schema cannot express; every error names its field."""
     errors: list[TemplateError] = []
-    seen: dict[tuple[str, str, str], int] = {}
+    seen: dict[tuple[str, str, str, str], int] = {}
     dummy = dict.fromkeys(VARIABLES, "x")
+    allowed = {ENVOY_FILTER_OPT_IN: ap.spec.allow_envoy_filter}
     for i, obj in enumerate(ap.spec.template):
         path = f"spec.template[{i}]"
-        kind = TEMPLATE_KINDS[obj.kind]
-        if not kind.accepts(obj.api_version):
+        kind = template_kind(obj.api_version, obj.kind)
+        if kind is None or not kind.accepts(obj.api_version):
             errors.append(
                 TemplateError(
                     f"{path}.apiVersion",
                     f"{obj.api_version!r} is not an apiVersion of {obj.kind} "
-                    f"(use {', '.join(f'{kind.group}/{v}' if kind.group else v for v in kind.versions)})",
+                    f"(use {', '.join(accepted_api_versions(obj.kind))})",
+                )
+            )
+        elif kind.opt_in is not None and not allowed.get(kind.opt_in, False):
+            errors.append(
+                TemplateError(
+                    f"{path}.kind",
+                    f"{obj.kind} is refused unless spec.{kind.opt_in} is true: it patches the generated "
+                    "Envoy configuration directly, and a wrong patch can break the gateway for every "
+                    "AccessPoint on it",
                 )
             )
         try:
             substitute(obj.wire(), dummy, path)
         except TemplateError as err:
             errors.append(err)
-        ident = (obj.kind, obj.metadata.namespace or ap.namespace, obj.metadata.name)
+        ident = (group_of(obj.api_version), obj.kind, obj.metadata.namespace or ap.namespace, obj.metadata.name)
         if ident in seen:
             errors.append(TemplateError(f"{path}.metadata.name", f"duplicates spec.template[{seen[ident]}]"))
         seen.setdefault(ident, i)
@@ -253,8 +275,10 @@ def _normalized(ap: AccessPoint, tmpl: TemplateObject, raw: Mapping[str, Any]) -
     """A substituted template object as members get it: apiVersion of what meshfed writes, the
     AccessPoint's namespace by default, labels/annotations always present."""
     meta = raw.get("metadata", {})
+    # validate() refuses an apiVersion of no kind; unvalidated, the first kind of that name is written.
+    kind = template_kind(tmpl.api_version, tmpl.kind) or kinds_named(tmpl.kind)[0]
     return {
-        "apiVersion": TEMPLATE_KINDS[tmpl.kind].api_version,
+        "apiVersion": kind.api_version,
         "kind": tmpl.kind,
         "metadata": {
             "name": meta["name"],

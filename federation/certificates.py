@@ -65,6 +65,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from accesspoint.kinds import SECRET
 from accesspoint.meta import API_VERSION, Condition, merge_conditions
 from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.ownership import HUB, MANAGED_BY, Owner
@@ -762,7 +763,7 @@ class Certificates:
         for cname in placed:
             member = self.ctl.registry.members.get(cname)
             revision = None
-            if member is not None and member.usable and "Secret" in member.cache.synced:
+            if member is not None and member.usable and SECRET.id in member.cache.synced:
                 revision = self._member_revision(member, owner, cert.secret_name)
             out.append(ClusterDelivery(name=cname, revision=revision, secret=cert.secret_name,
                                        last_error=errors.get(cname)))

@@ -399,6 +399,12 @@ class Controller:
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
                                      last_error="; ".join(str(e) for e in rendered.errors))
             desired = rendered.objects
+            missing = member.unserved(desired)
+            if missing:
+                # A kind whose CRD the member lacks: write nothing there (no half bundle), keep what it has.
+                return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
+                                     last_error=f"the cluster does not serve {', '.join(missing)}: its CRD is "
+                                                "not installed there; nothing was changed in this cluster")
         the_plan = plan(desired, owned)
         client = member.client
         assert client is not None

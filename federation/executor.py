@@ -13,7 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from accesspoint.kinds import MANAGED_KINDS, NAMESPACE, api_path
+from accesspoint.kinds import NAMESPACE, api_path, managed_kind
 from accesspoint.ownership import FIELD_MANAGER, MANAGED_BY, Owner, foreign_owner_description, owner_of
 from accesspoint.plan import Plan
 from accesspoint.render import ObjectKey, key_of
@@ -35,7 +35,7 @@ class Outcome:
 
 
 def _describe(key: ObjectKey) -> str:
-    return f"{key.kind} {key.namespace}/{key.name}"
+    return str(key)
 
 
 async def _ensure_namespace(client: KubeClient, name: str, owner: Owner) -> None:
@@ -52,7 +52,7 @@ async def _ensure_namespace(client: KubeClient, name: str, owner: Owner) -> None
 async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: bool, cache: OwnedCache,
                   out: Outcome) -> None:
     key = key_of(obj)
-    kind = MANAGED_KINDS[key.kind]
+    kind = managed_kind(key.group, key.kind)
     collection = api_path(kind, key.namespace)
     try:
         try:
@@ -99,14 +99,14 @@ async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCach
 
     async def update(obj: dict[str, Any]) -> None:
         key = key_of(obj)
-        applied = await client.apply(api_path(MANAGED_KINDS[key.kind], key.namespace, key.name), obj,
+        applied = await client.apply(api_path(managed_kind(key.group, key.kind), key.namespace, key.name), obj,
                                      field_manager=FIELD_MANAGER)
         out.writes += 1
         cache.put(applied)
 
     async def delete(key: ObjectKey, uid: str, rv: str) -> None:
         current = cache.objects.get(key)
-        gone = await client.delete(api_path(MANAGED_KINDS[key.kind], key.namespace, key.name), uid=uid,
+        gone = await client.delete(api_path(managed_kind(key.group, key.kind), key.namespace, key.name), uid=uid,
                                    resource_version=rv)
         out.writes += int(gone)
         if current is not None:

@@ -1,7 +1,8 @@
 """Member clusters as the hub sees them: one client, one health probe and one owned-object cache each.
 
 Owns: building a KubeClient from a MemberCluster's kubeconfig Secret, probing /readyz, /version and
-the Istio API group (-> Reachable/Ready facts), and list+watch caches of every object this hub owns
+API discovery (-> Reachable/Ready facts and which managed kinds the member serves: a kind whose CRD
+is missing is neither watched nor written), and list+watch caches of every object this hub owns
 in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint. Changes are reported
 through callbacks; this module never writes to members (the executor does) nor to the hub.
 """
@@ -20,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from accesspoint.kinds import MANAGED_KINDS, Kind, api_path
+from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS, Kind, api_path
 from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
 from federation.kube import ApiError, Gone, KubeClient
@@ -29,6 +30,29 @@ from placement.models import ClusterFacts, MemberCluster
 log = logging.getLogger("meshfed.members")
 
 ISTIO_RESOURCES = {"gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"}
+# Aggregated discovery (one request for every group, version and resource; GA since Kubernetes 1.30).
+AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
+KindId = tuple[str, str]  # (group, kind)
+
+
+def served_resources(discovery: dict[str, Any]) -> dict[tuple[str, str], set[str]] | None:
+    """(group, version) -> resource names from an APIGroupDiscoveryList; None for any other answer
+    (an API server without aggregated discovery answers /apis with a plain APIGroupList)."""
+    if discovery.get("kind") != "APIGroupDiscoveryList":
+        return None
+    out: dict[tuple[str, str], set[str]] = {}
+    for group in discovery.get("items") or []:
+        name = str((group.get("metadata") or {}).get("name", ""))
+        for version in group.get("versions") or []:
+            out[(name, str(version.get("version", "")))] = {
+                str(r.get("resource", "")) for r in version.get("resources") or []}
+    return out
+
+
+def served_kinds(resources: dict[tuple[str, str], set[str]]) -> frozenset[KindId]:
+    """The managed kinds served at the version meshfed writes and watches (core kinds always are)."""
+    return frozenset(k.id for k in MANAGED_KINDS.values()
+                     if not k.group or k.plural in resources.get((k.group, k.versions[0]), set()))
 
 
 def _rv(obj: dict[str, Any]) -> int:
@@ -45,7 +69,7 @@ class OwnedCache:
         self.hub = hub
         self.objects: dict[ObjectKey, dict[str, Any]] = {}
         self.by_owner: dict[str, set[ObjectKey]] = defaultdict(set)
-        self.synced: set[str] = set()
+        self.synced: set[KindId] = set()
 
     def put(self, obj: dict[str, Any]) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed."""
@@ -81,11 +105,12 @@ class OwnedCache:
             return owner.key
         return None
 
-    def replace_kind(self, kind: str, items: list[dict[str, Any]]) -> set[str]:
-        """After a relist: replace every object of `kind`; return the owners that changed."""
+    def replace_kind(self, kind: KindId, items: list[dict[str, Any]]) -> set[str]:
+        """After a relist: replace every object of `kind` (group, kind); return the owners that changed."""
         changed: set[str] = set()
         fresh = {key_of(o): o for o in items}
-        for key in [k for k in self.objects if k.kind == kind and k not in fresh]:
+        group, name = kind
+        for key in [k for k in self.objects if k.kind == name and k.group == group and k not in fresh]:
             owner = self._drop(key)
             if owner:
                 changed.add(owner)
@@ -113,6 +138,7 @@ class Probe:
     istio: bool | None = None
     message: str = ""
     at: float = 0.0
+    served: frozenset[KindId] | None = None  # managed kinds the member serves (None: not probed)
 
 
 @dataclass
@@ -140,11 +166,26 @@ class Member:
             reachable=self.probe.reachable,
         )
 
+    def serves(self, kind: Kind) -> bool:
+        """The member serves this kind (its CRD is installed) at the version meshfed uses."""
+        served = self.probe.served
+        return not kind.group if served is None else kind.id in served
+
+    def unserved(self, objects: list[dict[str, Any]]) -> list[str]:
+        """`Kind.group/version` of every kind among `objects` the member does not serve, sorted."""
+        missing = set()
+        for obj in objects:
+            key = key_of(obj)
+            kind = MANAGED_KINDS.get((key.group, key.kind))
+            if kind is not None and not self.serves(kind):
+                missing.add(f"{kind.kind} ({kind.api_version})")
+        return sorted(missing)
+
     @property
     def usable(self) -> bool:
-        """Reachable now and every managed kind listed at least once: safe to plan against."""
+        """Reachable now and every managed kind it serves listed at least once: safe to plan against."""
         return bool(self.probe.reachable) and self.client is not None and self.cache.synced >= {
-            k for k in MANAGED_KINDS if self.probe.istio or MANAGED_KINDS[k].group == ""
+            k.id for k in MANAGED_KINDS.values() if self.serves(k)
         }
 
 
@@ -260,21 +301,35 @@ class MemberRegistry:
         try:
             await client.request("GET", "/readyz", timeout=5, retry=False)
             version = await client.request("GET", "/version", timeout=5, retry=False)
-            try:
-                group = await client.request("GET", "/apis/networking.istio.io/v1", timeout=5, retry=False)
-                names = {r.get("name") for r in group.get("resources") or []}
-                istio = names >= ISTIO_RESOURCES
-            except ApiError as err:
-                if err.status != 404:
-                    raise
-                istio = False
+            resources = await self._discover(client)
+            istio = resources.get((ISTIO_NET, "v1"), set()) >= ISTIO_RESOURCES
             message = "API server ready" + ("" if istio else "; Istio networking CRDs (v1) are not installed")
-            return Probe(True, istio, str(version.get("gitVersion", "")), istio, message, time.time())
+            return Probe(True, istio, str(version.get("gitVersion", "")), istio, message, time.time(),
+                         served_kinds(resources))
         except ApiError as err:
             return Probe(False, False, member.probe.version, member.probe.istio, str(err), time.time())
 
+    @staticmethod
+    async def _discover(client: KubeClient) -> dict[tuple[str, str], set[str]]:
+        """(group, version) -> served resources, for the groups of the managed kinds: one aggregated
+        discovery request, or (older API servers) one request per group version."""
+        found = served_resources(await client.request("GET", "/apis", timeout=5, retry=False,
+                                                      accept=AGGREGATED_DISCOVERY))
+        if found is not None:
+            return found
+        out: dict[tuple[str, str], set[str]] = {}
+        for group, version in sorted({(k.group, k.versions[0]) for k in MANAGED_KINDS.values() if k.group}):
+            try:
+                listing = await client.request("GET", f"/apis/{group}/{version}", timeout=5, retry=False)
+            except ApiError as err:
+                if err.status != 404:
+                    raise
+                continue
+            out[(group, version)] = {str(r.get("name", "")) for r in listing.get("resources") or []}
+        return out
+
     async def _probe_loop(self, member: Member) -> None:
-        watching: set[str] = set()
+        watching: set[KindId] = set()
         failures = 0
         while True:
             probe = await self.probe_once(member)
@@ -282,16 +337,19 @@ class MemberRegistry:
             if not probe.reachable and member.probe.reachable and failures < self.failure_threshold:
                 await asyncio.sleep(min(self.probe_interval, 1.0))
                 continue  # not yet: keep the last good view for a few more probes
-            changed = (probe.reachable, probe.ready, probe.version, probe.istio) != (
-                member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio)
+            if not probe.reachable and probe.served is None:
+                probe.served = member.probe.served  # what it served when last reachable
+            changed = (probe.reachable, probe.ready, probe.version, probe.istio, probe.served) != (
+                member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio,
+                member.probe.served)
             member.probe = probe
             if probe.reachable:
                 for kind in MANAGED_KINDS.values():
-                    if kind.kind in watching or (kind.group and not probe.istio):
+                    if kind.id in watching or not member.serves(kind):
                         continue
-                    watching.add(kind.kind)
+                    watching.add(kind.id)
                     member.tasks.append(asyncio.create_task(self._watch_kind(member, kind),
-                                                            name=f"watch-{member.name}-{kind.kind}"))
+                                                            name=f"watch-{member.name}-{kind.qualified}"))
             if changed:
                 log.info("member %s: reachable=%s ready=%s (%s)", member.name, probe.reachable, probe.ready,
                          probe.message)
@@ -312,7 +370,7 @@ class MemberRegistry:
                 for item in items:
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
-                changed = member.cache.replace_kind(kind.kind, items)
+                changed = member.cache.replace_kind(kind.id, items)
                 for changed_owner in changed:
                     self.on_owner_change(member.name, changed_owner)
                 self.on_member_change(member.name)

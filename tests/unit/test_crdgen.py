@@ -186,8 +186,10 @@ def test_accesspoint_template_spec_is_open_and_kinds_are_an_enum() -> None:
     (ap,) = [c for c in CRDS if c["spec"]["names"]["kind"] == "AccessPoint"]
     item = schema_of(ap)["properties"]["spec"]["properties"]["template"]["items"]
     assert item["properties"]["spec"]["x-kubernetes-preserve-unknown-fields"] is True
-    assert set(item["properties"]["kind"]["enum"]) == {"Service", "Gateway", "VirtualService", "DestinationRule",
-                                                       "ServiceEntry", "WorkloadEntry"}
+    assert set(item["properties"]["kind"]["enum"]) == {
+        "Service", "Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Sidecar",
+        "EnvoyFilter", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", "Telemetry",
+        "HTTPRoute", "GRPCRoute", "ReferenceGrant"}
 
 
 def test_deploy_crds_are_fresh(tmp_path: Path) -> None:

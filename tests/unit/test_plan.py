@@ -195,8 +195,8 @@ def test_objects_no_longer_desired_are_deleted_with_preconditions() -> None:
     p = plan([GW], owned)
     assert p.unchanged == 1
     assert p.delete == [
-        (ObjectKey("Service", "payments", "checkout-gw"), "uid-0", "100"),
-        (ObjectKey("VirtualService", "payments", "checkout"), "uid-2", "102"),
+        (ObjectKey("Service", "payments", "checkout-gw", ""), "uid-0", "100"),
+        (ObjectKey("VirtualService", "payments", "checkout", "networking.istio.io"), "uid-2", "102"),
     ]
     assert p.writes == 2
 

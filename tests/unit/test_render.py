@@ -186,7 +186,9 @@ def test_accepted_istio_api_versions(api_version: str) -> None:
     ("index", "obj", "fragment"),
     [
         (0, gateway(api_version="networking.istio.io/v2"), "use networking.istio.io/v1, networking.istio.io/v1beta1"),
-        (0, gateway(api_version="gateway.networking.k8s.io/v1"), "not an apiVersion of Gateway"),
+        # Gateway names two kinds: the error lists the apiVersions of both
+        (0, gateway(api_version="gateway.networking.k8s.io/v1alpha2"),
+         "networking.istio.io/v1alpha3, gateway.networking.k8s.io/v1, gateway.networking.k8s.io/v1beta1"),
         (0, gateway(api_version="v1"), "not an apiVersion of Gateway"),
         (1, {**service(), "apiVersion": "apps/v1"}, "(use v1)"),
         (1, {**service(), "apiVersion": "v2"}, "not an apiVersion of Service"),
@@ -253,9 +255,9 @@ def test_render_output_shape() -> None:
     out = render(bundle(), EAST, HUB_ID)
     assert out.errors == []
     assert [key_of(o) for o in out.objects] == [
-        ObjectKey("Service", "payments", "checkout-gw"),
-        ObjectKey("Gateway", "payments", "checkout"),
-        ObjectKey("VirtualService", "payments", "checkout"),
+        ObjectKey("Service", "payments", "checkout-gw", ""),
+        ObjectKey("Gateway", "payments", "checkout", "networking.istio.io"),
+        ObjectKey("VirtualService", "payments", "checkout", "networking.istio.io"),
     ]
     objs = by_kind(out.objects)
     # meshfed writes the kind's first version whatever version the template names
