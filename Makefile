@@ -30,7 +30,7 @@ debian-deps:
 	else echo "==> missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing); DNS/ACME tests will fail until then"; fi
 
 apiserver: python-deps
-	@echo "==> kube-apiserver from Go modules (cached after the first build)"
+	@echo "==> kube-apiserver, istiod (pilot-discovery) and pilot-agent from Go modules (cached after the first build)"
 	@$(PY) -m federation.cli fleet build
 
 lint: python-deps

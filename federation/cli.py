@@ -50,14 +50,21 @@ def cmd_fleet(args: argparse.Namespace) -> None:
     from federation.fleet import Fleet
 
     if args.action == "build":
-        from federation.fleet import apiserver_binary
+        from federation.fleet import apiserver_binary, istio_binaries
 
         print(f"kube-apiserver binary: {apiserver_binary()}")
+        for name, path in istio_binaries().items():
+            print(f"{name}: {path}")
         return
     fleet = Fleet(Path(args.dir))
     if args.action == "up":
-        state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones))
+        state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones,
+                                     istio=args.istio, backends=args.backends))
         print(table([["CLUSTER", "ROLE", "REGION", "ZONE", "SERVER", "STATE"], *map(list, fleet.status_rows())]))
+        if state.istio:
+            print()
+            print(table([["MEMBER", "ISTIOD", "GATEWAY ADMIN", "NETNS", "ECHO BACKENDS"],
+                         *map(list, fleet.istio_rows())]))
         print(f"\nPoint kubectl at the hub:  export KUBECONFIG={state.hub.kubeconfig}")
     elif args.action == "down":
         fleet.down()
@@ -67,6 +74,30 @@ def cmd_fleet(args: argparse.Namespace) -> None:
             print(f"no fleet in {args.dir} (run: meshfed fleet up)")
             return
         print(table([["CLUSTER", "ROLE", "REGION", "ZONE", "SERVER", "STATE"], *map(list, rows)]))
+        if fleet.istio_rows():
+            print()
+            print(table([["MEMBER", "ISTIOD", "GATEWAY ADMIN", "NETNS", "ECHO BACKENDS"],
+                         *map(list, fleet.istio_rows())]))
+    elif args.action in ("stop-gateway", "start-gateway", "stop-istiod", "start-istiod"):
+        if fleet.state is None or not args.cluster or not fleet.state.istio:
+            sys.exit(f"meshfed: fleet {args.action} needs a running fleet with Istio and a member name")
+        verb, part = args.action.split("-")
+        if verb == "stop":
+            (fleet.stop_gateway if part == "gateway" else fleet.stop_istiod)(args.cluster)
+        else:
+            asyncio.run(fleet.start_gateway(args.cluster) if part == "gateway" else fleet.start_istiod(args.cluster))
+        print(f"{args.cluster}: {part} {verb}ped" if verb == "stop" else f"{args.cluster}: {part} started")
+    elif args.action == "echo-mode":
+        if fleet.state is None or not args.cluster or not args.mode:
+            sys.exit("meshfed: fleet echo-mode needs a running fleet with Istio, a member name and --mode")
+        asyncio.run(fleet.set_echo_mode(args.mode, cluster=args.cluster))
+        print(f"{args.cluster}: echo backends {args.mode}")
+    elif args.action == "publish-backends":
+        if fleet.state is None or not fleet.state.istio or not args.namespace or not args.host:
+            sys.exit("meshfed: fleet publish-backends needs a running fleet with Istio, --namespace and --host")
+        asyncio.run(fleet.publish_backends(args.namespace, args.host, service=args.service, port=args.port))
+        print(f"echo backends of every member published as {args.host} (ServiceEntry {args.namespace}/{args.service}"
+              f" + WorkloadEntries) on every member")
     elif args.action == "kubeconfig":
         if fleet.state is None:
             sys.exit(f"meshfed: no fleet in {args.dir} (run: meshfed fleet up)")
@@ -218,12 +249,22 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     ctl.set_defaults(func=cmd_controller)
 
     fleet = sub.add_parser("fleet", help="local fleet of real kube-apiservers (hub + members)")
-    fleet.add_argument("action", choices=["build", "up", "down", "status", "kubeconfig", "stop-member", "start-member"])
+    fleet.add_argument("action", choices=["build", "up", "down", "status", "kubeconfig", "stop-member", "start-member",
+                                          "stop-gateway", "start-gateway", "stop-istiod", "start-istiod",
+                                          "echo-mode", "publish-backends"])
     fleet.add_argument("cluster", nargs="?")
     fleet.add_argument("--dir", default=str(DEFAULT_FLEET_DIR))
     fleet.add_argument("--members", type=int, default=3)
     fleet.add_argument("--regions", type=int, default=2)
     fleet.add_argument("--zones", type=int, default=3)
+    fleet.add_argument("--istio", action="store_true",
+                       help="every member runs istiod + a gateway Envoy; VIPs forward to it (off: API servers only)")
+    fleet.add_argument("--backends", type=int, default=1, help="echo backends per member (with --istio)")
+    fleet.add_argument("--mode", choices=["ok", "fail", "hang", "down"], help="echo-mode: what the backends do")
+    fleet.add_argument("--namespace", help="publish-backends: namespace of the ServiceEntry/WorkloadEntries")
+    fleet.add_argument("--host", help="publish-backends: the host they serve, e.g. checkout.payments.svc.cluster.local")
+    fleet.add_argument("--service", default="echo", help="publish-backends: ServiceEntry name")
+    fleet.add_argument("--port", type=int, default=8080, help="publish-backends: service port")
     fleet.set_defaults(func=cmd_fleet)
 
     sds = sub.add_parser("sds", add_help=False,

@@ -93,6 +93,37 @@ def issue(ca: KeyPair, common_name: str, *, organizations: tuple[str, ...] = (),
     return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _pem(key))
 
 
+def issue_leaf(ca: KeyPair, common_name: str, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (),
+               uris: tuple[str, ...] = (), server: bool = True, client: bool = False, days: int = 3650) -> KeyPair:
+    """A leaf certificate signed by `ca` with exactly these SANs (DNS names, IPs, URIs such as SPIFFE IDs)."""
+    ca_key = serialization.load_pem_private_key(ca.key_pem, None)
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = _key()
+    now = dt.datetime.now(dt.UTC)
+    sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    sans += [x509.UniformResourceIdentifier(u) for u in uris]
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH] if server else []
+    usages += [ExtendedKeyUsageOID.CLIENT_AUTH] if client else []
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, True, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    )
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return KeyPair(cert.public_bytes(serialization.Encoding.PEM), _pem(key))
+
+
 def write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -7,10 +7,14 @@ Used by tests/integration, e2e/ and e2e/bench; never by the controller itself.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
+import math
 import os
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -18,6 +22,8 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
+
+from cryptography import x509
 
 from federation.crdgen import all_crds
 from federation.fleet import REPO, ClusterProc, Fleet, apiserver_binary, apply_crds, free_port, load_member_crds
@@ -239,9 +245,16 @@ class ControllerProcess:
 
 
 async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
-                      topology: list[tuple[str, str, str]] | None = None) -> Fleet:
+                      topology: list[tuple[str, str, str]] | None = None, istio: bool = False,
+                      backends: int = 1) -> Fleet:
+    """A fleet in `root`; with `istio`, every member runs istiod + a gateway Envoy and `backends` echo backends."""
     fleet = Fleet(root)
-    await fleet.up(members=members, regions=regions, zones=zones, topology=topology)
+    try:
+        await fleet.up(members=members, regions=regions, zones=zones, topology=topology, istio=istio,
+                       backends=backends)
+    except BaseException:
+        fleet.down(purge=False)
+        raise
     return fleet
 
 
@@ -250,9 +263,11 @@ async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int
 
 @contextlib.asynccontextmanager
 async def running_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
-                        topology: list[tuple[str, str, str]] | None = None) -> AsyncIterator[Fleet]:
+                        topology: list[tuple[str, str, str]] | None = None, istio: bool = False,
+                        backends: int = 1) -> AsyncIterator[Fleet]:
     """`start_fleet`, brought down (state kept on disk for post-mortems) on exit."""
-    fleet = await start_fleet(root, members=members, regions=regions, zones=zones, topology=topology)
+    fleet = await start_fleet(root, members=members, regions=regions, zones=zones, topology=topology, istio=istio,
+                              backends=backends)
     try:
         yield fleet
     finally:
@@ -497,3 +512,146 @@ def tls_gateway_template(host: str, credential: str, extra_servers: Iterable[dic
                                "hosts": [host], "tls": {"mode": "SIMPLE", "credentialName": credential}},
                               *extra_servers]}},
     ]
+
+
+# ---- traffic through the fleet's VIPs (fleets started with istio=True) ---------------------------
+
+
+@dataclasses.dataclass
+class Tally:
+    """What a bounded request loop got back: answers per cluster/region/zone (from the echo backends'
+    headers), HTTP statuses, and transport errors by kind."""
+
+    clusters: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    regions: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    zones: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    statuses: collections.Counter[int] = dataclasses.field(default_factory=collections.Counter)
+    errors: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    seconds: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values()) + sum(self.errors.values())
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get(200, 0)
+
+    @property
+    def failed(self) -> int:
+        """Requests that did not get a 200: other statuses and transport errors."""
+        return self.total - self.ok
+
+    def add(self, status: int, headers: Mapping[str, str]) -> None:
+        self.statuses[status] += 1
+        if status == 200:
+            self.clusters[headers.get("x-echo-cluster", "?")] += 1
+            self.regions[headers.get("x-echo-region", "?")] += 1
+            self.zones[headers.get("x-echo-zone", "?")] += 1
+
+    def __str__(self) -> str:
+        return (f"{self.total} requests in {self.seconds:.1f}s: regions {dict(self.regions)}, "
+                f"clusters {dict(self.clusters)}, statuses {dict(self.statuses)}, errors {dict(self.errors)}")
+
+
+def binomial_band(n: int, p: float, sigmas: float = 4.0) -> tuple[float, float]:
+    """[low, high] count of successes with probability `p` over `n` trials, `sigmas` standard deviations wide."""
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    return mean - sigmas * sd, mean + sigmas * sd
+
+
+def client_tls(ca_pem: bytes | None = None) -> ssl.SSLContext:
+    """A client TLS context trusting `ca_pem` (None: no verification, for reading what a gateway serves)."""
+    if ca_pem is None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    return ssl.create_default_context(cadata=ca_pem.decode())
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0].strip() or b"0", 16)
+            chunk = await reader.readexactly(size + 2)
+            if size == 0:
+                break
+            body += chunk[:-2]
+    else:
+        body = await reader.read()
+        headers["connection"] = "close"
+    return status, headers, body
+
+
+async def request_loop(address: str, host: str, count: int, *, port: int = 443, path: str = "/", tls: bool = True,
+                       ca_pem: bytes | None = None, connections: int = 2, timeout: float = 5.0,
+                       headers: Mapping[str, str] | None = None) -> Tally:
+    """`count` GET requests for `host` (SNI and Host) to address:port (a VIP), over `connections`
+    keep-alive connections; a transport error or timeout is counted and the connection re-opened."""
+    ctx = client_tls(ca_pem) if tls else None
+    tally = Tally()
+    remaining = count
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: meshfed-e2e\r\n{extra}\r\n".encode()
+
+    async def worker() -> None:
+        nonlocal remaining
+        conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        while remaining > 0:
+            remaining -= 1
+            try:
+                if conn is None:
+                    conn = await asyncio.wait_for(
+                        asyncio.open_connection(address, port, ssl=ctx, server_hostname=host if ctx else None),
+                        timeout)
+                conn[1].write(request)
+                status, hdrs, _ = await asyncio.wait_for(_read_response(conn[0]), timeout)
+                tally.add(status, hdrs)
+                if hdrs.get("connection", "").lower() == "close":
+                    conn[1].close()
+                    conn = None
+            except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, ValueError, IndexError) as err:
+                tally.errors[type(err).__name__] += 1
+                if conn is not None:
+                    conn[1].close()
+                conn = None
+        if conn is not None:
+            conn[1].close()
+
+    start = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(max(1, min(connections, count)))))
+    tally.seconds = time.monotonic() - start
+    return tally
+
+
+async def served_certificate(address: str, host: str, port: int = 443, timeout: float = 5.0) -> x509.Certificate:
+    """The leaf certificate a TLS server at address:port presents for SNI `host`."""
+    _, writer = await asyncio.wait_for(
+        asyncio.open_connection(address, port, ssl=client_tls(None), server_hostname=host), timeout)
+    try:
+        obj = writer.get_extra_info("ssl_object")
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+    finally:
+        writer.close()
+    if not der:
+        raise AssertionError(f"{address}:{port} presented no certificate for {host}")
+    return x509.load_der_x509_certificate(der)
+
+
+async def gateway_vip(member: KubeClient, namespace: str, service: str) -> str:
+    """The VIP the fleet's load-balancer stand-in gave Service namespace/service on a member."""
+    svc = await member.get(f"/api/v1/namespaces/{namespace}/services/{service}") or {}
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    return str(ingress[0]["ip"]) if ingress else ""

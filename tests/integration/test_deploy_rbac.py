@@ -41,6 +41,7 @@ from certs.ca import generate_ca
 from e2e.dnsservers import BindServer, start_bind
 from federation import pki
 from federation.fleet import REPO, free_port, register_member
+from federation.fleet.l4 import Allocator, pool_for
 from federation.kube import ApiError, KubeClient
 from federation.testing import (
     DEPLOY,
@@ -57,7 +58,6 @@ from federation.testing import (
     tls_gateway_template,
     token_kubeconfig,
 )
-from federation.vipalloc import Allocator, pool_for
 
 pytestmark = pytest.mark.integration
 

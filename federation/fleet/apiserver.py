@@ -1,0 +1,297 @@
+"""One local API server (meshfed-apiserver: kube-apiserver with embedded etcd) and what the fleet
+installs on it.
+
+Owns starting/stopping one API server on loopback (its own data, PKI and kubeconfig), installing CRDs
+(meshfed's on the hub; Istio's and Gateway API's on members, from ../shared/crds) and registering a
+member on the hub (kubeconfig Secret + MemberCluster). Imports federation.{pki,crdgen,kube} and
+federation.fleet.build.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from federation import pki
+from federation.fleet.build import REPO
+from federation.fleet.istio import MemberIstio
+from federation.kube import ApiError, KubeClient
+
+HUB_NAMESPACE = "meshfed-system"
+
+
+def shared_dir() -> Path:
+    """../shared beside the checkout (CI clones with shared/ beside it), or $MESHFED_SHARED."""
+    env = os.environ.get("MESHFED_SHARED")
+    candidates = [Path(env)] if env else []
+    candidates += [REPO.parent / "shared", REPO / "shared", Path("/work/shared")]
+    for cand in candidates:
+        if (cand / "crds" / "istio" / "crd-all.gen.yaml").is_file():
+            return cand
+    raise FileNotFoundError(
+        "Istio CRDs not found: expected shared/crds/istio/crd-all.gen.yaml beside the checkout "
+        "(or set MESHFED_SHARED to the shared/ directory)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def kubeconfig_dict(name: str, port: int, ca: bytes, client: pki.KeyPair) -> dict[str, Any]:
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": name, "cluster": {"server": f"https://127.0.0.1:{port}",
+                                                 "certificate-authority-data": b64(ca)}}],
+        "users": [{"name": f"{name}-admin", "user": {"client-certificate-data": b64(client.cert_pem),
+                                                      "client-key-data": b64(client.key_pem)}}],
+        "contexts": [{"name": name, "context": {"cluster": name, "user": f"{name}-admin"}}],
+        "current-context": name,
+    }
+
+
+@dataclass
+class ClusterProc:
+    name: str
+    role: str  # hub | member
+    dir: str
+    port: int
+    etcd_port: int
+    peer_port: int
+    region: str = ""
+    zone: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    pid: int = 0
+    istio: MemberIstio | None = None  # members of a fleet started with istio=True
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ClusterProc:
+        data = dict(raw)
+        istio = data.pop("istio", None)
+        return cls(**data, istio=MemberIstio.from_dict(istio) if istio else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["istio"] = self.istio.to_dict() if self.istio else None
+        return data
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dir)
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.path / "kubeconfig"
+
+    def prepare(self) -> None:
+        pki_dir = self.path / "pki"
+        if (pki_dir / "ca.crt").exists():
+            return
+        pki_dir.mkdir(parents=True, exist_ok=True)
+        ca = pki.make_ca(f"{self.name}-ca")
+        serving = pki.issue(ca, "kube-apiserver", server=True)
+        admin = pki.issue(ca, "meshfed-admin", organizations=("system:masters",))
+        (pki_dir / "ca.crt").write_bytes(ca.cert_pem)
+        pki.write_private(pki_dir / "ca.key", ca.key_pem)
+        (pki_dir / "serving.crt").write_bytes(serving.cert_pem)
+        pki.write_private(pki_dir / "serving.key", serving.key_pem)
+        pki.write_service_account_keys(pki_dir)
+        kubeconfig = kubeconfig_dict(self.name, self.port, ca.cert_pem, admin)
+        pki.write_private(self.kubeconfig, yaml.safe_dump(kubeconfig).encode())
+
+    def command(self, binary: Path) -> list[str]:
+        p = self.path / "pki"
+        return [
+            str(binary),
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            f"--secure-port={self.port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--tls-cert-file={p / 'serving.crt'}",
+            f"--tls-private-key-file={p / 'serving.key'}",
+            f"--client-ca-file={p / 'ca.crt'}",
+            "--service-cluster-ip-range=10.96.0.0/16",
+            "--allow-privileged=true",
+            "--disable-admission-plugins=ServiceAccount",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={p / 'sa.pub'}",
+            f"--service-account-signing-key-file={p / 'sa.key'}",
+            "--profiling=false",
+            "--v=0",
+        ]
+
+    def start(self, binary: Path) -> None:
+        if self.running():
+            return
+        self.prepare()
+        env = {
+            **os.environ,
+            "MESHFED_ETCD_DIR": str(self.path / "etcd"),
+            "MESHFED_ETCD_CLIENT_URL": f"http://127.0.0.1:{self.etcd_port}",
+            "MESHFED_ETCD_PEER_URL": f"http://127.0.0.1:{self.peer_port}",
+            "MESHFED_ETCD_NO_FSYNC": "1",
+        }
+        log = open(self.path / "apiserver.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            self.command(binary), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+        self.pid = proc.pid
+
+    def running(self) -> bool:
+        if not self.pid:
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        try:  # a zombie child of ours is not running
+            waited, _ = os.waitpid(self.pid, os.WNOHANG)
+            return waited == 0
+        except ChildProcessError:
+            return True
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if not self.running():
+            self.pid = 0
+            return
+        os.killpg(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.running():
+            os.killpg(self.pid, signal.SIGKILL)
+        self.pid = 0
+
+    async def client(self, attempts: int = 3) -> KubeClient:
+        return await KubeClient.from_kubeconfig_file(str(self.kubeconfig), self.name, attempts=attempts)
+
+    async def wait_ready(self, timeout: float = 120.0) -> None:
+        client = await self.client(attempts=1)
+        try:
+            deadline = time.monotonic() + timeout
+            last = ""
+            while time.monotonic() < deadline:
+                if not self.running():
+                    tail = (self.path / "apiserver.log").read_text(errors="replace")[-3000:]
+                    raise RuntimeError(f"API server {self.name} exited during start:\n{tail}")
+                try:
+                    await client.request("GET", "/readyz", timeout=5, retry=False)
+                    return
+                except ApiError as err:
+                    last = str(err)
+                await asyncio.sleep(0.3)
+            raise TimeoutError(f"API server {self.name} not ready after {timeout:.0f}s: {last}")
+        finally:
+            await client.close()
+
+
+def load_member_crds() -> list[dict[str, Any]]:
+    root = shared_dir() / "crds"
+    docs: list[dict[str, Any]] = []
+    for path in [root / "istio" / "crd-all.gen.yaml", *sorted((root / "gateway-api").glob("*.yaml"))]:
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "CustomResourceDefinition"]
+    return docs
+
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+
+
+async def apply_crds(client: KubeClient, crds: Sequence[dict[str, Any]], timeout: float = 60.0) -> None:
+    """Server-side apply CRDs and wait until every one is Established."""
+    await asyncio.gather(
+        *(client.apply(f"{CRD_PATH}/{crd['metadata']['name']}", crd, field_manager="meshfed-fleet") for crd in crds)
+    )
+    deadline = time.monotonic() + timeout
+    for crd in crds:
+        while True:
+            obj = await client.get(f"{CRD_PATH}/{crd['metadata']['name']}") or {}
+            conds = {c["type"]: c["status"] for c in (obj.get("status") or {}).get("conditions") or []}
+            if conds.get("Established") == "True":
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CRD {crd['metadata']['name']} not Established on {client.name}")
+            await asyncio.sleep(0.1)
+
+
+APPROVAL_POLICY = REPO / "deploy" / "rbac" / "approval-policy.yaml"
+_CLUSTER_PATHS = {
+    "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
+    "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
+    "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+}
+
+
+async def apply_manifests(client: KubeClient, path: Path) -> None:
+    """Server-side apply the cluster-scoped objects of a manifest file (the approval policy and roles)."""
+    docs = [d for d in yaml.safe_load_all(await asyncio.to_thread(path.read_text)) if d]
+    for doc in docs:
+        if doc:
+            await client.apply(f"{_CLUSTER_PATHS[doc['kind']]}/{doc['metadata']['name']}", doc,
+                               field_manager="meshfed-fleet")
+
+
+async def ensure_namespace(client: KubeClient, name: str) -> None:
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    try:
+        await client.create("/api/v1/namespaces", body, field_manager="meshfed-fleet")
+    except ApiError as err:
+        if err.status != 409:
+            raise
+
+
+def memberclusters_know_istiod() -> bool:
+    """Whether the MemberCluster model has `spec.istiod` (helper meshstatus adds it)."""
+    from federation.crdgen import all_crds
+
+    for crd in all_crds():
+        if crd["spec"]["names"]["kind"] == "MemberCluster":
+            for version in crd["spec"]["versions"]:
+                spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+                if "istiod" in (spec.get("properties") or {}):
+                    return True
+    return False
+
+
+async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: str, zone: str,
+                          labels: dict[str, str], istiod_url: str | None = None) -> None:
+    """The documented way to register any cluster: a kubeconfig Secret + a MemberCluster (with
+    `spec.istiod.url` when the cluster's istiod is reached directly, as in the local fleet)."""
+    await ensure_namespace(hub, HUB_NAMESPACE)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{name}-kubeconfig", "namespace": HUB_NAMESPACE},
+        "type": "Opaque",
+        "stringData": {"kubeconfig": kubeconfig},
+    }
+    await hub.apply(f"/api/v1/namespaces/{HUB_NAMESPACE}/secrets/{name}-kubeconfig", secret,
+                    field_manager="meshfed-fleet")
+    spec: dict[str, Any] = {
+        "kubeconfigSecretRef": {"name": f"{name}-kubeconfig", "namespace": HUB_NAMESPACE, "key": "kubeconfig"},
+        "region": region,
+        "zone": zone,
+    }
+    if istiod_url and memberclusters_know_istiod():
+        spec["istiod"] = {"url": istiod_url}
+    member = {"apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
+              "metadata": {"name": name, "labels": labels}, "spec": spec}
+    await hub.apply(f"/apis/meshfed.io/v1alpha1/memberclusters/{name}", member, field_manager="meshfed-fleet")

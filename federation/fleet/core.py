@@ -1,0 +1,503 @@
+"""The local fleet as a whole: a hub and member clusters, optionally each member running Istio.
+
+Owns the fleet's life cycle and its state file: `Fleet.up` starts the API servers (hub + members),
+installs CRDs, registers the members; with `istio=True` every member also gets its own istiod, a
+gateway Envoy in its own network namespace, the gateway's objects, its validation webhook, the L4
+stand-in forwarding VIPs to that gateway, and echo backends (`backends` per member). State lives in
+a directory (default `.fleet/` in the checkout) described by `fleet.json`, so `meshfed fleet down`
+stops everything it started (istiods, agents and Envoys, relays, backends, API servers) and removes
+the namespaces. Imports federation.fleet.{apiserver,build,istio,netns} and federation.crdgen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from federation.crdgen import all_crds
+from federation.fleet import istio as mesh
+from federation.fleet import netns
+from federation.fleet.apiserver import (
+    APPROVAL_POLICY,
+    HUB_NAMESPACE,
+    ClusterProc,
+    apply_crds,
+    apply_manifests,
+    ensure_namespace,
+    free_port,
+    load_member_crds,
+    register_member,
+)
+from federation.fleet.build import REPO, apiserver_binary, istio_binaries, say
+
+
+def default_topology(members: int, regions: int, zones: int) -> list[tuple[str, str, str]]:
+    """(name, region, zone) for each member: zones spread over regions, members over zones."""
+    region_names = [f"region-{chr(ord('a') + i)}" for i in range(regions)]
+    zone_names = [(region_names[z % regions], f"{region_names[z % regions]}-{z // regions + 1}") for z in range(zones)]
+    return [(f"member-{i + 1}", *zone_names[i % zones]) for i in range(members)]
+
+
+@dataclass
+class FleetState:
+    hub: ClusterProc
+    members: list[ClusterProc]
+    aux_pids: dict[str, int] = field(default_factory=dict)
+    istio: bool = False
+    echo_control: int = 0  # loopback port of the echo backends' control API
+
+    def clusters(self) -> list[ClusterProc]:
+        return [self.hub, *self.members]
+
+    def member(self, name: str) -> ClusterProc:
+        return next(m for m in self.members if m.name == name)
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state_file = root / "fleet.json"
+        self.state: FleetState | None = None
+        if self.state_file.exists():
+            raw = json.loads(self.state_file.read_text())
+            self.state = FleetState(
+                hub=ClusterProc.from_dict(raw["hub"]),
+                members=[ClusterProc.from_dict(m) for m in raw["members"]],
+                aux_pids=raw.get("aux_pids", {}),
+                istio=bool(raw.get("istio")),
+                echo_control=int((raw.get("echo") or {}).get("control") or 0),
+            )
+
+    def save(self) -> None:
+        assert self.state is not None
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = {
+            "hub": self.state.hub.to_dict(),
+            "members": [m.to_dict() for m in self.state.members],
+            "aux_pids": self.state.aux_pids,
+            "istio": self.state.istio,
+            "echo": {"control": self.state.echo_control} if self.state.echo_control else None,
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=2))
+        os.replace(tmp, self.state_file)
+
+    def _new_cluster(self, name: str, role: str, region: str = "", zone: str = "",
+                     labels: dict[str, str] | None = None) -> ClusterProc:
+        return ClusterProc(
+            name=name, role=role, dir=str(self.root / name), port=free_port(), etcd_port=free_port(),
+            peer_port=free_port(), region=region, zone=zone, labels=dict(labels or {}),
+        )
+
+    # ---- up ------------------------------------------------------------------------------------
+
+    async def up(self, members: int = 3, regions: int = 2, zones: int = 3,
+                 topology: Sequence[tuple[str, str, str]] | None = None, vip_allocator: bool = True,
+                 istio: bool = False, backends: int = 1) -> FleetState:
+        """Start (or restart) the fleet. `istio`: every member runs istiod + a gateway Envoy, VIPs
+        forward to it, and `backends` echo instances per member answer behind it."""
+        binary = apiserver_binary()
+        binaries = istio_binaries() if istio else {}
+        if self.state is None:
+            topo = list(topology) if topology else default_topology(members, regions, zones)
+            self.state = FleetState(
+                hub=self._new_cluster("hub", "hub"),
+                members=[self._new_cluster(n, "member", r, z, {"env": "demo"}) for n, r, z in topo],
+                istio=istio,
+            )
+        state = self.state
+        if state.istio:
+            for index, member in enumerate(state.members, start=1):
+                self._plan_istio(member, index, backends)
+        for cluster in state.clusters():
+            cluster.start(binary)
+        self.save()
+        say(f"starting {len(state.clusters())} API servers (hub + {len(state.members)} members) ...")
+        await asyncio.gather(*(c.wait_ready() for c in state.clusters()))
+        say("API servers ready; installing CRDs ...")
+        await self.install_crds()
+        for member in state.members:
+            await self.register(member)
+        if state.istio:
+            await self._start_istio(state.members, binaries or istio_binaries(quiet=True))
+        elif vip_allocator:
+            self.start_vip_allocator()
+        self.save()
+        say(f"fleet up: hub kubeconfig {state.hub.kubeconfig}")
+        return state
+
+    def _netns_name(self, member: str) -> str:
+        digest = hashlib.sha256(str(self.root.resolve()).encode()).hexdigest()[:8]
+        return f"meshfed-{digest}-{member}"
+
+    def _plan_istio(self, member: ClusterProc, index: int, backends: int) -> None:
+        """Ports, namespace and backend addresses of `member`'s Istio (kept when already planned)."""
+        if member.istio is not None:
+            return
+        member.istio = mesh.MemberIstio(
+            netns=self._netns_name(member.name), dir=str(member.path),
+            http_port=free_port(), grpc_port=free_port(), grpc_tls_port=free_port(), webhook_port=free_port(),
+            monitoring_port=free_port(), ctrlz_port=free_port(), admin_port=free_port(), ready_port=free_port(),
+            backends=[mesh.EchoBackend(name=f"{member.name}-echo-{k}", cluster=member.name, region=member.region,
+                                       zone=member.zone, address=f"127.0.{10 + index}.{k}")
+                      for k in range(1, backends + 1)],
+        )
+
+    async def _start_istio(self, members: Sequence[ClusterProc], binaries: dict[str, Path]) -> None:
+        assert self.state is not None
+        t0 = time.monotonic()
+        ca = mesh.mesh_ca(self.root)
+        for member in members:
+            assert member.istio is not None
+            netns.create(member.istio.netns)
+            mesh.prepare_files(member.istio, ca, binaries["bootstrap"])
+
+        async def objects(member: ClusterProc) -> None:
+            client = await member.client()
+            try:
+                await mesh.install_gateway_objects(client, member.name, member.region, member.zone)
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(objects(m) for m in members))
+        say(f"starting istiod and a gateway Envoy on {len(members)} member(s) ...")
+        for member in members:
+            self._start_istiod(member, binaries["pilot-discovery"])
+        if not self.state.echo_control:
+            self.state.echo_control = free_port()
+        self.save()
+        self.restart_aux("l4")
+        if any(m.istio and m.istio.backends for m in self.state.members):
+            self.restart_aux("echo")
+        await asyncio.gather(*(self.wait_istiod(m) for m in members))
+        await asyncio.gather(*(self._register_webhook(m) for m in members))
+        for member in members:
+            self._start_agent(member, binaries["pilot-agent"], binaries["envoy"])
+        self.save()
+        await asyncio.gather(*(self.wait_gateway(m) for m in members), self.wait_echo())
+        say(f"Istio up on {len(members)} member(s) in {time.monotonic() - t0:.1f}s "
+            f"(istiod, gateway Envoy, VIP forwarding, {sum(len(m.istio.backends) for m in members if m.istio)} "
+            "echo backends)")
+
+    def _start_istiod(self, member: ClusterProc, binary: Path) -> None:
+        istio = member.istio
+        assert istio is not None
+        if istio.istiod_pid and _alive(istio.istiod_pid):
+            return
+        istio.istiod_pid = mesh.spawn(mesh.istiod_command(istio, binary, member.kubeconfig), istio.istiod_dir,
+                                      mesh.istiod_env(istio, member.name), istio.istiod_dir / "istiod.log")
+
+    def _start_agent(self, member: ClusterProc, binary: Path, envoy: Path) -> None:
+        istio = member.istio
+        assert istio is not None
+        if istio.agent_pid and _alive(istio.agent_pid):
+            return
+        istio.agent_pid = mesh.spawn(mesh.agent_command(istio, binary), istio.gateway_dir,
+                                     mesh.agent_env(istio, member.name, member.region, member.zone, envoy),
+                                     istio.gateway_dir / "gateway.log")
+
+    async def _register_webhook(self, member: ClusterProc) -> None:
+        assert member.istio is not None
+        client = await member.client()
+        try:
+            await mesh.register_webhook(client, member.istio)
+        finally:
+            await client.close()
+
+    async def wait_istiod(self, member: ClusterProc, timeout: float = 120.0) -> None:
+        istio = member.istio
+        assert istio is not None
+        await _wait_http(f"{istio.istiod_url}/ready", timeout, f"istiod of {member.name}", istio.istiod_pid,
+                         istio.istiod_dir / "istiod.log")
+
+    async def wait_gateway(self, member: ClusterProc, timeout: float = 120.0) -> None:
+        istio = member.istio
+        assert istio is not None
+        await _wait_http(istio.gateway_ready_url, timeout, f"gateway of {member.name}", istio.agent_pid,
+                         istio.gateway_dir / "gateway.log")
+
+    async def wait_echo(self, timeout: float = 60.0) -> None:
+        assert self.state is not None
+        if "echo" in self.state.aux_pids:
+            await _wait_http(f"http://127.0.0.1:{self.state.echo_control}/backends", timeout, "echo backends",
+                             self.state.aux_pids["echo"], self.root / "echo.log")
+
+    # ---- hub / members ---------------------------------------------------------------------------
+
+    async def install_crds(self) -> None:
+        assert self.state is not None
+        hub = await self.state.hub.client()
+        try:
+            await apply_crds(hub, all_crds())
+            await ensure_namespace(hub, HUB_NAMESPACE)
+            await apply_manifests(hub, APPROVAL_POLICY)
+        finally:
+            await hub.close()
+        member_crds = load_member_crds()
+
+        async def install(member: ClusterProc) -> None:
+            client = await member.client()
+            try:
+                await apply_crds(client, member_crds)
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(install(m) for m in self.state.members))
+
+    async def register(self, member: ClusterProc) -> None:
+        """Create the member's kubeconfig Secret and MemberCluster object on the hub."""
+        assert self.state is not None
+        hub = await self.state.hub.client()
+        try:
+            await register_member(hub, member.name, member.kubeconfig.read_text(), member.region, member.zone,
+                                  member.labels, istiod_url=member.istio.istiod_url if member.istio else None)
+        finally:
+            await hub.close()
+
+    async def add_member(self, name: str, region: str, zone: str, labels: dict[str, str] | None = None,
+                         backends: int = 1) -> ClusterProc:
+        assert self.state is not None
+        member = self._new_cluster(name, "member", region, zone, labels or {"env": "demo"})
+        self.state.members.append(member)
+        if self.state.istio:
+            self._plan_istio(member, len(self.state.members), backends)
+        member.start(apiserver_binary(quiet=True))
+        self.save()
+        await member.wait_ready()
+        client = await member.client()
+        try:
+            await apply_crds(client, load_member_crds())
+        finally:
+            await client.close()
+        await self.register(member)
+        if self.state.istio:
+            await self._start_istio([member], istio_binaries(quiet=True))
+        else:
+            self.restart_vip_allocator()
+        return member
+
+    # ---- Istio pieces one at a time (tests: a gateway or istiod stopped) ------------------------
+
+    def stop_gateway(self, name: str) -> None:
+        assert self.state is not None
+        istio = self.state.member(name).istio
+        assert istio is not None, f"{name} does not run Istio"
+        stop_groups([istio.agent_pid])
+        istio.agent_pid = 0
+        self.save()
+
+    async def start_gateway(self, name: str) -> None:
+        assert self.state is not None
+        member = self.state.member(name)
+        bins = istio_binaries(quiet=True)
+        self._start_agent(member, bins["pilot-agent"], bins["envoy"])
+        self.save()
+        await self.wait_gateway(member)
+
+    def stop_istiod(self, name: str) -> None:
+        assert self.state is not None
+        istio = self.state.member(name).istio
+        assert istio is not None, f"{name} does not run Istio"
+        stop_groups([istio.istiod_pid])
+        istio.istiod_pid = 0
+        self.save()
+
+    async def start_istiod(self, name: str) -> None:
+        assert self.state is not None
+        member = self.state.member(name)
+        self._start_istiod(member, istio_binaries(quiet=True)["pilot-discovery"])
+        self.save()
+        await self.wait_istiod(member)
+
+    def echo_backends(self) -> list[mesh.EchoBackend]:
+        """Every member's echo backends."""
+        assert self.state is not None
+        return [b for m in self.state.members if m.istio for b in m.istio.backends]
+
+    async def publish_backends(self, namespace: str, host: str, *, service: str = "echo", port: int = 8080,
+                               clusters: Iterable[str] | None = None) -> None:
+        """On every Istio member: a ServiceEntry `service` for `host` in `namespace`, selecting WorkloadEntries
+        for the echo backends of `clusters` (default: all members'), each with its locality."""
+        assert self.state is not None
+        wanted = set(clusters) if clusters is not None else None
+        chosen = [b for b in self.echo_backends() if wanted is None or b.cluster in wanted]
+
+        async def publish(member: ClusterProc) -> None:
+            client = await member.client()
+            try:
+                await mesh.publish_backends(client, namespace, host, chosen, service=service, port=port)
+            finally:
+                await client.close()
+
+        await asyncio.gather(*(publish(m) for m in self.state.members if m.istio))
+
+    async def set_echo_mode(self, mode: str, *, cluster: str | None = None, backend: str | None = None) -> None:
+        """Switch the echo backends of `cluster` (or one `backend`) to ok | fail | hang | down."""
+        assert self.state is not None
+        if (cluster is None) == (backend is None):
+            raise ValueError("name exactly one of cluster / backend")
+        path = f"/clusters/{cluster}" if cluster else f"/backends/{backend}"
+        status, body = await _http_put(self.state.echo_control, path, {"mode": mode})
+        if status != 200:
+            raise RuntimeError(f"echo control {path}: {status} {body.decode(errors='replace')}")
+
+    # ---- auxiliary processes ----------------------------------------------------------------------
+
+    _AUX = {"l4": ("federation.fleet.l4", "l4.log"), "echo": ("federation.fleet.echo", "echo.log")}
+
+    def start_aux(self, name: str) -> None:
+        assert self.state is not None
+        old = self.state.aux_pids.get(name)
+        if old and _alive(old):
+            return
+        module, log_name = self._AUX[name]
+        with open(self.root / log_name, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", module, str(self.root)], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                    cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.state.aux_pids[name] = proc.pid
+        self.save()
+
+    def restart_aux(self, name: str) -> None:
+        assert self.state is not None
+        pid = self.state.aux_pids.pop(name, 0)
+        if pid:
+            stop_groups([pid])
+        self.start_aux(name)
+
+    def start_vip_allocator(self) -> None:
+        self.start_aux("l4")
+
+    def restart_vip_allocator(self) -> None:
+        self.restart_aux("l4")
+
+    # ---- down -------------------------------------------------------------------------------------
+
+    def down(self, *, purge: bool = True) -> None:
+        if self.state is None:
+            say("no fleet here")
+            return
+        istios = [m.istio for m in self.state.members if m.istio]
+        pids = [p for i in istios for p in (i.agent_pid, i.istiod_pid)] + list(self.state.aux_pids.values())
+        for pid_file in self.root.glob("*.pid"):  # e.g. the demo's controller
+            try:
+                pids.append(int(pid_file.read_text().strip()))
+            except ValueError:
+                pass
+            pid_file.unlink()
+        stop_groups(pids)
+        for i in istios:
+            i.agent_pid = i.istiod_pid = 0
+        self.state.aux_pids.clear()
+        for cluster in self.state.clusters():
+            cluster.stop()
+        for i in istios:
+            netns.delete(i.netns)
+        self.save()
+        if purge:
+            shutil.rmtree(self.root, ignore_errors=True)
+        say("fleet down: nothing left running")
+
+    def status_rows(self) -> list[tuple[str, str, str, str, str, str]]:
+        if self.state is None:
+            return []
+        rows = []
+        for c in self.state.clusters():
+            state = "running" if c.running() else "stopped"
+            if c.istio is not None:
+                parts = [f"istiod {'up' if _alive(c.istio.istiod_pid) else 'down'}",
+                         f"gateway {'up' if _alive(c.istio.agent_pid) else 'down'}"]
+                state += f" ({', '.join(parts)})"
+            rows.append((c.name, c.role, c.region or "-", c.zone or "-", f"https://127.0.0.1:{c.port}", state))
+        return rows
+
+    def istio_rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(member, istiod URL, gateway admin URL, netns, backends) of every Istio member."""
+        if self.state is None:
+            return []
+        return [(m.name, m.istio.istiod_url, m.istio.gateway_admin_url, m.istio.netns,
+                 ", ".join(f"{b.name}@{b.address}:{b.port}" for b in m.istio.backends) or "-")
+                for m in self.state.members if m.istio]
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours is not running
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_groups(pids: Iterable[int], timeout: float = 8.0) -> None:
+    """SIGTERM every process group in `pids` at once, SIGKILL what is left after `timeout`."""
+    live = [p for p in pids if p and _alive(p)]
+    for pid in live:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while live and time.monotonic() < deadline:
+        live = [p for p in live if _alive(p)]
+        if live:
+            time.sleep(0.1)
+    for pid in live:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for pid in live:
+        for _ in range(50):
+            if not _alive(pid):
+                break
+            time.sleep(0.05)
+
+
+async def _wait_http(url: str, timeout: float, what: str, pid: int, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    last: tuple[int, bytes] = (0, b"")
+    while time.monotonic() < deadline:
+        last = await mesh.http_get(url, timeout=3)
+        if last[0] == 200:
+            return
+        if not _alive(pid):
+            tail = _tail(log)
+            raise RuntimeError(f"{what} exited during start:\n{tail}")
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{what} not ready after {timeout:.0f}s ({url}: {last[0]} {last[1][:200]!r}); see {log}")
+
+
+def _tail(log: Path, n: int = 3000) -> str:
+    return log.read_text(errors="replace")[-n:] if log.exists() else ""
+
+
+async def _http_put(port: int, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        data = json.dumps(body).encode()
+        writer.write(f"PUT {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), payload
