@@ -1,7 +1,7 @@
 """AccessPoint API models (spec, status) and its CRD descriptor.
 
-Imports accesspoint.meta, accesspoint.kinds, accesspoint.traffic, accesspoint.rollout and
-placement.models. Pure data, no I/O.
+Imports accesspoint.meta, accesspoint.kinds, accesspoint.traffic, accesspoint.rollout,
+accesspoint.istioverdict and placement.models. Pure data, no I/O.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from accesspoint.istioverdict import IstioMessage
 from accesspoint.kinds import TEMPLATE_KIND_NAMES
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
 from accesspoint.overrides import Override
@@ -88,8 +89,27 @@ class ClusterStatus(ApiModel):
     vip: str | None = None
     fqdn: str | None = None
     certificate: str | None = None
-    route_configured: bool | None = Field(default=None, alias="routeConfigured")
+    route_configured: bool | None = Field(
+        default=None, alias="routeConfigured",
+        description="Istio's verdict: every gateway proxy the AccessPoint's Gateways select was pushed its "
+        "routes and ACKed them (null: not evaluated, or istiod cannot be asked; see routeMessage)")
+    route_message: str | None = Field(
+        default=None, alias="routeMessage",
+        description="Why routeConfigured is what it is; absent when routes are not evaluated here (the member "
+        "has no spec.istiod, or the AccessPoint has no Gateway)")
+    gateway_proxies: str | None = Field(default=None, alias="gatewayProxies",
+                                        description="gateway proxies with the routes ACKed / selected")
+    istio_messages: list[IstioMessage] | None = Field(
+        default=None, alias="istioMessages",
+        description="Istio analyzer messages (status.validationMessages) current for the objects' generation")
+    no_current_verdict: list[str] | None = Field(
+        default=None, alias="noCurrentVerdict",
+        description="Objects whose analyzer messages are for an older generation (not reported)")
     last_error: str | None = Field(default=None, alias="lastError")
+
+    @property
+    def routes_evaluated(self) -> bool:
+        return self.route_message is not None
 
 
 class AccessPointSummary(ApiModel):
@@ -98,6 +118,7 @@ class AccessPointSummary(ApiModel):
     clusters: str = "0/0"
     vips: str = ""
     phase: str = ""
+    routes: str | None = Field(default=None, description="clusters with routes configured / evaluated")
 
 
 class AccessPointStatus(ApiModel):
@@ -121,6 +142,8 @@ class AccessPoint(Resource):
         printer_columns=(
             PrinterColumn("Clusters", ".status.summary.clusters", description="ready/placed"),
             PrinterColumn("Phase", ".status.summary.phase"),
+            PrinterColumn("Routes", ".status.summary.routes",
+                          description="clusters whose gateways ACKed the routes / clusters where evaluated"),
             PrinterColumn("VIPs", ".status.summary.vips"),
             PrinterColumn("Rollout", ".status.rollout.phase", description="rollout phase"),
             PrinterColumn("Wave", ".status.rollout.wave", description="current wave, e.g. 1/3 zone-a"),

@@ -1,7 +1,9 @@
 """AccessPoint status summary: per-cluster outcomes + placement -> conditions and columns.
 
 Pure: the caller passes `now` (RFC 3339) for transition times; an unchanged world yields an equal
-status, so the writer can skip the write. Imports accesspoint.models, accesspoint.meta.
+status, so the writer can skip the write. Ready needs routeConfigured True on every placed cluster
+where it is evaluated (ClusterStatus.routeMessage set); the IstioAnalysis condition carries Istio's
+analyzer messages per cluster. Imports accesspoint.models, accesspoint.meta.
 """
 
 from __future__ import annotations
@@ -81,15 +83,34 @@ def summarize(
         fresh.append(cond("Applied", "False", "NoClusterSelected", "nothing to apply"))
 
     lb_missing = [c for c in applied if c.vip is None and c.route_configured is False]
-    ready = [c for c in applied if c not in lb_missing]
+    # Istio's verdict, where it is evaluated (a member with spec.istiod, an AccessPoint with Gateways).
+    evaluated = [c for c in in_place if c.routes_evaluated]
+    routes_false = [c for c in applied if c.routes_evaluated and c.route_configured is False]
+    routes_unknown = [c for c in applied if c.routes_evaluated and c.route_configured is None]
+    ready = [c for c in applied if c not in lb_missing and c not in routes_false and c not in routes_unknown]
+
+    def why(items: Sequence[ClusterStatus]) -> str:
+        return "; ".join(f"{c.name}: {c.route_message}" for c in items)
+
     if placed and len(ready) == len(in_place) and not removing:
         fresh.append(cond("Ready", "True", "Ready", f"ready in {len(ready)}/{len(in_place)} cluster(s)"))
     elif failed:
         fresh.append(cond("Ready", "False", "ApplyFailed", f"failed in: {names(failed)}"))
     elif unknown:
         fresh.append(cond("Ready", "Unknown", "ClusterUnreachable", f"state unknown in: {names(unknown)}"))
+    elif routes_false:
+        fresh.append(cond("Ready", "False", "RoutesNotConfigured",
+                          f"ready in {len(ready)}/{len(in_place)} cluster(s); "
+                          f"routes not configured in {why(routes_false)}"
+                          + (f"; routes unknown in {why(routes_unknown)}" if routes_unknown else "")))
+    elif routes_unknown and len(ready) + len(routes_unknown) == len(in_place) and not removing:
+        fresh.append(cond("Ready", "Unknown", "RoutesUnknown",
+                          f"ready in {len(ready)}/{len(in_place)} cluster(s); routes unknown in {why(routes_unknown)}"))
     else:
         fresh.append(cond("Ready", "False", "NotReady", f"ready in {len(ready)}/{len(in_place)} cluster(s)"))
+    analysis = _analysis_condition(in_place, gen)
+    if analysis is not None:
+        fresh.append(analysis)
 
     phase = "Ready"
     if failed:
@@ -108,11 +129,38 @@ def summarize(
         conditions=merge_conditions(prev_conditions, fresh, now),
         placement=decision,
         clusters=list(entries),
-        summary=AccessPointSummary(clusters=f"{len(ready)}/{len(in_place)}", vips=",".join(vips), phase=phase),
+        summary=AccessPointSummary(
+            clusters=f"{len(ready)}/{len(in_place)}", vips=",".join(vips), phase=phase,
+            routes=(f"{sum(1 for c in evaluated if c.route_configured is True)}/{len(evaluated)}"
+                    if evaluated else None)),
         fqdn=previous.fqdn if previous else None,
         certificate=previous.certificate if previous else None,
     )
     return status
+
+
+def _analysis_condition(clusters: Sequence[ClusterStatus], gen: int) -> Condition | None:
+    """IstioAnalysis: Istio's analyzer messages on the member objects, naming cluster, object and code.
+
+    Only messages current for the object's generation are reported; objects whose messages are older
+    say "no current verdict". Absent when no placed cluster has routes evaluated and none has messages.
+    """
+    messages = [(c.name, m) for c in clusters for m in c.istio_messages or []]
+    stale = [(c.name, o) for c in clusters for o in c.no_current_verdict or []]
+    if not messages and not stale and not any(c.routes_evaluated for c in clusters):
+        return None
+    if messages:
+        text = "; ".join(f"{name}: {m.object}: {m.code} {m.level}".rstrip() for name, m in messages)
+        if stale:
+            text += "; no current verdict for " + ", ".join(f"{name}: {o}" for name, o in stale)
+        worst = "IstioError" if any(m.level.upper() == "ERROR" for _, m in messages) else "IstioWarning"
+        return Condition(type="IstioAnalysis", status="False", reason=worst, message=text, observed_generation=gen)
+    if stale:
+        return Condition(type="IstioAnalysis", status="Unknown", reason="NoCurrentVerdict",
+                         message="no current verdict (messages are for an older generation) for "
+                         + ", ".join(f"{name}: {o}" for name, o in stale), observed_generation=gen)
+    return Condition(type="IstioAnalysis", status="True", reason="NoMessages",
+                     message="Istio's analyzer reports nothing on the member objects", observed_generation=gen)
 
 
 def applied_message(applied: Sequence[ClusterStatus]) -> str:

@@ -168,17 +168,36 @@ def render_status(obj: dict[str, Any]) -> str:
         f"AccessPoint {meta['namespace']}/{meta['name']}  generation {meta.get('generation')}  "
         f"observed {status.get('observedGeneration', '-')}  revision {status.get('revision', '-')}",
         f"Phase: {summary.get('phase', '-')}   Clusters ready: {summary.get('clusters', '-')}   "
+        f"Routes: {summary.get('routes') or '-'}   "
         f"FQDN: {status.get('fqdn') or '-'}   Cert: {status.get('certificate') or '-'}",
         "",
         "Conditions:",
     ]
     for c in status.get("conditions") or []:
         lines.append(f"  {c['type']:<10} {c['status']:<8} {c.get('reason', ''):<20} {c.get('message', '')}")
-    rows = [["CLUSTER", "REGION", "ZONE", "STATE", "REVISION", "OBJECTS", "VIP", "LAST ERROR"]]
+    rows = [["CLUSTER", "REGION", "ZONE", "STATE", "REVISION", "OBJECTS", "VIP", "ROUTES", "PROXIES", "ISTIO",
+             "LAST ERROR"]]
+    details: list[str] = []
     for c in status.get("clusters") or []:
+        evaluated = c.get("routeMessage") is not None
+        routes = {True: "True", False: "False", None: "Unknown"}[c.get("routeConfigured")] if evaluated else "-"
+        messages = c.get("istioMessages") or []
+        stale = c.get("noCurrentVerdict") or []
+        istio = ",".join(sorted({m["code"] for m in messages})) or ("?" if stale else "-")
         rows.append([c["name"], c.get("region", ""), c.get("zone", ""), c["state"], c.get("revision") or "-",
-                     str(c.get("objects", 0)), c.get("vip") or "-", (c.get("lastError") or "")[:100]])
+                     str(c.get("objects", 0)), c.get("vip") or "-", routes,
+                     (c.get("gatewayProxies") or "-") + (" synced" if c.get("gatewayProxies") else ""), istio,
+                     (c.get("lastError") or "")[:100]])
+        if evaluated and c.get("routeConfigured") is not True:
+            details.append(f"  {c['name']}: routes: {c['routeMessage']}")
+        for m in messages:
+            details.append(f"  {c['name']}: {m['object']}: {m['code']} {m.get('level', '')}  "
+                           f"{m.get('documentationUrl') or ''}".rstrip())
+        for obj in stale:
+            details.append(f"  {c['name']}: {obj}: no current verdict (Istio's messages are for an older generation)")
     lines += ["", table(rows) if len(rows) > 1 else "(no clusters)"]
+    if details:
+        lines += ["", "Istio:", *details]
     rejected = (status.get("placement") or {}).get("rejected") or []
     if rejected:
         lines += ["", "Not placed:"] + [f"  {r['cluster']}: {r['reason']}" for r in rejected]

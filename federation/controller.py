@@ -17,6 +17,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from accesspoint.istioverdict import RouteVerdict, analyzer_messages, route_verdict
+from accesspoint.kinds import ISTIO_NET
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
 from accesspoint.plan import plan
@@ -78,11 +80,18 @@ def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
 
 class Controller:
     def __init__(self, hub: KubeClient, hub_id: str, *, workers: int = 16, probe_interval: float = 5.0,
-                 resync_seconds: float = 600.0) -> None:
+                 resync_seconds: float = 600.0, istiod_options: dict[str, float] | None = None,
+                 route_settle: float = 10.0) -> None:
         self.hub = hub
         self.hub_id = hub_id
         self.writer = HubWriter(hub)
-        self.registry = MemberRegistry(hub, hub_id, self._owner_changed, self._member_changed, probe_interval)
+        self.registry = MemberRegistry(hub, hub_id, self._owner_changed, self._member_changed, probe_interval,
+                                       on_istiod_change=self._istiod_changed, istiod_options=istiod_options)
+        # routeConfigured: when meshfed last wrote an AccessPoint's objects to a member (monotonic), and
+        # the verdict last reported, per (member, AccessPoint key).
+        self.route_settle = route_settle
+        self._written_at: dict[tuple[str, str], float] = {}
+        self._verdicts: dict[tuple[str, str], RouteVerdict | None] = {}
         self.accesspoints: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.memberclusters: dict[str, dict[str, Any]] = {}
@@ -148,6 +157,26 @@ class Controller:
     def _member_changed(self, member: str) -> None:
         self.enqueue(f"mc/{member}")
         self.enqueue_all()
+
+    def _route_verdict(self, member: Member, owner_key: str, objects: Iterable[dict[str, Any]]) -> RouteVerdict | None:
+        view = member.istiod.view if member.istiod is not None else None
+        return route_verdict(objects, view, changed_at=self._written_at.get((member.name, owner_key)),
+                             settle=self.route_settle, now=time.monotonic())
+
+    def _istiod_changed(self, name: str) -> None:
+        """After each poll of a member's istiod: reconcile only the AccessPoints whose verdict moved
+        (the verdict is cheap and pure; a reconcile renders and plans)."""
+        member = self.registry.members.get(name)
+        if member is None or member.istiod is None:
+            return
+        cache = member.cache
+        for owner_key, keys in list(cache.by_owner.items()):
+            if not any(k.kind == "Gateway" and k.group == ISTIO_NET for k in keys):
+                continue
+            objects = [cache.objects[k] for k in keys if k in cache.objects]
+            verdict = self._route_verdict(member, owner_key, objects)
+            if self._verdicts.get((name, owner_key)) != verdict and owner_key in self.accesspoints:
+                self.enqueue(f"ap/{owner_key}")
 
     def on_accesspoint(self, event_type: str, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -372,6 +401,26 @@ class Controller:
     async def _sync_cluster(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
                             context: RenderContext,
                             renderers: dict[int, Renderer] | None = None) -> ClusterStatus | None:
+        """Bring one member to the rendering of `ap`, then add Istio's verdict to its entry."""
+        entry = await self._sync_objects(ap, owner, member, placed, context, renderers)
+        if entry is None or not member.usable:
+            return entry
+        objects = list(member.cache.owned(owner).values())
+        analysis = analyzer_messages(objects)
+        entry.istio_messages = analysis.messages or None
+        entry.no_current_verdict = analysis.stale or None
+        if member.istiod is not None and entry.state in ("Applied", "Progressing"):
+            verdict = self._route_verdict(member, owner.key, objects)
+            self._verdicts[(member.name, owner.key)] = verdict
+            if verdict is not None:
+                entry.route_configured = verdict.configured
+                entry.route_message = verdict.message
+                entry.gateway_proxies = verdict.proxies if verdict.total or verdict.configured is not None else None
+        return entry
+
+    async def _sync_objects(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
+                            context: RenderContext,
+                            renderers: dict[int, Renderer] | None = None) -> ClusterStatus | None:
         """Bring one member to the rendering of `ap` (the revision this cluster should carry)."""
         if renderers is None:
             revision = revision_of(ap)
@@ -411,6 +460,9 @@ class Controller:
         outcome = await execute(client, the_plan, owner, member.cache, adopt=ap.spec.adopt_existing) \
             if not the_plan.empty else None
         if outcome is not None and outcome.writes:
+            self._written_at[(member.name, owner.key)] = time.monotonic()
+            if member.istiod is not None:
+                member.istiod.kick()
             seen = self._seen_generation.get(owner.key)
             if seen and seen[0] == ap.generation:
                 telemetry.propagation_latency.record(time.monotonic() - seen[1], {"cluster": member.name})

@@ -3,8 +3,10 @@
 Owns: building a KubeClient from a MemberCluster's kubeconfig Secret, probing /readyz, /version and
 API discovery (-> Reachable/Ready facts and which managed kinds the member serves: a kind whose CRD
 is missing is neither watched nor written), and list+watch caches of every object this hub owns
-in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint. Changes are reported
-through callbacks; this module never writes to members (the executor does) nor to the hub.
+in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint (whole objects,
+status included: Istio's analyzer verdict is read from there), and the member's IstiodMonitor
+(federation/istiod.py) when spec.istiod is set. Changes are reported through callbacks; this module
+never writes to members (the executor does) nor to the hub.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import Any
 
 import yaml
 
+from accesspoint.istioverdict import gateway_selectors
 from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS, Kind, api_path
 from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
+from federation.istiod import IstiodMonitor
 from federation.kube import ApiError, Gone, KubeClient
 from placement.models import ClusterFacts, MemberCluster
 
@@ -153,6 +157,8 @@ class Member:
     probe: Probe = field(default_factory=Probe)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     kubeconfig_error: str | None = None
+    # Asks this member's istiod about pushes and ACKs (spec.istiod set), else None.
+    istiod: IstiodMonitor | None = None
 
     @property
     def facts(self) -> ClusterFacts:
@@ -204,6 +210,8 @@ class MemberRegistry:
         on_member_change: MemberCallback,
         probe_interval: float = 5.0,
         failure_threshold: int = 3,
+        on_istiod_change: MemberCallback | None = None,
+        istiod_options: dict[str, float] | None = None,
     ) -> None:
         self.hub = hub
         self.hub_id = hub_id
@@ -215,6 +223,8 @@ class MemberRegistry:
         # answer from a busy API server must not flip every AccessPoint on it to Unknown.
         self.failure_threshold = failure_threshold
         self._kubeconfigs: dict[str, str] = {}
+        self.on_istiod_change = on_istiod_change
+        self.istiod_options = dict(istiod_options or {})
 
     async def upsert(self, body: dict[str, Any]) -> None:
         mc = MemberCluster.model_validate(body)
@@ -225,7 +235,24 @@ class MemberRegistry:
         else:
             member.spec = mc
         await self._ensure_client(member)
+        await self._ensure_istiod(member)
         self.on_member_change(mc.name)
+
+    async def _ensure_istiod(self, member: Member) -> None:
+        """One IstiodMonitor per member with spec.istiod (restarted when spec.istiod changes)."""
+        access = member.spec.spec.istiod
+        if member.istiod is not None and (access is None or member.istiod.access != access):
+            await member.istiod.stop()
+            member.istiod = None
+        if access is None or member.istiod is not None or self.on_istiod_change is None:
+            return
+
+        def selectors() -> set[str]:
+            return gateway_selectors(o for k, o in member.cache.objects.items() if k.kind == "Gateway" and k.group == ISTIO_NET)
+
+        member.istiod = IstiodMonitor(member.name, access, lambda: member.client, selectors, self.on_istiod_change,
+                                      **self.istiod_options)
+        member.istiod.start()
 
     async def remove(self, name: str) -> None:
         """Forget a deregistered member. Its objects stay where they are: deregistering is no deletion."""
@@ -257,6 +284,9 @@ class MemberRegistry:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         member.tasks.clear()
+        if member.istiod is not None:
+            await member.istiod.stop()
+            member.istiod = None
         if member.client is not None:
             await member.client.close()
             member.client = None

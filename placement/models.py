@@ -40,11 +40,47 @@ class Taint(ApiModel):
     effect: Literal["NoSchedule", "NoExecute"] = "NoSchedule"
 
 
+class IstiodServiceRef(ApiModel):
+    """istiod's Service in the member, reached through the member API server's service proxy
+    (`/api/v1/namespaces/<namespace>/services/<name>:<port>/proxy/debug/...`, with the member kubeconfig's
+    identity; deploy/member grants services/proxy on this Service only)."""
+
+    namespace: str = Field(default="istio-system", min_length=1, max_length=63)
+    name: str = Field(default="istiod", min_length=1, max_length=63)
+    port: int = Field(default=15014, ge=1, le=65535, description="istiod's port serving /debug (monitoring: 15014)")
+
+
+class IstiodAccess(ApiModel):
+    """How the hub reads the member istiod's debug API (/debug/syncz, /debug/config_dump) for routeConfigured.
+
+    Exactly one of url or service. Without spec.istiod, routeConfigured is not evaluated for this member."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.url) != has(self.service)", "message": "set exactly one of url or service"}
+            ]
+        }
+    )
+    url: str | None = Field(
+        default=None, pattern=r"^https?://[^/\s]+/?$",
+        description="Direct base URL of istiod's HTTP debug server, e.g. http://127.0.0.1:15014 (local fleet)")
+    service: IstiodServiceRef | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> IstiodAccess:
+        if (self.url is None) == (self.service is None):
+            raise ValueError("spec.istiod needs exactly one of url or service")
+        return self
+
+
 class MemberClusterSpec(ApiModel):
     kubeconfig_secret_ref: SecretKeyRef = Field(alias="kubeconfigSecretRef")
     region: str = Field(min_length=1)
     zone: str = Field(min_length=1)
     taints: list[Taint] = Field(default_factory=list)
+    istiod: IstiodAccess | None = Field(
+        default=None, description="Where the hub asks this member's istiod whether routes were pushed and ACKed")
 
 
 class MemberClusterStatus(ApiModel):

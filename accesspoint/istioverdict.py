@@ -1,0 +1,310 @@
+"""Istio's own verdict on an AccessPoint in one member: routes pushed and ACKed, analyzer messages.
+
+Owns the decisions, as pure functions over pydantic models (no I/O; the facts come from
+federation/istiod.py, which asks the member's istiod, and from the member caches):
+
+- which gateway proxies an AccessPoint's Gateways select (`selected_proxies`): the Pods matching each
+  Gateway's `spec.selector` (any namespace: Istio's default, PILOT_SCOPE_GATEWAY_TO_NAMESPACE=false);
+  a Pod `name` in `namespace` is the proxy `name.namespace` in istiod's /debug/syncz (pilot-agent
+  derives the proxy ID from POD_NAME and POD_NAMESPACE);
+- whether its routes are configured (`route_verdict`): True only when every selected proxy is
+  connected to istiod, ACKed the last CDS/LDS/RDS push (sent nonce == ACKed nonce, no error), the
+  config istiod generated for that proxy (/debug/config_dump, read between two identical syncz
+  samples) holds a route of every VirtualService of the AccessPoint bound to a Gateway selecting it
+  (Istio tags each route with `istio.config = /apis/<g>/<v>/namespaces/<ns>/virtual-service/<name>`),
+  and istiod pushed to that proxy after meshfed's last write of the AccessPoint's objects there (or
+  the write is older than `settle` seconds: a change Istio deems irrelevant to the proxy is pushed to
+  nobody). False with the reason otherwise; None (Unknown) when istiod cannot be asked;
+- the analyzer's messages on member objects (`analyzer_messages`): `status.validationMessages`
+  counts only when `status.observedGeneration` equals `metadata.generation`; otherwise the object has
+  "no current verdict" (istiod keeps stale messages after an in-place fix) and no code is reported.
+
+Imports accesspoint.meta only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pydantic import Field
+
+from accesspoint.meta import ApiModel
+
+ISTIO_GROUP = "networking.istio.io"
+# xDS types whose ACK a route depends on (short names as in istiod's debug API).
+ROUTE_TYPES = ("cds", "lds", "rds")
+TYPE_URLS = {
+    "type.googleapis.com/envoy.config.cluster.v3.Cluster": "cds",
+    "type.googleapis.com/envoy.config.listener.v3.Listener": "lds",
+    "type.googleapis.com/envoy.config.route.v3.RouteConfiguration": "rds",
+    "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment": "eds",
+}
+TYPE_NAMES = {"cds": "CDS (clusters)", "lds": "LDS (listeners)", "rds": "RDS (routes)", "eds": "EDS (endpoints)"}
+
+
+# ---- facts (built by federation/istiod.py from istiod's debug API and the member API server) ----
+
+class XdsSync(ApiModel):
+    """One xDS type of one proxy, from /debug/syncz: last nonce sent, last nonce ACKed, last NACK."""
+
+    sent: str = ""
+    acked: str = ""
+    last_error: str = Field(default="", alias="lastError")
+
+
+class ProxySync(ApiModel):
+    id: str
+    type: str = ""
+    xds: dict[str, XdsSync] = Field(default_factory=dict)
+    # monotonic time (the observer's clock) when this proxy's sent/acked nonces last changed
+    changed_at: float = Field(default=0.0, alias="changedAt")
+
+    def signature(self) -> str:
+        return "|".join(f"{t}:{s.sent}:{s.acked}:{s.last_error}" for t, s in sorted(self.xds.items()))
+
+
+class ProxyConfig(ApiModel):
+    """What istiod generated for one proxy (its last push context), read between two syncz samples
+    that showed the same `signature`: the Istio config objects its listeners and routes came from."""
+
+    signature: str
+    configs: list[str] = Field(default_factory=list)
+
+
+class WorkloadPod(ApiModel):
+    name: str
+    namespace: str
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class IstiodView(ApiModel):
+    """The hub's view of one member's istiod at one moment."""
+
+    reachable: bool | None = None
+    error: str = ""
+    proxies: dict[str, ProxySync] = Field(default_factory=dict)
+    configs: dict[str, ProxyConfig] = Field(default_factory=dict)
+    # Pods per Gateway selector (key: `selector_key`); a missing key means "not listed yet".
+    pods: dict[str, list[WorkloadPod]] = Field(default_factory=dict)
+    pods_error: str = ""
+
+
+def selector_key(selector: Mapping[str, str]) -> str:
+    """The label selector string for a Gateway's `spec.selector` (also the API's labelSelector)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+
+
+# ---- the AccessPoint's objects in the member ----
+
+def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return obj.get("metadata") or {}
+
+
+def _describe(obj: Mapping[str, Any]) -> str:
+    meta = _meta(obj)
+    return f"{obj.get('kind')} {meta.get('namespace', '')}/{meta.get('name', '')}"
+
+
+def _is_istio(obj: Mapping[str, Any]) -> bool:
+    return str(obj.get("apiVersion", "")).startswith(ISTIO_GROUP + "/")
+
+
+def gateways_of(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted((o for o in objects if o.get("kind") == "Gateway" and _is_istio(o)), key=_describe)
+
+
+def gateway_selectors(objects: Iterable[Mapping[str, Any]]) -> set[str]:
+    """The selectors (as `selector_key`) whose Pods the verdict needs."""
+    return {selector_key(_selector(g)) for g in gateways_of(objects) if _selector(g)}
+
+
+def _selector(gateway: Mapping[str, Any]) -> dict[str, str]:
+    return {str(k): str(v) for k, v in ((gateway.get("spec") or {}).get("selector") or {}).items()}
+
+
+def vs_config_path(namespace: str, name: str) -> str:
+    """The tail of the `istio.config` metadata Istio puts on every route built from a VirtualService."""
+    return f"/namespaces/{namespace}/virtual-service/{name}"
+
+
+def bound_virtualservices(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], list[Mapping[str, Any]]]:
+    """Gateway (namespace, name) of the AccessPoint -> its VirtualServices bound to it."""
+    objs = list(objects)
+    gateways = {(_meta(g).get("namespace", ""), _meta(g).get("name", "")) for g in gateways_of(objs)}
+    out: dict[tuple[str, str], list[Mapping[str, Any]]] = {g: [] for g in gateways}
+    for vs in objs:
+        if vs.get("kind") != "VirtualService" or not _is_istio(vs):
+            continue
+        ns = str(_meta(vs).get("namespace", ""))
+        for ref in (vs.get("spec") or {}).get("gateways") or []:
+            ref = str(ref)
+            if ref == "mesh":
+                continue
+            gw_ns, _, gw_name = ref.rpartition("/")
+            key = (gw_ns or ns, gw_name)
+            if key in out and vs not in out[key]:
+                out[key].append(vs)
+    return out
+
+
+class SelectedProxies(ApiModel):
+    """Per proxy ID, the Gateways (namespace/name) of the AccessPoint that select it."""
+
+    proxies: dict[str, list[str]] = Field(default_factory=dict)
+    # Gateways whose selector matches no Pod, with the reason.
+    unmatched: list[str] = Field(default_factory=list)
+    # Selectors whose Pods are not known yet.
+    unknown: list[str] = Field(default_factory=list)
+
+
+def selected_proxies(objects: Iterable[Mapping[str, Any]],
+                     pods: Mapping[str, Sequence[WorkloadPod]]) -> SelectedProxies:
+    out = SelectedProxies()
+    for gw in gateways_of(objects):
+        name = f"{_meta(gw).get('namespace', '')}/{_meta(gw).get('name', '')}"
+        selector = _selector(gw)
+        if not selector:
+            out.unmatched.append(f"Gateway {name} has no spec.selector (it selects no gateway workload)")
+            continue
+        key = selector_key(selector)
+        if key not in pods:
+            out.unknown.append(key)
+            continue
+        matching = [p for p in pods[key] if all(p.labels.get(k) == v for k, v in selector.items())]
+        if not matching:
+            out.unmatched.append(f"no gateway workload matches the selector {key} of Gateway {name}")
+        for pod in matching:
+            out.proxies.setdefault(f"{pod.name}.{pod.namespace}", []).append(name)
+    return out
+
+
+# ---- the verdict ----
+
+class RouteVerdict(ApiModel):
+    configured: bool | None
+    message: str
+    synced: int = 0
+    total: int = 0
+
+    @property
+    def proxies(self) -> str:
+        return f"{self.synced}/{self.total}"
+
+
+def _proxy_problem(pid: str, proxy: ProxySync | None, config: ProxyConfig | None, vss: Sequence[Mapping[str, Any]],
+                   changed_at: float | None, settle: float, now: float) -> str | None:
+    """Why `pid` does not serve the AccessPoint's routes, or None when it does."""
+    if proxy is None:
+        return f"gateway proxy {pid} is not connected to istiod"
+    for t in ROUTE_TYPES:
+        s = proxy.xds.get(t)
+        if s is None:
+            continue
+        if s.last_error:
+            return f"gateway proxy {pid} rejected (NACK) the {TYPE_NAMES[t]} push: {s.last_error}"
+    for t in ROUTE_TYPES:
+        s = proxy.xds.get(t)
+        if s is not None and s.sent != s.acked:
+            return f"gateway proxy {pid} has not ACKed the {TYPE_NAMES[t]} push yet"
+    if "lds" not in proxy.xds:
+        return f"gateway proxy {pid} has not subscribed to listeners yet"
+    if changed_at is not None and proxy.changed_at < changed_at and now - changed_at < settle:
+        return f"istiod has not pushed to gateway proxy {pid} since the last change"
+    if config is None or config.signature != proxy.signature():
+        return f"the config istiod generated for gateway proxy {pid} is not read yet"
+    paths = set(config.configs)
+    for vs in vss:
+        meta = _meta(vs)
+        tail = vs_config_path(str(meta.get("namespace", "")), str(meta.get("name", "")))
+        if not any(p.endswith(tail) and f"/{ISTIO_GROUP}/" in p for p in paths):
+            return (f"no route of VirtualService {meta.get('namespace')}/{meta.get('name')} in the config "
+                    f"istiod pushed to gateway proxy {pid}")
+    return None
+
+
+def route_verdict(objects: Iterable[Mapping[str, Any]], view: IstiodView | None, *, changed_at: float | None = None,
+                  settle: float = 10.0, now: float = 0.0) -> RouteVerdict | None:
+    """routeConfigured of one AccessPoint in one member (None: not evaluated — it has no Gateway).
+
+    `objects`: what the AccessPoint owns in the member (the member cache); `changed_at`: when meshfed
+    last wrote them (monotonic, same clock as ProxySync.changed_at), None if unknown.
+    """
+    objs = list(objects)
+    if not gateways_of(objs):
+        return None
+    if view is None or view.reachable is None:
+        return RouteVerdict(configured=None, message="istiod not asked yet")
+    if not view.reachable:
+        return RouteVerdict(configured=None, message=f"istiod cannot be asked: {view.error}")
+    selected = selected_proxies(objs, view.pods)
+    if selected.unknown:
+        why = f": {view.pods_error}" if view.pods_error else ""
+        return RouteVerdict(configured=None,
+                            message=f"gateway workloads ({', '.join(sorted(selected.unknown))}) not listed yet{why}")
+    bound = bound_virtualservices(objs)
+    problems: list[str] = list(selected.unmatched)
+    synced = 0
+    for pid, gws in sorted(selected.proxies.items()):
+        vss: list[Mapping[str, Any]] = []
+        for gw in gws:
+            gw_ns, _, gw_name = gw.partition("/")
+            for vs in bound.get((gw_ns, gw_name), []):
+                if vs not in vss:
+                    vss.append(vs)
+        problem = _proxy_problem(pid, view.proxies.get(pid), view.configs.get(pid), vss, changed_at, settle, now)
+        if problem is None:
+            synced += 1
+        else:
+            problems.append(problem)
+    total = len(selected.proxies)
+    if problems:
+        return RouteVerdict(configured=False, message="; ".join(problems), synced=synced, total=total)
+    return RouteVerdict(configured=True, message=f"routes ACKed by {synced}/{total} gateway proxies",
+                        synced=synced, total=total)
+
+
+# ---- the analyzer ----
+
+class IstioMessage(ApiModel):
+    """One Istio analyzer message on a member object (status.validationMessages)."""
+
+    object: str = Field(description="Kind namespace/name of the member object")
+    code: str = Field(description="Istio analyzer code, e.g. IST0101")
+    level: str = ""
+    documentation_url: str | None = Field(default=None, alias="documentationUrl")
+
+
+class AnalyzerVerdict(ApiModel):
+    messages: list[IstioMessage] = Field(default_factory=list)
+    # Objects whose messages are for an older generation ("no current verdict").
+    stale: list[str] = Field(default_factory=list)
+
+
+def analyzer_messages(objects: Iterable[Mapping[str, Any]]) -> AnalyzerVerdict:
+    out = AnalyzerVerdict()
+    for obj in sorted(objects, key=_describe):
+        if not _is_istio(obj):
+            continue
+        status = obj.get("status") or {}
+        messages = status.get("validationMessages") or []
+        if not messages:
+            continue
+        generation = _meta(obj).get("generation")
+        observed = status.get("observedGeneration")
+        try:
+            current = observed is not None and generation is not None and int(observed) == int(generation)
+        except (TypeError, ValueError):
+            current = False
+        if not current:
+            out.stale.append(_describe(obj))
+            continue
+        for m in messages:
+            code = str(((m or {}).get("type") or {}).get("code") or "")
+            if not code:
+                continue
+            msg = IstioMessage(object=_describe(obj), code=code, level=str(m.get("level") or ""),
+                               documentation_url=m.get("documentationUrl"))
+            if msg not in out.messages:
+                out.messages.append(msg)
+    return out
