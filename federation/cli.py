@@ -41,7 +41,8 @@ def cmd_controller(args: argparse.Namespace) -> None:
     logging.getLogger("kopf").setLevel(logging.WARNING if args.log_level.upper() != "DEBUG" else logging.DEBUG)
     telemetry.setup(args.otel)
     operator.run(args.kubeconfig, args.hub_id, workers=args.workers, probe_interval=args.probe_interval,
-                 resync_seconds=args.resync, liveness=args.liveness)
+                 resync_seconds=args.resync, liveness=args.liveness, istiod_interval=args.istiod_interval,
+                 istiod_fast_interval=args.istiod_fast_interval, route_settle=args.route_settle)
 
 
 # ---- fleet ----
@@ -262,6 +263,12 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     ctl.add_argument("--workers", type=int, default=16)
     ctl.add_argument("--probe-interval", type=float, default=5.0)
     ctl.add_argument("--resync", type=float, default=600.0, help="safety-net resync period (seconds)")
+    ctl.add_argument("--istiod-interval", type=float, default=10.0,
+                     help="seconds between two /debug/syncz reads of a member's istiod when nothing is in flight")
+    ctl.add_argument("--istiod-fast-interval", type=float, default=0.5,
+                     help="seconds between two /debug/syncz reads while a change is in flight")
+    ctl.add_argument("--route-settle", type=float, default=10.0,
+                     help="after a write istiod pushes nothing for, routeConfigured may turn True this much later")
     ctl.add_argument("--otel", choices=["none", "console", "otlp"], default=None)
     ctl.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
     ctl.add_argument("--log-level", default="info")

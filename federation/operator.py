@@ -69,6 +69,9 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             workers=options.get("workers", 16),
             probe_interval=options.get("probe_interval", 5.0),
             resync_seconds=options.get("resync_seconds", 600.0),
+            istiod_options={"idle": options.get("istiod_interval", 10.0),
+                            "fast": options.get("istiod_fast_interval", 0.5)},
+            route_settle=options.get("route_settle", 10.0),
         )
         holder["controller"] = controller
         for feature in features():
