@@ -248,7 +248,8 @@ class MemberRegistry:
             return
 
         def selectors() -> set[str]:
-            return gateway_selectors(o for k, o in member.cache.objects.items() if k.kind == "Gateway" and k.group == ISTIO_NET)
+            return gateway_selectors(o for k, o in member.cache.objects.items()
+                                     if k.kind == "Gateway" and k.group == ISTIO_NET)
 
         member.istiod = IstiodMonitor(member.name, access, lambda: member.client, selectors, self.on_istiod_change,
                                       **self.istiod_options)
