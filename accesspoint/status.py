@@ -44,10 +44,12 @@ def summarize(
         return Condition(type=type_, status=status, reason=reason, message=message, observed_generation=gen)
 
     if invalid:
+        # A problem may carry its own reason (accesspoint.tenancy.Problem: HostConflict, ...).
+        reason = next((str(r) for p in invalid if (r := getattr(p, "reason", None))), "InvalidSpec")
         fresh = [
-            cond("Accepted", "False", "InvalidSpec", "; ".join(invalid)),
-            cond("Applied", "Unknown", "InvalidSpec", "nothing is written while the spec is invalid"),
-            cond("Ready", "False", "InvalidSpec", "the spec is invalid"),
+            cond("Accepted", "False", reason, "; ".join(invalid)),
+            cond("Applied", "Unknown", reason, "nothing is written while the spec is invalid"),
+            cond("Ready", "False", reason, "the spec is invalid" if reason == "InvalidSpec" else "the spec is refused"),
         ]
         status = (previous or AccessPointStatus()).model_copy(deep=True)
         status.observed_generation = gen

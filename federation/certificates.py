@@ -70,6 +70,7 @@ from accesspoint.meta import API_VERSION, Condition, merge_conditions
 from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.ownership import HUB, MANAGED_BY, Owner
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, render
+from accesspoint.tenancy import Problem
 from certs.acme_issuer import Http01Responder
 from certs.ca import InternalCA
 from certs.checks import disallowed_hosts, load_chain, san_names
@@ -92,11 +93,12 @@ from certs.models import (
     CertificateSpec,
     CertificateStatus,
     ClusterDelivery,
+    Failure,
     IssuerRef,
     SecretRef,
 )
 from federation import dns as dns_feature
-from federation import telemetry
+from federation import telemetry, tenancy
 from federation.controller import Controller
 from federation.hubwriter import STATUS_MANAGER, now_rfc3339
 from federation.kube import ApiError, Gone
@@ -789,6 +791,10 @@ class Certificates:
         if body is None:
             return
         cert = Certificate.model_validate(body)
+        conflicts = tenancy.certificate_refusals(self.ctl, body)
+        if conflicts:  # another namespace owns a host (federation/tenancy.py): nothing is issued
+            await self._refuse(ns, name, body, cert, conflicts)
+            return
         status = cert.status or CertificateStatus()
         current = self.current.get(key)
         if current is not None and current.bundle.serial_hex != status.serial:
@@ -849,6 +855,30 @@ class Certificates:
             if result is not None:
                 self.on_certificate("MODIFIED", result)
         self.enqueue_at(key, out.requeue_at)
+
+    async def _refuse(self, ns: str, name: str, body: dict[str, Any], cert: Certificate,
+                      problems: Sequence[Problem]) -> None:
+        """A Certificate claiming a host another namespace owns: Issued/Ready False with the reason
+        (HostConflict), lastFailure, one Warning Event per distinct refusal; no issuance, no delivery."""
+        status = cert.status or CertificateStatus()
+        reason, message = problems[0].reason, "; ".join(problems)
+        before = status.last_failure
+        gen = cert.generation or None
+        conds = [Condition(type=t, status="False", reason=reason, message=message, observed_generation=gen)
+                 for t in ("Issued", "Ready")]
+        failure = before if before is not None and (before.reason, before.message) == (reason, message) \
+            else Failure(time=now_rfc3339(), reason=reason, message=message)
+        new = status.model_copy(update={
+            "conditions": merge_conditions(status.conditions, conds, now_rfc3339()), "observed_generation": gen,
+            "last_failure": failure, "summary": reason, "ready": "False", "next_attempt": None})
+        wire = {k: v for k, v in new.wire().items() if k not in SDS_STATUS_FIELDS}
+        if wire != {k: v for k, v in (body.get("status") or {}).items() if k not in SDS_STATUS_FIELDS}:
+            result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
+            if result is not None:
+                self.on_certificate("MODIFIED", result)
+        if failure is not before:
+            log.warning("certificate %s/%s: refused: %s", ns, name, message)
+            await self.writer.event(body, "Warning", reason, message)
 
     async def _write_status(self, path: str, kind: str, name: str, ns: str | None,
                             status: dict[str, Any]) -> dict[str, Any] | None:
@@ -976,3 +1006,8 @@ async def install(controller: Controller) -> None:
     controller.status_contributors.append(feature.contribute)
     controller.status_listeners.append(feature.listen)
     await feature.start()
+
+
+def feature_of(controller: Controller) -> Certificates | None:
+    """The certificate feature installed on `controller` (None when it is not)."""
+    return _features.get(controller)

@@ -22,7 +22,7 @@ from accesspoint.kinds import ISTIO_NET
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
 from accesspoint.plan import plan
-from accesspoint.render import EMPTY_CONTEXT, RenderContext, Renderer, render, validate
+from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, render, validate
 from accesspoint.revisions import revision_hash
 from accesspoint.status import applied_message, summarize
 from federation import telemetry
@@ -46,6 +46,10 @@ SpecSelector = Callable[[AccessPoint, PlacementDecision, Mapping[str, Member]], 
 StatusContributor = Callable[[AccessPoint, AccessPointStatus, AccessPointStatus | None, str], AccessPointStatus]
 # StatusListener: told about every computed status of an AccessPoint (changed or not).
 StatusListener = Callable[[str, AccessPoint, AccessPointStatus], None]
+# RenderedValidator: blocking problems in one cluster's rendered objects (namespaces, hosts after
+# variables, overrides and generated objects), given the AccessPoint (revision) that cluster carries.
+# Every placed cluster is rendered and checked before anything is written to any of them.
+RenderedValidator = Callable[[AccessPoint, str, Sequence[dict[str, Any]]], list[str]]
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
 MC_PATH = "/apis/meshfed.io/v1alpha1/memberclusters/{name}"
@@ -112,6 +116,7 @@ class Controller:
         self._last_cluster_state: dict[tuple[str, str], str] = {}
         self._warm_deadline = 0.0
         self.validators: list[Validator] = []
+        self.rendered_validators: list[RenderedValidator] = []
         self.context_providers: list[ContextProvider] = []
         self.spec_selector: SpecSelector | None = None
         self.status_contributors: list[StatusContributor] = []
@@ -356,10 +361,7 @@ class Controller:
             for validator in self.validators:
                 problems += validator(ap, facts)
         if ap is None or problems or spec is None:
-            generation = int(body["metadata"].get("generation", 0))
-            status = summarize(generation, "", PlacementDecision(), [], now_rfc3339(), previous, invalid=problems)
-            if await self._write_status(path, ns, name, status, body):
-                await self.writer.event(body, "Warning", "InvalidSpec", "; ".join(problems))
+            await self._refuse(path, ns, name, body, previous, problems)
             return
 
         owner = Owner(self.hub_id, ns, name)
@@ -375,8 +377,28 @@ class Controller:
             specs = await self.spec_selector(ap, decision, members)
         # One compiled Renderer per AccessPoint revision for all its clusters (accesspoint.render).
         renderers: dict[int, Renderer] = {}
+        prerendered: dict[str, Rendered] = {}
+        if self.rendered_validators:
+            # Every placed cluster rendered (and checked) before any write, so a problem in one
+            # cluster's rendering (a namespace from a variable, an override, a generated object)
+            # refuses the whole AccessPoint and nothing is written anywhere.
+            problems = []
+            for m in members.values():
+                if m.name not in placed or not m.usable:
+                    continue
+                carried = specs.get(m.name, ap)
+                renderer = renderers.get(id(carried)) or renderers.setdefault(
+                    id(carried), Renderer(carried, self.hub_id, context))
+                rendered = prerendered[m.name] = renderer.render(m.facts)
+                if not rendered.errors:
+                    for check in self.rendered_validators:
+                        problems += [p for p in check(carried, m.name, rendered.objects) if p not in problems]
+            if problems:
+                await self._refuse(path, ns, name, body, previous, problems)
+                return
         results = await asyncio.gather(
-            *(self._sync_cluster(specs.get(m.name, ap), owner, m, m.name in placed, context, renderers)
+            *(self._sync_cluster(specs.get(m.name, ap), owner, m, m.name in placed, context, renderers,
+                                 prerendered.get(m.name))
               for m in members.values())
         )
         entries = [r for r in results if r is not None]
@@ -398,11 +420,22 @@ class Controller:
         else:
             self._retries.pop(f"ap/{key}", None)
 
+    async def _refuse(self, path: str, ns: str, name: str, body: dict[str, Any],
+                      previous: AccessPointStatus | None, problems: Sequence[str]) -> None:
+        """Accepted=False with the problems (each naming its field), an Event when it changed, and
+        no member write. The reason is the first problem's own (e.g. HostConflict) or InvalidSpec."""
+        generation = int(body["metadata"].get("generation", 0))
+        status = summarize(generation, "", PlacementDecision(), [], now_rfc3339(), previous, invalid=problems)
+        if await self._write_status(path, ns, name, status, body):
+            reason = next((str(r) for p in problems if (r := getattr(p, "reason", None))), "InvalidSpec")
+            await self.writer.event(body, "Warning", reason, "; ".join(problems))
+
     async def _sync_cluster(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
                             context: RenderContext,
-                            renderers: dict[int, Renderer] | None = None) -> ClusterStatus | None:
+                            renderers: dict[int, Renderer] | None = None,
+                            prerendered: Rendered | None = None) -> ClusterStatus | None:
         """Bring one member to the rendering of `ap`, then add Istio's verdict to its entry."""
-        entry = await self._sync_objects(ap, owner, member, placed, context, renderers)
+        entry = await self._sync_objects(ap, owner, member, placed, context, renderers, prerendered)
         if entry is None or not member.usable:
             return entry
         objects = list(member.cache.owned(owner).values())
@@ -420,7 +453,8 @@ class Controller:
 
     async def _sync_objects(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
                             context: RenderContext,
-                            renderers: dict[int, Renderer] | None = None) -> ClusterStatus | None:
+                            renderers: dict[int, Renderer] | None = None,
+                            prerendered: Rendered | None = None) -> ClusterStatus | None:
         """Bring one member to the rendering of `ap` (the revision this cluster should carry)."""
         if renderers is None:
             revision = revision_of(ap)
@@ -438,7 +472,9 @@ class Controller:
                                  last_error=why if member.probe.reachable is False or member.kubeconfig_error else None)
         desired: list[dict[str, Any]] = []
         if placed:
-            if renderers is None:
+            if prerendered is not None:
+                rendered = prerendered
+            elif renderers is None:
                 rendered = render(ap, facts, self.hub_id, context)
             else:  # keyed by id: every `ap` stays referenced by the reconcile while renderers lives
                 renderer = renderers.get(id(ap)) or renderers.setdefault(id(ap), Renderer(ap, self.hub_id, context))

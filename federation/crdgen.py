@@ -13,6 +13,7 @@ from typing import Any
 from accesspoint.meta import GROUP, VERSION, Resource
 from accesspoint.models import AccessPoint
 from accesspoint.rollout import RolloutApproval
+from accesspoint.tenancy import TenancyPolicy
 from certs.models import Certificate, CertificateIssuer
 from nameservice.models import DNSProvider, NameService
 from placement.models import MemberCluster, PlacementPolicy
@@ -22,6 +23,7 @@ RESOURCES: list[type[Resource]] = [MemberCluster, AccessPoint, CertificateIssuer
 RESOURCES.append(PlacementPolicy)
 RESOURCES += [NameService, DNSProvider]
 RESOURCES.append(RolloutApproval)
+RESOURCES.append(TenancyPolicy)
 
 _DROP = {"title", "default", "examples"}
 

@@ -37,7 +37,7 @@ from pydantic import ValidationError
 
 from accesspoint.meta import API_VERSION, Condition, merge_conditions
 from accesspoint.models import AccessPoint, AccessPointStatus
-from federation import telemetry
+from federation import telemetry, tenancy
 from federation.controller import Controller, validation_messages
 from federation.hubwriter import FINALIZER, STATUS_MANAGER, now_rfc3339
 from federation.kube import ApiError
@@ -56,7 +56,7 @@ WORKERS = 4
 WARMUP_SECONDS = 30.0
 MAX_RESYNC_SECONDS = 300.0
 # Reasons that only a change on the hub (an event we watch) can fix: no timed retry.
-HUB_FIXABLE = {"InvalidSpec", "ProviderNotFound", "ProviderInvalid", "AccessPointNotFound"}
+HUB_FIXABLE = {"InvalidSpec", "ProviderNotFound", "ProviderInvalid", "AccessPointNotFound", "HostConflict"}
 # Setup failures after which deleting a NameService cannot reach DNS at all.
 UNREACHABLE_SETUP = {"SecretNotFound", "SecretKeyMissing", "AuthenticationFailed", "ZoneNotServed",
                      "ProviderRejected", "ProviderNotFound", "ProviderInvalid"}
@@ -393,6 +393,12 @@ class DNSFeature:
             ns = NameService.model_validate(body)
         except ValidationError as err:
             await self._invalid(body, path, previous, "; ".join(validation_messages(err)))
+            return
+        refused = tenancy.nameservice_refusals(self.controller, body)
+        if refused:  # another namespace owns the FQDN (federation/tenancy.py): no DNS write at all
+            status = error_status(ns, previous, refused[0].reason, "; ".join(refused), now)
+            await self._write(path, "NameService", name, ns_name, status.wire())
+            await self._transition(body, previous, status)
             return
         status, retry = await self._sync(ns, previous, now)
         if await self._write(path, "NameService", name, ns_name, status.wire()):

@@ -36,7 +36,8 @@ class Feature(Protocol):
 
 
 # Modules exposing `register(registry, holder)` and `async install(controller)`; listed here once.
-FEATURES: list[str] = ["federation.traffic", "federation.dns", "federation.rollouts", "federation.certificates"]
+FEATURES: list[str] = ["federation.tenancy", "federation.traffic", "federation.dns", "federation.rollouts",
+                       "federation.certificates"]
 
 
 def features() -> list[Any]:

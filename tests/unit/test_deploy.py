@@ -276,7 +276,8 @@ def test_sds_reads_certificates_and_bundles_and_writes_only_certificate_status()
 
 # ---- the controller's rights, all files together ------------------------------------------------
 
-CONTROLLER_FILES = ("rbac/controller.yaml", "rbac/rollouts.yaml", "rbac/dns.yaml", "rbac/certificates.yaml")
+CONTROLLER_FILES = ("rbac/controller.yaml", "rbac/rollouts.yaml", "rbac/dns.yaml", "rbac/certificates.yaml",
+                    "rbac/tenancy.yaml")
 HUB_RBAC_FILES = sorted(f"rbac/{p.name}" for p in (DEPLOY / "rbac").glob("*.yaml"))
 MEMBER = objects("member/namespace.yaml", "member/serviceaccount.yaml", "member/rbac.yaml")
 SA_SUBJECT = {"kind": "ServiceAccount", "name": SA, "namespace": NAMESPACE}
@@ -454,3 +455,26 @@ def test_kubectl_kustomize_builds_the_member_rbac() -> None:
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
     assert {o["kind"] for o in built} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+
+
+def test_tenant_roles_stay_in_their_namespace_and_platform_holds_the_cluster_kinds() -> None:
+    people = objects("rbac/people.yaml")
+    cluster_kinds = ("memberclusters", "dnsproviders", "certificateissuers", "tenancypolicies")
+    for name in ("meshfed-tenant", "meshfed-tenant-edit", "meshfed-tenant-view"):
+        rules_ = one(people, "ClusterRole", name)["rules"]
+        for plural in cluster_kinds:
+            assert not any(plural in r["resources"] for r in rules_), f"{name} reaches {plural}"
+        assert not any(r["resources"][0].endswith("/status") for r in rules_ for _ in r["resources"])
+        assert not allowed(rules_, "meshfed.io", "accesspoints", "approve"), "approve stays meshfed-approver's"
+        for plural in ("accesspoints", "nameservices", "certificates", "rolloutapprovals"):
+            assert allowed(rules_, "meshfed.io", plural, "get")
+    edit = one(people, "ClusterRole", "meshfed-tenant-edit")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    view = one(people, "ClusterRole", "meshfed-tenant-view")
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert not allowed(view["rules"], "meshfed.io", "accesspoints", "create")
+    platform = one(people, "ClusterRole", "meshfed-platform")["rules"]
+    for plural in cluster_kinds:
+        assert allowed(platform, "meshfed.io", plural, "create")
+    assert allowed(controller_rules(), "meshfed.io", "tenancypolicies", "watch")
+    assert not allowed(controller_rules(), "meshfed.io", "tenancypolicies", "patch")
