@@ -57,7 +57,7 @@ def summarize(
         status.summary = AccessPointSummary(
             clusters=(status.summary.clusters if status.summary else "0/0"),
             vips=(status.summary.vips if status.summary else ""),
-            phase="Invalid",
+            phase="Invalid" if reason == "InvalidSpec" else "Refused",
         )
         return status
 

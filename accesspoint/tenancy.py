@@ -139,6 +139,8 @@ def _compiled(glob: str) -> re.Pattern[str]:
 
 def overlap(a: str, b: str) -> bool:
     """Whether some non-empty-substituted string matches both globs (`*` = one or more chars)."""
+    if a == b:
+        return True
     if "*" not in a:
         return a == b if "*" not in b else glob_match(b, a)
     if "*" not in b:
@@ -450,11 +452,19 @@ def claims_of(source: Source, hosts: Iterable[tuple[str, str]]) -> tuple[Claim, 
     return tuple(out[k] for k in sorted(out))
 
 
-def _bucket(glob: str) -> str:
-    """Claims can only collide within one bucket (or with the wide bucket ""): the last label of
-    the literal text after the last `*`."""
-    tail = glob.rsplit("*", 1)[-1]
-    return tail.rsplit(".", 1)[1] if "." in tail else ""
+def _keys(glob: str) -> tuple[str, str | None]:
+    """Where a claim is filed: (its tail, its head). The tail is the last (at most two) complete
+    labels after the last `*` ("" when none), the head the first complete label before the first
+    `*` (None when none). Two claims can only collide when one tail is a label-suffix of the other
+    and their heads are equal or one is None."""
+    if "*" not in glob:
+        labels = glob.split(".")
+        return ".".join(labels[-2:]) if len(labels) > 1 else "", labels[0] if len(labels) > 1 else None
+    tail_text = glob.rsplit("*", 1)[1]
+    tail = tail_text.split(".")[1:]  # the first piece follows the star: not a complete label
+    head_text = glob.split("*", 1)[0]
+    head = head_text.split(".", 1)[0] if "." in head_text else None
+    return ".".join(tail[-2:]), head
 
 
 class OwnershipIndex:
@@ -465,7 +475,9 @@ class OwnershipIndex:
         self.policies = policies or Policies()
         self._claims: dict[tuple[str, str, str], tuple[Claim, ...]] = {}
         self._exact: dict[str, list[Claim]] = {}
-        self._buckets: dict[str, list[Claim]] = {}  # bucket -> claims (patterns and exact hosts)
+        # tail -> head -> claims (patterns and exact hosts); last label -> the tails ending with it
+        self._filed: dict[str, dict[str | None, list[Claim]]] = {}
+        self._tails: dict[str, set[str]] = {}
         self._granted: dict[Claim, bool] = {}
         self._owner: dict[Claim, Claim | None] = {}
         self._policy_memo: dict[Claim, tuple[str | None, bool]] = {}
@@ -487,7 +499,9 @@ class OwnershipIndex:
             self._drop(old)
         self._claims[source.key] = claims
         for c in claims:
-            self._buckets.setdefault(_bucket(c.glob), []).append(c)
+            tail, head = _keys(c.glob)
+            self._filed.setdefault(tail, {}).setdefault(head, []).append(c)
+            self._tails.setdefault(tail.rsplit(".", 1)[-1], set()).add(tail)
             if "*" not in c.glob:
                 self._exact.setdefault(c.glob, []).append(c)
         self._invalidate()
@@ -503,9 +517,17 @@ class OwnershipIndex:
 
     def _drop(self, claims: Iterable[Claim]) -> None:
         for c in claims:
-            bucket = self._buckets.get(_bucket(c.glob), [])
-            if c in bucket:
-                bucket.remove(c)
+            tail, head = _keys(c.glob)
+            heads = self._filed.get(tail, {})
+            filed = heads.get(head, [])
+            if c in filed:
+                filed.remove(c)
+                if not filed:
+                    del heads[head]
+                    if not heads:
+                        del self._filed[tail]
+                        last = tail.rsplit(".", 1)[-1]
+                        self._tails.get(last, set()).discard(tail)
             exact = self._exact.get(c.glob)
             if exact is not None and c in exact:
                 exact.remove(c)
@@ -532,22 +554,26 @@ class OwnershipIndex:
         return out
 
     def _candidates(self, glob: str) -> Iterator[Claim]:
-        bucket = _bucket(glob)
-        if "*" not in glob:
+        """Every claim colliding with `glob` (each at most once)."""
+        tail, head = _keys(glob)
+        exact = "*" not in glob
+        if exact:
             yield from self._exact.get(glob, ())
-            pools = [self._buckets.get(bucket, []), self._buckets.get("", [])] if bucket else \
-                [self._buckets.get("", [])]
+        labels = tail.split(".") if tail else []
+        tails = {".".join(labels[i:]) for i in range(len(labels))} | {""}  # shorter (suffix) tails
+        if len(labels) < 2:  # longer tails ending with ours
+            tails |= self._tails.get(tail, set()) if tail else set(self._filed)
+        for t in tails:
+            heads = self._filed.get(t)
+            if not heads:
+                continue
+            pools = [heads.get(head, []), heads.get(None, [])] if head is not None else list(heads.values())
             for pool in pools:
                 for c in pool:
-                    if "*" in c.glob and overlap(c.glob, glob):
+                    if exact and "*" not in c.glob:
+                        continue  # exact against exact: the dict above
+                    if overlap(c.glob, glob):
                         yield c
-            return
-        pools = [self._buckets.get(bucket, []), self._buckets.get("", [])] if bucket else \
-            list(self._buckets.values())
-        for pool in pools:
-            for c in pool:
-                if overlap(c.glob, glob):
-                    yield c
 
     def _policy_refusal(self, c: Claim) -> str | None:
         return self._policy(c)[0]
