@@ -1,15 +1,18 @@
 # meshfed — two commands do all the set-up on a fresh machine:
 #   make demo   local hub + member clusters (real kube-apiservers), controller, example AccessPoints
 #   make test   lint, type checks, unit, integration (one real API server) and e2e (local fleet) tests
+#   make image  the container image as an OCI archive (no registry, no container engine; image/build.sh)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 FLEET_DIR ?= $(CURDIR)/.fleet
 DEBIAN_PACKAGES := bind9 bind9-utils pdns-server pdns-backend-sqlite3 pebble
+IMAGE_PACKAGES := mmdebstrap umoci
 export MESHFED_FLEET_DIR := $(FLEET_DIR)
 
-.PHONY: deps python-deps debian-deps apiserver test lint unit integration e2e demo demo-down crds bench clean
+.PHONY: deps python-deps debian-deps apiserver test lint unit integration e2e demo demo-down crds bench clean \
+	image image-deps image-lock image-test
 
 deps: python-deps debian-deps apiserver
 
@@ -44,11 +47,31 @@ integration: deps
 	@$(VENV)/bin/pytest -q tests/integration
 
 e2e: deps
-	@$(VENV)/bin/pytest -q e2e
+	@$(VENV)/bin/pytest -q -m "not image" e2e
 
 test: deps lint
 	@echo "==> tests (unit, integration, e2e)"
-	@$(VENV)/bin/pytest -q -p no:cacheprovider tests e2e
+	@$(VENV)/bin/pytest -q -p no:cacheprovider -m "not image" tests e2e
+
+# The container image (README: "Container image"): build/image/meshfed-VERSION.oci.tar, its OCI layout
+# build/image/oci and digest; the Debian base is cached in ~/.cache/meshfed/image.
+image-deps:
+	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "==> Debian packages present: $(IMAGE_PACKAGES)"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "==> apt-get install$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null && echo "    done"; \
+	else echo "==> missing Debian packages:$$missing (make image runs as root: sudo make image)"; exit 1; fi
+
+image: python-deps image-deps
+	@nice bash image/build.sh
+
+image-lock: python-deps
+	@$(PY) image/lock.py
+
+# The controller from the image against a local fleet, in-cluster configuration (e2e/test_image.py).
+image-test: image apiserver
+	@echo "==> image test (e2e/test_image.py)"
+	@$(VENV)/bin/pytest -q -p no:cacheprovider -m image e2e/test_image.py
 
 crds: python-deps
 	@$(PY) -m federation.cli crds --out deploy/crds

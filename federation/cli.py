@@ -39,6 +39,13 @@ def cmd_controller(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(logging.WARNING if args.log_level.upper() != "DEBUG" else logging.DEBUG)
+    if not args.kubeconfig:
+        from federation.kube import InClusterError, in_cluster_config
+
+        try:
+            in_cluster_config()
+        except InClusterError as exc:
+            sys.exit(f"meshfed controller: {exc}")
     telemetry.setup(args.otel)
     operator.run(args.kubeconfig, args.hub_id, workers=args.workers, probe_interval=args.probe_interval,
                  resync_seconds=args.resync, liveness=args.liveness, istiod_interval=args.istiod_interval,

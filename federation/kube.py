@@ -1,7 +1,9 @@
 """A small async Kubernetes REST client over kubernetes-asyncio's configuration and session.
 
-Owns: loading a kubeconfig (file or dict, any auth kubernetes-asyncio supports), generic REST
-calls by path (get/list/watch/create/apply/merge-patch/delete), and the retry policy for
+Owns: loading a kubeconfig (file or dict, any auth kubernetes-asyncio supports) or a Pod's in-cluster
+service-account configuration (`in_cluster_config`: KUBERNETES_SERVICE_HOST/PORT and the mounted
+token, CA and namespace, as client-go's rest.InClusterConfig), generic REST calls by path
+(get/list/watch/create/apply/merge-patch/delete), and the retry policy for
 transient failures (tenacity lives here and in other client modules only). One KubeClient per
 API server; never the global default configuration (kopf logs the hub into it).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import ssl
 import urllib.parse
 import urllib.request
@@ -92,6 +95,54 @@ def _proxy_for(host: str, configured: str | None) -> str | None:
     return proxy
 
 
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+class InClusterError(Exception):
+    """No usable in-cluster configuration; the message names what is missing."""
+
+
+@dataclass(frozen=True)
+class InClusterConfig:
+    """Where a Pod reaches its API server, and the files of its ServiceAccount (the token is re-read
+    from `token_path` by each client: the kubelet rotates it)."""
+
+    server: str
+    token_path: str
+    ca_path: str
+    namespace: str | None
+
+    def token(self) -> str:
+        with open(self.token_path) as fh:
+            token = fh.read().strip()
+        if not token:
+            raise InClusterError(f"service-account token file {self.token_path} is empty")
+        return token
+
+
+def in_cluster_config(environ: Mapping[str, str] | None = None,
+                      directory: str = SERVICE_ACCOUNT_DIR) -> InClusterConfig:
+    """The in-cluster configuration of a Pod: https://KUBERNETES_SERVICE_HOST:KUBERNETES_SERVICE_PORT
+    (an IPv6 host in brackets) with the ServiceAccount token, CA and namespace mounted in `directory`."""
+    env = os.environ if environ is None else environ
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise InClusterError("not running in a cluster: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must "
+                             "both be set (outside a cluster pass --kubeconfig)")
+    token_path, ca_path = os.path.join(directory, "token"), os.path.join(directory, "ca.crt")
+    for path, what in ((token_path, "token"), (ca_path, "CA certificate")):
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            raise InClusterError(f"service-account {what} {path} is missing or empty (is the ServiceAccount "
+                                 "token mounted? automountServiceAccountToken must not be false)")
+    ns_path = os.path.join(directory, "namespace")
+    namespace = None
+    if os.path.isfile(ns_path):
+        with open(ns_path) as fh:
+            namespace = fh.read().strip() or None
+    hostport = f"[{host}]:{port}" if ":" in host or "%" in host else f"{host}:{port}"
+    return InClusterConfig(server=f"https://{hostport}", token_path=token_path, ca_path=ca_path, namespace=namespace)
+
+
 class KubeClient:
     def __init__(self, api: ApiClient, name: str, *, attempts: int = 3) -> None:
         self.api = api
@@ -132,14 +183,18 @@ class KubeClient:
         return await cls.from_kubeconfig_dict(config, name, attempts=attempts)
 
     @classmethod
-    async def in_cluster(cls, name: str) -> KubeClient:
-        """The service-account configuration of a Pod (the controller's Deployment)."""
+    async def in_cluster(cls, name: str, *, environ: Mapping[str, str] | None = None,
+                         directory: str = SERVICE_ACCOUNT_DIR) -> KubeClient:
+        """The service-account configuration of a Pod (the controller's Deployment): `in_cluster_config`;
+        kubernetes-asyncio's loader re-reads the token file every minute (the kubelet rotates it)."""
         from kubernetes_asyncio.config import incluster_config
 
+        found = in_cluster_config(environ, directory)
         cfg = type.__call__(Configuration)
         incluster_config.InClusterConfigLoader(
-            token_filename=incluster_config.SERVICE_TOKEN_FILENAME,
-            cert_filename=incluster_config.SERVICE_CERT_FILENAME,
+            token_filename=found.token_path,
+            cert_filename=found.ca_path,
+            environ=dict(os.environ if environ is None else environ),
         ).load_and_set(cfg)
         cfg.connection_pool_maxsize = 64
         return cls(ApiClient(configuration=cfg), name)

@@ -18,7 +18,7 @@ import kopf
 
 from federation.controller import Controller
 from federation.gcpolicy import tune_gc
-from federation.kube import KubeClient
+from federation.kube import SERVICE_ACCOUNT_DIR, KubeClient, in_cluster_config
 
 log = logging.getLogger("meshfed.operator")
 
@@ -52,7 +52,7 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
     def login(**kwargs: Any) -> Any:
         if options.get("kubeconfig"):
             return kopf.login_with_kubeconfig(**kwargs)
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        return in_cluster_login()
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -102,6 +102,17 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
     for feature in features():
         feature.register(registry, holder)
     return registry
+
+
+def in_cluster_login(environ: dict[str, str] | None = None,
+                     directory: str = SERVICE_ACCOUNT_DIR) -> kopf.ConnectionInfo:
+    """kopf's credentials in a Pod: the API server of KUBERNETES_SERVICE_HOST/PORT (what KubeClient.in_cluster
+    and client-go use; kopf's own login_with_service_account assumes https://kubernetes.default.svc:443,
+    which needs the cluster's DNS) and the mounted ServiceAccount token, read again on each login: kopf
+    logs in again after a 401, so a rotated token is picked up."""
+    found = in_cluster_config(environ, directory)
+    return kopf.ConnectionInfo(server=found.server, ca_path=found.ca_path, token=found.token(),
+                               default_namespace=found.namespace)
 
 
 def run(kubeconfig: str | None, hub_id: str, **options: Any) -> None:
