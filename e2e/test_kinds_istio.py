@@ -1,0 +1,296 @@
+"""The gateway-team kinds acting on real traffic (issue 12): a hub, two members each with a real istiod
+and a real gateway Envoy, the controller; every behaviour shown by requests through each member's VIP.
+
+- an AuthorizationPolicy (DENY /admin) in the AccessPoint: /admin and below answer 403 from the gateway,
+  other paths reach the echo backend;
+- a Gateway API Gateway (class istio, bound to the shared gateway Service) and an HTTPRoute: requests for
+  its host reach the echo backend of each cluster, with the route's per-cluster header; Istio's own status
+  on the member (Gateway Programmed, route Accepted/ResolvedRefs) and the per-cluster status on the hub;
+- RequestAuthentication (inline JWKS) + AuthorizationPolicy: a request without a valid JWT is refused
+  (403 without a token, 401 with a bad signature or an expired one), a valid token passes;
+- an EnvoyFilter (spec.allowEnvoyFilter) adding a response header naming the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
+from federation.kube import KubeClient
+from federation.testing import (
+    ACCESSPOINTS,
+    ControllerProcess,
+    eventually,
+    gateway_vip,
+    wait_status,
+)
+from tests import kind_samples as samples
+
+pytestmark = pytest.mark.e2e
+
+FLEET = {"members": 2, "regions": 2, "zones": 2, "istio": True}
+ECHO_NS = "echo-kinds"
+ECHO_HOST = f"echo.{ECHO_NS}.svc.cluster.local"
+GATEWAY_SERVICE_FQDN = f"istio-ingressgateway.{ISTIO_NAMESPACE}.svc.cluster.local"
+
+
+# ---- one HTTP request, with the response headers ---------------------------------------------
+
+
+async def request(address: str, host: str, path: str = "/", port: int = 80, headers: dict[str, str] | None = None,
+                  timeout: float = 5.0) -> tuple[int, dict[str, str]]:
+    """GET http://address:port/path with Host `host`: (status, lower-cased headers); (0, {error}) on failure."""
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), timeout)
+    except (OSError, TimeoutError) as err:
+        return 0, {"error": type(err).__name__}
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as err:
+        return 0, {"error": type(err).__name__}
+    finally:
+        writer.close()
+    lines = head.decode("latin-1").split("\r\n")
+    out = {}
+    for line in lines[1:]:
+        if ":" in line:
+            k, _, v = line.partition(":")
+            out[k.strip().lower()] = v.strip()
+    return int(lines[0].split(" ", 2)[1]), out
+
+
+async def statuses(address: str, host: str, paths: list[str], headers: dict[str, str] | None = None) -> dict[str, int]:
+    return {p: (await request(address, host, p, headers=headers))[0] for p in paths}
+
+
+# ---- the AccessPoint pieces ------------------------------------------------------------------
+
+
+def lb_service(name: str) -> dict[str, Any]:
+    """A LoadBalancer Service for the shared gateway: the fleet gives it a VIP that reaches the gateway."""
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"type": "LoadBalancer", "selector": dict(GATEWAY_SELECTOR),
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+
+
+def istio_http_route(name: str, host: str) -> list[dict[str, Any]]:
+    """An Istio Gateway (HTTP 80 for `host`) in istio-system and a VirtualService to the echo backends."""
+    return [
+        {"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+         "metadata": {"name": name, "namespace": ISTIO_NAMESPACE},
+         "spec": {"selector": dict(GATEWAY_SELECTOR),
+                  "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": [host]}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": name},
+         "spec": {"hosts": [host], "gateways": [f"{ISTIO_NAMESPACE}/{name}"],
+                  "http": [{"route": [{"destination": {"host": ECHO_HOST, "port": {"number": 8080}}}],
+                            "headers": {"response": {"set": {"x-served-by": "${cluster}"}}}}]}},
+    ]
+
+
+def echo_locality_rule() -> dict[str, Any]:
+    """Keep each gateway's traffic on its own cluster's echo backend (locality LB needs outlier detection)."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "echo-local"},
+            "spec": {"host": ECHO_HOST, "exportTo": ["*"],
+                     "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN",
+                                                        "localityLbSetting": {"enabled": True}},
+                                       "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s",
+                                                            "baseEjectionTime": "30s", "maxEjectionPercent": 100}}}}
+
+
+def in_gateway_ns(obj: dict[str, Any]) -> dict[str, Any]:
+    """Gateway workload policies live in the gateway's namespace (istio-system)."""
+    return {**obj, "metadata": {**obj["metadata"], "namespace": ISTIO_NAMESPACE}}
+
+
+def accesspoint(name: str, template: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint", "metadata": {"name": name},
+            "spec": {"template": template, **spec}}
+
+
+async def create_ap(hub: KubeClient, ns: str, body: dict[str, Any]) -> None:
+    await hub.create(ACCESSPOINTS.format(ns=ns), {**body, "metadata": {**body["metadata"], "namespace": ns}},
+                     field_manager="e2e")
+
+
+def applied_everywhere(count: int) -> Any:
+    def ok(st: dict[str, Any]) -> bool:
+        clusters = st.get("clusters") or []
+        return len(clusters) == count and all(c.get("state") == "Applied" for c in clusters)
+    return ok
+
+
+async def vips(fleet: Fleet, members: dict[str, KubeClient], ns: str, service: str) -> dict[str, str]:
+    assert fleet.state is not None
+    out = {}
+    for m in fleet.state.members:
+        out[m.name] = await eventually(lambda c=members[m.name]: gateway_vip(c, ns, service), 30,
+                                       message=f"{m.name}: no VIP for {ns}/{service}")
+    return out
+
+
+@pytest.fixture(scope="module")
+async def echo(fleet: Fleet) -> str:
+    await fleet.publish_backends(ECHO_NS, ECHO_HOST)
+    return ECHO_HOST
+
+
+# ---- JWTs ------------------------------------------------------------------------------------
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class Issuer:
+    def __init__(self, issuer: str) -> None:
+        self.issuer = issuer
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        numbers = self.key.public_key().public_numbers()
+        self.jwks = json.dumps({"keys": [{
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": "k1",
+            "n": b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+            "e": b64url(numbers.e.to_bytes(3, "big"))}]})
+
+    def token(self, *, expires_in: float = 3600, key: rsa.RSAPrivateKey | None = None) -> str:
+        header = b64url(json.dumps({"alg": "RS256", "typ": "JWT", "kid": "k1"}).encode())
+        now = int(time.time())
+        payload = b64url(json.dumps({"iss": self.issuer, "sub": "tester", "iat": now,
+                                     "exp": int(now + expires_in)}).encode())
+        signing = f"{header}.{payload}".encode()
+        signature = (key or self.key).sign(signing, padding.PKCS1v15(), hashes.SHA256())
+        return f"{header}.{payload}.{b64url(signature)}"
+
+
+# ---- tests -----------------------------------------------------------------------------------
+
+
+async def test_authorization_policy_denies_admin_paths(fleet: Fleet, hub: KubeClient, members: dict[str, KubeClient],
+                                                       controller: ControllerProcess, namespace: str,
+                                                       echo: str) -> None:
+    host = "admin-deny.kinds.example"
+    policy = in_gateway_ns(samples.authorization_policy("${name}-deny-admin"))
+    policy["spec"]["rules"][0]["to"][0]["operation"]["hosts"] = [host, f"{host}:*"]
+    template = [lb_service("authz-gw"), *istio_http_route("authz", host), echo_locality_rule(), policy]
+    await create_ap(hub, namespace, accesspoint("authz", template))
+    await wait_status(hub, f"{ACCESSPOINTS.format(ns=namespace)}/authz", applied_everywhere(2), timeout=90)
+    for cluster, vip in (await vips(fleet, members, namespace, "authz-gw")).items():
+        paths = ["/", "/shop", "/administrator", "/admin", "/admin/users", "/admin/"]
+
+        async def enforced(vip: str = vip, paths: list[str] = paths) -> dict[str, int]:
+            got = await statuses(vip, host, paths)
+            assert got == {"/": 200, "/shop": 200, "/administrator": 200, "/admin": 403, "/admin/users": 403,
+                           "/admin/": 403}, got
+            return got
+        await eventually(enforced, 60, interval=0.5, message=f"{cluster}: /admin not denied through {vip}")
+        status, headers = await request(vip, host, "/shop")
+        assert status == 200 and headers.get("x-echo-cluster") == cluster and headers.get("x-served-by") == cluster
+        status, headers = await request(vip, host, "/admin/users")
+        assert status == 403 and "x-echo-cluster" not in headers  # the gateway refused it; no backend saw it
+
+
+async def test_httproute_through_a_gateway_api_gateway_in_each_cluster(
+        fleet: Fleet, hub: KubeClient, members: dict[str, KubeClient], controller: ControllerProcess,
+        namespace: str, echo: str) -> None:
+    host = "route.${region}.kinds.example"
+    gw = samples.k8s_gateway("web", port=80, hostname="*.kinds.example", address=GATEWAY_SERVICE_FQDN)
+    route = samples.http_route("web", gateway="web", hostname=host, backend=ECHO_HOST, port=8080)
+    route["spec"]["rules"][0]["backendRefs"] = [{"group": "networking.istio.io", "kind": "Hostname",
+                                                 "name": ECHO_HOST, "port": 8080}]
+    template = [lb_service("route-gw"), gw, route, echo_locality_rule()]
+    await create_ap(hub, namespace, accesspoint("routes", template))
+    path = f"{ACCESSPOINTS.format(ns=namespace)}/routes"
+    await wait_status(hub, path, applied_everywhere(2), timeout=90)
+    assert fleet.state is not None
+    regions = {m.name: m.region for m in fleet.state.members}
+    for cluster, vip in (await vips(fleet, members, namespace, "route-gw")).items():
+        want = f"route.{regions[cluster]}.kinds.example"
+
+        async def routed(vip: str = vip, want: str = want, cluster: str = cluster) -> dict[str, str]:
+            status, headers = await request(vip, want, "/hello")
+            assert status == 200, (status, headers)
+            assert headers.get("x-echo-cluster") == cluster and headers.get("x-route-cluster") == cluster, headers
+            return headers
+        await eventually(routed, 90, interval=0.5, message=f"{cluster}: HTTPRoute not serving through {vip}")
+        # Istio's own status on the member
+        member = members[cluster]
+
+        async def istio_status(ns: str = namespace, member: KubeClient = member) -> bool:
+            g = await member.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/gateways/web") or {}
+            r = await member.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/web") or {}
+            gconds = {c["type"]: c["status"] for c in (g.get("status") or {}).get("conditions") or []}
+            parents = (r.get("status") or {}).get("parents") or []
+            rconds = {c["type"]: c["status"] for p in parents for c in p.get("conditions") or []}
+            assert gconds.get("Programmed") == "True", g.get("status")
+            assert rconds.get("Accepted") == "True" and rconds.get("ResolvedRefs") == "True", r.get("status")
+            assert parents[0]["controllerName"] == "istio.io/gateway-controller"
+            return True
+        await eventually(istio_status, 60, message=f"{cluster}: Istio's Gateway API status")
+    # and the hub shows it per cluster
+    st = await wait_status(hub, path, lambda s: all(c.get("routeConfigured") is True for c in s.get("clusters") or [])
+                           and len(s.get("clusters") or []) == 2, timeout=60)
+    for c in st["clusters"]:
+        assert "HTTPRoute" in (c.get("routeMessage") or "") or c.get("routeMessage"), c
+
+
+async def test_requests_without_a_valid_jwt_are_refused(fleet: Fleet, hub: KubeClient,
+                                                        members: dict[str, KubeClient],
+                                                        controller: ControllerProcess, namespace: str,
+                                                        echo: str) -> None:
+    host = "jwt.kinds.example"
+    issuer = Issuer("https://issuer.kinds.example")
+    authn = in_gateway_ns(samples.request_authentication("${name}-jwt", issuer=issuer.issuer, jwks=issuer.jwks))
+    authn["spec"]["jwtRules"][0].pop("forwardOriginalToken", None)
+    require = in_gateway_ns({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "${name}-require-jwt"},
+        "spec": {"selector": {"matchLabels": dict(GATEWAY_SELECTOR)}, "action": "DENY",
+                 "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}],
+                            "to": [{"operation": {"hosts": [host, f"{host}:*"]}}]}]}})
+    template = [lb_service("jwt-gw"), *istio_http_route("jwt", host), echo_locality_rule(), authn, require]
+    await create_ap(hub, namespace, accesspoint("jwt", template))
+    await wait_status(hub, f"{ACCESSPOINTS.format(ns=namespace)}/jwt", applied_everywhere(2), timeout=90)
+    good = issuer.token()
+    expired = issuer.token(expires_in=-600)
+    forged = issuer.token(key=rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    for cluster, vip in (await vips(fleet, members, namespace, "jwt-gw")).items():
+
+        async def enforced(vip: str = vip) -> dict[str, int]:
+            got = {
+                "none": (await request(vip, host, "/"))[0],
+                "valid": (await request(vip, host, "/", headers={"authorization": f"Bearer {good}"}))[0],
+                "expired": (await request(vip, host, "/", headers={"authorization": f"Bearer {expired}"}))[0],
+                "forged": (await request(vip, host, "/", headers={"authorization": f"Bearer {forged}"}))[0],
+            }
+            assert got == {"none": 403, "valid": 200, "expired": 401, "forged": 401}, got
+            return got
+        await eventually(enforced, 60, interval=0.5, message=f"{cluster}: JWT not enforced through {vip}")
+        status, headers = await request(vip, host, "/", headers={"authorization": f"Bearer {good}"})
+        assert status == 200 and headers.get("x-echo-cluster") == cluster
+
+
+async def test_envoy_filter_with_the_opt_in_adds_a_header(fleet: Fleet, hub: KubeClient,
+                                                          members: dict[str, KubeClient],
+                                                          controller: ControllerProcess, namespace: str,
+                                                          echo: str) -> None:
+    host = "filter.kinds.example"
+    template = [lb_service("ef-gw"), *istio_http_route("ef", host), echo_locality_rule(),
+                in_gateway_ns(samples.envoy_filter("${name}-served-by"))]
+    await create_ap(hub, namespace, accesspoint("ef", template, allowEnvoyFilter=True))
+    await wait_status(hub, f"{ACCESSPOINTS.format(ns=namespace)}/ef", applied_everywhere(2), timeout=90)
+    for cluster, vip in (await vips(fleet, members, namespace, "ef-gw")).items():
+
+        async def patched(vip: str = vip, cluster: str = cluster) -> dict[str, str]:
+            status, headers = await request(vip, host, "/")
+            assert status == 200 and headers.get("x-envoyfilter") == cluster, (status, headers)
+            return headers
+        await eventually(patched, 60, interval=0.5, message=f"{cluster}: EnvoyFilter header missing through {vip}")
