@@ -15,11 +15,18 @@ federation/istiod.py, which asks the member's istiod, and from the member caches
   and istiod pushed to that proxy after meshfed's last write of the AccessPoint's objects there (or
   the write is older than `settle` seconds: a change Istio deems irrelevant to the proxy is pushed to
   nobody). False with the reason otherwise; None (Unknown) when istiod cannot be asked;
-- the analyzer's messages on member objects (`analyzer_messages`): `status.validationMessages`
-  counts only when `status.observedGeneration` equals `metadata.generation`; otherwise the object has
-  "no current verdict" (istiod keeps stale messages after an in-place fix) and no code is reported.
+- the Gateway API part of the same verdict (`gateway_api_verdict`), from Istio's own status on the
+  member objects, written by istiod's gateway controller: every Gateway API `Gateway` of the
+  AccessPoint `Programmed=True`, every `HTTPRoute`/`GRPCRoute` `Accepted=True` and `ResolvedRefs=True`
+  for each of its parents (status.parents[] of controller istio.io/gateway-controller); a condition
+  counts only at `observedGeneration == metadata.generation`. `route_verdict` combines both parts: False
+  when either is False, None when either cannot be decided, True when every evaluated part is True;
+- the analyzer's messages on member objects (`analyzer_messages`, every *.istio.io kind):
+  `status.validationMessages` counts only when `status.observedGeneration` equals `metadata.generation`;
+  otherwise the object has "no current verdict" (istiod keeps stale messages after an in-place fix)
+  and no code is reported.
 
-Imports accesspoint.meta only.
+Imports accesspoint.meta and accesspoint.kinds only.
 """
 
 from __future__ import annotations
@@ -29,9 +36,13 @@ from typing import Any
 
 from pydantic import Field
 
+from accesspoint.kinds import GATEWAY_API, display_name, group_of
 from accesspoint.meta import ApiModel
 
 ISTIO_GROUP = "networking.istio.io"
+# The controller name istiod writes into Gateway API route status.parents[].
+ISTIO_GATEWAY_CONTROLLER = "istio.io/gateway-controller"
+GATEWAY_API_ROUTES = ("HTTPRoute", "GRPCRoute")
 # xDS types whose ACK a route depends on (short names as in istiod's debug API).
 ROUTE_TYPES = ("cds", "lds", "rds")
 TYPE_URLS = {
@@ -103,11 +114,21 @@ def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 def _describe(obj: Mapping[str, Any]) -> str:
     meta = _meta(obj)
-    return f"{obj.get('kind')} {meta.get('namespace', '')}/{meta.get('name', '')}"
+    kind = display_name(group_of(str(obj.get("apiVersion", ""))), str(obj.get("kind", "")))
+    return f"{kind} {meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 def _is_istio(obj: Mapping[str, Any]) -> bool:
     return str(obj.get("apiVersion", "")).startswith(ISTIO_GROUP + "/")
+
+
+def _is_istio_kind(obj: Mapping[str, Any]) -> bool:
+    """Any Istio API group (networking, security, telemetry, extensions): the analyzer judges them all."""
+    return group_of(str(obj.get("apiVersion", ""))).endswith(".istio.io")
+
+
+def _is_gateway_api(obj: Mapping[str, Any]) -> bool:
+    return group_of(str(obj.get("apiVersion", ""))) == GATEWAY_API
 
 
 def gateways_of(objects: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -225,12 +246,106 @@ def _proxy_problem(pid: str, proxy: ProxySync | None, config: ProxyConfig | None
 
 def route_verdict(objects: Iterable[Mapping[str, Any]], view: IstiodView | None, *, changed_at: float | None = None,
                   settle: float = 10.0, now: float = 0.0) -> RouteVerdict | None:
-    """routeConfigured of one AccessPoint in one member (None: not evaluated — it has no Gateway).
+    """routeConfigured of one AccessPoint in one member (None: not evaluated — it has no Istio Gateway
+    and no Gateway API Gateway or route).
 
-    `objects`: what the AccessPoint owns in the member (the member cache); `changed_at`: when meshfed
-    last wrote them (monotonic, same clock as ProxySync.changed_at), None if unknown.
+    `objects`: what the AccessPoint owns in the member (the member cache, status included);
+    `changed_at`: when meshfed last wrote them (monotonic, same clock as ProxySync.changed_at), None if
+    unknown. The Istio part (proxies, pushes, ACKs) and the Gateway API part (Istio's status on the
+    Gateway API objects, `gateway_api_verdict`) are combined by `combine_verdicts`.
     """
     objs = list(objects)
+    return combine_verdicts(_istio_route_verdict(objs, view, changed_at=changed_at, settle=settle, now=now),
+                            gateway_api_verdict(objs))
+
+
+def combine_verdicts(*parts: RouteVerdict | None) -> RouteVerdict | None:
+    """False when any evaluated part is False, else None when any is undecided, else True; the messages
+    of the parts that are not True (or all of them when every part is True), joined; proxy counts added."""
+    evaluated = [p for p in parts if p is not None]
+    if not evaluated:
+        return None
+    if len(evaluated) == 1:
+        return evaluated[0]
+    if any(p.configured is False for p in evaluated):
+        configured: bool | None = False
+    elif any(p.configured is None for p in evaluated):
+        configured = None
+    else:
+        configured = True
+    shown = evaluated if configured is True else [p for p in evaluated if p.configured is not True]
+    return RouteVerdict(configured=configured, message="; ".join(p.message for p in shown),
+                        synced=sum(p.synced for p in evaluated), total=sum(p.total for p in evaluated))
+
+
+def _condition(obj: Mapping[str, Any], conditions: Sequence[Mapping[str, Any]], type_: str) -> tuple[str, str]:
+    """(problem or "", state) of condition `type_`: "" when it is True for the object's generation."""
+    generation = _meta(obj).get("generation")
+    cond = next((c for c in conditions if c.get("type") == type_), None)
+    if cond is None:
+        return f"{type_} not reported by istiod yet", "missing"
+    observed = cond.get("observedGeneration")
+    try:
+        current = observed is None or generation is None or int(observed) == int(generation)
+    except (TypeError, ValueError):
+        current = False
+    if not current:
+        return f"{type_} reported for generation {observed}, not yet for {generation}", "stale"
+    if cond.get("status") != "True":
+        detail = ": ".join(str(x) for x in (cond.get("reason"), cond.get("message")) if x)
+        return f"{type_}={cond.get('status')}" + (f" {detail}" if detail else ""), "false"
+    return "", "true"
+
+
+def _parent_name(ref: Mapping[str, Any], namespace: str) -> str:
+    return f"{ref.get('namespace') or namespace}/{ref.get('name', '')}"
+
+
+def gateway_api_verdict(objects: Iterable[Mapping[str, Any]]) -> RouteVerdict | None:
+    """Istio's status on the AccessPoint's Gateway API objects (None: it has none).
+
+    True when every Gateway is Programmed and every HTTPRoute/GRPCRoute is Accepted with ResolvedRefs for
+    each of its spec.parentRefs, all reported by istiod for the object's current generation; False with
+    each object's reason otherwise (a route istiod has not reported on yet counts as not configured).
+    """
+    objs = sorted((o for o in objects if _is_gateway_api(o)), key=_describe)
+    gateways = [o for o in objs if o.get("kind") == "Gateway"]
+    routes = [o for o in objs if o.get("kind") in GATEWAY_API_ROUTES]
+    if not gateways and not routes:
+        return None
+    problems: list[str] = []
+    for gw in gateways:
+        problem, _ = _condition(gw, (gw.get("status") or {}).get("conditions") or [], "Programmed")
+        if problem:
+            problems.append(f"{_describe(gw)}: {problem}")
+    for route in routes:
+        namespace = str(_meta(route).get("namespace", ""))
+        parents = [p for p in (route.get("status") or {}).get("parents") or []
+                   if p.get("controllerName") == ISTIO_GATEWAY_CONTROLLER]
+        reported = {_parent_name(p.get("parentRef") or {}, namespace): p for p in parents}
+        refs = [_parent_name(r, namespace) for r in (route.get("spec") or {}).get("parentRefs") or []]
+        for ref in refs or sorted(reported):
+            parent = reported.get(ref)
+            if parent is None:
+                problems.append(f"{_describe(route)}: parent {ref}: not reported by istiod yet")
+                continue
+            for type_ in ("Accepted", "ResolvedRefs"):
+                problem, _ = _condition(route, parent.get("conditions") or [], type_)
+                if problem:
+                    problems.append(f"{_describe(route)}: parent {ref}: {problem}")
+    if problems:
+        return RouteVerdict(configured=False, message="; ".join(problems))
+    parts = []
+    if gateways:
+        parts.append(f"{len(gateways)} Gateway API Gateway(s) Programmed")
+    if routes:
+        parts.append(f"{len(routes)} route(s) Accepted with references resolved")
+    return RouteVerdict(configured=True, message=f"Istio reports {' and '.join(parts)}")
+
+
+def _istio_route_verdict(objs: list[Mapping[str, Any]], view: IstiodView | None, *, changed_at: float | None,
+                         settle: float, now: float) -> RouteVerdict | None:
+    """The Istio Gateway part of `route_verdict` (None: the AccessPoint has no Istio Gateway)."""
     if not gateways_of(objs):
         return None
     if view is None or view.reachable is None:
@@ -284,7 +399,7 @@ class AnalyzerVerdict(ApiModel):
 def analyzer_messages(objects: Iterable[Mapping[str, Any]]) -> AnalyzerVerdict:
     out = AnalyzerVerdict()
     for obj in sorted(objects, key=_describe):
-        if not _is_istio(obj):
+        if not _is_istio_kind(obj):
             continue
         status = obj.get("status") or {}
         messages = status.get("validationMessages") or []

@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from federation.fleet.istio import http_get
 
 from accesspoint.visibility import VisibilityPolicy, export_to
 from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
+from federation.fleet.istio import http_get
 from federation.kube import ApiError, KubeClient
 from federation.testing import gateway_vip, start_fleet
 

@@ -12,6 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
+from accesspoint.istioverdict import (
+    ISTIO_GATEWAY_CONTROLLER,
+    IstiodView,
+    RouteVerdict,
+    analyzer_messages,
+    combine_verdicts,
+    gateway_api_verdict,
+    route_verdict,
+)
 from accesspoint.kinds import (
     GATEWAY_API,
     ISTIO_NET,
@@ -265,3 +274,113 @@ def test_member_reports_the_kinds_it_does_not_serve_and_waits_only_for_served_on
     assert not member.usable
     member.cache.synced.add((ISTIO_NET, "VirtualService"))
     assert member.usable
+
+
+# ---- Istio's status on the Gateway API kinds feeds routeConfigured -----------------------------------
+
+
+
+def served(obj: dict[str, Any], generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = copy.deepcopy(obj)
+    out["metadata"] = {**out["metadata"], "namespace": "payments", "generation": generation}
+    if status is not None:
+        out["status"] = status
+    return out
+
+
+def cond(type_: str, status: str = "True", reason: str | None = None, generation: int = 1,
+         message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason or type_, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": "2026-12-02T08:00:00Z"}
+
+
+def gw_status(programmed: str = "True", generation: int = 1, reason: str | None = None) -> dict[str, Any]:
+    return {"conditions": [cond("Accepted", generation=generation),
+                           cond("Programmed", programmed, reason, generation)]}
+
+
+def route_status(accepted: str = "True", resolved: str = "True", generation: int = 1, parent: str = "web",
+                 reason: str | None = None, message: str = "") -> dict[str, Any]:
+    return {"parents": [{"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": parent},
+                         "controllerName": ISTIO_GATEWAY_CONTROLLER,
+                         "conditions": [cond("Accepted", accepted, reason, generation, message),
+                                        cond("ResolvedRefs", resolved,
+                                             None if resolved == "True" else "BackendNotFound", generation)]}]}
+
+
+def test_gateway_api_verdict_is_istios_status() -> None:
+    assert gateway_api_verdict([served(samples.authorization_policy())]) is None
+    good = [served(samples.k8s_gateway("web"), status=gw_status()),
+            served(samples.http_route("web"), status=route_status()),
+            served(samples.grpc_route("grpc"), status=route_status())]
+    verdict = gateway_api_verdict(good)
+    assert verdict is not None and verdict.configured is True
+    assert verdict.message == ("Istio reports 1 Gateway API Gateway(s) Programmed and 2 route(s) Accepted with "
+                               "references resolved")
+    # not programmed: the reason and message istiod wrote
+    bad = [served(samples.k8s_gateway("web"), status=gw_status("False", reason="AddressNotAssigned")), good[1]]
+    verdict = gateway_api_verdict(bad)
+    assert verdict is not None and verdict.configured is False
+    assert verdict.message == ("Gateway.gateway.networking.k8s.io payments/web: Programmed=False "
+                               "AddressNotAssigned")
+    # a route whose backend does not resolve / not accepted by its listener
+    verdict = gateway_api_verdict([served(samples.http_route("web"), status=route_status(resolved="False"))])
+    assert verdict is not None and verdict.configured is False
+    assert "HTTPRoute payments/web: parent payments/web: ResolvedRefs=False BackendNotFound" in verdict.message
+    verdict = gateway_api_verdict([served(samples.http_route("web"), status=route_status(
+        accepted="False", reason="NoMatchingListenerHostname", message="no hostnames matched"))])
+    assert verdict is not None and "Accepted=False NoMatchingListenerHostname: no hostnames matched" in verdict.message
+
+
+def test_gateway_api_verdict_counts_only_the_current_generation_and_every_parent() -> None:
+    stale = served(samples.http_route("web"), generation=2, status=route_status(generation=1))
+    verdict = gateway_api_verdict([stale])
+    assert verdict is not None and verdict.configured is False
+    assert "Accepted reported for generation 1, not yet for 2" in verdict.message
+    fresh = served(samples.http_route("web"))
+    verdict = gateway_api_verdict([fresh])
+    assert verdict is not None and verdict.configured is False
+    assert verdict.message == "HTTPRoute payments/web: parent payments/web: not reported by istiod yet"
+    two = served(samples.http_route("web"), status=route_status())
+    two["spec"]["parentRefs"].append({"name": "other", "namespace": "istio-system"})
+    verdict = gateway_api_verdict([two])
+    assert verdict is not None and verdict.configured is False
+    assert "parent istio-system/other: not reported by istiod yet" in verdict.message
+    # a status written by another controller is not Istio's verdict
+    foreign = served(samples.http_route("web"), status=route_status())
+    foreign["status"]["parents"][0]["controllerName"] = "example.com/other-controller"
+    verdict = gateway_api_verdict([foreign])
+    assert verdict is not None and verdict.configured is False
+
+
+def test_route_verdict_combines_the_istio_and_gateway_api_parts() -> None:
+    t = RouteVerdict(configured=True, message="routes ACKed by 1/1 gateway proxies", synced=1, total=1)
+    f = RouteVerdict(configured=False, message="HTTPRoute payments/web: ...")
+    u = RouteVerdict(configured=None, message="istiod cannot be asked: down")
+    assert combine_verdicts(None, None) is None
+    assert combine_verdicts(t, None) == t
+    both = combine_verdicts(t, RouteVerdict(configured=True, message="Istio reports ..."))
+    assert both is not None and both.configured is True and both.message == "routes ACKed by 1/1 gateway proxies; " \
+        "Istio reports ..." and both.proxies == "1/1"
+    assert combine_verdicts(t, f) == RouteVerdict(configured=False, message=f.message, synced=1, total=1)
+    undecided = combine_verdicts(u, t)
+    assert undecided is not None and undecided.configured is None and undecided.message == u.message
+    falsy = combine_verdicts(u, f)
+    assert falsy is not None and falsy.configured is False
+    # route_verdict: Gateway API objects only, no istiod view needed
+    objs = [served(samples.k8s_gateway("web"), status=gw_status()), served(samples.http_route("web"),
+                                                                           status=route_status())]
+    verdict = route_verdict(objs, IstiodView(reachable=False, error="down"))
+    assert verdict is not None and verdict.configured is True
+    istio_gw = served(istio_gateway("web"))
+    verdict = route_verdict([*objs, istio_gw], IstiodView(reachable=False, error="down"))
+    assert verdict is not None and verdict.configured is None and verdict.message == "istiod cannot be asked: down"
+
+
+def test_analyzer_messages_cover_every_istio_group() -> None:
+    msg = {"validationMessages": [{"type": {"code": "IST0101"}, "level": "ERROR"}], "observedGeneration": 1}
+    objs = [served(samples.authorization_policy(), status=msg), served(samples.telemetry(), status=msg),
+            served(samples.http_route(), status=msg)]
+    verdict = analyzer_messages(objs)
+    assert [m.object for m in verdict.messages] == ["AuthorizationPolicy payments/deny-admin",
+                                                    "Telemetry payments/access-log"]
