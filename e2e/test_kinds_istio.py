@@ -23,6 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from federation import kind_samples as samples
 from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
 from federation.kube import KubeClient
 from federation.testing import (
@@ -32,7 +33,6 @@ from federation.testing import (
     gateway_vip,
     wait_status,
 )
-from tests import kind_samples as samples
 
 pytestmark = pytest.mark.e2e
 

@@ -22,6 +22,7 @@ import pytest
 
 from accesspoint.kinds import TEMPLATE_KINDS, Kind, api_path, template_kind
 from accesspoint.ownership import HUB, MANAGED_BY, OWNER_NAME
+from federation import kind_samples as samples
 from federation.fleet import ClusterProc, apply_crds, load_member_crds, register_member
 from federation.kube import ApiError, KubeClient
 from federation.testing import (
@@ -32,7 +33,6 @@ from federation.testing import (
     single_apiserver,
     wait_status,
 )
-from tests import kind_samples as samples
 
 pytestmark = pytest.mark.integration
 

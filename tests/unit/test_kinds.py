@@ -37,9 +37,9 @@ from accesspoint.ownership import HASH_ANNOTATION, OWNER_NAME
 from accesspoint.plan import plan
 from accesspoint.render import Renderer, key_of, render, validate
 from accesspoint.revisions import revision_hash
+from federation import kind_samples as samples
 from federation.members import Member, OwnedCache, Probe, served_kinds, served_resources
 from placement.models import ClusterFacts, MemberCluster
-from tests import kind_samples as samples
 
 HUB = "hub-1"
 EAST = ClusterFacts(name="east-1", region="us-east", zone="us-east-a", ready=True)
