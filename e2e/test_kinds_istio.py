@@ -40,6 +40,10 @@ FLEET = {"members": 2, "regions": 2, "zones": 2, "istio": True}
 ECHO_NS = "echo-kinds"
 ECHO_HOST = f"echo.{ECHO_NS}.svc.cluster.local"
 GATEWAY_SERVICE_FQDN = f"istio-ingressgateway.{ISTIO_NAMESPACE}.svc.cluster.local"
+GATEWAY_WORKLOAD = {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+                    "metadata": {"name": "istio-ingressgateway-0", "namespace": ISTIO_NAMESPACE},
+                    "spec": {"address": "127.0.0.1", "labels": {**GATEWAY_SELECTOR, "app": "istio-ingressgateway"},
+                             "serviceAccount": "istio-ingressgateway"}}
 
 
 # ---- one HTTP request, with the response headers ---------------------------------------------
@@ -98,9 +102,12 @@ def istio_http_route(name: str, host: str) -> list[dict[str, Any]]:
 
 
 def echo_locality_rule() -> dict[str, Any]:
-    """Keep each gateway's traffic on its own cluster's echo backend (locality LB needs outlier detection)."""
-    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "echo-local"},
-            "spec": {"host": ECHO_HOST, "exportTo": ["*"],
+    """Keep each gateway's traffic on its own cluster's echo backend (locality LB needs outlier detection).
+    In the echo namespace: Istio looks a DestinationRule up in the proxy's, the service's and the root
+    namespace only."""
+    return {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "echo-local", "namespace": ECHO_NS},
+            "spec": {"host": ECHO_HOST,
                      "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN",
                                                         "localityLbSetting": {"enabled": True}},
                                        "outlierDetection": {"consecutive5xxErrors": 3, "interval": "1s",
@@ -139,8 +146,18 @@ async def vips(fleet: Fleet, members: dict[str, KubeClient], ns: str, service: s
 
 
 @pytest.fixture(scope="module")
-async def echo(fleet: Fleet) -> str:
+async def echo(fleet: Fleet, members: dict[str, KubeClient]) -> str:
+    """The echo backends published on every member, with the locality rule (fleet set-up, not an AccessPoint)."""
     await fleet.publish_backends(ECHO_NS, ECHO_HOST)
+    rule = echo_locality_rule()
+    for client in members.values():
+        await client.apply(f"/apis/networking.istio.io/v1/namespaces/{ECHO_NS}/destinationrules/echo-local", rule,
+                           field_manager="e2e")
+        # The gateway Envoy runs outside Kubernetes (its Pod stays Pending, no endpoints): registered as a
+        # WorkloadEntry, the gateway Service has an instance, which Istio needs before it reports a Gateway
+        # API Gateway bound to that Service (manual deployment) Programmed.
+        await client.apply(f"/apis/networking.istio.io/v1/namespaces/{ISTIO_NAMESPACE}/workloadentries/"
+                           "istio-ingressgateway-0", GATEWAY_WORKLOAD, field_manager="e2e")
     return ECHO_HOST
 
 
@@ -180,7 +197,7 @@ async def test_authorization_policy_denies_admin_paths(fleet: Fleet, hub: KubeCl
     host = "admin-deny.kinds.example"
     policy = in_gateway_ns(samples.authorization_policy("${name}-deny-admin"))
     policy["spec"]["rules"][0]["to"][0]["operation"]["hosts"] = [host, f"{host}:*"]
-    template = [lb_service("authz-gw"), *istio_http_route("authz", host), echo_locality_rule(), policy]
+    template = [lb_service("authz-gw"), *istio_http_route("authz", host), policy]
     await create_ap(hub, namespace, accesspoint("authz", template))
     await wait_status(hub, f"{ACCESSPOINTS.format(ns=namespace)}/authz", applied_everywhere(2), timeout=90)
     for cluster, vip in (await vips(fleet, members, namespace, "authz-gw")).items():
@@ -202,11 +219,15 @@ async def test_httproute_through_a_gateway_api_gateway_in_each_cluster(
         fleet: Fleet, hub: KubeClient, members: dict[str, KubeClient], controller: ControllerProcess,
         namespace: str, echo: str) -> None:
     host = "route.${region}.kinds.example"
-    gw = samples.k8s_gateway("web", port=80, hostname="*.kinds.example", address=GATEWAY_SERVICE_FQDN)
-    route = samples.http_route("web", gateway="web", hostname=host, backend=ECHO_HOST, port=8080)
+    # manual deployment: the Gateway in the gateway Service's namespace; the route beside the ServiceEntry
+    # it names (Istio resolves a Hostname backendRef in the route's namespace)
+    gw = in_gateway_ns(samples.k8s_gateway("web", port=80, hostname="*.kinds.example", address=GATEWAY_SERVICE_FQDN))
+    route = samples.http_route("web", gateway="web", gateway_namespace=ISTIO_NAMESPACE, hostname=host,
+                               backend=ECHO_HOST, port=8080)
+    route["metadata"]["namespace"] = ECHO_NS
     route["spec"]["rules"][0]["backendRefs"] = [{"group": "networking.istio.io", "kind": "Hostname",
                                                  "name": ECHO_HOST, "port": 8080}]
-    template = [lb_service("route-gw"), gw, route, echo_locality_rule()]
+    template = [lb_service("route-gw"), gw, route]
     await create_ap(hub, namespace, accesspoint("routes", template))
     path = f"{ACCESSPOINTS.format(ns=namespace)}/routes"
     await wait_status(hub, path, applied_everywhere(2), timeout=90)
@@ -225,8 +246,8 @@ async def test_httproute_through_a_gateway_api_gateway_in_each_cluster(
         member = members[cluster]
 
         async def istio_status(ns: str = namespace, member: KubeClient = member) -> bool:
-            g = await member.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/gateways/web") or {}
-            r = await member.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/httproutes/web") or {}
+            g = await member.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ISTIO_NAMESPACE}/gateways/web") or {}
+            r = await member.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ECHO_NS}/httproutes/web") or {}
             gconds = {c["type"]: c["status"] for c in (g.get("status") or {}).get("conditions") or []}
             parents = (r.get("status") or {}).get("parents") or []
             rconds = {c["type"]: c["status"] for p in parents for c in p.get("conditions") or []}
@@ -239,7 +260,7 @@ async def test_httproute_through_a_gateway_api_gateway_in_each_cluster(
     st = await wait_status(hub, path, lambda s: all(c.get("routeConfigured") is True for c in s.get("clusters") or [])
                            and len(s.get("clusters") or []) == 2, timeout=60)
     for c in st["clusters"]:
-        assert "HTTPRoute" in (c.get("routeMessage") or "") or c.get("routeMessage"), c
+        assert "Gateway API Gateway(s) Programmed" in (c.get("routeMessage") or ""), c
 
 
 async def test_requests_without_a_valid_jwt_are_refused(fleet: Fleet, hub: KubeClient,
@@ -256,7 +277,7 @@ async def test_requests_without_a_valid_jwt_are_refused(fleet: Fleet, hub: KubeC
         "spec": {"selector": {"matchLabels": dict(GATEWAY_SELECTOR)}, "action": "DENY",
                  "rules": [{"from": [{"source": {"notRequestPrincipals": ["*"]}}],
                             "to": [{"operation": {"hosts": [host, f"{host}:*"]}}]}]}})
-    template = [lb_service("jwt-gw"), *istio_http_route("jwt", host), echo_locality_rule(), authn, require]
+    template = [lb_service("jwt-gw"), *istio_http_route("jwt", host), authn, require]
     await create_ap(hub, namespace, accesspoint("jwt", template))
     await wait_status(hub, f"{ACCESSPOINTS.format(ns=namespace)}/jwt", applied_everywhere(2), timeout=90)
     good = issuer.token()
@@ -283,7 +304,7 @@ async def test_envoy_filter_with_the_opt_in_adds_a_header(fleet: Fleet, hub: Kub
                                                           controller: ControllerProcess, namespace: str,
                                                           echo: str) -> None:
     host = "filter.kinds.example"
-    template = [lb_service("ef-gw"), *istio_http_route("ef", host), echo_locality_rule(),
+    template = [lb_service("ef-gw"), *istio_http_route("ef", host),
                 in_gateway_ns(samples.envoy_filter("${name}-served-by"))]
     await create_ap(hub, namespace, accesspoint("ef", template, allowEnvoyFilter=True))
     await wait_status(hub, f"{ACCESSPOINTS.format(ns=namespace)}/ef", applied_everywhere(2), timeout=90)
