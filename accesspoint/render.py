@@ -202,18 +202,21 @@ class RenderContext:
     - `transforms`: pure functions over one cluster's substituted objects (traffic policy into
       DestinationRules, exportTo, credentialName on Gateways), applied in order;
     - `generated`: objects meshfed generates per cluster (cross-cluster ServiceEntries, TLS Secrets);
-      they get the same owner labels and hash as template objects.
+      they get the same owner labels and hash as template objects;
+    - `labels`: labels added to every object next to the owner labels (the shard label,
+      federation/shards.py), part of the content hash.
     Overrides run after both, so users can still patch generated objects.
     """
 
     transforms: tuple[Transform, ...] = ()
     generated: Mapping[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     def merged(self, other: RenderContext) -> RenderContext:
         generated = {k: tuple(v) for k, v in self.generated.items()}
         for cluster, objs in other.generated.items():
             generated[cluster] = generated.get(cluster, ()) + tuple(objs)
-        return RenderContext(self.transforms + other.transforms, generated)
+        return RenderContext(self.transforms + other.transforms, generated, {**self.labels, **other.labels})
 
 
 EMPTY_CONTEXT = RenderContext()
@@ -260,7 +263,7 @@ def _render_reference(
     if problems:
         out.errors = [TemplateError(str(p).split(": ", 1)[0], p.message) for p in problems]
         return out
-    owner_labels = owner.labels()
+    owner_labels = {**context.labels, **owner.labels()}
     for obj in patched:
         meta = obj.setdefault("metadata", {})
         meta["labels"] = {**(meta.get("labels") or {}), **owner_labels}
@@ -430,7 +433,7 @@ class Renderer:
         self.ap = ap
         self.hub = hub
         self.context = context
-        self._owner_labels = Owner(hub, ap.namespace, ap.name).labels()
+        self._owner_labels = {**context.labels, **Owner(hub, ap.namespace, ap.name).labels()}
         compiled = [_compile(ap, t, self._owner_labels) for t in ap.spec.template]
         # Any object with a variable error: every cluster gets the reference path's errors.
         self._objects: list[_CompiledObject] | None = (

@@ -42,6 +42,11 @@ Owns the hub wiring of certs/ (which stays free of Kubernetes clients):
   cluster entry's `certificate` come from a StatusContributor. The CertificateIssuer status carries
   Ready (with the reason when its Secret is missing or invalid) and the CA's notAfter.
 
+Several replicas (federation/shards.py): a Certificate is worked on by the replica holding its
+AccessPoint's shard, a CertificateIssuer's status by the holder of the shard of its name; issuance
+(`FencedIssuer`), the stored bundle, the Certificate object and every status write are fenced. A
+takeover reads the stored bundle back (`ensure_loaded`): nothing is issued twice.
+
 Private keys never reach logs, Events, status or exceptions: bundles and Secret manifests redact
 themselves (certs.issuers.CertBundle, certs.delivery.SecretManifest), and only serials, revisions,
 hosts and reasons are ever formatted. Imports certs.*, accesspoint.*, nameservice (models, providers,
@@ -98,7 +103,7 @@ from certs.models import (
     SecretRef,
 )
 from federation import dns as dns_feature
-from federation import telemetry, tenancy
+from federation import metrics, shards, telemetry, tenancy
 from federation.controller import Controller
 from federation.hubwriter import STATUS_MANAGER, now_rfc3339
 from federation.kube import ApiError, Gone
@@ -216,6 +221,23 @@ class ProviderChallenges:
             await self._hook.delete_txt(fqdn, value)
         except ProviderError as err:
             raise IssuanceError(err.reason, f"DNS-01 through DNSProvider {self.provider}: {err.message}") from None
+
+
+class FencedIssuer:
+    """An Issuer whose `sign` is fenced (federation.shards.check first): a replica that lost the
+    Certificate's shard issues nothing."""
+
+    def __init__(self, inner: Issuer) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    async def sign(self, csr_pem: bytes, hosts: Sequence[str], duration: Any) -> Any:
+        shards.check()
+        metrics.certificates_issued.inc()
+        return await self.inner.sign(csr_pem, hosts, duration)
 
 
 def secret_refs(issuers: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], set[str]]:
@@ -394,7 +416,40 @@ class Certificates:
             self.enqueue(key)  # meshfed sds reported Envoy ACK/NACK: re-evaluate Delivered/Ready
 
     async def on_accesspoint_deleted(self, key: str) -> None:
-        await self._forget(key)
+        lease = self.lease_of(key)
+        if not self.ctl.holds(lease):
+            return  # the holder of its shard cleans up
+        with shards.working_on(self.ctl.shards, lease):
+            await self._forget(key)
+
+    # ---- shards ----
+
+    def lease_of(self, key: str) -> str | None:
+        sh = self.ctl.shards
+        if sh is None:
+            return None
+        if key.startswith(ISSUER_KEY):
+            return sh.shard_key("", key[len(ISSUER_KEY):])
+        body = self.certs.get(key)
+        if body is not None:
+            return sh.key_of("Certificate", body)
+        ns, _, name = key.partition("/")
+        return sh.shard_key(ns, name)
+
+    def shards_changed(self, acquired: frozenset[int], lost: frozenset[int]) -> None:
+        if self.ctl.shards is None:
+            return
+        for key in list(self.certs):
+            shard = shards.lease_shard(self.lease_of(key) or "")
+            if shard in lost:  # read back from the hub store should this replica take it again
+                self._loaded.discard(key)
+                self.current.pop(key, None)
+                self._lost.discard(key)
+            elif shard in acquired:
+                self.enqueue(key)
+        for name in list(self.issuers):
+            if shards.lease_shard(self.lease_of(f"{ISSUER_KEY}{name}") or "") in acquired:
+                self.enqueue(f"{ISSUER_KEY}{name}")
 
     # ---- lifecycle ----
 
@@ -431,18 +486,30 @@ class Certificates:
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
+            lease = self.lease_of(key)
+            if not self.ctl.holds(lease):
+                self.queue.done(key)
+                continue
+            kind = "issuer" if key.startswith(ISSUER_KEY) else "certificate"
+            started = time.monotonic()
             try:
-                if key.startswith(ISSUER_KEY):
-                    await self.reconcile_issuer(key[len(ISSUER_KEY):])
-                else:
-                    await self.reconcile_certificate(key)
+                with shards.working_on(self.ctl.shards, lease):
+                    if key.startswith(ISSUER_KEY):
+                        await self.reconcile_issuer(key[len(ISSUER_KEY):])
+                    else:
+                        await self.reconcile_certificate(key)
                 self._retries.pop(key, None)
+            except shards.Fenced as err:
+                log.info("certificate %s: stopped: %s", key, err)
             except Exception as exc:
+                metrics.reconcile_errors.labels(kind=kind).inc()
                 log.warning("certificate %s: reconcile failed: %s: %s", key, type(exc).__name__, exc)
                 attempt = self._retries.get(key, 0) + 1
                 self._retries[key] = attempt
                 asyncio.get_running_loop().call_later(min(0.5 * 2**attempt, 60.0), self.enqueue, key)
             finally:
+                metrics.reconciles.labels(kind=kind).inc()
+                metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
                 self.queue.done(key)
 
     # ---- derivation (called from the AccessPoint reconcile) ----
@@ -570,6 +637,7 @@ class Certificates:
             "spec": want_spec,
         }
         path = CERTS.format(ns=ap.namespace)
+        shards.check()
         if existing is None:
             try:
                 result = await self.hub.create(path, body, field_manager=FIELD_MANAGER)
@@ -583,6 +651,7 @@ class Certificates:
 
     async def _forget(self, key: str) -> None:
         """The AccessPoint is gone or wants no certificate: delete the Certificate and its stored bundle."""
+        shards.check()
         ns, name = key.split("/", 1)
         body = self.certs.pop(key, None)
         self.current.pop(key, None)
@@ -642,6 +711,7 @@ class Certificates:
             self._loaded.add(key)
 
     async def _store(self, ns: str, name: str, body: Mapping[str, Any], bundle: CertBundle, revision: int) -> None:
+        shards.check()
         secret: SecretManifest = tls_secret(
             bundle, name=store_name(ns, name), namespace=STORE_NAMESPACE, revision=revision,
             labels={MANAGED_BY: "meshfed", HUB: self.hub_id, CERT_NAMESPACE_LABEL: ns}, certificate=name)
@@ -812,6 +882,8 @@ class Certificates:
         kicked = key in self._kicked
         self._kicked.discard(key)
         issuer = await self.issuer_for(cert)
+        if not isinstance(issuer, IssuanceError):
+            issuer = FencedIssuer(issuer)
         now = datetime.now(UTC)
         attempt = cert
         if kicked and status.last_failure is not None:
@@ -884,6 +956,7 @@ class Certificates:
                             status: dict[str, Any]) -> dict[str, Any] | None:
         """Apply a status (the caller checked it changed); the result updates our view at once, so a
         reconcile before the watch event neither writes the same status again nor reads a stale one."""
+        shards.check()
         meta: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
         try:
             result = await self.hub.apply(path, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta,
@@ -1005,6 +1078,8 @@ async def install(controller: Controller) -> None:
     controller.context_providers.append(feature.provide)
     controller.status_contributors.append(feature.contribute)
     controller.status_listeners.append(feature.listen)
+    controller.shard_listeners.append(feature.shards_changed)
+    metrics.callbacks.queues["certificates"] = lambda: len(feature.queue._queued)
     await feature.start()
 
 

@@ -47,9 +47,21 @@ def cmd_controller(args: argparse.Namespace) -> None:
         except InClusterError as exc:
             sys.exit(f"meshfed controller: {exc}")
     telemetry.setup(args.otel)
+    if args.shards < 0:
+        sys.exit("meshfed: --shards must be 0 (no Leases: a single process) or more")
+    try:
+        from federation.shards import LeaseTiming
+
+        LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as err:
+        sys.exit(f"meshfed: {err}")
     operator.run(args.kubeconfig, args.hub_id, workers=args.workers, probe_interval=args.probe_interval,
                  resync_seconds=args.resync, liveness=args.liveness, istiod_interval=args.istiod_interval,
-                 istiod_fast_interval=args.istiod_fast_interval, route_settle=args.route_settle)
+                 istiod_fast_interval=args.istiod_fast_interval, route_settle=args.route_settle,
+                 shards=args.shards, identity=args.identity,
+                 lease_namespace=args.lease_namespace, lease_duration=args.lease_duration,
+                 renew_deadline=args.renew_deadline, retry_period=args.retry_period,
+                 http_address=args.http_address)
 
 
 # ---- fleet ----
@@ -278,6 +290,20 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
                      help="after a write istiod pushes nothing for, routeConfigured may turn True this much later")
     ctl.add_argument("--otel", choices=["none", "console", "otlp"], default=None)
     ctl.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    ctl.add_argument("--http-address", default=os.environ.get("MESHFED_HTTP_ADDRESS"),
+                     help="serve /metrics (Prometheus), /healthz and /readyz here, e.g. 0.0.0.0:8081")
+    ctl.add_argument("--shards", type=int, default=32,
+                     help="virtual shards held through hub Leases, so several replicas share the work "
+                     "(0: no Leases, this process does everything)")
+    ctl.add_argument("--identity", default=None, help="replica identity in the Leases (default: POD_NAME or "
+                     "host name, plus a random suffix)")
+    ctl.add_argument("--lease-namespace", default="meshfed-system", help="hub namespace of the Leases")
+    ctl.add_argument("--lease-duration", type=int, default=15,
+                     help="seconds a Lease lasts without renewal before another replica may take it")
+    ctl.add_argument("--renew-deadline", type=float, default=10.0,
+                     help="seconds after its last successful renewal a replica stops writing for a Lease "
+                     "(< --lease-duration: fencing)")
+    ctl.add_argument("--retry-period", type=float, default=2.0, help="seconds between Lease rounds")
     ctl.add_argument("--log-level", default="info")
     ctl.set_defaults(func=cmd_controller)
 

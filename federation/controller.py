@@ -4,6 +4,12 @@ Owns the reconcile loop: gather facts (hub objects from kopf events, member cach
 → pure functions (validate, place, render, plan, summarize) → member writes through the executor
 → one status write on change. Handlers feeding it stay thin (federation/operator.py). Imports the
 pure packages and federation's client modules.
+
+With several replicas (`self.shards`, federation/shards.py) a worker runs a key only while this
+replica holds the key's Lease (an AccessPoint's shard; the MEMBERS singleton for MemberCluster
+status), inside `shards.working_on` so every write it causes is fenced; member objects carry the
+shard label and the member caches hold only the held shards' objects. Without `shards` (None) the
+controller holds everything, as a single process always did.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from accesspoint.plan import plan
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, render, validate
 from accesspoint.revisions import revision_hash
 from accesspoint.status import applied_message, summarize
-from federation import telemetry
+from federation import metrics, shards, telemetry
 from federation.executor import execute
 from federation.hubwriter import FINALIZER, HubWriter, now_rfc3339
 from federation.kube import ApiError, KubeClient
@@ -50,6 +56,8 @@ StatusListener = Callable[[str, AccessPoint, AccessPointStatus], None]
 # variables, overrides and generated objects), given the AccessPoint (revision) that cluster carries.
 # Every placed cluster is rendered and checked before anything is written to any of them.
 RenderedValidator = Callable[[AccessPoint, str, Sequence[dict[str, Any]]], list[str]]
+# ShardListener: the shards this replica acquired and lost (a feature enqueues / forgets their work).
+ShardListener = Callable[[frozenset[int], frozenset[int]], None]
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
 MC_PATH = "/apis/meshfed.io/v1alpha1/memberclusters/{name}"
@@ -121,6 +129,60 @@ class Controller:
         self.spec_selector: SpecSelector | None = None
         self.status_contributors: list[StatusContributor] = []
         self.status_listeners: list[StatusListener] = []
+        self.shard_listeners: list[ShardListener] = []
+        self.shards: shards.Shards | None = None  # set before start() to run as one of many replicas
+        metrics.callbacks.queues["accesspoints"] = lambda: self.pending
+        metrics.callbacks.reachability = lambda: {
+            n: (m.probe.reachable if not m.kubeconfig_error else False) for n, m in self.registry.members.items()}
+        metrics.callbacks.cache_objects = lambda: {n: len(m.cache.objects) for n, m in self.registry.members.items()}
+
+    # ---- shards (federation/shards.py) ----
+
+    def lease_of(self, key: str) -> str | None:
+        """The Lease key a work-queue key runs under (None: not sharded)."""
+        if self.shards is None:
+            return None
+        if key.startswith("mc/"):
+            return shards.MEMBERS
+        ns, _, name = key[3:].partition("/")
+        return self.shards.shard_key(ns, name)
+
+    def holds(self, lease: str | None) -> bool:
+        return lease is None or self.shards is None or self.shards.valid(lease)
+
+    def in_shards(self, key: str, held: frozenset[int]) -> bool:
+        """AccessPoint key "namespace/name" is in one of the shards `held`."""
+        assert self.shards is not None
+        ns, _, name = key.partition("/")
+        return shards.shard_of(ns, name, self.shards.count) in held
+
+    def _shards_changed(self, acquired: frozenset[int], lost: frozenset[int], singles: frozenset[str]) -> None:
+        assert self.shards is not None
+        held = self.shards.held_shards
+        self.registry.set_shard_filter(None if self.shards.holds_all else held)
+        self._warm_deadline = max(self._warm_deadline, time.monotonic() + 30.0)
+        if lost:
+            # Forget what this replica knew about the lost shards' work: should it take one of them
+            # again, it starts from what the API servers say (another replica may have moved it on).
+            for state_key in [k for k in self._last_cluster_state if self.in_shards(k[0], lost)]:
+                del self._last_cluster_state[state_key]
+            for key in [k for k in self._retries if k.startswith("ap/") and self.in_shards(k[3:], lost)]:
+                del self._retries[key]
+        for listener in self.shard_listeners:
+            listener(acquired, lost)
+        if acquired:
+            for key in list(self.accesspoints):
+                if self.in_shards(key, acquired):
+                    self.enqueue(f"ap/{key}", urgent=False)
+        if shards.MEMBERS in singles:
+            for name in list(self.memberclusters):
+                self.enqueue(f"mc/{name}", urgent=False)
+
+    def shard_labels(self, namespace: str, name: str) -> dict[str, str]:
+        """Labels every member object of AccessPoint namespace/name carries (the shard label)."""
+        if self.shards is None:
+            return {}
+        return {shards.SHARD_LABEL: str(shards.shard_of(namespace, name, self.shards.count))}
 
     # ---- event intake (called by the operator's handlers and the member registry) ----
 
@@ -223,6 +285,12 @@ class Controller:
     # ---- lifecycle ----
 
     async def start(self, warmup_timeout: float = 30.0) -> None:
+        if self.shards is not None:
+            count = self.shards.count
+            self.registry.shard_of = lambda ns, name: shards.shard_of(ns, name, count)
+            self.registry.set_shard_filter(frozenset())
+            self.shards.listeners.append(self._shards_changed)
+            await self.shards.start()
         # Know every member before the first AccessPoint reconcile, so placement is never computed
         # over a partial list (kopf's own list of MemberClusters may arrive after AccessPoints).
         items, _ = await self.hub.list("/apis/meshfed.io/v1alpha1/memberclusters")
@@ -237,6 +305,9 @@ class Controller:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.shards is not None:
+            await self.writer.flush()  # queued Events go out while their Leases are still held
+            await self.shards.stop()
         await self.writer.close()
         await self.registry.close()
 
@@ -250,18 +321,29 @@ class Controller:
     async def _worker(self) -> None:
         while True:
             key = await self._next_key()
+            lease = self.lease_of(key)
+            if not self.holds(lease):
+                continue  # another replica's work (it is enqueued again when this one takes the shard)
             self._active.add(key)
+            kind = "accesspoint" if key.startswith("ap/") else "membercluster"
+            started = time.monotonic()
             try:
-                if key.startswith("ap/"):
-                    await self.reconcile_accesspoint(key[3:])
-                elif key.startswith("mc/"):
-                    await self.write_member_status(key[3:])
+                with shards.working_on(self.shards, lease):
+                    if key.startswith("ap/"):
+                        await self.reconcile_accesspoint(key[3:])
+                    elif key.startswith("mc/"):
+                        await self.write_member_status(key[3:])
+            except shards.Fenced as err:
+                log.info("reconcile %s stopped: %s", key, err)
             except Exception:
+                metrics.reconcile_errors.labels(kind=kind).inc()
                 log.exception("reconcile %s failed", key)
                 attempt = self._retries.get(key, 0) + 1
                 self._retries[key] = attempt
                 self.enqueue_later(key, min(0.5 * 2**attempt, 60.0))
             finally:
+                metrics.reconciles.labels(kind=kind).inc()
+                metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
                 self._active.discard(key)
                 if key in self._dirty:
                     self._dirty.discard(key)
@@ -369,7 +451,7 @@ class Controller:
         members = self.registry.members
         decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
         placed = set(decision.names)
-        context = EMPTY_CONTEXT
+        context = RenderContext(labels=self.shard_labels(ns, name)) if self.shards is not None else EMPTY_CONTEXT
         for provider in self.context_providers:
             context = context.merged(await provider(ap, decision, members))
         specs: Mapping[str, AccessPoint] = {}

@@ -16,6 +16,11 @@ Bad input (unknown provider, missing Secret or key, missing AccessPoint, a spec 
 becomes a clear condition through `nameservice.sync.error_status`: the previous records are kept
 and nothing is written to DNS. An unchanged world costs no hub write and no DNS UPDATE (the
 restart test depends on it): statuses carry no moving timestamps and are compared before writing.
+
+Several replicas (federation/shards.py): a NameService is worked on only by the replica holding the
+shard of its target AccessPoint (a standalone one: its own namespace/name), a DNSProvider's status
+by the holder of the shard of its name; every UPDATE sent to a zone (`FencedProvider`) and every hub
+write is fenced.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from pydantic import ValidationError
 
 from accesspoint.meta import API_VERSION, Condition, merge_conditions
 from accesspoint.models import AccessPoint, AccessPointStatus
-from federation import telemetry, tenancy
+from federation import metrics, shards, telemetry, tenancy
 from federation.controller import Controller, validation_messages
 from federation.hubwriter import FINALIZER, STATUS_MANAGER, now_rfc3339
 from federation.kube import ApiError
@@ -72,6 +77,37 @@ class SetupError(Exception):
         self.reason = reason
         self.message = message
         self.transient = transient
+
+
+class FencedProvider:
+    """A Provider whose writes are fenced (federation.shards.check before every change set): a replica
+    that no longer holds the NameService's shard sends no UPDATE."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+        self.zone = inner.zone
+
+    @property
+    def writes_sent(self) -> int:
+        return self.inner.writes_sent
+
+    async def list_records(self) -> Any:
+        return await self.inner.list_records()
+
+    async def apply(self, plan: Any) -> Any:
+        if not plan.noop:
+            shards.check()
+            metrics.dns_updates.inc()
+        return await self.inner.apply(plan)
+
+    async def serial(self) -> int:
+        return await self.inner.serial()
+
+    async def resolve(self, name: str, rtype: str) -> tuple[str, ...]:
+        return await self.inner.resolve(name, rtype)
+
+    async def close(self) -> None:
+        await self.inner.close()
 
 
 @dataclass
@@ -142,18 +178,60 @@ class DNSFeature:
         self._retries[key] = attempt
         self.enqueue_later(key, min(0.5 * 2**attempt, cap))
 
+    def lease_of(self, key: str) -> str | None:
+        """The Lease a work-queue key runs under (None: not sharded)."""
+        sh = self.controller.shards
+        if sh is None:
+            return None
+        if key.startswith("ns/"):
+            body = self.nameservices.get(key[3:])
+            if body is not None:
+                return sh.key_of("NameService", body)
+            ns, _, name = key[3:].partition("/")
+            return sh.shard_key(ns, name)
+        return sh.shard_key("", key.partition("/")[2])
+
+    def shards_changed(self, acquired: frozenset[int], lost: frozenset[int]) -> None:
+        sh = self.controller.shards
+        if sh is None:
+            return
+        for key in [k for k in self.ap_status if self.controller.in_shards(k, lost)]:
+            # Computed while this replica held the shard: stale once another replica moved on.
+            self.ap_status.pop(key, None)
+            self.ap_signature.pop(key, None)
+        if not acquired:
+            return
+        for key in list(self.nameservices):
+            if shards.lease_shard(self.lease_of(f"ns/{key}") or "") in acquired:
+                self.enqueue(f"ns/{key}")
+        for name in list(self.providers):
+            if shards.lease_shard(self.lease_of(f"dnsp/{name}") or "") in acquired:
+                self.enqueue(f"dnsp/{name}")
+
     async def _worker(self) -> None:
         while True:
             key = await self.queue.get()
+            lease = self.lease_of(key)
+            if not self.controller.holds(lease):
+                self.queue.done(key)
+                continue
+            kind = "nameservice" if key.startswith("ns/") else "dnsprovider"
+            started = time.monotonic()
             try:
-                if key.startswith("ns/"):
-                    await self.reconcile_nameservice(key[3:])
-                elif key.startswith("dnsp/"):
-                    await self.reconcile_provider(key[5:])
+                with shards.working_on(self.controller.shards, lease):
+                    if key.startswith("ns/"):
+                        await self.reconcile_nameservice(key[3:])
+                    elif key.startswith("dnsp/"):
+                        await self.reconcile_provider(key[5:])
+            except shards.Fenced as err:
+                log.info("DNS reconcile %s stopped: %s", key, err)
             except Exception:
                 log.exception("DNS reconcile %s failed", key)
+                metrics.reconcile_errors.labels(kind=kind).inc()
                 self._retry(key)
             finally:
+                metrics.reconciles.labels(kind=kind).inc()
+                metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
                 self.queue.done(key)
 
     async def _resync(self) -> None:
@@ -363,7 +441,7 @@ class DNSFeature:
             provider = provider_for(spec, value)
         except ProviderError as err:
             raise SetupError(err.reason, f"DNSProvider {name}: {err.message}") from err
-        client = ProviderClient(fingerprint, provider)
+        client = ProviderClient(fingerprint, FencedProvider(provider))  # type: ignore[arg-type]
         self.clients[name] = client
         if current is not None:
             async with current.lock:
@@ -616,6 +694,7 @@ class DNSFeature:
         if namespace:
             meta["namespace"] = namespace
         body = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "status": status}
+        shards.check()
         try:
             resp = await self.hub.apply(path, body, field_manager=STATUS_MANAGER, subresource="status")
         except ApiError as err:
@@ -665,6 +744,8 @@ async def install(controller: Controller) -> None:
     _INSTANCES[id(controller)] = feature
     controller.status_contributors.append(feature.contribute)
     controller.status_listeners.append(feature.listen)
+    controller.shard_listeners.append(feature.shards_changed)
+    metrics.callbacks.queues["dns"] = lambda: len(feature.queue._queued)
     await feature.start()
     # Stopped with the controller (Controller.stop cancels its tasks).
     controller._tasks.extend(feature._tasks)

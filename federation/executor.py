@@ -5,6 +5,8 @@ something that exists), updated with server-side apply under one field manager, 
 with uid+resourceVersion preconditions of the object we saw owned. A pre-existing object we do not
 own is a conflict unless the AccessPoint asks for adoption, and never one owned by another
 AccessPoint or hub. Successful writes go straight into the member's cache (write-through).
+Every request that writes is preceded by the fencing check of federation.shards (a replica whose
+shard Lease is no longer valid sends nothing; `Fenced` ends the reconcile).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from accesspoint.kinds import NAMESPACE, api_path, managed_kind
 from accesspoint.ownership import FIELD_MANAGER, MANAGED_BY, Owner, foreign_owner_description, owner_of
 from accesspoint.plan import Plan
 from accesspoint.render import ObjectKey, key_of
-from federation import telemetry
+from federation import metrics, telemetry
 from federation.kube import ApiError, KubeClient
 from federation.members import OwnedCache
+from federation.shards import check as fence
 
 
 @dataclass
@@ -43,6 +46,8 @@ async def _ensure_namespace(client: KubeClient, name: str, owner: Owner) -> None
     body = {"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": {MANAGED_BY: "meshfed", "meshfed.io/hub": owner.hub}}}
     try:
+        fence()
+        metrics.member_writes.labels(cluster=client.name, verb="create").inc()
         await client.create(api_path(NAMESPACE, None), body, field_manager=FIELD_MANAGER)
     except ApiError as err:
         if err.status != 409:
@@ -56,10 +61,14 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
     collection = api_path(kind, key.namespace)
     try:
         try:
+            fence()
+            metrics.member_writes.labels(cluster=client.name, verb="create").inc()
             created = await client.create(collection, obj, field_manager=FIELD_MANAGER)
         except ApiError as err:
             if err.status == 404 and "namespaces" in err.message:
                 await _ensure_namespace(client, key.namespace, owner)
+                fence()
+                metrics.member_writes.labels(cluster=client.name, verb="create").inc()
                 created = await client.create(collection, obj, field_manager=FIELD_MANAGER)
             else:
                 raise
@@ -72,6 +81,8 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
         holder = owner_of(existing, owner.hub)
         if holder == owner or (adopt and holder is None and
                                ((existing.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) != "meshfed"):
+            fence()
+            metrics.member_writes.labels(cluster=client.name, verb="apply").inc()
             applied = await client.apply(api_path(kind, key.namespace, key.name), obj, field_manager=FIELD_MANAGER)
             out.writes += 1
             cache.put(applied)
@@ -99,6 +110,8 @@ async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCach
 
     async def update(obj: dict[str, Any]) -> None:
         key = key_of(obj)
+        fence()
+        metrics.member_writes.labels(cluster=client.name, verb="apply").inc()
         applied = await client.apply(api_path(managed_kind(key.group, key.kind), key.namespace, key.name), obj,
                                      field_manager=FIELD_MANAGER)
         out.writes += 1
@@ -106,6 +119,8 @@ async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCach
 
     async def delete(key: ObjectKey, uid: str, rv: str) -> None:
         current = cache.objects.get(key)
+        fence()
+        metrics.member_writes.labels(cluster=client.name, verb="delete").inc()
         gone = await client.delete(api_path(managed_kind(key.group, key.kind), key.namespace, key.name), uid=uid,
                                    resource_version=rv)
         out.writes += int(gone)

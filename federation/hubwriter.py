@@ -8,6 +8,10 @@ Events are recorded the way client-go's EventRecorder does it: `event()` only qu
 background task posts them in order, so a reconcile never waits on an Event (they are best-effort:
 a full queue drops the newest with a log line, never blocks the controller). One sender keeps
 their order on the hub (a rollout's WaveStarted events read in sequence).
+
+Fencing (federation.shards): a status or finalizer write is refused (`Fenced`) unless the Lease of
+the work it belongs to is valid; an Event remembers that Lease when it is queued and is dropped
+when the Lease is no longer valid by the time it would be posted.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 from typing import Any
 
 from accesspoint.meta import API_VERSION
-from federation import telemetry
+from federation import shards, telemetry
 from federation.kube import ApiError, KubeClient
 
 log = logging.getLogger("meshfed.hub")
@@ -36,7 +40,7 @@ class HubWriter:
         self.written: dict[str, dict[str, Any]] = {}
         self._event_queue_size = event_queue
         self._event_senders = event_senders
-        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._events: asyncio.Queue[tuple[dict[str, Any], tuple[shards.Validity, str] | None]] | None = None
         self._senders: list[asyncio.Task[None]] = []
         self.events_dropped = 0
 
@@ -49,6 +53,7 @@ class HubWriter:
         if namespace:
             meta["namespace"] = namespace
         body = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "status": status}
+        shards.check()
         try:
             await self.hub.apply(path, body, field_manager=STATUS_MANAGER, subresource="status")
         except ApiError as err:
@@ -65,6 +70,7 @@ class HubWriter:
             return False
         finalizers = [*finalizers, FINALIZER] if present else [f for f in finalizers if f != FINALIZER]
         patch = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
+        shards.check()
         try:
             await self.hub.merge_patch(path, patch)
         except ApiError as err:
@@ -75,6 +81,7 @@ class HubWriter:
         return True
 
     async def event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        shards.check()
         meta = involved.get("metadata") or {}
         namespace = meta.get("namespace") or "default"
         ts = now_rfc3339()
@@ -104,7 +111,7 @@ class HubWriter:
             self._senders = [asyncio.create_task(self._send_events(), name=f"events-{i}")
                              for i in range(self._event_senders)]
         try:
-            self._events.put_nowait(body)
+            self._events.put_nowait((body, shards.current()))
         except asyncio.QueueFull:
             self.events_dropped += 1
             log.warning("event queue full: dropped %s %s on %s/%s", type_, reason, namespace, meta.get("name"))
@@ -112,8 +119,12 @@ class HubWriter:
     async def _send_events(self) -> None:
         assert self._events is not None
         while True:
-            body = await self._events.get()
+            body, lease = await self._events.get()
             try:
+                if lease is not None and not lease[0].valid(lease[1]):
+                    log.info("event %s on %s/%s dropped: lease %s is no longer held", body.get("reason"),
+                             body["metadata"]["namespace"], body["involvedObject"]["name"], lease[1])
+                    continue
                 namespace = body["metadata"]["namespace"]
                 await self.hub.create(f"/api/v1/namespaces/{namespace}/events", body, field_manager="meshfed-events")
                 telemetry.count("hub_writes", kind="event")

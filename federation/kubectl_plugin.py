@@ -7,6 +7,9 @@ RolloutApproval with `spec.approver` = the user the API server reports (SelfSubj
 deploy/rbac/approval-policy.yaml refuses anyone without the `approve` verb; promote --full sets an
 annotation that needs the `promote` verb; abort sets an annotation; undo writes an old revision's
 spec back (a new revision that rolls out like any change).
+
+Also `kubectl meshfed shards`: who holds which shard and singleton Lease on the hub (read-only; the
+table `render_shards` is pure).
 """
 
 from __future__ import annotations
@@ -276,3 +279,79 @@ def add_rollout_commands(sub: Any) -> None:
         func=cmd_pause)
     target(sub.add_parser("resume", help="continue a paused rollout")).set_defaults(func=cmd_pause)
     target(sub.add_parser("history", help="the revisions kept for an AccessPoint")).set_defaults(func=cmd_history)
+    p = sub.add_parser("shards", help="which controller replica holds which shard (the hub's Leases)")
+    p.add_argument("--hub-id", default=None, help="only this hub id's Leases (default: all)")
+    p.add_argument("--lease-namespace", default="meshfed-system")
+    p.add_argument("--kubeconfig")
+    p.set_defaults(func=cmd_shards)
+
+
+# ---- shards ----
+
+def _lease_state(spec: dict[str, Any], now: float) -> str:
+    import datetime as dt
+
+    holder = spec.get("holderIdentity") or ""
+    if not holder:
+        return "free"
+    try:
+        renewed = dt.datetime.fromisoformat(str(spec.get("renewTime")).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return "held"
+    left = renewed + float(spec.get("leaseDurationSeconds") or 0) - now
+    return "held" if left > 0 else f"expired {-left:.0f}s ago"
+
+
+def render_shards(leases: list[dict[str, Any]], now: float) -> str:
+    """Replicas (with their shards) and every Lease: holder, state, renewal, transitions."""
+    from federation.shards import LEASE_KIND, LEASE_OF, lease_shard
+
+    rows = [["HUB", "LEASE", "KIND", "HOLDER", "STATE", "RENEWED", "TRANSITIONS"]]
+    by_holder: dict[tuple[str, str], list[int]] = {}
+    replicas: list[tuple[str, str, str]] = []
+    for lease in sorted(leases, key=lambda x: x["metadata"]["name"]):
+        meta, spec = lease["metadata"], lease.get("spec") or {}
+        labels = meta.get("labels") or {}
+        hub, kind = labels.get(LEASE_OF, ""), labels.get(LEASE_KIND, "")
+        key = meta["name"][len(hub) + 1:] if meta["name"].startswith(f"{hub}-") else meta["name"]
+        state = _lease_state(spec, now)
+        holder = spec.get("holderIdentity") or "-"
+        if kind == "replica":
+            replicas.append((hub, holder, state))
+            continue
+        shard = lease_shard(key)
+        if shard is not None and state == "held":
+            by_holder.setdefault((hub, holder), []).append(shard)
+        rows.append([hub, key, kind, holder, state, str(spec.get("renewTime") or "-"),
+                     str(spec.get("leaseTransitions", 0))])
+    out = []
+    if replicas:
+        reps = [["HUB", "REPLICA", "STATE", "SHARDS", "HELD"]]
+        for hub, holder, state in sorted(replicas):
+            held = sorted(by_holder.get((hub, holder), []))
+            reps.append([hub, holder, state, str(len(held)), ",".join(map(str, held)) or "-"])
+        out += [table(reps), ""]
+    out.append(table(rows) if len(rows) > 1 else "(no shard Leases: is a sharded meshfed controller running?)")
+    return "\n".join(out)
+
+
+def cmd_shards(args: argparse.Namespace) -> None:
+    import time
+
+    from federation.kube import KubeClient
+    from federation.shards import LEASE_OF, LEASES
+
+    async def go() -> list[dict[str, Any]]:
+        client = await KubeClient.from_kubeconfig_file(_hub_kubeconfig(args), "hub")
+        try:
+            selector = f"{LEASE_OF}={args.hub_id}" if args.hub_id else LEASE_OF
+            items, _ = await client.list(LEASES.format(ns=args.lease_namespace), label_selector=selector)
+            return items
+        finally:
+            await client.close()
+
+    print(render_shards(asyncio.run(go()), time.time()))
+
+
+if __name__ == "__main__":
+    main()

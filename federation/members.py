@@ -7,6 +7,12 @@ in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint (
 status included: Istio's analyzer verdict is read from there), and the member's IstiodMonitor
 (federation/istiod.py) when spec.istiod is set. Changes are reported through callbacks; this module
 never writes to members (the executor does) nor to the hub.
+
+Shard filter (several replicas, federation/shards.py): with `set_shard_filter(held)` the watches
+select only objects labelled `meshfed.io/shard in (held)` (every watch re-lists when the held set
+changes), plus, at each list, objects of held shards that carry no shard label yet (written before
+sharding; the next apply labels them). `warm()` is False until every member listed with the
+current filter, so a shard just taken over is never planned against a cache that lacks its objects.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
 from federation.istiod import IstiodMonitor
 from federation.kube import ApiError, Gone, KubeClient
+from federation.shards import SHARD_LABEL
 from placement.models import ClusterFacts, MemberCluster
 
 log = logging.getLogger("meshfed.members")
@@ -109,12 +116,20 @@ class OwnedCache:
             return owner.key
         return None
 
-    def replace_kind(self, kind: KindId, items: list[dict[str, Any]]) -> set[str]:
-        """After a relist: replace every object of `kind` (group, kind); return the owners that changed."""
+    def replace_kind(self, kind: KindId, items: list[dict[str, Any]], list_rv: str = "") -> set[str]:
+        """After a relist: replace every object of `kind` (group, kind); return the owners that changed.
+        An object written through (or seen by a watch) after the list's snapshot `list_rv` is kept: a
+        list that started before our own create must not make it look missing (a second create would
+        follow)."""
         changed: set[str] = set()
         fresh = {key_of(o): o for o in items}
         group, name = kind
-        for key in [k for k in self.objects if k.kind == name and k.group == group and k not in fresh]:
+        try:
+            snapshot = int(list_rv) if list_rv else None
+        except ValueError:
+            snapshot = None
+        for key in [k for k in self.objects if k.kind == name and k.group == group and k not in fresh
+                    and (snapshot is None or _rv(self.objects[k]) <= snapshot)]:
             owner = self._drop(key)
             if owner:
                 changed.add(owner)
@@ -159,6 +174,14 @@ class Member:
     kubeconfig_error: str | None = None
     # Asks this member's istiod about pushes and ACKs (spec.istiod set), else None.
     istiod: IstiodMonitor | None = None
+    watches: dict[KindId, asyncio.Task[None]] = field(default_factory=dict)
+    listed: dict[KindId, int] = field(default_factory=dict)  # kind -> shard-filter generation last listed with
+
+    def needed_kinds(self) -> set[KindId]:
+        return {k.id for k in MANAGED_KINDS.values() if self.serves(k)}
+
+    def listed_with(self, generation: int) -> bool:
+        return all(self.listed.get(k, -1) >= generation for k in self.needed_kinds())
 
     @property
     def facts(self) -> ClusterFacts:
@@ -190,9 +213,7 @@ class Member:
     @property
     def usable(self) -> bool:
         """Reachable now and every managed kind it serves listed at least once: safe to plan against."""
-        return bool(self.probe.reachable) and self.client is not None and self.cache.synced >= {
-            k.id for k in MANAGED_KINDS.values() if self.serves(k)
-        }
+        return bool(self.probe.reachable) and self.client is not None and self.cache.synced >= self.needed_kinds()
 
 
 OwnerCallback = Callable[[str, str], None]  # (member name, owner key)
@@ -225,6 +246,32 @@ class MemberRegistry:
         self._kubeconfigs: dict[str, str] = {}
         self.on_istiod_change = on_istiod_change
         self.istiod_options = dict(istiod_options or {})
+        # Shard filter: None = every object of this hub; a set = only those shards' objects.
+        self.shard_filter: frozenset[int] | None = None
+        self.filter_generation = 0
+        self.shard_of: Callable[[str, str], int] | None = None
+
+    def set_shard_filter(self, held: frozenset[int] | None) -> None:
+        """Cache only the objects of shards `held` (None: all); re-list every watch when it changes."""
+        if held == self.shard_filter:
+            return
+        self.shard_filter = held
+        self.filter_generation += 1
+        for member in self.members.values():
+            for task in member.watches.values():
+                task.cancel()
+            member.watches.clear()
+            if member.probe.reachable and member.client is not None:
+                self._ensure_watches(member)
+
+    def selector(self) -> str | None:
+        """The label selector of the watches (None: nothing to select, an empty shard set)."""
+        base = f"{HUB}={self.hub_id}"
+        if self.shard_filter is None:
+            return base
+        if not self.shard_filter:
+            return None
+        return f"{base},{SHARD_LABEL} in ({','.join(str(s) for s in sorted(self.shard_filter))})"
 
     async def upsert(self, body: dict[str, Any]) -> None:
         mc = MemberCluster.model_validate(body)
@@ -269,7 +316,8 @@ class MemberRegistry:
         as Unknown (and then flip back), which is status churn and noise after every restart.
         """
         return all(
-            m.kubeconfig_error is not None or m.probe.reachable is False or m.usable
+            m.kubeconfig_error is not None or m.probe.reachable is False or
+            (m.usable and m.listed_with(self.filter_generation))
             for m in self.members.values()
         )
 
@@ -279,15 +327,17 @@ class MemberRegistry:
         self.members.clear()
 
     async def _stop(self, member: Member) -> None:
-        for task in member.tasks:
+        tasks = [*member.tasks, *member.watches.values()]
+        for task in tasks:
             task.cancel()
-        for task in member.tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         member.tasks.clear()
         if member.istiod is not None:
             await member.istiod.stop()
             member.istiod = None
+        member.watches.clear()
         if member.client is not None:
             await member.client.close()
             member.client = None
@@ -324,6 +374,7 @@ class MemberRegistry:
             return
         self._kubeconfigs[member.name] = text
         member.cache = OwnedCache(self.hub_id)
+        member.listed.clear()
         member.tasks.append(asyncio.create_task(self._probe_loop(member), name=f"probe-{member.name}"))
 
     async def probe_once(self, member: Member) -> Probe:
@@ -359,8 +410,14 @@ class MemberRegistry:
             out[(group, version)] = {str(r.get("name", "")) for r in listing.get("resources") or []}
         return out
 
+    def _ensure_watches(self, member: Member) -> None:
+        for kind in MANAGED_KINDS.values():
+            if kind.id in member.watches or not member.serves(kind):
+                continue
+            member.watches[kind.id] = asyncio.create_task(self._watch_kind(member, kind),
+                                                          name=f"watch-{member.name}-{kind.qualified}")
+
     async def _probe_loop(self, member: Member) -> None:
-        watching: set[KindId] = set()
         failures = 0
         while True:
             probe = await self.probe_once(member)
@@ -375,12 +432,7 @@ class MemberRegistry:
                 member.probe.served)
             member.probe = probe
             if probe.reachable:
-                for kind in MANAGED_KINDS.values():
-                    if kind.id in watching or not member.serves(kind):
-                        continue
-                    watching.add(kind.id)
-                    member.tasks.append(asyncio.create_task(self._watch_kind(member, kind),
-                                                            name=f"watch-{member.name}-{kind.qualified}"))
+                self._ensure_watches(member)
             if changed:
                 log.info("member %s: reachable=%s ready=%s (%s)", member.name, probe.reachable, probe.ready,
                          probe.message)
@@ -388,20 +440,31 @@ class MemberRegistry:
             await asyncio.sleep(self.probe_interval if probe.reachable else min(self.probe_interval, 1.0))
 
     async def _watch_kind(self, member: Member, kind: Kind) -> None:
-        """List+watch one kind forever; relist after 410 or a lost connection."""
-        selector = f"{HUB}={self.hub_id}"
+        """List+watch one kind forever; relist after 410 or a lost connection (and, cancelled, when the
+        shard filter changes: the registry starts a new watch)."""
+        generation = self.filter_generation
+        selector = self.selector()
         path = api_path(kind, None)
         delay = 0.2
         while True:
             client = member.client
             if client is None:
                 return
+            if selector is None:  # no shard held: nothing of this kind is ours to cache
+                for changed_owner in member.cache.replace_kind(kind.id, []):
+                    self.on_owner_change(member.name, changed_owner)
+                member.listed[kind.id] = generation
+                self.on_member_change(member.name)
+                await asyncio.Event().wait()  # until the filter changes (cancelled)
             try:
                 items, rv = await client.list(path, label_selector=selector)
+                if self.shard_filter is not None and self.shard_of is not None:
+                    items += await self._unlabelled(client, path)
                 for item in items:
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
-                changed = member.cache.replace_kind(kind.id, items)
+                changed = member.cache.replace_kind(kind.id, items, rv)
+                member.listed[kind.id] = generation
                 for changed_owner in changed:
                     self.on_owner_change(member.name, changed_owner)
                 self.on_member_change(member.name)
@@ -425,3 +488,15 @@ class MemberRegistry:
                 log.debug("member %s: watch %s: %s", member.name, kind.plural, err)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _unlabelled(self, client: KubeClient, path: str) -> list[dict[str, Any]]:
+        """Objects of this hub without a shard label (written before sharding) whose owner is in a held
+        shard: cached like the rest, so the next plan labels (or prunes) them."""
+        assert self.shard_filter is not None and self.shard_of is not None
+        items, _ = await client.list(path, label_selector=f"{HUB}={self.hub_id},!{SHARD_LABEL}")
+        out = []
+        for item in items:
+            owner = owner_of(item, self.hub_id)
+            if owner is not None and self.shard_of(owner.namespace, owner.name) in self.shard_filter:
+                out.append(item)
+        return out

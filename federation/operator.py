@@ -19,6 +19,8 @@ import kopf
 from federation.controller import Controller
 from federation.gcpolicy import tune_gc
 from federation.kube import SERVICE_ACCOUNT_DIR, KubeClient, in_cluster_config
+from federation.metrics import HttpServer
+from federation.shards import LeaseTiming, Shards
 
 log = logging.getLogger("meshfed.operator")
 
@@ -74,11 +76,33 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
                             "fast": options.get("istiod_fast_interval", 0.5)},
             route_settle=options.get("route_settle", 10.0),
         )
+        if options.get("shards", 0):
+            controller.shards = Shards(
+                hub, options["hub_id"], shards=options["shards"], identity=options.get("identity"),
+                namespace=options.get("lease_namespace") or "meshfed-system",
+                timing=LeaseTiming(options.get("lease_duration", 15), options.get("renew_deadline", 10.0),
+                                   options.get("retry_period", 2.0)))
+            from federation import metrics
+
+            metrics.shards_total.set(options["shards"])
         holder["controller"] = controller
+        started: dict[str, bool] = {}
+        if options.get("http_address"):
+            server = HttpServer(options["http_address"], lambda: _healthy(controller),
+                                lambda: _ready(controller, started))
+            await server.start()
+            servers.append(server)
         for feature in features():
             await feature.install(controller)
         await controller.start()
-        log.info("meshfed controller started (hub id %r)", options["hub_id"])
+        started["done"] = True
+        if controller.shards is not None:
+            log.info("meshfed controller started (hub id %r, replica %s, %d of %d shards)", options["hub_id"],
+                     controller.shards.identity, len(controller.shards.held_shards), controller.shards.count)
+        else:
+            log.info("meshfed controller started (hub id %r)", options["hub_id"])
+
+    servers: list[HttpServer] = []
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -86,6 +110,8 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
         if controller is not None:
             await controller.stop()
             await controller.hub.close()
+        for server in servers:
+            await server.stop()
 
     @kopf.on.event("meshfed.io", "v1alpha1", "memberclusters", registry=registry)
     async def membercluster_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -113,6 +139,29 @@ def in_cluster_login(environ: dict[str, str] | None = None,
     found = in_cluster_config(environ, directory)
     return kopf.ConnectionInfo(server=found.server, ca_path=found.ca_path, token=found.token(),
                                default_namespace=found.namespace)
+
+
+def _healthy(controller: Controller) -> tuple[bool, str]:
+    """Liveness: the event loop answers (this handler runs) and the Lease loop has not died."""
+    task = controller.shards._task if controller.shards is not None else None
+    if task is not None and task.done():
+        return False, "the Lease loop stopped"
+    return True, "ok"
+
+
+def _ready(controller: Controller, started: dict[str, bool]) -> tuple[bool, str]:
+    """Readiness: started, this replica holds its share of the shards, and its member caches are synced
+    for them (every member listed with the current shard filter)."""
+    if not started.get("done"):
+        return False, "starting"
+    sh = controller.shards
+    if sh is not None and not sh.balanced():
+        return False, f"holds {len(sh.held_shards)} of its {sh.target()} shards"
+    if not controller.registry.warm():
+        return False, "member caches not synced"
+    if sh is not None:
+        return True, f"ok: {len(sh.held_shards)} of {sh.count} shards, {len(sh.live)} replicas"
+    return True, "ok"
 
 
 def run(kubeconfig: str | None, hub_id: str, **options: Any) -> None:

@@ -13,6 +13,11 @@ cluster observations of the previous reconcile; when a reconcile changes what cl
 the AccessPoint is enqueued again. `lastStepAt` is never persisted and `progressSeconds` is written
 only together with another change, so a no-op reconcile or a controller restart writes nothing.
 
+Several replicas: the rollout runs in its AccessPoint's reconcile, so only the holder of its shard
+steps it; every hub write here (ControllerRevisions, RolloutApprovals and their verdicts) is fenced
+(federation.shards.check). State is forgotten when the shard is lost, and a takeover seeds it from
+`status.rollout` and the hub's objects, exactly as a restart does: the same wave, the same gates.
+
 Also the client side used by the kubectl plugin: reading the history back, approvals of an
 AccessPoint, and who the current user is (SelfSubjectReview).
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -48,10 +54,12 @@ from accesspoint.rollout import (
     RolloutState,
     step,
 )
+from federation import shards
 from federation.controller import Controller
 from federation.hubwriter import STATUS_MANAGER
 from federation.kube import ApiError, KubeClient
 from federation.members import Member
+from federation.shards import shard_of
 from placement.models import PlacementDecision
 
 log = logging.getLogger("meshfed.rollouts")
@@ -152,6 +160,12 @@ class Rollouts:
         self.verdicts: dict[tuple[str, str], tuple[str, str]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.locks: dict[str, asyncio.Lock] = {}
+        # Several replicas: when the preload's list started, and when each held shard was acquired.
+        # An AccessPoint missing from the preload has no history only if the list ran after this
+        # replica took its shard (before that, another replica may have recorded revisions).
+        self.preload_at = 0.0
+        self.acquired_at: dict[int, float] = {}
+        self._reloads: set[asyncio.Task[None]] = set()
 
     # -- intake -----------------------------------------------------------------------------
     async def load_approvals(self) -> None:
@@ -164,7 +178,9 @@ class Rollouts:
         AccessPoint on its first reconcile (500 AccessPoints: 500 hub requests). Only this
         controller creates them, and `record` keeps `histories` current, so an AccessPoint with
         none in this list has no history."""
+        started = time.monotonic()
         items, _ = await self.hub.list("/apis/apps/v1/controllerrevisions", label_selector=AP_UID_LABEL)
+        self.preload_at = started
         preloaded: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             uid = ((item.get("metadata") or {}).get("labels") or {}).get(AP_UID_LABEL)
@@ -193,8 +209,11 @@ class Rollouts:
         uid = str(ap.metadata.get("uid", ""))
         found = self.histories.get(uid)
         if found is None:
-            if self.preloaded is not None:
-                items = self.preloaded.pop(uid, [])
+            cached = self.preloaded.pop(uid, None) if self.preloaded is not None else None
+            if cached is not None and self._fresh(ap):
+                items = cached
+            elif self.preloaded is not None and self._fresh(ap):
+                items = []
             else:
                 items, _ = await self.hub.list(REVISIONS.format(ns=ap.namespace),
                                                label_selector=f"{AP_UID_LABEL}={uid}")
@@ -211,6 +230,7 @@ class Rollouts:
         old = {(r.hash, r.number) for r in history.records}
         fresh = {(r.hash, r.number) for r in new.records}
         path = REVISIONS.format(ns=ap.namespace)
+        shards.check()
         for r in history.records:
             if (r.hash, r.number) not in fresh:
                 try:
@@ -320,6 +340,51 @@ class Rollouts:
                 log.warning("RolloutApproval %s/%s is unreadable", ns, name)
         return out
 
+    def _fresh(self, ap: AccessPoint) -> bool:
+        """The preload is current for `ap`: one replica holding everything from the start, or the list
+        ran after this replica took the AccessPoint's shard."""
+        sh = self.controller.shards
+        if sh is None:
+            return True
+        at = self.acquired_at.get(shard_of(ap.namespace, ap.name, sh.count))
+        return at is not None and at <= self.preload_at
+
+    def shards_changed(self, acquired: frozenset[int], lost: frozenset[int]) -> None:
+        """Forget the in-memory rollout state of AccessPoints in lost shards (seeded again from the hub
+        should this replica take them back); list the revision history again for acquired ones."""
+        now = time.monotonic()
+        for s in acquired:
+            self.acquired_at[s] = now
+        for s in lost:
+            self.acquired_at.pop(s, None)
+        if acquired:
+            task = asyncio.get_running_loop().create_task(self._reload())
+            self._reloads.add(task)
+            task.add_done_callback(self._reloads.discard)
+        if not lost:
+            return
+        for key, body in list(self.controller.accesspoints.items()):
+            if not self.controller.in_shards(key, lost):
+                continue
+            uid = str((body.get("metadata") or {}).get("uid", ""))
+            for store in (self.states, self.histories, self.used, self.seen):
+                store.pop(uid, None)
+            timer = self.timers.pop(uid, None)
+            if timer is not None:
+                timer.cancel()
+            ns = key.split("/", 1)[0]
+            for akey in [k for k in self.created if k[0] == ns]:
+                approval = self.approvals.get(akey)
+                if approval is None or (approval.get("spec") or {}).get("accessPoint") == key.split("/", 1)[1]:
+                    self.created.discard(akey)
+                    self.verdicts.pop(akey, None)
+
+    async def _reload(self) -> None:
+        try:
+            await self.load_histories()
+        except ApiError as err:
+            log.warning("revision histories not listed again (%s): each AccessPoint lists its own", err)
+
     def _requeue(self, uid: str, key: str, seconds: float) -> None:
         old = self.timers.pop(uid, None)
         if old is not None:
@@ -343,6 +408,7 @@ class Rollouts:
             patch = {"apiVersion": "meshfed.io/v1alpha1", "kind": "RolloutApproval",
                      "metadata": {"name": verdict.name, "namespace": ap.namespace},
                      "status": {"phase": verdict.phase, "message": verdict.message}}
+            shards.check()
             try:
                 await self.hub.apply(f"{APPROVALS.format(ns=ap.namespace)}/{verdict.name}", patch,
                                      field_manager=STATUS_MANAGER, subresource="status")
@@ -364,6 +430,7 @@ class Rollouts:
         obj["metadata"]["labels"] = {AP_LABEL: ap.name}
         obj["metadata"]["ownerReferences"] = [_owner_ref(ap)]
         obj["metadata"]["annotations"] = {"meshfed.io/message": request.message}
+        shards.check()
         try:
             created = await self.hub.create(APPROVALS.format(ns=ap.namespace), obj, field_manager=MANAGER)
             self.approvals.setdefault(key, created)
@@ -428,6 +495,7 @@ async def install(controller: Controller) -> None:
     await rollouts.load_histories()
     controller.spec_selector = rollouts.select
     controller.status_contributors.append(rollouts.contribute)
+    controller.shard_listeners.append(rollouts.shards_changed)
 
 
 # ---------------------------------------------------------------------------------------------

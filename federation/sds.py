@@ -22,8 +22,13 @@ Owns the hub wiring of certs.sds (which stays free of Kubernetes clients):
   never applies these two fields; it reads them and folds them into Delivered/Ready. Times are kept
   from the live object while the facts are unchanged, so a restart writes nothing.
 
-Pure parts: `resource_name`, `desired_fragment`, `live_fragment`. Imports certs.*, federation.kube
-and federation.certificates (its store helpers only).
+- **Many replicas.** Every `meshfed sds` replica serves every Certificate; only the one holding the
+  `sds` singleton Lease (federation.shards.SingletonLease, in meshfed-system) writes status, and it
+  stops before its Lease can be taken over (fencing). A replica that takes the Lease over marks every
+  Certificate, so what the previous writer had not written yet is written once.
+
+Pure parts: `resource_name`, `desired_fragment`, `live_fragment`. Imports certs.*, federation.kube,
+federation.shards (its singleton Lease) and federation.certificates (its store helpers only).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
@@ -45,6 +51,7 @@ from certs.models import SDS_STATUS_FIELDS, EnvoySdsStatus, SdsServing
 from certs.sds import SdsServer, serve_directory
 from federation.certificates import CERT_NAMESPACE_LABEL, STORE_NAMESPACE, bundle_from_secret, store_name
 from federation.kube import ApiError, Gone, KubeClient
+from federation.shards import SDS, LeaseTiming, SingletonLease
 
 log = logging.getLogger("meshfed.sds")
 
@@ -133,8 +140,10 @@ class HubSds:
         debounce: float = 0.25,
         grace: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        lease: SingletonLease | None = None,
     ) -> None:
         self.hub = hub
+        self.lease = lease
         self.server = server
         self.force = force
         self.debounce = debounce
@@ -255,6 +264,8 @@ class HubSds:
                                 known=[(e.node, e.resource) for e in records])
         if want == live_fragment(status):
             return False
+        if self.lease is not None and not self.lease.valid():
+            return False  # another replica writes status (marked again when this one takes the Lease)
         patch = {"apiVersion": API_VERSION, "kind": "Certificate",
                  "metadata": {"name": name, "namespace": ns}, "status": want}
         try:
@@ -320,6 +331,9 @@ class HubSds:
         # Envoys of a previous process keep their entries until they reconnect (or the grace ends).
         self._grace_until = time.monotonic() + self.grace
         asyncio.get_running_loop().call_later(self.grace + 0.1, self.on_envoys)
+        if self.lease is not None:
+            self.lease.shards.listeners.append(lambda _a, _l, singles: self.on_envoys() if singles else None)
+            await self.lease.start(wait=0.0)
         tasks = [
             asyncio.create_task(self._reflect(
                 STORE, self.secrets, lambda s: str(s["metadata"]["name"]), self.on_secret,
@@ -338,13 +352,15 @@ class HubSds:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
+            if self.lease is not None:
+                await self.lease.stop()
 
 
 async def serve_hub(hub: KubeClient, address: str, *, force: bool = False, debounce: float = 0.25,
-                    grace: float = 30.0) -> None:
+                    grace: float = 30.0, lease: SingletonLease | None = None) -> None:
     feature: HubSds | None = None
     server = SdsServer(on_status=lambda: feature.on_envoys() if feature is not None else None)
-    feature = HubSds(hub, server, force=force, debounce=debounce, grace=grace)
+    feature = HubSds(hub, server, force=force, debounce=debounce, grace=grace, lease=lease)
     await server.start(address)
     try:
         await feature.run()
@@ -372,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="hub: after a start, Envoys not yet reconnected keep their status entries this long")
     parser.add_argument("--unsafe-serve-unchecked", action="store_true",
                         help="serve bundles that fail the local checks (only to test Envoy's NACK path)")
+    parser.add_argument("--hub-id", default=os.environ.get("MESHFED_HUB_ID", "meshfed-hub"),
+                        help="hub: the hub id naming the status-writing Lease (as the controller's)")
+    parser.add_argument("--lease-namespace", default="meshfed-system",
+                        help="hub: namespace of the Lease only one replica writes status under ('' : no Lease)")
+    parser.add_argument("--lease-duration", type=int, default=15)
+    parser.add_argument("--renew-deadline", type=float, default=10.0)
+    parser.add_argument("--retry-period", type=float, default=2.0)
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
@@ -379,8 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     async def hub_mode() -> None:
         hub = (await KubeClient.in_cluster("hub") if args.in_cluster
                else await KubeClient.from_kubeconfig_file(args.kubeconfig, "hub"))
+        lease = None
+        if args.lease_namespace:
+            lease = SingletonLease(hub, args.hub_id, SDS, namespace=args.lease_namespace,
+                                   timing=LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period))
         await serve_hub(hub, args.listen, force=args.unsafe_serve_unchecked, debounce=args.debounce,
-                        grace=args.grace)
+                        grace=args.grace, lease=lease)
 
     with contextlib.suppress(KeyboardInterrupt):
         if args.dir is not None:

@@ -2,7 +2,8 @@
 
 Exporters are off by default; `--otel console|otlp` (or MESHFED_OTEL_EXPORTER) turns them on
 (OTLP honours the standard OTEL_EXPORTER_OTLP_* variables). Counters are also kept in-process so
-the CLI and benchmarks can read them without an exporter.
+the CLI and benchmarks can read them without an exporter, and fed to the Prometheus metrics of
+federation.metrics (served on /metrics).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExpo
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+from federation import metrics as prom
 
 tracer = trace.get_tracer("meshfed.federation")
 _meter = metrics.get_meter("meshfed.federation")
@@ -38,6 +41,10 @@ def count(name: str, n: int = 1, **attrs: str) -> None:
                   "reconciles": reconciles}.get(name)
     if instrument is not None:
         instrument.add(n, attrs)
+    if name == "hub_writes":
+        prom.hub_writes.labels(kind=attrs.get("kind", "")).inc(n)
+    elif name == "member_errors":
+        prom.member_errors.labels(cluster=attrs.get("cluster", "")).inc(n)
 
 
 def setup(exporter: str | None = None) -> None:

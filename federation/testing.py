@@ -208,21 +208,67 @@ async def single_apiserver(root: Path, name: str = "hub", *, meshfed_crds: bool 
     return cluster
 
 
+# Short Leases for tests of many replicas (the deploy defaults are 15 s / 10 s / 2 s, as client-go's).
+FAST_LEASES = ("--lease-duration", "5", "--renew-deadline", "3", "--retry-period", "0.5")
+
+
 class ControllerProcess:
-    """`meshfed controller` as a real subprocess against a fleet's hub."""
+    """`meshfed controller` as a real subprocess against a fleet's hub. Each start is a new replica
+    (identity `<name>-<4 hex>`), serving /metrics, /healthz and /readyz on `http_port`."""
 
     def __init__(self, hub_kubeconfig: Path, log_path: Path, *, hub_id: str = "meshfed-hub",
-                 extra: Iterable[str] = ()) -> None:
-        self.args = [sys.executable, "-m", "federation.cli", "controller", "--kubeconfig", str(hub_kubeconfig),
-                     "--hub-id", hub_id, "--probe-interval", "0.5", *extra]
+                 extra: Iterable[str] = (), name: str = "controller") -> None:
+        self.base_args = [sys.executable, "-m", "federation.cli", "controller", "--kubeconfig", str(hub_kubeconfig),
+                          "--hub-id", hub_id, "--probe-interval", "0.5", *extra]
+        self.args = list(self.base_args)
         self.log_path = log_path
+        self.name = name
+        self.identity = ""
+        self.http_port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.identity = f"{self.name}-{uuid.uuid4().hex[:4]}"
+        self.http_port = free_port()
+        self.args = [*self.base_args, "--identity", self.identity, "--http-address", f"127.0.0.1:{self.http_port}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the process group (SIGKILL: a crash, nothing released; SIGSTOP/SIGCONT: a freeze)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+        if sig == signal.SIGKILL:
+            self.proc.wait()
+            self.proc = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def http(self, path: str, timeout: float = 5.0) -> tuple[int, str]:
+        """GET one of the controller's own endpoints (/metrics, /healthz, /readyz)."""
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=timeout) as resp:
+                return int(resp.status), resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read().decode()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of metric `name` (matching `labels`) on /metrics."""
+        _, text = self.http("/metrics")
+        return metric_value(text, name, **labels)
+
+    def ready(self) -> bool:
+        try:
+            return self.http("/readyz", timeout=2.0)[0] == 200
+        except OSError:
+            return False
 
     def stop(self) -> None:
         if self.proc is None:
@@ -243,6 +289,80 @@ class ControllerProcess:
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` in Prometheus text `text` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+([0-9.eE+-]+|NaN)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total
+
+
+LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/meshfed-system/leases"
+
+
+async def lease_holders(hub: KubeClient, hub_id: str = "meshfed-hub", kind: str = "shard") -> dict[str, str]:
+    """Lease key ("shard-07", "members") -> holder identity, for the Leases of `kind` with a holder."""
+    items, _ = await hub.list(LEASES_PATH, label_selector=f"meshfed.io/lease-of={hub_id},meshfed.io/lease-kind={kind}")
+    out = {}
+    for item in items:
+        holder = (item.get("spec") or {}).get("holderIdentity")
+        if holder:
+            out[item["metadata"]["name"][len(hub_id) + 1:]] = str(holder)
+    return out
+
+
+async def lease_transitions(hub: KubeClient, hub_id: str = "meshfed-hub") -> dict[str, int]:
+    items, _ = await hub.list(LEASES_PATH, label_selector=f"meshfed.io/lease-of={hub_id}")
+    return {i["metadata"]["name"][len(hub_id) + 1:]: int((i.get("spec") or {}).get("leaseTransitions") or 0)
+            for i in items}
+
+
+@contextlib.contextmanager
+def running_replicas(fleet: Fleet, count: int = 3, *, hub_id: str = "meshfed-hub",
+                     extra: Iterable[str] = FAST_LEASES) -> Iterator[list[ControllerProcess]]:
+    """`count` controller replicas against the fleet's hub (logs replica-N.log in the fleet's root),
+    stopped on exit."""
+    assert fleet.state is not None
+    procs = [ControllerProcess(fleet.state.hub.kubeconfig, fleet.root / f"replica-{i}.log", hub_id=hub_id,
+                               extra=extra, name=f"replica-{i}") for i in range(count)]
+    try:
+        for p in procs:
+            p.start()
+        yield procs
+    finally:
+        for p in procs:
+            if p.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.proc.pid, signal.SIGCONT)
+            p.stop()
+
+
+async def wait_balanced(hub: KubeClient, replicas: Iterable[ControllerProcess], shards: int = 32,
+                        timeout: float = 60.0, hub_id: str = "meshfed-hub") -> dict[str, str]:
+    """Wait until the live `replicas` hold every shard between them, evenly (exact targets), and are Ready."""
+    procs = [p for p in replicas if p.alive]
+    ids = {p.identity for p in procs}
+
+    async def check() -> dict[str, str]:
+        holders = await lease_holders(hub, hub_id)
+        counts = {i: sum(1 for h in holders.values() if h == i) for i in ids}
+        base, extra = divmod(shards, len(ids))
+        if len(holders) != shards or set(holders.values()) - ids or \
+                sorted(counts.values()) != sorted([base + 1] * extra + [base] * (len(ids) - extra)):
+            raise AssertionError(counts)
+        if not all(p.ready() for p in procs):
+            raise AssertionError("not every replica is Ready")
+        return holders
+
+    return await eventually(check, timeout, 0.5, message="shards should be spread over the replicas")
 
 async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
                       topology: list[tuple[str, str, str]] | None = None, istio: bool = False,
@@ -321,6 +441,7 @@ MANIFEST_PATHS: dict[str, str] = {
     "ServiceAccount": "/api/v1/namespaces/{ns}/serviceaccounts",
     "Secret": "/api/v1/namespaces/{ns}/secrets",
     "Deployment": "/apis/apps/v1/namespaces/{ns}/deployments",
+    "PodDisruptionBudget": "/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
     "CustomResourceDefinition": "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
     "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
     "ClusterRoleBinding": "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",

@@ -63,6 +63,7 @@ from accesspoint.traffic import (
     validate_policy,
 )
 from accesspoint.visibility import VisibilityMemo, apply_visibility, export_to, validate_visibility
+from federation import shards
 from federation.controller import Controller, _vip
 from federation.kube import ApiError
 from federation.members import Member
@@ -342,10 +343,17 @@ class TrafficFeature:
             path = PP_PATH.format(ns=ns, name=name)
             if wire == self._written.get(path) or wire == (body.get("status") or {}):
                 continue
+            sh = self.controller.shards
+            lease = sh.shard_key(ns, name) if sh is not None else None
+            if not self.controller.holds(lease):
+                continue  # the holder of its shard writes it
             try:
-                if await self.controller.writer.write_status(path, "PlacementPolicy", name, ns, wire,
-                                                             body.get("status")):
-                    self._written[path] = wire
+                with shards.working_on(sh, lease):
+                    if await self.controller.writer.write_status(path, "PlacementPolicy", name, ns, wire,
+                                                                 body.get("status")):
+                        self._written[path] = wire
+            except shards.Fenced:
+                continue
             except ApiError as err:
                 log.warning("PlacementPolicy %s: status not written: %s", key, err)
                 self.poke()
@@ -396,4 +404,5 @@ async def install(controller: Controller) -> None:
         feature.poke()
 
     controller.registry.on_member_change = member_changed
+    controller.shard_listeners.append(lambda acquired, _lost: feature.poke() if acquired else None)
     feature.start()

@@ -124,12 +124,25 @@ def test_namespace_and_service_account() -> None:
     assert sa["metadata"]["namespace"] == NAMESPACE
 
 
-def test_deployment_runs_one_controller_with_its_service_account() -> None:
+def test_deployment_runs_three_sharded_replicas_with_its_service_account() -> None:
+    # Issue 11: replicas share 32 shards through Leases (federation/shards.py), replaced one at a time.
     deployment = one(CONTROLLER, "Deployment", "meshfed-controller")
     spec = deployment["spec"]
     assert deployment["metadata"]["namespace"] == NAMESPACE
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}  # never two standalone controllers at once
+    assert spec["replicas"] == 3
+    assert spec["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    args = build_parser().parse_args(container()["args"])
+    assert args.shards > 0 and args.renew_deadline < args.lease_duration
+    assert container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    probe_port = container()["readinessProbe"]["httpGet"]["port"]
+    assert urlparse(f"http://{args.http_address}").port == next(
+        p["containerPort"] for p in container()["ports"] if p["name"] == probe_port)
+    pdb = one(objects("controller/pdb.yaml"), "PodDisruptionBudget", "meshfed-controller")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    leases = one(objects("rbac/leases.yaml"), "Role", "meshfed-leases")
+    assert leases["metadata"]["namespace"] == NAMESPACE
+    assert leases["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                "verbs": ["get", "list", "create", "update"]}]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     assert spec["template"]["spec"]["serviceAccountName"] == SA

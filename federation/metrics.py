@@ -1,0 +1,133 @@
+"""Prometheus metrics of the controller, and its HTTP endpoint (/metrics, /healthz, /readyz).
+
+Owns the prometheus-client registry and every metric the controller exports (names, help texts,
+labels); modules record through these objects (or through federation.telemetry.count, which feeds
+both OpenTelemetry and these). The endpoint is served with aiohttp on `--http-address`. Queue depth
+and member reachability are read when scraped (callbacks registered by the controller). Imports
+prometheus_client and aiohttp only.
+
+Example queries (README "Metrics"):
+  rate(meshfed_reconciles_total[5m])                                      reconciles per second, by kind
+  histogram_quantile(0.95, sum by (le) (rate(meshfed_reconcile_duration_seconds_bucket[5m])))
+  sum by (cluster, verb) (rate(meshfed_member_writes_total[5m]))          member writes by verb and cluster
+  meshfed_queue_depth                                                     keys waiting, per queue
+  min by (cluster) (meshfed_member_reachable) == 0                        unreachable members
+  sum(meshfed_shards_held) != scalar(max(meshfed_shards_total))           shards nobody holds
+  increase(meshfed_lease_transitions_total{transition="lost"}[15m]) > 0   replicas losing Leases
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator, Mapping
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("meshfed.metrics")
+
+registry = CollectorRegistry(auto_describe=True)
+
+reconciles = Counter("meshfed_reconciles", "Reconciles run, by kind (accesspoint, membercluster, nameservice, "
+                     "dnsprovider, certificate, issuer)", ["kind"], registry=registry)
+reconcile_duration = Histogram("meshfed_reconcile_duration_seconds", "Duration of one reconcile, by kind", ["kind"],
+                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+                               registry=registry)
+reconcile_errors = Counter("meshfed_reconcile_errors", "Reconciles that failed (retried), by kind", ["kind"],
+                           registry=registry)
+member_writes = Counter("meshfed_member_writes", "Writes sent to member API servers, by cluster and verb "
+                        "(create, apply, delete)", ["cluster", "verb"], registry=registry)
+member_errors = Counter("meshfed_member_errors", "Failed member calls, by cluster", ["cluster"], registry=registry)
+hub_writes = Counter("meshfed_hub_writes", "Writes to the hub, by kind (status, finalizer, event, ...)", ["kind"],
+                     registry=registry)
+dns_updates = Counter("meshfed_dns_updates", "DNS change sets sent to providers", registry=registry)
+certificates_issued = Counter("meshfed_certificates_issued", "Certificates issued or renewed", registry=registry)
+shards_held = Gauge("meshfed_shards_held", "Shards this replica holds", registry=registry)
+shards_total = Gauge("meshfed_shards_total", "Configured number of shards", registry=registry)
+replicas_live = Gauge("meshfed_replicas_live", "Live replicas this replica sees (replica Leases)", registry=registry)
+lease_transitions = Counter("meshfed_lease_transitions", "Lease transitions of this replica, by Lease kind "
+                            "(shard, singleton) and transition (acquired, released, lost)", ["kind", "transition"],
+                            registry=registry)
+fenced_writes = Counter("meshfed_fenced_writes", "Writes refused because their Lease was not held (fencing)",
+                        ["lease"], registry=registry)
+
+
+class _Callbacks(Collector):
+    """Gauges computed at scrape time: queue depth per queue, reachability per member."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, Callable[[], int]] = {}
+        self.reachability: Callable[[], Mapping[str, bool | None]] | None = None
+        self.cache_objects: Callable[[], Mapping[str, int]] | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("meshfed_queue_depth", "Keys waiting in a work queue", labels=["queue"])
+        for name, fn in sorted(self.queues.items()):
+            try:
+                depth.add_metric([name], fn())
+            except Exception:  # a queue being torn down: skip it
+                continue
+        yield depth
+        reach = GaugeMetricFamily("meshfed_member_reachable", "1 when the member's API server answers its probe, "
+                                  "0 when not (absent: not probed yet)", labels=["cluster"])
+        if self.reachability is not None:
+            for name, ok in sorted(self.reachability().items()):
+                if ok is not None:
+                    reach.add_metric([name], 1.0 if ok else 0.0)
+        yield reach
+        cached = GaugeMetricFamily("meshfed_member_cache_objects", "Member objects this replica caches (only its "
+                                   "shards' objects), by cluster", labels=["cluster"])
+        if self.cache_objects is not None:
+            for name, n in sorted(self.cache_objects().items()):
+                cached.add_metric([name], float(n))
+        yield cached
+
+
+callbacks = _Callbacks()
+registry.register(callbacks)
+
+
+def render() -> bytes:
+    return generate_latest(registry)
+
+
+class HttpServer:
+    """/metrics, /healthz (the event loop answers and the Lease loop is not stuck), /readyz."""
+
+    def __init__(self, address: str, healthy: Callable[[], tuple[bool, str]],
+                 ready: Callable[[], tuple[bool, str]]) -> None:
+        host, _, port = address.rpartition(":")
+        self.host = host.strip("[]") or "0.0.0.0"
+        self.port = int(port)
+        self.healthy = healthy
+        self.ready = ready
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._check(lambda: self.healthy()))
+        app.router.add_get("/readyz", self._check(lambda: self.ready()))
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, self.host, self.port).start()
+        log.info("serving /metrics, /healthz and /readyz on %s:%d", self.host, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await asyncio.shield(self._runner.cleanup())
+            self._runner = None
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(body=render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    @staticmethod
+    def _check(fn: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], asyncio.Future[web.Response]]:
+        async def handler(_request: web.Request) -> web.Response:
+            ok, why = fn()
+            return web.Response(status=200 if ok else 503, text=(why or ("ok" if ok else "not ready")) + "\n")
+
+        return handler  # type: ignore[return-value]
