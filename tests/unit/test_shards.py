@@ -176,5 +176,5 @@ def test_relist_keeps_objects_written_after_its_snapshot() -> None:
     cache.put(obj("old", 10))
     cache.put(obj("created", 120))  # written through after the list's snapshot (rv 100)
     cache.put(obj("gone", 50))
-    cache.replace_kind("Service", [obj("old", 10)], "100")
+    cache.replace_kind(("", "Service"), [obj("old", 10)], "100")
     assert sorted(k.name for k in cache.objects) == ["created", "old"]
