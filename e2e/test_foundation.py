@@ -95,7 +95,7 @@ async def test_propagates_with_owner_labels_status_and_columns(
     out = subprocess.run(["kubectl", "get", "accesspoints", "-n", namespace], capture_output=True, text=True,
                          env={**os.environ, "KUBECONFIG": str(fleet.state.hub.kubeconfig)}, check=True).stdout
     header, row = out.splitlines()[:2]
-    assert header.split()[:4] == ["NAME", "CLUSTERS", "PHASE", "VIPS"]
+    assert header.split()[:5] == ["NAME", "CLUSTERS", "PHASE", "ROUTES", "VIPS"]
     assert row.split()[:3] == ["shop", "3/3", "Ready"]
     assert all(v in row for v in vips)
     out = subprocess.run(["kubectl", "get", "memberclusters"], capture_output=True, text=True,
