@@ -90,7 +90,7 @@ async def ns2(hub: KubeClient, controller: ControllerProcess) -> AsyncIterator[s
 
 
 def template() -> list[dict[str, Any]]:
-    host = "shop.${region}.example"
+    host = "shop.${namespace}.${region}.example"  # a host per namespace: hosts are owned per namespace (tenancy)
     return [
         *tls_gateway_template(host, "gw-tls", name="gw"),
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "app"},

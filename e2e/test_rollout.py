@@ -56,7 +56,7 @@ CANARY = "m-a1"  # first by (region, zone, name)
 
 
 def template(version: str) -> list[dict[str, Any]]:
-    host = f"{version}.${{region}}.example"
+    host = f"{version}.${{namespace}}.${{region}}.example"  # hosts are owned per namespace (tenancy)
     return [
         *tls_gateway_template(host, "gw-tls", name="gw"),
         {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "app"},
