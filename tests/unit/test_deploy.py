@@ -435,9 +435,26 @@ def test_member_rbac_covers_every_kind_the_controller_writes_and_watches() -> No
     assert allowed(member_rules, NAMESPACE_KIND.group, NAMESPACE_KIND.plural, "create")
     for verb in ("get", "list", "watch", "update", "patch", "delete"):
         assert not allowed(member_rules, "", "namespaces", verb), f"{verb} namespaces is not needed"
+    # federation/istiod.py: the Pods a Gateway selector matches (list only: no get, no watch, no writes)
+    assert allowed(member_rules, "", "pods", "list")
+    for verb in ("get", "watch", "create", "update", "patch", "delete"):
+        assert not allowed(member_rules, "", "pods", verb), f"{verb} pods is not needed"
     granted = {(g, res) for r in member_rules for g in r["apiGroups"] for res in r["resources"]}
-    wanted = {(k.group, k.plural) for k in MANAGED_KINDS.values()} | {("", "namespaces")}
+    wanted = {(k.group, k.plural) for k in MANAGED_KINDS.values()} | {("", "namespaces"), ("", "pods")}
     assert granted == wanted, f"more than the controller needs: {sorted(granted - wanted)}"
+
+
+def test_member_istiod_access_is_services_proxy_on_istiod_only() -> None:
+    objs = objects("member/istiod/rbac.yaml")
+    (k,) = docs(DEPLOY / "member" / "istiod" / "kustomization.yaml")
+    assert k["resources"] == ["rbac.yaml"]
+    role = one(objs, "Role", "meshfed-istiod-debug")
+    assert role["metadata"]["namespace"] == "istio-system"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["istiod:15014"],
+                              "verbs": ["get"]}]
+    binding = one(objs, "RoleBinding", "meshfed-istiod-debug")
+    assert binding["roleRef"]["name"] == "meshfed-istiod-debug" and binding["metadata"]["namespace"] == "istio-system"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-hub", "namespace": "meshfed-system"}]
 
 
 # ---- kustomize --------------------------------------------------------------------------------
