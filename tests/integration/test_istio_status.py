@@ -81,10 +81,11 @@ def template(ns: str, port: int, vs_gateways: list[str] | None = None, uri_regex
          "metadata": {"name": "web", "namespace": ns},
          "spec": {"hosts": [f"{ns}.example"], "gateways": vs_gateways or ["web-gw"],
                   "http": [{"match": match,
-                            "route": [{"destination": {"host": "backend.internal", "port": {"number": 9001}}}]}]}},
+                            "route": [{"destination": {"host": f"backend.{ns}.internal",
+                                                       "port": {"number": 9001}}}]}]}},
         {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
          "metadata": {"name": "backend", "namespace": ns},
-         "spec": {"hosts": ["backend.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+         "spec": {"hosts": [f"backend.{ns}.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
                   "ports": [{"number": 9001, "name": "http", "protocol": "HTTP"}],
                   "endpoints": [{"address": "127.0.0.9"}]}},
     ]
