@@ -1,7 +1,7 @@
 """AccessPoint API models (spec, status) and its CRD descriptor.
 
 Imports accesspoint.meta, accesspoint.kinds, accesspoint.traffic, accesspoint.rollout,
-accesspoint.istioverdict and placement.models. Pure data, no I/O.
+accesspoint.istioverdict, accesspoint.health and placement.models. Pure data, no I/O.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from accesspoint.health import ProbeRecord
 from accesspoint.istioverdict import IstioMessage
 from accesspoint.kinds import TEMPLATE_KIND_NAMES
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
@@ -106,6 +107,10 @@ class ClusterStatus(ApiModel):
         default=None, alias="noCurrentVerdict",
         description="Objects whose analyzer messages are for an older generation (not reported)")
     last_error: str | None = Field(default=None, alias="lastError")
+    probe: ProbeRecord | None = Field(
+        default=None, description="the rollout's HTTP probe of this cluster on the revision it carries "
+        "(spec.rollout.healthChecks.http): last result (code, latency), consecutive counts, verdict",
+    )
 
     @property
     def routes_evaluated(self) -> bool:

@@ -180,6 +180,25 @@ async def _get_accesspoint(args: argparse.Namespace) -> dict[str, Any]:
     return obj
 
 
+def probe_cell(record: dict[str, Any] | None) -> str:
+    """`Healthy 200 4ms`, `Unhealthy 503 3ms`, `Pending TimedOut 2000ms` (the PROBE column)."""
+    if not record or not record.get("last"):
+        return "-"
+    last = record["last"]
+    answer = str(last["code"]) if last.get("code") is not None else last.get("outcome", "?")
+    return f"{record.get('verdict', '?')} {answer} {last.get('latencyMs', 0)}ms"
+
+
+def probe_line(last: dict[str, Any]) -> str:
+    """`GET https://shop.example/healthz via 127.100.1.1:443 -> 503 in 3 ms at ...`."""
+    where = f"GET {last.get('url', '')}" + (f" via {last['via']}" if last.get("via") else "")
+    if last.get("code") is not None:
+        answer = f"{last['code']} in {last.get('latencyMs', 0)} ms"
+    else:
+        answer = f"{last.get('outcome')}: {last.get('message', '')}"
+    return f"{where} -> {answer}" + (f" at {last['at']}" if last.get("at") else "")
+
+
 def render_status(obj: dict[str, Any]) -> str:
     status = obj.get("status") or {}
     meta = obj["metadata"]
@@ -196,8 +215,9 @@ def render_status(obj: dict[str, Any]) -> str:
     for c in status.get("conditions") or []:
         lines.append(f"  {c['type']:<10} {c['status']:<8} {c.get('reason', ''):<20} {c.get('message', '')}")
     rows = [["CLUSTER", "REGION", "ZONE", "STATE", "REVISION", "OBJECTS", "VIP", "ROUTES", "PROXIES", "ISTIO",
-             "LAST ERROR"]]
+             "PROBE", "LAST ERROR"]]
     details: list[str] = []
+    probes: list[str] = []
     for c in status.get("clusters") or []:
         evaluated = c.get("routeMessage") is not None
         routes = {True: "True", False: "False", None: "Unknown"}[c.get("routeConfigured")] if evaluated else "-"
@@ -207,7 +227,10 @@ def render_status(obj: dict[str, Any]) -> str:
         rows.append([c["name"], c.get("region", ""), c.get("zone", ""), c["state"], c.get("revision") or "-",
                      str(c.get("objects", 0)), c.get("vip") or "-", routes,
                      (c.get("gatewayProxies") or "-") + (" synced" if c.get("gatewayProxies") else ""), istio,
-                     (c.get("lastError") or "")[:100]])
+                     probe_cell(c.get("probe")), (c.get("lastError") or "")[:100]])
+        last = (c.get("probe") or {}).get("last")
+        if last:
+            probes.append(f"  {c['name']}: {probe_line(last)}")
         if evaluated and c.get("routeConfigured") is not True:
             details.append(f"  {c['name']}: routes: {c['routeMessage']}")
         for m in messages:
@@ -218,6 +241,8 @@ def render_status(obj: dict[str, Any]) -> str:
     lines += ["", table(rows) if len(rows) > 1 else "(no clusters)"]
     if details:
         lines += ["", "Istio:", *details]
+    if probes:
+        lines += ["", "Last probes:", *probes]
     rejected = (status.get("placement") or {}).get("rejected") or []
     if rejected:
         lines += ["", "Not placed:"] + [f"  {r['cluster']}: {r['reason']}" for r in rejected]

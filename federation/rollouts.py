@@ -18,6 +18,11 @@ steps it; every hub write here (ControllerRevisions, RolloutApprovals and their 
 (federation.shards.check). State is forgotten when the shard is lost, and a takeover seeds it from
 `status.rollout` and the hub's objects, exactly as a restart does: the same wave, the same gates.
 
+Measured health (HTTP probes of the clusters waiting on health, the Analysis gate's gateway figures,
+the route stat prefix) is `federation.rollout_health`, driven from here: figures go into the step's
+inputs, the step's `probes` and `analysis` requests go back to it, and probe records are folded into
+the observations and shown in the status entries.
+
 Also the client side used by the kubectl plugin: reading the history back, approvals of an
 AccessPoint, and who the current user is (SelfSubjectReview).
 """
@@ -59,6 +64,7 @@ from federation.controller import Controller
 from federation.hubwriter import STATUS_MANAGER
 from federation.kube import ApiError, KubeClient
 from federation.members import Member
+from federation.rollout_health import RolloutHealth
 from federation.shards import shard_of
 from placement.models import PlacementDecision
 
@@ -166,6 +172,16 @@ class Rollouts:
         self.preload_at = 0.0
         self.acquired_at: dict[int, float] = {}
         self._reloads: set[asyncio.Task[None]] = set()
+        self.health = RolloutHealth(controller)
+        self.entries: dict[str, dict[str, ClusterStatus]] = {}  # by AccessPoint uid: last status entries
+
+    def observe(self, ap: AccessPoint, uid: str, clusters: list[ClusterStatus],
+                state: RolloutState | None) -> dict[str, ClusterObservation]:
+        """`observations`, with the HTTP probe folded in for the revision being rolled out."""
+        base = observations(ap, clusters)
+        rolling = state.revision if state is not None and state.revision != state.stable else None
+        by_name = {c.name: c for c in clusters}
+        return {name: self.health.observe(ap, uid, by_name[name], obs, rolling) for name, obs in base.items()}
 
     # -- intake -----------------------------------------------------------------------------
     async def load_approvals(self) -> None:
@@ -292,9 +308,11 @@ class Rollouts:
         now = datetime.now(UTC)
         history = await self.history(ap)
         state = self.states.get(uid) or self._seed(ap, history)
+        if ap.status is not None:
+            self.health.seed(uid, ap.status.clusters)
         observed = self.seen.get(uid)
         if observed is None:
-            observed = observations(ap, ap.status.clusters) if ap.status else {}
+            observed = self.observe(ap, uid, ap.status.clusters, state) if ap.status else {}
         annotations = ap.metadata.get("annotations") or {}
         inputs = RolloutInputs(
             access_point=ap.name,
@@ -305,10 +323,15 @@ class Rollouts:
             approvals=self._approvals_of(ap),
             abort=annotations.get(ABORT_ANNOTATION) or None,
             promote_full=annotations.get(PROMOTE_ANNOTATION) or None,
+            analysis=await self.health.figures(uid, members),
         )
         new, actions = step(state, inputs, now)
         self.states[uid] = new
         self.used[uid] = observed
+        await self.health.track(ap, uid, actions.analysis, members)
+        entries = self.entries.get(uid) or {c.name: c for c in (ap.status.clusters if ap.status else [])}
+        fqdn = ((ap.status.fqdn if ap.status else None) or "").split(",")[0]
+        self.health.want_probes(ap, uid, actions.probes, entries, {n: m.facts for n, m in members.items()}, fqdn)
         history = await self.record(ap, history, [s for s in (new.stable,) if s], now)
         await self._act(ap, actions)
         if actions.requeue_after is not None:
@@ -446,7 +469,10 @@ class Rollouts:
         state = self.states.get(uid)
         if state is None:
             return status
-        seen = observations(ap, status.clusters)
+        self.health.seed(uid, previous.clusters if previous else [])
+        clusters = self.health.decorate(uid, status.clusters)
+        self.entries[uid] = {c.name: c for c in clusters}
+        seen = self.observe(ap, uid, clusters, state)
         self.seen[uid] = seen
         if seen != self.used.get(uid):
             self.controller.enqueue(f"ap/{ap.namespace}/{ap.name}")  # step again with what changed
@@ -454,7 +480,7 @@ class Rollouts:
         before = [c for c in (previous.conditions if previous else []) if c.type == ROLLOUT_CONDITION]
         mine = set_condition(before, rollout_condition(stored, ap.generation), now)
         conditions = [c for c in status.conditions if c.type != ROLLOUT_CONDITION] + mine
-        return status.model_copy(update={"rollout": stored, "conditions": conditions})
+        return status.model_copy(update={"rollout": stored, "conditions": conditions, "clusters": clusters})
 
 
 def _rv(body: dict[str, Any]) -> int:
@@ -496,6 +522,7 @@ async def install(controller: Controller) -> None:
     controller.spec_selector = rollouts.select
     controller.status_contributors.append(rollouts.contribute)
     controller.shard_listeners.append(rollouts.shards_changed)
+    controller.context_providers.append(rollouts.health.context)
 
 
 # ---------------------------------------------------------------------------------------------

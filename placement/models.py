@@ -40,6 +40,40 @@ class Taint(ApiModel):
     effect: Literal["NoSchedule", "NoExecute"] = "NoSchedule"
 
 
+class GatewayPods(ApiModel):
+    """The member's gateway pods, whose Envoy admin port the hub reads through the member API
+    server's pod proxy (`/api/v1/namespaces/NS/pods/POD:PORT/proxy/stats`), summed over the pods."""
+
+    namespace: str = Field(default="istio-system", min_length=1)
+    selector: dict[str, str] = Field(
+        default_factory=lambda: {"istio": "ingressgateway"}, description="pod labels (matchLabels)"
+    )
+    port: int = Field(default=15000, ge=1, le=65535, description="the Envoy admin port of the pods")
+
+
+class GatewayStats(ApiModel):
+    """Where the hub reads the member's gateway Envoy stats (used by Analysis gates): exactly one of
+    `url` (an Envoy admin base URL the hub reaches directly, e.g. the local fleet's) or `pods`."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.url) != has(self.pods)", "message": "set exactly one of url and pods"}
+            ]
+        }
+    )
+
+    url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+/?$",
+                            description="Envoy admin base URL, e.g. http://127.0.0.1:15000")
+    pods: GatewayPods | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayStats:
+        if (self.url is None) == (self.pods is None):
+            raise ValueError("spec.gatewayStats: set exactly one of url and pods")
+        return self
+
+
 class IstiodServiceRef(ApiModel):
     """istiod's Service in the member, reached through the member API server's service proxy
     (`/api/v1/namespaces/<namespace>/services/<name>:<port>/proxy/debug/...`, with the member kubeconfig's
@@ -81,6 +115,11 @@ class MemberClusterSpec(ApiModel):
     taints: list[Taint] = Field(default_factory=list)
     istiod: IstiodAccess | None = Field(
         default=None, description="Where the hub asks this member's istiod whether routes were pushed and ACKed")
+    gateway_stats: GatewayStats | None = Field(
+        default=None, alias="gatewayStats",
+        description="Where the gateway Envoy's stats are read (Analysis gates). Absent: an Analysis gate "
+        "cannot judge this cluster (it waits, then fails after maxWait naming this field).",
+    )
 
 
 class MemberClusterStatus(ApiModel):
