@@ -272,9 +272,11 @@ def memberclusters_know_istiod() -> bool:
 
 
 async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: str, zone: str,
-                          labels: dict[str, str], istiod_url: str | None = None) -> None:
+                          labels: dict[str, str], istiod_url: str | None = None,
+                          gateway_admin_url: str | None = None) -> None:
     """The documented way to register any cluster: a kubeconfig Secret + a MemberCluster (with
-    `spec.istiod.url` when the cluster's istiod is reached directly, as in the local fleet)."""
+    `spec.istiod.url` when the cluster's istiod is reached directly, as in the local fleet, and
+    `spec.gatewayStats.url` when its gateway Envoy's admin is: the Analysis gate reads it)."""
     await ensure_namespace(hub, HUB_NAMESPACE)
     secret = {
         "apiVersion": "v1",
@@ -292,6 +294,8 @@ async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: s
     }
     if istiod_url and memberclusters_know_istiod():
         spec["istiod"] = {"url": istiod_url}
+    if gateway_admin_url:
+        spec["gatewayStats"] = {"url": gateway_admin_url}
     member = {"apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
               "metadata": {"name": name, "labels": labels}, "spec": spec}
     await hub.apply(f"/apis/meshfed.io/v1alpha1/memberclusters/{name}", member, field_manager="meshfed-fleet")

@@ -261,7 +261,8 @@ class Fleet:
         hub = await self.state.hub.client()
         try:
             await register_member(hub, member.name, member.kubeconfig.read_text(), member.region, member.zone,
-                                  member.labels, istiod_url=member.istio.istiod_url if member.istio else None)
+                                  member.labels, istiod_url=member.istio.istiod_url if member.istio else None,
+                                  gateway_admin_url=member.istio.gateway_admin_url if member.istio else None)
         finally:
             await hub.close()
 

@@ -484,7 +484,8 @@ def test_kubectl_kustomize_builds_the_member_rbac() -> None:
     out = subprocess.run([KUBECTL, "kustomize", str(DEPLOY / "member")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert {o["kind"] for o in built} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    assert {o["kind"] for o in built} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+                                          "Role", "RoleBinding"}  # Role: the gateway stats (istio-system)
 
 
 def test_tenant_roles_stay_in_their_namespace_and_platform_holds_the_cluster_kinds() -> None:
