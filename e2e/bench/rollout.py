@@ -1,6 +1,8 @@
-"""Rollout benchmark on the local fleet: approval -> next wave applied, abort -> back on stable.
+"""Rollout benchmark on the local fleet: approval -> next wave applied, abort -> back on stable;
+with --health (the Istio fleet), a bad revision -> stopped at the canary, and a good one's analysis window.
 
     .venv/bin/python e2e/bench/rollout.py [--members 9] [--rounds 10] [--json]
+    .venv/bin/python e2e/bench/rollout.py --health [--rounds 5] [--json]
 
 Starts its own fleet (hub + N members over 3 zones, real kube-apiservers) and the controller
 process. Each round creates an AccessPoint with four waves (canary, zone 1, zone 2, zone 3; an
@@ -13,6 +15,17 @@ rollout pauses), then:
   v2 (canary, zone 1, zone 2) serving v1 again (the revert goes wave by wave, last first).
 Targets: approval p95 <= 2 s, abort p95 <= 5 s. The approver is the fleet's admin user (the
 `approve` check passes for system:masters); the plugin's own process start is not counted.
+
+--health starts the Istio fleet of e2e/test_rollout_health.py (3 members, istiod + a gateway Envoy
+each, echo backends; m3's backend answers 503 for the `bad` host) and, per round, three AccessPoints
+(canary m1, then the rest):
+- probe (healthChecks.http every 1 s, failureThreshold 2, onFailure Pause): the time from the API
+  server accepting a revision that routes to the 503 backend to status.rollout Degraded/HealthFailed;
+- analysis (Analysis gate, window 8 s, minRequests 20, max5xxRatio 0.05, onFailure Abort; a load of
+  request loops through every member's VIP): the same revision to status.rollout Aborted/AnalysisFailed;
+- good (probe + the same gate, under the same load): the time status.rollout spends in
+  Progressing/Analyzing for a good revision (the window is 8 s of figures; the rest is reading cadence).
+Status is read every 50 ms.
 """
 
 from __future__ import annotations
@@ -165,12 +178,145 @@ async def run(members: int, rounds: int) -> dict[str, Any]:
     }
 
 
+async def until_rollout(hub: KubeClient, ns: str, name: str, timeout: float = 120.0, **want: str) -> float:
+    """Poll status.rollout every 50 ms until it matches `want`; return the monotonic time it did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ro = await rollout(hub, ns, name)
+        if all(ro.get(k) == v for k, v in want.items()):
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name}: rollout {ro.get('phase')}/{ro.get('reason')} not {want} after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def run_health(rounds: int) -> dict[str, Any]:
+    from e2e import test_rollout_health as h
+    from federation import pki
+    from federation.fleet.istio import ISTIO_NAMESPACE
+    from federation.testing import gateway_vip
+
+    root = Path(tempfile.mkdtemp(prefix="meshfed-bench-rollout-health-"))
+    fleet = await start_fleet(root, topology=h.TOPOLOGY, istio=True)
+    assert fleet.state is not None
+    ctl = ControllerProcess(fleet.state.hub.kubeconfig, root / "controller.log")
+    ctl.start()
+    hub = await fleet.state.hub.client()
+    clients = {m.name: await m.client(attempts=1) for m in fleet.state.members}
+    mem = Members(clients)
+    probe_s: list[float] = []
+    analysis_s: list[float] = []
+    window_s: list[float] = []
+    try:
+        ca = pki.make_ca("bench-ca")
+        leaf = pki.issue_leaf(ca, "*.example.com", dns=("*.example.com",))
+        for client in clients.values():
+            await client.apply(f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets/{h.SECRET}",
+                               {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                                "metadata": {"name": h.SECRET, "namespace": ISTIO_NAMESPACE},
+                                "stringData": {"tls.crt": leaf.cert_pem.decode(), "tls.key": leaf.key_pem.decode()}},
+                               field_manager="bench")
+        await fleet.publish_backends(h.ECHO_NS, h.GOOD, service="good", clusters=["m1", "m2"])
+        await fleet.publish_backends(h.ECHO_NS, h.BAD, service="bad", clusters=[h.BAD_BACKEND_CLUSTER])
+        await fleet.set_echo_mode("fail", cluster=h.BAD_BACKEND_CLUSTER)
+        await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                "metadata": {"name": NS}}, field_manager="bench")
+        everyone = list(clients)
+        # kind -> (spec.rollout without healthChecks, with the HTTP probe)
+        kinds: dict[str, tuple[dict[str, Any], bool]] = {
+            "probe": ({"waves": h.waves(), "onFailure": "Pause"}, True),
+            "analysis": ({"waves": h.waves(after=[h.ANALYSIS]), "onFailure": "Abort"}, False),
+            "good": ({"waves": h.waves(after=[h.ANALYSIS])}, True),
+        }
+
+        async def vip_of(client: KubeClient) -> str:
+            return await eventually(lambda: gateway_vip(client, NS, "gw"), 60, message="no VIP")
+
+        for r in range(rounds):
+            for kind, (base, with_probe) in kinds.items():
+                name, host = f"{kind}-{r}", f"{kind}-{r}.example.com"
+                spec = {**base, **({"healthChecks": h.probe(host)} if with_probe else {})}
+                await h.create(hub, NS, name, host, spec)
+                await until_rollout(hub, NS, name, phase="Succeeded", reason="InitialRevision")
+                vips = {n: await vip_of(c) for n, c in clients.items()}
+                await until_vs_version(mem, everyone, name, "v1")
+                load = h.Load(vips, host, ca) if kind != "probe" else None
+                if load is not None:
+                    load.start()
+                try:
+                    dest = h.GOOD if kind == "good" else h.BAD
+                    await h.set_version(hub, NS, name, host, dest, "v2")
+                    t0 = time.monotonic()
+                    if kind == "probe":
+                        probe_s.append(await until_rollout(hub, NS, name, phase="Degraded", reason="HealthFailed")
+                                       - t0)
+                    elif kind == "analysis":
+                        analysis_s.append(await until_rollout(hub, NS, name, phase="Aborted",
+                                                              reason="AnalysisFailed") - t0)
+                    else:
+                        opened = await until_rollout(hub, NS, name, reason="Analyzing")
+                        passed = await until_rollout(hub, NS, name, phase="Succeeded", reason="Completed")
+                        window_s.append(passed - opened)
+                finally:
+                    if load is not None:
+                        await load.stop()
+                await hub.delete(f"{AP.format(ns=NS)}/{name}")
+            print(f"round {r + 1}/{rounds}: probe 503 -> Degraded {probe_s[-1]:.2f}s, analysis 503 -> Aborted "
+                  f"{analysis_s[-1]:.2f}s, good revision in the analysis window {window_s[-1]:.2f}s", flush=True)
+    finally:
+        for c in clients.values():
+            await c.close()
+        await hub.close()
+        ctl.stop()
+        fleet.down()
+    return {
+        "rounds": rounds,
+        "bad_revision_probe_to_degraded_p50_s": round(pct(probe_s, 50), 3),
+        "bad_revision_probe_to_degraded_p95_s": round(pct(probe_s, 95), 3),
+        "bad_revision_analysis_to_aborted_p50_s": round(pct(analysis_s, 50), 3),
+        "bad_revision_analysis_to_aborted_p95_s": round(pct(analysis_s, 95), 3),
+        "good_revision_in_analysis_window_p50_s": round(pct(window_s, 50), 3),
+        "good_revision_in_analysis_window_p95_s": round(pct(window_s, 95), 3),
+    }
+
+
+async def until_vs_version(mem: Members, names: list[str], ap: str, version: str, timeout: float = 60.0) -> None:
+    from e2e.test_rollout_health import VS as HEALTH_VS
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = [((await mem.clients[n].get(HEALTH_VS.format(ns=NS))) or {}).get("metadata", {}).get("labels", {})
+               .get("version") for n in names]
+        if all(v == version for v in got):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ap}: members carry {got}, not {version}")
+        await asyncio.sleep(0.05)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=9)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--health", action="store_true", help="probe/analysis timings on the Istio fleet")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.health:
+        health = asyncio.run(run_health(args.rounds))
+        if args.json:
+            print(json.dumps(health, indent=2))
+            return
+        print(f"\nrollout health benchmark: Istio fleet of 3 members, {health['rounds']} rounds")
+        print(f"  bad revision -> Degraded/HealthFailed (probe 1 s, failureThreshold 2):  "
+              f"p50 {health['bad_revision_probe_to_degraded_p50_s']:.3f}s  "
+              f"p95 {health['bad_revision_probe_to_degraded_p95_s']:.3f}s")
+        print(f"  bad revision -> Aborted/AnalysisFailed (under load):                  "
+              f"p50 {health['bad_revision_analysis_to_aborted_p50_s']:.3f}s  "
+              f"p95 {health['bad_revision_analysis_to_aborted_p95_s']:.3f}s")
+        print(f"  good revision in the analysis window (window 8 s):                    "
+              f"p50 {health['good_revision_in_analysis_window_p50_s']:.3f}s  "
+              f"p95 {health['good_revision_in_analysis_window_p95_s']:.3f}s")
+        return
     figures = asyncio.run(run(args.members, args.rounds))
     if args.json:
         print(json.dumps(figures, indent=2))
