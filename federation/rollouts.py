@@ -392,6 +392,9 @@ class Rollouts:
             uid = str((body.get("metadata") or {}).get("uid", ""))
             for store in (self.states, self.histories, self.used, self.seen):
                 store.pop(uid, None)
+            self.entries.pop(uid, None)
+            self.health.forget(uid)  # no probes nor stats reads for an AccessPoint another replica runs
+            self.health.records.pop(uid, None)  # seeded from its status again on a takeover
             timer = self.timers.pop(uid, None)
             if timer is not None:
                 timer.cancel()
