@@ -31,6 +31,7 @@ from federation.testing import (
     ControllerProcess,
     eventually,
     gateway_vip,
+    grant_tenancy,
     wait_status,
 )
 
@@ -125,6 +126,9 @@ def accesspoint(name: str, template: list[dict[str, Any]], **spec: Any) -> dict[
 
 
 async def create_ap(hub: KubeClient, ns: str, body: dict[str, Any]) -> None:
+    # The gateway workload policies and the Gateway API Gateway live in istio-system, routes beside the
+    # echo ServiceEntry, the Gateway listens on *.kinds.example: the platform team grants that (issue 13).
+    await grant_tenancy(hub, ns, target_namespaces=[ISTIO_NAMESPACE, ECHO_NS], domains=["*.kinds.example"])
     await hub.create(ACCESSPOINTS.format(ns=ns), {**body, "metadata": {**body["metadata"], "namespace": ns}},
                      field_manager="e2e")
 

@@ -169,6 +169,22 @@ async def create_namespace(client: KubeClient, prefix: str = "t-") -> str:
     return name
 
 
+TENANCY_POLICIES = "/apis/meshfed.io/v1alpha1/tenancypolicies"
+
+
+async def grant_tenancy(client: KubeClient, namespace: str, *, target_namespaces: Iterable[str] = (),
+                        domains: Iterable[str] = ()) -> str:
+    """A TenancyPolicy (issue 13) letting hub `namespace` write to `target_namespaces` on members (every
+    kind) and own `domains` (needed for wildcard hosts): the platform team's grant for a test's tenant.
+    Returns the policy's name (cluster-scoped; delete it with `client.delete(f"{TENANCY_POLICIES}/NAME")`)."""
+    name = f"test-{namespace}"
+    body = {"apiVersion": "meshfed.io/v1alpha1", "kind": "TenancyPolicy", "metadata": {"name": name},
+            "spec": {"namespaces": [namespace], "targetNamespaces": [{"namespace": n} for n in target_namespaces],
+                     "domains": list(domains)}}
+    await client.apply(f"{TENANCY_POLICIES}/{name}", body, field_manager="e2e")  # idempotent per namespace
+    return name
+
+
 async def delete_accesspoints(client: KubeClient, ns: str, *, timeout: float = 20.0, also_gone: Iterable[str] = (),
                               strict: bool = False) -> None:
     """Delete every AccessPoint in `ns` and wait up to `timeout` until they (and whatever is listed at the

@@ -29,7 +29,9 @@ from federation.testing import (
     ACCESSPOINTS,
     ControllerProcess,
     create_namespace,
+    delete_accesspoints,
     eventually,
+    grant_tenancy,
     single_apiserver,
     wait_status,
 )
@@ -47,6 +49,16 @@ class Rig:
     def __init__(self, hub: KubeClient, full: KubeClient, partial: KubeClient) -> None:
         self.hub = hub
         self.members = {"full": full, "partial": partial}
+        self.namespaces: list[str] = []
+
+    async def namespace(self) -> str:
+        """A fresh hub namespace that owns the sample hosts (`*.example`, including the Gateway API
+        listener's wildcard: wildcards only by TenancyPolicy, issue 13); its AccessPoints are deleted
+        after the test, so the next test's namespace can claim the same sample hosts."""
+        ns = await create_namespace(self.hub, "kinds-")
+        await grant_tenancy(self.hub, ns, domains=["*.example"])
+        self.namespaces.append(ns)
+        return ns
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +90,13 @@ async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
             await c.close()
         for p in procs:
             p.stop()
+
+
+@pytest.fixture(autouse=True)
+async def release_hosts(rig: Rig) -> AsyncIterator[None]:
+    yield
+    while rig.namespaces:
+        await delete_accesspoints(rig.hub, rig.namespaces.pop(), timeout=30)  # claims go when deletion starts
 
 
 def accesspoint(name: str, template: list[dict[str, Any]], clusters: list[str], **spec: Any) -> dict[str, Any]:
@@ -117,7 +136,7 @@ async def wait_status_of(rig: Rig, ns: str, name: str, ok: Any, timeout: float =
 
 
 async def test_an_unknown_kind_is_refused_by_the_hub_crd(rig: Rig) -> None:
-    ns = await create_namespace(rig.hub, "kinds-")
+    ns = await rig.namespace()
     body = accesspoint("wasm", [{"apiVersion": "extensions.istio.io/v1alpha1", "kind": "WasmPlugin",
                                  "metadata": {"name": "w"}, "spec": {}}], ["full"])
     with pytest.raises(ApiError) as info:
@@ -127,7 +146,7 @@ async def test_an_unknown_kind_is_refused_by_the_hub_crd(rig: Rig) -> None:
 
 
 async def test_every_new_kind_is_applied_updated_pruned_and_deleted(rig: Rig) -> None:
-    ns = await create_namespace(rig.hub, "kinds-")
+    ns = await rig.namespace()
     template = [*samples.all_new_kinds(), samples.envoy_filter()]
     await create_ap(rig, ns, accesspoint("all", template, ["full"], allowEnvoyFilter=True))
     st = await wait_status_of(rig, ns, "all", cluster_in("full", "Applied"))
@@ -188,7 +207,7 @@ async def test_every_new_kind_is_applied_updated_pruned_and_deleted(rig: Rig) ->
     ("Telemetry", {**samples.telemetry(), "spec": {"accessLogging": [{"disabled": "no"}]}}),
 ])
 async def test_the_member_schema_judges_the_new_kinds(rig: Rig, kind: str, bad: dict[str, Any]) -> None:
-    ns = await create_namespace(rig.hub, "kinds-")
+    ns = await rig.namespace()
     await create_ap(rig, ns, accesspoint("bad", [bad], ["full"]))
     st = await wait_status_of(rig, ns, "bad", cluster_in("full", "Failed"))
     error = clusters_by_name(st)["full"]["lastError"]
@@ -198,7 +217,7 @@ async def test_the_member_schema_judges_the_new_kinds(rig: Rig, kind: str, bad: 
 
 
 async def test_a_foreign_object_is_never_overwritten_unless_adopted(rig: Rig) -> None:
-    ns = await create_namespace(rig.hub, "kinds-")
+    ns = await rig.namespace()
     member = rig.members["full"]
     policy = samples.authorization_policy("gate")
     foreign = copy.deepcopy(policy)
@@ -227,7 +246,7 @@ async def test_a_foreign_object_is_never_overwritten_unless_adopted(rig: Rig) ->
 
 
 async def test_envoy_filter_is_refused_without_the_opt_in(rig: Rig) -> None:
-    ns = await create_namespace(rig.hub, "kinds-")
+    ns = await rig.namespace()
     template = [samples.sidecar(), samples.envoy_filter()]
     await create_ap(rig, ns, accesspoint("ef", template, ["full"]))
     path = f"{ACCESSPOINTS.format(ns=ns)}/ef"
@@ -245,7 +264,7 @@ async def test_envoy_filter_is_refused_without_the_opt_in(rig: Rig) -> None:
 
 
 async def test_istio_and_gateway_api_gateways_of_one_name(rig: Rig) -> None:
-    ns = await create_namespace(rig.hub, "kinds-")
+    ns = await rig.namespace()
     istio_gw = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "web"},
                 "spec": {"selector": {"istio": "ingressgateway"},
                          "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}
@@ -269,7 +288,7 @@ async def test_istio_and_gateway_api_gateways_of_one_name(rig: Rig) -> None:
 
 
 async def test_a_kind_the_member_does_not_serve_fails_that_cluster_only(rig: Rig) -> None:
-    ns = await create_namespace(rig.hub, "kinds-")
+    ns = await rig.namespace()
     template = [samples.http_route("shop"), samples.authorization_policy("shop")]
     await create_ap(rig, ns, accesspoint("shop", template, ["full", "partial"]))
     st = await wait_status_of(rig, ns, "shop", lambda s: cluster_in("full", "Applied")(s)

@@ -457,6 +457,19 @@ def test_member_istiod_access_is_services_proxy_on_istiod_only() -> None:
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-hub", "namespace": "meshfed-system"}]
 
 
+def test_member_gateway_stats_access_is_pods_list_and_proxy_get_in_istio_system_only() -> None:
+    objs = objects("member/gateway-stats/rbac.yaml")
+    (k,) = docs(DEPLOY / "member" / "gateway-stats" / "kustomization.yaml")
+    assert k["resources"] == ["rbac.yaml"]
+    role = one(objs, "Role", "meshfed-gateway-stats")
+    assert role["metadata"]["namespace"] == "istio-system"
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                             {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}]
+    binding = one(objs, "RoleBinding", "meshfed-gateway-stats")
+    assert binding["roleRef"]["name"] == "meshfed-gateway-stats" and binding["metadata"]["namespace"] == "istio-system"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-hub", "namespace": "meshfed-system"}]
+
+
 # ---- kustomize --------------------------------------------------------------------------------
 
 KUBECTL = shutil.which("kubectl") or ("/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None)
@@ -484,8 +497,9 @@ def test_kubectl_kustomize_builds_the_member_rbac() -> None:
     out = subprocess.run([KUBECTL, "kustomize", str(DEPLOY / "member")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert {o["kind"] for o in built} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                          "Role", "RoleBinding"}  # Role: the gateway stats (istio-system)
+    # Nothing namespaced outside meshfed-system: a member without Istio (no istio-system) takes it as is;
+    # the istio-system Roles are the optional deploy/member/istiod and deploy/member/gateway-stats.
+    assert {o["kind"] for o in built} == {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
 
 
 def test_tenant_roles_stay_in_their_namespace_and_platform_holds_the_cluster_kinds() -> None:
