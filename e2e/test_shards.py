@@ -253,6 +253,7 @@ async def test_member_caches_hold_only_their_shards_objects(
     assert max(cached) < total * 0.6, cached
 
 
+ALL_AT_ONCE = {"waves": [{"name": "all"}]}
 ROLLOUT = {"waves": [
     {"name": "one", "clusterSelector": {"matchLabels": {"meshfed.io/cluster-name": "member-1"}},
      "after": [{"type": "Approval"}]},
@@ -607,7 +608,10 @@ async def test_rolling_restart_under_load_loses_nothing(
     ns = await create_namespace(hub, "roll-restart-")
     names = [f"load-{i}" for i in range(30)]
     before = await member_writes(members)
-    await asyncio.gather(*(hub.create(AP.format(ns=ns), accesspoint(ns, n), field_manager="e2e") for n in names))
+    # One wave, no gates: each edit goes to every member at once (the default strategy would stop each
+    # edit after one cluster for an approval, which is not what this test is about).
+    await asyncio.gather(*(hub.create(AP.format(ns=ns), accesspoint(ns, n, rollout=ALL_AT_ONCE), field_manager="e2e")
+                           for n in names))
 
     async def edits() -> None:  # changes keep coming during the restart
         for round_ in range(2, 6):
