@@ -35,7 +35,18 @@ if [ -f "$FLEET_DIR/fleet.json" ]; then
   fi
   echo "    a fleet already exists in $FLEET_DIR: reusing it (whatever of it stopped is started again)"
 fi
-$PY -m federation.cli fleet up --dir "$FLEET_DIR" --members 3 --regions 2 --zones 3 --istio --backends 1
+fleet_up() { $PY -m federation.cli fleet up --dir "$FLEET_DIR" --members 3 --regions 2 --zones 3 --istio --backends 1; }
+if ! fleet_up 2>&1 | tee "${TMPDIR:-/tmp}/meshfed-demo-fleet-up.log"; then
+  # Fleets pick free loopback ports when planned; another fleet on this machine may take one before the
+  # process that needs it binds it. The plan is kept in fleet.json, so only a new fleet gets new ports.
+  if grep -q "address already in use" "${TMPDIR:-/tmp}/meshfed-demo-fleet-up.log"; then
+    echo "    a port planned for this fleet was taken meanwhile (another fleet on this machine): starting a new fleet"
+    $PY -m federation.cli fleet down --dir "$FLEET_DIR"
+    fleet_up
+  else
+    exit 1
+  fi
+fi
 export KUBECONFIG=$FLEET_DIR/hub/kubeconfig
 
 step "BIND on $DNS_SERVER:$DNS_PORT (zone shop.example) and the internal CA, under $FLEET_DIR"
@@ -109,6 +120,8 @@ step "a staged change: edit checkout (the x-served-by header gets -v2); the defa
 show kubectl -n $NS patch accesspoint checkout --type json \
   -p '[{"op":"replace","path":"/spec/template/2/spec/http/0/headers/response/set/x-served-by","value":"${cluster}-v2"}]'
 kubectl wait --for=jsonpath='{.status.rollout.reason}'=AwaitingApproval accesspoint/checkout -n $NS --timeout=120s >/dev/null
+echo "    (waiting until the canary's gateway has ACKed the new routes: ROUTES 3/3)"
+kubectl wait --for=jsonpath='{.status.summary.routes}'=3/3 accesspoint/checkout -n $NS --timeout=120s >/dev/null
 show kubectl get accesspoints -n $NS
 show kubectl get rolloutapprovals -n $NS
 echo
