@@ -102,6 +102,13 @@ if command -v dig >/dev/null; then dig @$DNS_SERVER -p $DNS_PORT $FQDN +short
 else $PY -m e2e.demo_env resolve $FQDN --address $DNS_SERVER --port $DNS_PORT; fi
 VIP=$(kubectl get accesspoint checkout -n $NS -o jsonpath='{.status.clusters[?(@.name=="member-1")].vip}')
 show curl -sS --fail --retry 10 --retry-all-errors --retry-delay 1 --resolve $FQDN:443:$VIP --cacert "$FLEET_DIR/ca/ca.crt" -w '\n' -i "https://$FQDN/"
+if command -v openssl >/dev/null; then
+  echo
+  echo "the certificate member-1's gateway serves, and the one the hub issued:"
+  echo "\$ openssl s_client -connect $VIP:443 -servername $FQDN </dev/null | openssl x509 -noout -serial -issuer -ext subjectAltName"
+  openssl s_client -connect $VIP:443 -servername $FQDN </dev/null 2>/dev/null | openssl x509 -noout -serial -issuer -ext subjectAltName
+  show kubectl get certificates.meshfed.io checkout -n $NS -o jsonpath='{.status.serial}{"  "}{.status.hosts}{"\n"}'
+fi
 echo
 echo "through each member's VIP (x-served-by: the gateway's cluster, set by the VirtualService; the body: the backend):"
 served_by() {  # cluster -> one line: VIP, x-served-by, the backend's answer
