@@ -15,7 +15,9 @@ export MESHFED_FLEET_DIR=$FLEET_DIR
 export PATH=$PWD/.venv/bin:$PATH   # kubectl finds the kubectl-meshfed plugin there
 NS=payments
 FQDN=checkout.shop.example
-DNS_SERVER=127.0.0.1 DNS_PORT=8053  # deploy/examples/platform.yaml's DNSProvider names this address
+# deploy/examples/platform.yaml's DNSProvider names 127.0.0.1:8053; MESHFED_DEMO_DNS_PORT picks another port
+# (e2e/test_demo.py: a free one), written into the DNSProvider as it is applied
+DNS_SERVER=127.0.0.1 DNS_PORT=${MESHFED_DEMO_DNS_PORT:-8053}
 START=$SECONDS
 
 step() { echo; echo "==> $* ($((SECONDS - START))s)"; }
@@ -79,7 +81,8 @@ if kubectl get accesspoint checkout -n $NS >/dev/null 2>&1; then
 fi
 
 step "the platform team's objects (deploy/examples/platform.yaml), then the payments team's (checkout.yaml)"
-kubectl apply -f deploy/examples/platform.yaml
+if [ "$DNS_PORT" = 8053 ]; then kubectl apply -f deploy/examples/platform.yaml
+else sed "s/^    port: 8053$/    port: $DNS_PORT/" deploy/examples/platform.yaml | kubectl apply -f -; fi
 kubectl apply -f deploy/examples/checkout.yaml
 
 step "waiting for checkout: Ready on every member (objects applied, certificate delivered, every gateway proxy ACKed its routes)"
@@ -140,6 +143,7 @@ for _ in $(seq 1 60); do  # until the canary's gateway has the new route (pushed
 done
 echo "$out"
 
+DOWN_ARGS=""; [ "$FLEET_DIR" = "$PWD/.fleet" ] || DOWN_ARGS=" FLEET_DIR=$FLEET_DIR"
 cat <<EOT
 
 ==> the demo took $((SECONDS - START))s. The fleet keeps running.
@@ -149,7 +153,7 @@ Approve the canary (the rollout then goes on zone by zone), or reject it:
   kubectl meshfed approve checkout -n $NS -m "canary looks good"      # or: kubectl meshfed reject checkout -n $NS
   kubectl get accesspoints -n $NS -w
 Try: kubectl meshfed status checkout -n $NS;  curl --resolve $FQDN:443:$VIP --cacert $FLEET_DIR/ca/ca.crt https://$FQDN/
-     $PY -m federation.cli fleet stop-gateway member-2   (ROUTES 2/3; start-gateway member-2 to undo)
+     $PY -m federation.cli fleet stop-gateway member-2 --dir $FLEET_DIR   (ROUTES 2/3; start-gateway to undo)
 Members: $FLEET_DIR/member-N/kubeconfig.  Controller log: $FLEET_DIR/controller.log.  BIND: $DNS_SERVER:$DNS_PORT
-Stop everything (BIND, echo, istiod, gateways, controller, API servers): make demo-down
+Stop everything (BIND, echo, istiod, gateways, controller, API servers): make demo-down$DOWN_ARGS
 EOT
