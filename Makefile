@@ -1,5 +1,6 @@
 # meshfed — two commands do all the set-up on a fresh machine:
-#   make demo   local hub + member clusters (real kube-apiservers), controller, example AccessPoints
+#   make demo   local hub + 3 members (real kube-apiservers, istiod + gateway Envoy each), BIND, internal CA,
+#               controller, deploy/examples, an HTTPS request through a VIP, a staged change (make demo-down)
 #   make test   lint, type checks, unit, integration (one real API server) and e2e (local fleet) tests
 #   make image  the container image as an OCI archive (no registry, no container engine; image/build.sh)
 SHELL := /bin/bash
@@ -7,7 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 FLEET_DIR ?= $(CURDIR)/.fleet
-DEBIAN_PACKAGES := bind9 bind9-utils pdns-server pdns-backend-sqlite3 pebble
+DEBIAN_PACKAGES := bind9 bind9-utils bind9-dnsutils pdns-server pdns-backend-sqlite3 pebble
 IMAGE_PACKAGES := mmdebstrap umoci
 export MESHFED_FLEET_DIR := $(FLEET_DIR)
 

@@ -242,8 +242,9 @@ class Certificate(Resource):
             PrinterColumn("Cert", ".status.summary"),
             PrinterColumn("Issuer", ".spec.issuerRef.name"),
             PrinterColumn("Serial", ".status.serial", priority=1),
-            PrinterColumn("NotAfter", ".status.notAfter", "date", priority=1),
-            PrinterColumn("Renewal", ".status.renewalTime", "date", priority=1),
+            # strings, not "date": kubectl shows a date-typed column in the future as <invalid>
+            PrinterColumn("NotAfter", ".status.notAfter", priority=1),
+            PrinterColumn("Renewal", ".status.renewalTime", priority=1),
             AGE,
         ),
     )

@@ -212,8 +212,12 @@ def render_status(obj: dict[str, Any]) -> str:
         "",
         "Conditions:",
     ]
-    for c in status.get("conditions") or []:
-        lines.append(f"  {c['type']:<10} {c['status']:<8} {c.get('reason', ''):<20} {c.get('message', '')}")
+    conditions = status.get("conditions") or []
+    type_width = max((len(c["type"]) for c in conditions), default=0)
+    reason_width = max([20, *(len(c.get("reason", "")) for c in conditions)])
+    for c in conditions:
+        lines.append(f"  {c['type']:<{type_width}} {c['status']:<8} {c.get('reason', ''):<{reason_width}} "
+                     f"{c.get('message', '')}".rstrip())
     rows = [["CLUSTER", "REGION", "ZONE", "STATE", "REVISION", "OBJECTS", "VIP", "ROUTES", "PROXIES", "ISTIO",
              "PROBE", "LAST ERROR"]]
     details: list[str] = []
