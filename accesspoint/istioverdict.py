@@ -256,7 +256,23 @@ def route_verdict(objects: Iterable[Mapping[str, Any]], view: IstiodView | None,
     """
     objs = list(objects)
     return combine_verdicts(_istio_route_verdict(objs, view, changed_at=changed_at, settle=settle, now=now),
-                            gateway_api_verdict(objs))
+                            gateway_api_verdict(objs), analyzer_route_errors(objs))
+
+
+ROUTE_KINDS = ("Gateway", "VirtualService")
+
+
+def analyzer_route_errors(objs: Iterable[Mapping[str, Any]]) -> RouteVerdict | None:
+    """False when Istio's analyzer reports an ERROR, current for the object's generation, on one of the
+    AccessPoint's Istio Gateways or VirtualServices (e.g. IST0101: a VirtualService naming a Gateway that
+    does not exist — its route is on no gateway, and the pushes alone cannot show that when the Gateway
+    it names is not the AccessPoint's); None otherwise (the other parts decide)."""
+    route_objs = [o for o in objs if o.get("kind") in ROUTE_KINDS and _is_istio(o)]
+    errors = [m for m in analyzer_messages(route_objs).messages if m.level.upper() == "ERROR"]
+    if not errors:
+        return None
+    return RouteVerdict(configured=False, message="Istio's analyzer reports " + ", ".join(
+        f"{m.code} on {m.object}" for m in errors))
 
 
 def combine_verdicts(*parts: RouteVerdict | None) -> RouteVerdict | None:

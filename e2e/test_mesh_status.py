@@ -148,6 +148,12 @@ async def test_istio_flags_an_object_then_no_current_verdict(fleet: Fleet, hub: 
     assert (analysis["status"], analysis["reason"]) == ("False", "IstioError")
     for name in entries(st):
         assert f"{name}: VirtualService {ns}/web: IST0101 ERROR" in analysis["message"]
+    # Istio's ERROR is its verdict that the route is not served as written: not configured, not Ready.
+    st = await wait_status(hub, path, lambda s: (s.get("summary") or {}).get("routes") == "0/3", timeout=60,
+                           message="ROUTES 0/3 while Istio reports IST0101")
+    for name, c in entries(st).items():
+        assert c["routeConfigured"] is False and f"IST0101 on VirtualService {ns}/web" in c["routeMessage"], (name, c)
+    assert condition(st, "Ready")["status"] == "False" and "IST0101" in condition(st, "Ready")["message"]
     status = await kubectl.ok("meshfed", "status", "web", "-n", ns)
     print(await kubectl.ok("get", "ap", "-n", ns), status, sep="\n")
     assert f"VirtualService {ns}/web: IST0101 ERROR" in status

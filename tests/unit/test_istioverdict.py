@@ -65,6 +65,8 @@ def view(proxies: list[ProxySync] | None = None, configs: list[str] | None = Non
     return IstiodView(**{"reachable": True, "proxies": {p.id: p for p in proxies}, "configs": cfg, "pods": PODS, **kw})
 
 
+URL = "https://istio.io/v1.30/docs/reference/config/analysis/ist0101/"
+MSG = {"documentationUrl": URL, "level": "ERROR", "type": {"code": "IST0101"}}
 NACK = "Didn't find a registered implementation for 'istio.alpn'"
 
 CASES: list[tuple[str, list[dict[str, Any]], IstiodView | None, dict[str, Any], bool | None, str, str]] = [
@@ -102,6 +104,14 @@ CASES: list[tuple[str, list[dict[str, Any]], IstiodView | None, dict[str, Any], 
      "routes ACKed by 1/1 gateway proxies", "1/1"),
     ("VS bound to another gateway only", [gw(), vs(gateways=["istio-system/shared"])], view(configs=[]), {}, True,
      "routes ACKed by 1/1 gateway proxies", "1/1"),
+    ("analyzer ERROR on a VS naming an unknown gateway", [gw(), vs(gateways=["istio-system/typo"], observedGeneration=1,
+                                                                   validationMessages=[MSG])],
+     view(configs=[]), {}, False, "Istio's analyzer reports IST0101 on VirtualService shop/web", "1/1"),
+    ("stale analyzer ERROR is no verdict", [gw(), vs(gen=2, observedGeneration=1, validationMessages=[MSG])], view(),
+     {}, True, "routes ACKed by 1/1 gateway proxies", "1/1"),
+    ("analyzer WARNING does not block",
+     [gw(), vs(observedGeneration=1, validationMessages=[{**MSG, "level": "WARNING"}])], view(), {}, True,
+     "routes ACKed by 1/1 gateway proxies", "1/1"),
     ("two proxies, one missing", [gw(), vs()],
      view(pods={"istio=ingressgateway": [POD, WorkloadPod(name="gw-2", namespace="istio-system",
                                                           labels={"istio": "ingressgateway"})]}),
@@ -135,8 +145,6 @@ def test_selection_and_binding() -> None:
     assert [v["metadata"]["name"] for v in bound[("istio-system", "other")]] == ["web"]
 
 
-URL = "https://istio.io/v1.30/docs/reference/config/analysis/ist0101/"
-MSG = {"documentationUrl": URL, "level": "ERROR", "type": {"code": "IST0101"}}
 
 
 @pytest.mark.parametrize(("obj", "messages", "stale"), [
