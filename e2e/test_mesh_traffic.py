@@ -83,8 +83,9 @@ def echo_host(ns: str) -> str:
 
 
 def duo_host(ns: str) -> str:
-    """The echo host with the backends of region-a and region-b only (for AccessPoints placed there)."""
-    return f"duo.{ns}.svc.cluster.local"
+    """The echo host with the backends of region-a and region-b only (for AccessPoints placed there). Named
+    unlike any AccessPoint here: each has a Kubernetes Service of its own name, whose host Istio would merge."""
+    return f"echo-ab.{ns}.svc.cluster.local"
 
 
 def http_template(host: str, echo: str, routes: Iterable[dict[str, Any]] = (), *,
@@ -195,6 +196,8 @@ async def eds_weights(fleet: Fleet, member: str, host: str) -> dict[str, tuple[i
         if not str(cla["cluster_name"]).endswith(f"|{host}"):
             continue
         for ep in cla.get("endpoints") or []:
+            if not ep.get("lb_endpoints"):  # Istio empties a locality the distribute rule leaves out
+                continue
             region = (ep.get("locality") or {}).get("region", "")
             out[region] = (int(ep.get("load_balancing_weight") or 0), int(ep.get("priority") or 0))
     return out
@@ -209,16 +212,54 @@ async def wait_weights(fleet: Fleet, member: str, host: str, want: dict[str, int
     await eventually(check, timeout, interval=0.3, message=f"{member}: gateway EDS weights {want} for {host}")
 
 
-async def outlier_stats(fleet: Fleet, member: str, host: str) -> dict[str, int]:
-    """The gateway's outlier detection counters for `host`'s cluster (ejections_active, ejections_enforced_total)."""
-    status, body = await http_get(f"{admin_url(fleet, member)}/stats?filter=outlier_detection")
+async def ejected_hosts(fleet: Fleet, member: str, host: str) -> set[str]:
+    """The endpoints of `host`'s cluster the member's gateway has ejected (outlier detection), from its /clusters
+    (Istio's bootstrap keeps per-cluster stats out of /stats; the host health flags are always there)."""
+    status, body = await http_get(f"{admin_url(fleet, member)}/clusters")
     assert status == 200
-    out: dict[str, int] = {}
+    out = set()
     for line in body.decode().splitlines():
-        name, _, value = line.partition(": ")
-        if f"|{host}.outlier_detection." in name:
-            out[name.rsplit(".", 1)[1]] = int(value)
+        name, _, rest = line.partition("::")
+        if name.endswith(f"|{host}") and rest.endswith("failed_outlier_check") and "::health_flags::" in rest:
+            out.add(rest.split("::", 1)[0])
     return out
+
+
+@dataclass
+class Ejections:
+    """Polls a gateway's ejected endpoints of one host every 50 ms (ejections last seconds here) and keeps each
+    ejection as [start, end) (end 0 while it lasts)."""
+
+    fleet: Fleet
+    member: str
+    host: str
+    periods: list[list[float]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        while True:
+            now_ejected = bool(await ejected_hosts(self.fleet, self.member, self.host))
+            now = time.monotonic()
+            ongoing = bool(self.periods) and self.periods[-1][1] == 0
+            if now_ejected and not ongoing:
+                self.periods.append([now, 0.0])
+            elif ongoing and not now_ejected:
+                self.periods[-1][1] = now
+            await asyncio.sleep(0.05)
+
+    def start(self) -> Ejections:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def between(self, start: float, end: float) -> list[list[float]]:
+        """Ejections that began in [start, end)."""
+        return [p for p in self.periods if start <= p[0] < end]
 
 
 async def echo_counts(fleet: Fleet) -> dict[str, int]:
@@ -338,9 +379,9 @@ def hub_setup(issuer_ca: bytes) -> None:
 @pytest.fixture
 async def ns(namespace: str, controller: ControllerProcess, fleet: Fleet) -> str:
     """A hub namespace with the echo backends published on every member: every member's under
-    echo.<ns>.svc.cluster.local, region-a's and region-b's under duo.<ns>.svc.cluster.local."""
+    echo.<ns>.svc.cluster.local, region-a's and region-b's under echo-ab.<ns>.svc.cluster.local."""
     await fleet.publish_backends(namespace, echo_host(namespace))
-    await fleet.publish_backends(namespace, duo_host(namespace), service="duo", clusters=["m-a", "m-b"])
+    await fleet.publish_backends(namespace, duo_host(namespace), service="echo-ab", clusters=["m-a", "m-b"])
     return namespace
 
 
@@ -448,6 +489,50 @@ async def test_drain_moves_every_new_request_out_of_the_region(
 # ---- 3. failover when local backends fail / stop ------------------------------------------------------
 
 
+async def outage(fleet: Fleet, running: Load, watch: Ejections, mode: str) -> str:
+    """Switch the gateway's local backends to `mode` until outlier detection has ejected them and 2 s more, then
+    back to ok: every answer while ejected from the remote region, the errors bounded by the ejections, traffic
+    back (99/1) once they answer again. Returns the figures."""
+    gateway = watch.member
+    t_fail = time.monotonic()
+    await fleet.set_echo_mode(mode, cluster=gateway)
+    try:
+        async def ejected() -> bool:
+            return bool(watch.between(t_fail, time.monotonic() + 1))
+
+        await eventually(ejected, 20, interval=0.05, message=f"{mode}: region-a's backend ejected")
+        t_ejected = watch.between(t_fail, time.monotonic() + 1)[0][0]
+        await asyncio.sleep(2.0)  # while ejected (baseEjectionTime 3 s): every answer from the remote region
+        t_hold = time.monotonic()
+    finally:
+        await fleet.set_echo_mode("ok", cluster=gateway)
+    t_ok = time.monotonic()
+    during = [a for a in running.since(gateway, t_fail) if a.at < t_ok]
+    errors = [a for a in during if a.status != 200]
+    ejections = len(watch.between(t_fail, t_ok))
+    held = [a for a in during if t_ejected + 0.2 <= a.at < t_hold]
+    assert held and regions_of(held) == Counter({"region-b": len(held)}), \
+        (mode, regions_of(held), Counter(a.status for a in held))
+    # Each ejection costs at most consecutive5xxErrors answers plus the requests in flight on the other
+    # connections (a 503 is not retried; a refused connection is, on the other host).
+    bound = ejections * (CONSECUTIVE_5XX + running.connections)
+    assert ejections >= 1 and len(errors) <= bound, (mode, ejections, Counter(a.status for a in errors))
+
+    async def back() -> list[Answer]:
+        return [a for a in running.since(gateway, t_ok) if a.region == "region-a"]
+
+    first_back = (await eventually(back, 30, interval=0.1, message=f"{mode}: traffic back in region-a"))[0]
+    await asyncio.sleep(1.0)
+    recovered = running.since(gateway, first_back.at)
+    shares = regions_of(recovered)
+    low, _ = binomial_band(sum(shares.values()), 0.99)
+    assert all(a.status == 200 for a in recovered) and shares["region-a"] >= low, (mode, shares)
+    return (f"{mode}: ejected {t_ejected - t_fail:.2f}s after the switch; {len(errors)} of {len(during)} requests "
+            f"failed during the outage ({dict(Counter(a.status for a in errors))}, {ejections} ejection(s), bound "
+            f"{bound}); {len(held)} answers while ejected, all from region-b; back in region-a "
+            f"{first_back.at - t_ok:.2f}s after the backends answer again, then {dict(shares)}")
+
+
 async def test_failover_to_the_remote_region_once_outlier_detection_ejects_and_back(
         fleet: Fleet, hub: KubeClient, ns: str) -> None:
     host, gateway = f"failover.{ns}.example", "m-a"
@@ -459,51 +544,14 @@ async def test_failover_to_the_remote_region_once_outlier_detection_ejects_and_b
     await wait_weights(fleet, gateway, echo, {"region-a": 99, "region-b": 1})
     vip = vips(st)[gateway]
     report = []
-    async with load(host, {gateway: vip}, connections=2) as running:
-        await running.wait_answers(300)
-        for mode in ("fail", "down"):
-            before = await outlier_stats(fleet, gateway, echo)
-            t_fail = time.monotonic()
-            await fleet.set_echo_mode(mode, cluster=gateway)
-            try:
-                async def ejected() -> dict[str, int]:
-                    s = await outlier_stats(fleet, gateway, echo)
-                    return s if s.get("ejections_active") == 1 else {}
-
-                await eventually(ejected, 20, interval=0.05, message=f"{mode}: region-a's backend ejected")
-                t_ejected = time.monotonic()
-                await asyncio.sleep(2.0)  # while ejected: every answer from the remote region
-                t_hold = time.monotonic()
-            finally:
-                await fleet.set_echo_mode("ok", cluster=gateway)
-            t_ok = time.monotonic()
-            during = running.since(gateway, t_fail)
-            outage = [a for a in during if a.at < t_ok]
-            stats = await outlier_stats(fleet, gateway, echo)
-            ejections = stats["ejections_enforced_total"] - before.get("ejections_enforced_total", 0)
-            errors = [a for a in outage if a.status != 200]
-            held = [a for a in outage if t_ejected + 0.2 <= a.at < t_hold]
-            assert held and regions_of(held) == Counter({"region-b": len(held)}), \
-                (mode, regions_of(held), Counter(a.status for a in held))
-            # Each ejection costs at most consecutive5xxErrors answers plus the requests in flight on the two
-            # connections (a 503 is not retried; a refused connection is, on the other host).
-            bound = ejections * (CONSECUTIVE_5XX + running.connections)
-            assert ejections >= 1 and len(errors) <= bound, (mode, ejections, Counter(a.status for a in errors))
-
-            async def back(t_ok: float = t_ok) -> list[Answer]:
-                return [a for a in running.since(gateway, t_ok) if a.region == "region-a"]
-
-            first_back = (await eventually(back, 30, interval=0.1, message=f"{mode}: traffic back in region-a"))[0]
-            await asyncio.sleep(1.0)
-            recovered = running.since(gateway, first_back.at)
-            shares = regions_of(recovered)
-            n = sum(shares.values())
-            low, _ = binomial_band(n, 0.99)
-            assert all(a.status == 200 for a in recovered) and shares["region-a"] >= low, (mode, shares)
-            report.append(f"{mode}: ejected {t_ejected - t_fail:.2f}s after the switch, {len(errors)} failed of "
-                          f"{len(outage)} during the outage ({dict(Counter(a.status for a in errors))}, "
-                          f"{ejections} ejection(s)), {len(held)} answers while ejected all from region-b, "
-                          f"back in region-a {first_back.at - t_ok:.2f}s after recovery, then {dict(shares)}")
+    watch = Ejections(fleet, gateway, echo).start()
+    try:
+        async with load(host, {gateway: vip}, connections=2) as running:
+            await running.wait_answers(300)
+            for mode in ("fail", "down"):
+                report.append(await outage(fleet, running, watch, mode))
+    finally:
+        await watch.stop()
     assert running.tallies[gateway].total == sum(len(v) for v in running.answers.values())
     print("\nfailover through the gateway of m-a:\n  " + "\n  ".join(report))
 
@@ -591,13 +639,38 @@ async def test_the_issued_certificate_is_served_by_every_gateway_and_a_renewal_c
     for member, client in members.items():  # delivered where the gateway reads it
         secret = await client.get(f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets/tls-tls") or {}
         assert (secret.get("metadata") or {}).get("annotations", {}).get("meshfed.io/certificate-serial"), member
-    t_first = time.monotonic()
-    second_rev, second_serial = await eventually(lambda: served_everywhere(first_rev), 60, interval=0.2,
-                                                 message="the renewed serial served by every gateway")
-    renewed_after = time.monotonic() - t_first
+
+    async def renewed_on_hub() -> bool:
+        cst = (await get_object(hub, cert_path)).get("status") or {}
+        return int(cst.get("revision") or 0) > first_rev
+
+    # The renewal rewrites only the Secret (served over SDS): the AccessPoint stays Ready all along, its routes
+    # untouched (it read RoutesNotConfigured for --route-settle seconds after every renewal before the fix).
+    ready_seen: Counter[tuple[str, str]] = Counter()
+
+    async def sample_ready() -> None:
+        while True:
+            ready = condition((await get_object(hub, f"{AP.format(ns=ns)}/tls")).get("status") or {}, "Ready")
+            ready_seen[(str(ready.get("status")), str(ready.get("reason")))] += 1
+            await asyncio.sleep(0.2)
+
+    sampler = asyncio.create_task(sample_ready())
+    try:
+        await eventually(renewed_on_hub, 60, interval=0.1, message="a renewal on the hub")
+        t_renewed = time.monotonic()
+        second_rev, second_serial = await eventually(lambda: served_everywhere(first_rev), 30, interval=0.1,
+                                                     message="the renewed serial served by every gateway")
+        served_after = time.monotonic() - t_renewed
+        await asyncio.sleep(2.0)
+    finally:
+        sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sampler
     assert second_serial != first_serial
+    assert set(ready_seen) == {("True", "Ready")}, f"Ready during the renewal: {dict(ready_seen)}"
     print(f"\ncertificate: revision {first_rev} serial {first_serial} served by {sorted(targets)}; renewed to "
-          f"revision {second_rev} serial {second_serial}, served everywhere {renewed_after:.1f}s later")
+          f"revision {second_rev} serial {second_serial}, served by every gateway {served_after:.1f}s after the hub "
+          f"showed the renewal; Ready all along ({sum(ready_seen.values())} samples)")
 
 
 # ---- 6. rejected / flagged config changes nothing elsewhere -------------------------------------------
