@@ -8,12 +8,13 @@ Covers, every time with real requests through each member's VIP (the L4 stand-in
 - a Drain of a region: every new request leaves it; the time from the hub edit to the last request the drained
   region served (and to the member DestinationRules) is measured; the drained region's gateway sends 50/50;
 - a cluster's local backends failing (503) and then stopped (connection refused): its gateway fails over to
-  the remote region once outlier detection ejects them (the gateway's own ejection counters), the errors a
-  client sees are counted and bounded by the ejections, and traffic returns (99/1) once they are back;
+  the remote region once outlier detection ejects them (the gateway's own host health flags, /clusters), the
+  errors a client sees are counted and bounded by the ejections, and traffic returns (99/1) once they are back;
 - a path ending in /admin refused at the gateway by a VirtualService rule (403, no backend sees it) while
   other paths pass;
 - the certificate meshfed issues for a TLS Gateway (internal CA issuer) is what each real gateway serves: the
-  TLS handshake shows the serial the hub's Certificate status reports, and a renewal changes it everywhere;
+  TLS handshake shows the serial the hub's Certificate status reports, and a renewal changes it everywhere
+  while the AccessPoint stays Ready;
 - a config Istio rejects (its validation webhook) or flags (analyzer IST0101) changes nothing elsewhere:
   another AccessPoint keeps serving every request on every cluster, its member objects untouched, also when
   its own edit is refused by one member (that member keeps serving the previous routes).
