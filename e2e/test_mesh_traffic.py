@@ -517,10 +517,14 @@ async def outage(fleet: Fleet, running: Load, watch: Ejections, mode: str) -> st
     held = [a for a in during if t_ejected + 0.2 <= a.at < held_end]
     assert held and regions_of(held) == Counter({"region-b": len(held)}), \
         (mode, regions_of(held), Counter(a.status for a in held))
-    # Each ejection costs at most consecutive5xxErrors answers plus the requests in flight on the other
-    # connections (a 503 is not retried; a refused connection is, on the other host).
-    bound = ejections * (CONSECUTIVE_5XX + running.connections)
-    assert ejections >= 1 and len(errors) <= bound, (mode, ejections, Counter(a.status for a in errors))
+    # Errors only until an ejection takes effect, none while it lasts (margins for the 50 ms polling) ...
+    while_ejected = [a for a in errors for start, end in periods if start + 0.1 <= a.at < (end or t_ok) - 0.3]
+    assert ejections >= 1 and not while_ejected, (mode, periods, while_ejected)
+    # ... and a handful each: consecutive5xxErrors answers (a 503 is not retried; a refused connection is, on the
+    # other host), plus what Envoy sends the host before its main thread applies the ejection the workers
+    # reported (asynchronous: 0-3 more requests measured on this 2-core machine under load).
+    bound = ejections * (CONSECUTIVE_5XX + 10)
+    assert len(errors) <= bound, (mode, ejections, Counter(a.status for a in errors))
 
     async def back() -> list[Answer]:
         return [a for a in running.since(gateway, t_ok) if a.region == "region-a"]
