@@ -244,6 +244,19 @@ def _proxy_problem(pid: str, proxy: ProxySync | None, config: ProxyConfig | None
     return None
 
 
+# Kinds whose writes change nothing istiod pushes as clusters, listeners or routes: a Secret (a gateway's
+# credentialName certificate) reaches the gateway over SDS only, so its write moves no CDS/LDS/RDS nonce and
+# must not start the `settle` wait (else every certificate renewal reads as "routes not configured" for
+# `settle` seconds while the gateway serves the new certificate on the routes it has).
+NOT_ROUTE_KINDS = frozenset({("", "Secret")})
+
+
+def moves_routes(written: Iterable[tuple[str, str]]) -> bool:
+    """Whether writes of these (API group, kind) can change what istiod pushes to a gateway as CDS/LDS/RDS,
+    i.e. whether they count as "meshfed's last write" for `route_verdict(changed_at=...)`."""
+    return any((group, kind) not in NOT_ROUTE_KINDS for group, kind in written)
+
+
 def route_verdict(objects: Iterable[Mapping[str, Any]], view: IstiodView | None, *, changed_at: float | None = None,
                   settle: float = 10.0, now: float = 0.0) -> RouteVerdict | None:
     """routeConfigured of one AccessPoint in one member (None: not evaluated — it has no Istio Gateway

@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accesspoint.istioverdict import RouteVerdict, analyzer_messages, route_verdict
-from accesspoint.kinds import ISTIO_NET
+from accesspoint.istioverdict import RouteVerdict, analyzer_messages, moves_routes, route_verdict
+from accesspoint.kinds import ISTIO_NET, group_of
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
-from accesspoint.plan import plan
+from accesspoint.plan import Plan, plan
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, render, validate
 from accesspoint.revisions import revision_hash
 from accesspoint.status import applied_message, summarize
@@ -77,6 +77,12 @@ def validation_messages(err: ValidationError) -> list[str]:
 def revision_of(ap: AccessPoint) -> str:
     """Content hash of what lands on members (accesspoint.revisions decides what counts)."""
     return revision_hash(ap.spec)
+
+
+def _planned_kinds(the_plan: Plan) -> list[tuple[str, str]]:
+    """(API group, kind) of every object the plan creates, updates or deletes."""
+    return ([(group_of(str(o.get("apiVersion") or "")), str(o.get("kind") or "")) for o in
+             (*the_plan.create, *the_plan.update)] + [(k.group, k.kind) for k, _, _ in the_plan.delete])
 
 
 def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
@@ -578,7 +584,8 @@ class Controller:
         outcome = await execute(client, the_plan, owner, member.cache, adopt=ap.spec.adopt_existing) \
             if not the_plan.empty else None
         if outcome is not None and outcome.writes:
-            self._written_at[(member.name, owner.key)] = time.monotonic()
+            if moves_routes(_planned_kinds(the_plan)):  # a renewed certificate's Secret alone does not
+                self._written_at[(member.name, owner.key)] = time.monotonic()
             if member.istiod is not None:
                 member.istiod.kick()
             seen = self._seen_generation.get(owner.key)

@@ -732,11 +732,19 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return status, headers, body
 
 
+# What a request loop reports per request as it goes: (monotonic time of the answer, HTTP status or 0
+# for a transport error, the answer's headers; for an error {"error": <exception class name>}).
+ResponseObserver = Callable[[float, int, Mapping[str, str]], None]
+
+
 async def request_loop(address: str, host: str, count: int, *, port: int = 443, path: str = "/", tls: bool = True,
                        ca_pem: bytes | None = None, connections: int = 2, timeout: float = 5.0,
-                       headers: Mapping[str, str] | None = None) -> Tally:
+                       headers: Mapping[str, str] | None = None, on_response: ResponseObserver | None = None,
+                       stop: asyncio.Event | None = None) -> Tally:
     """`count` GET requests for `host` (SNI and Host) to address:port (a VIP), over `connections`
-    keep-alive connections; a transport error or timeout is counted and the connection re-opened."""
+    keep-alive connections; a transport error or timeout is counted and the connection re-opened.
+    `on_response` sees every answer (or error) with its time; `stop` ends the loop early (the requests
+    in flight finish), so a loop can run "until told" with a large `count`."""
     ctx = client_tls(ca_pem) if tls else None
     tally = Tally()
     remaining = count
@@ -746,7 +754,7 @@ async def request_loop(address: str, host: str, count: int, *, port: int = 443, 
     async def worker() -> None:
         nonlocal remaining
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        while remaining > 0:
+        while remaining > 0 and not (stop is not None and stop.is_set()):
             remaining -= 1
             try:
                 if conn is None:
@@ -756,11 +764,15 @@ async def request_loop(address: str, host: str, count: int, *, port: int = 443, 
                 conn[1].write(request)
                 status, hdrs, _ = await asyncio.wait_for(_read_response(conn[0]), timeout)
                 tally.add(status, hdrs)
+                if on_response is not None:
+                    on_response(time.monotonic(), status, hdrs)
                 if hdrs.get("connection", "").lower() == "close":
                     conn[1].close()
                     conn = None
             except (OSError, TimeoutError, ssl.SSLError, asyncio.IncompleteReadError, ValueError, IndexError) as err:
                 tally.errors[type(err).__name__] += 1
+                if on_response is not None:
+                    on_response(time.monotonic(), 0, {"error": type(err).__name__})
                 if conn is not None:
                     conn[1].close()
                 conn = None

@@ -17,13 +17,17 @@ from accesspoint.istioverdict import (
     analyzer_messages,
     bound_virtualservices,
     gateway_selectors,
+    moves_routes,
     route_verdict,
     selected_proxies,
 )
 from accesspoint.meta import condition
 from accesspoint.models import ClusterStatus
+from accesspoint.ownership import HASH_ANNOTATION
 from accesspoint.plan import plan
+from accesspoint.render import key_of
 from accesspoint.status import summarize
+from federation.controller import _planned_kinds
 from federation.istiod import config_paths, parse_syncz
 from placement.models import ClusterDecision, IstiodAccess, MemberClusterSpec, PlacementDecision
 
@@ -166,8 +170,36 @@ def test_drift_correction_ignores_istio_status() -> None:
     desired = vs()
     owned = vs(validationMessages=[MSG], observedGeneration="1")
     owned["metadata"]["uid"], owned["metadata"]["resourceVersion"] = "u1", "7"
-    from accesspoint.render import key_of
     assert plan([desired], {key_of(owned): owned}).empty
+
+
+def _owned(obj: dict[str, Any], digest: str) -> dict[str, Any]:
+    """`obj` as the member holds it, rendered with content hash `digest`."""
+    meta = {**obj["metadata"], "annotations": {HASH_ANNOTATION: digest}, "uid": f"u-{digest}", "resourceVersion": "7"}
+    return {**obj, "metadata": meta}
+
+
+def test_a_renewed_certificate_alone_does_not_count_as_a_route_write() -> None:
+    """A certificate renewal rewrites only the credential Secret, which istiod sends over SDS: no CDS/LDS/RDS
+    nonce moves, so it must not start the settle wait (routeConfigured stays True; seen in e2e/test_mesh_traffic
+    as Ready flapping to RoutesNotConfigured for `settle` seconds after every renewal)."""
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": {"name": "shop-tls", "namespace": "istio-system"}, "data": {"tls.crt": "bmV3"}}
+    gateway = gw()
+    owned = {key_of(o): o for o in (_owned(gateway, "g1"), _owned(secret, "s1"))}
+    renewal = plan([_owned(gateway, "g1"), _owned(secret, "s2")], owned)
+    assert [o["kind"] for o in renewal.update] == ["Secret"] and not renewal.create and not renewal.delete
+    assert _planned_kinds(renewal) == [("", "Secret")]
+    assert not moves_routes(_planned_kinds(renewal))
+    gateway_edit = plan([_owned(gateway, "g2"), _owned(secret, "s2")], owned)
+    assert moves_routes(_planned_kinds(gateway_edit))
+    gateway_gone = plan([_owned(secret, "s1")], owned)
+    assert _planned_kinds(gateway_gone) == [("networking.istio.io", "Gateway")]
+    assert moves_routes(_planned_kinds(gateway_gone))
+    for kinds, moves in (([], False), ([("", "Secret")], False), ([("", "Service")], True),
+                         ([("", "Secret"), ("networking.istio.io", "VirtualService")], True),
+                         ([("gateway.networking.k8s.io", "HTTPRoute")], True)):
+        assert moves_routes(kinds) is moves, kinds
 
 
 def test_istiod_access_one_of() -> None:
