@@ -219,8 +219,6 @@ async def run_health(rounds: int) -> dict[str, Any]:
         await fleet.publish_backends(h.ECHO_NS, h.GOOD, service="good", clusters=["m1", "m2"])
         await fleet.publish_backends(h.ECHO_NS, h.BAD, service="bad", clusters=[h.BAD_BACKEND_CLUSTER])
         await fleet.set_echo_mode("fail", cluster=h.BAD_BACKEND_CLUSTER)
-        await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                "metadata": {"name": NS}}, field_manager="bench")
         everyone = list(clients)
         # kind -> (spec.rollout without healthChecks, with the HTTP probe)
         kinds: dict[str, tuple[dict[str, Any], bool]] = {
@@ -229,38 +227,42 @@ async def run_health(rounds: int) -> dict[str, Any]:
             "good": ({"waves": h.waves(after=[h.ANALYSIS])}, True),
         }
 
-        async def vip_of(client: KubeClient) -> str:
-            return await eventually(lambda: gateway_vip(client, NS, "gw"), 60, message="no VIP")
+        async def vip_of(client: KubeClient, ns: str) -> str:
+            return await eventually(lambda: gateway_vip(client, ns, "gw"), 60, message="no VIP")
 
         for r in range(rounds):
             for kind, (base, with_probe) in kinds.items():
-                name, host = f"{kind}-{r}", f"{kind}-{r}.example.com"
+                # A namespace per AccessPoint: their member objects share names (gw, app), and the previous
+                # AccessPoint's objects may still be being pruned when the next one is created.
+                ns, name, host = f"{NS}-{kind}-{r}", f"{kind}-{r}", f"{kind}-{r}.example.com"
+                await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                        "metadata": {"name": ns}}, field_manager="bench")
                 spec = {**base, **({"healthChecks": h.probe(host)} if with_probe else {})}
-                await h.create(hub, NS, name, host, spec)
-                await until_rollout(hub, NS, name, phase="Succeeded", reason="InitialRevision")
-                vips = {n: await vip_of(c) for n, c in clients.items()}
-                await until_vs_version(mem, everyone, name, "v1")
+                await h.create(hub, ns, name, host, spec)
+                await until_rollout(hub, ns, name, phase="Succeeded", reason="InitialRevision")
+                vips = {n: await vip_of(c, ns) for n, c in clients.items()}
+                await until_vs_version(mem, everyone, ns, name, "v1")
                 load = h.Load(vips, host, ca) if kind != "probe" else None
                 if load is not None:
                     load.start()
                 try:
                     dest = h.GOOD if kind == "good" else h.BAD
-                    await h.set_version(hub, NS, name, host, dest, "v2")
+                    await h.set_version(hub, ns, name, host, dest, "v2")
                     t0 = time.monotonic()
                     if kind == "probe":
-                        probe_s.append(await until_rollout(hub, NS, name, phase="Degraded", reason="HealthFailed")
+                        probe_s.append(await until_rollout(hub, ns, name, phase="Degraded", reason="HealthFailed")
                                        - t0)
                     elif kind == "analysis":
-                        analysis_s.append(await until_rollout(hub, NS, name, phase="Aborted",
+                        analysis_s.append(await until_rollout(hub, ns, name, phase="Aborted",
                                                               reason="AnalysisFailed") - t0)
                     else:
-                        opened = await until_rollout(hub, NS, name, reason="Analyzing")
-                        passed = await until_rollout(hub, NS, name, phase="Succeeded", reason="Completed")
+                        opened = await until_rollout(hub, ns, name, reason="Analyzing")
+                        passed = await until_rollout(hub, ns, name, phase="Succeeded", reason="Completed")
                         window_s.append(passed - opened)
                 finally:
                     if load is not None:
                         await load.stop()
-                await hub.delete(f"{AP.format(ns=NS)}/{name}")
+                await hub.delete(f"{AP.format(ns=ns)}/{name}")
             print(f"round {r + 1}/{rounds}: probe 503 -> Degraded {probe_s[-1]:.2f}s, analysis 503 -> Aborted "
                   f"{analysis_s[-1]:.2f}s, good revision in the analysis window {window_s[-1]:.2f}s", flush=True)
     finally:
@@ -280,12 +282,13 @@ async def run_health(rounds: int) -> dict[str, Any]:
     }
 
 
-async def until_vs_version(mem: Members, names: list[str], ap: str, version: str, timeout: float = 60.0) -> None:
+async def until_vs_version(mem: Members, names: list[str], ns: str, ap: str, version: str,
+                           timeout: float = 60.0) -> None:
     from e2e.test_rollout_health import VS as HEALTH_VS
 
     deadline = time.monotonic() + timeout
     while True:
-        got = [((await mem.clients[n].get(HEALTH_VS.format(ns=NS))) or {}).get("metadata", {}).get("labels", {})
+        got = [((await mem.clients[n].get(HEALTH_VS.format(ns=ns))) or {}).get("metadata", {}).get("labels", {})
                .get("version") for n in names]
         if all(v == version for v in got):
             return

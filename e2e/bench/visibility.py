@@ -3,9 +3,7 @@ meshfed's visibility control (`spec.traffic.visibility` -> exportTo) and without
 
 A hub and one member of the local fleet with Istio (real kube-apiservers, a real istiod, the gateway
 Envoy under pilot-agent in the member's network namespace, an echo backend) and the `meshfed controller`.
-Every AccessPoint is created on the hub and propagated by the controller (nothing per AccessPoint is
-written to the member directly); the bench checks on the member that the controller wrote the exportTo
-it expects. Each AccessPoint (in one of 50 team namespaces, `rollout: {waves: [{name: all}]}`) has:
+Each AccessPoint (in one of 50 team namespaces, `rollout: {waves: [{name: all}]}`) has:
 
   * a ServiceEntry (its backend host `ap-<i>.<team>.internal`, MESH_INTERNAL, STATIC, the echo backend
     as endpoint) and a VirtualService (its routes) bound to a gateway;
@@ -19,21 +17,29 @@ it expects. Each AccessPoint (in one of 50 team namespaces, `rollout: {waves: [{
     edge`, exportTo [".", "edge"]); mode `exported`: `visibility.consumerNamespaces: ["*"]` on every
     AccessPoint, exportTo ["*"] (Istio's default when nothing is set).
 
+How the AccessPoints reach the member: steps up to `--controller-upto` (default: the first size, 500) are
+created on the hub and written by the controller; the bench then checks that every object the controller
+wrote has exactly the spec of meshfed's own render (accesspoint.render + the visibility transform of
+federation.traffic) and the exportTo of the mode. Larger steps write that render on the member directly
+(name, namespace, spec: what Istio acts on; without meshfed's ownership labels), because the controller
+on this shared 2-core machine propagates a few AccessPoints a second, too slow for 2 x 4,500 more.
+
 Per N (cumulative: 500, 2,000, 5,000) and mode, once the gateway converged: the gateway Envoy's clusters
 (cluster_manager.active_clusters) and routes (virtual hosts of this bench's AccessPoints in its route
 configurations), its config size (bytes of /config_dump, which leaves EDS out) and the Envoy's RSS,
-istiod's RSS, and the time from the first hub create of the step until the gateway holds it all (controller
-+ istiod + Envoy together); then `--changes` single changes (a new served AccessPoint created on the hub),
-each timed until a request through the gateway reaches its host, with istiod's own figures for the push
-it caused (the delta of pilot_xds_push_time -- the sum over the xDS types pushed -- and the mean
-pilot_proxy_convergence_time from its /metrics); and a request's latency through the gateway (p50/p99
-of 300 requests on one keep-alive connection, to ap-0).
+istiod's RSS, the time from the step's first write until the member holds every object and until the
+gateway holds every cluster it should see; then `--changes` single changes (a new served AccessPoint's
+objects written on the member), each timed until a request through the gateway reaches its host, with
+istiod's own figures for the push it caused (the delta of pilot_xds_push_time -- the sum over the xDS
+types pushed -- and the mean pilot_proxy_convergence_time from its /metrics); and a request's latency
+through the gateway (p50/p99 of 300 requests on one keep-alive connection, to ap-0).
 
 A step that does not converge within `--step-timeout` seconds ends that mode (the table says which N it
 reached). Each mode runs on a fleet of its own, so RSS figures do not carry over.
 
 Usage: python -m e2e.bench.visibility [--sizes 500,2000,5000] [--modes visibility,exported]
-                                      [--served-every 10] [--concurrency 16] [--changes 3] [--dir DIR]
+                                      [--served-every 10] [--concurrency 16] [--changes 3]
+                                      [--controller-upto 500] [--step-timeout 900] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -55,10 +61,14 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from accesspoint.models import AccessPoint
+from accesspoint.render import RenderContext, render
+from accesspoint.visibility import VisibilityPolicy, apply_visibility
 from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, ensure_namespace
 from federation.fleet.istio import MemberIstio, http_get
 from federation.kube import ApiError, KubeClient
 from federation.testing import ACCESSPOINTS, ControllerProcess, gateway_vip, start_fleet
+from placement.models import ClusterFacts
 
 TEAMS = 50
 EDGE_NS = "edge"  # the other teams' gateway namespace (its proxies run elsewhere)
@@ -106,6 +116,58 @@ def accesspoint(name: str, ns: str, mode: str, served: bool, backend: tuple[str,
             "spec": spec}
 
 
+def rendered(ap_body: dict[str, Any], cluster: ClusterFacts) -> list[tuple[str, dict[str, Any]]]:
+    """(collection path, object) of what meshfed writes on `cluster` for an AccessPoint: its own renderer
+    (accesspoint.render) with the visibility transform federation.traffic applies (exportTo from
+    spec.traffic.visibility, gateway namespace istio-system). Only name, namespace and spec are kept:
+    meshfed's ownership labels would make these objects the controller's, and they change nothing Istio
+    does. The bench checks at the first size that the controller writes exactly these specs."""
+    ap = AccessPoint.model_validate(ap_body)
+    traffic = ap.spec.traffic
+    policy: VisibilityPolicy | None = traffic.visibility if traffic is not None else None
+
+    def transform(objects: list[dict[str, Any]], _: ClusterFacts) -> list[dict[str, Any]]:
+        return apply_visibility(objects, policy, ISTIO_NAMESPACE, default_namespace=ap.namespace)
+
+    result = render(ap, cluster, "meshfed-hub", RenderContext(transforms=(transform,)))
+    if result.errors:
+        raise AssertionError(f"render of {ap.namespace}/{ap.name}: {result.errors}")
+    out = []
+    for obj in result.objects:
+        ns, plural = obj["metadata"]["namespace"], PLURALS[obj["kind"]]
+        out.append((NET.format(ns=ns, plural=plural),
+                    {"apiVersion": obj["apiVersion"], "kind": obj["kind"],
+                     "metadata": {"name": obj["metadata"]["name"], "namespace": ns}, "spec": obj["spec"]}))
+    return out
+
+
+PLURALS = {"ServiceEntry": "serviceentries", "VirtualService": "virtualservices"}
+
+
+async def bulk_write(client: KubeClient, items: list[tuple[str, dict[str, Any]]], concurrency: int) -> float:
+    """Create `items` on the member (the direct path, past `--controller-upto`)."""
+    sem = asyncio.Semaphore(concurrency)
+    for ns in sorted({o["metadata"]["namespace"] for _, o in items}):
+        await ensure_namespace(client, ns)
+
+    async def one(path: str, obj: dict[str, Any]) -> None:
+        async with sem:
+            for attempt in range(5):
+                try:
+                    await client.create(path, obj, field_manager="bench")
+                    return
+                except ApiError as err:
+                    if err.status == 409:
+                        return
+                    if err.status not in (429, 500, 503, 504) or attempt == 4:
+                        raise
+                    await asyncio.sleep(0.5 * (attempt + 1))
+
+    start = time.monotonic()
+    await asyncio.gather(*(one(p, o) for p, o in items))
+    return time.monotonic() - start
+
+
 async def bulk_create(hub: KubeClient, items: list[dict[str, Any]], concurrency: int) -> float:
     sem = asyncio.Semaphore(concurrency)
 
@@ -151,16 +213,31 @@ async def setup_member(client: KubeClient) -> None:
                        field_manager="bench")
 
 
-async def check_rendered(client: KubeClient, mode: str, names: list[tuple[str, str, bool]]) -> list[str]:
-    """Problems with the exportTo the controller wrote on the member for (name, namespace, served)."""
+async def member_objects(client: KubeClient) -> int:
+    """This bench's ServiceEntries and VirtualServices on the member (what the controller wrote so far)."""
+    count = 0
+    for plural in ("serviceentries", "virtualservices"):
+        items, _ = await client.list(f"/apis/networking.istio.io/v1/{plural}", metadata_only=True)
+        count += sum(1 for o in items if str(o["metadata"]["name"]).startswith(("ap-", "chg-")))
+    return count
+
+
+async def check_rendered(client: KubeClient, mode: str, bodies: list[tuple[dict[str, Any], bool]],
+                         cluster: ClusterFacts) -> list[str]:
+    """Problems with what the controller wrote on the member for each (AccessPoint, served): its spec must
+    equal `rendered` (the direct path) and carry the exportTo of `mode`."""
     problems = []
-    for name, ns, served in names:
+    for body, served in bodies:
         want = expected_export(mode, served)
-        for plural in ("serviceentries", "virtualservices"):
-            obj = await client.get(f"{NET.format(ns=ns, plural=plural)}/{name}") or {}
-            got = (obj.get("spec") or {}).get("exportTo")
-            if got != want:
-                problems.append(f"{plural} {ns}/{name}: exportTo {got}, expected {want}")
+        for path, expected in rendered(body, cluster):
+            name = expected["metadata"]["name"]
+            obj = await client.get(f"{path}/{name}") or {}
+            spec = obj.get("spec")
+            where = f"{expected['kind']} {expected['metadata']['namespace']}/{name}"
+            if spec != expected["spec"]:
+                problems.append(f"{where}: spec {spec} differs from the direct render {expected['spec']}")
+            elif spec.get("exportTo") != want:
+                problems.append(f"{where}: exportTo {spec.get('exportTo')}, expected {want}")
     return problems
 
 
@@ -300,6 +377,7 @@ def pct(values: list[float], q: float) -> float:
 class Row:
     mode: str
     n: int
+    via: str  # how this step's AccessPoints reached the member: "controller" or "direct"
     served: int
     clusters: int
     routes: int
@@ -307,7 +385,8 @@ class Row:
     envoy_rss: int
     istiod_rss: int
     create_s: float
-    converge_s: float
+    propagate_s: float  # first hub create -> every object of the step on the member (the controller)
+    converge_s: float  # ... -> the gateway holds every cluster it should see (controller + istiod + Envoy)
     change_s: list[float] = field(default_factory=list)
     push_time_s: list[float] = field(default_factory=list)
     convergence_s: list[float] = field(default_factory=list)
@@ -327,18 +406,24 @@ class Row:
         return statistics.median(self.convergence_s) if self.convergence_s else float("nan")
 
 
-async def measure_change(hub: KubeClient, vip: str, monitoring: str, name: str, mode: str,
-                         backend: tuple[str, int], row: Row) -> None:
-    """A new served AccessPoint on the hub until a request through the gateway reaches it, and
-    istiod's figures for the push it caused."""
+async def measure_change(client: KubeClient, vip: str, monitoring: str, body: dict[str, Any],
+                         cluster: ClusterFacts, row: Row) -> None:
+    """A new served AccessPoint's objects written on the member until a request through the gateway
+    reaches its host, and istiod's figures for the push it caused (istiod + gateway only: the
+    controller's share of a change is measured by e2e/bench/propagation.py)."""
+    objects = rendered(body, cluster)
+    for ns in {o["metadata"]["namespace"] for _, o in objects}:
+        await ensure_namespace(client, ns)
     before = await istiod_push_metrics(monitoring)
-    await hub.create(ACCESSPOINTS.format(ns=team(0)), accesspoint(name, team(0), mode, True, backend),
-                     field_manager="bench")
-    host = f"{name}.{DOMAIN}"
+    start = time.monotonic()
+    for path, obj in objects:
+        await client.create(path, obj, field_manager="bench")
+    host = f"{body['metadata']['name']}.{DOMAIN}"
 
     async def reached() -> bool:
         return await one_request(vip, host) == 200
-    row.change_s.append(await until(reached, 300, 0.02))
+    await until(reached, 300, 0.02)
+    row.change_s.append(time.monotonic() - start)
     await asyncio.sleep(2.0)  # istiod records the push after the proxy ACKed it
     after = await istiod_push_metrics(monitoring)
     spent = after.get("pilot_xds_push_time_sum", 0.0) - before.get("pilot_xds_push_time_sum", 0.0)
@@ -355,15 +440,22 @@ def say(mode: str, msg: str) -> None:
 
 
 async def run_mode(mode: str, sizes: list[int], served_every: int, concurrency: int, root: Path,
-                   changes: int, step_timeout: float) -> tuple[list[Row], str]:
+                   changes: int, step_timeout: float, controller_upto: int) -> tuple[list[Row], str]:
     """Rows for the sizes this mode reached, and a note when a step did not complete."""
-    fleet: Fleet = await start_fleet(root / mode, members=1, regions=1, zones=1, istio=True, backends=1)
+    try:
+        fleet: Fleet = await start_fleet(root / mode, members=1, regions=1, zones=1, istio=True, backends=1)
+    except (TimeoutError, OSError) as err:
+        # Fleets pick free loopback ports; a concurrent fleet on the machine may take one in between
+        # ("address already in use" in l4.log). Once more, on fresh ports.
+        say(mode, f"fleet start failed ({err}); retrying once")
+        fleet = await start_fleet(root / f"{mode}-retry", members=1, regions=1, zones=1, istio=True, backends=1)
     rows: list[Row] = []
     note = ""
     ctl: ControllerProcess | None = None
     try:
         assert fleet.state is not None
         (member,) = fleet.state.members
+        cluster = ClusterFacts(name=member.name, region=member.region, zone=member.zone)
         istio: MemberIstio | None = member.istio
         assert istio is not None and istio.backends
         backend = (istio.backends[0].address, istio.backends[0].port)
@@ -385,46 +477,69 @@ async def run_mode(mode: str, sizes: list[int], served_every: int, concurrency: 
             ctl = ControllerProcess(fleet.state.hub.kubeconfig, root / f"{mode}-controller.log",
                                     extra=["--probe-interval", "5"])
             ctl.start()
+            for _ in range(600):
+                if ctl.ready():
+                    break
+                await asyncio.sleep(0.1)
             base = await active_clusters(admin)
             say(mode, f"fleet up; gateway has {base} clusters before the AccessPoints; VIP {vip}")
             done = 0
             extra = 0  # the AccessPoints added by the change measurements (served)
             for n in sizes:
-                items = [accesspoint(f"ap-{i}", team(i), mode, i % served_every == 0, backend)
-                         for i in range(done, n)]
+                bodies = [(accesspoint(f"ap-{i}", team(i), mode, i % served_every == 0, backend), i % served_every == 0)
+                          for i in range(done, n)]
                 served = sum(1 for i in range(n) if i % served_every == 0) + extra
                 visible = (n + extra) if mode == "exported" else served
                 want = base + visible
+                via = "controller" if n <= controller_upto else "direct"
                 step_start = time.monotonic()
-                create_s = await bulk_create(hub, items, concurrency)
-                say(mode, f"N={n}: {len(items)} AccessPoints created on the hub in {create_s:.1f}s; "
-                          f"waiting for {want} clusters on the gateway")
+                if via == "controller":
+                    create_s = await bulk_create(hub, [b for b, _ in bodies], concurrency)
+                    say(mode, f"N={n}: {len(bodies)} AccessPoints created on the hub in {create_s:.1f}s; waiting for "
+                              f"the controller to write them, then {want} clusters on the gateway")
+                else:
+                    items = [it for b, _ in bodies for it in rendered(b, cluster)]
+                    create_s = await bulk_write(client, items, concurrency)
+                    say(mode, f"N={n}: {len(items)} objects of {len(bodies)} AccessPoints (meshfed's render) written "
+                              f"on the member in {create_s:.1f}s; waiting for {want} clusters on the gateway")
+                propagated_at: list[float] = []
 
-                async def converged(want: int = want) -> bool:
+                async def converged(want: int = want, objects: int = 2 * (n + extra),
+                                    propagated_at: list[float] = propagated_at) -> bool:
+                    if not propagated_at:
+                        if await member_objects(client) < objects:
+                            return False
+                        propagated_at.append(time.monotonic())
                     return await active_clusters(admin) >= want
                 try:
                     await until(converged, max(1.0, step_timeout - (time.monotonic() - step_start)), 1.0)
                 except TimeoutError:
-                    note = (f"{mode}: N={n} did not converge within {step_timeout:.0f} s of the step's first create "
-                            f"(gateway {await active_clusters(admin)}/{want} clusters)")
+                    note = (f"{mode}: N={n} did not converge within {step_timeout:.0f} s of the step's first write "
+                            f"(member objects {await member_objects(client)}/{2 * (n + extra)}, "
+                            f"gateway {await active_clusters(admin)}/{want} clusters)")
                     say(mode, note)
                     break
                 converge_s = time.monotonic() - step_start
+                propagate_s = propagated_at[0] - step_start
                 config = await gateway_config(admin)
                 for _ in range(240):  # routes arrive with the RDS push that follows CDS/LDS
                     if config.routes >= served:
                         break
                     await asyncio.sleep(0.5)
                     config = await gateway_config(admin)
-                row = Row(mode, n, served, config.clusters, config.routes, config.dump_bytes,
-                          envoy_rss(istio.agent_pid), rss(istio.istiod_pid), create_s, converge_s)
-                sample = [(f"ap-{i}", team(i), i % served_every == 0)
-                          for i in sorted({done, done + 1, n - 1, n - 2})]
-                problems = await check_rendered(client, mode, sample)
-                if problems:
-                    raise AssertionError("the controller did not render the expected exportTo: " + "; ".join(problems))
+                row = Row(mode, n, via, served, config.clusters, config.routes, config.dump_bytes,
+                          envoy_rss(istio.agent_pid), rss(istio.istiod_pid), create_s, propagate_s, converge_s)
+                if via == "controller":
+                    problems = await check_rendered(client, mode, bodies, cluster)
+                    if problems:
+                        raise AssertionError(f"{len(problems)} objects written by the controller differ from the "
+                                             "direct render: " + "; ".join(problems[:5]))
+                    say(mode, f"N={n}: all {2 * len(bodies)} objects the controller wrote equal meshfed's render "
+                              f"(the direct path) and carry exportTo {expected_export(mode, True)} (served) / "
+                              f"{expected_export(mode, False)} (other gateway)")
                 for c in range(changes):
-                    await measure_change(hub, vip, monitoring, f"chg-{n}-{c}", mode, backend, row)
+                    body = accesspoint(f"chg-{n}-{c}", team(c), mode, True, backend)
+                    await measure_change(client, vip, monitoring, body, cluster, row)
                     extra += 1
                 lat = await latencies(vip, f"ap-0.{DOMAIN}", 300)
                 row.p50_ms, row.p99_ms = pct(lat, 50) * 1e3, pct(lat, 99) * 1e3
@@ -441,8 +556,9 @@ async def run_mode(mode: str, sizes: list[int], served_every: int, concurrency: 
     return rows, note
 
 
-HEADER = ("mode", "N", "served", "clusters", "routes", "config_dump", "Envoy RSS", "istiod RSS",
-          "hub create -> gateway has all", "change -> served", "istiod push", "convergence", "p50", "p99")
+HEADER = ("mode", "N", "step via", "served", "clusters", "routes", "config_dump", "Envoy RSS", "istiod RSS",
+          "write -> on member", "-> gateway has all", "change -> served", "istiod push", "convergence",
+          "p50", "p99")
 
 
 def ratio(value: float, base: float | None) -> str:
@@ -456,12 +572,13 @@ def format_row(r: Row, base: Row | None) -> list[str]:
     def cell(text: str, value: float, attr: Callable[[Row], float]) -> str:
         return text + (ratio(value, attr(base)) if base is not None and base is not r else "")
     return [
-        r.mode, f"{r.n:,}", f"{r.served:,}",
+        r.mode, f"{r.n:,}", r.via, f"{r.served:,}",
         cell(f"{r.clusters:,}", r.clusters, lambda b: b.clusters),
         cell(f"{r.routes:,}", r.routes, lambda b: b.routes),
         cell(f"{r.dump_bytes / 1e6:.1f} MB", r.dump_bytes, lambda b: b.dump_bytes),
         cell(f"{r.envoy_rss / 2**20:.0f} MiB", r.envoy_rss, lambda b: b.envoy_rss),
         cell(f"{r.istiod_rss / 2**20:.0f} MiB", r.istiod_rss, lambda b: b.istiod_rss),
+        cell(f"{r.propagate_s:.0f} s", r.propagate_s, lambda b: b.propagate_s),
         cell(f"{r.converge_s:.0f} s", r.converge_s, lambda b: b.converge_s),
         cell(f"{r.change_median * 1e3:.0f} ms", r.change_median, lambda b: b.change_median),
         cell(f"{r.push_median * 1e3:.0f} ms", r.push_median, lambda b: b.push_median),
@@ -490,6 +607,9 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changes", type=int, default=3, help="single changes timed per size")
     parser.add_argument("--step-timeout", type=float, default=900.0,
                         help="seconds a size step may take before the mode stops there")
+    parser.add_argument("--controller-upto", type=int, default=500,
+                        help="sizes up to this go through the hub and the controller (checked against the direct "
+                             "render); larger steps write meshfed's render on the member directly")
     parser.add_argument("--dir", default=None)
     args = parser.parse_args(argv)
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -499,7 +619,7 @@ async def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     for mode in args.modes.split(","):
         mode_rows, note = await run_mode(mode, sizes, args.served_every, args.concurrency, root, args.changes,
-                                         args.step_timeout)
+                                         args.step_timeout, args.controller_upto)
         rows += mode_rows
         if note:
             notes.append(note)
