@@ -17,14 +17,17 @@ Targets: approval p95 <= 2 s, abort p95 <= 5 s. The approver is the fleet's admi
 `approve` check passes for system:masters); the plugin's own process start is not counted.
 
 --health starts the Istio fleet of e2e/test_rollout_health.py (3 members, istiod + a gateway Envoy
-each, echo backends; m3's backend answers 503 for the `bad` host) and, per round, three AccessPoints
-(canary m1, then the rest):
-- probe (healthChecks.http every 1 s, failureThreshold 2, onFailure Pause): the time from the API
-  server accepting a revision that routes to the 503 backend to status.rollout Degraded/HealthFailed;
-- analysis (Analysis gate, window 8 s, minRequests 20, max5xxRatio 0.05, onFailure Abort; a load of
-  request loops through every member's VIP): the same revision to status.rollout Aborted/AnalysisFailed;
+each, echo backends; m3's backend answers 503 for the `bad` host) and, per round, five AccessPoints
+(each in a namespace of its own; canary m1, then the rest), each settled on v1 and then given a v2:
+- probe-pause / probe-abort (healthChecks.http every 1 s, failureThreshold 2, onFailure Pause / Abort):
+  the time from the API server accepting a revision that routes to the 503 backend to status.rollout
+  Degraded/HealthFailed / Aborted/HealthFailed (with Abort also until m1's VirtualService is back on v1);
+- analysis-pause / analysis-abort (Analysis gate, window 8 s, minRequests 20, max5xxRatio 0.05; a load of
+  request loops through every member's VIP): the same revision to Paused/AnalysisFailed /
+  Aborted/AnalysisFailed;
 - good (probe + the same gate, under the same load): the time status.rollout spends in
   Progressing/Analyzing for a good revision (the window is 8 s of figures; the rest is reading cadence).
+For every bad revision the bench also checks that m2 and m3 still carry v1 (nothing reached the next wave).
 Status is read every 50 ms.
 """
 
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import tempfile
@@ -204,9 +208,9 @@ async def run_health(rounds: int) -> dict[str, Any]:
     hub = await fleet.state.hub.client()
     clients = {m.name: await m.client(attempts=1) for m in fleet.state.members}
     mem = Members(clients)
-    probe_s: list[float] = []
-    analysis_s: list[float] = []
-    window_s: list[float] = []
+    # case -> seconds per round: bad revision -> stopped (or, for `good`, the time in the analysis window)
+    times: dict[str, list[float]] = {c.name: [] for c in HEALTH_CASES}
+    back_s: dict[str, list[float]] = {c.name: [] for c in HEALTH_CASES if c.on_failure == "Abort"}
     try:
         ca = pki.make_ca("bench-ca")
         leaf = pki.issue_leaf(ca, "*.example.com", dns=("*.example.com",))
@@ -219,73 +223,98 @@ async def run_health(rounds: int) -> dict[str, Any]:
         await fleet.publish_backends(h.ECHO_NS, h.GOOD, service="good", clusters=["m1", "m2"])
         await fleet.publish_backends(h.ECHO_NS, h.BAD, service="bad", clusters=[h.BAD_BACKEND_CLUSTER])
         await fleet.set_echo_mode("fail", cluster=h.BAD_BACKEND_CLUSTER)
-        await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
-                                                "metadata": {"name": NS}}, field_manager="bench")
         everyone = list(clients)
-        # kind -> (spec.rollout without healthChecks, with the HTTP probe)
-        kinds: dict[str, tuple[dict[str, Any], bool]] = {
-            "probe": ({"waves": h.waves(), "onFailure": "Pause"}, True),
-            "analysis": ({"waves": h.waves(after=[h.ANALYSIS]), "onFailure": "Abort"}, False),
-            "good": ({"waves": h.waves(after=[h.ANALYSIS])}, True),
-        }
 
-        async def vip_of(client: KubeClient) -> str:
-            return await eventually(lambda: gateway_vip(client, NS, "gw"), 60, message="no VIP")
+        async def vip_of(client: KubeClient, ns: str) -> str:
+            return await eventually(lambda: gateway_vip(client, ns, "gw"), 60, message="no VIP")
 
         for r in range(rounds):
-            for kind, (base, with_probe) in kinds.items():
-                name, host = f"{kind}-{r}", f"{kind}-{r}.example.com"
-                spec = {**base, **({"healthChecks": h.probe(host)} if with_probe else {})}
-                await h.create(hub, NS, name, host, spec)
-                await until_rollout(hub, NS, name, phase="Succeeded", reason="InitialRevision")
-                vips = {n: await vip_of(c) for n, c in clients.items()}
-                await until_vs_version(mem, everyone, name, "v1")
-                load = h.Load(vips, host, ca) if kind != "probe" else None
+            for case in HEALTH_CASES:
+                # A namespace per AccessPoint: their member objects share names (gw, app), and the previous
+                # AccessPoint's objects may still be being pruned when the next one is created.
+                ns, name, host = f"{NS}-{case.name}-{r}", f"{case.name}-{r}", f"{case.name}-{r}.example.com"
+                await hub.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                        "metadata": {"name": ns}}, field_manager="bench")
+                spec: dict[str, Any] = {"waves": h.waves(after=[h.ANALYSIS] if case.analysis else None)}
+                if case.on_failure:
+                    spec["onFailure"] = case.on_failure
+                if case.probe:
+                    spec["healthChecks"] = h.probe(host)
+                await h.create(hub, ns, name, host, spec)
+                await until_rollout(hub, ns, name, phase="Succeeded", reason="InitialRevision")
+                vips = {n: await vip_of(c, ns) for n, c in clients.items()}
+                await until_vs_version(mem, everyone, ns, name, "v1")
+                load = h.Load(vips, host, ca) if case.analysis else None
                 if load is not None:
                     load.start()
                 try:
-                    dest = h.GOOD if kind == "good" else h.BAD
-                    await h.set_version(hub, NS, name, host, dest, "v2")
+                    await h.set_version(hub, ns, name, host, h.BAD if case.stopped else h.GOOD, "v2")
                     t0 = time.monotonic()
-                    if kind == "probe":
-                        probe_s.append(await until_rollout(hub, NS, name, phase="Degraded", reason="HealthFailed")
-                                       - t0)
-                    elif kind == "analysis":
-                        analysis_s.append(await until_rollout(hub, NS, name, phase="Aborted",
-                                                              reason="AnalysisFailed") - t0)
+                    if case.stopped:
+                        phase, reason = case.stopped
+                        stopped = await until_rollout(hub, ns, name, phase=phase, reason=reason)
+                        times[case.name].append(stopped - t0)
+                        if case.on_failure == "Abort":  # the canary back on the stable revision
+                            await until_vs_version(mem, [h.CANARY], ns, name, "v1")
+                            back_s[case.name].append(time.monotonic() - t0)
+                        # nothing reached the next wave
+                        await until_vs_version(mem, h.OTHERS, ns, name, "v1", timeout=1)
                     else:
-                        opened = await until_rollout(hub, NS, name, reason="Analyzing")
-                        passed = await until_rollout(hub, NS, name, phase="Succeeded", reason="Completed")
-                        window_s.append(passed - opened)
+                        opened = await until_rollout(hub, ns, name, reason="Analyzing")
+                        passed = await until_rollout(hub, ns, name, phase="Succeeded", reason="Completed")
+                        times[case.name].append(passed - opened)
                 finally:
                     if load is not None:
                         await load.stop()
-                await hub.delete(f"{AP.format(ns=NS)}/{name}")
-            print(f"round {r + 1}/{rounds}: probe 503 -> Degraded {probe_s[-1]:.2f}s, analysis 503 -> Aborted "
-                  f"{analysis_s[-1]:.2f}s, good revision in the analysis window {window_s[-1]:.2f}s", flush=True)
+                await hub.delete(f"{AP.format(ns=ns)}/{name}")
+            print(f"round {r + 1}/{rounds}: " + ", ".join(f"{c.name} {times[c.name][-1]:.2f}s" for c in HEALTH_CASES)
+                  + "".join(f", {k} canary back on v1 {v[-1]:.2f}s" for k, v in back_s.items()), flush=True)
     finally:
         for c in clients.values():
             await c.close()
         await hub.close()
         ctl.stop()
         fleet.down()
-    return {
-        "rounds": rounds,
-        "bad_revision_probe_to_degraded_p50_s": round(pct(probe_s, 50), 3),
-        "bad_revision_probe_to_degraded_p95_s": round(pct(probe_s, 95), 3),
-        "bad_revision_analysis_to_aborted_p50_s": round(pct(analysis_s, 50), 3),
-        "bad_revision_analysis_to_aborted_p95_s": round(pct(analysis_s, 95), 3),
-        "good_revision_in_analysis_window_p50_s": round(pct(window_s, 50), 3),
-        "good_revision_in_analysis_window_p95_s": round(pct(window_s, 95), 3),
-    }
+    out: dict[str, Any] = {"rounds": rounds}
+    for case in HEALTH_CASES:
+        out[case.name] = {"what": case.what, "p50_s": round(pct(times[case.name], 50), 3),
+                          "p95_s": round(pct(times[case.name], 95), 3), "samples": times[case.name]}
+        if case.name in back_s:
+            out[case.name]["canary_back_on_stable_p95_s"] = round(pct(back_s[case.name], 95), 3)
+    return out
 
 
-async def until_vs_version(mem: Members, names: list[str], ap: str, version: str, timeout: float = 60.0) -> None:
+@dataclasses.dataclass(frozen=True)
+class HealthCase:
+    name: str
+    what: str
+    probe: bool  # healthChecks.http (every 1 s, failureThreshold 2)
+    analysis: bool  # an Analysis gate after the canary (window 8 s, minRequests 20), under load
+    on_failure: str | None  # spec.rollout.onFailure
+    stopped: tuple[str, str] | None  # (phase, reason) a bad revision must reach; None: a good revision
+
+
+HEALTH_CASES = (
+    HealthCase("probe-pause", "bad revision -> Degraded/HealthFailed (probe, onFailure Pause)",
+               True, False, "Pause", ("Degraded", "HealthFailed")),
+    HealthCase("probe-abort", "bad revision -> Aborted/HealthFailed (probe, onFailure Abort)",
+               True, False, "Abort", ("Aborted", "HealthFailed")),
+    HealthCase("analysis-pause", "bad revision -> Paused/AnalysisFailed (Analysis gate under load, onFailure Pause)",
+               False, True, "Pause", ("Paused", "AnalysisFailed")),
+    HealthCase("analysis-abort", "bad revision -> Aborted/AnalysisFailed (Analysis gate under load, onFailure Abort)",
+               False, True, "Abort", ("Aborted", "AnalysisFailed")),
+    HealthCase("good", "good revision: Progressing/Analyzing -> Succeeded/Completed (probe + Analysis gate, "
+               "window 8 s)", True, True, None, None),
+)
+
+
+async def until_vs_version(mem: Members, names: list[str], ns: str, ap: str, version: str,
+                           timeout: float = 60.0) -> None:
     from e2e.test_rollout_health import VS as HEALTH_VS
 
     deadline = time.monotonic() + timeout
     while True:
-        got = [((await mem.clients[n].get(HEALTH_VS.format(ns=NS))) or {}).get("metadata", {}).get("labels", {})
+        got = [((await mem.clients[n].get(HEALTH_VS.format(ns=ns))) or {}).get("metadata", {}).get("labels", {})
                .get("version") for n in names]
         if all(v == version for v in got):
             return
@@ -306,16 +335,12 @@ def main() -> None:
         if args.json:
             print(json.dumps(health, indent=2))
             return
-        print(f"\nrollout health benchmark: Istio fleet of 3 members, {health['rounds']} rounds")
-        print(f"  bad revision -> Degraded/HealthFailed (probe 1 s, failureThreshold 2):  "
-              f"p50 {health['bad_revision_probe_to_degraded_p50_s']:.3f}s  "
-              f"p95 {health['bad_revision_probe_to_degraded_p95_s']:.3f}s")
-        print(f"  bad revision -> Aborted/AnalysisFailed (under load):                  "
-              f"p50 {health['bad_revision_analysis_to_aborted_p50_s']:.3f}s  "
-              f"p95 {health['bad_revision_analysis_to_aborted_p95_s']:.3f}s")
-        print(f"  good revision in the analysis window (window 8 s):                    "
-              f"p50 {health['good_revision_in_analysis_window_p50_s']:.3f}s  "
-              f"p95 {health['good_revision_in_analysis_window_p95_s']:.3f}s")
+        print(f"\nrollout health benchmark: Istio fleet of 3 members (canary m1), {health['rounds']} rounds")
+        for case in HEALTH_CASES:
+            f = health[case.name]
+            back = (f"; canary back on stable p95 {f['canary_back_on_stable_p95_s']:.2f}s"
+                    if "canary_back_on_stable_p95_s" in f else "")
+            print(f"  {case.what}: p50 {f['p50_s']:.2f}s  p95 {f['p95_s']:.2f}s{back}")
         return
     figures = asyncio.run(run(args.members, args.rounds))
     if args.json:
