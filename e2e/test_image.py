@@ -34,7 +34,7 @@ import pytest
 import yaml
 from container import Container, unpack  # e2e/ is on sys.path for its test modules (no __init__.py)
 
-from federation.fleet import REPO, Fleet, free_port
+from federation.fleet import HUB_NAMESPACE, REPO, Fleet, free_port
 from federation.kube import KubeClient
 from federation.testing import (
     DEPLOY,
@@ -89,6 +89,20 @@ def service_account_files(directory: Path, token: str, ca: Path, namespace: str)
     return directory
 
 
+POD_NAME = "meshfed-controller-7d9f8c6b5-x2x4q"  # what the kubelet would name a pod of the Deployment
+
+
+def env_value(entry: dict[str, Any]) -> str:
+    """An env entry of the Deployment's container as the kubelet would set it: `value`, or the downward
+    API fields the Deployment uses (metadata.name / metadata.namespace of the pod)."""
+    if "value" in entry:
+        return str(entry["value"])
+    field_path = ((entry.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+    pod_fields = {"metadata.name": POD_NAME, "metadata.namespace": HUB_NAMESPACE}
+    assert field_path in pod_fields, f"env {entry['name']}: this test does not emulate {entry.get('valueFrom')}"
+    return pod_fields[field_path]
+
+
 def container_for(bundle: tuple[Path, dict[str, Any]], spec: dict[str, Any], command: list[str],
                   extra_env: dict[str, str], sa_files: Path, log: Path) -> Container:
     """A Container of the image for the Deployment's pod `spec` running `command` (a copy of the bundle's
@@ -97,7 +111,7 @@ def container_for(bundle: tuple[Path, dict[str, Any]], spec: dict[str, Any], com
     pod = spec["template"]["spec"]
     (ctr,) = pod["containers"]
     image_env = dict(e.split("=", 1) for e in config["process"]["env"])
-    env = {**image_env, **{e["name"]: e["value"] for e in ctr.get("env", [])}, **extra_env}
+    env = {**image_env, **{e["name"]: env_value(e) for e in ctr.get("env", [])}, **extra_env}
     sec = pod.get("securityContext", {})
     user = (int(sec.get("runAsUser", config["process"]["user"]["uid"])),
             int(sec.get("runAsGroup", config["process"]["user"]["gid"])))
