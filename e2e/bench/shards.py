@@ -290,6 +290,9 @@ async def main(args: argparse.Namespace) -> None:
     try:
         print(f"takeover: {args.kills} kills of one of 3 replicas (Leases {' '.join(FAST_LEASES)}) ...", flush=True)
         kills = await takeovers(fleet, hub, args.kills)
+        if args.takeover_only:
+            print(f"takeover p50 {statistics.median(kills):.2f} s, p95 {pct(kills, 95):.2f} s, max {max(kills):.2f} s")
+            return
         runs = {}
         for r in (1, 2, 3):
             print(f"bulk: {args.aps} AccessPoints x {OBJECTS_PER_AP} objects x {args.members} members with {r} "
@@ -311,6 +314,7 @@ if __name__ == "__main__":
     parser.add_argument("--aps", type=int, default=500)
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--resync", type=float, default=20.0)
+    parser.add_argument("--takeover-only", action="store_true", help="only the kills (no bulk runs)")
     parser.add_argument("--capture", type=Path, default=None,
                         help="write kubectl get leases / kubectl meshfed shards / /metrics of the 3-replica run here")
     asyncio.run(main(parser.parse_args()))
