@@ -26,6 +26,7 @@ from typing import Any
 from cryptography import x509
 
 from certs.ca import InternalCA, generate_ca
+from federation.fleet.apiserver import free_port as fleet_free_port
 
 
 class MissingComponent(RuntimeError):
@@ -33,9 +34,8 @@ class MissingComponent(RuntimeError):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free loopback port (the fleet's port chooser, shared by concurrent fleets)."""
+    return fleet_free_port()
 
 
 def _apt_busy() -> bool:

@@ -25,7 +25,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -41,6 +40,8 @@ import dns.message
 import dns.query
 import dns.rcode
 import dns.rdatatype
+
+from federation.fleet.apiserver import free_port as fleet_free_port
 
 SBIN_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin")
 PDNS_SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")
@@ -89,18 +90,8 @@ def find_binary(name: str, package: str, wait_seconds: float = 300.0) -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both TCP and UDP on `host`."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free loopback port")
+    """A port free for both TCP and UDP on `host` (the fleet's port chooser, shared by concurrent fleets)."""
+    return fleet_free_port(host, udp=True)
 
 
 def _soa_answers(host: str, port: int, zone: str, timeout: float = 1.0) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -45,10 +46,45 @@ def shared_dir() -> Path:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports for the fleet's servers come from below Linux's ephemeral range (32768-60999 by default), so an
+# outgoing connection never takes one between our choosing it and a server binding it; a marker file per
+# port (created exclusively) keeps concurrent fleets (tests, helpers, the demo) from choosing the same.
+PORT_RANGE = (20000, 32700)
+PORT_MARKERS = Path(os.environ.get("TMPDIR", "/tmp")) / "meshfed-ports"
+PORT_MARKER_TTL = 120.0  # seconds: by then the server that asked has bound it (a bind test protects it after)
+
+
+def _bindable(host: str, port: int, kind: socket.SocketKind) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", *, udp: bool = False) -> int:
+    """A TCP port on `host` (with `udp`, free for UDP too: DNS servers) no other fleet process chose in
+    the last PORT_MARKER_TTL seconds and that is free now. (Asking the kernel for port 0 returned
+    ephemeral ports that concurrent fleets' client connections took before the server bound them:
+    "address already in use".)"""
+    PORT_MARKERS.mkdir(parents=True, exist_ok=True)
+    for _ in range(500):
+        port = random.randrange(*PORT_RANGE)
+        marker = PORT_MARKERS / str(port)
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            try:
+                if time.time() - marker.stat().st_mtime > PORT_MARKER_TTL:
+                    marker.unlink()  # stale: whoever chose it has bound it or given up; the bind test decides
+            except FileNotFoundError:
+                pass
+            continue
+        if _bindable(host, port, socket.SOCK_STREAM) and (not udp or _bindable(host, port, socket.SOCK_DGRAM)):
+            return port
+        # in use (a server of ours, or anything else): keep the marker, try another
+    raise RuntimeError(f"no free port in {PORT_RANGE} after 500 tries (markers in {PORT_MARKERS})")
 
 
 def kubeconfig_dict(name: str, port: int, ca: bytes, client: pki.KeyPair) -> dict[str, Any]:

@@ -267,7 +267,8 @@ async def test_istio_and_gateway_api_gateways_of_one_name(rig: Rig) -> None:
     ns = await rig.namespace()
     istio_gw = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "web"},
                 "spec": {"selector": {"istio": "ingressgateway"},
-                         "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}
+                         "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"},
+                                      "hosts": ["web.example"]}]}}
     api_gw = samples.k8s_gateway("web")
     await create_ap(rig, ns, accesspoint("gws", [istio_gw, api_gw], ["full"], overrides=[
         {"clusters": ["full"], "target": {"kind": "Gateway", "name": "web", "group": "gateway.networking.k8s.io"},
