@@ -310,6 +310,12 @@ class Shards(Validity):
     def valid(self, key: str) -> bool:
         return key in self._s.held and time.monotonic() < self._s.valid_until.get(key, 0.0)
 
+    def holding(self, key: str) -> bool:
+        """Lease `key` is this replica's, valid or not: not valid only while a renewal is late (a
+        round still in flight or an event loop starved on a loaded machine), until the round that
+        renews it or drops it as lost."""
+        return key in self._s.held
+
     def shard_key(self, namespace: str, name: str) -> str:
         return shard_lease(shard_of(namespace, name, self.count))
 
