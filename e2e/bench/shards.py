@@ -243,9 +243,10 @@ def report(args: argparse.Namespace, kills: list[float], runs: dict[int, dict[st
     print(f"fleet: hub + {args.members} members (real kube-apiservers on one 2-core machine, shared); 32 shards; "
           f"{args.aps} AccessPoints x {OBJECTS_PER_AP} objects x {args.members} members = {objects} member objects "
           "per run")
-    print(f"takeover after kill -9 of a replica of 3 (Leases: duration {FAST_LEASES[1]} s, renew deadline "
-          f"{FAST_LEASES[3]} s, retry {FAST_LEASES[5]} s), {len(kills)} kills: p50 {statistics.median(kills):.2f} s, "
-          f"p95 {pct(kills, 95):.2f} s, max {max(kills):.2f} s (all: {', '.join(f'{k:.2f}' for k in kills)})")
+    if kills:
+        print(f"takeover after kill -9 of a replica of 3 (Leases: duration {FAST_LEASES[1]} s, renew deadline "
+              f"{FAST_LEASES[3]} s, retry {FAST_LEASES[5]} s), {len(kills)} kills: p50 {statistics.median(kills):.2f}"
+              f" s, p95 {pct(kills, 95):.2f} s, max {max(kills):.2f} s (all: {', '.join(f'{k:.2f}' for k in kills)})")
     base = runs[1]
     base_total = sum(base["cpu"])
     base_rss = base["rss"][0][0]
@@ -289,7 +290,7 @@ async def main(args: argparse.Namespace) -> None:
     members = {m.name: await m.client() for m in fleet.state.members}
     try:
         print(f"takeover: {args.kills} kills of one of 3 replicas (Leases {' '.join(FAST_LEASES)}) ...", flush=True)
-        kills = await takeovers(fleet, hub, args.kills)
+        kills = await takeovers(fleet, hub, args.kills) if args.kills else []
         if args.takeover_only:
             print(f"takeover p50 {statistics.median(kills):.2f} s, p95 {pct(kills, 95):.2f} s, max {max(kills):.2f} s")
             return
