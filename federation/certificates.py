@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import re
 import time
@@ -489,6 +490,7 @@ class Certificates:
             lease = self.lease_of(key)
             if not self.ctl.holds(lease):
                 self.queue.done(key)
+                self.ctl.retry_when_renewed(lease, functools.partial(self.enqueue, key))
                 continue
             kind = "issuer" if key.startswith(ISSUER_KEY) else "certificate"
             started = time.monotonic()
@@ -501,6 +503,7 @@ class Certificates:
                 self._retries.pop(key, None)
             except shards.Fenced as err:
                 log.info("certificate %s: stopped: %s", key, err)
+                self.ctl.retry_when_renewed(lease, functools.partial(self.enqueue, key))
             except Exception as exc:
                 metrics.reconcile_errors.labels(kind=kind).inc()
                 log.warning("certificate %s: reconcile failed: %s: %s", key, type(exc).__name__, exc)

@@ -15,6 +15,7 @@ controller holds everything, as a single process always did.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
@@ -155,6 +156,16 @@ class Controller:
 
     def holds(self, lease: str | None) -> bool:
         return lease is None or self.shards is None or self.shards.valid(lease)
+
+    def retry_when_renewed(self, lease: str | None, requeue: Callable[[], None]) -> bool:
+        """Work stopped by fencing while this replica still holds its Lease (the renewal is late, not
+        lost) runs again after a retry period: nothing else would enqueue it, since the shard is not
+        acquired again. Work for a Lease that is gone is dropped: taking the shard again enqueues
+        everything in it. True when the work was put back."""
+        if lease is None or self.shards is None or not self.shards.holding(lease):
+            return False
+        asyncio.get_running_loop().call_later(self.shards.timing.retry_period, requeue)
+        return True
 
     def in_shards(self, key: str, held: frozenset[int]) -> bool:
         """AccessPoint key "namespace/name" is in one of the shards `held`."""
@@ -329,7 +340,10 @@ class Controller:
             key = await self._next_key()
             lease = self.lease_of(key)
             if not self.holds(lease):
-                continue  # another replica's work (it is enqueued again when this one takes the shard)
+                # Another replica's work (enqueued again when this one takes the shard), or this
+                # one's with its renewal late (tried again after a retry period).
+                self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
+                continue
             self._active.add(key)
             kind = "accesspoint" if key.startswith("ap/") else "membercluster"
             started = time.monotonic()
@@ -341,6 +355,7 @@ class Controller:
                         await self.write_member_status(key[3:])
             except shards.Fenced as err:
                 log.info("reconcile %s stopped: %s", key, err)
+                self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
             except Exception:
                 metrics.reconcile_errors.labels(kind=kind).inc()
                 log.exception("reconcile %s failed", key)

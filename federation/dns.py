@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -214,6 +215,7 @@ class DNSFeature:
             lease = self.lease_of(key)
             if not self.controller.holds(lease):
                 self.queue.done(key)
+                self.controller.retry_when_renewed(lease, functools.partial(self.enqueue, key))
                 continue
             kind = "nameservice" if key.startswith("ns/") else "dnsprovider"
             started = time.monotonic()
@@ -225,6 +227,7 @@ class DNSFeature:
                         await self.reconcile_provider(key[5:])
             except shards.Fenced as err:
                 log.info("DNS reconcile %s stopped: %s", key, err)
+                self.controller.retry_when_renewed(lease, functools.partial(self.enqueue, key))
             except Exception:
                 log.exception("DNS reconcile %s failed", key)
                 metrics.reconcile_errors.labels(kind=kind).inc()

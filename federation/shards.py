@@ -13,9 +13,11 @@ Owns:
 - **The placement of shards over replicas** (pure, `plan_shards`): given the live replicas and the
   current holders, which shards this replica takes and releases. Targets are exact: the replicas in
   name order get ceil(N/R) for the first N mod R of them, floor(N/R) for the rest; a replica releases
-  what it holds beyond its target and takes free shards up to it (in its own rendezvous-hash order,
-  so replicas starting together rarely race for the same shard). Taking is a compare-and-swap on the
-  Lease (create, or update at the resourceVersion seen), so no shard is ever held twice.
+  what it holds beyond its target and takes free shards up to it. The free shards are dealt out
+  over all the replicas short of their targets in rendezvous-hash order, the same way by every
+  replica with the same view, so survivors taking over a dead replica's shards do not race for them.
+  Taking is a compare-and-swap on the Lease (create, or update at the resourceVersion seen), so no
+  shard is ever held twice.
 - **The Lease machinery** (`Shards`): one Lease per replica (identity + liveness, so fair shares can
   be computed), one per shard, one per singleton, all in the Lease namespace (default
   meshfed-system) labelled `meshfed.io/lease-of=<hub id>`. Every `retry_period` one LIST reads them
@@ -127,20 +129,35 @@ class Moves:
 
 def plan_shards(me: str, live: Iterable[str], holders: Mapping[int, str], shards: int) -> Moves:
     """Which shards `me` takes and releases, given the live replicas and the live holder of each shard
-    (absent: free or expired). Pure and deterministic; `me` is always counted as live."""
+    (absent: free or expired). Pure and deterministic; `me` is always counted as live.
+
+    The free shards are dealt out over every live replica short of its target, the same way by every
+    replica that sees the same holders (each shard to the replica ranking it first, in rendezvous-hash
+    order, among those still short), and `me` takes only its own part: replicas taking over a dead
+    replica's shards in the same round do not race for the same Leases (a lost compare-and-swap would
+    cost a retry period per collision)."""
     alive = set(live) | {me}
-    target = targets(sorted(alive), shards)[me]
+    target = targets(sorted(alive), shards)
     mine = sorted(s for s, h in holders.items() if h == me and 0 <= s < shards)
-    if len(mine) > target:
+    if len(mine) > target[me]:
         # Release the ones this replica ranks last (what it would take last), keep the rest.
-        keep = sorted(mine, key=lambda s: _rank(me, s))[:target]
+        keep = sorted(mine, key=lambda s: _rank(me, s))[:target[me]]
         return Moves(release=tuple(sorted(set(mine) - set(keep))))
-    free = [s for s in range(shards) if holders.get(s) not in alive or s not in holders]
-    free = [s for s in free if holders.get(s) != me]
-    want = target - len(mine)
-    if want <= 0 or not free:
+    free = [s for s in range(shards) if holders.get(s) not in alive]
+    held = {r: sum(1 for s, h in holders.items() if h == r and 0 <= s < shards) for r in alive}
+    short = {r: target[r] - held[r] for r in alive if held[r] < target[r]}
+    if not free or me not in short:
         return Moves()
-    return Moves(acquire=tuple(sorted(free, key=lambda s: _rank(me, s))[:want]))
+    dealt: list[int] = []
+    taken: set[int] = set()
+    for _, replica, shard in sorted((_rank(r, s), r, s) for r in short for s in free):
+        if shard in taken or short[replica] == 0:
+            continue
+        taken.add(shard)
+        short[replica] -= 1
+        if replica == me:
+            dealt.append(shard)
+    return Moves(acquire=tuple(sorted(dealt, key=lambda s: _rank(me, s))))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,6 +309,12 @@ class Shards(Validity):
 
     def valid(self, key: str) -> bool:
         return key in self._s.held and time.monotonic() < self._s.valid_until.get(key, 0.0)
+
+    def holding(self, key: str) -> bool:
+        """Lease `key` is this replica's, valid or not: not valid only while a renewal is late (a
+        round still in flight or an event loop starved on a loaded machine), until the round that
+        renews it or drops it as lost."""
+        return key in self._s.held
 
     def shard_key(self, namespace: str, name: str) -> str:
         return shard_lease(shard_of(namespace, name, self.count))

@@ -93,6 +93,30 @@ def test_newcomer_gets_released_shards() -> None:
     assert len(rc.acquire) == 10 and not set(rc.acquire) & set(holders)
 
 
+@settings(max_examples=200, deadline=None)
+@given(shards=st.integers(min_value=1, max_value=64), replicas=st.integers(min_value=2, max_value=7),
+       seed=st.integers(min_value=0, max_value=10_000))
+def test_survivors_take_a_dead_replicas_shards_in_one_round_without_racing(shards: int, replicas: int,
+                                                                          seed: int) -> None:
+    """Same view, disjoint takes: after a kill every survivor plans from the same holders, no two plan
+    to take the same shard (a lost compare-and-swap costs a retry period), and together they take
+    every shard the dead replica held, each up to its new target."""
+    rng = random.Random(seed)
+    everyone = [f"r{i}-{rng.getrandbits(16):04x}" for i in range(replicas)]
+    holders = simulate(shards, everyone, {}, seed, rounds=8)[-1]
+    dead = rng.choice(everyone)
+    live = [r for r in everyone if r != dead]
+    snapshot = {s: h for s, h in holders.items() if h != dead}
+    plans = {r: plan_shards(r, live, snapshot, shards) for r in live}
+    taken = [s for p in plans.values() for s in p.acquire]
+    assert len(taken) == len(set(taken)), f"two survivors plan to take the same shard: {plans}"
+    assert sorted(taken) == sorted(s for s, h in holders.items() if h == dead)
+    want = targets(live, shards)
+    for r in live:
+        assert not plans[r].release
+        assert len([s for s, h in snapshot.items() if h == r]) + len(plans[r].acquire) == want[r]
+
+
 def simulate(shards: int, live: list[str], holders: dict[int, str], seed: int, rounds: int) -> list[dict[int, str]]:
     rng = random.Random(seed)
     history = [dict(holders)]
