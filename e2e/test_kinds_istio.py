@@ -8,7 +8,13 @@ and a real gateway Envoy, the controller; every behaviour shown by requests thro
   on the member (Gateway Programmed, route Accepted/ResolvedRefs) and the per-cluster status on the hub;
 - RequestAuthentication (inline JWKS) + AuthorizationPolicy: a request without a valid JWT is refused
   (403 without a token, 401 with a bad signature or an expired one), a valid token passes;
-- an EnvoyFilter (spec.allowEnvoyFilter) adding a response header naming the cluster.
+- an EnvoyFilter (spec.allowEnvoyFilter) adding a response header naming the cluster;
+- a Telemetry (access logging to Istio's built-in `envoy` provider, /dev/stdout): a request through each
+  member's VIP appears in that member's gateway Envoy log, and did not before the Telemetry existed nor
+  after the template drops it (the controller prunes it);
+- a GRPCRoute through a Gateway API Gateway: a real gRPC call through each member's VIP reaches the gRPC
+  backend of that cluster (e2e/grpcecho.py in the member's network namespace, a ServiceEntry with a
+  GRPC port).
 """
 
 from __future__ import annotations
@@ -16,15 +22,21 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sys
 import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from federation import kind_samples as samples
-from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
+from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, netns
+from federation.fleet.istio import http_get
 from federation.kube import KubeClient
 from federation.testing import (
     ACCESSPOINTS,
@@ -319,3 +331,195 @@ async def test_envoy_filter_with_the_opt_in_adds_a_header(fleet: Fleet, hub: Kub
             assert status == 200 and headers.get("x-envoyfilter") == cluster, (status, headers)
             return headers
         await eventually(patched, 60, interval=0.5, message=f"{cluster}: EnvoyFilter header missing through {vip}")
+
+
+def gateway_log(fleet: Fleet, cluster: str) -> Path:
+    """Where the fleet sends the member's pilot-agent output, and so the gateway Envoy's /dev/stdout."""
+    assert fleet.state is not None
+    member = next(m for m in fleet.state.members if m.name == cluster)
+    assert member.istio is not None
+    return member.istio.gateway_dir / "gateway.log"
+
+
+def logged(log: Path, paths: list[str]) -> set[str]:
+    """The request paths found in an access log line (`"GET <path> HTTP/1.1"`, so -on-1 is not -on-10)."""
+    text = log.read_text(errors="replace")
+    return {p for p in paths if f" {p} HTTP/" in text}
+
+
+async def test_telemetry_access_log_appears_in_the_gateway_log(fleet: Fleet, hub: KubeClient,
+                                                               members: dict[str, KubeClient],
+                                                               controller: ControllerProcess, namespace: str,
+                                                               echo: str) -> None:
+    host = "telemetry.kinds.example"
+    run = uuid.uuid4().hex[:12]
+    routing = [lb_service("tel-gw"), *istio_http_route("tel", host)]
+    telemetry = in_gateway_ns(samples.telemetry("${name}-access-log"))
+    telemetry_path = f"/apis/telemetry.istio.io/v1/namespaces/{ISTIO_NAMESPACE}/telemetries/telemetry-access-log"
+    ap_path = f"{ACCESSPOINTS.format(ns=namespace)}/telemetry"
+    everywhere = {"rollout": {"waves": [{"name": "all"}]}}  # template changes reach both members at once
+    await create_ap(hub, namespace, accesspoint("telemetry", routing, **everywhere))
+    await wait_status(hub, ap_path, applied_everywhere(2), timeout=90)
+    addresses = await vips(fleet, members, namespace, "tel-gw")
+    logs = {cluster: gateway_log(fleet, cluster) for cluster in addresses}
+    sent: dict[str, dict[str, list[str]]] = {c: {"before": [], "on": [], "after": [], "again": []} for c in addresses}
+
+    async def served(cluster: str, phase: str) -> str:
+        """One request with a path never used before; it must reach this cluster's echo backend."""
+        path = f"/telemetry-{run}-{cluster}-{phase}-{len(sent[cluster][phase])}"
+        sent[cluster][phase].append(path)
+        status, headers = await request(addresses[cluster], host, path)
+        assert status == 200 and headers.get("x-echo-cluster") == cluster, (path, status, headers)
+        return path
+
+    for cluster in addresses:  # the route serves, and nothing logs it yet
+        await eventually(lambda c=cluster: served(c, "before"), 60, interval=0.5,
+                         message=f"{cluster}: route not serving through {addresses[cluster]}")
+        assert await access_log_off(fleet, cluster), f"{cluster}: the gateway logs before any Telemetry"
+
+    await hub.apply(ap_path, {**accesspoint("telemetry", [*routing, telemetry], **everywhere),
+                              "metadata": {"name": "telemetry", "namespace": namespace}}, field_manager="e2e")
+    for cluster, member in members.items():
+        await eventually(lambda m=member: m.get(telemetry_path), 60, message=f"{cluster}: Telemetry not applied")
+
+    for cluster in addresses:
+        async def logging(cluster: str = cluster) -> set[str]:
+            await served(cluster, "on")
+            return logged(logs[cluster], sent[cluster]["on"])
+        await eventually(logging, 45, interval=0.5, message=f"{cluster}: requests not in {logs[cluster]}")
+    for cluster in addresses:
+        everything = [p for c in sent.values() for p in c["before"] + c["on"]]
+        own_on = logged(logs[cluster], sent[cluster]["on"])
+        # Envoy writes its access log in order: a later request is in the file, so an earlier one that is
+        # not was never logged -- the requests before the Telemetry existed were not
+        assert logged(logs[cluster], everything) == own_on, (cluster, logged(logs[cluster], everything))
+        assert own_on, cluster
+
+    # the template drops the Telemetry: the controller prunes it and the gateway stops logging
+    await hub.apply(ap_path, {**accesspoint("telemetry", routing, **everywhere),
+                              "metadata": {"name": "telemetry", "namespace": namespace}}, field_manager="e2e")
+    for cluster, member in members.items():
+        async def pruned(member: KubeClient = member) -> bool:
+            return await member.get(telemetry_path) is None
+        await eventually(pruned, 60, message=f"{cluster}: Telemetry not pruned")
+    for cluster in addresses:
+        # the gateway's running config no longer writes an access log (Envoy's admin, via the fleet's forward)
+        await eventually(lambda c=cluster: access_log_off(fleet, c), 45,
+                         message=f"{cluster}: gateway still has an access log")
+        await served(cluster, "after")
+    # and shown by the log itself: the Telemetry back, later requests are logged, the ones sent while it was
+    # gone are not
+    await hub.apply(ap_path, {**accesspoint("telemetry", [*routing, telemetry], **everywhere),
+                              "metadata": {"name": "telemetry", "namespace": namespace}}, field_manager="e2e")
+    for cluster in addresses:
+        async def logging_again(cluster: str = cluster) -> set[str]:
+            await served(cluster, "again")
+            return logged(logs[cluster], sent[cluster]["again"])
+        await eventually(logging_again, 45, interval=0.5, message=f"{cluster}: requests not logged again")
+        assert not logged(logs[cluster], sent[cluster]["after"]), cluster
+
+
+async def access_log_off(fleet: Fleet, cluster: str) -> bool:
+    """Whether no active listener of the member's gateway Envoy writes an access log to /dev/stdout."""
+    assert fleet.state is not None
+    member = next(m for m in fleet.state.members if m.name == cluster)
+    assert member.istio is not None
+    status, body = await http_get(f"{member.istio.gateway_admin_url}/config_dump?resource=dynamic_listeners")
+    assert status == 200, (status, body[:200])
+    # only the listeners taking new connections count (a draining one may still log its last requests)
+    active = [entry.get("active_state") for entry in json.loads(body).get("configs") or []]
+    return "/dev/stdout" not in json.dumps(active)
+
+
+GRPC_HOST = f"grpc.{ECHO_NS}.svc.cluster.local"
+GRPC_PORT = 9090  # the ServiceEntry's port
+GRPC_BACKEND = ("127.0.50.1", 50051)  # where each member's backend listens, inside that member's netns
+GRPC_METHOD = "/meshfed.e2e.Echo/Who"
+
+
+def grpc_backend_objects(cluster: str) -> list[tuple[str, dict[str, Any]]]:
+    """A ServiceEntry with a GRPC port and the WorkloadEntry of this member's own backend only: an answer
+    naming the cluster proves the member's gateway routed to its own backend."""
+    base = f"/apis/networking.istio.io/v1/namespaces/{ECHO_NS}"
+    labels = {"app": "grpc-echo"}
+    address, port = GRPC_BACKEND
+    return [
+        (f"{base}/serviceentries/grpc-echo",
+         {"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+          "metadata": {"name": "grpc-echo", "namespace": ECHO_NS},
+          "spec": {"hosts": [GRPC_HOST], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                   "ports": [{"name": "grpc", "number": GRPC_PORT, "protocol": "GRPC"}],
+                   "workloadSelector": {"labels": labels}}}),
+        (f"{base}/workloadentries/grpc-echo-{cluster}",
+         {"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+          "metadata": {"name": f"grpc-echo-{cluster}", "namespace": ECHO_NS, "labels": labels},
+          "spec": {"address": address, "ports": {"grpc": port}, "labels": labels}}),
+    ]
+
+
+@pytest.fixture
+async def grpc_backends(fleet: Fleet, members: dict[str, KubeClient], echo: str) -> AsyncIterator[str]:
+    """A gRPC backend in each member's network namespace, registered on that member; stopped afterwards."""
+    assert fleet.state is not None
+    procs: list[asyncio.subprocess.Process] = []
+    script = str(Path(__file__).with_name("grpcecho.py"))
+    try:
+        for m in fleet.state.members:
+            assert m.istio is not None
+            proc = await asyncio.create_subprocess_exec(*netns.exec_prefix(m.istio.netns), sys.executable, script,
+                                                        m.name, *map(str, GRPC_BACKEND),
+                                                        stdout=asyncio.subprocess.PIPE)
+            procs.append(proc)
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line.strip() == b"ready", f"{m.name}: gRPC backend did not start ({line!r})"
+            for path, obj in grpc_backend_objects(m.name):
+                await members[m.name].apply(path, obj, field_manager="e2e")
+        yield GRPC_HOST
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            await asyncio.wait_for(proc.wait(), 10)
+
+
+async def grpc_call(address: str, authority: str, timeout: float = 3.0) -> str:
+    """One unary call over h2c to address:80 with :authority `authority`: the backend's answer."""
+    async with grpc.aio.insecure_channel(f"{address}:80", options=[("grpc.default_authority", authority)]) as ch:
+        answer = await ch.unary_unary(GRPC_METHOD)(b"", timeout=timeout)
+    assert isinstance(answer, bytes)
+    return answer.decode()
+
+
+async def test_grpcroute_reaches_the_grpc_backend_in_each_cluster(fleet: Fleet, hub: KubeClient,
+                                                                  members: dict[str, KubeClient],
+                                                                  controller: ControllerProcess, namespace: str,
+                                                                  grpc_backends: str) -> None:
+    host = "grpc.kinds.example"
+    gw = in_gateway_ns(samples.k8s_gateway("grpc", port=80, hostname=host, address=GATEWAY_SERVICE_FQDN))
+    route = samples.grpc_route("grpc", gateway="grpc", backend=grpc_backends, port=GRPC_PORT)
+    route["metadata"]["namespace"] = ECHO_NS  # beside the ServiceEntry its Hostname backendRef names
+    route["spec"]["parentRefs"] = [{"name": "grpc", "namespace": ISTIO_NAMESPACE}]
+    route["spec"]["hostnames"] = [host]
+    route["spec"]["rules"] = [{"matches": [{"method": {"service": "meshfed.e2e.Echo"}}],
+                               "backendRefs": [{"group": "networking.istio.io", "kind": "Hostname",
+                                                "name": grpc_backends, "port": GRPC_PORT}]}]
+    await create_ap(hub, namespace, accesspoint("grpc", [lb_service("grpc-gw"), gw, route]))
+    await wait_status(hub, f"{ACCESSPOINTS.format(ns=namespace)}/grpc", applied_everywhere(2), timeout=90)
+    for cluster, vip in (await vips(fleet, members, namespace, "grpc-gw")).items():
+
+        async def answered(vip: str = vip) -> str:
+            try:
+                return await grpc_call(vip, host)
+            except grpc.aio.AioRpcError as err:
+                raise AssertionError(f"{err.code()}: {err.details()}") from err
+        got = await eventually(answered, 45, interval=0.5, message=f"{cluster}: no gRPC answer through {vip}")
+        assert got == cluster, (cluster, got)
+
+        async def accepted(member: KubeClient = members[cluster]) -> bool:  # Istio's own status on the member
+            obj = await member.get(f"/apis/gateway.networking.k8s.io/v1/namespaces/{ECHO_NS}/grpcroutes/grpc") or {}
+            parents = (obj.get("status") or {}).get("parents") or []
+            conditions = {c["type"]: c["status"] for p in parents for c in p.get("conditions") or []}
+            assert conditions.get("Accepted") == "True" and conditions.get("ResolvedRefs") == "True", obj.get("status")
+            return True
+        await eventually(accepted, 30, message=f"{cluster}: GRPCRoute not Accepted by Istio")

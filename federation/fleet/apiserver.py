@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from federation import pki
-from federation.fleet.build import REPO
+from federation.fleet.build import ISTIO_MODULE, REPO
 from federation.fleet.istio import MemberIstio
 from federation.kube import ApiError, KubeClient
 
@@ -240,11 +240,31 @@ class ClusterProc:
             await client.close()
 
 
+GATEWAY_API_BUNDLE = "gateway.networking.k8s.io/bundle-version"
+
+
+def gateway_api_version() -> str:
+    """The Gateway API release istiod is built against (e2e/istio/go.mod), e.g. v1.6.0; "" if not found."""
+    for line in (ISTIO_MODULE / "go.mod").read_text().splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[0] == "sigs.k8s.io/gateway-api":
+            return words[1]
+    return ""
+
+
 def load_member_crds() -> list[dict[str, Any]]:
     root = shared_dir() / "crds"
     docs: list[dict[str, Any]] = []
     for path in [root / "istio" / "crd-all.gen.yaml", *sorted((root / "gateway-api").glob("*.yaml"))]:
         docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "CustomResourceDefinition"]
+    # The shared Gateway API CRDs come from a development checkout (bundle-version v0.0.0-dev); istiod reads
+    # that annotation and ignores kinds whose CRD is "below" its minimum (GRPCRoute needs 1.1.0), so label
+    # them with the release istiod is built against, as an installed release would be.
+    release = gateway_api_version()
+    for doc in docs:
+        annotations = (doc.get("metadata") or {}).get("annotations") or {}
+        if release and annotations.get(GATEWAY_API_BUNDLE) == "v0.0.0-dev":
+            annotations[GATEWAY_API_BUNDLE] = release
     return docs
 
 
