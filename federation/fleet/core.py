@@ -27,7 +27,7 @@ from typing import Any
 
 from federation.crdgen import all_crds
 from federation.fleet import istio as mesh
-from federation.fleet import netns
+from federation.fleet import l4, netns
 from federation.fleet.apiserver import (
     APPROVAL_POLICY,
     HUB_NAMESPACE,
@@ -56,6 +56,7 @@ class FleetState:
     aux_pids: dict[str, int] = field(default_factory=dict)
     istio: bool = False
     echo_control: int = 0  # loopback port of the echo backends' control API
+    vip_block: int = l4.DEFAULT_VIP_BLOCK  # VIPs are 127.<vip_block>.<member index>.0/24 (l4.pool_for)
 
     def clusters(self) -> list[ClusterProc]:
         return [self.hub, *self.members]
@@ -77,6 +78,7 @@ class Fleet:
                 aux_pids=raw.get("aux_pids", {}),
                 istio=bool(raw.get("istio")),
                 echo_control=int((raw.get("echo") or {}).get("control") or 0),
+                vip_block=int(raw.get("vipBlock") or l4.DEFAULT_VIP_BLOCK),
             )
 
     def save(self) -> None:
@@ -88,6 +90,7 @@ class Fleet:
             "aux_pids": self.state.aux_pids,
             "istio": self.state.istio,
             "echo": {"control": self.state.echo_control} if self.state.echo_control else None,
+            "vipBlock": self.state.vip_block,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -115,6 +118,7 @@ class Fleet:
                 hub=self._new_cluster("hub", "hub"),
                 members=[self._new_cluster(n, "member", r, z, {"env": "demo"}) for n, r, z in topo],
                 istio=istio,
+                vip_block=l4.claim_vip_block(self.root),
             )
         state = self.state
         if state.istio:
@@ -407,6 +411,7 @@ class Fleet:
             netns.delete(i.netns)
         self.save()
         if purge:
+            l4.release_vip_block(self.root, self.state.vip_block)
             shutil.rmtree(self.root, ignore_errors=True)
         say("fleet down: nothing left running")
 

@@ -2,7 +2,7 @@
 
 Owns, for every member of a fleet:
   * VIP allocation: a Service of type LoadBalancer gets an address from the member's loopback pool
-    (127.100.<member>.0/24) in status.loadBalancer.ingress, so VIPs can be reported end to end;
+    (127.<block>.<member>.0/24, a block per fleet) in status.loadBalancer.ingress, so VIPs can be reported end to end;
   * on members running Istio, forwarding: VIP:port of such a Service reaches the member's gateway
     Envoy (in the member's network namespace) on 127.0.0.1:<that port's targetPort> — Istio listens
     on the targetPort of the Service selecting the gateway pods for a Gateway server port, so
@@ -24,6 +24,8 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
+import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,47 @@ log = logging.getLogger("meshfed.l4")
 FIELD_MANAGER = "meshfed-fleet-lb"
 
 
-def pool_for(index: int) -> list[str]:
-    net = ipaddress.ip_network(f"127.100.{index}.0/24")
+DEFAULT_VIP_BLOCK = 100
+VIP_BLOCKS = range(100, 200)
+VIP_BLOCK_MARKERS = Path(os.environ.get("TMPDIR", "/tmp")) / "meshfed-vip-blocks"
+
+
+def pool_for(index: int, block: int = DEFAULT_VIP_BLOCK) -> list[str]:
+    """Member `index`'s VIPs: 127.<block>.<index>.0/24. Each fleet has a block of its own
+    (claim_vip_block), so concurrent fleets' relays never bind the same VIP:port."""
+    net = ipaddress.ip_network(f"127.{block}.{index}.0/24")
     return [str(ip) for ip in list(net.hosts())]
+
+
+def claim_vip_block(root: Path) -> int:
+    """A VIP block no other live fleet holds, recorded in a marker naming the fleet's directory
+    (a marker whose fleet directory has no fleet.json any more is stale and taken over)."""
+    VIP_BLOCK_MARKERS.mkdir(parents=True, exist_ok=True)
+    me = str(root.resolve())
+    for block in [DEFAULT_VIP_BLOCK, *random.sample(VIP_BLOCKS, len(VIP_BLOCKS))]:
+        marker = VIP_BLOCK_MARKERS / str(block)
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = marker.read_text().strip()
+            except FileNotFoundError:
+                continue
+            if holder == me or not (Path(holder) / "fleet.json").exists():
+                marker.write_text(me)
+                return block
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        return block
+    raise RuntimeError(f"no free VIP block in 127.{VIP_BLOCKS.start}-{VIP_BLOCKS.stop - 1}.x.x ({VIP_BLOCK_MARKERS})")
+
+
+def release_vip_block(root: Path, block: int) -> None:
+    marker = VIP_BLOCK_MARKERS / str(block)
+    with contextlib.suppress(FileNotFoundError):
+        if marker.read_text().strip() == str(root.resolve()):
+            marker.unlink()
 
 
 @dataclass(frozen=True)
@@ -305,7 +345,8 @@ async def main(root: Path) -> None:
         istio = member.get("istio") or None
         keep += await plumbing(member)
         client = await KubeClient.from_kubeconfig_file(str(Path(member["dir"]) / "kubeconfig"), member["name"])
-        allocator = Allocator(client, pool_for(index), istio["netns"] if istio else None)
+        allocator = Allocator(client, pool_for(index, int(state.get("vipBlock") or DEFAULT_VIP_BLOCK)),
+                              istio["netns"] if istio else None)
         tasks.append(asyncio.create_task(allocator.run()))
     log.info("ready")
     try:
