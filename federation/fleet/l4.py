@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ FIELD_MANAGER = "meshfed-fleet-lb"
 
 DEFAULT_VIP_BLOCK = 100
 VIP_BLOCKS = range(100, 200)
+VIP_BLOCK_GRACE = 300.0
 VIP_BLOCK_MARKERS = Path(os.environ.get("TMPDIR", "/tmp")) / "meshfed-vip-blocks"
 
 
@@ -52,7 +54,8 @@ def pool_for(index: int, block: int = DEFAULT_VIP_BLOCK) -> list[str]:
 
 def claim_vip_block(root: Path) -> int:
     """A VIP block no other live fleet holds, recorded in a marker naming the fleet's directory
-    (a marker whose fleet directory has no fleet.json any more is stale and taken over)."""
+    (a marker older than VIP_BLOCK_GRACE seconds whose fleet directory has no fleet.json is stale
+    and taken over: its fleet was purged, or never got as far as saving its state)."""
     VIP_BLOCK_MARKERS.mkdir(parents=True, exist_ok=True)
     me = str(root.resolve())
     for block in [DEFAULT_VIP_BLOCK, *random.sample(VIP_BLOCKS, len(VIP_BLOCKS))]:
@@ -64,7 +67,9 @@ def claim_vip_block(root: Path) -> int:
                 holder = marker.read_text().strip()
             except FileNotFoundError:
                 continue
-            if holder == me or not (Path(holder) / "fleet.json").exists():
+            age = time.time() - marker.stat().st_mtime
+            stale = age > VIP_BLOCK_GRACE and not (Path(holder) / "fleet.json").exists()
+            if holder == me or stale:
                 marker.write_text(me)
                 return block
             continue
