@@ -35,11 +35,12 @@ debian-deps:
 
 apiserver: python-deps
 	@echo "==> kube-apiserver, istiod (pilot-discovery) and pilot-agent from Go modules (cached after the first build)"
-	@$(PY) -m federation.cli fleet build
+	@$(PY) -m cli.main fleet build
 
 lint: python-deps
-	@echo "==> ruff"; $(VENV)/bin/ruff check federation accesspoint placement nameservice certs tests e2e
+	@echo "==> ruff"; $(VENV)/bin/ruff check federation accesspoint placement nameservice certs fleet cli tests e2e
 	@echo "==> mypy --strict"; $(VENV)/bin/mypy
+	@echo "==> import contracts (pyproject.toml [tool.importlinter])"; set -o pipefail; $(VENV)/bin/lint-imports --no-cache | sed -n "/^Contracts$$/,$$ p"
 
 unit: python-deps
 	@$(VENV)/bin/pytest -q tests/unit
@@ -75,13 +76,13 @@ image-test: image apiserver
 	@$(VENV)/bin/pytest -q -p no:cacheprovider -m image e2e/test_image.py
 
 crds: python-deps
-	@$(PY) -m federation.cli crds --out deploy/crds
+	@$(PY) -m cli.main crds --out deploy/crds
 
 demo: deps
 	@bash e2e/demo.sh
 
 demo-down:
-	@$(PY) -m federation.cli fleet down --dir $(FLEET_DIR)
+	@$(PY) -m cli.main fleet down --dir $(FLEET_DIR)
 
 bench: deps
 	@for b in e2e/bench/*.py; do m=$$(basename $$b .py); echo "==> python -m e2e.bench.$$m"; $(PY) -m e2e.bench.$$m || exit 1; done

@@ -26,7 +26,7 @@ from typing import Any
 from cryptography import x509
 
 from certs.ca import InternalCA, generate_ca
-from federation.fleet.apiserver import free_port as fleet_free_port
+from fleet.apiserver import free_port as fleet_free_port
 
 
 class MissingComponent(RuntimeError):

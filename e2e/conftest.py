@@ -2,7 +2,7 @@
 clients, and the controller process.
 
 A module sets the shape of its fleet with a module-level `FLEET` (keyword arguments of
-`federation.testing.start_fleet`; hub + 3 members over 2 regions and 3 zones when absent). A module
+`fleet.testing.start_fleet`; hub + 3 members over 2 regions and 3 zones when absent). A module
 that needs objects on the hub before the controller starts (a CA Secret, a DNSProvider) overrides
 `hub_setup`.
 """
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from federation.fleet import Fleet
 from federation.kube import KubeClient
-from federation.testing import (
+from fleet import Fleet
+from fleet.testing import (
     ControllerProcess,
     create_namespace,
     delete_accesspoints,

@@ -37,13 +37,13 @@ if [ -f "$FLEET_DIR/fleet.json" ]; then
   fi
   echo "    a fleet already exists in $FLEET_DIR: reusing it (whatever of it stopped is started again)"
 fi
-fleet_up() { $PY -m federation.cli fleet up --dir "$FLEET_DIR" --members 3 --regions 2 --zones 3 --istio --backends 1; }
+fleet_up() { $PY -m cli.main fleet up --dir "$FLEET_DIR" --members 3 --regions 2 --zones 3 --istio --backends 1; }
 if ! fleet_up 2>&1 | tee "${TMPDIR:-/tmp}/meshfed-demo-fleet-up.log"; then
   # Fleets pick free loopback ports when planned; another fleet on this machine may take one before the
   # process that needs it binds it. The plan is kept in fleet.json, so only a new fleet gets new ports.
   if grep -q "address already in use" "${TMPDIR:-/tmp}/meshfed-demo-fleet-up.log"; then
     echo "    a port planned for this fleet was taken meanwhile (another fleet on this machine): starting a new fleet"
-    $PY -m federation.cli fleet down --dir "$FLEET_DIR"
+    $PY -m cli.main fleet down --dir "$FLEET_DIR"
     fleet_up
   else
     exit 1
@@ -61,14 +61,14 @@ kubectl -n meshfed-system create secret tls demo-ca --cert "$FLEET_DIR/ca/ca.crt
   --dry-run=client -o yaml | kubectl apply -f -
 
 step "checkout's backends: each member's echo backend as checkout.payments.svc.cluster.local (ServiceEntry + WorkloadEntry with locality)"
-$PY -m federation.cli fleet publish-backends --dir "$FLEET_DIR" --namespace $NS \
+$PY -m cli.main fleet publish-backends --dir "$FLEET_DIR" --namespace $NS \
   --host checkout.payments.svc.cluster.local --service checkout
 
 step "controller (log: $FLEET_DIR/controller.log)"
 if [ -f "$FLEET_DIR/controller.pid" ] && kill -0 "$(cat "$FLEET_DIR/controller.pid")" 2>/dev/null; then
   echo "    already running (pid $(cat "$FLEET_DIR/controller.pid"))"
 else
-  setsid $PY -m federation.cli controller --kubeconfig "$KUBECONFIG" --probe-interval 2 \
+  setsid $PY -m cli.main controller --kubeconfig "$KUBECONFIG" --probe-interval 2 \
     >>"$FLEET_DIR/controller.log" 2>&1 < /dev/null &
   echo $! > "$FLEET_DIR/controller.pid"
   echo "    started (pid $!)"
@@ -153,7 +153,7 @@ Approve the canary (the rollout then goes on zone by zone), or reject it:
   kubectl meshfed approve checkout -n $NS -m "canary looks good"      # or: kubectl meshfed reject checkout -n $NS
   kubectl get accesspoints -n $NS -w
 Try: kubectl meshfed status checkout -n $NS;  curl --resolve $FQDN:443:$VIP --cacert $FLEET_DIR/ca/ca.crt https://$FQDN/
-     $PY -m federation.cli fleet stop-gateway member-2 --dir $FLEET_DIR   (ROUTES 2/3; start-gateway to undo)
+     $PY -m cli.main fleet stop-gateway member-2 --dir $FLEET_DIR   (ROUTES 2/3; start-gateway to undo)
 Members: $FLEET_DIR/member-N/kubeconfig.  Controller log: $FLEET_DIR/controller.log.  BIND: $DNS_SERVER:$DNS_PORT
 Stop everything (BIND, echo, istiod, gateways, controller, API servers): make demo-down$DOWN_ARGS
 EOT

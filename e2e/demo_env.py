@@ -15,7 +15,7 @@ Owns, under the fleet directory (so `meshfed fleet down` / `make demo-down` stop
     python -m e2e.demo_env ca FLEET_DIR
     python -m e2e.demo_env resolve NAME [--address A] [--port P]
 
-Imports e2e.dnsservers (BIND process handling), federation.pki (key pairs), dnspython and the standard library.
+Imports e2e.dnsservers (BIND process handling), fleet.pki (key pairs), dnspython and the standard library.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import dns.query
 import dns.rdatatype
 
 from e2e.dnsservers import BindServer, ServerFailed, _soa_answers, find_binary
-from federation import pki
+from fleet import pki
 
 DEFAULT_ADDRESS = "127.0.0.1"
 DEFAULT_PORT = 8053

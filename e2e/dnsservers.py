@@ -41,7 +41,7 @@ import dns.query
 import dns.rcode
 import dns.rdatatype
 
-from federation.fleet.apiserver import free_port as fleet_free_port
+from fleet.apiserver import free_port as fleet_free_port
 
 SBIN_DIRS = ("/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/sbin", "/usr/local/bin")
 PDNS_SCHEMA = Path("/usr/share/doc/pdns-backend-sqlite3/schema.sqlite3.sql")

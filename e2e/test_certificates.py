@@ -30,9 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
 from certs.ca import generate_ca
 from certs.checks import host_covered, san_names
-from federation.fleet import Fleet
 from federation.kube import ApiError, KubeClient
-from federation.testing import (
+from fleet import Fleet
+from fleet.testing import (
     ControllerProcess,
     create_namespace,
     delete_accesspoints,
@@ -43,7 +43,7 @@ from federation.testing import (
     wait_status,
     write_breakdown,
 )
-from federation.testing import condition as cond
+from fleet.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 

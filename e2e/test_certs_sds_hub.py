@@ -29,10 +29,10 @@ import pytest
 from certservers import Envoy, MissingComponent, free_port  # e2e/ is on sys.path (no __init__.py)
 
 from certs.ca import InternalCA, generate_ca
-from federation.fleet import REPO, Fleet
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, eventually, get_object, tls_gateway_template, write_breakdown
-from federation.testing import condition as cond
+from fleet import REPO, Fleet
+from fleet.testing import ControllerProcess, eventually, get_object, tls_gateway_template, write_breakdown
+from fleet.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
@@ -48,7 +48,7 @@ class SdsProcess:
     """`meshfed sds --kubeconfig HUB --listen 127.0.0.1:PORT` as a real subprocess."""
 
     def __init__(self, kubeconfig: Path, port: int, log_path: Path, *extra: str) -> None:
-        self.args = [sys.executable, "-m", "federation.cli", "sds", "--kubeconfig", str(kubeconfig),
+        self.args = [sys.executable, "-m", "cli.main", "sds", "--kubeconfig", str(kubeconfig),
                      "--listen", f"127.0.0.1:{port}", "--grace", "5", *extra]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None

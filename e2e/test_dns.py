@@ -33,9 +33,9 @@ import dns.update
 import pytest
 from dnsservers import BindServer, start_bind  # e2e/ is on sys.path for its test modules (no __init__.py)
 
-from federation.fleet import HUB_NAMESPACE, Fleet, apiserver_binary, ensure_namespace
 from federation.kube import ApiError, KubeClient
-from federation.testing import (
+from fleet import HUB_NAMESPACE, Fleet, apiserver_binary, ensure_namespace
+from fleet.testing import (
     ControllerProcess,
     create_namespace,
     diff_breakdown,
@@ -46,7 +46,7 @@ from federation.testing import (
     wait_status,
     write_breakdown,
 )
-from federation.testing import condition as cond
+from fleet.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 

@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
-from federation.fleet import Fleet, apiserver_binary
 from federation.kube import ApiError, KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, eventually, wait_status, write_breakdown
-from federation.testing import accesspoint_status as status
-from federation.testing import condition as cond
+from fleet import Fleet, apiserver_binary
+from fleet.testing import ControllerProcess, diff_breakdown, eventually, wait_status, write_breakdown
+from fleet.testing import accesspoint_status as status
+from fleet.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 

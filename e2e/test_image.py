@@ -34,9 +34,9 @@ import pytest
 import yaml
 from container import Container, unpack  # e2e/ is on sys.path for its test modules (no __init__.py)
 
-from federation.fleet import HUB_NAMESPACE, REPO, Fleet, free_port
 from federation.kube import KubeClient
-from federation.testing import (
+from fleet import HUB_NAMESPACE, REPO, Fleet, free_port
+from fleet.testing import (
     DEPLOY,
     apply_objects,
     eventually,
@@ -44,7 +44,7 @@ from federation.testing import (
     service_account_token,
     wait_status,
 )
-from federation.testing import condition as cond
+from fleet.testing import condition as cond
 
 pytestmark = [pytest.mark.e2e, pytest.mark.image]
 
@@ -255,7 +255,7 @@ def test_image_config_matches_the_deployment(bundle: tuple[Path, dict[str, Any]]
     assert env["PATH"].split(":")[0] == "/opt/meshfed/bin"
     (ctr,) = pod["containers"]
     assert (path / "rootfs/opt/meshfed/bin" / ctr["command"][0]).exists()
-    where = "import federation.cli, importlib.util as u; print(u.cache_from_source(federation.cli.__file__))"
+    where = "import cli.main, importlib.util as u; print(u.cache_from_source(cli.main.__file__))"
     out = subprocess.run(["chroot", "--userspec=65532:65532", str(path / "rootfs"), "/opt/meshfed/bin/python", "-c",
                           where], capture_output=True, text=True, env={"PATH": env["PATH"]}, check=True)
     pyc = path / "rootfs" / out.stdout.strip().lstrip("/")

@@ -34,11 +34,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from federation import kind_samples as samples
-from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, netns
-from federation.fleet.istio import http_get
 from federation.kube import KubeClient
-from federation.testing import (
+from fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, netns
+from fleet import kind_samples as samples
+from fleet.istio import http_get
+from fleet.testing import (
     ACCESSPOINTS,
     ControllerProcess,
     eventually,

@@ -19,12 +19,11 @@ from typing import Any
 
 import pytest
 
-from federation import pki
-from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
-from federation.fleet import netns as fleet_netns
-from federation.fleet.istio import GATEWAY_POD, GATEWAY_SERVICE, WEBHOOK_NAME, http_get
 from federation.kube import ApiError, KubeClient
-from federation.testing import eventually, gateway_vip, request_loop, served_certificate, start_fleet
+from fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, pki
+from fleet import netns as fleet_netns
+from fleet.istio import GATEWAY_POD, GATEWAY_SERVICE, WEBHOOK_NAME, http_get
+from fleet.testing import eventually, gateway_vip, request_loop, served_certificate, start_fleet
 
 pytestmark = pytest.mark.e2e
 

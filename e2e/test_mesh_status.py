@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
-from federation.fleet.istio import GATEWAY_POD, http_get
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, condition, eventually, wait_status
+from fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
+from fleet.istio import GATEWAY_POD, http_get
+from fleet.testing import ControllerProcess, condition, eventually, wait_status
 
 pytestmark = pytest.mark.e2e
 

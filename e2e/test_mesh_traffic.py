@@ -37,10 +37,10 @@ import pytest
 
 from accesspoint.ownership import OWNER_NAME, OWNER_NAMESPACE
 from certs.ca import generate_ca
-from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
-from federation.fleet.istio import http_get
 from federation.kube import KubeClient
-from federation.testing import (
+from fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
+from fleet.istio import http_get
+from fleet.testing import (
     ControllerProcess,
     Tally,
     binomial_band,

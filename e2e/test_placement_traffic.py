@@ -24,9 +24,9 @@ import pytest
 from accesspoint.crossref import federated_host
 from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
 from accesspoint.traffic import TrafficPolicy, compile_regions
-from federation.fleet import Fleet, apiserver_binary
 from federation.kube import KubeClient
-from federation.testing import (
+from fleet import Fleet, apiserver_binary
+from fleet.testing import (
     ControllerProcess,
     create_namespace,
     delete_accesspoints,
@@ -37,7 +37,7 @@ from federation.testing import (
     wait_object,
     write_breakdown,
 )
-from federation.testing import condition as cond
+from fleet.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 

@@ -26,10 +26,9 @@ import pytest
 import yaml
 
 from accesspoint.rollout import approval_name
-from federation import pki
-from federation.fleet import Fleet, kubeconfig_dict
 from federation.kube import ApiError, Gone, KubeClient
-from federation.testing import (
+from fleet import Fleet, kubeconfig_dict, pki
+from fleet.testing import (
     ControllerProcess,
     accesspoint_status,
     diff_breakdown,

@@ -26,11 +26,10 @@ from typing import Any
 import pytest
 
 from accesspoint.health import stat_prefix
-from federation import pki
-from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet
-from federation.fleet.istio import http_get
 from federation.kube import KubeClient
-from federation.testing import (
+from fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, pki
+from fleet.istio import http_get
+from fleet.testing import (
     ControllerProcess,
     accesspoint_status,
     eventually,

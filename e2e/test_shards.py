@@ -12,7 +12,7 @@ and the hub, then cut) stops writing before another replica takes its shards; a 
 every replica under load loses nothing; with nothing changed, a resync and a rolling restart of all
 3 replicas write nothing.
 
-Leases are short here (federation.testing.FAST_LEASES: 5 s duration, 3 s renew deadline, 0.5 s
+Leases are short here (fleet.testing.FAST_LEASES: 5 s duration, 3 s renew deadline, 0.5 s
 retry); the deploy defaults are client-go's 15/10/2.
 """
 
@@ -34,10 +34,10 @@ import pytest
 import yaml
 from dnsservers import BindServer, start_bind  # e2e/ is on sys.path for its test modules
 
-from federation.fleet import HUB_NAMESPACE, Fleet, ensure_namespace, free_port
 from federation.kube import KubeClient
 from federation.shards import SHARD_LABEL, shard_lease, shard_of
-from federation.testing import (
+from fleet import HUB_NAMESPACE, Fleet, ensure_namespace, free_port
+from fleet.testing import (
     FAST_LEASES,
     ControllerProcess,
     accesspoint_status,
@@ -51,7 +51,7 @@ from federation.testing import (
     wait_balanced,
     write_breakdown,
 )
-from federation.testing import condition as cond
+from fleet.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
@@ -184,7 +184,7 @@ async def wait_takeover(hub: KubeClient, key: str, dead: str, live: set[str], si
 
 def plugin(fleet: Fleet, *args: str) -> str:
     assert fleet.state is not None
-    out = subprocess.run([sys.executable, "-m", "federation.kubectl_plugin", *args, "--kubeconfig",
+    out = subprocess.run([sys.executable, "-m", "cli.kubectl", *args, "--kubeconfig",
                           str(fleet.state.hub.kubeconfig)], capture_output=True, text=True, cwd=REPO, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout

@@ -25,9 +25,9 @@ import yaml
 from dnsservers import BindServer, start_bind  # e2e/ is on sys.path for its test modules (no __init__.py)
 
 from certs.ca import generate_ca
-from federation.fleet import HUB_NAMESPACE, Fleet, ensure_namespace
 from federation.kube import ApiError, KubeClient
-from federation.testing import (
+from fleet import HUB_NAMESPACE, Fleet, ensure_namespace
+from fleet.testing import (
     REPO,
     apply_objects,
     condition,

@@ -62,7 +62,6 @@ import functools
 import logging
 import re
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -130,7 +129,6 @@ FIELD_MANAGER = "meshfed-certificates"
 WARMUP_SECONDS = 30.0
 ISSUER_KEY = "issuer:"  # work-queue key prefix of a CertificateIssuer (':' is never in a namespace)
 
-_features: weakref.WeakKeyDictionary[Controller, Certificates] = weakref.WeakKeyDictionary()
 
 
 def store_name(namespace: str, name: str) -> str:
@@ -1042,7 +1040,7 @@ def _rv(obj: Mapping[str, Any]) -> int:
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
     def feature() -> Certificates | None:
         ctl = holder.get("controller")
-        return _features.get(ctl) if ctl is not None else None
+        return ctl.feature(Certificates) if ctl is not None else None
 
     # Async handlers: kopf runs sync ones in a worker thread, where neither the work queue nor
     # asyncio.get_running_loop() (the Secret watches, timers) may be used.
@@ -1075,8 +1073,8 @@ def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
 
 
 async def install(controller: Controller) -> None:
-    feature = Certificates(controller)
-    _features[controller] = feature
+    feature = controller.install(Certificates(controller))
+    controller.enqueuers["Certificate"] = lambda ns, name: feature.enqueue(f"{ns}/{name}")
     controller.validators.append(validate_annotations)
     controller.context_providers.append(feature.provide)
     controller.status_contributors.append(feature.contribute)
@@ -1088,4 +1086,4 @@ async def install(controller: Controller) -> None:
 
 def feature_of(controller: Controller) -> Certificates | None:
     """The certificate feature installed on `controller` (None when it is not)."""
-    return _features.get(controller)
+    return controller.feature(Certificates)

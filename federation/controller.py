@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -63,6 +63,8 @@ ShardListener = Callable[[frozenset[int], frozenset[int]], None]
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
 MC_PATH = "/apis/meshfed.io/v1alpha1/memberclusters/{name}"
 
+
+FeatureT = TypeVar("FeatureT")
 
 def _field_path(loc: Iterable[Any]) -> str:
     out = ""
@@ -138,10 +140,34 @@ class Controller:
         self.status_listeners: list[StatusListener] = []
         self.shard_listeners: list[ShardListener] = []
         self.shards: shards.Shards | None = None  # set before start() to run as one of many replicas
+        # The feature registry (federation/operator.py FEATURES): a feature installs itself here and
+        # is found again by its type; `enqueuers` routes a hub object's key to the work loop of the
+        # feature that owns its kind (tenancy re-checks claimants of every kind without importing them).
+        self._features: dict[type[Any], Any] = {}
+        self.enqueuers: dict[str, Callable[[str, str], None]] = {
+            "AccessPoint": lambda ns, name: self.enqueue(f"ap/{ns}/{name}")}
         metrics.callbacks.queues["accesspoints"] = lambda: self.pending
         metrics.callbacks.reachability = lambda: {
             n: (m.probe.reachable if not m.kubeconfig_error else False) for n, m in self.registry.members.items()}
         metrics.callbacks.cache_objects = lambda: {n: len(m.cache.objects) for n, m in self.registry.members.items()}
+
+    # ---- features (federation/operator.py FEATURES) ----
+
+    def install(self, feature: FeatureT) -> FeatureT:
+        """Register `feature` (one per type) so other features and the kopf handlers find it."""
+        self._features[type(feature)] = feature
+        return feature
+
+    def feature(self, kind: type[FeatureT]) -> FeatureT | None:
+        """The installed feature of type `kind`, None when it is not installed."""
+        found = self._features.get(kind)
+        return found if isinstance(found, kind) else None
+
+    def enqueue_object(self, kind: str, namespace: str, name: str) -> None:
+        """Queue hub object `kind` namespace/name with the feature owning that kind (if installed)."""
+        enqueue = self.enqueuers.get(kind)
+        if enqueue is not None:
+            enqueue(namespace, name)
 
     # ---- shards (federation/shards.py) ----
 

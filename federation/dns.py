@@ -49,7 +49,8 @@ from federation.hubwriter import FINALIZER, STATUS_MANAGER, now_rfc3339
 from federation.kube import ApiError
 from federation.workqueue import KeyedQueue
 from nameservice.models import DNSProvider, DNSProviderStatus, NameService, NameServiceStatus
-from nameservice.providers import Provider, ProviderError, provider_for
+from nameservice.providers import Provider, ProviderError
+from nameservice.providers.factory import provider_for
 from nameservice.records import TargetFact, parse_time
 from nameservice.sync import delete_nameservice, error_status, sync_nameservice
 
@@ -67,7 +68,6 @@ HUB_FIXABLE = {"InvalidSpec", "ProviderNotFound", "ProviderInvalid", "AccessPoin
 UNREACHABLE_SETUP = {"SecretNotFound", "SecretKeyMissing", "AuthenticationFailed", "ZoneNotServed",
                      "ProviderRejected", "ProviderNotFound", "ProviderInvalid"}
 
-_INSTANCES: dict[int, DNSFeature] = {}
 
 
 class SetupError(Exception):
@@ -714,12 +714,12 @@ class DNSFeature:
 
 def feature_of(controller: Controller) -> DNSFeature | None:
     """The DNS feature installed on `controller` (None when it is not), e.g. for ACME DNS-01."""
-    return _INSTANCES.get(id(controller))
+    return controller.feature(DNSFeature)
 
 
 def _feature(holder: dict[str, Any]) -> DNSFeature | None:
     controller = holder.get("controller")
-    return _INSTANCES.get(id(controller)) if controller is not None else None
+    return controller.feature(DNSFeature) if controller is not None else None
 
 
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
@@ -743,8 +743,8 @@ def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
 
 
 async def install(controller: Controller) -> None:
-    feature = DNSFeature(controller)
-    _INSTANCES[id(controller)] = feature
+    feature = controller.install(DNSFeature(controller))
+    controller.enqueuers["NameService"] = lambda ns, name: feature.enqueue(f"ns/{ns}/{name}")
     controller.status_contributors.append(feature.contribute)
     controller.status_listeners.append(feature.listen)
     controller.shard_listeners.append(feature.shards_changed)

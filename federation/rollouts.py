@@ -501,11 +501,8 @@ def _owner_ref(ap: AccessPoint) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Feature wiring (federation/operator.py FEATURES)
 
-_RUNTIMES: dict[int, Rollouts] = {}
-
-
 def runtime(controller: Controller) -> Rollouts | None:
-    return _RUNTIMES.get(id(controller))
+    return controller.feature(Rollouts)
 
 
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
@@ -518,8 +515,7 @@ def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
 
 
 async def install(controller: Controller) -> None:
-    rollouts = Rollouts(controller)
-    _RUNTIMES[id(controller)] = rollouts
+    rollouts = controller.install(Rollouts(controller))
     await rollouts.load_approvals()
     await rollouts.load_histories()
     controller.spec_selector = rollouts.select

@@ -54,7 +54,6 @@ LISTS = {
     "Certificate": "/apis/meshfed.io/v1alpha1/certificates",
 }
 
-_INSTANCES: dict[int, Tenancy] = {}
 
 
 def _hosts(kind: str, body: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -129,20 +128,7 @@ class Tenancy:
                 self._enqueue(*other)
 
     def _enqueue(self, kind: str, ns: str, name: str) -> None:
-        if kind == "AccessPoint":
-            self.controller.enqueue(f"ap/{ns}/{name}")
-        elif kind == "NameService":
-            from federation import dns
-
-            feature = dns.feature_of(self.controller)
-            if feature is not None:
-                feature.enqueue(f"ns/{ns}/{name}")
-        elif kind == "Certificate":
-            from federation import certificates
-
-            cert_feature = certificates.feature_of(self.controller)
-            if cert_feature is not None:
-                cert_feature.enqueue(f"{ns}/{name}")
+        self.controller.enqueue_object(kind, ns, name)
 
     # ---- checks ----
 
@@ -191,7 +177,7 @@ class Tenancy:
 
 
 def feature_of(controller: Controller) -> Tenancy | None:
-    return _INSTANCES.get(id(controller))
+    return controller.feature(Tenancy)
 
 
 def nameservice_refusals(controller: Controller, body: Mapping[str, Any]) -> list[Problem]:
@@ -210,7 +196,7 @@ def certificate_refusals(controller: Controller, body: Mapping[str, Any]) -> lis
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
     def feature() -> Tenancy | None:
         controller = holder.get("controller")
-        return _INSTANCES.get(id(controller)) if controller is not None else None
+        return controller.feature(Tenancy) if controller is not None else None
 
     @kopf.on.event("meshfed.io", "v1alpha1", "tenancypolicies", registry=registry)
     async def tenancypolicy_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -232,8 +218,7 @@ def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
 
 
 async def install(controller: Controller) -> None:
-    feature = Tenancy(controller)
-    _INSTANCES[id(controller)] = feature
+    feature = controller.install(Tenancy(controller))
     controller.validators.append(feature.validate)
     controller.rendered_validators.append(feature.validate_rendered)
     await feature.start()

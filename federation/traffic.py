@@ -32,7 +32,6 @@ import contextlib
 import logging
 import os
 import re
-import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -379,20 +378,17 @@ class TrafficFeature:
             self.controller._tasks.append(self._task)  # cancelled by Controller.stop()
 
 
-_FEATURES: weakref.WeakKeyDictionary[Controller, TrafficFeature] = weakref.WeakKeyDictionary()
-
-
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
     @kopf.on.event("meshfed.io", "v1alpha1", "placementpolicies", registry=registry)
     async def placementpolicy_status_event(event: kopf.RawEvent, **_: Any) -> None:
-        feature = _FEATURES.get(holder["controller"])
+        controller = holder.get("controller")
+        feature = controller.feature(TrafficFeature) if controller is not None else None
         if feature is not None:
             feature.on_policy_event(event.get("type") or "ADDED", dict(event["object"]))
 
 
 async def install(controller: Controller) -> None:
-    feature = TrafficFeature(controller)
-    _FEATURES[controller] = feature
+    feature = controller.install(TrafficFeature(controller))
     controller.validators.append(feature.validate)
     controller.context_providers.append(feature.context)
     controller.status_contributors.append(feature.contribute)

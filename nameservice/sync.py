@@ -4,7 +4,7 @@
 
 - `ns`: the NameService (its metadata namespace/name and generation are used).
 - `provider`: a Provider for the DNSProvider named by `ns.spec.providerRef`
-  (`nameservice.providers.provider_for(spec, secret)`; the hub reads the Secret).
+  (`nameservice.providers.factory.provider_for(spec, secret)`; the hub reads the Secret).
 - `targets`: one TargetFact per member cluster the AccessPoint is placed on (cluster, region,
   gateway VIP or None, reachable True/False/None, last seen); None when the source is unknown
   (AccessPoint status not read yet): the last published records are kept. Ignored when the

@@ -134,7 +134,7 @@ async def bench_delivery(n: int) -> dict[str, list[float]]:
     import base64
     import tempfile
 
-    from federation.testing import ControllerProcess, start_fleet
+    from fleet.testing import ControllerProcess, start_fleet
 
     with tempfile.TemporaryDirectory(prefix="meshfed-bench-certs-") as tmp:
         fleet = await start_fleet(Path(tmp), members=3, regions=2, zones=3)

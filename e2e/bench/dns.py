@@ -38,10 +38,10 @@ import dns.asyncquery  # noqa: E402
 import dns.message  # noqa: E402
 
 from e2e.dnsservers import BindServer, start_bind  # noqa: E402
-from federation.fleet import HUB_NAMESPACE, ensure_namespace  # noqa: E402
-from federation.testing import ControllerProcess, eventually, start_fleet  # noqa: E402
+from fleet import HUB_NAMESPACE, ensure_namespace  # noqa: E402
+from fleet.testing import ControllerProcess, eventually, start_fleet  # noqa: E402
 from nameservice.models import NameService, NameServiceStatus  # noqa: E402
-from nameservice.providers import RFC2136Provider  # noqa: E402
+from nameservice.providers.rfc2136 import RFC2136Provider  # noqa: E402
 from nameservice.records import TargetFact  # noqa: E402
 from nameservice.sync import SyncItem, sync_nameservice, sync_nameservices  # noqa: E402
 

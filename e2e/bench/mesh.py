@@ -30,10 +30,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from federation.fleet import GATEWAY_SELECTOR, Fleet, ensure_namespace
-from federation.fleet.istio import http_get
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, gateway_vip
+from fleet import GATEWAY_SELECTOR, Fleet, ensure_namespace
+from fleet.istio import http_get
+from fleet.testing import ControllerProcess, gateway_vip
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
 NS = "bench"

@@ -391,9 +391,9 @@ async def measure_fleet_drain(aps: int = 10, samples: int = 30, root: Path | Non
     """
     import tempfile
 
-    from federation.fleet import Fleet
     from federation.kube import KubeClient
-    from federation.testing import ControllerProcess, eventually, start_fleet
+    from fleet import Fleet
+    from fleet.testing import ControllerProcess, eventually, start_fleet
 
     own_root = root is None
     base = root or Path(tempfile.mkdtemp(prefix="meshfed-bench-drain-"))

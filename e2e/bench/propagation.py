@@ -28,10 +28,10 @@ from typing import Any
 from accesspoint.models import AccessPoint
 from accesspoint.ownership import HUB
 from accesspoint.render import render
-from federation.fleet import Fleet
 from federation.gcpolicy import tune_gc
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, diff_breakdown, request_breakdown, write_breakdown
+from fleet import Fleet
+from fleet.testing import ControllerProcess, diff_breakdown, request_breakdown, write_breakdown
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
 PATHS = {
@@ -75,7 +75,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def ensure_ns(client: KubeClient, ns: str) -> None:
-    from federation.fleet import ensure_namespace
+    from fleet import ensure_namespace
 
     await ensure_namespace(client, ns)
 

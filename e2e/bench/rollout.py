@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from accesspoint.rollout import ABORT_ANNOTATION, approval_name
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, eventually, start_fleet
+from fleet.testing import ControllerProcess, eventually, start_fleet
 
 AP = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
 RAP = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/rolloutapprovals"
@@ -196,9 +196,9 @@ async def until_rollout(hub: KubeClient, ns: str, name: str, timeout: float = 12
 
 async def run_health(rounds: int) -> dict[str, Any]:
     from e2e import test_rollout_health as h
-    from federation import pki
-    from federation.fleet.istio import ISTIO_NAMESPACE
-    from federation.testing import gateway_vip
+    from fleet import pki
+    from fleet.istio import ISTIO_NAMESPACE
+    from fleet.testing import gateway_vip
 
     root = Path(tempfile.mkdtemp(prefix="meshfed-bench-rollout-health-"))
     fleet = await start_fleet(root, topology=h.TOPOLOGY, istio=True)

@@ -39,9 +39,9 @@ from typing import Any
 
 from e2e.bench.propagation import AppliedTracker, cpu_seconds, ensure_ns, pct, writes
 from e2e.bench.propagation import template as propagation_template
-from federation.fleet import REPO, Fleet
 from federation.kube import KubeClient
-from federation.testing import (
+from fleet import REPO, Fleet
+from fleet.testing import (
     FAST_LEASES,
     ControllerProcess,
     delete_accesspoints,
@@ -161,7 +161,7 @@ def capture(fleet: Fleet, procs: list[ControllerProcess], hub_id: str, into: Pat
     leases = subprocess.run(["kubectl", "get", "leases", "-n", "meshfed-system", "-l", f"meshfed.io/lease-of={hub_id}"],
                             capture_output=True, text=True, env=env, check=False)
     (into / "leases.txt").write_text(leases.stdout + leases.stderr)
-    shards = subprocess.run([sys.executable, "-m", "federation.kubectl_plugin", "shards", "--hub-id", hub_id,
+    shards = subprocess.run([sys.executable, "-m", "cli.kubectl", "shards", "--hub-id", hub_id,
                              "--kubeconfig", str(fleet.state.hub.kubeconfig)],
                             capture_output=True, text=True, cwd=REPO, check=False)
     (into / "shards.txt").write_text(shards.stdout + shards.stderr)

@@ -64,10 +64,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from accesspoint.models import AccessPoint
 from accesspoint.render import RenderContext, render
 from accesspoint.visibility import VisibilityPolicy, apply_visibility
-from federation.fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, ensure_namespace
-from federation.fleet.istio import MemberIstio, http_get
 from federation.kube import ApiError, KubeClient
-from federation.testing import ACCESSPOINTS, ControllerProcess, gateway_vip, start_fleet
+from fleet import GATEWAY_SELECTOR, ISTIO_NAMESPACE, Fleet, ensure_namespace
+from fleet.istio import MemberIstio, http_get
+from fleet.testing import ACCESSPOINTS, ControllerProcess, gateway_vip, start_fleet
 from placement.models import ClusterFacts
 
 TEAMS = 50

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from federation.fleet import ClusterProc
 from federation.kube import KubeClient
-from federation.testing import single_apiserver
+from fleet import ClusterProc
+from fleet.testing import single_apiserver
 
 
 @dataclass

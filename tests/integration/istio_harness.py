@@ -2,7 +2,7 @@
 ../shared/lab/istio): loopback ports of their own, analysis on, optionally istiod's validation webhook
 registered on the API server. The gateway is Envoy with a hand-written bootstrap (no pilot-agent, so no
 fixed 15020/15021/15090 ports): node ID `router~127.0.0.1~<pod>.istio-system~…`, i.e. proxy `<pod>.istio-system`,
-and its placeholder Pod object so the Gateway selector matches a workload. Binaries: federation.fleet's
+and its placeholder Pod object so the Gateway selector matches a workload. Binaries: fleet's
 cached builds. (The e2e fleet runs the full setup: pilot-agent, mTLS xDS, network namespaces.)
 """
 
@@ -21,9 +21,8 @@ from pathlib import Path
 
 import aiohttp
 
-from federation import pki
-from federation.fleet import envoy_binary, free_port, istio_binary
 from federation.kube import ApiError, KubeClient
+from fleet import envoy_binary, free_port, istio_binary, pki
 
 MESH = """rootNamespace: istio-system
 trustDomain: cluster.local

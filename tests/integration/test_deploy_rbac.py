@@ -1,8 +1,8 @@
 """The RBAC in deploy/ is sufficient: the real `meshfed controller` runs with nothing but it.
 
-A hub and one member, each a real kube-apiserver with an audit log (federation.testing.audited_apiserver).
+A hub and one member, each a real kube-apiserver with an audit log (fleet.testing.audited_apiserver).
 deploy/ is applied to the hub and deploy/member/ to the member exactly as `kubectl apply -k` would
-(federation.testing.kustomize_objects). The controller authenticates to the hub with a token of the
+(fleet.testing.kustomize_objects). The controller authenticates to the hub with a token of the
 ServiceAccount meshfed-system/meshfed-controller (TokenRequest API) and to the member with a token of
 meshfed-system/meshfed-hub there; `meshfed sds` runs as meshfed-system/meshfed-sds. The scenario drives
 every feature's hub and member requests: an AccessPoint applied to the member (status, finalizer,
@@ -39,11 +39,10 @@ import yaml
 
 from certs.ca import generate_ca
 from e2e.dnsservers import BindServer, start_bind
-from federation import pki
-from federation.fleet import REPO, free_port, register_member
-from federation.fleet.l4 import Allocator, pool_for
 from federation.kube import ApiError, KubeClient
-from federation.testing import (
+from fleet import REPO, free_port, pki, register_member
+from fleet.l4 import Allocator, pool_for
+from fleet.testing import (
     DEPLOY,
     AuditedClusterProc,
     ControllerProcess,
@@ -133,7 +132,7 @@ def start_sds(kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
     """`meshfed sds --kubeconfig` (hub mode: Certificates and stored bundles, ACK/NACK into status)."""
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "federation.cli", "sds", "--kubeconfig", str(kubeconfig),
+            [sys.executable, "-m", "cli.main", "sds", "--kubeconfig", str(kubeconfig),
              "--listen", f"127.0.0.1:{free_port()}"],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})

@@ -21,7 +21,9 @@ from certs.models import CertificateIssuer, SecretRef
 from e2e.certservers import Pebble
 from e2e.dnsservers import BindServer, PowerDNSServer, start_bind, start_powerdns
 from nameservice.dns01 import ChallengeConflict, Dns01ProviderHook
-from nameservice.providers import OutsideZone, PowerDNSProvider, Provider, RFC2136Provider
+from nameservice.providers import OutsideZone, Provider
+from nameservice.providers.powerdns import PowerDNSProvider
+from nameservice.providers.rfc2136 import RFC2136Provider
 from nameservice.records import Owner
 
 pytestmark = pytest.mark.integration

@@ -24,7 +24,7 @@ import pytest
 from e2e.dnsservers import BindServer, start_bind
 from nameservice.models import NameService
 from nameservice.plan import diff
-from nameservice.providers import RFC2136Provider
+from nameservice.providers.rfc2136 import RFC2136Provider
 from nameservice.records import TargetFact, desired, owner_name
 from nameservice.sync import SyncItem, sync_nameservice, sync_nameservices
 from tests.integration.dns_harness import (

@@ -13,7 +13,7 @@ import pytest
 
 from e2e.dnsservers import PowerDNSServer, start_powerdns
 from nameservice.models import NameService
-from nameservice.providers import PowerDNSProvider
+from nameservice.providers.powerdns import PowerDNSProvider
 from nameservice.sync import SyncItem, sync_nameservice, sync_nameservices
 from tests.integration.dns_harness import (
     HUB,

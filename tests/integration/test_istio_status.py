@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import yaml
 
-from federation.fleet import ClusterProc, free_port, register_member
 from federation.kube import KubeClient
-from federation.testing import ControllerProcess, condition, eventually, single_apiserver, wait_status
+from fleet import ClusterProc, free_port, register_member
+from fleet.testing import ControllerProcess, condition, eventually, single_apiserver, wait_status
 from tests.integration.istio_harness import Gateway, Istiod, gateway_workload, register_webhook
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,7 @@ def kubectl(w: World, *args: str) -> str:
 
 
 def meshfed_status(w: World, ns: str) -> str:
-    out = subprocess.run([".venv/bin/python", "-m", "federation.cli", "status", "web", "-n", ns, "--kubeconfig",
+    out = subprocess.run([".venv/bin/python", "-m", "cli.main", "status", "web", "-n", ns, "--kubeconfig",
                           str(w.api.kubeconfig)], capture_output=True, text=True, timeout=30,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr

@@ -22,10 +22,10 @@ import pytest
 
 from accesspoint.kinds import TEMPLATE_KINDS, Kind, api_path, template_kind
 from accesspoint.ownership import HUB, MANAGED_BY, OWNER_NAME
-from federation import kind_samples as samples
-from federation.fleet import ClusterProc, apply_crds, load_member_crds, register_member
 from federation.kube import ApiError, KubeClient
-from federation.testing import (
+from fleet import ClusterProc, apply_crds, load_member_crds, register_member
+from fleet import kind_samples as samples
+from fleet.testing import (
     ACCESSPOINTS,
     ControllerProcess,
     create_namespace,

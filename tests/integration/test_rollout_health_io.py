@@ -22,10 +22,9 @@ import pytest
 
 from accesspoint.health import HttpProbe, stat_prefix
 from e2e.certservers import MissingComponent, _Proc, _wait, envoy_binary
-from federation import pki
-from federation.fleet import free_port
 from federation.gatewaystats import Reading, StatsReader
 from federation.probes import send_probe
+from fleet import free_port, pki
 from placement.models import GatewayStats
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from accesspoint.meta import GROUP, VERSION
-from federation.cli import cmd_crds
+from cli.main import cmd_crds
 from federation.crdgen import RESOURCES, all_crds, crd_manifest
 
 CRDS = all_crds()

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from federation.cli import build_parser
+from cli.main import build_parser
 from federation.crdgen import all_crds
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -72,7 +72,7 @@ def test_kustomization_lists_existing_files(path: Path) -> None:
 
 @pytest.mark.parametrize("path", kustomizations(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
 def test_kustomization_only_lists_resources(path: Path) -> None:
-    # federation.testing.kustomize_objects (the RBAC integration test) builds exactly these.
+    # fleet.testing.kustomize_objects (the RBAC integration test) builds exactly these.
     (k,) = docs(path)
     assert set(k) <= {"apiVersion", "kind", "resources"}, f"{path.relative_to(DEPLOY)}: {sorted(k)}"
 

@@ -37,8 +37,8 @@ from accesspoint.ownership import HASH_ANNOTATION, OWNER_NAME
 from accesspoint.plan import plan
 from accesspoint.render import Renderer, key_of, render, validate
 from accesspoint.revisions import revision_hash
-from federation import kind_samples as samples
 from federation.members import Member, OwnedCache, Probe, served_kinds, served_resources
+from fleet import kind_samples as samples
 from placement.models import ClusterFacts, MemberCluster
 
 HUB = "hub-1"

@@ -19,7 +19,7 @@ Owns, per member (settings from ../shared/lab/istio/README.md, where each was fo
   * echo backend records (address, locality) and the ServiceEntry + WorkloadEntries that publish them
     in a namespace on every member, local and remote instances alike, each with its locality — what a
     multi-primary mesh's istiod learns from every cluster, so locality weights have real endpoints.
-Imports federation.pki, federation.kube, federation.fleet.{build,netns}.
+Imports fleet.pki, federation.kube, fleet.{build,netns}.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ from typing import Any
 
 import yaml
 
-from federation import pki
-from federation.fleet import netns
 from federation.kube import ApiError, KubeClient
+from fleet import netns, pki
 
 ISTIO_NAMESPACE = "istio-system"
 TRUST_DOMAIN = "cluster.local"

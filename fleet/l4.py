@@ -1,4 +1,4 @@
-"""The local fleet's stand-in for a cloud L4 load balancer (`python -m federation.fleet.l4 FLEET_DIR`).
+"""The local fleet's stand-in for a cloud L4 load balancer (`python -m fleet.l4 FLEET_DIR`).
 
 Owns, for every member of a fleet:
   * VIP allocation: a Service of type LoadBalancer gets an address from the member's loopback pool
@@ -14,7 +14,7 @@ Owns, for every member of a fleet:
     admin/readiness ports from the host into the namespace.
 Forwarding is a userspace TCP relay (kube-proxy's userspace mode): asyncio protocols, TCP_NODELAY,
 flow control by pausing the reading side, half-closes passed on. Loopback and the fleet's own
-namespaces only. Imports federation.kube and federation.fleet.netns.
+namespaces only. Imports federation.kube and fleet.netns.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation.fleet import netns
 from federation.kube import ApiError, Gone, KubeClient
+from fleet import netns
 
 log = logging.getLogger("meshfed.l4")
 FIELD_MANAGER = "meshfed-fleet-lb"

@@ -1,4 +1,4 @@
-"""Echo backends of the local fleet (`python -m federation.fleet.echo FLEET_DIR`).
+"""Echo backends of the local fleet (`python -m fleet.echo FLEET_DIR`).
 
 Owns the small HTTP/1.1 servers that stand in for an application's instances in each member cluster:
 every backend answers with its cluster, region and zone (headers `x-echo-cluster`, `x-echo-region`,
@@ -13,7 +13,7 @@ which), and can be switched at run time through a control API on the host's loop
     PUT  /backends/<name>   {"mode": M}  M = ok | fail (answer 503) | hang (accept, never answer) |
     PUT  /clusters/<name>   {"mode": M}       down (listeners closed: connection refused)
 
-Imports federation.fleet.netns only.
+Imports fleet.netns only.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from federation.fleet import netns
+from fleet import netns
 
 log = logging.getLogger("meshfed.echo")
 MODES = ("ok", "fail", "hang", "down")

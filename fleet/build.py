@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 GO_MODULE = REPO / "e2e" / "apiserver"
 ISTIO_MODULE = REPO / "e2e" / "istio"
 K8S_VERSION = "v1.34.4"

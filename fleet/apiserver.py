@@ -4,7 +4,7 @@ installs on it.
 Owns starting/stopping one API server on loopback (its own data, PKI and kubeconfig), installing CRDs
 (meshfed's on the hub; Istio's and Gateway API's on members, from ../shared/crds) and registering a
 member on the hub (kubeconfig Secret + MemberCluster). Imports federation.{pki,crdgen,kube} and
-federation.fleet.build.
+fleet.build.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ from typing import Any
 
 import yaml
 
-from federation import pki
-from federation.fleet.build import ISTIO_MODULE, REPO
-from federation.fleet.istio import MemberIstio
 from federation.kube import ApiError, KubeClient
-
-HUB_NAMESPACE = "meshfed-system"
+from fleet import pki
+from fleet.build import ISTIO_MODULE, REPO
+from fleet.istio import MemberIstio
 
 
 def shared_dir() -> Path:
@@ -303,55 +301,3 @@ async def apply_manifests(client: KubeClient, path: Path) -> None:
         if doc:
             await client.apply(f"{_CLUSTER_PATHS[doc['kind']]}/{doc['metadata']['name']}", doc,
                                field_manager="meshfed-fleet")
-
-
-async def ensure_namespace(client: KubeClient, name: str) -> None:
-    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
-    try:
-        await client.create("/api/v1/namespaces", body, field_manager="meshfed-fleet")
-    except ApiError as err:
-        if err.status != 409:
-            raise
-
-
-def memberclusters_know_istiod() -> bool:
-    """Whether the MemberCluster model has `spec.istiod` (helper meshstatus adds it)."""
-    from federation.crdgen import all_crds
-
-    for crd in all_crds():
-        if crd["spec"]["names"]["kind"] == "MemberCluster":
-            for version in crd["spec"]["versions"]:
-                spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
-                if "istiod" in (spec.get("properties") or {}):
-                    return True
-    return False
-
-
-async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: str, zone: str,
-                          labels: dict[str, str], istiod_url: str | None = None,
-                          gateway_admin_url: str | None = None) -> None:
-    """The documented way to register any cluster: a kubeconfig Secret + a MemberCluster (with
-    `spec.istiod.url` when the cluster's istiod is reached directly, as in the local fleet, and
-    `spec.gatewayStats.url` when its gateway Envoy's admin is: the Analysis gate reads it)."""
-    await ensure_namespace(hub, HUB_NAMESPACE)
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": f"{name}-kubeconfig", "namespace": HUB_NAMESPACE},
-        "type": "Opaque",
-        "stringData": {"kubeconfig": kubeconfig},
-    }
-    await hub.apply(f"/api/v1/namespaces/{HUB_NAMESPACE}/secrets/{name}-kubeconfig", secret,
-                    field_manager="meshfed-fleet")
-    spec: dict[str, Any] = {
-        "kubeconfigSecretRef": {"name": f"{name}-kubeconfig", "namespace": HUB_NAMESPACE, "key": "kubeconfig"},
-        "region": region,
-        "zone": zone,
-    }
-    if istiod_url and memberclusters_know_istiod():
-        spec["istiod"] = {"url": istiod_url}
-    if gateway_admin_url:
-        spec["gatewayStats"] = {"url": gateway_admin_url}
-    member = {"apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
-              "metadata": {"name": name, "labels": labels}, "spec": spec}
-    await hub.apply(f"/apis/meshfed.io/v1alpha1/memberclusters/{name}", member, field_manager="meshfed-fleet")

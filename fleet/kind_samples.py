@@ -1,6 +1,6 @@
 """Test data: one valid template object per template kind added for the gateway teams (Istio security,
 Sidecar, Telemetry, EnvoyFilter, Gateway API), each using a `${var}`, shared by the unit, integration and
-e2e tests (like federation.testing, never used by the controller). Valid against the real CRDs in
+e2e tests (like fleet.testing, never used by the controller). Valid against the real CRDs in
 shared/crds (istio/crd-all.gen.yaml, gateway-api/*.yaml). Imports nothing of meshfed."""
 
 from __future__ import annotations

@@ -7,27 +7,25 @@ A place of its own, one module per part:
   apiserver  one API server (ClusterProc), CRDs, member registration
   istio      a member's istiod, gateway, gateway objects, webhook, echo backend registration
   netns      network namespaces (one per member's data plane)
-  l4         the load-balancer stand-in (VIP allocation + forwarding), `python -m federation.fleet.l4`
-  echo       the echo backends, `python -m federation.fleet.echo`
+  l4         the load-balancer stand-in (VIP allocation + forwarding), `python -m fleet.l4`
+  echo       the echo backends, `python -m fleet.echo`
   core       Fleet: up/down, state in fleet.json
 Only the local fleet, tests and the demo use it; never the controller.
 """
 
-from federation.fleet.apiserver import (
+from federation.registration import HUB_NAMESPACE, ensure_namespace, register_member
+from fleet.apiserver import (
     APPROVAL_POLICY,
     CRD_PATH,
-    HUB_NAMESPACE,
     ClusterProc,
     apply_crds,
     apply_manifests,
-    ensure_namespace,
     free_port,
     kubeconfig_dict,
     load_member_crds,
-    register_member,
     shared_dir,
 )
-from federation.fleet.build import (
+from fleet.build import (
     GO_MODULE,
     ISTIO_MODULE,
     K8S_VERSION,
@@ -40,8 +38,8 @@ from federation.fleet.build import (
     istio_binary,
     say,
 )
-from federation.fleet.core import Fleet, FleetState, default_topology, stop_groups
-from federation.fleet.istio import GATEWAY_SELECTOR, ISTIO_NAMESPACE, EchoBackend, MemberIstio
+from fleet.core import Fleet, FleetState, default_topology, stop_groups
+from fleet.istio import GATEWAY_SELECTOR, ISTIO_NAMESPACE, EchoBackend, MemberIstio
 
 __all__ = [
     "APPROVAL_POLICY", "CRD_PATH", "GATEWAY_SELECTOR", "GO_MODULE", "HUB_NAMESPACE", "ISTIO_MODULE",

@@ -16,21 +16,8 @@ from typing import Any
 
 import yaml
 
-DEFAULT_FLEET_DIR = Path(os.environ.get("MESHFED_FLEET_DIR", Path(__file__).resolve().parents[1] / ".fleet"))
-
-
-def _hub_kubeconfig(args: argparse.Namespace) -> str:
-    path = getattr(args, "kubeconfig", None) or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-    path = path.split(os.pathsep)[0]
-    if not os.path.exists(path):
-        sys.exit(f"meshfed: no kubeconfig for the hub at {path!r} (use --kubeconfig or set KUBECONFIG)")
-    return path
-
-
-def table(rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-
+from cli.common import DEFAULT_FLEET_DIR, hub_kubeconfig, table
+from cli.rollout import add_rollout_commands, render_rollout
 
 # ---- controller ----
 
@@ -67,10 +54,10 @@ def cmd_controller(args: argparse.Namespace) -> None:
 # ---- fleet ----
 
 def cmd_fleet(args: argparse.Namespace) -> None:
-    from federation.fleet import Fleet
+    from fleet import Fleet
 
     if args.action == "build":
-        from federation.fleet import apiserver_binary, istio_binaries
+        from fleet import apiserver_binary, istio_binaries
 
         print(f"kube-apiserver binary: {apiserver_binary()}")
         for name, path in istio_binaries().items():
@@ -133,7 +120,7 @@ def cmd_fleet(args: argparse.Namespace) -> None:
         if args.action == "stop-member":
             member.stop()
         else:
-            from federation.fleet import apiserver_binary
+            from fleet import apiserver_binary
 
             member.start(apiserver_binary(quiet=True))
             asyncio.run(member.wait_ready())
@@ -169,7 +156,7 @@ def cmd_crds(args: argparse.Namespace) -> None:
 async def _get_accesspoint(args: argparse.Namespace) -> dict[str, Any]:
     from federation.kube import KubeClient
 
-    client = await KubeClient.from_kubeconfig_file(_hub_kubeconfig(args), "hub")
+    client = await KubeClient.from_kubeconfig_file(hub_kubeconfig(args), "hub")
     try:
         obj = await client.get(f"/apis/meshfed.io/v1alpha1/namespaces/{args.namespace}/accesspoints/{args.name}")
     finally:
@@ -250,7 +237,6 @@ def render_status(obj: dict[str, Any]) -> str:
     rejected = (status.get("placement") or {}).get("rejected") or []
     if rejected:
         lines += ["", "Not placed:"] + [f"  {r['cluster']}: {r['reason']}" for r in rejected]
-    from federation.kubectl_plugin import render_rollout
 
     rollout = render_rollout(status)
     if rollout:
@@ -265,8 +251,8 @@ def cmd_status(args: argparse.Namespace) -> None:
 # ---- register ----
 
 def cmd_register(args: argparse.Namespace) -> None:
-    from federation.fleet import register_member
     from federation.kube import KubeClient
+    from federation.registration import register_member
 
     labels = dict(kv.split("=", 1) for kv in args.label)
     text = Path(args.member_kubeconfig).read_text()
@@ -278,7 +264,7 @@ def cmd_register(args: argparse.Namespace) -> None:
             print(f"{args.cluster}: reachable, Kubernetes {version.get('gitVersion')}")
         finally:
             await probe.close()
-        hub = await KubeClient.from_kubeconfig_file(_hub_kubeconfig(args), "hub")
+        hub = await KubeClient.from_kubeconfig_file(hub_kubeconfig(args), "hub")
         try:
             await register_member(hub, args.cluster, text, args.region, args.zone, labels)
         finally:
@@ -297,8 +283,6 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     status.add_argument("-n", "--namespace", default="default")
     status.add_argument("--kubeconfig")
     status.set_defaults(func=cmd_status)
-
-    from federation.kubectl_plugin import add_rollout_commands
 
     add_rollout_commands(sub)
     if plugin:

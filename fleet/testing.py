@@ -26,8 +26,8 @@ from typing import Any, TypeVar
 from cryptography import x509
 
 from federation.crdgen import all_crds
-from federation.fleet import REPO, ClusterProc, Fleet, apiserver_binary, apply_crds, free_port, load_member_crds
 from federation.kube import KubeClient
+from fleet import REPO, ClusterProc, Fleet, apiserver_binary, apply_crds, free_port, load_member_crds
 
 T = TypeVar("T")
 
@@ -234,7 +234,7 @@ class ControllerProcess:
 
     def __init__(self, hub_kubeconfig: Path, log_path: Path, *, hub_id: str = "meshfed-hub",
                  extra: Iterable[str] = (), name: str = "controller") -> None:
-        self.base_args = [sys.executable, "-m", "federation.cli", "controller", "--kubeconfig", str(hub_kubeconfig),
+        self.base_args = [sys.executable, "-m", "cli.main", "controller", "--kubeconfig", str(hub_kubeconfig),
                           "--hub-id", hub_id, "--probe-interval", "0.5", *extra]
         self.args = list(self.base_args)
         self.log_path = log_path
@@ -490,7 +490,7 @@ def kustomize_objects(directory: Path) -> list[dict[str, Any]]:
 def manifest_path(obj: dict[str, Any]) -> str:
     kind = obj["kind"]
     if kind not in MANIFEST_PATHS:
-        raise ValueError(f"no REST path known for kind {kind} (add it to federation.testing.MANIFEST_PATHS)")
+        raise ValueError(f"no REST path known for kind {kind} (add it to fleet.testing.MANIFEST_PATHS)")
     meta = obj["metadata"]
     return f"{MANIFEST_PATHS[kind].format(ns=meta.get('namespace', ''))}/{meta['name']}"
 

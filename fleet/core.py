@@ -6,7 +6,7 @@ gateway Envoy in its own network namespace, the gateway's objects, its validatio
 stand-in forwarding VIPs to that gateway, and echo backends (`backends` per member). State lives in
 a directory (default `.fleet/` in the checkout) described by `fleet.json`, so `meshfed fleet down`
 stops everything it started (istiods, agents and Envoys, relays, backends, API servers) and removes
-the namespaces. Imports federation.fleet.{apiserver,build,istio,netns} and federation.crdgen.
+the namespaces. Imports fleet.{apiserver,build,istio,netns} and federation.crdgen.
 """
 
 from __future__ import annotations
@@ -26,20 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from federation.crdgen import all_crds
-from federation.fleet import istio as mesh
-from federation.fleet import l4, netns
-from federation.fleet.apiserver import (
+from federation.registration import HUB_NAMESPACE, ensure_namespace, register_member
+from fleet import istio as mesh
+from fleet import l4, netns
+from fleet.apiserver import (
     APPROVAL_POLICY,
-    HUB_NAMESPACE,
     ClusterProc,
     apply_crds,
     apply_manifests,
-    ensure_namespace,
     free_port,
     load_member_crds,
-    register_member,
 )
-from federation.fleet.build import REPO, apiserver_binary, istio_binaries, say
+from fleet.build import REPO, apiserver_binary, istio_binaries, say
 
 
 def default_topology(members: int, regions: int, zones: int) -> list[tuple[str, str, str]]:
@@ -359,7 +357,7 @@ class Fleet:
 
     # ---- auxiliary processes ----------------------------------------------------------------------
 
-    _AUX = {"l4": ("federation.fleet.l4", "l4.log"), "echo": ("federation.fleet.echo", "echo.log")}
+    _AUX = {"l4": ("fleet.l4", "l4.log"), "echo": ("fleet.echo", "echo.log")}
 
     def start_aux(self, name: str) -> None:
         assert self.state is not None

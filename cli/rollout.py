@@ -1,4 +1,4 @@
-"""`kubectl meshfed …`: the user-facing subcommands of the meshfed CLI as a kubectl plugin.
+"""The rollout subcommands of `meshfed` and `kubectl meshfed` (cli.kubectl), and `shards`.
 
 Owns the rollout subcommands (approve, reject, undo, promote --full, abort, pause, resume,
 history) and the rollout part of `status`. Every change goes through the API server as the
@@ -9,7 +9,7 @@ annotation that needs the `promote` verb; abort sets an annotation; undo writes 
 spec back (a new revision that rolls out like any change).
 
 Also `kubectl meshfed shards`: who holds which shard and singleton Lease on the hub (read-only; the
-table `render_shards` is pure).
+table `render_shards` is pure). Imports cli.common and, lazily, the runtime.
 """
 
 from __future__ import annotations
@@ -17,18 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from federation.cli import _hub_kubeconfig, build_parser, table
+from cli.common import UserError, hub_kubeconfig, run, table
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
 APPROVALS_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/rolloutapprovals"
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser("kubectl meshfed", plugin=True).parse_args(argv)
-    args.func(args)
 
 
 # ---- status: the rollout part ----
@@ -81,30 +75,6 @@ def render_rollout(status: dict[str, Any]) -> str:
                          ",".join(w.get("released") or []) or "-", state])
         lines += ["", table(rows)]
     return "\n".join(lines)
-
-
-# ---- helpers ----
-
-def _run(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> None:
-    from federation.kube import ApiError, KubeClient
-
-    async def go() -> str:
-        client = await KubeClient.from_kubeconfig_file(_hub_kubeconfig(args), "hub", attempts=1)
-        try:
-            return await work(client)
-        finally:
-            await client.close()
-
-    try:
-        print(asyncio.run(go()))
-    except ApiError as err:
-        sys.exit(f"meshfed: refused by the API server ({err.status} {err.reason}): {err.message}")
-    except UserError as err:
-        sys.exit(f"meshfed: {err}")
-
-
-class UserError(Exception):
-    pass
 
 
 async def _accesspoint(client: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -168,7 +138,7 @@ def cmd_decide(args: argparse.Namespace) -> None:
                 f"{spec.get('waveName', '')}, {spec['gate'].lower()} gate) as {user}"
                 + (" (dry run)" if args.dry_run else ""))
 
-    _run(args, work)
+    run(args, work)
 
 
 # ---- abort / promote / pause / resume ----
@@ -191,7 +161,7 @@ def cmd_annotate(args: argparse.Namespace) -> None:
 
     if args.command == "promote" and not args.full:
         sys.exit("meshfed: promote needs --full (skip every remaining gate of the rollout)")
-    _run(args, work)
+    run(args, work)
 
 
 def cmd_pause(args: argparse.Namespace) -> None:
@@ -203,7 +173,7 @@ def cmd_pause(args: argparse.Namespace) -> None:
                                  {"spec": {"rollout": {"paused": paused}}}, field_manager="kubectl-meshfed")
         return f"AccessPoint {args.namespace}/{args.name}: rollout {'paused' if paused else 'resumed'}"
 
-    _run(args, work)
+    run(args, work)
 
 
 # ---- undo / history ----
@@ -230,7 +200,7 @@ def cmd_undo(args: argparse.Namespace) -> None:
         return (f"AccessPoint {args.namespace}/{args.name}: revision {args.to_revision} re-deployed as a new "
                 f"revision ({revision_hash(spec)}); it rolls out like any change")
 
-    _run(args, work)
+    run(args, work)
 
 
 def cmd_history(args: argparse.Namespace) -> None:
@@ -248,11 +218,11 @@ def cmd_history(args: argparse.Namespace) -> None:
                          str(r.undo_of or "-"), mark])
         return table(rows) if len(rows) > 1 else "(no revisions recorded)"
 
-    _run(args, work)
+    run(args, work)
 
 
 def add_rollout_commands(sub: Any) -> None:
-    """The rollout subcommands (registered by federation.cli.build_parser)."""
+    """The rollout subcommands (registered by cli.main.build_parser)."""
 
     def target(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("name", help="AccessPoint name")
@@ -342,7 +312,7 @@ def cmd_shards(args: argparse.Namespace) -> None:
     from federation.shards import LEASE_OF, LEASES
 
     async def go() -> list[dict[str, Any]]:
-        client = await KubeClient.from_kubeconfig_file(_hub_kubeconfig(args), "hub")
+        client = await KubeClient.from_kubeconfig_file(hub_kubeconfig(args), "hub")
         try:
             selector = f"{LEASE_OF}={args.hub_id}" if args.hub_id else LEASE_OF
             items, _ = await client.list(LEASES.format(ns=args.lease_namespace), label_selector=selector)
@@ -352,6 +322,3 @@ def cmd_shards(args: argparse.Namespace) -> None:
 
     print(render_shards(asyncio.run(go()), time.time()))
 
-
-if __name__ == "__main__":
-    main()

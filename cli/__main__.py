@@ -1,0 +1,5 @@
+"""`python -m cli …` is `meshfed …`."""
+
+from cli.main import main
+
+main()

@@ -1,0 +1,17 @@
+"""`kubectl meshfed …`: the user-facing subcommands of the meshfed CLI as a kubectl plugin.
+
+Imports cli.main (the parser with plugin=True: status and the rollout subcommands); imported by nothing.
+"""
+
+from __future__ import annotations
+
+from cli.main import build_parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser("kubectl meshfed", plugin=True).parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

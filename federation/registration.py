@@ -1,0 +1,52 @@
+"""Registering a member cluster on the hub: a kubeconfig Secret in meshfed-system and a MemberCluster.
+
+Owns the documented way to register any cluster (`meshfed register`, and the local fleet through
+the same function). Imports federation.kube only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from federation.kube import ApiError, KubeClient
+
+HUB_NAMESPACE = "meshfed-system"
+
+
+async def ensure_namespace(client: KubeClient, name: str) -> None:
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    try:
+        await client.create("/api/v1/namespaces", body, field_manager="meshfed-fleet")
+    except ApiError as err:
+        if err.status != 409:
+            raise
+
+
+async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: str, zone: str,
+                          labels: dict[str, str], istiod_url: str | None = None,
+                          gateway_admin_url: str | None = None) -> None:
+    """The documented way to register any cluster: a kubeconfig Secret + a MemberCluster (with
+    `spec.istiod.url` when the cluster's istiod is reached directly, as in the local fleet, and
+    `spec.gatewayStats.url` when its gateway Envoy's admin is: the Analysis gate reads it)."""
+    await ensure_namespace(hub, HUB_NAMESPACE)
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"{name}-kubeconfig", "namespace": HUB_NAMESPACE},
+        "type": "Opaque",
+        "stringData": {"kubeconfig": kubeconfig},
+    }
+    await hub.apply(f"/api/v1/namespaces/{HUB_NAMESPACE}/secrets/{name}-kubeconfig", secret,
+                    field_manager="meshfed-fleet")
+    spec: dict[str, Any] = {
+        "kubeconfigSecretRef": {"name": f"{name}-kubeconfig", "namespace": HUB_NAMESPACE, "key": "kubeconfig"},
+        "region": region,
+        "zone": zone,
+    }
+    if istiod_url:
+        spec["istiod"] = {"url": istiod_url}
+    if gateway_admin_url:
+        spec["gatewayStats"] = {"url": gateway_admin_url}
+    member = {"apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
+              "metadata": {"name": name, "labels": labels}, "spec": spec}
+    await hub.apply(f"/apis/meshfed.io/v1alpha1/memberclusters/{name}", member, field_manager="meshfed-fleet")
