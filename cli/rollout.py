@@ -274,17 +274,27 @@ def _lease_state(spec: dict[str, Any], now: float) -> str:
 
 def render_shards(leases: list[dict[str, Any]], now: float) -> str:
     """Replicas (with their shards) and every Lease: holder, state, renewal, transitions."""
-    from federation.shards import LEASE_KIND, LEASE_OF, lease_shard
+    from federation.shards import LEASE_KIND, LEASE_OF, LEASE_PROTOCOL, PROTOCOL, lease_shard
 
     rows = [["HUB", "LEASE", "KIND", "HOLDER", "STATE", "RENEWED", "TRANSITIONS"]]
     by_holder: dict[tuple[str, str], list[int]] = {}
     replicas: list[tuple[str, str, str]] = []
+    # Shard and singleton Leases of lease protocol 2 are written only when they change hands and live
+    # as long as their holder's replica Lease is renewed (federation/shards.py).
+    live_replicas = set()
+    for r in leases:
+        labels, spec = r["metadata"].get("labels") or {}, r.get("spec") or {}
+        if labels.get(LEASE_KIND) == "replica" and _lease_state(spec, now) == "held":
+            live_replicas.add((labels.get(LEASE_OF, ""), spec.get("holderIdentity")))
     for lease in sorted(leases, key=lambda x: x["metadata"]["name"]):
         meta, spec = lease["metadata"], lease.get("spec") or {}
         labels = meta.get("labels") or {}
         hub, kind = labels.get(LEASE_OF, ""), labels.get(LEASE_KIND, "")
         key = meta["name"][len(hub) + 1:] if meta["name"].startswith(f"{hub}-") else meta["name"]
         state = _lease_state(spec, now)
+        if kind != "replica" and state.startswith("expired") and labels.get(LEASE_PROTOCOL) == PROTOCOL \
+                and (hub, spec.get("holderIdentity")) in live_replicas:
+            state = "held"
         holder = spec.get("holderIdentity") or "-"
         if kind == "replica":
             replicas.append((hub, holder, state))

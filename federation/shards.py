@@ -21,10 +21,18 @@ Owns:
 - **The Lease machinery** (`Shards`): one Lease per replica (identity + liveness, so fair shares can
   be computed), one per shard, one per singleton, all in the Lease namespace (default
   meshfed-system) labelled `meshfed.io/lease-of=<hub id>`. Every `retry_period` one LIST reads them
-  all, and this replica renews what it holds, releases its excess and takes free or expired shards.
-  Expiry follows client-go's rule: a Lease held by another replica is expired once its record has not
-  changed for `leaseDurationSeconds` of *this* replica's monotonic clock (no clock comparison
-  across machines).
+  all, and this replica renews its own replica Lease, releases its excess and takes free or expired
+  shards. Expiry follows client-go's rule: a Lease held by another replica is expired once its
+  record has not changed for `leaseDurationSeconds` of *this* replica's monotonic clock (no clock
+  comparison across machines).
+- **Renewal costs one write per replica, whatever the shard count** (lease protocol 2, label
+  `meshfed.io/lease-protocol`): a shard or singleton Lease written under protocol 2 is written only
+  when it changes hands (acquire, release); it stays held for as long as its holder's replica Lease
+  is renewed — it is live when its own record is fresh *or* its holder's replica Lease is live. A
+  replica renewing 32 shard Leases every 2 s wrote 16 times a second for ever; now 0.5. While a live
+  replica of an older version (its replica Lease without the label) is seen, which judges shard
+  Leases by their own record only, this replica renews its shard Leases too (as before), so a
+  rolling upgrade never lets an old replica take a shard a new one still holds.
 - **Fencing**: a replica writes for a Lease only until `renew_deadline` after the start of its last
   successful renewal (`valid`), and renew_deadline < lease duration, so it stops writing before any
   other replica can observe the Lease expired and take it. Work runs inside `working_on(lease)`
@@ -64,6 +72,8 @@ LEASE_NAMESPACE = "meshfed-system"
 SHARD_LABEL = "meshfed.io/shard"  # on member objects: the shard of their owning AccessPoint
 LEASE_OF = "meshfed.io/lease-of"  # on Leases: the hub id
 LEASE_KIND = "meshfed.io/lease-kind"  # shard | replica | singleton
+LEASE_PROTOCOL = "meshfed.io/lease-protocol"  # "2": shard/singleton Leases live while their holder's replica Lease does
+PROTOCOL = "2"
 LEASES = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 MEMBERS = "members"  # singleton: MemberCluster status
 SDS = "sds"  # singleton: `meshfed sds` status writing
@@ -178,7 +188,8 @@ def identity_default() -> str:
 
 def lease_body(name: str, namespace: str, hub_id: str, kind: str, holder: str, duration: int,
                *, acquire_time: str | None, transitions: int, resource_version: str | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": {LEASE_OF: hub_id, LEASE_KIND: kind}}
+    meta: dict[str, Any] = {"name": name, "namespace": namespace,
+                            "labels": {LEASE_OF: hub_id, LEASE_KIND: kind, LEASE_PROTOCOL: PROTOCOL}}
     if resource_version:
         meta["resourceVersion"] = resource_version
     spec: dict[str, Any] = {"holderIdentity": holder, "leaseDurationSeconds": duration, "renewTime": micro_time(),
@@ -246,9 +257,28 @@ class Observed:
     acquire: str | None
     rv: str
     at: float
+    protocol: str = ""
 
     def expired(self, now: float) -> bool:
+        """Its own record is stale (or it has no holder)."""
         return not self.holder or now >= self.at + self.duration
+
+
+def live_holder(key: str, observed: Mapping[str, Observed], role: str, now: float) -> str | None:
+    """The holder of Lease `key` if it is live, else None (pure). Live: its own record is fresh, or —
+    for a protocol-2 shard/singleton Lease, written only when it changes hands — its holder's replica
+    Lease (`<role>-<holder>`) is held by that holder and fresh."""
+    o = observed.get(key)
+    if o is None or not o.holder:
+        return None
+    if not o.expired(now):
+        return o.holder
+    if o.protocol != PROTOCOL or key.startswith(f"{role}-"):
+        return None
+    replica = observed.get(f"{role}-{o.holder}")
+    if replica is not None and replica.holder == o.holder and not replica.expired(now):
+        return o.holder
+    return None
 
 
 @dataclass
@@ -292,6 +322,7 @@ class Shards(Validity):
         self.role = role  # replica Leases are "<role>-<identity>": only the same role counts as live
         self.listeners: list[ChangeListener] = []
         self.live: list[str] = [self.identity]
+        self.legacy_peers = False  # a live replica of an older version judges shard Leases by their own record
         self.rounds = 0
         self._s = _State()
         self._task: asyncio.Task[None] | None = None
@@ -340,7 +371,7 @@ class Shards(Validity):
     def holders(self) -> dict[str, str]:
         """Lease key -> live holder, as last observed (for the kubectl view and tests)."""
         now = time.monotonic()
-        out = {k: o.holder for k, o in self._s.observed.items() if not o.expired(now)}
+        out = {k: h for k in self._s.observed if (h := live_holder(k, self._s.observed, self.role, now))}
         for k in self._s.held:
             out[k] = self.identity
         return out
@@ -399,25 +430,47 @@ class Shards(Validity):
         mine_replica = self.replica_key()
         live = {self.identity}
         role = f"{self.role}-"
+        legacy = False
         for key, o in self._s.observed.items():
             if key.startswith(role) and not o.expired(now) and o.holder == key[len(role):]:
                 live.add(o.holder)
+                legacy = legacy or (o.protocol != PROTOCOL and o.holder != self.identity)
         self.live = sorted(live)
+        if legacy != self.legacy_peers:
+            log.info("%s replica of an older lease protocol: shard Leases %s", "a live" if legacy else "no live",
+                     "renewed each round" if legacy else "written only when they change hands")
+        self.legacy_peers = legacy
+        # A held Lease whose record names another holder (or is gone) was taken or deleted: lost. (Its
+        # renewal finds the same under the old protocol; under protocol 2 it is not renewed by itself.)
+        taken_away = [k for k in self._s.held if k != mine_replica and
+                      (k not in self._s.observed or self._s.observed[k].holder != self.identity)]
+        if taken_away:
+            log.warning("leases %s were taken or deleted", ", ".join(sorted(taken_away)))
+            self._drop(taken_away, "lost")
         holders: dict[int, str] = {}
-        for key, o in self._s.observed.items():
+        for key in self._s.observed:
             shard = lease_shard(key)
             if shard is None or shard >= self.count:
                 continue
             if key in self._s.held:
                 holders[shard] = self.identity
-            elif not o.expired(now) and o.holder != self.identity:
-                holders[shard] = o.holder
+            elif (holder := live_holder(key, self._s.observed, self.role, now)) and holder != self.identity:
+                holders[shard] = holder
         moves = plan_shards(self.identity, self.live, holders, self.count)
         # Stop working on what is released before the Lease says so (no write after it is free).
         released = [shard_lease(s) for s in moves.release]
         self._drop(released, "released")
+        # A record naming this replica that it does not hold (an acquisition whose answer was lost, or
+        # a Lease dropped when a renewal was late) stays live through our replica Lease under protocol
+        # 2, so nobody else can take it: take it back (compare-and-swap) when the plan deals it to us,
+        # release it otherwise.
+        dealt = {shard_lease(s) for s in moves.acquire}
+        released += [k for k, o in self._s.observed.items() if lease_shard(k) is not None and k not in self._s.held
+                     and o.holder == self.identity and k not in dealt]
         singles = [k for k in self.singletons if k not in self._s.held and self._takeable(k, now)]
-        renew = [mine_replica, *sorted(self._s.held)]
+        # Protocol 2: the replica Lease's renewal renews everything held (one write); with a live
+        # replica of an older version every held Lease is renewed, as that version expects.
+        renew = [mine_replica, *sorted(self._s.held)] if self.legacy_peers else [mine_replica]
         acquire = [shard_lease(s) for s in moves.acquire if self._takeable(shard_lease(s), now)] + singles
         results = await asyncio.gather(
             *(self._renew(k, t0) for k in renew),
@@ -428,6 +481,12 @@ class Shards(Validity):
         for r in results:
             if isinstance(r, BaseException) and not isinstance(r, ApiError):
                 raise r
+        renewed = self._s.valid_until.get(mine_replica, 0.0) >= t0 + self.timing.renew_deadline
+        if not self.legacy_peers and renewed:
+            # The replica Lease was renewed: every Lease held through it is good for the same deadline
+            # (the holder's own fencing; others see them live as long as the replica Lease).
+            for key in self._s.held:
+                self._s.valid_until[key] = max(self._s.valid_until.get(key, 0.0), t0 + self.timing.renew_deadline)
         taken = [k for k, r in zip(acquire, results[len(renew) + len(released):], strict=True) if r is True]
         if taken:
             self._add(taken)
@@ -437,7 +496,7 @@ class Shards(Validity):
 
     def _takeable(self, key: str, now: float) -> bool:
         o = self._s.observed.get(key)
-        return o is None or o.expired(now) or o.holder == self.identity
+        return o is None or o.holder == self.identity or live_holder(key, self._s.observed, self.role, now) is None
 
     def _observe(self, items: list[dict[str, Any]], at: float) -> None:
         prefix = f"{self.hub_id}-"
@@ -462,7 +521,8 @@ class Shards(Validity):
         self._s.observed[key] = Observed(
             holder=holder, renew=renew, duration=float(spec.get("leaseDurationSeconds") or self.timing.duration),
             transitions=int(spec.get("leaseTransitions") or 0), acquire=spec.get("acquireTime"), rv=rv,
-            at=at if changed or old is None else old.at)
+            at=at if changed or old is None else old.at,
+            protocol=str(((item.get("metadata") or {}).get("labels") or {}).get(LEASE_PROTOCOL) or ""))
 
     def _kind(self, key: str) -> str:
         if lease_shard(key) is not None:

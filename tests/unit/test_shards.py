@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 
 from federation.shards import (
     LeaseTiming,
+    Observed,
     fair_share,
+    live_holder,
     lease_shard,
     owner_name,
     plan_shards,
@@ -202,3 +204,56 @@ def test_relist_keeps_objects_written_after_its_snapshot() -> None:
     cache.put(obj("gone", 50))
     cache.replace_kind(("", "Service"), [obj("old", 10)], "100")
     assert sorted(k.name for k in cache.objects) == ["created", "old"]
+
+
+# ---- lease protocol 2: shard Leases live through their holder's replica Lease ----------------------
+
+def _observed(holder: str, at: float, protocol: str = "2", duration: float = 15.0) -> Observed:
+    return Observed(holder=holder, renew="r", duration=duration, transitions=0, acquire=None, rv="1", at=at,
+                    protocol=protocol)
+
+
+def test_a_protocol_2_shard_lease_lives_as_long_as_its_holders_replica_lease() -> None:
+    now = 100.0
+    fresh, stale = now - 1, now - 20  # record last changed 1 s / 20 s ago (duration 15 s)
+    cases = [
+        # (shard record, replica record of its holder) -> live holder
+        (_observed("a", fresh), None, "a"),                                   # own record fresh
+        (_observed("a", stale), _observed("a", fresh), "a"),                  # through the replica Lease
+        (_observed("a", stale), _observed("a", stale), None),                 # holder dead
+        (_observed("a", stale), None, None),                                  # holder's replica Lease gone
+        (_observed("a", stale), _observed("b", fresh), None),                 # replica Lease names another
+        (_observed("a", stale, protocol=""), _observed("a", fresh), None),    # old protocol: own record only
+        (_observed("", fresh), _observed("a", fresh), None),                  # released
+    ]
+    for shard, replica, expected in cases:
+        observed = {"shard-03": shard} | ({"replica-a": replica} if replica is not None else {})
+        assert live_holder("shard-03", observed, "replica", now) == expected, (shard, replica)
+    # A replica Lease itself is judged by its own record only.
+    assert live_holder("replica-a", {"replica-a": _observed("a", stale)}, "replica", now) is None
+    # Singletons of another role (meshfed sds) follow that role's replica Lease.
+    observed = {"sds": _observed("x", stale), "sds-replica-x": _observed("x", fresh), "replica-x": _observed("x", stale)}
+    assert live_holder("sds", observed, "sds-replica", now) == "x"
+    assert live_holder("sds", observed, "replica", now) is None
+
+
+def test_kubectl_shards_shows_protocol_2_leases_held_through_the_replica_lease() -> None:
+    from cli.rollout import render_shards
+
+    def lease(name: str, kind: str, holder: str, renewed: str, protocol: str = "2") -> dict[str, object]:
+        labels = {"meshfed.io/lease-of": "hub", "meshfed.io/lease-kind": kind}
+        if protocol:
+            labels["meshfed.io/lease-protocol"] = protocol
+        return {"metadata": {"name": f"hub-{name}", "labels": labels},
+                "spec": {"holderIdentity": holder, "renewTime": renewed, "leaseDurationSeconds": 15}}
+
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+    fresh, old = "2027-01-15T07:59:58.000000Z", "2027-01-15T07:00:00.000000Z"
+    view = render_shards([lease("replica-a", "replica", "a", fresh), lease("shard-00", "shard", "a", old),
+                          lease("shard-01", "shard", "b", old), lease("shard-02", "shard", "a", old, protocol="")],
+                         now)
+    rows = {line.split()[1]: line for line in view.splitlines() if line.startswith("hub ")}
+    assert "held" in rows["shard-00"] and "expired" not in rows["shard-00"], view   # through replica a
+    assert "expired" in rows["shard-01"], view                                      # b is not live
+    assert "expired" in rows["shard-02"], view                                      # old protocol
+    assert rows["a"].split()[3:5] == ["1", "0"], view  # replica a: one shard held, shard 0
