@@ -20,8 +20,8 @@ from federation.shards import (
     LeaseTiming,
     Observed,
     fair_share,
-    live_holder,
     lease_shard,
+    live_holder,
     owner_name,
     plan_shards,
     shard_lease,
@@ -232,7 +232,8 @@ def test_a_protocol_2_shard_lease_lives_as_long_as_its_holders_replica_lease() -
     # A replica Lease itself is judged by its own record only.
     assert live_holder("replica-a", {"replica-a": _observed("a", stale)}, "replica", now) is None
     # Singletons of another role (meshfed sds) follow that role's replica Lease.
-    observed = {"sds": _observed("x", stale), "sds-replica-x": _observed("x", fresh), "replica-x": _observed("x", stale)}
+    observed = {"sds": _observed("x", stale), "sds-replica-x": _observed("x", fresh),
+                "replica-x": _observed("x", stale)}
     assert live_holder("sds", observed, "sds-replica", now) == "x"
     assert live_holder("sds", observed, "replica", now) is None
 
