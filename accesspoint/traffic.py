@@ -612,12 +612,28 @@ def validate_policy(policy: TrafficPolicy | None, regions: Placed) -> Report:
     """Errors (the policy must not be applied) and warnings (risky) for a policy over the regions that
     have endpoints (the regions of the placed clusters; with their zones when `regions` is a Zones
     mapping, and then also the effective split istiod makes of the compiled weights)."""
-    report = Report()
     topo = _topology(regions)
-    present = list(topo)
     if policy is None or policy.locality is None:
-        return report
-    loc = policy.locality
+        return Report()
+    # Every reconcile validates (Validator and status): the same policy over the same placement shape
+    # is evaluated once (istiod's arithmetic per zone is O(zones^2)); callers get a fresh copy.
+    key = (policy.model_dump_json(), _shape(topo))
+    report = _VALIDATED.get(key)
+    if report is None:
+        report = _validate(policy.locality, topo)
+        if len(_VALIDATED) >= _COMPILED_MAX:
+            _VALIDATED.pop(next(iter(_VALIDATED)))
+        _VALIDATED[key] = report
+    return Report(errors=list(report.errors), warnings=list(report.warnings), splits=list(report.splits))
+
+
+def _shape(topo: Zones) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    return tuple((r, tuple(zs.items())) for r, zs in topo.items())
+
+
+def _validate(loc: LocalityPolicy, topo: Zones) -> Report:
+    report = Report()
+    present = list(topo)
     for region in present:
         if not re.match(_REGION, region):
             report.errors.append(f"region name {region!r} cannot be used in a locality")
@@ -746,7 +762,7 @@ def compile_zones(
         return dict.fromkeys(keys)
     # Many AccessPoints share a policy (and a placement shape): validated and compiled once. The key is
     # the policy's JSON, so an edited policy is a new entry; callers get fresh copies.
-    key = (policy.model_dump_json(), tuple((r, tuple(zs.items())) for r, zs in topo.items()))
+    key = (policy.model_dump_json(), _shape(topo))
     compiled = _COMPILED.get(key)
     if compiled is None:
         report = validate_policy(policy, topo)
@@ -780,6 +796,7 @@ def compile_regions(policy: TrafficPolicy | None, regions: Iterable[str]) -> dic
 _COMPILED: dict[tuple[str, tuple[tuple[str, tuple[tuple[str, int], ...]], ...]],
                 dict[tuple[str, str], dict[str, Any]]] = {}
 _COMPILED_MAX = 4096
+_VALIDATED: dict[tuple[str, tuple[tuple[str, tuple[tuple[str, int], ...]], ...]], Report] = {}
 
 
 # (id(object), id(fragment)) -> (that object, that fragment, the object with the fragment set)
