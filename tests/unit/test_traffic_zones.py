@@ -239,3 +239,29 @@ def test_every_gateway_gets_exactly_the_promised_split(case: tuple[TrafficPolicy
             targets = zones.get(target, {})
             if len(targets) > 1 and weight * len(zs) >= len(targets):
                 assert {f"{target}/{z}" for z in targets} <= listed
+
+
+# ---- the controller's lookup (federation/traffic.py) ------------------------------------------------------
+
+
+def test_the_controller_gives_each_cluster_its_zones_fragment() -> None:
+    from federation.traffic import decision_zones, fragment_for
+    from placement.models import ClusterDecision, PlacementDecision
+
+    decision = PlacementDecision(selected=[
+        ClusterDecision(cluster=m, reason="selected", region=r, zone=z)
+        for m, r, z in (("m-a1", "region-a", "region-a-1"), ("m-a2", "region-a", "region-a-2"),
+                        ("m-b1", "region-b", "region-b-1"), ("m-b2", "region-b", "region-b-2"))])
+    zones = decision_zones(decision)
+    assert zones == TWO_BY_TWO
+    fragments = compile_zones(tp(mode="Weighted"), zones)
+
+    def facts(region: str, zone: str) -> ClusterFacts:
+        return ClusterFacts(name="x", region=region, zone=zone, ready=True)
+
+    assert fragment_for(fragments, facts("region-b", "region-b-2")) is fragments[("region-b", "region-b-2")]
+    assert to_of(fragment_for(fragments, facts("region-b", "region-b-2")))["region-a/region-a-2"] == 1
+    # A cluster whose zone the decision does not know (a relabel in flight) gets its region's first zone's
+    # fragment: still exactly 99/1, never no policy at all.
+    assert fragment_for(fragments, facts("region-b", "region-b-9")) is fragments[("region-b", "region-b-1")]
+    assert fragment_for(fragments, facts("region-c", "region-c-1")) is None
