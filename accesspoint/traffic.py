@@ -29,10 +29,28 @@ Compilation, for a member cluster in region R, given the regions that have endpo
   * Failover: `failover` rules (region -> region) as given, `enabled: true`.
   * Disabled: `localityLbSetting.enabled: false` and nothing else.
   * `weighted.rules` (advanced) are Istio `distribute` entries used verbatim, after validation.
+
+Zones (the promised split whatever the zone count). istiod (pilot/pkg/networking/core/loadbalancer,
+applyLocalityWeights) gives a `to` locality's weight to the endpoint groups (one per region/zone/subzone)
+it matches: divided by their endpoint weights and rounded UP per group. `S/*: 1` over two zones of S
+becomes 1 + 1, so `R/*: 99, S/*: 1` sends 99:2, i.e. 98.0 / 2.0. A `to` entry that matches exactly one
+group keeps its weight exactly. So when the placement (`compile_zones`) puts a region's clusters in
+several zones, that region's weight W is written per zone, `S/<zone>: w` with the w summing to W:
+  * W >= the zone count: every zone, W apportioned by placed clusters per zone (each at least 1);
+  * W < the zone count (1% to a region in two zones): W of its zones, 1 each, chosen by the client's
+    zone so that the gateways of the client region together cover every zone; a zone not listed gets
+    nothing from that gateway (Istio's rule), the region's share stays exactly W%;
+  * a region with one zone, or with clusters of unknown zone, keeps `S/*` (one group, or no name for it).
+Every compiled and every verbatim rule is then evaluated the way istiod does (`istio_locality_weights`)
+over the placed zones; where the effective region split differs from the promised one (verbatim
+wildcards, unknown zones) TrafficPolicyRisky names the gateways' locality and the split they get.
+Subzones are not known to placement: a zone whose endpoints sit in several subzones is split by istiod
+again (the same rounding); documented, not detected.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -148,10 +166,19 @@ class TrafficPolicy(ApiModel):
 class Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # Warnings (also in `warnings`) that a gateway's effective split differs from the promised one.
+    splits: list[str] = field(default_factory=list)
 
     def add(self, other: Report) -> None:
         self.errors.extend(e for e in other.errors if e not in self.errors)
         self.warnings.extend(w for w in other.warnings if w not in self.warnings)
+        self.splits.extend(w for w in other.splits if w not in self.splits)
+
+    def split(self, message: str) -> None:
+        if message not in self.splits:
+            self.splits.append(message)
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     @property
     def ok(self) -> bool:
@@ -360,6 +387,162 @@ def _left_out(region: str, to_regions: Iterable[str], present: Sequence[str], dr
     ]
 
 
+# ---- zones: what istiod makes of a `to` --------------------------------------------------------
+
+# region -> zone -> number of placed clusters there ("" : the zone is not known)
+Zones = dict[str, dict[str, int]]
+# What the compiler is told about the placement: regions only (zones unknown), or Zones.
+Placed = Iterable[str] | Mapping[str, Mapping[str, int]]
+
+
+def placed_zones(pairs: Iterable[tuple[str, str | None]]) -> Zones:
+    """Zones from the (region, zone) of every placed cluster."""
+    out: Zones = {}
+    for region, zone in pairs:
+        zones = out.setdefault(region, {})
+        zones[zone or ""] = zones.get(zone or "", 0) + 1
+    return {r: dict(sorted(z.items())) for r, z in sorted(out.items())}
+
+
+def _topology(placed: Placed) -> Zones:
+    if isinstance(placed, Mapping):
+        return {r: dict(sorted((z, max(int(n), 1)) for z, n in zones.items())) or {"": 1}
+                for r, zones in sorted(placed.items())}
+    return {r: {"": 1} for r in sorted(set(placed))}
+
+
+def _split_locality(locality: str) -> tuple[str, str, str]:
+    parts = [*locality.split("/", 2), "", ""]
+    return parts[0], parts[1], parts[2]
+
+
+def locality_match(locality: str, rule: str) -> bool:
+    """istiod's util.LocalityMatch: does `region/zone/subzone` (a proxy's or an endpoint group's) match the
+    rule locality `rule` ('*' matches anything; a missing zone/subzone in the rule matches any)."""
+    region, zone, subzone = _split_locality(locality)
+    r, z, sz = _split_locality(rule)
+    return (r == "*" or region == r) and (z in ("*", "") or zone == z) and (sz in ("*", "") or subzone == sz)
+
+
+def istio_locality_weights(
+    distribute: Sequence[Mapping[str, Any]], client: str, groups: Mapping[str, int]
+) -> dict[str, int]:
+    """The locality weights istiod's applyLocalityWeights gives a proxy at locality `client`, for endpoint
+    groups `groups` (locality -> summed endpoint weight, an endpoint's weight being 1 unless set).
+
+    The first rule whose `from` matches the client applies: each `to` locality's weight is divided over
+    the groups it matches (not taken by an earlier `to`) in proportion to their weights, each share
+    rounded UP; a group no `to` matches is emptied (absent here). No rule matching: the groups keep
+    their own weights (endpoint counts). The result's keys are the groups that get traffic.
+    """
+    for rule in distribute:
+        if not locality_match(client, str(rule.get("from", ""))):
+            continue
+        out: dict[str, int] = {}
+        left = {g: w for g, w in groups.items() if w > 0}
+        for loc, weight in (rule.get("to") or {}).items():
+            matched = {g: w for g, w in left.items() if locality_match(g, loc)}
+            total = sum(matched.values())
+            for group, w in matched.items():
+                del left[group]
+                share = float(w * int(weight)) / float(total)  # as istiod: float64, then math.Ceil
+                if share > 0:
+                    out[group] = math.ceil(share)
+        return out
+    return {g: w for g, w in groups.items() if w > 0}
+
+
+def region_weights(weights: Mapping[str, int]) -> dict[str, int]:
+    """Locality weights summed per region."""
+    out: dict[str, int] = {}
+    for loc, w in weights.items():
+        region = _split_locality(loc)[0]
+        out[region] = out.get(region, 0) + w
+    return out
+
+
+def _apportion(total: int, clusters: Mapping[str, int]) -> dict[str, int]:
+    """`total` over the zones, each at least 1, the rest one at a time to the zone with the least weight
+    per placed cluster (ties: the first by name): as even per cluster as integers allow."""
+    out = dict.fromkeys(sorted(clusters), 1)
+    for _ in range(total - len(out)):
+        zone = min(out, key=lambda z: (out[z] / clusters[z], z))
+        out[zone] += 1
+    return out
+
+
+def _by_zone(weights: Mapping[str, int], client_region: str, client_zone: str, topo: Zones) -> dict[str, int]:
+    """Region weights -> `to` localities that istiod turns into exactly these region weights (module
+    docstring, Zones). Totals stay those of `weights`."""
+    to: dict[str, int] = {}
+    mine = sorted(z for z in topo.get(client_region, {}) if z)
+    index = mine.index(client_zone) if client_zone in mine else 0
+    for region, weight in weights.items():
+        zones = topo.get(region, {"": 1})
+        if len(zones) < 2 or "" in zones:  # one endpoint group, or zones without a name to write
+            to[_loc(region)] = weight
+            continue
+        names = sorted(zones)
+        if weight >= len(names):
+            split = _apportion(weight, {z: zones[z] for z in names})
+        else:  # W of the zones, 1 each; the client region's zones rotate over them
+            start = index * weight % len(names)
+            split = {names[(start + k) % len(names)]: 1 for k in range(weight)}
+        to.update({f"{region}/{z}": w for z, w in split.items()})
+    return dict(sorted(to.items()))
+
+
+def _groups(topo: Zones) -> dict[str, int]:
+    """One endpoint group per placed zone, weighted by its placed clusters (the estimate used where the
+    split depends on endpoint counts: wildcards over several zones)."""
+    return {(f"{r}/{z}" if z else r): n for r, zones in topo.items() for z, n in zones.items()}
+
+
+def _pct(weights: Mapping[str, int]) -> str:
+    total = sum(weights.values())
+    order = sorted(weights, key=lambda r: (-weights[r], r))
+    return " / ".join(f"{r} {f'{100 * weights[r] / total:.2f}'.rstrip('0').rstrip('.')}%" for r in order)
+
+
+def _same_split(effective: Mapping[str, int], promised: Mapping[str, int]) -> bool:
+    total_e, total_p = sum(effective.values()), sum(promised.values())
+    return all(effective.get(r, 0) * total_p == promised.get(r, 0) * total_e for r in {*effective, *promised})
+
+
+def _check_splits(
+    outcomes: Mapping[tuple[str, str], tuple[dict[str, int] | None, dict[str, int], dict[str, int]]],
+    topo: Zones,
+    where: str,
+    report: Report,
+) -> None:
+    """Report every client zone whose effective region split (istiod's arithmetic) is not the promised one.
+
+    `outcomes`: (client region, zone) -> (promised region weights or None when no rule applies, effective
+    locality weights, effective region weights). Zones of a region with the same outcome are named once.
+    """
+    by_region: dict[str, list[tuple[str, str]]] = {}
+    for (region, zone), (promised, locs, eff) in sorted(outcomes.items()):
+        if promised is not None and _same_split(eff, promised):
+            continue
+        weights = ", ".join(f"{loc}: {w}" for loc, w in sorted(locs.items()))
+        if promised is None:
+            msg = ("no distribute rule matches gateways in {who}: Istio weighs the localities by their "
+                   f"endpoints, {_pct(eff)}")
+        else:
+            msg = ("gateways in {who} send " + f"{_pct(eff)} instead of {_pct(promised)} (Istio's locality "
+                   f"weights {weights}: a wildcard's weight is divided over the zones it matches and each "
+                   "share rounded up)")
+        by_region.setdefault(region, []).append((zone, msg))
+    for region, found in by_region.items():
+        zones = [z for z in topo.get(region, {})]
+        if len({m for _, m in found}) == 1 and len(found) == len(zones):
+            report.split(f"{where}: " + found[0][1].replace("{who}", f"region {region}"))
+            continue
+        for zone, msg in found:
+            who = f"region {region} zone {zone}" if zone else f"region {region}"
+            report.split(f"{where}: " + msg.replace("{who}", who))
+
+
 # ---- validation and compilation ----------------------------------------------------------------
 
 
@@ -425,20 +608,44 @@ def _regions(regions: Iterable[str]) -> list[str]:
     return sorted(set(regions))
 
 
-def validate_policy(policy: TrafficPolicy | None, regions: Iterable[str]) -> Report:
+def validate_policy(policy: TrafficPolicy | None, regions: Placed) -> Report:
     """Errors (the policy must not be applied) and warnings (risky) for a policy over the regions that
-    have endpoints (the regions of the placed clusters)."""
-    report = Report()
-    present = _regions(regions)
+    have endpoints (the regions of the placed clusters; with their zones when `regions` is a Zones
+    mapping, and then also the effective split istiod makes of the compiled weights)."""
+    topo = _topology(regions)
     if policy is None or policy.locality is None:
-        return report
-    loc = policy.locality
+        return Report()
+    # Every reconcile validates (Validator and status): the same policy over the same placement shape
+    # is evaluated once (istiod's arithmetic per zone is O(zones^2)); callers get a fresh copy.
+    key = (policy.model_dump_json(), _shape(topo))
+    report = _VALIDATED.get(key)
+    if report is None:
+        report = _validate(policy.locality, topo)
+        if len(_VALIDATED) >= _COMPILED_MAX:
+            _VALIDATED.pop(next(iter(_VALIDATED)))
+        _VALIDATED[key] = report
+    return Report(errors=list(report.errors), warnings=list(report.warnings), splits=list(report.splits))
+
+
+def _shape(topo: Zones) -> tuple[tuple[str, tuple[tuple[str, int], ...]], ...]:
+    return tuple((r, tuple(zs.items())) for r, zs in topo.items())
+
+
+def _validate(loc: LocalityPolicy, topo: Zones) -> Report:
+    report = Report()
+    present = list(topo)
     for region in present:
         if not re.match(_REGION, region):
             report.errors.append(f"region name {region!r} cannot be used in a locality")
+    for region, zones in topo.items():
+        for zone in zones:
+            if zone and not re.match(_REGION, zone):
+                report.errors.append(f"zone name {zone!r} (region {region}) cannot be used in a locality")
     report.add(_structure(loc))
     if report.errors:
         return report
+    groups = _groups(topo)
+    outcomes: dict[tuple[str, str], tuple[dict[str, int] | None, dict[str, int], dict[str, int]]] = {}
     if loc.mode in ("Weighted", "Drain"):
         weighted = loc.weighted or WeightedLocality()
         drained = set(loc.drain.regions) if loc.mode == "Drain" and loc.drain else set()
@@ -454,18 +661,40 @@ def validate_policy(policy: TrafficPolicy | None, regions: Iterable[str]) -> Rep
             if remote.region not in present:
                 report.warnings.append(f"{P}.weighted.remotes: region {remote.region} has no placed clusters")
         if weighted.rules:
-            lb = {"distribute": [rule.model_dump(by_alias=True) for rule in weighted.rules]}
-            report.add(check_locality_lb_setting(lb, None, f"{P}.weighted.rules"))
+            verbatim = [rule.model_dump(by_alias=True) for rule in weighted.rules]
+            report.add(check_locality_lb_setting({"distribute": verbatim}, None, f"{P}.weighted.rules"))
+            if report.errors:
+                return report
+            for region, zones in topo.items():
+                for zone in zones:
+                    client = f"{region}/{zone}" if zone else region
+                    rule = next((r for r in verbatim if locality_match(client, str(r["from"]))), None)
+                    promised = None if rule is None else {
+                        r: w for r, w in region_weights(rule["to"]).items() if r in topo or r == "*"}
+                    if promised is not None and "*" in promised:
+                        continue  # a '*' destination promises no region split to check against
+                    locs = istio_locality_weights(verbatim, client, groups)
+                    outcomes[(region, zone)] = (promised, locs, region_weights(locs))
+            _check_splits(outcomes, topo, f"{P}.weighted.rules", report)
             return report
-        for region in present:
+        for region, zones in topo.items():
             weights = _weights_for(loc, region, present, report)
             if weights is None:
                 continue
-            lb = {"distribute": [{"from": _loc(region), "to": {_loc(k): v for k, v in weights.items()}}]}
-            report.add(check_locality_lb_setting(lb, {}, P))
+            for zone in zones:
+                to = _by_zone(weights, region, zone, topo)
+                compiled = [{"from": _loc(region), "to": to}]
+                report.add(check_locality_lb_setting({"distribute": compiled}, {}, P))
+                client = f"{region}/{zone}" if zone else region
+                locs = istio_locality_weights(compiled, client, groups)
+                # A region without placed clusters (a named remote) is warned about above; it cannot get
+                # its share, which is not the rounding this check is about.
+                promised = {r: w for r, w in weights.items() if r in topo}
+                outcomes[(region, zone)] = (promised, locs, region_weights(locs))
             report.warnings.extend(
                 w for w in _left_out(region, weights, present, drained) if w not in report.warnings
             )
+        _check_splits(outcomes, topo, P, report)
     elif loc.mode == "Failover":
         rules = loc.failover.rules if loc.failover else []
         lb = {"failover": [r.model_dump(by_alias=True) for r in rules]}
@@ -479,8 +708,8 @@ def validate_policy(policy: TrafficPolicy | None, regions: Iterable[str]) -> Rep
     return report
 
 
-def _fragment(loc: LocalityPolicy, region: str, present: Sequence[str]) -> dict[str, Any]:
-    """The fragment for clients in `region`; the policy is already validated over `present`."""
+def _fragment(loc: LocalityPolicy, region: str, zone: str, topo: Zones) -> dict[str, Any]:
+    """The fragment for clients in `region`/`zone`; the policy is already validated over `topo`."""
     if loc.mode == "Disabled":
         return {"loadBalancer": {"localityLbSetting": {"enabled": False}}}
     lb: dict[str, Any] = {"enabled": True}
@@ -491,56 +720,83 @@ def _fragment(loc: LocalityPolicy, region: str, present: Sequence[str]) -> dict[
     elif loc.weighted is not None and loc.weighted.rules:
         lb["distribute"] = [{"from": r.from_, "to": dict(sorted(r.to.items()))} for r in loc.weighted.rules]
     else:
-        weights = _weights_for(loc, region, present, Report())
+        weights = _weights_for(loc, region, list(topo), Report())
         assert weights is not None  # validated by the caller
-        lb["distribute"] = [{"from": _loc(region), "to": {_loc(k): weights[k] for k in sorted(weights)}}]
+        lb["distribute"] = [{"from": _loc(region), "to": _by_zone(weights, region, zone, topo)}]
     outlier = (loc.outlier_detection or OutlierDetection()).istio()
     return {"loadBalancer": {"localityLbSetting": lb}, "outlierDetection": outlier}
 
 
 def compile_locality(
-    policy: TrafficPolicy | None, cluster: ClusterFacts, regions: Iterable[str]
+    policy: TrafficPolicy | None, cluster: ClusterFacts, regions: Placed
 ) -> dict[str, Any] | None:
     """The DestinationRule `trafficPolicy` fragment for `cluster`, or None when there is no policy.
 
-    `regions` are the regions with endpoints (the placed clusters' regions); the cluster's own region
-    is always included. Raises TrafficPolicyError (with every message) for an invalid policy.
+    `regions` are the regions with endpoints (the placed clusters' regions), or their Zones; the
+    cluster's own region is always included. Raises TrafficPolicyError (with every message) for an
+    invalid policy.
     """
     if policy is None or policy.locality is None:
         return None
-    present = _regions([*regions, cluster.region])
-    report = validate_policy(policy, present)
+    topo = _topology(regions)
+    if cluster.region not in topo:
+        topo = _topology({**topo, cluster.region: {cluster.zone if isinstance(regions, Mapping) else "": 1}})
+    report = validate_policy(policy, topo)
     if report.errors:
         raise TrafficPolicyError(report.errors)
-    return _fragment(policy.locality, cluster.region, present)
+    return _fragment(policy.locality, cluster.region, cluster.zone, topo)
+
+
+def compile_zones(
+    policy: TrafficPolicy | None, zones: Mapping[str, Mapping[str, int]]
+) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """compile_locality for every placed zone at once (validates once): (region, zone) -> fragment.
+
+    The clusters of one zone get the same fragment (also those of one region, unless a region's share
+    is smaller than its zone count: then the client's zone picks the zones listed). Equal fragments are
+    one object, so per-fragment memos share their work.
+    """
+    topo = _topology(zones)
+    keys = [(r, z) for r, zs in topo.items() for z in zs]
+    if policy is None or policy.locality is None:
+        return dict.fromkeys(keys)
+    # Many AccessPoints share a policy (and a placement shape): validated and compiled once. The key is
+    # the policy's JSON, so an edited policy is a new entry; callers get fresh copies.
+    key = (policy.model_dump_json(), _shape(topo))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        report = validate_policy(policy, topo)
+        if report.errors:
+            raise TrafficPolicyError(report.errors)
+        compiled = {k: _fragment(policy.locality, k[0], k[1], topo) for k in keys}
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = compiled
+    copies: dict[str, dict[str, Any]] = {}
+    out: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for k, fragment in compiled.items():
+        text = repr(fragment)
+        if text not in copies:
+            copies[text] = json_copy(fragment)
+        out[k] = copies[text]
+    return out
 
 
 def compile_regions(policy: TrafficPolicy | None, regions: Iterable[str]) -> dict[str, dict[str, Any] | None]:
-    """compile_locality for every region at once (validates once): region -> fragment.
+    """compile_locality for every region at once (validates once), zones not known: region -> fragment.
 
     Every cluster of a region gets the same fragment, so a controller compiles once per
     AccessPoint and looks the fragment up by the cluster's region.
     """
-    present = _regions(regions)
-    if policy is None or policy.locality is None:
-        return dict.fromkeys(present)
-    # Many AccessPoints share a policy (and a set of regions): validated and compiled once. The
-    # key is the policy's JSON, so an edited policy is a new entry; callers get fresh copies.
-    key = (policy.model_dump_json(), tuple(present))
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        report = validate_policy(policy, present)
-        if report.errors:
-            raise TrafficPolicyError(report.errors)
-        compiled = {region: _fragment(policy.locality, region, present) for region in present}
-        if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = compiled
-    return {region: json_copy(fragment) for region, fragment in compiled.items()}
+    topo = _topology(regions)
+    compiled = compile_zones(policy, topo)
+    return {region: compiled[(region, "")] for region in topo}
 
 
-_COMPILED: dict[tuple[str, tuple[str, ...]], dict[str, dict[str, Any]]] = {}
+_COMPILED: dict[tuple[str, tuple[tuple[str, tuple[tuple[str, int], ...]], ...]],
+                dict[tuple[str, str], dict[str, Any]]] = {}
 _COMPILED_MAX = 4096
+_VALIDATED: dict[tuple[str, tuple[tuple[str, tuple[tuple[str, int], ...]], ...]], Report] = {}
 
 
 # (id(object), id(fragment)) -> (that object, that fragment, the object with the fragment set)
@@ -598,7 +854,8 @@ def apply_traffic(
 
 
 def traffic_conditions(report: Report, observed_generation: int | None = None) -> list[Condition]:
-    """`TrafficPolicyValid` (False blocks the change) and `TrafficPolicyRisky` (warnings)."""
+    """`TrafficPolicyValid` (False blocks the change) and `TrafficPolicyRisky` (warnings; reason
+    SplitNotAsPromised when a gateway's effective split is not the promised one)."""
     if report.errors:
         valid = Condition(
             type="TrafficPolicyValid",
@@ -615,7 +872,7 @@ def traffic_conditions(report: Report, observed_generation: int | None = None) -
         risky = Condition(
             type="TrafficPolicyRisky",
             status="True",
-            reason="RegionsWithoutTraffic",
+            reason="SplitNotAsPromised" if report.splits else "RegionsWithoutTraffic",
             message="; ".join(report.warnings),
             observed_generation=observed_generation,
         )

@@ -284,6 +284,7 @@ class Answer:
     at: float
     status: int  # 0: transport error
     region: str
+    zone: str = ""
 
 
 @dataclass
@@ -303,7 +304,9 @@ class Load:
         got = self.answers.setdefault(member, [])
 
         def seen(at: float, status: int, headers: Any) -> None:
-            got.append(Answer(at, status, headers.get("x-echo-region", "") if status == 200 else ""))
+            ok = status == 200
+            got.append(Answer(at, status, headers.get("x-echo-region", "") if ok else "",
+                              headers.get("x-echo-zone", "") if ok else ""))
 
         tally = await request_loop(vip, self.host, 10**9, port=80, tls=False, connections=self.connections,
                                    timeout=5, on_response=seen, stop=self.stop)

@@ -23,7 +23,7 @@ import pytest
 
 from accesspoint.crossref import federated_host
 from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
-from accesspoint.traffic import TrafficPolicy, compile_regions
+from accesspoint.traffic import TrafficPolicy, compile_zones
 from federation.kube import KubeClient
 from fleet import Fleet, apiserver_binary
 from fleet.testing import (
@@ -162,8 +162,11 @@ def distribute(dr: dict[str, Any]) -> dict[str, int]:
 
 
 def expected_fragments(policy: dict[str, Any], regions: list[str]) -> dict[str, Any]:
-    fragments = compile_regions(TrafficPolicy.model_validate(policy), regions)
-    return {r: f for r, f in fragments.items() if f is not None}
+    """member -> its compiled fragment, for an AccessPoint placed on every member of `regions` (per zone:
+    each region here has two)."""
+    zones = {r: {ZONE[m]: 1 for m in REGION if REGION[m] == r} for r in regions}
+    fragments = compile_zones(TrafficPolicy.model_validate(policy), zones)
+    return {m: fragments[(REGION[m], ZONE[m])] for m in REGION if REGION[m] in regions}
 
 
 async def replace_spec(hub: KubeClient, path: str, spec: dict[str, Any]) -> None:
@@ -239,8 +242,7 @@ async def test_99_1_and_98_1_1_in_every_destination_rule_and_all_objects_accepte
                 assert set(objs) == {"Service/gw", "Gateway/gw", "VirtualService/app", "DestinationRule/app",
                                      f"ServiceEntry/meshfed-xref-{name}", f"DestinationRule/meshfed-xref-{name}"}, \
                     (member, sorted(objs))
-                region = REGION[member]
-                want = fragments[region]
+                want = fragments[member]
                 for dr_name in ("app", f"meshfed-xref-{name}"):
                     dr = objs[f"DestinationRule/{dr_name}"]
                     tp = dr["spec"]["trafficPolicy"]
@@ -264,16 +266,23 @@ async def test_99_1_and_98_1_1_in_every_destination_rule_and_all_objects_accepte
 
         await eventually(converged, 60, message=f"{name}: generated objects not converged")
 
-    # The table examples, literally: 99/1 with two regions, 98/1/1 with three.
+    # The table examples, literally: 99/1 with two regions, 98/1/1 with three, every region in two zones: the
+    # local share per zone, a remote 1% to one zone of that region, the one matching the gateway's own zone
+    # (istiod would round `R/*: 1` up to 1 per zone: 98/2, issue 21; docs/traffic.md).
     ns = duo["metadata"]["namespace"]
     for member in duo_clusters:
         dr = await members[member].get(f"{PATHS['DestinationRule'].format(ns=ns)}/app") or {}
         region, other = REGION[member], ({"region-a", "region-b"} - {REGION[member]}).pop()
-        assert locality(dr)["distribute"] == [{"from": f"{region}/*", "to": {f"{region}/*": 99, f"{other}/*": 1}}]
+        k = ZONE[member][-1]
+        assert locality(dr)["distribute"] == [{"from": f"{region}/*", "to": {
+            f"{region}/{region}-1": 50, f"{region}/{region}-2": 49, f"{other}/{other}-{k}": 1}}]
     for member in REGION:
         objs = await owned(members[member], ns2, "trio")
         to = distribute(objs["DestinationRule/app"])
-        assert to == {f"{r}/*": (98 if r == REGION[member] else 1) for r in ("region-a", "region-b", "region-c")}
+        k = ZONE[member][-1]
+        region = REGION[member]
+        assert to == {f"{region}/{region}-1": 49, f"{region}/{region}-2": 49,
+                      **{f"{r}/{r}-{k}": 1 for r in ("region-a", "region-b", "region-c") if r != region}}
 
     # Settled: an unchanged world costs no writes, on members or the hub (no status churn).
     await asyncio.sleep(3)
@@ -294,11 +303,11 @@ async def test_drain_converges_in_all_clusters(
     dr_path = f"{PATHS['DestinationRule'].format(ns=ns)}/app"
     drain = {"locality": {"mode": "Drain", "drain": {"regions": ["region-c"]}}}
     fragments = expected_fragments(drain, ["region-a", "region-b", "region-c"])
-    # Read: clients in a/b keep 99 local and send 1 to the other live region; region c sends 50/50.
-    assert fragments["region-a"]["loadBalancer"]["localityLbSetting"]["distribute"][0]["to"] == \
-        {"region-a/*": 99, "region-b/*": 1}
-    assert fragments["region-c"]["loadBalancer"]["localityLbSetting"]["distribute"][0]["to"] == \
-        {"region-a/*": 50, "region-b/*": 50}
+    # Read: clients in a/b keep 99 local and send 1 to the other live region; region c sends 50/50 (per zone).
+    assert fragments["m-a1"]["loadBalancer"]["localityLbSetting"]["distribute"][0]["to"] == \
+        {"region-a/region-a-1": 50, "region-a/region-a-2": 49, "region-b/region-b-1": 1}
+    assert fragments["m-c2"]["loadBalancer"]["localityLbSetting"]["distribute"][0]["to"] == \
+        {"region-a/region-a-1": 25, "region-a/region-a-2": 25, "region-b/region-b-1": 25, "region-b/region-b-2": 25}
 
     start = time.monotonic()
     await hub.merge_patch(f"{AP.format(ns=ns)}/drain", {"spec": {"traffic": drain}})
@@ -309,7 +318,7 @@ async def test_drain_converges_in_all_clusters(
             if member in seen:
                 continue
             dr = await client.get(dr_path) or {}
-            if locality(dr) == fragments[REGION[member]]["loadBalancer"]["localityLbSetting"]:
+            if locality(dr) == fragments[member]["loadBalancer"]["localityLbSetting"]:
                 seen[member] = time.monotonic() - start
         return len(seen) == len(members)
 
@@ -318,7 +327,7 @@ async def test_drain_converges_in_all_clusters(
     for member, client in members.items():
         objs = await owned(client, ns, "drain")
         for key in ("DestinationRule/app", "DestinationRule/meshfed-xref-drain"):
-            assert locality(objs[key]) == fragments[REGION[member]]["loadBalancer"]["localityLbSetting"], \
+            assert locality(objs[key]) == fragments[member]["loadBalancer"]["localityLbSetting"], \
                 (member, key)
     st = (await wait_ready(hub, ns, "drain", set(REGION)))["status"]
     assert cond(st, "TrafficPolicyValid")["status"] == "True"
@@ -535,6 +544,6 @@ async def test_bad_input_gets_a_clear_condition_and_changes_nothing(
 
     async def applied() -> bool:
         dr = (await owned(members["m-a1"], ns, "guard"))["DestinationRule/app"]
-        return distribute(dr) == {"region-a/*": 99, "region-b/*": 1}
+        return distribute(dr) == {"region-a/region-a-1": 50, "region-a/region-a-2": 49, "region-b/region-b-1": 1}
 
     await eventually(applied, 60, message="the risky policy is applied")

@@ -2,12 +2,13 @@
 reachability, visibility, and PlacementPolicy status.
 
 Owns, as controller hooks (federation/controller.py extension points):
-  * a Validator: `spec.traffic` (accesspoint.traffic.validate_policy over the regions the placement
-    selects), `spec.overrides` (unknown clusters), `spec.traffic.visibility`, and a placement that
+  * a Validator: `spec.traffic` (accesspoint.traffic.validate_policy over the regions and zones the
+    placement selects), `spec.overrides` (unknown clusters), `spec.traffic.visibility`, and a placement that
     selects no cluster because of its selector/regions/zones. Any error blocks the reconcile
     (Accepted=False naming the field): nothing already applied on members changes;
   * a ContextProvider: the gateway VIP of every placed cluster (its LoadBalancer Service status, read
-    from the member caches) -> per-region locality fragments (compile_regions) applied to the
+    from the member caches) -> per-zone locality fragments (compile_zones: a region in several zones
+    gets per-zone weights, so istiod's rounding keeps the promised split) applied to the
     template's DestinationRules, exportTo on VirtualServices/DestinationRules/ServiceEntries
     (apply_visibility), and per cluster the cross-cluster ServiceEntry + DestinationRule pointing at
     the other clusters' gateways (accesspoint.crossref). A VIP change re-renders because the member
@@ -56,8 +57,10 @@ from accesspoint.traffic import (
     RegionWeight,
     TrafficMemo,
     TrafficPolicy,
+    Zones,
     apply_traffic,
-    compile_regions,
+    compile_zones,
+    placed_zones,
     traffic_conditions,
     validate_policy,
 )
@@ -151,6 +154,20 @@ def gateway_ports(ap: AccessPoint) -> list[CrossPort]:
     return [out[n] for n in sorted(out)]
 
 
+def decision_zones(decision: PlacementDecision) -> Zones:
+    """region -> zone -> placed clusters, from the placement decision."""
+    return placed_zones((d.region or "", d.zone) for d in decision.selected)
+
+
+def fragment_for(fragments: Mapping[tuple[str, str], dict[str, Any] | None],
+                 cluster: ClusterFacts) -> dict[str, Any] | None:
+    """The compiled fragment for `cluster`: its zone's, or (zone not in the decision) its region's first."""
+    hit = fragments.get((cluster.region, cluster.zone))
+    if hit is None:
+        hit = next((f for (r, _), f in sorted(fragments.items(), key=lambda kv: kv[0]) if r == cluster.region), None)
+    return hit
+
+
 def merge_previous(status: AccessPointStatus, previous: AccessPointStatus | None,
                    fresh: Sequence[Condition], now: str) -> AccessPointStatus:
     """`status` with `fresh` conditions upserted; transition times taken from `previous`."""
@@ -203,8 +220,7 @@ class TrafficFeature:
         if traffic is not None:
             problems += validate_visibility(traffic.visibility)
             zero = zero_weights(traffic)
-            regions = {d.region or "" for d in decision.selected}
-            errors = validate_policy(traffic, regions).errors
+            errors = validate_policy(traffic, decision_zones(decision)).errors
             problems += zero + [e for e in errors if not (zero and "weight 0 is not allowed" in e)]
         return problems
 
@@ -229,16 +245,15 @@ class TrafficFeature:
         traffic = ap.spec.traffic
         visibility = traffic.visibility if traffic is not None else None
         locality = traffic.locality if traffic is not None else None
-        regions = sorted({d.region or "" for d in decision.selected})
         # Validated by the Validator over the same decision; a TrafficPolicyError here is a bug and
         # fails the reconcile (nothing written) rather than applying half a policy.
-        fragments = compile_regions(traffic, regions) if locality is not None else {}
+        fragments = compile_zones(traffic, decision_zones(decision)) if locality is not None else {}
         # The placed clusters mostly get the same objects (per region): transformed once per reconcile.
         traffic_memo: TrafficMemo = {}
         visibility_memo: VisibilityMemo = {}
 
         def transform(objects: list[dict[str, Any]], cluster: ClusterFacts) -> list[dict[str, Any]]:
-            fragment = fragments.get(cluster.region)
+            fragment = fragment_for(fragments, cluster)
             if fragment is not None:
                 objects = apply_traffic(objects, fragment, memo=traffic_memo)
             return apply_visibility(objects, visibility, GATEWAY_NAMESPACE, default_namespace=ap.namespace,
@@ -250,10 +265,10 @@ class TrafficFeature:
             gateways = self.gateways(ap, decision, members)
             exports = export_to(visibility, ap.namespace, GATEWAY_NAMESPACE)
             host = federated_host(ap.name, ap.namespace)
-            # With the local gateway included, a cluster's objects depend only on its region (the
-            # fragment), unless every gateway is its own (then there are none): built once per key
+            # With the local gateway included, a cluster's objects depend only on its region and its
+            # fragment, unless every gateway is its own (then there are none): built once per key
             # and shared (read-only) instead of once per cluster, which is O(clusters^2) per AccessPoint.
-            built: dict[tuple[str, str | None], tuple[dict[str, Any], ...] | CrossrefError] = {}
+            built: dict[tuple[str, int, str | None], tuple[dict[str, Any], ...] | CrossrefError] = {}
             crossref_memo: CrossrefMemo = {}  # the ServiceEntry once for all regions
             for d in decision.selected:
                 member = members.get(d.cluster)
@@ -261,12 +276,13 @@ class TrafficFeature:
                     continue
                 facts = member.facts
                 alone = facts.name if all(g.cluster == facts.name for g in gateways) else None
-                key = (facts.region, alone)
+                fragment = fragment_for(fragments, facts)
+                key = (facts.region, id(fragment), alone)
                 if key not in built:
                     try:
                         built[key] = tuple(cross_cluster_objects(
                             ap.name, ap.namespace, facts, gateways, ports, [host],
-                            export_to=exports, traffic=fragments.get(facts.region), memo=crossref_memo))
+                            export_to=exports, traffic=fragment, memo=crossref_memo))
                     except CrossrefError as err:
                         built[key] = err
                 objs = built[key]
@@ -284,8 +300,8 @@ class TrafficFeature:
                    now: str) -> AccessPointStatus:
         fresh: list[Condition] = []
         if ap.spec.traffic is not None:
-            regions = {d.region or "" for d in (status.placement or PlacementDecision()).selected}
-            fresh += traffic_conditions(validate_policy(ap.spec.traffic, regions), ap.generation)
+            zones = decision_zones(status.placement or PlacementDecision())
+            fresh += traffic_conditions(validate_policy(ap.spec.traffic, zones), ap.generation)
         if ap.spec.overrides:
             failed = [f"{c.name}: {c.last_error}" for c in status.clusters
                       if c.last_error and "spec.overrides[" in c.last_error]

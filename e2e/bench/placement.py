@@ -57,7 +57,7 @@ from accesspoint.crossref import (
 )
 from accesspoint.models import AccessPoint
 from accesspoint.render import Renderer
-from accesspoint.traffic import TrafficMemo, TrafficPolicy, apply_traffic, compile_regions
+from accesspoint.traffic import TrafficMemo, TrafficPolicy, apply_traffic, compile_zones, placed_zones
 from accesspoint.visibility import VisibilityMemo, apply_visibility, export_to
 from federation.gcpolicy import tune_gc
 from placement.models import ClusterFacts, PlacementDecision, Taint
@@ -204,27 +204,27 @@ def desired_for_ap(
 ) -> dict[str, list[dict[str, Any]]]:
     """Everything each placed member should carry for one AccessPoint (the controller's work).
 
-    Per AccessPoint: the locality fragments (one per region) and the cross-cluster objects (same
-    for every cluster of a region); per cluster: render (variables, overrides, labels, hash).
+    Per AccessPoint: the locality fragments (one per zone) and the cross-cluster objects (same
+    for every cluster of a zone); per cluster: render (variables, overrides, labels, hash).
     """
-    regions = sorted({c.region for c in placed})
-    fragments = compile_regions(traffic, regions)
+    fragments = compile_zones(traffic, placed_zones((c.region, c.zone) for c in placed))
+    zones = sorted(fragments)
     host = federated_host(ap.name, ap.namespace)
     exports = export_to(traffic.visibility, ap.namespace, GATEWAY_NS)
     crossref_memo: CrossrefMemo = {}  # the ServiceEntry once for all regions, as federation/traffic.py
     xref = {
-        region: cross_cluster_objects(
+        zone: cross_cluster_objects(
             ap.name,
             ap.namespace,
-            next(c for c in placed if c.region == region),
+            next(c for c in placed if (c.region, c.zone) == zone),
             gateways,
             PORTS,
             [host],
             export_to=exports,
-            traffic=fragments[region],
+            traffic=fragments[zone],
             memo=crossref_memo,
         )
-        for region in regions
+        for zone in zones
     }
     out = {}
     t0 = time.process_time()
@@ -240,9 +240,10 @@ def desired_for_ap(
     RENDER_CPU[0] += time.process_time() - t0
     for cluster in placed:
         assert not rendered[cluster.name].errors, rendered[cluster.name].errors
-        objects = apply_traffic(rendered[cluster.name].objects, fragments[cluster.region], memo=traffic_memo)
+        zone = (cluster.region, cluster.zone)
+        objects = apply_traffic(rendered[cluster.name].objects, fragments[zone], memo=traffic_memo)
         out[cluster.name] = apply_visibility(
-            [*objects, *xref[cluster.region]], traffic.visibility, GATEWAY_NS, default_namespace=ap.namespace,
+            [*objects, *xref[zone]], traffic.visibility, GATEWAY_NS, default_namespace=ap.namespace,
             memo=visibility_memo,
         )
     return out
@@ -348,7 +349,6 @@ def run(n_aps: int, n_clusters: int, scenario: str) -> dict[str, Any]:
 # ---- fleet part: drain change -> every member's DestinationRules updated ---------------------------
 
 FLEET_TOPOLOGY = [(f"m-{r}{z}", f"region-{r}", f"region-{r}-{z}") for r in "abc" for z in (1, 2)]
-FLEET_REGIONS = ["region-a", "region-b", "region-c"]
 FLEET_NS = "bench-drain"
 WEIGHTED = {"locality": {"mode": "Weighted"}}
 DRAINED = {"locality": {"mode": "Drain", "drain": {"regions": ["region-c"]}}}
@@ -407,7 +407,8 @@ async def measure_fleet_drain(aps: int = 10, samples: int = 30, root: Path | Non
                 raise
             base.mkdir(parents=True, exist_ok=True)
     assert fleet.state is not None
-    region_of = {name: region for name, region, _ in FLEET_TOPOLOGY}
+    zone_of = {name: (region, zone) for name, region, zone in FLEET_TOPOLOGY}
+    fleet_zones = placed_zones(zone_of.values())
     ctl = ControllerProcess(fleet.state.hub.kubeconfig, base / "controller.log")
     ctl.start()
     hub = await fleet.state.hub.client()
@@ -416,12 +417,12 @@ async def measure_fleet_drain(aps: int = 10, samples: int = 30, root: Path | Non
     # (member, DestinationRule name) -> (monotonic time the watch delivered it, localityLbSetting)
     seen: dict[tuple[str, str], tuple[float, Any]] = {}
     expected = {
-        "Weighted": compile_regions(TrafficPolicy.model_validate(WEIGHTED), FLEET_REGIONS),
-        "Drain": compile_regions(TrafficPolicy.model_validate(DRAINED), FLEET_REGIONS),
+        "Weighted": compile_zones(TrafficPolicy.model_validate(WEIGHTED), fleet_zones),
+        "Drain": compile_zones(TrafficPolicy.model_validate(DRAINED), fleet_zones),
     }
 
     def want(mode: str, member: str) -> Any:
-        fragment = expected[mode][region_of[member]]
+        fragment = expected[mode][zone_of[member]]
         assert fragment is not None
         return fragment["loadBalancer"]["localityLbSetting"]
 
