@@ -427,11 +427,14 @@ class Controller:
                               reason=reach.reason, message=reach.message)
         gen = int(body["metadata"].get("generation", 0))
         conds = [c.model_copy(update={"observed_generation": gen}) for c in (reach, ready)]
+        if member.mesh is not None:  # spec.mesh judged against every member (placement.mesh)
+            conds.append(member.mesh.condition(gen))
         status = MemberClusterStatus(
             conditions=merge_conditions(previous.conditions, conds, now_rfc3339()),
             kubernetes_version=probe.version or previous.kubernetes_version,
             istio_crds=probe.istio if probe.istio is not None else previous.istio_crds,
             ready=ready.status,
+            mesh_role=member.mesh.printed if member.mesh is not None else None,
         )
         # lastProbeTime is not written on every probe: that would be a hub write every few seconds.
         wire = status.wire()
@@ -442,6 +445,10 @@ class Controller:
         wire = {k: v for k, v in wire.items() if v is not None}
         await self.writer.write_status(MC_PATH.format(name=name), "MemberCluster", name, None, wire,
                                        body.get("status"))
+        mesh, before = member.mesh, next((c for c in previous.conditions if c.type == "MeshRole"), None)
+        if mesh is not None and mesh.warning and (before is None or (before.status, before.reason, before.message)
+                                                  != (mesh.status, mesh.reason, mesh.message)):
+            await self.writer.event(body, "Warning", mesh.reason, mesh.message)
 
     # ---- AccessPoint reconcile ----
 
@@ -619,6 +626,10 @@ class Controller:
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
                                      last_error=f"the cluster does not serve {', '.join(missing)}: its CRD is "
                                                 "not installed there; nothing was changed in this cluster")
+            refused = member.refused(desired)
+            if refused:  # Istio kinds on an Istio remote: Istio would ignore them (placement.mesh)
+                return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
+                                     last_error=refused)
         the_plan = plan(desired, owned)
         client = member.client
         assert client is not None

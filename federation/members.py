@@ -36,6 +36,7 @@ from accesspoint.render import ObjectKey, key_of
 from federation.istiod import IstiodMonitor
 from federation.kube import ApiError, Gone, KubeClient
 from federation.shards import SHARD_LABEL
+from placement.mesh import RoleVerdict, remote_refusal, role_verdicts
 from placement.models import ClusterFacts, MemberCluster
 
 log = logging.getLogger("meshfed.members")
@@ -176,6 +177,8 @@ class Member:
     istiod: IstiodMonitor | None = None
     watches: dict[KindId, asyncio.Task[None]] = field(default_factory=dict)
     listed: dict[KindId, int] = field(default_factory=dict)  # kind -> shard-filter generation last listed with
+    # The verdict on spec.mesh against every registered member (placement.mesh), set by the registry.
+    mesh: RoleVerdict | None = None
 
     def needed_kinds(self) -> set[KindId]:
         return {k.id for k in MANAGED_KINDS.values() if self.serves(k)}
@@ -193,7 +196,13 @@ class Member:
             taints=self.spec.spec.taints,
             ready=self.probe.ready,
             reachable=self.probe.reachable,
+            mesh_primary=self.spec.spec.mesh_primary,
+            mesh_problem=self.mesh.problem if self.mesh is not None else None,
         )
+
+    def refused(self, objects: list[dict[str, Any]]) -> str | None:
+        """Why these objects must not be written here (Istio kinds on an Istio remote), else None."""
+        return remote_refusal(self.facts, (key_of(o).group for o in objects))
 
     def serves(self, kind: Kind) -> bool:
         """The member serves this kind (its CRD is installed) at the version meshfed uses."""
@@ -281,9 +290,20 @@ class MemberRegistry:
             self.members[mc.name] = member
         else:
             member.spec = mc
+        self._judge_roles(mc.name)
         await self._ensure_client(member)
         await self._ensure_istiod(member)
         self.on_member_change(mc.name)
+
+    def _judge_roles(self, changed: str) -> None:
+        """Re-judge every member's mesh role (one member's change can invalidate another's: its primary
+        went away or became a remote); members whose verdict changed are reported, besides `changed`."""
+        verdicts = role_verdicts({n: m.spec.spec for n, m in self.members.items()})
+        for name, member in self.members.items():
+            if member.mesh != verdicts[name]:
+                member.mesh = verdicts[name]
+                if name != changed:
+                    self.on_member_change(name)
 
     async def _ensure_istiod(self, member: Member) -> None:
         """One IstiodMonitor per member with spec.istiod (restarted when spec.istiod changes)."""
@@ -307,6 +327,7 @@ class MemberRegistry:
         member = self.members.pop(name, None)
         if member is not None:
             await self._stop(member)
+        self._judge_roles(name)
         self.on_member_change(name)
 
     def warm(self) -> bool:

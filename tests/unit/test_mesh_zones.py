@@ -1,0 +1,170 @@
+"""Mesh roles (placement.mesh) and the zone as a placement target (placement.select, target Zone)."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from placement.mesh import domains, remote_refusal, role_verdicts
+from placement.models import (
+    ClusterFacts,
+    MemberCluster,
+    MemberClusterSpec,
+    PlacementSpec,
+    Spread,
+    WorkloadFact,
+    WorkloadRef,
+)
+from placement.select import select
+
+
+def spec(region: str, zone: str, primary: str | None = None) -> MemberClusterSpec:
+    body: dict[str, object] = {"kubeconfigSecretRef": {"name": "k"}, "region": region, "zone": zone}
+    if primary is not None:
+        body["mesh"] = {"role": "Remote", "primary": primary}
+    return MemberClusterSpec.model_validate(body)
+
+
+def test_role_verdicts_table() -> None:
+    members = {
+        "a1": spec("ra", "ra-1"),
+        "a2": spec("ra", "ra-1", primary="a1"),
+        "a3": spec("ra", "ra-2", primary="a1"),  # primary in another zone
+        "x": spec("ra", "ra-1", primary="ghost"),
+        "y": spec("ra", "ra-1", primary="a2"),  # remote of a remote
+        "z": spec("ra", "ra-1", primary="z"),
+    }
+    v = role_verdicts(members)
+    got = {n: (r.status, r.reason, r.printed, r.warning) for n, r in v.items()}
+    assert got == {
+        "a1": ("True", "OwnControlPlane", "Primary", False),
+        "a2": ("True", "RemoteOf", "Remote(a1)", False),
+        "a3": ("True", "PrimaryInOtherZone", "Remote(a1)", True),
+        "x": ("False", "PrimaryNotFound", "Invalid(PrimaryNotFound)", True),
+        "y": ("False", "PrimaryIsRemote", "Invalid(PrimaryIsRemote)", True),
+        "z": ("False", "PrimaryIsSelf", "Invalid(PrimaryIsSelf)", True),
+    }
+    # Every refusal and the warning name the field.
+    for n in ("a3", "x", "y", "z"):
+        assert "spec.mesh.primary" in v[n].message, n
+    assert "'ghost' is not registered" in v["x"].message
+    assert "a2 is itself an Istio remote (of a1)" in v["y"].message
+    assert v["a1"].problem is None and v["x"].problem == v["x"].message
+    cond = v["y"].condition(4)
+    assert (cond.type, cond.status, cond.reason, cond.observed_generation) == ("MeshRole", "False",
+                                                                              "PrimaryIsRemote", 4)
+
+
+def test_mesh_spec_needs_primary_exactly_for_remote() -> None:
+    with pytest.raises(ValidationError, match=r"spec\.mesh\.primary is set exactly when"):
+        MemberClusterSpec.model_validate({"kubeconfigSecretRef": {"name": "k"}, "region": "r", "zone": "z",
+                                          "mesh": {"role": "Remote"}})
+    with pytest.raises(ValidationError, match=r"spec\.mesh\.primary is set exactly when"):
+        MemberClusterSpec.model_validate({"kubeconfigSecretRef": {"name": "k"}, "region": "r", "zone": "z",
+                                          "mesh": {"primary": "a1"}})
+    assert spec("r", "z").mesh_primary is None
+    assert spec("r", "z", "a1").mesh_primary == "a1"
+
+
+def test_printer_column_and_cel_rule() -> None:
+    crd = MemberCluster.crd
+    assert ("Mesh", ".status.meshRole") in [(c.name, c.json_path) for c in crd.printer_columns]
+
+
+def facts(name: str, region: str, zone: str, primary: str | None = None, problem: str | None = None,
+          workloads: list[WorkloadFact] | None = None, ready: bool = True, reachable: bool | None = True,
+          labels: dict[str, str] | None = None) -> ClusterFacts:
+    return ClusterFacts(name=name, region=region, zone=zone, mesh_primary=primary, mesh_problem=problem,
+                        workloads=workloads, ready=ready, reachable=reachable, labels=labels or {})
+
+
+CHECKOUT = WorkloadFact(namespace="shop", name="checkout")
+
+
+def zone_fleet() -> list[ClusterFacts]:
+    """2 regions x 2 zones, each zone a primary (pN) + a remote (rN); checkout runs only in rb1's remote."""
+    out = []
+    for region in ("ra", "rb"):
+        for z in ("1", "2"):
+            zone = f"{region}-{z}"
+            p, r = f"{region}{z}-p", f"{region}{z}-r"
+            out.append(facts(p, region, zone, workloads=[]))
+            out.append(facts(r, region, zone, primary=p,
+                             workloads=[CHECKOUT] if (region, z) == ("rb", "1") else []))
+    return out
+
+
+def test_remote_refusal_names_primary() -> None:
+    remote = facts("a2", "ra", "ra-1", primary="a1")
+    msg = remote_refusal(remote, ["", "networking.istio.io"])
+    assert msg is not None
+    assert msg.startswith("a2 is an Istio remote of a1 (spec.mesh): networking.istio.io objects are not written")
+    assert "primary a1" in msg and "zone ra-1" in msg and "nothing was changed" in msg
+    assert remote_refusal(remote, ["", "apps"]) is None  # plain Kubernetes kinds may go to a remote
+    assert remote_refusal(facts("a1", "ra", "ra-1"), ["networking.istio.io"]) is None
+    bad = facts("x", "ra", "ra-1", primary="ghost", problem="spec.mesh.primary: MemberCluster 'ghost' ...")
+    msg = remote_refusal(bad, ["gateway.networking.k8s.io"])
+    assert msg is not None and "its role is invalid (spec.mesh.primary" in msg
+
+
+def test_domains_group_remotes_under_primaries() -> None:
+    fl = [*zone_fleet(), facts("orphan", "ra", "ra-1", primary="ghost", problem="p"),
+          facts("chain", "ra", "ra-1", primary="ra1-r")]
+    doms = domains(fl)
+    assert sorted(doms) == ["ra1-p", "ra2-p", "rb1-p", "rb2-p"]
+    assert [r.name for r in doms["ra1-p"].remotes] == ["ra1-r"]
+
+
+def test_zone_target_places_one_entry_per_zone_on_the_primary() -> None:
+    d = select(PlacementSpec(target="Zone"), zone_fleet())
+    assert d.names == ["ra1-p", "ra2-p", "rb1-p", "rb2-p"]
+    assert [s.remotes for s in d.selected] == [["ra1-r"], ["ra2-r"], ["rb1-r"], ["rb2-r"]]
+    assert d.selected[0].reason.startswith("zone ra-1 (primary ra1-p, remotes ra1-r): ")
+    assert {r.cluster: r.code for r in d.rejected} == {
+        "ra1-r": "IstioRemote", "ra2-r": "IstioRemote", "rb1-r": "IstioRemote", "rb2-r": "IstioRemote"}
+    assert "Istio remote of rb1-p" in next(r.reason for r in d.rejected if r.cluster == "rb1-r")
+    # Cluster target (default) keeps today's behaviour: every cluster is a candidate.
+    assert len(select(PlacementSpec(), zone_fleet()).names) == 8
+
+
+def test_zone_target_criteria_and_spread_count_zones() -> None:
+    assert select(PlacementSpec(target="Zone", zones=["rb-2"]), zone_fleet()).names == ["rb2-p"]
+    assert select(PlacementSpec(target="Zone", regions=["ra"]), zone_fleet()).names == ["ra1-p", "ra2-p"]
+    d = select(PlacementSpec(target="Zone", spread=Spread(max_clusters=2)), zone_fleet())
+    assert d.names == ["ra1-p", "ra2-p"]  # zones in (region, zone) order, as for clusters
+    assert {r.cluster for r in d.rejected if r.code == "SpreadLimit"} == {"rb1-p", "rb2-p"}
+
+
+def test_follow_workload_in_zone_mode_picks_the_zone_of_a_remote_deployment() -> None:
+    ref = WorkloadRef(namespace="shop", name="checkout")
+    d = select(PlacementSpec(target="Zone", follow_workload=ref), zone_fleet())
+    assert d.names == ["rb1-p"]
+    assert d.selected[0].reason.endswith("runs Deployment shop/checkout (in rb1-r)")
+    assert {r.cluster: r.code for r in d.rejected if r.cluster.endswith("-p")} == {
+        "ra1-p": "NoWorkload", "ra2-p": "NoWorkload", "rb2-p": "NoWorkload"}
+    # Cluster target: the remote itself (where Istio ignores config) would be chosen.
+    assert select(PlacementSpec(follow_workload=ref), zone_fleet()).names == ["rb1-r"]
+
+
+def test_follow_workload_zone_unknown_and_kept() -> None:
+    ref = WorkloadRef(namespace="shop", name="checkout")
+    fl = [facts("p", "ra", "ra-1", workloads=[]), facts("r", "ra", "ra-1", primary="p", workloads=None,
+                                                         reachable=False, ready=False)]
+    d = select(PlacementSpec(target="Zone", follow_workload=ref), fl)
+    assert d.names == [] and d.rejected[0].code == "WorkloadUnknown"
+    # Placed before with the Deployment in the remote; the remote becomes unreachable: the zone stays.
+    up = [fl[0], facts("r", "ra", "ra-1", primary="p", workloads=[CHECKOUT])]
+    prev = select(PlacementSpec(target="Zone", follow_workload=ref), up)
+    assert prev.names == ["p"]
+    assert select(PlacementSpec(target="Zone", follow_workload=ref), fl, prev).names == ["p"]
+    # Known to be gone from every cluster of the zone: removed.
+    gone = [fl[0], facts("r", "ra", "ra-1", primary="p", workloads=[])]
+    assert select(PlacementSpec(target="Zone", follow_workload=ref), gone, prev).names == []
+
+
+def test_zone_target_rejects_invalid_roles_and_is_order_independent() -> None:
+    fl = [*zone_fleet(), facts("orphan", "ra", "ra-1", primary="ghost", problem="spec.mesh.primary: gone")]
+    d = select(PlacementSpec(target="Zone"), fl)
+    orphan = next(r for r in d.rejected if r.cluster == "orphan")
+    assert orphan.code == "MeshRoleInvalid" and "spec.mesh.primary: gone" in orphan.reason
+    assert select(PlacementSpec(target="Zone"), list(reversed(fl))) == d
