@@ -493,6 +493,8 @@ class Controller:
             spec, missing = self._placement_spec(ap)
             if missing:
                 problems.append(missing)
+            elif spec is not None and spec.follow_workload is not None:  # its facts: Deployments there
+                self.registry.follow_workloads_in(self.registry.workload_namespaces | {spec.follow_workload.namespace})
             facts = [m.facts for m in self.registry.members.values()]
             for validator in self.validators:
                 problems += validator(ap, facts)

@@ -37,7 +37,7 @@ from federation.istiod import IstiodMonitor
 from federation.kube import ApiError, Gone, KubeClient
 from federation.shards import SHARD_LABEL
 from placement.mesh import RoleVerdict, remote_refusal, role_verdicts
-from placement.models import ClusterFacts, MemberCluster
+from placement.models import ClusterFacts, MemberCluster, WorkloadFact
 
 log = logging.getLogger("meshfed.members")
 
@@ -179,6 +179,10 @@ class Member:
     listed: dict[KindId, int] = field(default_factory=dict)  # kind -> shard-filter generation last listed with
     # The verdict on spec.mesh against every registered member (placement.mesh), set by the registry.
     mesh: RoleVerdict | None = None
+    # Deployments (namespace, name) -> labels in the namespaces followWorkload names, once listed
+    # (MemberRegistry.follow_workloads_in); None until then.
+    workloads: dict[tuple[str, str], dict[str, str]] | None = None
+    workloads_task: asyncio.Task[None] | None = None
 
     def needed_kinds(self) -> set[KindId]:
         return {k.id for k in MANAGED_KINDS.values() if self.serves(k)}
@@ -198,6 +202,10 @@ class Member:
             reachable=self.probe.reachable,
             mesh_primary=self.spec.spec.mesh_primary,
             mesh_problem=self.mesh.problem if self.mesh is not None else None,
+            # Not known while unreachable: followWorkload then keeps what it placed and adds nothing.
+            workloads=None if self.workloads is None or not self.probe.reachable else [
+                WorkloadFact(namespace=ns, name=name, labels=labels)
+                for (ns, name), labels in sorted(self.workloads.items())],
         )
 
     def refused(self, objects: list[dict[str, Any]]) -> str | None:
@@ -259,6 +267,7 @@ class MemberRegistry:
         self.shard_filter: frozenset[int] | None = None
         self.filter_generation = 0
         self.shard_of: Callable[[str, str], int] | None = None
+        self.workload_namespaces: frozenset[str] = frozenset()  # followWorkload's namespaces
 
     def set_shard_filter(self, held: frozenset[int] | None) -> None:
         """Cache only the objects of shards `held` (None: all); re-list every watch when it changes."""
@@ -348,7 +357,8 @@ class MemberRegistry:
         self.members.clear()
 
     async def _stop(self, member: Member) -> None:
-        tasks = [*member.tasks, *member.watches.values()]
+        tasks = [*member.tasks, *member.watches.values(), *([member.workloads_task] if member.workloads_task else [])]
+        member.workloads_task = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -431,7 +441,63 @@ class MemberRegistry:
             out[(group, version)] = {str(r.get("name", "")) for r in listing.get("resources") or []}
         return out
 
+    def follow_workloads_in(self, namespaces: frozenset[str]) -> None:
+        """Watch Deployments (metadata only) in these namespaces of every member: followWorkload's facts.
+        A new set restarts the watches (the facts are unknown until each member has listed again)."""
+        if namespaces == self.workload_namespaces:
+            return
+        self.workload_namespaces = namespaces
+        for member in self.members.values():
+            if member.workloads_task is not None:
+                member.workloads_task.cancel()
+                member.workloads_task = None
+            member.workloads = None
+            if member.probe.reachable and member.client is not None:
+                self._ensure_watches(member)
+
+    async def _watch_workloads(self, member: Member) -> None:
+        """List+watch Deployments' metadata in every namespace, keeping those followWorkload names."""
+        wanted = self.workload_namespaces
+        path = "/apis/apps/v1/deployments"
+        delay = 0.2
+        while True:
+            client = member.client
+            if client is None:
+                return
+            try:
+                items, rv = await client.list(path, metadata_only=True)
+                member.workloads = {}
+                for item in items:
+                    meta = item.get("metadata") or {}
+                    if meta.get("namespace") in wanted:
+                        member.workloads[(meta["namespace"], meta["name"])] = dict(meta.get("labels") or {})
+                self.on_member_change(member.name)
+                delay = 0.2
+                while True:
+                    async for ev in client.watch(path, rv, metadata_only=True):
+                        meta = ev.object.get("metadata") or {}
+                        rv = str(meta.get("resourceVersion") or rv)
+                        if ev.type == "BOOKMARK" or meta.get("namespace") not in wanted:
+                            continue
+                        key = (str(meta["namespace"]), str(meta["name"]))
+                        before = member.workloads.get(key)
+                        if ev.type == "DELETED":
+                            member.workloads.pop(key, None)
+                        else:
+                            member.workloads[key] = dict(meta.get("labels") or {})
+                        if member.workloads.get(key) != before:
+                            self.on_member_change(member.name)
+            except Gone:
+                continue
+            except ApiError as err:
+                log.debug("member %s: watch deployments: %s", member.name, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _ensure_watches(self, member: Member) -> None:
+        if self.workload_namespaces and member.workloads_task is None:
+            member.workloads_task = asyncio.create_task(self._watch_workloads(member),
+                                                        name=f"watch-{member.name}-deployments")
         for kind in MANAGED_KINDS.values():
             if kind.id in member.watches or not member.serves(kind):
                 continue
