@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from accesspoint.istioverdict import RouteVerdict, analyzer_messages, moves_routes, route_verdict
+from accesspoint.istioverdict import (
+    RouteVerdict,
+    ZoneVerdict,
+    analyzer_messages,
+    moves_routes,
+    route_verdict,
+    zone_verdict,
+)
 from accesspoint.kinds import ISTIO_NET, group_of
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
@@ -113,6 +120,7 @@ class Controller:
         self.route_settle = route_settle
         self._written_at: dict[tuple[str, str], float] = {}
         self._verdicts: dict[tuple[str, str], RouteVerdict | None] = {}
+        self._zone_verdicts: dict[tuple[str, str], ZoneVerdict | None] = {}  # zone primaries (issue 21)
         self.accesspoints: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.memberclusters: dict[str, dict[str, Any]] = {}
@@ -285,7 +293,8 @@ class Controller:
                 continue
             objects = [cache.objects[k] for k in keys if k in cache.objects]
             verdict = self._route_verdict(member, owner_key, objects)
-            if self._verdicts.get((name, owner_key)) != verdict and owner_key in self.accesspoints:
+            moved = self._zone_verdicts.get((name, owner_key)) != self._zone_verdict(member, objects)
+            if (self._verdicts.get((name, owner_key)) != verdict or moved) and owner_key in self.accesspoints:
                 self.enqueue(f"ap/{owner_key}")
 
     def on_accesspoint(self, event_type: str, body: dict[str, Any]) -> None:
@@ -587,7 +596,18 @@ class Controller:
                 entry.route_configured = verdict.configured
                 entry.route_message = verdict.message
                 entry.gateway_proxies = verdict.proxies if verdict.total or verdict.configured is not None else None
+            zone = self._zone_verdicts[(member.name, owner.key)] = self._zone_verdict(member, objects)
+            if zone is not None:  # a zone primary: its istiod's remotes and the endpoints it knows
+                entry.remotes, entry.endpoints = zone.remotes or None, zone.endpoints
+                entry.endpoints_missing = zone.missing or None
         return entry
+
+    def _zone_verdict(self, member: Member, objects: list[dict[str, Any]]) -> ZoneVerdict | None:
+        remotes = self.registry.remotes_of(member.name)
+        if not remotes or member.istiod is None:
+            return None
+        return zone_verdict(objects, member.istiod.view, [r.name for r in remotes],
+                            [r.name for r in remotes if r.probe.reachable is False])
 
     async def _sync_objects(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
                             context: RenderContext,

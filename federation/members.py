@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from accesspoint.istioverdict import gateway_selectors
+from accesspoint.istioverdict import gateway_selectors, routed_hosts
 from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS, Kind, api_path
 from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
@@ -304,6 +304,11 @@ class MemberRegistry:
         await self._ensure_istiod(member)
         self.on_member_change(mc.name)
 
+    def remotes_of(self, primary: str) -> list[Member]:
+        """The members that are valid Istio remotes of `primary` (its zone's other clusters), by name."""
+        return sorted((m for m in self.members.values() if m.spec.spec.mesh_primary == primary
+                       and m.mesh is not None and m.mesh.problem is None), key=lambda m: m.name)
+
     def _judge_roles(self, changed: str) -> None:
         """Re-judge every member's mesh role (one member's change can invalidate another's: its primary
         went away or became a remote); members whose verdict changed are reported, besides `changed`."""
@@ -327,8 +332,14 @@ class MemberRegistry:
             return gateway_selectors(o for k, o in member.cache.objects.items()
                                      if k.kind == "Gateway" and k.group == ISTIO_NET)
 
+        def zone_hosts() -> set[str] | None:  # a zone primary: the destinations its gateways route to
+            if not self.remotes_of(member.name):
+                return None
+            return set(routed_hosts(o for k, o in member.cache.objects.items()
+                                    if k.group == ISTIO_NET and k.kind in ("Gateway", "VirtualService")))
+
         member.istiod = IstiodMonitor(member.name, access, lambda: member.client, selectors, self.on_istiod_change,
-                                      **self.istiod_options)
+                                      zone_hosts=zone_hosts, **self.istiod_options)
         member.istiod.start()
 
     async def remove(self, name: str) -> None:

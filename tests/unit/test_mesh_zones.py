@@ -168,3 +168,85 @@ def test_zone_target_rejects_invalid_roles_and_is_order_independent() -> None:
     orphan = next(r for r in d.rejected if r.cluster == "orphan")
     assert orphan.code == "MeshRoleInvalid" and "spec.mesh.primary: gone" in orphan.reason
     assert select(PlacementSpec(target="Zone"), list(reversed(fl))) == d
+
+
+# ---- status per zone from the zone's istiod (accesspoint.istioverdict.zone_verdict) ----
+
+GW = {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw", "namespace": "shop"},
+      "spec": {"selector": {"istio": "ingressgateway"}, "servers": []}}
+
+
+def vs(name: str, hosts: list[str], gateways: list[str]) -> dict[str, object]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"gateways": gateways, "http": [{"route": [{"destination": {"host": h}} for h in hosts]}]}}
+
+
+def test_routed_hosts_are_fqdns_of_gateway_bound_virtualservices() -> None:
+    from accesspoint.istioverdict import routed_hosts
+
+    objs = [GW, vs("a", ["echo", "api.pay", "ext.example.com"], ["gw"]), vs("mesh-only", ["internal"], ["mesh"])]
+    assert routed_hosts(objs) == ["api.pay.svc.cluster.local", "echo.shop.svc.cluster.local", "ext.example.com"]
+
+
+def test_parse_clusterz_and_endpoint_shards() -> None:
+    from federation.istiod import IstiodError, parse_clusterz, parse_endpoint_shards
+
+    assert parse_clusterz([{"id": "zp-a", "secretName": "", "syncStatus": "synced"},
+                           {"id": "zr-a", "secretName": "istio-system/istio-remote-secret-zr-a",
+                            "syncStatus": "syncing"}]) == {"zp-a": "synced", "zr-a": "syncing"}
+    shards = {"echo.shop.svc.cluster.local": {"shop": {"Shards": {"Kubernetes/zr-a": [{}, {}],
+                                                                  "External/zp-a": [{}]}},
+                                              "other": {"Shards": {"Kubernetes/zr-a": [{}]}}},
+              "unrelated.svc.cluster.local": {"x": {"Shards": {"Kubernetes/zp-a": [{}]}}}}
+    assert parse_endpoint_shards(shards, {"echo.shop.svc.cluster.local", "gone.shop.svc.cluster.local"}) == {
+        "echo.shop.svc.cluster.local": {"zr-a": 3, "zp-a": 1}}
+    with pytest.raises(IstiodError):
+        parse_clusterz({"not": "a list"})
+
+
+def test_zone_verdict_sync_states_and_missing_endpoints() -> None:
+    from accesspoint.istioverdict import IstiodView, zone_verdict
+
+    objs = [GW, vs("a", ["echo", "api"], ["gw"])]
+    view = IstiodView(clusters={"zp-a": "synced", "zr-a": "synced", "zr-b": "timeout"},
+                      endpoints={"echo.shop.svc.cluster.local": {"zr-a": 2}})
+    v = zone_verdict(objs, view, ["zr-a", "zr-b", "zr-c"], unreachable=["zr-a"])
+    assert v is not None
+    assert [(r.cluster, r.state) for r in v.remotes] == [("zr-a", "Stale"), ("zr-b", "Timeout"), ("zr-c", "NotRead")]
+    assert "does not answer the hub" in v.remotes[0].message
+    assert "no remote secret for zr-c" in v.remotes[2].message
+    assert v.endpoints is not None
+    assert [(e.host, e.clusters) for e in v.endpoints] == [("api.shop.svc.cluster.local", {}),
+                                                           ("echo.shop.svc.cluster.local", {"zr-a": 2})]
+    assert v.missing == ["api.shop.svc.cluster.local"]
+    # The remote answers again: Synced; istiod not read yet: Unknown, endpoints not judged.
+    v = zone_verdict(objs, view, ["zr-a"])
+    assert v is not None and v.remotes[0].state == "Synced" and v.remotes[0].message == ""
+    v = zone_verdict(objs, IstiodView(), ["zr-a"])
+    assert v is not None and v.remotes[0].state == "Unknown" and v.endpoints is None and v.missing == []
+    assert zone_verdict([], view, []) is None
+
+
+def test_status_no_endpoints_is_not_ready_naming_zone_and_host() -> None:
+    from accesspoint.istioverdict import HostEndpoints
+    from accesspoint.models import ClusterStatus
+    from accesspoint.status import summarize
+    from placement.models import ClusterDecision, PlacementDecision
+
+    decision = PlacementDecision(selected=[ClusterDecision(cluster="zp-a", reason="", zone="ra-1"),
+                                           ClusterDecision(cluster="zp-b", reason="", zone="rb-1")])
+    ok = ClusterStatus(name="zp-b", zone="rb-1", state="Applied", revision="r1",
+                       endpoints=[HostEndpoints(host="echo.shop.svc.cluster.local", clusters={"zr-b": 1})])
+    bad = ClusterStatus(name="zp-a", zone="ra-1", state="Applied", revision="r1",
+                        endpoints=[HostEndpoints(host="echo.shop.svc.cluster.local", clusters={})],
+                        endpoints_missing=["echo.shop.svc.cluster.local"])
+    st = summarize(1, "r1", decision, [bad, ok], "2026-12-04T00:00:00Z", None)
+    ready = next(c for c in st.conditions if c.type == "Ready")
+    assert (ready.status, ready.reason) == ("False", "NoEndpoints")
+    assert "zone ra-1 (zp-a): its istiod knows no endpoint of echo.shop.svc.cluster.local" in ready.message
+    assert st.summary is not None and st.summary.endpoints == "1/2" and st.summary.clusters == "1/2"
+    st = summarize(1, "r1", decision, [bad.model_copy(update={"endpoints_missing": None}), ok],
+                   "2026-12-04T00:00:00Z", None)
+    assert next(c for c in st.conditions if c.type == "Ready").status == "True"
+    assert st.summary is not None and st.summary.endpoints == "2/2"
