@@ -362,9 +362,11 @@ class Fleet:
         assert self.state is not None
         return [b for m in self.state.members for b in (m.istio.backends if m.istio else m.backends)]
 
-    async def publish_remote_backends(self, namespace: str, *, service: str = "echo", port: int = 8080) -> None:
+    async def publish_remote_backends(self, namespace: str, *, service: str = "echo", port: int = 8080,
+                                      clusters: Iterable[str] | None = None) -> None:
         """In every Istio remote: the Service `service` in `namespace` and a WorkloadEntry per echo backend
-        with its locality (what the primary's istiod reads of a remote; fleet.istio.remote_backend_objects)."""
+        with its locality (what the primary's istiod reads of a remote; fleet.istio.remote_backend_objects); only
+        in `clusters` when given."""
         assert self.state is not None
 
         async def publish(member: ClusterProc) -> None:
@@ -373,8 +375,20 @@ class Fleet:
                 await mesh.publish_remote_backends(client, namespace, member.backends, service=service, port=port)
             finally:
                 await client.close()
+            # The Service declared in the primary too, with no endpoint there (as Istio's multicluster
+            # samples deploy a Service in every cluster): istiod's analyzer runs on the config cluster only and
+            # flags a VirtualService whose destination Service it does not find there (IST0101), although
+            # istiod routes to the remote's endpoints.
+            client = await self.state.member(member.mesh_primary).client()  # type: ignore[union-attr]
+            try:
+                await mesh.publish_remote_backends(client, namespace, member.backends, service=service, port=port,
+                                                   endpoints=False)
+            finally:
+                await client.close()
 
-        await asyncio.gather(*(publish(m) for m in self.state.members if m.mesh_primary and m.backends))
+        wanted = set(clusters) if clusters is not None else None
+        await asyncio.gather(*(publish(m) for m in self.state.members if m.mesh_primary and m.backends
+                               and (wanted is None or m.name in wanted)))
 
     async def publish_backends(self, namespace: str, host: str, *, service: str = "echo", port: int = 8080,
                                clusters: Iterable[str] | None = None) -> None:

@@ -475,12 +475,13 @@ def remote_backend_objects(namespace: str, backends: list[EchoBackend], *, servi
 
 
 async def publish_remote_backends(client: KubeClient, namespace: str, backends: list[EchoBackend], *,
-                                  service: str = "echo", port: int = 8080) -> None:
+                                  service: str = "echo", port: int = 8080, endpoints: bool = True) -> None:
+    """`remote_backend_objects` in `client`'s cluster (`endpoints` False: the Service alone)."""
     ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
     try:
         await client.create("/api/v1/namespaces", ns, field_manager=FIELD_MANAGER)
     except ApiError as err:
         if err.status != 409:
             raise
-    for path, obj in remote_backend_objects(namespace, backends, service=service, port=port):
+    for path, obj in remote_backend_objects(namespace, backends, service=service, port=port)[:None if endpoints else 1]:
         await client.apply(path, obj, field_manager=FIELD_MANAGER)
