@@ -12,7 +12,11 @@ only in the remotes (a Service + WorkloadEntries with their locality, fleet.isti
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -112,6 +116,21 @@ async def test_a_routed_host_without_endpoints_in_a_zone_is_not_ready(
     assert "region-b-1" not in ready["message"]
     assert entries(st)["zp-a"]["endpointsMissing"] == [echo]
     assert entries(st)["zp-b"]["endpoints"] == [{"host": echo, "clusters": {"zr-b": 1}}]
+    # What a person sees (pasted in docs/zones.md).
+    assert fleet.state is not None
+    env = {**os.environ, "KUBECONFIG": str(fleet.state.hub.kubeconfig),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    table = subprocess.run(["kubectl", "get", "ap", "-n", namespace], env=env, capture_output=True, text=True,
+                           check=True).stdout
+    header, row = table.splitlines()[:2]
+    assert row[header.index("ENDPOINTS"):].split()[0] == "1/2", table  # (empty columns: split by position)
+    report = subprocess.run(["kubectl", "meshfed", "status", "web", "-n", namespace], env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert f"zp-a (zone region-a-1): remotes zr-a Synced; endpoints {echo}: NO ENDPOINT" in report, report
+    assert f"zp-b (zone region-b-1): remotes zr-b Synced; endpoints {echo}: zr-b=1" in report, report
+    mcs = subprocess.run(["kubectl", "get", "mc"], env=env, capture_output=True, text=True, check=True).stdout
+    print(f"$ kubectl get mc\n{mcs}\n$ kubectl get ap -n {namespace}\n{table}\n"
+          f"$ kubectl meshfed status web -n {namespace}\n{report}")
 
 
 async def test_a_stopped_remote_api_server_shows_in_its_zone_and_recovers(

@@ -250,3 +250,17 @@ def test_status_no_endpoints_is_not_ready_naming_zone_and_host() -> None:
                    "2026-12-04T00:00:00Z", None)
     assert next(c for c in st.conditions if c.type == "Ready").status == "True"
     assert st.summary is not None and st.summary.endpoints == "2/2"
+
+
+def test_default_waves_in_zone_mode_canary_is_one_zone() -> None:
+    from accesspoint.rollout import default_waves
+
+    fl = zone_fleet()
+    decision = select(PlacementSpec(target="Zone"), fl)
+    placed = [c for c in fl if c.name in decision.names]
+    waves = default_waves(placed)
+    members = [[c.name for c in placed if w.cluster_selector is not None
+                and w.cluster_selector.matches(c.selector_labels)] for w in waves]
+    # canary: the first zone's primary alone (then an approval), then one wave per zone, never a remote.
+    assert members == [["ra1-p"], ["ra1-p"], ["ra2-p"], ["rb1-p"], ["rb2-p"]]
+    assert [g.type for g in waves[0].after] == ["Approval"]
