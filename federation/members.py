@@ -5,8 +5,10 @@ API discovery (-> Reachable/Ready facts and which managed kinds the member serve
 is missing is neither watched nor written), and list+watch caches of every object this hub owns
 in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint (whole objects,
 status included: Istio's analyzer verdict is read from there), and the member's IstiodMonitor
-(federation/istiod.py) when spec.istiod is set. Changes are reported through callbacks; this module
-never writes to members (the executor does) nor to the hub.
+(federation/istiod.py) when spec.istiod is set. Also: every member's mesh role judged against the
+others (placement.mesh: `Member.mesh`, `remotes_of`), and, for followWorkload, a metadata-only watch of
+Deployments in the namespaces it names (`follow_workloads_in`). Changes are reported through callbacks;
+this module never writes to members (the executor does) nor to the hub.
 
 Shard filter (several replicas, federation/shards.py): with `set_shard_filter(held)` the watches
 select only objects labelled `meshfed.io/shard in (held)` (every watch re-lists when the held set

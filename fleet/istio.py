@@ -19,6 +19,8 @@ Owns, per member (settings from ../shared/lab/istio/README.md, where each was fo
   * echo backend records (address, locality) and the ServiceEntry + WorkloadEntries that publish them
     in a namespace on every member, local and remote instances alike, each with its locality — what a
     multi-primary mesh's istiod learns from every cluster, so locality weights have real endpoints.
+  * primary-remote zones: the remote secret a primary's istiod reads a remote through, and a remote's echo
+    backends as a Service + WorkloadEntries with their locality in the remote (`remote_backend_objects`).
 Imports fleet.pki, federation.kube, fleet.{build,netns}.
 """
 

@@ -2,8 +2,10 @@
 PlacementDecision (what it decides).
 
 Owns the placement vocabulary: cluster facts (incl. taints and the Deployments a member runs, for
-`followWorkload`), the PlacementSpec shape used inline by AccessPoints and as a PlacementPolicy's
-spec, tolerations, spread, and the decision with a reason per cluster.
+`followWorkload`) and its Istio mesh role (`spec.mesh`: its own control plane or a remote of another
+member; judged in placement.mesh), the PlacementSpec shape used inline by AccessPoints and as a
+PlacementPolicy's spec (target Cluster or Zone), tolerations, spread, and the decision with a reason per
+cluster.
 
 Imports only accesspoint.meta (shared API primitives). Pure data, no I/O.
 """

@@ -1,7 +1,7 @@
 """Pure cluster selection: (placement spec, cluster facts, previous decision) -> decision.
 
 Owns the placement rules. Deterministic and stable under reordering of the clusters; no clock, no
-I/O. Imports placement.models and accesspoint.meta only.
+I/O. Imports placement.models, placement.mesh and accesspoint.meta only.
 
 Rules, in the order they are checked (the first failing one is the rejection reason):
   1. excludeClusters         -> Excluded
