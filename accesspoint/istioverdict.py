@@ -21,6 +21,9 @@ federation/istiod.py, which asks the member's istiod, and from the member caches
   for each of its parents (status.parents[] of controller istio.io/gateway-controller); a condition
   counts only at `observedGeneration == metadata.generation`. `route_verdict` combines both parts: False
   when either is False, None when either cannot be decided, True when every evaluated part is True;
+- per zone (a primary and its Istio remotes; `zone_verdict`): the primary's istiod's sync state with
+  each remote (/debug/clusterz) and the endpoints it knows of each host the AccessPoint's gateway routes
+  to, per cluster (/debug/endpointShardz); a routed host with no endpoint makes the zone not ready;
 - the analyzer's messages on member objects (`analyzer_messages`, every *.istio.io kind):
   `status.validationMessages` counts only when `status.observedGeneration` equals `metadata.generation`;
   otherwise the object has "no current verdict" (istiod keeps stale messages after an in-place fix)
@@ -99,6 +102,12 @@ class IstiodView(ApiModel):
     # Pods per Gateway selector (key: `selector_key`); a missing key means "not listed yet".
     pods: dict[str, list[WorkloadPod]] = Field(default_factory=dict)
     pods_error: str = ""
+    # /debug/clusterz: cluster ID -> syncStatus (synced | syncing | timeout | closed), the config cluster
+    # included; None: not read (yet).
+    clusters: dict[str, str] | None = None
+    # /debug/endpointShardz, for the hosts asked about: host -> cluster ID -> endpoints istiod knows there;
+    # None: not read (yet). A host absent from the dict has no endpoint in any cluster.
+    endpoints: dict[str, dict[str, int]] | None = None
 
 
 def selector_key(selector: Mapping[str, str]) -> str:
@@ -452,3 +461,103 @@ def analyzer_messages(objects: Iterable[Mapping[str, Any]]) -> AnalyzerVerdict:
             if msg not in out.messages:
                 out.messages.append(msg)
     return out
+
+
+# ---- zones: the primary's istiod, its remotes and the endpoints it knows ----
+
+SYNC_STATES = {"synced": "Synced", "syncing": "Syncing", "timeout": "Timeout", "closed": "Closed"}
+
+
+class RemoteSync(ApiModel):
+    """The zone primary's istiod and one of its remotes."""
+
+    cluster: str
+    state: str = Field(description="Synced, Syncing, Timeout, Closed (istiod's /debug/clusterz), Stale (istiod "
+                       "says synced, but the remote's API server does not answer the hub), NotRead (no remote "
+                       "secret for it in istiod), Unknown (istiod not asked)")
+    message: str = ""
+
+
+class HostEndpoints(ApiModel):
+    host: str
+    clusters: dict[str, int] = Field(default_factory=dict,
+                                     description="cluster ID -> endpoints of the host the zone's istiod knows there")
+
+    @property
+    def total(self) -> int:
+        return sum(self.clusters.values())
+
+
+class ZoneVerdict(ApiModel):
+    remotes: list[RemoteSync] = Field(default_factory=list)
+    endpoints: list[HostEndpoints] | None = None  # None: istiod not read
+    missing: list[str] = Field(default_factory=list)  # routed hosts without any endpoint
+
+
+def fqdn(host: str, namespace: str) -> str:
+    """A VirtualService destination host as istiod names the service: a short name is relative to the
+    VirtualService's namespace (`name` -> name.ns.svc.cluster.local, `name.ns` -> name.ns.svc.cluster.local)."""
+    parts = host.split(".")
+    if len(parts) == 1:
+        return f"{host}.{namespace}.svc.cluster.local"
+    if len(parts) == 2:
+        return f"{host}.svc.cluster.local"
+    return host
+
+
+def routed_hosts(objects: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Destination hosts of the AccessPoint's VirtualServices bound to its Gateways (sorted, FQDN)."""
+    out: set[str] = set()
+    for vss in bound_virtualservices(objects).values():
+        for vs in vss:
+            ns = str(_meta(vs).get("namespace", ""))
+            spec = vs.get("spec") or {}
+            for kind in ("http", "tcp", "tls"):
+                for route in spec.get(kind) or []:
+                    for dest in route.get("route") or []:
+                        host = str((dest.get("destination") or {}).get("host") or "")
+                        if host and "*" not in host:
+                            out.add(fqdn(host, ns))
+    return sorted(out)
+
+
+def remote_sync(view: IstiodView | None, remotes: Sequence[str], unreachable: Iterable[str]) -> list[RemoteSync]:
+    """The primary's istiod and each remote. Istio latches a remote's syncStatus at `synced` once its first
+    sync is done (pkg/kube/multicluster/cluster.go HasSynced), and keeps serving the endpoints it last
+    saw when the remote's API server goes away; so a remote the hub cannot reach is reported Stale."""
+    down = set(unreachable)
+    out = []
+    for remote in sorted(remotes):
+        if view is None or view.clusters is None:
+            why = view.error if view is not None and view.error else "the primary's istiod was not read yet"
+            out.append(RemoteSync(cluster=remote, state="Unknown", message=why))
+            continue
+        raw = view.clusters.get(remote)
+        if raw is None:
+            out.append(RemoteSync(cluster=remote, state="NotRead", message=(
+                f"the primary's istiod has no remote secret for {remote} (absent from /debug/clusterz): its "
+                "Services and endpoints are not seen")))
+        elif raw == "synced" and remote in down:
+            out.append(RemoteSync(cluster=remote, state="Stale", message=(
+                f"istiod reports {remote} synced, but its API server does not answer the hub: istiod serves "
+                "the endpoints it last saw there")))
+        else:
+            state = SYNC_STATES.get(raw, raw)
+            out.append(RemoteSync(cluster=remote, state=state,
+                                  message="" if state == "Synced" else f"istiod's sync with {remote}: {raw}"))
+    return out
+
+
+def zone_verdict(objects: Iterable[Mapping[str, Any]], view: IstiodView | None, remotes: Sequence[str],
+                 unreachable: Iterable[str] = ()) -> ZoneVerdict | None:
+    """The zone's verdict for one AccessPoint; None when there is nothing to judge (no remote and no
+    routed host)."""
+    hosts = routed_hosts(objects)
+    if not hosts and not remotes:
+        return None
+    verdict = ZoneVerdict(remotes=remote_sync(view, remotes, unreachable))
+    if view is not None and view.endpoints is not None and hosts:
+        verdict.endpoints = [HostEndpoints(host=h, clusters=dict(sorted(view.endpoints.get(h, {}).items())))
+                             for h in hosts]
+        verdict.missing = [e.host for e in verdict.endpoints if e.total == 0]
+    return verdict

@@ -11,7 +11,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from accesspoint.health import ProbeRecord
-from accesspoint.istioverdict import IstioMessage
+from accesspoint.istioverdict import HostEndpoints, IstioMessage, RemoteSync
 from accesspoint.kinds import TEMPLATE_KIND_NAMES
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
 from accesspoint.overrides import Override
@@ -106,6 +106,14 @@ class ClusterStatus(ApiModel):
     no_current_verdict: list[str] | None = Field(
         default=None, alias="noCurrentVerdict",
         description="Objects whose analyzer messages are for an older generation (not reported)")
+    remotes: list[RemoteSync] | None = Field(
+        default=None, description="Zone target: the sync state of this primary's istiod with each Istio remote")
+    endpoints: list[HostEndpoints] | None = Field(
+        default=None, description="Endpoints of each host the gateway routes to, known to this cluster's istiod, "
+        "per cluster ID (the zone's remotes included); absent when istiod is not read")
+    endpoints_missing: list[str] | None = Field(
+        default=None, alias="endpointsMissing",
+        description="Routed hosts of which this cluster's istiod knows no endpoint: the zone is not ready")
     last_error: str | None = Field(default=None, alias="lastError")
     probe: ProbeRecord | None = Field(
         default=None, description="the rollout's HTTP probe of this cluster on the revision it carries "
@@ -124,6 +132,8 @@ class AccessPointSummary(ApiModel):
     vips: str = ""
     phase: str = ""
     routes: str | None = Field(default=None, description="clusters with routes configured / evaluated")
+    endpoints: str | None = Field(default=None, description="clusters whose istiod knows an endpoint of every "
+                                  "routed host / clusters where endpoints are read")
 
 
 class AccessPointStatus(ApiModel):
@@ -155,6 +165,8 @@ class AccessPoint(Resource):
             PrinterColumn("Revision", ".status.revision"),
             PrinterColumn("Routes", ".status.summary.routes",
                           description="clusters whose gateways ACKed the routes / clusters where evaluated"),
+            PrinterColumn("Endpoints", ".status.summary.endpoints",
+                          description="clusters (zones) whose istiod knows an endpoint of every routed host / read"),
             PrinterColumn("Stable", ".status.rollout.stable", priority=1),
             PrinterColumn("FQDN", ".status.fqdn"),
             PrinterColumn("Cert", ".status.certificate"),

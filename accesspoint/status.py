@@ -89,7 +89,10 @@ def summarize(
     evaluated = [c for c in in_place if c.routes_evaluated]
     routes_false = [c for c in applied if c.routes_evaluated and c.route_configured is False]
     routes_unknown = [c for c in applied if c.routes_evaluated and c.route_configured is None]
-    ready = [c for c in applied if c not in lb_missing and c not in routes_false and c not in routes_unknown]
+    # A zone's istiod that knows no endpoint of a routed host: the route is there, the service is not.
+    no_endpoints = [c for c in applied if c.endpoints_missing]
+    ready = [c for c in applied if c not in lb_missing and c not in routes_false and c not in routes_unknown
+             and c not in no_endpoints]
 
     def why(items: Sequence[ClusterStatus]) -> str:
         return "; ".join(f"{c.name}: {c.route_message}" for c in items)
@@ -100,6 +103,10 @@ def summarize(
         fresh.append(cond("Ready", "False", "ApplyFailed", f"failed in: {names(failed)}"))
     elif unknown:
         fresh.append(cond("Ready", "Unknown", "ClusterUnreachable", f"state unknown in: {names(unknown)}"))
+    elif no_endpoints:
+        fresh.append(cond("Ready", "False", "NoEndpoints", f"ready in {len(ready)}/{len(in_place)} cluster(s); " +
+                          "; ".join(f"zone {c.zone} ({c.name}): its istiod knows no endpoint of "
+                                    f"{', '.join(c.endpoints_missing or [])}" for c in no_endpoints)))
     elif routes_false:
         fresh.append(cond("Ready", "False", "RoutesNotConfigured",
                           f"ready in {len(ready)}/{len(in_place)} cluster(s); "
@@ -134,7 +141,9 @@ def summarize(
         summary=AccessPointSummary(
             clusters=f"{len(ready)}/{len(in_place)}", vips=",".join(vips), phase=phase,
             routes=(f"{sum(1 for c in evaluated if c.route_configured is True)}/{len(evaluated)}"
-                    if evaluated else None)),
+                    if evaluated else None),
+            endpoints=(f"{sum(1 for c in with_endpoints if not c.endpoints_missing)}/{len(with_endpoints)}"
+                       if (with_endpoints := [c for c in in_place if c.endpoints is not None]) else None)),
         fqdn=previous.fqdn if previous else None,
         certificate=previous.certificate if previous else None,
     )

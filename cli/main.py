@@ -194,7 +194,7 @@ def render_status(obj: dict[str, Any]) -> str:
         f"AccessPoint {meta['namespace']}/{meta['name']}  generation {meta.get('generation')}  "
         f"observed {status.get('observedGeneration', '-')}  revision {status.get('revision', '-')}",
         f"Phase: {summary.get('phase', '-')}   Clusters ready: {summary.get('clusters', '-')}   "
-        f"Routes: {summary.get('routes') or '-'}   "
+        f"Routes: {summary.get('routes') or '-'}   Endpoints: {summary.get('endpoints') or '-'}   "
         f"FQDN: {status.get('fqdn') or '-'}   Cert: {status.get('certificate') or '-'}",
         "",
         "Conditions:",
@@ -230,6 +230,9 @@ def render_status(obj: dict[str, Any]) -> str:
         for obj in stale:
             details.append(f"  {c['name']}: {obj}: no current verdict (Istio's messages are for an older generation)")
     lines += ["", table(rows) if len(rows) > 1 else "(no clusters)"]
+    zones = [zone_line(c) for c in status.get("clusters") or [] if c.get("remotes") or c.get("endpoints")]
+    if zones:
+        lines += ["", "Zones (what each zone primary's istiod knows):", *zones]
     if details:
         lines += ["", "Istio:", *details]
     if probes:
@@ -242,6 +245,16 @@ def render_status(obj: dict[str, Any]) -> str:
     if rollout:
         lines.append(rollout)
     return "\n".join(lines)
+
+
+def zone_line(c: dict[str, Any]) -> str:
+    """One zone primary: its istiod's sync with each remote, and the endpoints of each routed host per cluster."""
+    remotes = ", ".join(f"{r['cluster']} {r['state']}" + (f" ({r['message']})" if r.get("message") else "")
+                        for r in c.get("remotes") or []) or "none"
+    hosts = "; ".join(f"{e['host']}: " + (", ".join(f"{k}={v}" for k, v in sorted((e.get("clusters") or {}).items()))
+                                           or "NO ENDPOINT")
+                      for e in c.get("endpoints") or []) or "not read"
+    return f"  {c['name']} (zone {c.get('zone', '')}): remotes {remotes}; endpoints {hosts}"
 
 
 def cmd_status(args: argparse.Namespace) -> None:

@@ -102,8 +102,8 @@ async def test_propagates_with_owner_labels_status_and_columns(
     assert all(v in row for v in vips)
     out = subprocess.run(["kubectl", "get", "memberclusters"], capture_output=True, text=True,
                          env={**os.environ, "KUBECONFIG": str(fleet.state.hub.kubeconfig)}, check=True).stdout
-    assert out.splitlines()[0].split()[:5] == ["NAME", "REGION", "ZONE", "READY", "VERSION"]
-    assert all(" True " in line and "v1.34" in line for line in out.splitlines()[1:])
+    assert out.splitlines()[0].split()[:6] == ["NAME", "REGION", "ZONE", "MESH", "READY", "VERSION"]
+    assert all(" Primary " in line and " True " in line and "v1.34" in line for line in out.splitlines()[1:])
 
 
 async def test_drift_on_a_member_is_reverted_by_the_watch(

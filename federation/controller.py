@@ -24,7 +24,14 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from accesspoint.istioverdict import RouteVerdict, analyzer_messages, moves_routes, route_verdict
+from accesspoint.istioverdict import (
+    RouteVerdict,
+    ZoneVerdict,
+    analyzer_messages,
+    moves_routes,
+    route_verdict,
+    zone_verdict,
+)
 from accesspoint.kinds import ISTIO_NET, group_of
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
@@ -113,6 +120,7 @@ class Controller:
         self.route_settle = route_settle
         self._written_at: dict[tuple[str, str], float] = {}
         self._verdicts: dict[tuple[str, str], RouteVerdict | None] = {}
+        self._zone_verdicts: dict[tuple[str, str], ZoneVerdict | None] = {}  # zone primaries (issue 21)
         self.accesspoints: dict[str, dict[str, Any]] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.memberclusters: dict[str, dict[str, Any]] = {}
@@ -285,7 +293,8 @@ class Controller:
                 continue
             objects = [cache.objects[k] for k in keys if k in cache.objects]
             verdict = self._route_verdict(member, owner_key, objects)
-            if self._verdicts.get((name, owner_key)) != verdict and owner_key in self.accesspoints:
+            moved = self._zone_verdicts.get((name, owner_key)) != self._zone_verdict(member, objects)
+            if (self._verdicts.get((name, owner_key)) != verdict or moved) and owner_key in self.accesspoints:
                 self.enqueue(f"ap/{owner_key}")
 
     def on_accesspoint(self, event_type: str, body: dict[str, Any]) -> None:
@@ -427,11 +436,14 @@ class Controller:
                               reason=reach.reason, message=reach.message)
         gen = int(body["metadata"].get("generation", 0))
         conds = [c.model_copy(update={"observed_generation": gen}) for c in (reach, ready)]
+        if member.mesh is not None:  # spec.mesh judged against every member (placement.mesh)
+            conds.append(member.mesh.condition(gen))
         status = MemberClusterStatus(
             conditions=merge_conditions(previous.conditions, conds, now_rfc3339()),
             kubernetes_version=probe.version or previous.kubernetes_version,
             istio_crds=probe.istio if probe.istio is not None else previous.istio_crds,
             ready=ready.status,
+            mesh_role=member.mesh.printed if member.mesh is not None else None,
         )
         # lastProbeTime is not written on every probe: that would be a hub write every few seconds.
         wire = status.wire()
@@ -442,6 +454,10 @@ class Controller:
         wire = {k: v for k, v in wire.items() if v is not None}
         await self.writer.write_status(MC_PATH.format(name=name), "MemberCluster", name, None, wire,
                                        body.get("status"))
+        mesh, before = member.mesh, next((c for c in previous.conditions if c.type == "MeshRole"), None)
+        if mesh is not None and mesh.warning and (before is None or (before.status, before.reason, before.message)
+                                                  != (mesh.status, mesh.reason, mesh.message)):
+            await self.writer.event(body, "Warning", mesh.reason, mesh.message)
 
     # ---- AccessPoint reconcile ----
 
@@ -486,6 +502,8 @@ class Controller:
             spec, missing = self._placement_spec(ap)
             if missing:
                 problems.append(missing)
+            elif spec is not None and spec.follow_workload is not None:  # its facts: Deployments there
+                self.registry.follow_workloads_in(self.registry.workload_namespaces | {spec.follow_workload.namespace})
             facts = [m.facts for m in self.registry.members.values()]
             for validator in self.validators:
                 problems += validator(ap, facts)
@@ -578,7 +596,18 @@ class Controller:
                 entry.route_configured = verdict.configured
                 entry.route_message = verdict.message
                 entry.gateway_proxies = verdict.proxies if verdict.total or verdict.configured is not None else None
+            zone = self._zone_verdicts[(member.name, owner.key)] = self._zone_verdict(member, objects)
+            if zone is not None:  # a zone primary: its istiod's remotes and the endpoints it knows
+                entry.remotes, entry.endpoints = zone.remotes or None, zone.endpoints
+                entry.endpoints_missing = zone.missing or None
         return entry
+
+    def _zone_verdict(self, member: Member, objects: list[dict[str, Any]]) -> ZoneVerdict | None:
+        remotes = self.registry.remotes_of(member.name)
+        if not remotes or member.istiod is None:
+            return None
+        return zone_verdict(objects, member.istiod.view, [r.name for r in remotes],
+                            [r.name for r in remotes if r.probe.reachable is False])
 
     async def _sync_objects(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
                             context: RenderContext,
@@ -619,6 +648,10 @@ class Controller:
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
                                      last_error=f"the cluster does not serve {', '.join(missing)}: its CRD is "
                                                 "not installed there; nothing was changed in this cluster")
+            refused = member.refused(desired)
+            if refused:  # Istio kinds on an Istio remote: Istio would ignore them (placement.mesh)
+                return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
+                                     last_error=refused)
         the_plan = plan(desired, owned)
         client = member.client
         assert client is not None

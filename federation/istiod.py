@@ -9,7 +9,10 @@ AccessPoint of the member: one syncz per interval (`idle` seconds, `fast` while 
 flight: after a meshfed write to the member (`kick`) or while a proxy has not ACKed), one config_dump
 per gateway proxy only when its nonces changed (read between two syncz samples showing the same
 nonces, else it is not used), one Pod list per distinct Gateway selector per `idle` interval (to the
-member API server, not istiod). Requests are counted per member (`requests`).
+member API server, not istiod), and once per `idle` interval istiod's remote clusters (/debug/clusterz)
+and, when the member's AccessPoints route to hosts, the endpoints istiod knows of them per cluster
+(/debug/endpointShardz, zones: accesspoint.istioverdict.zone_verdict). Requests are counted per member
+(`requests`).
 
 How istiod is reached is MemberCluster.spec.istiod: `url` (direct, e.g. the local fleet's loopback
 port) or `service` (the member API server's service proxy with the member kubeconfig's identity).
@@ -148,6 +151,31 @@ def config_paths(dump: Any) -> list[str]:
     return sorted(found)
 
 
+def parse_clusterz(payload: Any) -> dict[str, str]:
+    """/debug/clusterz: [{id, secretName, syncStatus}] -> cluster ID -> syncStatus."""
+    if not isinstance(payload, list):
+        raise IstiodError(f"unexpected /debug/clusterz answer: {str(payload)[:200]}")
+    return {str(c.get("id")): str(c.get("syncStatus") or "") for c in payload if isinstance(c, dict) and c.get("id")}
+
+
+def parse_endpoint_shards(payload: Any, hosts: set[str]) -> dict[str, dict[str, int]]:
+    """/debug/endpointShardz: {host: {namespace: {Shards: {"<provider>/<cluster ID>": [endpoint...]}}}} ->
+    host -> cluster ID -> endpoints, for `hosts` only (summed over the namespaces declaring the host)."""
+    if not isinstance(payload, dict):
+        raise IstiodError(f"unexpected /debug/endpointShardz answer: {str(payload)[:200]}")
+    out: dict[str, dict[str, int]] = {}
+    for host in hosts:
+        per_ns = payload.get(host)
+        if not isinstance(per_ns, dict):
+            continue
+        counts: Counter[str] = Counter()
+        for shards in per_ns.values():
+            for key, endpoints in ((shards or {}).get("Shards") or {}).items():
+                counts[str(key).rpartition("/")[2]] += len(endpoints or [])
+        out[host] = dict(counts)
+    return out
+
+
 def _acked(proxy: ProxySync) -> bool:
     return "lds" in proxy.xds and all(
         s.sent == s.acked and not s.last_error for t, s in proxy.xds.items() if t in ROUTE_TYPES)
@@ -158,7 +186,8 @@ class IstiodMonitor:
 
     def __init__(self, member: str, access: IstiodAccess, member_client: Callable[[], KubeClient | None],
                  selectors: Callable[[], set[str]], on_change: Callable[[str], None], *,
-                 idle: float = 10.0, fast: float = 0.5, fast_for: float = 30.0, confirm_delay: float = 0.2) -> None:
+                 idle: float = 10.0, fast: float = 0.5, fast_for: float = 30.0, confirm_delay: float = 0.2,
+                 zone_hosts: Callable[[], set[str] | None] | None = None) -> None:
         self.member = member
         self.access = access
         self.endpoint = IstiodEndpoint(access, member_client, member)
@@ -174,6 +203,10 @@ class IstiodMonitor:
         self.member_requests = 0  # Pod lists sent to the member API server
         self._fast_until = 0.0
         self._pods_at = 0.0
+        # A zone primary's routed hosts, whose endpoints are read (/debug/endpointShardz) with clusterz once
+        # per `idle`; None: the member is no zone primary (it has no remote), neither is read.
+        self.zone_hosts = zone_hosts or (lambda: None)
+        self._zone_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -193,6 +226,7 @@ class IstiodMonitor:
         """A change is in flight (meshfed wrote to this member): poll fast for a while, now."""
         self._fast_until = time.monotonic() + self.fast_for
         self._pods_at = 0.0
+        self._zone_at = 0.0
         self._wake.set()
 
     def _in_flight(self) -> bool:
@@ -253,10 +287,35 @@ class IstiodMonitor:
         self.view.pods_error = "; ".join(errors)
         self._pods_at = time.monotonic()
 
+    async def _refresh_zone(self) -> None:
+        """istiod's remotes (/debug/clusterz, small) and, when the member's AccessPoints route somewhere,
+        the endpoints it knows of those hosts (/debug/endpointShardz: every service's shards in one answer,
+        hence read at most once per `idle` interval)."""
+        self._zone_at = time.monotonic()
+        hosts = self.zone_hosts()
+        if hosts is None:
+            self.view.clusters = self.view.endpoints = None
+            return
+        try:
+            self.requests["clusterz"] += 1
+            self.view.clusters = parse_clusterz(await self.endpoint.get("/debug/clusterz"))
+            if hosts:
+                self.requests["endpointShardz"] += 1
+                self.view.endpoints = parse_endpoint_shards(await self.endpoint.get("/debug/endpointShardz",
+                                                                                    timeout=30), hosts)
+            else:
+                self.view.endpoints = None
+        except IstiodError as err:
+            log.info("member %s: istiod's clusters/endpoints: %s", self.member, err)
+            self.view.clusters = None
+            self.view.endpoints = None
+
     async def poll_once(self) -> None:
         now = time.monotonic()
         if now - self._pods_at >= self.idle or set(self.selectors()) != set(self.view.pods):
             await self._refresh_pods()
+        if now - self._zone_at >= self.idle or (self.view.endpoints is None and self.zone_hosts()):
+            await self._refresh_zone()
         try:
             proxies = await self._syncz()
         except IstiodError as err:

@@ -5,8 +5,10 @@ API discovery (-> Reachable/Ready facts and which managed kinds the member serve
 is missing is neither watched nor written), and list+watch caches of every object this hub owns
 in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint (whole objects,
 status included: Istio's analyzer verdict is read from there), and the member's IstiodMonitor
-(federation/istiod.py) when spec.istiod is set. Changes are reported through callbacks; this module
-never writes to members (the executor does) nor to the hub.
+(federation/istiod.py) when spec.istiod is set. Also: every member's mesh role judged against the
+others (placement.mesh: `Member.mesh`, `remotes_of`), and, for followWorkload, a metadata-only watch of
+Deployments in the namespaces it names (`follow_workloads_in`). Changes are reported through callbacks;
+this module never writes to members (the executor does) nor to the hub.
 
 Shard filter (several replicas, federation/shards.py): with `set_shard_filter(held)` the watches
 select only objects labelled `meshfed.io/shard in (held)` (every watch re-lists when the held set
@@ -29,14 +31,15 @@ from typing import Any
 
 import yaml
 
-from accesspoint.istioverdict import gateway_selectors
+from accesspoint.istioverdict import gateway_selectors, routed_hosts
 from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS, Kind, api_path
 from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
 from federation.istiod import IstiodMonitor
 from federation.kube import ApiError, Gone, KubeClient
 from federation.shards import SHARD_LABEL
-from placement.models import ClusterFacts, MemberCluster
+from placement.mesh import RoleVerdict, remote_refusal, role_verdicts
+from placement.models import ClusterFacts, MemberCluster, WorkloadFact
 
 log = logging.getLogger("meshfed.members")
 
@@ -176,6 +179,12 @@ class Member:
     istiod: IstiodMonitor | None = None
     watches: dict[KindId, asyncio.Task[None]] = field(default_factory=dict)
     listed: dict[KindId, int] = field(default_factory=dict)  # kind -> shard-filter generation last listed with
+    # The verdict on spec.mesh against every registered member (placement.mesh), set by the registry.
+    mesh: RoleVerdict | None = None
+    # Deployments (namespace, name) -> labels in the namespaces followWorkload names, once listed
+    # (MemberRegistry.follow_workloads_in); None until then.
+    workloads: dict[tuple[str, str], dict[str, str]] | None = None
+    workloads_task: asyncio.Task[None] | None = None
 
     def needed_kinds(self) -> set[KindId]:
         return {k.id for k in MANAGED_KINDS.values() if self.serves(k)}
@@ -193,7 +202,17 @@ class Member:
             taints=self.spec.spec.taints,
             ready=self.probe.ready,
             reachable=self.probe.reachable,
+            mesh_primary=self.spec.spec.mesh_primary,
+            mesh_problem=self.mesh.problem if self.mesh is not None else None,
+            # Not known while unreachable: followWorkload then keeps what it placed and adds nothing.
+            workloads=None if self.workloads is None or not self.probe.reachable else [
+                WorkloadFact(namespace=ns, name=name, labels=labels)
+                for (ns, name), labels in sorted(self.workloads.items())],
         )
+
+    def refused(self, objects: list[dict[str, Any]]) -> str | None:
+        """Why these objects must not be written here (Istio kinds on an Istio remote), else None."""
+        return remote_refusal(self.facts, (key_of(o).group for o in objects))
 
     def serves(self, kind: Kind) -> bool:
         """The member serves this kind (its CRD is installed) at the version meshfed uses."""
@@ -250,6 +269,7 @@ class MemberRegistry:
         self.shard_filter: frozenset[int] | None = None
         self.filter_generation = 0
         self.shard_of: Callable[[str, str], int] | None = None
+        self.workload_namespaces: frozenset[str] = frozenset()  # followWorkload's namespaces
 
     def set_shard_filter(self, held: frozenset[int] | None) -> None:
         """Cache only the objects of shards `held` (None: all); re-list every watch when it changes."""
@@ -281,9 +301,25 @@ class MemberRegistry:
             self.members[mc.name] = member
         else:
             member.spec = mc
+        self._judge_roles(mc.name)
         await self._ensure_client(member)
         await self._ensure_istiod(member)
         self.on_member_change(mc.name)
+
+    def remotes_of(self, primary: str) -> list[Member]:
+        """The members that are valid Istio remotes of `primary` (its zone's other clusters), by name."""
+        return sorted((m for m in self.members.values() if m.spec.spec.mesh_primary == primary
+                       and m.mesh is not None and m.mesh.problem is None), key=lambda m: m.name)
+
+    def _judge_roles(self, changed: str) -> None:
+        """Re-judge every member's mesh role (one member's change can invalidate another's: its primary
+        went away or became a remote); members whose verdict changed are reported, besides `changed`."""
+        verdicts = role_verdicts({n: m.spec.spec for n, m in self.members.items()})
+        for name, member in self.members.items():
+            if member.mesh != verdicts[name]:
+                member.mesh = verdicts[name]
+                if name != changed:
+                    self.on_member_change(name)
 
     async def _ensure_istiod(self, member: Member) -> None:
         """One IstiodMonitor per member with spec.istiod (restarted when spec.istiod changes)."""
@@ -298,8 +334,14 @@ class MemberRegistry:
             return gateway_selectors(o for k, o in member.cache.objects.items()
                                      if k.kind == "Gateway" and k.group == ISTIO_NET)
 
+        def zone_hosts() -> set[str] | None:  # a zone primary: the destinations its gateways route to
+            if not self.remotes_of(member.name):
+                return None
+            return set(routed_hosts(o for k, o in member.cache.objects.items()
+                                    if k.group == ISTIO_NET and k.kind in ("Gateway", "VirtualService")))
+
         member.istiod = IstiodMonitor(member.name, access, lambda: member.client, selectors, self.on_istiod_change,
-                                      **self.istiod_options)
+                                      zone_hosts=zone_hosts, **self.istiod_options)
         member.istiod.start()
 
     async def remove(self, name: str) -> None:
@@ -307,6 +349,7 @@ class MemberRegistry:
         member = self.members.pop(name, None)
         if member is not None:
             await self._stop(member)
+        self._judge_roles(name)
         self.on_member_change(name)
 
     def warm(self) -> bool:
@@ -327,7 +370,8 @@ class MemberRegistry:
         self.members.clear()
 
     async def _stop(self, member: Member) -> None:
-        tasks = [*member.tasks, *member.watches.values()]
+        tasks = [*member.tasks, *member.watches.values(), *([member.workloads_task] if member.workloads_task else [])]
+        member.workloads_task = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -410,7 +454,63 @@ class MemberRegistry:
             out[(group, version)] = {str(r.get("name", "")) for r in listing.get("resources") or []}
         return out
 
+    def follow_workloads_in(self, namespaces: frozenset[str]) -> None:
+        """Watch Deployments (metadata only) in these namespaces of every member: followWorkload's facts.
+        A new set restarts the watches (the facts are unknown until each member has listed again)."""
+        if namespaces == self.workload_namespaces:
+            return
+        self.workload_namespaces = namespaces
+        for member in self.members.values():
+            if member.workloads_task is not None:
+                member.workloads_task.cancel()
+                member.workloads_task = None
+            member.workloads = None
+            if member.probe.reachable and member.client is not None:
+                self._ensure_watches(member)
+
+    async def _watch_workloads(self, member: Member) -> None:
+        """List+watch Deployments' metadata in every namespace, keeping those followWorkload names."""
+        wanted = self.workload_namespaces
+        path = "/apis/apps/v1/deployments"
+        delay = 0.2
+        while True:
+            client = member.client
+            if client is None:
+                return
+            try:
+                items, rv = await client.list(path, metadata_only=True)
+                member.workloads = {}
+                for item in items:
+                    meta = item.get("metadata") or {}
+                    if meta.get("namespace") in wanted:
+                        member.workloads[(meta["namespace"], meta["name"])] = dict(meta.get("labels") or {})
+                self.on_member_change(member.name)
+                delay = 0.2
+                while True:
+                    async for ev in client.watch(path, rv, metadata_only=True):
+                        meta = ev.object.get("metadata") or {}
+                        rv = str(meta.get("resourceVersion") or rv)
+                        if ev.type == "BOOKMARK" or meta.get("namespace") not in wanted:
+                            continue
+                        key = (str(meta["namespace"]), str(meta["name"]))
+                        before = member.workloads.get(key)
+                        if ev.type == "DELETED":
+                            member.workloads.pop(key, None)
+                        else:
+                            member.workloads[key] = dict(meta.get("labels") or {})
+                        if member.workloads.get(key) != before:
+                            self.on_member_change(member.name)
+            except Gone:
+                continue
+            except ApiError as err:
+                log.debug("member %s: watch deployments: %s", member.name, err)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     def _ensure_watches(self, member: Member) -> None:
+        if self.workload_namespaces and member.workloads_task is None:
+            member.workloads_task = asyncio.create_task(self._watch_workloads(member),
+                                                        name=f"watch-{member.name}-deployments")
         for kind in MANAGED_KINDS.values():
             if kind.id in member.watches or not member.serves(kind):
                 continue

@@ -24,10 +24,11 @@ async def ensure_namespace(client: KubeClient, name: str) -> None:
 
 async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: str, zone: str,
                           labels: dict[str, str], istiod_url: str | None = None,
-                          gateway_admin_url: str | None = None) -> None:
+                          gateway_admin_url: str | None = None, mesh_primary: str | None = None) -> None:
     """The documented way to register any cluster: a kubeconfig Secret + a MemberCluster (with
     `spec.istiod.url` when the cluster's istiod is reached directly, as in the local fleet, and
-    `spec.gatewayStats.url` when its gateway Envoy's admin is: the Analysis gate reads it)."""
+    `spec.gatewayStats.url` when its gateway Envoy's admin is: the Analysis gate reads it; `spec.mesh` for an
+    Istio remote of `mesh_primary`)."""
     await ensure_namespace(hub, HUB_NAMESPACE)
     secret = {
         "apiVersion": "v1",
@@ -47,6 +48,8 @@ async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: s
         spec["istiod"] = {"url": istiod_url}
     if gateway_admin_url:
         spec["gatewayStats"] = {"url": gateway_admin_url}
+    if mesh_primary:
+        spec["mesh"] = {"role": "Remote", "primary": mesh_primary}
     member = {"apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
               "metadata": {"name": name, "labels": labels}, "spec": spec}
     await hub.apply(f"/apis/meshfed.io/v1alpha1/memberclusters/{name}", member, field_manager="meshfed-fleet")

@@ -27,7 +27,7 @@ import yaml
 from federation.kube import ApiError, KubeClient
 from fleet import pki
 from fleet.build import ISTIO_MODULE, REPO
-from fleet.istio import MemberIstio
+from fleet.istio import EchoBackend, MemberIstio
 
 
 def shared_dir() -> Path:
@@ -113,13 +113,18 @@ class ClusterProc:
     zone: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     pid: int = 0
-    istio: MemberIstio | None = None  # members of a fleet started with istio=True
+    istio: MemberIstio | None = None  # members of a fleet started with istio=True (primaries only)
+    # An Istio remote of this member (primary-remote zones): no istiod or gateway of its own; the
+    # primary's istiod reads it through a remote secret. Its echo backends live here as Pods.
+    mesh_primary: str = ""
+    backends: list[EchoBackend] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ClusterProc:
         data = dict(raw)
         istio = data.pop("istio", None)
-        return cls(**data, istio=MemberIstio.from_dict(istio) if istio else None)
+        backends = [EchoBackend(**b) for b in data.pop("backends", None) or []]
+        return cls(**data, istio=MemberIstio.from_dict(istio) if istio else None, backends=backends)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

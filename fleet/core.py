@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -105,9 +105,12 @@ class Fleet:
 
     async def up(self, members: int = 3, regions: int = 2, zones: int = 3,
                  topology: Sequence[tuple[str, str, str]] | None = None, vip_allocator: bool = True,
-                 istio: bool = False, backends: int = 1) -> FleetState:
+                 istio: bool = False, backends: int = 1, remotes: Mapping[str, str] | None = None) -> FleetState:
         """Start (or restart) the fleet. `istio`: every member runs istiod + a gateway Envoy, VIPs
-        forward to it, and `backends` echo instances per member answer behind it."""
+        forward to it, and `backends` echo instances per member answer behind it. `remotes` (member ->
+        its primary): those members are Istio remotes (primary-remote zones): no istiod or gateway of
+        their own, registered with spec.mesh, read by the primary's istiod through a remote secret, and
+        with `istio` their echo backends live there as Pods on Nodes carrying their locality."""
         binary = apiserver_binary()
         binaries = istio_binaries() if istio else {}
         if self.state is None:
@@ -118,10 +121,19 @@ class Fleet:
                 istio=istio,
                 vip_block=l4.claim_vip_block(self.root),
             )
+            names = {m.name for m in self.state.members}
+            for member in self.state.members:
+                primary = (remotes or {}).get(member.name, "")
+                if primary and (primary not in names or primary in (remotes or {})):
+                    raise ValueError(f"remote {member.name}: its primary {primary!r} must be a member, not a remote")
+                member.mesh_primary = primary
         state = self.state
         if state.istio:
             for index, member in enumerate(state.members, start=1):
-                self._plan_istio(member, index, backends)
+                if member.mesh_primary:
+                    self._plan_remote(member, index, backends)
+                else:
+                    self._plan_istio(member, index, backends)
         for cluster in state.clusters():
             cluster.start(binary)
         self.save()
@@ -132,7 +144,8 @@ class Fleet:
         for member in state.members:
             await self.register(member)
         if state.istio:
-            await self._start_istio(state.members, binaries or istio_binaries(quiet=True))
+            await self._start_istio([m for m in state.members if not m.mesh_primary],
+                                    binaries or istio_binaries(quiet=True))
         elif vip_allocator:
             self.start_vip_allocator()
         self.save()
@@ -156,6 +169,25 @@ class Fleet:
                       for k in range(1, backends + 1)],
         )
 
+    def _plan_remote(self, member: ClusterProc, index: int, backends: int) -> None:
+        """The echo backends of an Istio remote (kept when already planned): no istiod, no gateway."""
+        if member.backends:
+            return
+        member.backends = [mesh.EchoBackend(name=f"{member.name}-echo-{k}", cluster=member.name,
+                                            region=member.region, zone=member.zone, address=f"127.0.{10 + index}.{k}")
+                           for k in range(1, backends + 1)]
+
+    async def install_remote_secrets(self, primary: ClusterProc) -> None:
+        """In the primary's istio-system, a remote secret for each of its remotes."""
+        assert self.state is not None
+        client = await primary.client()
+        try:
+            for remote in self.state.members:
+                if remote.mesh_primary == primary.name:
+                    await mesh.install_remote_secret(client, remote.name, remote.kubeconfig.read_text())
+        finally:
+            await client.close()
+
     async def _start_istio(self, members: Sequence[ClusterProc], binaries: dict[str, Path]) -> None:
         assert self.state is not None
         t0 = time.monotonic()
@@ -171,6 +203,7 @@ class Fleet:
                 await mesh.install_gateway_objects(client, member.name, member.region, member.zone)
             finally:
                 await client.close()
+            await self.install_remote_secrets(member)
 
         await asyncio.gather(*(objects(m) for m in members))
         say(f"starting istiod and a gateway Envoy on {len(members)} member(s) ...")
@@ -180,7 +213,7 @@ class Fleet:
             self.state.echo_control = free_port()
         self.save()
         self.restart_aux("l4")
-        if any(m.istio and m.istio.backends for m in self.state.members):
+        if self.echo_backends():
             self.restart_aux("echo")
         await asyncio.gather(*(self.wait_istiod(m) for m in members))
         await asyncio.gather(*(self._register_webhook(m) for m in members))
@@ -264,7 +297,8 @@ class Fleet:
         try:
             await register_member(hub, member.name, member.kubeconfig.read_text(), member.region, member.zone,
                                   member.labels, istiod_url=member.istio.istiod_url if member.istio else None,
-                                  gateway_admin_url=member.istio.gateway_admin_url if member.istio else None)
+                                  gateway_admin_url=member.istio.gateway_admin_url if member.istio else None,
+                                  mesh_primary=member.mesh_primary or None)
         finally:
             await hub.close()
 
@@ -324,9 +358,37 @@ class Fleet:
         await self.wait_istiod(member)
 
     def echo_backends(self) -> list[mesh.EchoBackend]:
-        """Every member's echo backends."""
+        """Every member's echo backends (a remote's are published in the remote: publish_remote_backends)."""
         assert self.state is not None
-        return [b for m in self.state.members if m.istio for b in m.istio.backends]
+        return [b for m in self.state.members for b in (m.istio.backends if m.istio else m.backends)]
+
+    async def publish_remote_backends(self, namespace: str, *, service: str = "echo", port: int = 8080,
+                                      clusters: Iterable[str] | None = None) -> None:
+        """In every Istio remote: the Service `service` in `namespace` and a WorkloadEntry per echo backend
+        with its locality (what the primary's istiod reads of a remote; fleet.istio.remote_backend_objects); only
+        in `clusters` when given."""
+        assert self.state is not None
+
+        async def publish(member: ClusterProc) -> None:
+            client = await member.client()
+            try:
+                await mesh.publish_remote_backends(client, namespace, member.backends, service=service, port=port)
+            finally:
+                await client.close()
+            # The Service declared in the primary too, with no endpoint there (as Istio's multicluster
+            # samples deploy a Service in every cluster): istiod's analyzer runs on the config cluster only and
+            # flags a VirtualService whose destination Service it does not find there (IST0101), although
+            # istiod routes to the remote's endpoints.
+            client = await self.state.member(member.mesh_primary).client()  # type: ignore[union-attr]
+            try:
+                await mesh.publish_remote_backends(client, namespace, member.backends, service=service, port=port,
+                                                   endpoints=False)
+            finally:
+                await client.close()
+
+        wanted = set(clusters) if clusters is not None else None
+        await asyncio.gather(*(publish(m) for m in self.state.members if m.mesh_primary and m.backends
+                               and (wanted is None or m.name in wanted)))
 
     async def publish_backends(self, namespace: str, host: str, *, service: str = "echo", port: int = 8080,
                                clusters: Iterable[str] | None = None) -> None:

@@ -209,7 +209,7 @@ class _ControlConnection(asyncio.Protocol):
 def backends_of(state: dict[str, Any]) -> list[Backend]:
     out = []
     for member in state["members"]:
-        for raw in (member.get("istio") or {}).get("backends") or []:
+        for raw in [*((member.get("istio") or {}).get("backends") or []), *(member.get("backends") or [])]:
             out.append(Backend(name=raw["name"], cluster=raw["cluster"], region=raw["region"], zone=raw["zone"],
                                address=raw["address"], port=int(raw["port"])))
     return out

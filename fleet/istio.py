@@ -19,6 +19,8 @@ Owns, per member (settings from ../shared/lab/istio/README.md, where each was fo
   * echo backend records (address, locality) and the ServiceEntry + WorkloadEntries that publish them
     in a namespace on every member, local and remote instances alike, each with its locality — what a
     multi-primary mesh's istiod learns from every cluster, so locality weights have real endpoints.
+  * primary-remote zones: the remote secret a primary's istiod reads a remote through, and a remote's echo
+    backends as a Service + WorkloadEntries with their locality in the remote (`remote_backend_objects`).
 Imports fleet.pki, federation.kube, fleet.{build,netns}.
 """
 
@@ -420,4 +422,68 @@ async def publish_backends(client: KubeClient, namespace: str, host: str, backen
         if err.status != 409:
             raise
     for path, obj in backend_objects(namespace, host, backends, service=service, port=port):
+        await client.apply(path, obj, field_manager=FIELD_MANAGER)
+
+
+# ---- primary-remote zones: the primary's istiod reads a remote through a remote secret ----------------
+
+MULTICLUSTER_LABEL = "istio/multiCluster"
+CLUSTER_ANNOTATION = "networking.istio.io/cluster"
+
+
+def remote_secret(remote: str, kubeconfig: str) -> dict[str, Any]:
+    """The Secret `istioctl create-remote-secret` makes, for the primary's istio-system: labelled
+    istio/multiCluster=true, data key = the remote's cluster ID, value = its kubeconfig
+    (pkg/kube/multicluster/secretcontroller.go reads every such Secret in istiod's namespace)."""
+    return {"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": f"istio-remote-secret-{remote}", "namespace": ISTIO_NAMESPACE,
+                         "labels": {MULTICLUSTER_LABEL: "true"}, "annotations": {CLUSTER_ANNOTATION: remote}},
+            "type": "Opaque", "stringData": {remote: kubeconfig}}
+
+
+async def install_remote_secret(primary: KubeClient, remote: str, kubeconfig: str) -> None:
+    obj = remote_secret(remote, kubeconfig)
+    await primary.apply(f"/api/v1/namespaces/{ISTIO_NAMESPACE}/secrets/{obj['metadata']['name']}", obj,
+                        field_manager=FIELD_MANAGER)
+
+
+Writes = list[tuple[str, dict[str, Any]]]  # (path, object)
+
+
+def remote_backend_objects(namespace: str, backends: list[EchoBackend], *, service: str = "echo",
+                           port: int = 8080) -> Writes:
+    """(path, object) to write in an Istio remote for its echo backends: the Kubernetes Service `service`
+    (port -> the backend port, selecting app=<service>) and a WorkloadEntry per backend with those labels
+    and its locality. Why WorkloadEntries and not Pods on Nodes with topology labels (istiod's other
+    source of a remote endpoint's locality): the backends listen on loopback addresses, which the API
+    server refuses in an EndpointSlice ("may not be in the loopback range"); istiod reads a remote's
+    WorkloadEntries (PILOT_ENABLE_CROSS_CLUSTER_WORKLOAD_ENTRY, on by default:
+    pilot/pkg/serviceregistry/kube/controller/multicluster.go) and a Service there selects the
+    WorkloadEntries of its own cluster, each carrying its locality."""
+    if not backends:
+        return []
+    labels = {"app": service, ECHO_LABEL: service}
+    out: Writes = [(f"/api/v1/namespaces/{namespace}/services/{service}", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": service, "namespace": namespace},
+        "spec": {"selector": {"app": service},
+                 "ports": [{"name": "http", "port": port, "targetPort": backends[0].port}]}})]
+    for b in backends:
+        out.append((f"/apis/networking.istio.io/v1/namespaces/{namespace}/workloadentries/{b.name}", {
+            "apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": b.name, "namespace": namespace, "labels": labels},
+            "spec": {"address": b.address, "ports": {"http": b.port}, "locality": b.locality,
+                     "labels": {**labels, "meshfed.io/cluster": b.cluster}}}))
+    return out
+
+
+async def publish_remote_backends(client: KubeClient, namespace: str, backends: list[EchoBackend], *,
+                                  service: str = "echo", port: int = 8080, endpoints: bool = True) -> None:
+    """`remote_backend_objects` in `client`'s cluster (`endpoints` False: the Service alone)."""
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}}
+    try:
+        await client.create("/api/v1/namespaces", ns, field_manager=FIELD_MANAGER)
+    except ApiError as err:
+        if err.status != 409:
+            raise
+    for path, obj in remote_backend_objects(namespace, backends, service=service, port=port)[:None if endpoints else 1]:
         await client.apply(path, obj, field_manager=FIELD_MANAGER)

@@ -382,12 +382,13 @@ async def wait_balanced(hub: KubeClient, replicas: Iterable[ControllerProcess], 
 
 async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
                       topology: list[tuple[str, str, str]] | None = None, istio: bool = False,
-                      backends: int = 1) -> Fleet:
-    """A fleet in `root`; with `istio`, every member runs istiod + a gateway Envoy and `backends` echo backends."""
+                      backends: int = 1, remotes: dict[str, str] | None = None) -> Fleet:
+    """A fleet in `root`; with `istio`, every member runs istiod + a gateway Envoy and `backends` echo backends
+    (`remotes`: member -> primary, Istio remotes in primary-remote zones; see Fleet.up)."""
     fleet = Fleet(root)
     try:
         await fleet.up(members=members, regions=regions, zones=zones, topology=topology, istio=istio,
-                       backends=backends)
+                       backends=backends, remotes=remotes)
     except BaseException:
         fleet.down(purge=False)
         raise
@@ -400,10 +401,10 @@ async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int
 @contextlib.asynccontextmanager
 async def running_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
                         topology: list[tuple[str, str, str]] | None = None, istio: bool = False,
-                        backends: int = 1) -> AsyncIterator[Fleet]:
+                        backends: int = 1, remotes: dict[str, str] | None = None) -> AsyncIterator[Fleet]:
     """`start_fleet`, brought down (state kept on disk for post-mortems) on exit."""
     fleet = await start_fleet(root, members=members, regions=regions, zones=zones, topology=topology, istio=istio,
-                              backends=backends)
+                              backends=backends, remotes=remotes)
     try:
         yield fleet
     finally:

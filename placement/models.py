@@ -2,8 +2,10 @@
 PlacementDecision (what it decides).
 
 Owns the placement vocabulary: cluster facts (incl. taints and the Deployments a member runs, for
-`followWorkload`), the PlacementSpec shape used inline by AccessPoints and as a PlacementPolicy's
-spec, tolerations, spread, and the decision with a reason per cluster.
+`followWorkload`) and its Istio mesh role (`spec.mesh`: its own control plane or a remote of another
+member; judged in placement.mesh), the PlacementSpec shape used inline by AccessPoints and as a
+PlacementPolicy's spec (target Cluster or Zone), tolerations, spread, and the decision with a reason per
+cluster.
 
 Imports only accesspoint.meta (shared API primitives). Pure data, no I/O.
 """
@@ -108,6 +110,36 @@ class IstiodAccess(ApiModel):
         return self
 
 
+class MeshRole(ApiModel):
+    """This member's place in the Istio mesh: its own control plane (istiod reading config from this
+    cluster's API server: single cluster or multi-primary), or an Istio remote whose Services, Pods and
+    Nodes are read by another member's istiod (through a remote secret) and whose own Istio config is
+    ignored by Istio (istiod reads config only from its own cluster)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "(has(self.role) && self.role == 'Remote') == has(self.primary)",
+                 "message": "primary is set exactly when role is Remote"}
+            ]
+        }
+    )
+    role: Literal["Primary", "Remote"] = Field(
+        default="Primary",
+        description="Primary (default): the cluster runs its own istiod and gateway. Remote: an Istio remote "
+        "of `primary`; Istio kinds are never written here (a zone target writes them to the primary).")
+    primary: str | None = Field(
+        default=None, min_length=1, max_length=253,
+        description="Remote only: the MemberCluster running the istiod that reads this cluster (the zone's "
+        "primary). It must be a registered member with its own control plane.")
+
+    @model_validator(mode="after")
+    def _primary_iff_remote(self) -> MeshRole:
+        if (self.role == "Remote") != (self.primary is not None):
+            raise ValueError("spec.mesh.primary is set exactly when spec.mesh.role is Remote")
+        return self
+
+
 class MemberClusterSpec(ApiModel):
     kubeconfig_secret_ref: SecretKeyRef = Field(alias="kubeconfigSecretRef")
     region: str = Field(min_length=1)
@@ -120,6 +152,13 @@ class MemberClusterSpec(ApiModel):
         description="Where the gateway Envoy's stats are read (Analysis gates). Absent: an Analysis gate "
         "cannot judge this cluster (it waits, then fails after maxWait naming this field).",
     )
+    mesh: MeshRole | None = Field(
+        default=None, description="The cluster's Istio mesh role. Absent: its own control plane (role Primary).")
+
+    @property
+    def mesh_primary(self) -> str | None:
+        """The member whose istiod reads this one (role Remote), else None (its own control plane)."""
+        return self.mesh.primary if self.mesh is not None and self.mesh.role == "Remote" else None
 
 
 class MemberClusterStatus(ApiModel):
@@ -128,6 +167,9 @@ class MemberClusterStatus(ApiModel):
     istio_crds: bool | None = Field(default=None, alias="istioCRDs")
     last_probe_time: str | None = Field(default=None, alias="lastProbeTime")
     ready: str | None = Field(default=None, description="Ready condition status, for printing")
+    mesh_role: str | None = Field(
+        default=None, alias="meshRole",
+        description="For printing: Primary, Remote(<primary>), or Invalid(<reason>) (see the MeshRole condition)")
 
 
 class MemberCluster(Resource):
@@ -140,6 +182,7 @@ class MemberCluster(Resource):
         printer_columns=(
             PrinterColumn("Region", ".spec.region"),
             PrinterColumn("Zone", ".spec.zone"),
+            PrinterColumn("Mesh", ".status.meshRole", description="Istio role: Primary or Remote(<primary>)"),
             PrinterColumn("Ready", ".status.ready"),
             PrinterColumn("Version", ".status.kubernetesVersion"),
             PrinterColumn("Istio", ".status.istioCRDs", "boolean"),
@@ -175,6 +218,10 @@ class ClusterFacts(ApiModel):
     # None means "not known" (e.g. unreachable): followWorkload then keeps what was placed before
     # and places nothing new.
     workloads: list[WorkloadFact] | None = None
+    # Istio role: the member whose istiod reads this one (an Istio remote), None for its own
+    # control plane. mesh_problem: why the declared role cannot be used (placement.mesh), if so.
+    mesh_primary: str | None = None
+    mesh_problem: str | None = None
 
     @property
     def selector_labels(self) -> dict[str, str]:
@@ -267,7 +314,17 @@ class PlacementSpec(ApiModel):
     tolerations: list[Toleration] = Field(default_factory=list)
     spread: Spread | None = None
     follow_workload: WorkloadRef | None = Field(
-        default=None, alias="followWorkload", description="Place only where this Deployment exists."
+        default=None, alias="followWorkload",
+        description="Place only where this Deployment exists (target Zone: in any cluster of the zone, "
+        "remotes included).",
+    )
+    target: Literal["Cluster", "Zone"] = Field(
+        default="Cluster",
+        description="Cluster (default): every selected cluster gets the bundle. Zone: the unit is an "
+        "availability zone's control domain (a cluster with its own control plane and its Istio "
+        "remotes): one bundle per selected zone, written to its primary (${cluster} = the primary); "
+        "the criteria are matched against the primary, followWorkload against every cluster of the "
+        "zone, spread and waves count zones.",
     )
 
 
@@ -286,6 +343,8 @@ DecisionCode = Literal[
     "WorkloadUnknown",
     "NotReady",
     "SpreadLimit",
+    "IstioRemote",
+    "MeshRoleInvalid",
 ]
 
 
@@ -295,6 +354,8 @@ class ClusterDecision(ApiModel):
     code: DecisionCode | None = None
     region: str | None = None
     zone: str | None = None
+    remotes: list[str] | None = Field(
+        default=None, description="target Zone: the Istio remotes of this primary (the rest of the zone)")
 
 
 class PlacementDecision(ApiModel):

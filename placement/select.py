@@ -1,7 +1,7 @@
 """Pure cluster selection: (placement spec, cluster facts, previous decision) -> decision.
 
 Owns the placement rules. Deterministic and stable under reordering of the clusters; no clock, no
-I/O. Imports placement.models and accesspoint.meta only.
+I/O. Imports placement.models, placement.mesh and accesspoint.meta only.
 
 Rules, in the order they are checked (the first failing one is the rejection reason):
   1. excludeClusters         -> Excluded
@@ -13,6 +13,13 @@ Rules, in the order they are checked (the first failing one is the rejection rea
   6. followWorkload          -> NoWorkload (the Deployment is known to be absent) / WorkloadUnknown
   7. readiness               -> NotReady
   8. spread (perZone, maxClusters) -> SpreadLimit
+
+Target Zone (spec.target): the unit is a zone's control domain (placement.mesh.domains: a member with its
+own control plane and its Istio remotes). The rules above are checked on the primary (its name, labels,
+region, zone, taints, readiness), except followWorkload, which holds when the Deployment runs in any
+cluster of the domain (remotes included); the selected entry is the primary (where the bundle is written)
+and lists the remotes. Remotes are rejected as IstioRemote, members with an invalid mesh role as
+MeshRoleInvalid. Spread counts domains (perZone: one primary per zone and domain anyway).
 
 Stability rules (nothing moves because of an outage):
   * a cluster in `previous` that is not ready or not reachable stays selected (code Kept) as long
@@ -29,6 +36,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from accesspoint.meta import Condition
+from placement.mesh import Domain, domains
 from placement.models import (
     ClusterDecision,
     ClusterFacts,
@@ -36,6 +44,7 @@ from placement.models import (
     PlacementDecision,
     PlacementSpec,
     PlacementSummary,
+    WorkloadFact,
 )
 
 
@@ -98,6 +107,52 @@ def _evaluate(
     return True, "Matched", "; ".join(why)
 
 
+def _domain_view(domain: Domain) -> tuple[ClusterFacts, list[str]]:
+    """The primary's facts with the workloads of the whole domain (None when one cluster's are unknown
+    and no known cluster has any), and the names of the remotes."""
+    known: list[WorkloadFact] = []
+    unknown = False
+    for c in domain.clusters:
+        if c.workloads is None:
+            unknown = True
+        else:
+            known.extend(c.workloads)
+    workloads = None if unknown and not known else known
+    return domain.primary.model_copy(update={"workloads": workloads}), [r.name for r in domain.remotes]
+
+
+def _zone_reason(spec: PlacementSpec, domain: Domain, reason: str) -> str:
+    remotes = ", ".join(r.name for r in domain.remotes) or "none"
+    where = ""
+    if spec.follow_workload is not None:
+        found = [c.name for c in domain.clusters
+                 if c.workloads is not None and spec.follow_workload.found_in(c.workloads)]
+        if found:
+            where = f" (in {', '.join(found)})"
+    return f"zone {domain.primary.zone} (primary {domain.primary.name}, remotes {remotes}): {reason}{where}"
+
+
+def _zone_units(
+    spec: PlacementSpec, by_name: dict[str, ClusterFacts]
+) -> tuple[dict[str, ClusterFacts], dict[str, Domain], list[ClusterDecision]]:
+    """Target Zone: the primaries to evaluate (with their domain's workloads), the domains, and the
+    rejections of every cluster that is no domain's primary."""
+    doms = domains(by_name.values())
+    units = {name: _domain_view(d)[0] for name, d in doms.items()}
+    rejected = []
+    for name, c in sorted(by_name.items()):
+        if name in doms:
+            continue
+        if c.mesh_problem is not None:
+            code: DecisionCode = "MeshRoleInvalid"
+            reason = f"its mesh role is invalid: {c.mesh_problem}"
+        else:
+            code, reason = "IstioRemote", (f"Istio remote of {c.mesh_primary}: the zone is placed through its "
+                                           f"primary {c.mesh_primary}")
+        rejected.append(ClusterDecision(cluster=name, reason=reason, code=code, region=c.region, zone=c.zone))
+    return units, doms, rejected
+
+
 def select(
     spec: PlacementSpec,
     clusters: Iterable[ClusterFacts],
@@ -112,9 +167,15 @@ def select(
     before = set(previous.names) if previous is not None else set()
     candidates: list[tuple[ClusterFacts, DecisionCode, str]] = []
     rejected: list[ClusterDecision] = []
-    for name in sorted(by_name):
-        cluster = by_name[name]
+    units: dict[str, ClusterFacts] = by_name
+    doms: dict[str, Domain] = {}
+    if spec.target == "Zone":
+        units, doms, rejected = _zone_units(spec, by_name)
+    for name in sorted(units):
+        cluster = units[name]
         ok, code, reason = _evaluate(spec, cluster, name in before)
+        if name in doms:
+            reason = _zone_reason(spec, doms[name], reason)
         if ok:
             candidates.append((cluster, code, reason))
         else:
@@ -165,11 +226,14 @@ def select(
         chosen.sort(key=lambda m: m[0].name)
         rejected.sort(key=lambda d: d.cluster)
     for cluster, code, reason in chosen:
+        remotes = [r.name for r in doms[cluster.name].remotes] if cluster.name in doms else None
         selected.append(
             ClusterDecision(
-                cluster=cluster.name, reason=reason, code=code, region=cluster.region, zone=cluster.zone
+                cluster=cluster.name, reason=reason, code=code, region=cluster.region, zone=cluster.zone,
+                remotes=remotes,
             )
         )
+    rejected.sort(key=lambda d: d.cluster)
     unknown = sorted((set(spec.cluster_names) | set(spec.exclude_clusters)) - set(by_name))
     return PlacementDecision(selected=selected, rejected=rejected, unknown_clusters=unknown)
 

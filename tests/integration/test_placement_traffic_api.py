@@ -85,6 +85,33 @@ async def test_placement_policy_crd(client: KubeClient) -> None:
     assert info.value.status == 422 and "perZone" in info.value.message
 
 
+async def test_membercluster_mesh_role_crd(client: KubeClient) -> None:
+    """spec.mesh (issue 21): role Remote needs primary, a primary needs role Remote; target Zone is accepted."""
+    path = "/apis/meshfed.io/v1alpha1/memberclusters"
+    name = f"mc-{uuid.uuid4().hex[:8]}"
+    base = {"kubeconfigSecretRef": {"name": "k"}, "region": "r", "zone": "z"}
+    ok = {"apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster", "metadata": {"name": name},
+          "spec": {**base, "mesh": {"role": "Remote", "primary": "p"}}}
+    created = await client.create(path, ok, field_manager="test")
+    assert created["spec"]["mesh"] == {"role": "Remote", "primary": "p"}
+    for i, mesh in enumerate(({"role": "Remote"}, {"primary": "p"}, {"role": "Primary", "primary": "p"})):
+        bad = {**ok, "metadata": {"name": f"{name}-bad{i}"}, "spec": {**base, "mesh": mesh}}
+        with pytest.raises(ApiError) as info:
+            await client.create(path, bad, field_manager="test")
+        assert info.value.status == 422 and "primary is set exactly when role is Remote" in info.value.message
+    bad = {**ok, "metadata": {"name": f"{name}-bad9"}, "spec": {**base, "mesh": {"role": "Replica"}}}
+    with pytest.raises(ApiError) as info:
+        await client.create(path, bad, field_manager="test")
+    assert info.value.status == 422 and "spec.mesh.role" in info.value.message
+    ns = await new_namespace(client)
+    pp = {"apiVersion": "meshfed.io/v1alpha1", "kind": "PlacementPolicy", "metadata": {"name": "zones"},
+          "spec": {"target": "Zone", "followWorkload": {"namespace": "shop", "name": "checkout"}}}
+    assert (await create(client, pp, ns))["spec"]["target"] == "Zone"
+    with pytest.raises(ApiError) as info:
+        await create(client, {**pp, "metadata": {"name": "bad"}, "spec": {"target": "Region"}}, ns)
+    assert info.value.status == 422 and "spec.target" in info.value.message
+
+
 def access_point(overrides: list[dict[str, Any]], traffic: dict[str, Any] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "template": [

@@ -439,8 +439,14 @@ def test_member_rbac_covers_every_kind_the_controller_writes_and_watches() -> No
     assert allowed(member_rules, "", "pods", "list")
     for verb in ("get", "watch", "create", "update", "patch", "delete"):
         assert not allowed(member_rules, "", "pods", verb), f"{verb} pods is not needed"
+    # federation/members.py _watch_workloads: followWorkload's Deployments (metadata; list + watch only)
+    for verb in ("list", "watch"):
+        assert allowed(member_rules, "apps", "deployments", verb), verb
+    for verb in ("get", "create", "update", "patch", "delete"):
+        assert not allowed(member_rules, "apps", "deployments", verb), f"{verb} deployments is not needed"
     granted = {(g, res) for r in member_rules for g in r["apiGroups"] for res in r["resources"]}
-    wanted = {(k.group, k.plural) for k in MANAGED_KINDS.values()} | {("", "namespaces"), ("", "pods")}
+    wanted = {(k.group, k.plural) for k in MANAGED_KINDS.values()} | {("", "namespaces"), ("", "pods"),
+                                                                        ("apps", "deployments")}
     assert granted == wanted, f"more than the controller needs: {sorted(granted - wanted)}"
 
 
