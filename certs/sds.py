@@ -39,7 +39,7 @@ import ssl
 import stat
 import struct
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,7 +259,7 @@ def _base(name: str) -> str:
 
 
 class SdsServer:
-    """An SDS server. Use from one event loop: `await start(listener)`, `set_secret(...)`,
+    """An SDS server. Use from one event loop: `await start(listener)` (per listener), `set_secret(...)`,
     `grant(...)`, `status()`, `refusals()`."""
 
     def __init__(
@@ -283,29 +283,18 @@ class SdsServer:
         self._refusals: dict[tuple[str, str], Refusal] = {}
         self._logged: set[tuple[str, str, str]] = set()
         self._status_changed = asyncio.Condition()
-        self._server: Server | None = None
-        self.listener: Listener | None = None
-        self.port = 0
+        self._servers: list[tuple[Listener, Server]] = []
+        self.port = 0  # the TCP port of the last TLS listener started
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    def __mapping__(self) -> dict[str, Handler]:
-        return {
-            f"{SERVICE}/StreamSecrets": Handler(
-                self._stream_secrets, Cardinality.STREAM_STREAM,
-                discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse),
-            f"{SERVICE}/DeltaSecrets": Handler(
-                self._delta_secrets, Cardinality.STREAM_STREAM,
-                discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse),
-        }
-
     async def start(self, listener: Listener) -> int:
-        """Listen on `listener`; returns the TCP port (0 for a Unix socket)."""
-        self.listener = listener
-        self._server = Server([self])
+        """Listen on `listener` (call again for more listeners: a Unix socket and mutual TLS side by
+        side); returns the TCP port (0 for a Unix socket)."""
+        server = Server([_Endpoint(self, listener)])
+        port = 0
         if isinstance(listener, UnixListener):
-            sock = _unix_socket(listener)
-            await self._server.start(sock=sock)
+            await server.start(sock=_unix_socket(listener))
         else:
             ctx = server_tls_context(listener)
             family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
@@ -316,25 +305,26 @@ class SdsServer:
             except OSError as err:
                 sock.close()
                 raise ListenerRefused(f"--listen {listener.host}:{listener.port}: {err.strerror}") from None
-            self.port = int(sock.getsockname()[1])
-            await self._server.start(sock=sock, ssl=ctx)
-        log.info("sds listening on %s", listener if self.port == 0 else f"{listener} port {self.port}")
-        return self.port
+            port = self.port = int(sock.getsockname()[1])
+            await server.start(sock=sock, ssl=ctx)
+        self._servers.append((listener, server))
+        log.info("sds listening on %s", listener if port == 0 else f"{listener} port {port}")
+        return port
 
     async def stop(self, grace: float = 0.5) -> None:
         for s in self._streams:
             s.closed = True
             s.wake.set()
-        if self._server is not None:
-            self._server.close()
+        servers, self._servers = self._servers, []
+        for listener, server in servers:
+            server.close()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace + 2):
-                    await self._server.wait_closed()
-            self._server = None
-        if isinstance(self.listener, UnixListener):
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(self.listener.path.lstat().st_mode):
-                    self.listener.path.unlink()
+                    await server.wait_closed()
+            if isinstance(listener, UnixListener):
+                with contextlib.suppress(OSError):
+                    if stat.S_ISSOCK(listener.path.lstat().st_mode):
+                        listener.path.unlink()
 
     # --- secrets and grants ----------------------------------------------------------------
 
@@ -467,9 +457,8 @@ class SdsServer:
 
     # --- authentication --------------------------------------------------------------------
 
-    def _authenticate(self, stream: Stream[Any, Any]) -> Client | str:
-        """The client of a stream, or why it is not authenticated."""
-        listener = self.listener
+    def _authenticate(self, stream: Stream[Any, Any], listener: Listener) -> Client | str:
+        """The client of a stream on `listener`, or why it is not authenticated."""
         transport = getattr(stream.peer, "_transport", None)  # grpclib keeps the connection's transport there
         if isinstance(listener, UnixListener):
             sock = transport.get_extra_info("socket") if transport is not None else None
@@ -491,7 +480,7 @@ class SdsServer:
             if not identities:
                 return "the client certificate has no SPIFFE URI or DNS SAN"
             return Client(identities, "tls")
-        return "no listener"
+        return "no listener"  # pragma: no cover
 
     # --- xDS -------------------------------------------------------------------------------
 
@@ -610,8 +599,8 @@ class SdsServer:
             resource_errors=errors,
         )
 
-    async def _client(self, stream: Stream[Any, Any]) -> Client:
-        found = self._authenticate(stream)
+    async def _client(self, stream: Stream[Any, Any], listener: Listener) -> Client:
+        found = self._authenticate(stream, listener)
         if isinstance(found, str):
             self._refuse("anonymous", "", UNAUTHENTICATED, found)
             await self._notify()
@@ -619,9 +608,10 @@ class SdsServer:
         return found
 
     async def _stream_secrets(
-        self, grpc_stream: Stream[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]
+        self, grpc_stream: Stream[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
+        listener: Listener,
     ) -> None:
-        stream = _Stream(await self._client(grpc_stream))
+        stream = _Stream(await self._client(grpc_stream, listener))
         self._streams.add(stream)
 
         async def read() -> None:
@@ -668,10 +658,38 @@ class SdsServer:
             await self._notify()
 
     async def _delta_secrets(
-        self, grpc_stream: Stream[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse]
+        self, grpc_stream: Stream[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse],
+        listener: Listener,
     ) -> None:
-        await self._client(grpc_stream)
+        await self._client(grpc_stream, listener)
         raise GRPCError(Status.UNIMPLEMENTED, "meshfed sds serves state-of-the-world StreamSecrets")
+
+
+class _Endpoint:
+    """The gRPC service of one listener (grpclib handler): authentication depends on the listener."""
+
+    def __init__(self, sds: SdsServer, listener: Listener) -> None:
+        self.sds, self.listener = sds, listener
+
+    async def stream_secrets(
+        self, stream: Stream[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]
+    ) -> None:
+        await self.sds._stream_secrets(stream, self.listener)
+
+    async def delta_secrets(
+        self, stream: Stream[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse]
+    ) -> None:
+        await self.sds._delta_secrets(stream, self.listener)
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            f"{SERVICE}/StreamSecrets": Handler(
+                self.stream_secrets, Cardinality.STREAM_STREAM,
+                discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse),
+            f"{SERVICE}/DeltaSecrets": Handler(
+                self.delta_secrets, Cardinality.STREAM_STREAM,
+                discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse),
+        }
 
 
 def _unix_socket(listener: UnixListener) -> socket.socket:
@@ -747,7 +765,7 @@ def load_grants(path: Path | None, flags: Collection[str] = ()) -> dict[str, fro
 
 async def serve_directory(
     root: Path,
-    listener: Listener,
+    listeners: Sequence[Listener],
     interval: float = 5.0,
     *,
     grants: Callable[[], Mapping[str, Collection[str]]] = dict,
@@ -757,7 +775,8 @@ async def serve_directory(
     re-reading both every `interval` seconds. Hosts are not enforced in this mode (the files name
     none); the other checks are. A grants source that fails keeps the grants already in force."""
     server = server or SdsServer()
-    await server.start(listener)
+    for listener in listeners:
+        await server.start(listener)
     served: dict[str, bytes] = {}
     try:
         while True:

@@ -436,7 +436,7 @@ def count_refusal(refusal: Refusal) -> None:
     metrics.sds_refusals.labels(reason=refusal.reason).inc()
 
 
-async def serve_hub(hub: KubeClient, listener: Listener, *, force: bool = False, debounce: float = 0.25,
+async def serve_hub(hub: KubeClient, listeners: Sequence[Listener], *, force: bool = False, debounce: float = 0.25,
                     grace: float = 30.0, lease: SingletonLease | None = None,
                     cluster_identity: str = CLUSTER_IDENTITY, refusal_ttl: float = 300.0) -> None:
     feature: HubSds | None = None
@@ -450,8 +450,9 @@ async def serve_hub(hub: KubeClient, listener: Listener, *, force: bool = False,
                        on_refusal=refused, refusal_ttl=refusal_ttl)
     feature = HubSds(hub, server, force=force, debounce=debounce, grace=grace, lease=lease,
                      cluster_identity=cluster_identity)
-    await server.start(listener)
     try:
+        for listener in listeners:
+            await server.start(listener)
         await feature.run()
     finally:
         await server.stop()
@@ -490,9 +491,10 @@ def main(argv: list[str] | None = None) -> int:
         "granted it: from the hub (Certificates and their stored bundles; each Envoy's ACK/NACK and each "
         "refused client written to Certificate status) or from a directory of mounted Secrets.",
     )
-    parser.add_argument("--listen", default=DEFAULT_SOCKET,
+    parser.add_argument("--listen", action="append", default=[],
                         help="unix:PATH (clients: peer uid, --peer-uid) or HOST:PORT with mutual TLS (--tls-cert, "
-                        "--tls-key, --client-ca); a plaintext TCP listener is refused (default %(default)s)")
+                        "--tls-key, --client-ca); repeatable; a plaintext TCP listener is refused "
+                        f"(default {DEFAULT_SOCKET})")
     parser.add_argument("--socket-mode", default="660", help="unix socket: file mode, octal (default %(default)s)")
     parser.add_argument("--socket-owner", help="unix socket: USER[:GROUP] owning the file (default: this process)")
     parser.add_argument("--peer-uid", action="append", default=[], metavar="UID=IDENTITY",
@@ -538,9 +540,10 @@ def main(argv: list[str] | None = None) -> int:
             mode = int(args.socket_mode, 8)
         except ValueError:
             raise ListenerRefused(f"--socket-mode {args.socket_mode}: not an octal mode") from None
-        listener = parse_listen(args.listen, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
-                                socket_mode=mode, socket_owner=owner, socket_group=group,
-                                peer_uids=dict(map(parse_peer_uid, args.peer_uid)))
+        peer_uids = dict(map(parse_peer_uid, args.peer_uid))
+        listeners = [parse_listen(address, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
+                                  socket_mode=mode, socket_owner=owner, socket_group=group, peer_uids=peer_uids)
+                     for address in args.listen or [DEFAULT_SOCKET]]
         if args.dir is not None:
             load_grants(args.grants, args.grant)  # a bad grants file stops the start, not a later re-read
         elif args.grants or args.grant:
@@ -557,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.lease_namespace:
             lease = SingletonLease(hub, args.hub_id, SDS, namespace=args.lease_namespace,
                                    timing=LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period))
-        await serve_hub(hub, listener, force=args.unsafe_serve_unchecked, debounce=args.debounce,
+        await serve_hub(hub, listeners, force=args.unsafe_serve_unchecked, debounce=args.debounce,
                         grace=args.grace, lease=lease, cluster_identity=args.cluster_identity,
                         refusal_ttl=args.refusal_ttl)
 
@@ -568,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
             await http.start()
         try:
             if args.dir is not None:
-                await serve_directory(args.dir, listener, args.interval,
+                await serve_directory(args.dir, listeners, args.interval,
                                       grants=lambda: load_grants(args.grants, args.grant),
                                       server=SdsServer(on_refusal=count_refusal))
             else:

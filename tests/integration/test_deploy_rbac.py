@@ -40,7 +40,7 @@ import yaml
 from certs.ca import generate_ca
 from e2e.dnsservers import BindServer, start_bind
 from federation import pki
-from federation.fleet import REPO, free_port, register_member
+from federation.fleet import REPO, register_member
 from federation.fleet.l4 import Allocator, pool_for
 from federation.kube import ApiError, KubeClient
 from federation.testing import (
@@ -134,7 +134,7 @@ def start_sds(kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "federation.cli", "sds", "--kubeconfig", str(kubeconfig),
-             "--listen", f"127.0.0.1:{free_port()}"],
+             "--listen", f"unix:{log.parent / 'sds.sock'}"],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
