@@ -541,3 +541,94 @@ def write_pem_pair(directory: Path, name: str, cert_pem: bytes, key_pem: bytes) 
     key.touch(mode=0o600)
     key.write_bytes(key_pem)
     return crt, key
+
+
+# ---- raw SDS clients (what an attacker without credentials would try) ----
+
+
+class Refused(Exception):
+    """The SDS server ended the stream instead of answering: its gRPC status."""
+
+    def __init__(self, code: Any, details: str | None) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+def sds_request(names: list[str], node: str = "raw") -> Any:
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    return discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node, cluster="c1"), resource_names=names,
+                                          type_url=SDS_SECRET_TYPE_URL)
+
+
+SDS_SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+async def first_answer(channel: Any, names: list[str]) -> Any:
+    """The first DiscoveryResponse of a StreamSecrets asking for `names` on a grpc.aio channel;
+    `Refused` with the call's final status when the server ends it instead (a refusal may overtake
+    our request: that is fine)."""
+    import asyncio
+
+    import grpc
+    from envoy.service.secret.v3 import sds_pb2_grpc
+
+    call = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets()
+    try:
+        async with asyncio.timeout(10):
+            try:
+                await call.write(sds_request(names))
+                resp = await call.read()
+            except grpc.aio.AioRpcError:
+                resp = grpc.aio.EOF
+            if resp is grpc.aio.EOF:
+                raise Refused(await call.code(), await call.details())
+            return resp
+    finally:
+        call.cancel()
+
+
+_AS_UID_CLIENT = """
+import asyncio, os, sys
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+# imports done as root (the venv may be unreadable to the target uid); from here on this process runs as it
+uid = int(sys.argv[1])
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+assert os.getuid() == uid and os.geteuid() == uid
+
+async def main() -> None:
+    async with grpc.aio.insecure_channel("unix:" + sys.argv[2]) as ch:
+        call = sds_pb2_grpc.SecretDiscoveryServiceStub(ch).StreamSecrets()
+        try:
+            await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="uid-" + sys.argv[1]),
+                             resource_names=[sys.argv[3]], type_url=sys.argv[4]))
+            resp = await asyncio.wait_for(call.read(), 10)
+        except grpc.aio.AioRpcError:
+            resp = grpc.aio.EOF
+        if resp is grpc.aio.EOF:
+            print("REFUSED", (await call.code()).name, await call.details())
+        else:
+            print("GOT", len(resp.resources))
+asyncio.run(main())
+"""
+
+
+async def sds_client_as_uid(uid: int, sock: Path, resource: str) -> str:
+    """Ask `meshfed sds` on Unix socket `sock` for `resource` from a process running as `uid` (we are
+    root: it drops to `uid` after its imports); its verdict: "GOT n" or "REFUSED <CODE> <details>"."""
+    import asyncio
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _AS_UID_CLIENT, str(uid), str(sock), resource, SDS_SECRET_TYPE_URL, cwd="/",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    lines = out.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"no output (exit {proc.returncode})"

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,15 +19,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from envoy.config.core.v3 import base_pb2
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
-from envoy.service.discovery.v3 import discovery_pb2
-from envoy.service.secret.v3 import sds_pb2_grpc
 
 from certs.ca import InternalCA, generate_ca
 from certs.sds import (
     PERMISSION_DENIED,
-    SECRET_TYPE_URL,
     UNAUTHENTICATED,
     ListenerRefused,
     Refusal,
@@ -37,7 +32,15 @@ from certs.sds import (
     UnixListener,
     parse_listen,
 )
-from e2e.certservers import Envoy, MissingComponent, SdsClientTls, write_pem_pair
+from e2e.certservers import (
+    Envoy,
+    MissingComponent,
+    Refused,
+    SdsClientTls,
+    first_answer,
+    sds_client_as_uid,
+    write_pem_pair,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -69,35 +72,6 @@ def pki(tmp_path: Path) -> Pki:
     server = ca.issue_sync(["localhost"], timedelta(days=1))  # the server's own certificate, same internal CA
     crt, key = write_pem_pair(tmp_path, "server", server.cert_pem, server.key_pem)
     return Pki(tmp_path, ca, ca_file, crt, key)
-
-
-def req(names: list[str], version: str = "", nonce: str = "") -> discovery_pb2.DiscoveryRequest:
-    return discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="raw", cluster="c1"), resource_names=names,
-                                          type_url=SECRET_TYPE_URL, version_info=version, response_nonce=nonce)
-
-
-class Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, details: str | None) -> None:
-        super().__init__(f"{code.name}: {details}")
-        self.code, self.details = code, details
-
-
-async def first_answer(channel: grpc.aio.Channel, names: list[str]) -> discovery_pb2.DiscoveryResponse:
-    """The first response of a StreamSecrets asking for `names`; `Refused` with the call's final
-    status when the server ends it instead (a refusal may overtake our request: that is fine)."""
-    call = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets()
-    try:
-        async with asyncio.timeout(10):
-            try:
-                await call.write(req(names))
-                resp = await call.read()
-            except grpc.aio.AioRpcError:
-                resp = grpc.aio.EOF
-            if resp is grpc.aio.EOF:
-                raise Refused(await call.code(), await call.details())
-            return resp  # type: ignore[return-value]
-    finally:
-        call.cancel()
 
 
 def tls_channel(port: int, pki: Pki, client: SdsClientTls | None) -> grpc.aio.Channel:
@@ -174,34 +148,6 @@ async def test_raw_clients_on_the_mtls_listener(pki: Pki) -> None:
         await sds.stop()
 
 
-UNMAPPED_CLIENT = textwrap.dedent("""
-    import asyncio, os, sys
-    import grpc
-    from envoy.config.core.v3 import base_pb2
-    from envoy.service.discovery.v3 import discovery_pb2
-    from envoy.service.secret.v3 import sds_pb2_grpc
-
-    # imports done as root (the venv may be unreadable to nobody); from here on this process is uid 65534
-    os.setgid(65534)
-    os.setuid(65534)
-    assert os.getuid() == 65534
-
-    async def main() -> None:
-        async def reqs():
-            yield discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="nobody"), resource_names=[sys.argv[2]],
-                type_url="type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret")
-            await asyncio.sleep(30)
-        async with grpc.aio.insecure_channel("unix:" + sys.argv[1]) as ch:
-            call = sds_pb2_grpc.SecretDiscoveryServiceStub(ch).StreamSecrets(reqs())
-            try:
-                resp = await asyncio.wait_for(call.read(), 10)
-                print("GOT", len(resp.resources))
-            except grpc.aio.AioRpcError as err:
-                print("REFUSED", (await call.code()).name, await call.details())
-    asyncio.run(main())
-""")
-
-
 async def test_unix_socket_serves_a_mapped_uid_and_refuses_an_unmapped_one(tmp_path: Path) -> None:
     if os.getuid() != 0:
         pytest.skip("needs root to run a client as another uid")
@@ -218,15 +164,9 @@ async def test_unix_socket_serves_a_mapped_uid_and_refuses_an_unmapped_one(tmp_p
         async with grpc.aio.insecure_channel(f"unix:{sock}") as ch:
             resp = await first_answer(ch, [SECRET])
         assert len(resp.resources) == 1
-        script = tmp_path / "client.py"
-        script.write_text(UNMAPPED_CLIENT)
-        script.chmod(0o644)
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, str(script), str(sock), SECRET, cwd="/",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-        out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        assert out.decode().strip().splitlines()[-1] == (
-            "REFUSED UNAUTHENTICATED meshfed sds: unix peer uid 65534 is not mapped to an identity (--peer-uid)"), out
+        out = await sds_client_as_uid(65534, sock, SECRET)
+        assert out == ("REFUSED UNAUTHENTICATED meshfed sds: unix peer uid 65534 is not mapped to an identity "
+                       "(--peer-uid)")
         [refusal] = [r for r in sds.refusals() if r.reason == UNAUTHENTICATED]
         assert "uid 65534" in refusal.message and refusal.resource == ""
     finally:
