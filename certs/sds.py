@@ -67,6 +67,7 @@ SERVICE = "/envoy.service.secret.v3.SecretDiscoveryService"
 UNAUTHENTICATED = "Unauthenticated"
 PERMISSION_DENIED = "PermissionDenied"
 _UCRED = struct.Struct("3i")  # struct ucred {pid, uid, gid}
+MAX_REFUSALS = 1000
 
 
 # --- listeners -----------------------------------------------------------------------------------
@@ -401,11 +402,21 @@ class SdsServer:
     def refusals(self, resource: str | None = None) -> list[Refusal]:
         """Refusals of the last `refusal_ttl` seconds (or still subscribed), for secret `resource`
         (its base name; None: all, including UNAUTHENTICATED ones, whose resource is "")."""
-        cutoff = time.monotonic() - self.refusal_ttl
-        for key in [k for k, r in self._refusals.items() if not r.active and r.last < cutoff]:
-            del self._refusals[key]
+        self._expire()
         return [Refusal(**vars(r)) for _, r in sorted(self._refusals.items())
                 if resource is None or (r.resource and _base(r.resource) == resource)]
+
+    def _expire(self) -> None:
+        """Forget refusals `refusal_ttl` after their last try (and past MAX_REFUSALS, the oldest): a
+        client trying again later is logged again; random names from a client cannot grow memory."""
+        cutoff = time.monotonic() - self.refusal_ttl
+        idle = sorted((r.last, k) for k, r in self._refusals.items() if not r.active)
+        excess = max(0, len(self._refusals) - MAX_REFUSALS)
+        for i, (last, key) in enumerate(idle):
+            if last >= cutoff and i >= excess:
+                break
+            ref = self._refusals.pop(key)
+            self._logged.discard((ref.identity, ref.resource, ref.reason))
 
     async def wait_for(self, predicate: Callable[[list[NodeStatus]], bool]) -> list[NodeStatus]:
         """Wait until `predicate(node_status())` holds (bound it with `asyncio.timeout`)."""
@@ -439,6 +450,7 @@ class SdsServer:
     def _refuse(self, identity: str, resource: str, reason: str, message: str, node: str = "",
                 active: bool = False) -> None:
         """Count, record and (once per identity, resource and reason) log one refusal. Never key bytes."""
+        self._expire()
         key = (identity, resource)
         ref = self._refusals.get(key)
         if ref is None or ref.reason != reason:
@@ -459,15 +471,10 @@ class SdsServer:
 
     def _authenticate(self, stream: Stream[Any, Any], listener: Listener) -> Client | str:
         """The client of a stream on `listener`, or why it is not authenticated."""
-        transport = getattr(stream.peer, "_transport", None)  # grpclib keeps the connection's transport there
         if isinstance(listener, UnixListener):
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if sock is None:
-                return "no peer credentials on this connection"
-            try:
-                _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-            except OSError as err:
-                return f"SO_PEERCRED failed: {err.strerror}"
+            uid = _peer_uid(stream)
+            if isinstance(uid, str):
+                return uid
             identity = listener.peer_uids.get(uid)
             if identity is None:
                 return f"unix peer uid {uid} is not mapped to an identity (--peer-uid)"
@@ -602,7 +609,7 @@ class SdsServer:
     async def _client(self, stream: Stream[Any, Any], listener: Listener) -> Client:
         found = self._authenticate(stream, listener)
         if isinstance(found, str):
-            self._refuse("anonymous", "", UNAUTHENTICATED, found)
+            self._refuse(_anonymous(stream, listener), "", UNAUTHENTICATED, found)
             await self._notify()
             raise GRPCError(Status.UNAUTHENTICATED, f"meshfed sds: {found}")
         return found
@@ -663,6 +670,27 @@ class SdsServer:
     ) -> None:
         await self._client(grpc_stream, listener)
         raise GRPCError(Status.UNIMPLEMENTED, "meshfed sds serves state-of-the-world StreamSecrets")
+
+
+def _peer_uid(stream: Stream[Any, Any]) -> int | str:
+    """The uid of the process at the other end of a Unix socket stream (SO_PEERCRED), or why not."""
+    transport = getattr(stream.peer, "_transport", None)  # grpclib keeps the connection's transport there
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return "no peer credentials on this connection"
+    try:
+        return int(_UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1])
+    except OSError as err:
+        return f"SO_PEERCRED failed: {err.strerror}"
+
+
+def _anonymous(stream: Stream[Any, Any], listener: Listener) -> str:
+    """How a client that has no identity is named in logs and records: its uid, or its address."""
+    if isinstance(listener, UnixListener):
+        uid = _peer_uid(stream)
+        return f"anonymous (uid {uid})" if isinstance(uid, int) else "anonymous"
+    addr = stream.peer.addr()
+    return f"anonymous ({addr[0]})" if addr else "anonymous"
 
 
 class _Endpoint:

@@ -110,7 +110,7 @@ async def test_raw_clients_on_the_mtls_listener(pki: Pki) -> None:
             with pytest.raises(Refused) as err:
                 await first_answer(ch, [SECRET])
         assert err.value.code == grpc.StatusCode.UNAUTHENTICATED, err.value
-        assert [(r.reason, r.identity) for r in refused] == [(UNAUTHENTICATED, "anonymous")]
+        assert [(r.reason, r.identity) for r in refused] == [(UNAUTHENTICATED, "anonymous (127.0.0.1)")]
         # plaintext gRPC on the TLS port: never gets an answer
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             with pytest.raises(Refused) as err:

@@ -60,3 +60,28 @@ def test_directory_grants(tmp_path: Path) -> None:
         load_grants(f)
     with pytest.raises(ValueError, match="expected NAME=IDENTITY"):
         load_grants(None, ["checkout-tls"])
+
+
+def test_refusals_are_logged_once_per_episode_and_bounded(caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    import certs.sds as sds_module
+
+    counted: list[str] = []
+    server = sds_module.SdsServer(on_refusal=lambda r: counted.append(r.reason), refusal_ttl=3600)
+    caplog.set_level(logging.WARNING, "meshfed.sds")
+    for _ in range(3):
+        server._refuse("spiffe://x", "ns/a", sds_module.PERMISSION_DENIED, "spiffe://x is not granted ns/a")
+    assert len(counted) == 3 and [r.count for r in server.refusals("ns/a")] == [3]
+    assert len([m for m in caplog.messages if "refused spiffe://x ns/a" in m]) == 1
+    server.refusal_ttl = 0  # the episode ends: a later try is logged again
+    assert server.refusals() == []
+    server._refuse("spiffe://x", "ns/a", sds_module.PERMISSION_DENIED, "again")
+    assert len([m for m in caplog.messages if "refused spiffe://x ns/a" in m]) == 2
+    server.refusal_ttl = 3600
+    monkeypatch.setattr(sds_module, "MAX_REFUSALS", 5)
+    for i in range(20):  # a client asking for made-up names cannot grow the record without bound
+        server._refuse("spiffe://x", f"ns/made-up-{i}", sds_module.PERMISSION_DENIED, "no")
+    kept = {r.resource for r in server.refusals()}
+    assert len(kept) <= 6 and "ns/made-up-19" in kept and "ns/made-up-0" not in kept
