@@ -544,6 +544,15 @@ def main(argv: list[str] | None = None) -> int:
         listeners = [parse_listen(address, tls_cert=args.tls_cert, tls_key=args.tls_key, client_ca=args.client_ca,
                                   socket_mode=mode, socket_owner=owner, socket_group=group, peer_uids=peer_uids)
                      for address in args.listen or [DEFAULT_SOCKET]]
+        try:
+            probe = args.cluster_identity.format(cluster="\0")
+        except (KeyError, IndexError, ValueError):
+            probe = ""
+        if "\0" not in probe:
+            raise ListenerRefused(f"--cluster-identity {args.cluster_identity}: needs {{cluster}} and no other "
+                                  "placeholder, e.g. spiffe://meshfed/cluster/{cluster}")
+        if args.dir is not None and not args.dir.is_dir():
+            raise ListenerRefused(f"--dir {args.dir}: not a directory")
         if args.dir is not None:
             load_grants(args.grants, args.grant)  # a bad grants file stops the start, not a later re-read
         elif args.grants or args.grant:
