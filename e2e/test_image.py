@@ -27,13 +27,16 @@ import socket
 import subprocess
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from certservers import write_pem_pair
 from container import Container, unpack  # e2e/ is on sys.path for its test modules (no __init__.py)
 
+from certs.ca import InternalCA, generate_ca
 from federation.kube import KubeClient
 from fleet import HUB_NAMESPACE, REPO, Fleet, free_port
 from fleet.testing import (
@@ -104,7 +107,8 @@ def env_value(entry: dict[str, Any]) -> str:
 
 
 def container_for(bundle: tuple[Path, dict[str, Any]], spec: dict[str, Any], command: list[str],
-                  extra_env: dict[str, str], sa_files: Path, log: Path) -> Container:
+                  extra_env: dict[str, str], sa_files: Path, log: Path,
+                  binds: dict[str, Path] | None = None) -> Container:
     """A Container of the image for the Deployment's pod `spec` running `command` (a copy of the bundle's
     rootfs per container is not needed: the root filesystem is mounted read-only)."""
     path, config = bundle
@@ -120,7 +124,7 @@ def container_for(bundle: tuple[Path, dict[str, Any]], spec: dict[str, Any], com
              for m in ctr.get("volumeMounts", []) if "emptyDir" in volumes[m["name"]]}
     return Container(bundle=path, command=command, env=env, user=user, log_path=log,
                      read_only=bool(ctr.get("securityContext", {}).get("readOnlyRootFilesystem")),
-                     tmpfs=tmpfs, binds={SA_DIR: sa_files})
+                     tmpfs=tmpfs, binds={SA_DIR: sa_files, **(binds or {})})
 
 
 def liveness_url(args: list[str]) -> tuple[list[str], str]:
@@ -219,8 +223,18 @@ async def test_controller_from_the_image_makes_an_accesspoint_ready(
         sds_files = service_account_files(tmp_path / "sds-sa", await service_account_token(hub, sa_ns, "meshfed-sds"),
                                           fleet.state.hub.path / "pki" / "ca.crt", sa_ns)
         sds_port = free_port()
-        sds = container_for(bundle, spec, ["meshfed", "sds", "--in-cluster", "--listen", f"127.0.0.1:{sds_port}"],
-                            in_cluster, sds_files, tmp_path / "sds.log")
+        # TCP only with mutual TLS: the server's certificate from meshfed's internal CA, the same CA for clients
+        ca = InternalCA(*generate_ca("meshfed e2e sds CA"))
+        tls_dir = tmp_path / "sds-tls"
+        server = ca.issue_sync(["localhost"], timedelta(days=1))
+        write_pem_pair(tls_dir, "tls", server.cert_pem, server.key_pem)
+        (tls_dir / "ca.crt").write_bytes(ca.ca_pem)
+        tls = "/etc/meshfed/sds-tls"
+        sds = container_for(bundle, spec, ["meshfed", "sds", "--in-cluster", "--listen", f"127.0.0.1:{sds_port}",
+                                           "--tls-cert", f"{tls}/tls.crt", "--tls-key", f"{tls}/tls.key",
+                                           "--client-ca", f"{tls}/ca.crt"],
+                            in_cluster, sds_files, tmp_path / "sds.log", binds={tls: tls_dir})
+        os.chown(tls_dir / "tls.key", sds.user[0], -1)  # mode 0600: readable by the container's user only
         sds.start()
         try:
             def connects() -> bool:

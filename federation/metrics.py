@@ -14,6 +14,7 @@ Example queries (README "Metrics"):
   min by (cluster) (meshfed_member_reachable) == 0                        unreachable members
   sum(meshfed_shards_held) != scalar(max(meshfed_shards_total))           shards nobody holds
   increase(meshfed_lease_transitions_total{transition="lost"}[15m]) > 0   replicas losing Leases
+  sum by (reason) (rate(meshfed_sds_refusals_total[5m]))                  SDS clients refused (`meshfed sds`)
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ replicas_live = Gauge("meshfed_replicas_live", "Live replicas this replica sees 
 lease_transitions = Counter("meshfed_lease_transitions", "Lease transitions of this replica, by Lease kind "
                             "(shard, singleton) and transition (acquired, released, lost)", ["kind", "transition"],
                             registry=registry)
+sds_refusals = Counter("meshfed_sds_refusals", "Clients `meshfed sds` refused, by reason (Unauthenticated: no "
+                       "verified client certificate / mapped peer uid; PermissionDenied: a secret not granted to "
+                       "the client's identity)", ["reason"], registry=registry)
 fenced_writes = Counter("meshfed_fenced_writes", "Writes refused because their Lease was not held (fencing)",
                         ["lease"], registry=registry)
 

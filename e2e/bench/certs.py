@@ -19,8 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -33,7 +36,7 @@ from certs.acme_issuer import AcmeIssuer, Http01Responder, new_account_key_pem
 from certs.ca import InternalCA, generate_ca
 from certs.delivery import CERTIFICATE_LABEL, delivered_revision
 from certs.issuers import issue_bundle
-from certs.sds import SdsServer
+from certs.sds import SdsServer, UnixListener
 from e2e.certservers import Envoy, MissingComponent, Pebble
 from federation.kube import ApiError, Gone, KubeClient
 
@@ -88,10 +91,12 @@ async def bench_acme(n: int) -> list[float]:
 async def bench_sds(n: int) -> list[float]:
     ca = InternalCA(*generate_ca())
     sds = SdsServer()
-    port = await sds.start()
+    tmp = Path(tempfile.mkdtemp(prefix="meshfed-bench-sds-"))
+    await sds.start(UnixListener(tmp / "sds.sock", peer_uids={os.getuid(): "bench"}))  # Envoy runs as we do
     bundles = [ca.issue_sync(["localhost"], timedelta(days=1)) for _ in range(n + 2)]
     sds.set_secret("bench-tls", bundles[0])
-    envoy = Envoy(sds_port=port, secret="bench-tls", node_id="bench")
+    sds.grant("bench-tls", ["bench"])
+    envoy = Envoy(sds_socket=tmp / "sds.sock", secret="bench-tls", node_id="bench")
     try:
         await asyncio.to_thread(envoy.start)
         it = iter(bundles[1:])
@@ -106,6 +111,7 @@ async def bench_sds(n: int) -> list[float]:
     finally:
         await asyncio.to_thread(envoy.stop)
         await sds.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _watch_revisions(client: KubeClient, path: str, selector: str, seen: dict[int, float],

@@ -10,6 +10,7 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,8 @@ from certs.ca import InternalCA, generate_ca
 from certs.issuers import CertBundle
 from certs.manager import evaluate, with_delivery
 from certs.models import CertificateStatus
-from certs.sds import SdsServer
-from e2e.certservers import Envoy, MissingComponent
+from certs.sds import SdsServer, TlsListener
+from e2e.certservers import Envoy, MissingComponent, SdsClientTls, write_pem_pair
 
 pytestmark = pytest.mark.integration
 
@@ -43,14 +44,24 @@ class Rig:
         self.history.append(bundle)
 
 
+GATEWAY = "spiffe://meshfed/cluster/test-1"
+
+
 @pytest.fixture(scope="module")
-async def rig() -> AsyncIterator[Rig]:
+async def rig(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
     ca = InternalCA(*generate_ca("meshfed test CA"))
+    tmp: Path = tmp_path_factory.mktemp("sds-tls")
+    (tmp / "ca.crt").write_bytes(ca.ca_pem)
+    server = ca.issue_sync(["localhost"], timedelta(days=1))
+    server_files = write_pem_pair(tmp, "server", server.cert_pem, server.key_pem)
+    client = ca.issue_client_sync([GATEWAY])
+    client_files = write_pem_pair(tmp, "gw", client.cert_pem, client.key_pem)
     sds = SdsServer()
-    port = await sds.start()
+    port = await sds.start(TlsListener("127.0.0.1", 0, *server_files, tmp / "ca.crt"))
     first = ca.issue_sync(HOSTS, timedelta(days=1))
     assert sds.set_secret(SECRET, first).ok
-    envoy = Envoy(sds_port=port, secret=SECRET, node_id="gw-1")
+    sds.grant(SECRET, [GATEWAY])
+    envoy = Envoy(sds_port=port, secret=SECRET, node_id="gw-1", sds_tls=SdsClientTls(*client_files, tmp / "ca.crt"))
     try:
         await asyncio.to_thread(envoy.start)
     except MissingComponent as exc:

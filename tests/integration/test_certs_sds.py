@@ -1,11 +1,14 @@
-"""The SDS protocol over real gRPC with a scripted client: subscriptions to several secrets (incl.
-the `-cacert` validation context), a secret that appears later, ACK/NACK bookkeeping, disconnect."""
+"""The SDS protocol over real gRPC with a scripted client (on the Unix socket, as a mapped uid):
+subscriptions to several secrets (incl. the `-cacert` validation context), a secret that appears
+later, ACK/NACK bookkeeping, disconnect. Who may fetch what: test_certs_sds_auth.py."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import grpc
 import pytest
@@ -16,7 +19,7 @@ from envoy.service.secret.v3 import sds_pb2_grpc
 from google.rpc import status_pb2
 
 from certs.ca import InternalCA, generate_ca
-from certs.sds import SECRET_TYPE_URL, SdsServer
+from certs.sds import SECRET_TYPE_URL, SdsServer, UnixListener
 
 pytestmark = pytest.mark.integration
 
@@ -36,19 +39,22 @@ def req(
     return r
 
 
-async def test_sds_protocol() -> None:
+async def test_sds_protocol(tmp_path: Path) -> None:
     ca = InternalCA(*generate_ca())
     sds = SdsServer()
-    port = await sds.start()
+    sock = tmp_path / "sds.sock"
+    await sds.start(UnixListener(sock, peer_uids={os.getuid(): "me"}))
     a = ca.issue_sync(["a.example.com"], timedelta(days=1))
     sds.set_secret("a", a)
+    sds.grant("a", ["me"])
+    sds.grant("b", ["me"])
     outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
 
     async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
         while (item := await outbox.get()) is not None:
             yield item
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+    async with grpc.aio.insecure_channel(f"unix:{sock}") as channel:
         call = sds_pb2_grpc.SecretDiscoveryServiceStub(channel).StreamSecrets(requests())
         await outbox.put(req(["a", "a-cacert", "b"]))
         async with asyncio.timeout(5):

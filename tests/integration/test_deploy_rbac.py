@@ -40,7 +40,7 @@ import yaml
 from certs.ca import generate_ca
 from e2e.dnsservers import BindServer, start_bind
 from federation.kube import ApiError, KubeClient
-from fleet import REPO, free_port, pki, register_member
+from fleet import REPO, pki, register_member
 from fleet.l4 import Allocator, pool_for
 from fleet.testing import (
     DEPLOY,
@@ -133,7 +133,7 @@ def start_sds(kubeconfig: Path, log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "cli.main", "sds", "--kubeconfig", str(kubeconfig),
-             "--listen", f"127.0.0.1:{free_port()}"],
+             "--listen", f"unix:{log.parent / 'sds.sock'}"],
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 

@@ -8,8 +8,15 @@ from datetime import UTC, datetime
 
 from accesspoint.meta import condition
 from certs.manager import with_delivery
-from certs.models import SDS_STATUS_FIELDS, CertificateStatus, ClusterDelivery, EnvoySdsStatus, SdsServing
-from federation.sds import desired_fragment, live_fragment, resource_name
+from certs.models import (
+    SDS_STATUS_FIELDS,
+    CertificateStatus,
+    ClusterDelivery,
+    EnvoySdsStatus,
+    SdsRefusal,
+    SdsServing,
+)
+from federation.sds import desired_fragment, granted_identities, live_fragment, resource_name
 
 SERIAL = "5f3a9c0e11223344556677"
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -23,7 +30,7 @@ def envoy(node: str, acked: str | None = None, *, nack: str | None = None, time:
 
 def test_resource_name_is_namespace_slash_name() -> None:
     assert resource_name("payments", "checkout") == "payments/checkout"
-    assert SDS_STATUS_FIELDS == ("envoys", "sds")
+    assert SDS_STATUS_FIELDS == ("envoys", "sds", "refusedClients")
 
 
 def test_fragment_lists_connected_envoys_sorted_with_what_is_served() -> None:
@@ -91,3 +98,33 @@ def test_controller_evaluation_reads_acks_nacks_and_refusals() -> None:
     pending = with_delivery(_status(), clusters=clusters, envoys=[envoy("c/gw-1", "1-0123456789abcdef")], now=NOW)
     delivered = condition(pending.conditions, "Delivered")
     assert delivered is not None and delivered.reason == "Delivering" and "c/gw-1" in delivered.message
+
+
+def refusal(identity: str, time: str = "2026-01-01T00:00:05Z") -> SdsRefusal:
+    return SdsRefusal(identity=identity, node="c/gw-9", resource="payments/checkout", reason="PermissionDenied",
+                      message=f"{identity} is not granted payments/checkout", time=time)
+
+
+def test_refused_clients_are_listed_sorted_and_keep_their_first_time() -> None:
+    out = desired_fragment([], None, None, refused=[refusal("spiffe://b"), refusal("spiffe://a")])
+    assert [r["identity"] for r in out["refusedClients"]] == ["spiffe://a", "spiffe://b"]
+    assert "envoys" not in out and "sds" not in out
+    # the same refusals later (a client retrying, or after a restart): the live time stays, nothing to write
+    again = desired_fragment([], None, out, refused=[refusal("spiffe://a", "2026-01-01T00:09:00Z"),
+                                                     refusal("spiffe://b", "2026-01-01T00:09:00Z")])
+    assert again == out == live_fragment(out)
+    # expired refusals drop out; during the grace after a start, live ones are kept
+    assert desired_fragment([], None, out) == {}
+    assert desired_fragment([], None, out, keep_unknown=True) == out
+
+
+def test_grants_come_from_spec_delivery_else_from_the_clusters_delivered_to() -> None:
+    status = {"clusters": [{"name": "east-1"}, {"name": "west-1"}]}
+    assert granted_identities({"spec": {}, "status": status}) == {
+        "spiffe://meshfed/cluster/east-1", "spiffe://meshfed/cluster/west-1"}
+    assert granted_identities({"spec": {}, "status": status}, "gw.{cluster}.corp.example") == {
+        "gw.east-1.corp.example", "gw.west-1.corp.example"}
+    explicit = {"spec": {"delivery": {"sdsClients": ["spiffe://corp/gw"]}}, "status": status}
+    assert granted_identities(explicit) == {"spiffe://corp/gw"}
+    assert granted_identities({"spec": {"delivery": {"sdsClients": []}}, "status": status}) == frozenset()
+    assert granted_identities({"spec": {}}) == frozenset()  # not delivered anywhere yet: nobody
