@@ -1,13 +1,15 @@
-"""API primitives shared by every meshfed CRD: conditions, label selectors, CRD descriptors.
+"""API primitives shared by every meshfed CRD: conditions, label selectors, durations, CRD descriptors.
 
 Pure and dependency-free (pydantic only); every other meshfed module may import it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from datetime import timedelta
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +25,37 @@ class ApiModel(BaseModel):
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---- Durations: one grammar for every duration field of the API ----
+# The union of the grammars the API used before (certificates: decimals; soak and analysis gates:
+# milliseconds), all of them valid Go durations, so a value is also what Istio's own fields accept.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DURATION_DOC = (
+    "A duration: one or more parts, each a number (integer or decimal) and a unit (h, m, s or ms), "
+    "e.g. 500ms, 90s, 1.5m, 1h30m, 2160h."
+)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+# A duration field (the CRD generator adds DURATION_DOC to its description).
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
+
+
+def parse_duration(text: str) -> timedelta:
+    """A Duration as a timedelta ("1h30m", "1.5m", "500ms"); ValueError naming the bad input."""
+    text = text.strip()
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r} (expected e.g. '500ms', '90s', '1.5m', '1h30m', '2160h')")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+def format_duration(d: timedelta) -> str:
+    """Whole seconds as a Duration ("1h1m1s"; "0s" for nothing)."""
+    total = int(d.total_seconds())
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from accesspoint.meta import Condition, merge_conditions
+from accesspoint.meta import Condition, merge_conditions, parse_duration
 from certs.acme_issuer import (
     AcmeIssuer,
     ChallengeSolver,
@@ -51,7 +51,7 @@ from certs.models import (
     IssuerRef,
     SecretRef,
 )
-from certs.renewal import CurrentCert, Decision, backoff, decide, parse_duration, renewal_time
+from certs.renewal import CurrentCert, Decision, backoff, decide, renewal_time
 
 SecretReader = Callable[[SecretRef], Awaitable[Mapping[str, bytes] | None]]
 
