@@ -1,4 +1,5 @@
-"""API primitives shared by every meshfed CRD: conditions, label selectors, durations, CRD descriptors.
+"""API primitives shared by every meshfed CRD: conditions, label selectors, durations, RFC 3339 times,
+references (SecretKeyRef, AccessPointRef), CRD descriptors.
 
 Pure and dependency-free (pydantic only); every other meshfed module may import it.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,6 +57,46 @@ def format_duration(d: timedelta) -> str:
     h, rest = divmod(total, 3600)
     m, s = divmod(rest, 60)
     return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+# ---- Times in status: RFC 3339, UTC, whole seconds ----
+
+
+def rfc3339(t: datetime) -> str:
+    """`t` as status writes times ("2026-01-01T00:00:00Z")."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str) -> datetime:
+    """An RFC 3339 time ("...Z" or with an offset); ValueError when unreadable."""
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def parse_time_or_none(s: str | None) -> datetime | None:
+    """An RFC 3339 time from status, or None when absent or unreadable."""
+    if not s:
+        return None
+    try:
+        return parse_time(s)
+    except ValueError:
+        return None
+
+
+# ---- References shared by several kinds ----
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret on the hub."""
+
+    name: str = Field(min_length=1)
+    namespace: str = Field(default="meshfed-system", min_length=1)
+    key: str = Field(min_length=1)
+
+
+class AccessPointRef(ApiModel):
+    """An AccessPoint in the namespace of the object that refers to it."""
+
+    name: str = Field(min_length=1, max_length=253)
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

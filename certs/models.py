@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, Duration, PrinterColumn, Resource
+from accesspoint.meta import AGE, AccessPointRef, ApiModel, Condition, CRDInfo, Duration, PrinterColumn, Resource
 
 # A DNS host name or a single leading wildcard label.
 HOST_PATTERN = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -129,10 +129,6 @@ class CertificateIssuer(Resource):
 
 
 class IssuerRef(ApiModel):
-    name: str = Field(min_length=1)
-
-
-class AccessPointRef(ApiModel):
     name: str = Field(min_length=1)
 
 

@@ -71,7 +71,7 @@ import kopf
 from pydantic import ValidationError
 
 from accesspoint.kinds import SECRET
-from accesspoint.meta import API_VERSION, DURATION_PATTERN, Condition, merge_conditions
+from accesspoint.meta import API_VERSION, DURATION_PATTERN, Condition, merge_conditions, rfc3339
 from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.ownership import HUB, MANAGED_BY, Owner
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, render
@@ -88,7 +88,7 @@ from certs.delivery import (
     tls_secret,
 )
 from certs.issuers import CertBundle, IssuanceError, Issuer
-from certs.manager import build_issuer, desired_certificate, reconcile, rfc3339, with_delivery
+from certs.manager import build_issuer, desired_certificate, reconcile, with_delivery
 from certs.models import (
     SDS_STATUS_FIELDS,
     Certificate,

@@ -41,7 +41,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from accesspoint.meta import API_VERSION, Condition, merge_conditions
+from accesspoint.meta import API_VERSION, Condition, merge_conditions, parse_time_or_none
 from accesspoint.models import AccessPoint, AccessPointStatus
 from federation import metrics, shards, telemetry, tenancy
 from federation.controller import Controller, validation_messages
@@ -51,7 +51,7 @@ from federation.workqueue import KeyedQueue
 from nameservice.models import DNSProvider, DNSProviderStatus, NameService, NameServiceStatus
 from nameservice.providers import Provider, ProviderError
 from nameservice.providers.factory import provider_for
-from nameservice.records import TargetFact, parse_time
+from nameservice.records import TargetFact
 from nameservice.sync import delete_nameservice, error_status, sync_nameservice
 
 log = logging.getLogger("meshfed.dns")
@@ -552,7 +552,7 @@ class DNSFeature:
         for t in status.targets:
             if t.reason != "UnreachableInGrace":
                 continue
-            start = parse_time(t.last_seen) or parse_time(t.unreachable_since)
+            start = parse_time_or_none(t.last_seen) or parse_time_or_none(t.unreachable_since)
             if start is not None:
                 due.append(max(0.0, (start + grace - now).total_seconds()))
         if due:

@@ -21,7 +21,7 @@ import datetime as dt
 import logging
 from typing import Any
 
-from accesspoint.meta import API_VERSION
+from accesspoint.meta import API_VERSION, rfc3339
 from federation import shards, telemetry
 from federation.kube import ApiError, KubeClient
 
@@ -31,7 +31,7 @@ STATUS_MANAGER = "meshfed-status"
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(dt.datetime.now(dt.UTC))
 
 
 class HubWriter:

@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from accesspoint.meta import API_VERSION
+from accesspoint.meta import API_VERSION, rfc3339
 from certs.delivery import CERTIFICATE_LABEL
 from certs.issuers import CertBundle
 from certs.models import SDS_STATUS_FIELDS, EnvoySdsStatus, SdsServing
@@ -65,10 +65,6 @@ UID_ANNOTATION = "meshfed.io/certificate-uid"
 def resource_name(namespace: str, name: str) -> str:
     """The SDS resource name of Certificate namespace/name (Envoy's `sds_secret_configs[].name`)."""
     return f"{namespace}/{name}"
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- pure: the status fragment meshfed sds owns ----
