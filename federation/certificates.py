@@ -102,9 +102,9 @@ from certs.models import (
     SecretRef,
 )
 from federation import dns as dns_feature
-from federation import metrics, shards, telemetry, tenancy
+from federation import metrics, shards, tenancy
 from federation.controller import Controller
-from federation.hubwriter import STATUS_MANAGER, now_rfc3339
+from federation.hubwriter import now_rfc3339
 from federation.kube import ApiError, Gone
 from federation.members import Member
 from federation.workqueue import KeyedQueue
@@ -295,6 +295,7 @@ class Certificates:
         old = self.issuers.get(name)
         if event_type == "DELETED":
             self.issuers.pop(name, None)
+            self.writer.status.forget(f"{ISSUERS}/{name}")
         else:
             self.issuers[name] = body
         if old is not None and event_type != "DELETED" and \
@@ -398,6 +399,7 @@ class Certificates:
             if old is not None and old["metadata"].get("uid") == meta.get("uid"):
                 self.certs.pop(key, None)
                 self._loaded.discard(key)
+                self.writer.status.forget(f"{CERTS.format(ns=meta['namespace'])}/{meta['name']}")
                 self.ctl.enqueue(f"ap/{key}")
             return
         if old is not None and _rv(old) > _rv(body) and old["metadata"].get("uid") == meta.get("uid"):
@@ -808,12 +810,10 @@ class Certificates:
             "ready": ready.status,
             "ca_not_after": ca_not_after,
         })
-        wire = status.wire()
-        if wire != (body.get("status") or {}):
-            result = await self._write_status(f"{ISSUERS}/{resource.name}", "CertificateIssuer", resource.name,
-                                              None, wire)
-            if result is not None:
-                self.issuers[resource.name] = result
+        result = await self.writer.status.write(f"{ISSUERS}/{resource.name}", "CertificateIssuer", resource.name,
+                                                None, status.wire(), seen=body)
+        if result is not None:
+            self.issuers[resource.name] = result
 
     # ---- the Certificate reconcile ----
 
@@ -921,11 +921,7 @@ class Certificates:
         for entry in new.clusters:  # once per distinct refusal (a restart finds it in status already)
             if entry.last_error and refused.get(entry.name) != entry.last_error:
                 await self.writer.event(body, "Warning", "DeliveryFailed", f"{entry.name}: {entry.last_error}")
-        wire = {k: v for k, v in new.wire().items() if k not in SDS_STATUS_FIELDS}
-        if wire != {k: v for k, v in (body.get("status") or {}).items() if k not in SDS_STATUS_FIELDS}:
-            result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
-            if result is not None:
-                self.on_certificate("MODIFIED", result)
+        await self._write_status(ns, name, body, new)
         self.enqueue_at(key, out.requeue_at)
 
     async def _refuse(self, ns: str, name: str, body: dict[str, Any], cert: Certificate,
@@ -943,31 +939,19 @@ class Certificates:
         new = status.model_copy(update={
             "conditions": merge_conditions(status.conditions, conds, now_rfc3339()), "observed_generation": gen,
             "last_failure": failure, "summary": reason, "ready": "False", "next_attempt": None})
-        wire = {k: v for k, v in new.wire().items() if k not in SDS_STATUS_FIELDS}
-        if wire != {k: v for k, v in (body.get("status") or {}).items() if k not in SDS_STATUS_FIELDS}:
-            result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
-            if result is not None:
-                self.on_certificate("MODIFIED", result)
+        await self._write_status(ns, name, body, new)
         if failure is not before:
             log.warning("certificate %s/%s: refused: %s", ns, name, message)
             await self.writer.event(body, "Warning", reason, message)
 
-    async def _write_status(self, path: str, kind: str, name: str, ns: str | None,
-                            status: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply a status (the caller checked it changed); the result updates our view at once, so a
-        reconcile before the watch event neither writes the same status again nor reads a stale one."""
-        shards.check()
-        meta: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
-        try:
-            result = await self.hub.apply(path, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta,
-                                                 "status": status}, field_manager=STATUS_MANAGER,
-                                          subresource="status")
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
-        telemetry.count("hub_writes", kind="status")
-        return result
+    async def _write_status(self, ns: str, name: str, body: dict[str, Any], status: CertificateStatus) -> None:
+        """Apply a Certificate's status when it changed (status.envoys / status.sds are `meshfed sds`'s:
+        neither applied nor compared); the result updates our view at once, so a reconcile before the
+        watch event neither writes the same status again nor reads a stale one."""
+        result = await self.writer.status.write(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns,
+                                                status.wire(), seen=body, foreign=SDS_STATUS_FIELDS)
+        if result is not None:
+            self.on_certificate("MODIFIED", result)
 
     # ---- AccessPoint status ----
 

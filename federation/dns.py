@@ -41,11 +41,11 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from accesspoint.meta import API_VERSION, Condition, merge_conditions, parse_time_or_none
+from accesspoint.meta import Condition, merge_conditions, parse_time_or_none
 from accesspoint.models import AccessPoint, AccessPointStatus
 from federation import metrics, shards, telemetry, tenancy
 from federation.controller import Controller, validation_messages
-from federation.hubwriter import FINALIZER, STATUS_MANAGER, now_rfc3339
+from federation.hubwriter import FINALIZER, now_rfc3339
 from federation.kube import ApiError
 from federation.workqueue import KeyedQueue
 from nameservice.models import DNSProvider, DNSProviderStatus, NameService, NameServiceStatus
@@ -118,13 +118,6 @@ class ProviderClient:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _rv(body: dict[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
-
-
 def _cond(conditions: Iterable[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 
@@ -139,8 +132,7 @@ class DNSFeature:
         self.nameservices: dict[str, dict[str, Any]] = {}  # "ns/name" -> body
         self.providers: dict[str, dict[str, Any]] = {}  # DNSProvider name -> body
         self.clients: dict[str, ProviderClient] = {}
-        # path -> (resourceVersion, status) of the newest status known (an event or our own write).
-        self.known: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.status = controller.writer.status  # newest status known per object, writes on change
         self.by_ap: dict[str, dict[str, str]] = {}  # AccessPoint key -> {NameService key: fqdn}
         self.ap_of: dict[str, str] = {}  # NameService key -> AccessPoint key
         self.ap_status: dict[str, AccessPointStatus] = {}  # newest computed AccessPoint status
@@ -294,12 +286,12 @@ class DNSFeature:
         path = NS_PATH.format(ns=meta["namespace"], name=meta["name"])
         if event_type == "DELETED":
             self.nameservices.pop(key, None)
-            self.known.pop(path, None)
+            self.status.forget(path)
             self.intake.pop(f"ns/{key}", None)
             self._index(key, None)
             return
         self.nameservices[key] = body
-        self._observe_status(path, body)
+        self.status.observe(path, body)
         deleting = bool(meta.get("deletionTimestamp"))
         spec = body.get("spec") or {}
         ref = ((spec.get("target") or {}).get("accessPointRef") or {}).get("name")
@@ -315,14 +307,14 @@ class DNSFeature:
         path = DNSP_PATH.format(name=name)
         if event_type == "DELETED":
             self.providers.pop(name, None)
-            self.known.pop(path, None)
+            self.status.forget(path)
             self.intake.pop(f"dnsp/{name}", None)
             client = self.clients.pop(name, None)
             if client is not None:
                 asyncio.get_running_loop().create_task(client.provider.close())
         else:
             self.providers[name] = body
-            self._observe_status(path, body)
+            self.status.observe(path, body)
             signature = (body["metadata"].get("generation"), body["metadata"].get("uid"))
             if self.intake.get(f"dnsp/{name}") == signature:
                 return
@@ -343,12 +335,6 @@ class DNSFeature:
             return
         for ns_key in self.by_ap.get(key, {}):
             self.enqueue(f"ns/{ns_key}")
-
-    def _observe_status(self, path: str, body: dict[str, Any]) -> None:
-        rv = _rv(body)
-        known = self.known.get(path)
-        if known is None or rv >= known[0]:
-            self.known[path] = (rv, dict(body.get("status") or {}))
 
     def _index(self, key: str, target: tuple[str, str] | None) -> None:
         old_ap = self.ap_of.pop(key, None)
@@ -463,6 +449,7 @@ class DNSFeature:
         telemetry.count("dns_reconciles")
         ns_name, name = key.split("/", 1)
         path = NS_PATH.format(ns=ns_name, name=name)
+        self.status.observe(path, body)  # (again: the writer's memory is bounded)
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             await self._finalize(key, body, path)
@@ -504,7 +491,7 @@ class DNSFeature:
             self.enqueue_later(f"ns/{key}", 1.0)  # changed meanwhile (409): look again
 
     def _previous(self, path: str) -> NameServiceStatus | None:
-        raw = (self.known.get(path) or (0, {}))[1]
+        raw = self.status.known(path)
         if not raw:
             return None
         try:
@@ -642,7 +629,8 @@ class DNSFeature:
         if body is None:
             return
         path = DNSP_PATH.format(name=name)
-        raw_prev = (self.known.get(path) or (0, {}))[1]
+        self.status.observe(path, body)
+        raw_prev = self.status.known(path) or {}
         try:
             previous = DNSProviderStatus.model_validate(raw_prev) if raw_prev else DNSProviderStatus()
         except ValidationError:
@@ -690,23 +678,7 @@ class DNSFeature:
 
     async def _write(self, path: str, kind: str, name: str, namespace: str | None, status: dict[str, Any]) -> bool:
         """Apply `status` unless it is the newest status known for `path`; True when written."""
-        known = self.known.get(path)
-        if known is not None and known[1] == status:
-            return False
-        meta: dict[str, Any] = {"name": name}
-        if namespace:
-            meta["namespace"] = namespace
-        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "status": status}
-        shards.check()
-        try:
-            resp = await self.hub.apply(path, body, field_manager=STATUS_MANAGER, subresource="status")
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
-        self.known[path] = (_rv(resp), status)
-        telemetry.count("hub_writes", kind="status")
-        return True
+        return await self.status.write(path, kind, name, namespace, status) is not None
 
 
 # ---- the feature module interface (federation/operator.py FEATURES) ----
