@@ -11,7 +11,7 @@ Owns the hub wiring of certs/ (which stays free of Kubernetes clients):
   CertificateIssuer on the hub the feature stays idle. `meshfed.io/certificate-duration` and
   `meshfed.io/certificate-renew-before` on the AccessPoint set the lifetime; other spec fields
   edited on the Certificate (privateKey, secretName) are kept.
-- **Issuance and renewal.** A keyed work queue runs `certs.manager.reconcile` per Certificate with
+- **Issuance and renewal.** A keyed work loop runs `certs.manager.reconcile` per Certificate with
   the issuer built from its CertificateIssuer (`build_issuer`; the CA Secret is read here and only
   here, on the hub, through `_read_secret`). A timer requeues the Certificate at its renewal time
   (or at the end of a failure backoff). Failures land in the Certificate's status and a Warning
@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import logging
 import re
 import time
@@ -107,7 +106,7 @@ from federation.controller import Controller
 from federation.hubwriter import now_rfc3339
 from federation.kube import ApiError, Gone
 from federation.members import Member
-from federation.workqueue import KeyedQueue
+from federation.workloop import WorkLoop
 from nameservice.dns01 import Dns01ProviderHook
 from nameservice.models import DNSProvider
 from nameservice.providers import Provider, ProviderError
@@ -266,9 +265,10 @@ class Certificates:
         self.cluster_errors: dict[str, dict[str, str]] = {}
         self.issuer_cache: dict[str, Issuer] = {}
         self.http01: dict[int, Http01Responder] = {}
-        self.queue = KeyedQueue()
-        self._retries: dict[str, int] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # The keyed work loop (federation/workloop.py): a Certificate's renewal timer is its timer there.
+        self.loop = WorkLoop("certificates", self._reconcile, fencing=controller, lease_of=self.lease_of,
+                             kind_of=lambda key: "issuer" if key.startswith(ISSUER_KEY) else "certificate",
+                             log=log, log_traceback=False)
         self._loaded: set[str] = set()
         self._lost: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -281,14 +281,11 @@ class Certificates:
     # ---- intake ----
 
     def enqueue(self, key: str) -> None:
-        self.queue.put(key)
+        self.loop.enqueue(key)
 
     def enqueue_at(self, key: str, when: datetime) -> None:
         delay = max((when - datetime.now(UTC)).total_seconds(), 0.0) + 0.05
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.cancel()
-        self._timers[key] = asyncio.get_running_loop().call_later(min(delay, 86400.0), self.enqueue, key)
+        self.loop.enqueue_after(key, min(delay, 86400.0), replace=True)
 
     def on_issuer(self, event_type: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -467,52 +464,25 @@ class Certificates:
         for body in items:
             self.certs[f"{body['metadata']['namespace']}/{body['metadata']['name']}"] = body
         self._warm_deadline = time.monotonic() + WARMUP_SECONDS
-        tasks = [asyncio.create_task(self._worker(), name=f"cert-worker-{i}") for i in range(workers)]
-        self.ctl._tasks.extend(tasks)  # stopped with the controller
+        self.ctl._tasks.extend(self.loop.start(workers))  # stopped with the controller
         for key in self.certs:
             self.enqueue(key)
         for name in self.issuers:  # their status (Ready, caNotAfter), with or without Certificates
             self.enqueue(f"{ISSUER_KEY}{name}")
 
     async def stop(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
+        await self.loop.stop()
         for task in self._secret_watches.values():
             task.cancel()
         self._secret_watches.clear()
         for responder in self.http01.values():
             await responder.stop()
 
-    async def _worker(self) -> None:
-        while True:
-            key = await self.queue.get()
-            lease = self.lease_of(key)
-            if not self.ctl.holds(lease):
-                self.queue.done(key)
-                self.ctl.retry_when_renewed(lease, functools.partial(self.enqueue, key))
-                continue
-            kind = "issuer" if key.startswith(ISSUER_KEY) else "certificate"
-            started = time.monotonic()
-            try:
-                with shards.working_on(self.ctl.shards, lease):
-                    if key.startswith(ISSUER_KEY):
-                        await self.reconcile_issuer(key[len(ISSUER_KEY):])
-                    else:
-                        await self.reconcile_certificate(key)
-                self._retries.pop(key, None)
-            except shards.Fenced as err:
-                log.info("certificate %s: stopped: %s", key, err)
-                self.ctl.retry_when_renewed(lease, functools.partial(self.enqueue, key))
-            except Exception as exc:
-                metrics.reconcile_errors.labels(kind=kind).inc()
-                log.warning("certificate %s: reconcile failed: %s: %s", key, type(exc).__name__, exc)
-                attempt = self._retries.get(key, 0) + 1
-                self._retries[key] = attempt
-                asyncio.get_running_loop().call_later(min(0.5 * 2**attempt, 60.0), self.enqueue, key)
-            finally:
-                metrics.reconciles.labels(kind=kind).inc()
-                metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
-                self.queue.done(key)
+    async def _reconcile(self, key: str) -> None:
+        if key.startswith(ISSUER_KEY):
+            await self.reconcile_issuer(key[len(ISSUER_KEY):])
+        else:
+            await self.reconcile_certificate(key)
 
     # ---- derivation (called from the AccessPoint reconcile) ----
 
@@ -659,9 +629,7 @@ class Certificates:
         self.current.pop(key, None)
         self._loaded.discard(key)
         self.placed.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        self.loop.forget(key)
         if body is not None:
             labels = (body["metadata"].get("labels") or {})
             if labels.get(HUB) == self.hub_id:
@@ -846,7 +814,7 @@ class Certificates:
         if body is None:
             return
         if not self.ctl.registry.warm() and time.monotonic() < self._warm_deadline:
-            asyncio.get_running_loop().call_later(0.2, self.enqueue, key)
+            self.loop.enqueue_after(key, 0.2)
             return
         ns, name = key.split("/", 1)
         if key not in self.ctl.accesspoints and \
@@ -1063,7 +1031,6 @@ async def install(controller: Controller) -> None:
     controller.status_contributors.append(feature.contribute)
     controller.status_listeners.append(feature.listen)
     controller.shard_listeners.append(feature.shards_changed)
-    metrics.callbacks.queues["certificates"] = lambda: len(feature.queue._queued)
     await feature.start()
 
 
