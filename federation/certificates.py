@@ -103,7 +103,7 @@ from certs.models import (
 from federation import dns as dns_feature
 from federation import metrics, shards, tenancy
 from federation.controller import Controller
-from federation.hubwriter import now_rfc3339
+from federation.hubwriter import now_rfc3339, resource_version
 from federation.kube import ApiError, Gone
 from federation.members import Member
 from federation.workloop import WorkLoop
@@ -399,7 +399,8 @@ class Certificates:
                 self.writer.status.forget(f"{CERTS.format(ns=meta['namespace'])}/{meta['name']}")
                 self.ctl.enqueue(f"ap/{key}")
             return
-        if old is not None and _rv(old) > _rv(body) and old["metadata"].get("uid") == meta.get("uid"):
+        if old is not None and resource_version(old) > resource_version(body) and \
+                old["metadata"].get("uid") == meta.get("uid"):
             return
         self.certs[key] = body
         if old is None or old.get("spec") != body.get("spec") or \
@@ -977,13 +978,6 @@ def validate_annotations(ap: AccessPoint, _facts: Sequence[ClusterFacts]) -> lis
 def _fingerprint(obj: Mapping[str, Any]) -> tuple[str, str]:
     meta = obj.get("metadata") or {}
     return str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
-
-
-def _rv(obj: Mapping[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
 
 
 # ---- feature protocol (federation/operator.py) ----

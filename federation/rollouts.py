@@ -61,6 +61,7 @@ from accesspoint.rollout import (
 )
 from federation import shards
 from federation.controller import Controller
+from federation.hubwriter import resource_version
 from federation.kube import ApiError, KubeClient
 from federation.members import Member
 from federation.rollout_health import RolloutHealth
@@ -211,7 +212,7 @@ class Rollouts:
             self.controller.writer.status.forget(f"{APPROVALS.format(ns=key[0])}/{key[1]}")
         else:
             old = self.approvals.get(key)
-            if old is not None and _rv(old) > _rv(body):
+            if old is not None and resource_version(old) > resource_version(body):
                 return
             self.approvals[key] = body
         ap_name = (body.get("spec") or {}).get("accessPoint")
@@ -471,13 +472,6 @@ class Rollouts:
         mine = set_condition(before, rollout_condition(stored, ap.generation), now)
         conditions = [c for c in status.conditions if c.type != ROLLOUT_CONDITION] + mine
         return status.model_copy(update={"rollout": stored, "conditions": conditions, "clusters": clusters})
-
-
-def _rv(body: dict[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
 
 
 def _owner_ref(ap: AccessPoint) -> dict[str, Any]:
