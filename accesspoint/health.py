@@ -7,7 +7,7 @@ consecutive successes before Healthy, failures before Unhealthy); the `Analysis`
 5xx and the latency histogram over the window, per cluster) and the pure decision over them
 (`decide`: Pass / Fail with the figures / Wait for enough requests); the route stat prefix meshfed
 puts on an AccessPoint's VirtualService routes so that a gateway Envoy counts exactly this
-AccessPoint's traffic (`stat_prefix`, `with_stat_prefix`), and the Go-style durations they use.
+AccessPoint's traffic (`stat_prefix`, `with_stat_prefix`).
 
 Imports accesspoint.meta only. Pure: no I/O, no clock (times are passed in).
 """
@@ -15,27 +15,13 @@ Imports accesspoint.meta only. Pure: no I/O, no clock (times are passed in).
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from accesspoint.meta import ApiModel, json_copy
-
-DURATION_PATTERN = r"^([0-9]+(ms|s|m|h))+$"
-_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> timedelta:
-    """A Go-style duration such as "90s", "10m" or "1h30m"."""
-    if not re.fullmatch(DURATION_PATTERN, text):
-        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 10m, 1h30m")
-    return timedelta(seconds=sum(int(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
-
+from accesspoint.meta import ApiModel, Duration, json_copy, parse_duration
 
 # ---------------------------------------------------------------------------------------------
 # The HTTP probe
@@ -158,13 +144,13 @@ class AnalysisSpec(ApiModel):
     stable revision. A breach fails the gate as soon as a canary cluster has minRequests; a pass
     needs the whole window with minRequests in every canary cluster."""
 
-    window: str = Field(
-        default="60s", pattern=DURATION_PATTERN,
+    window: Duration = Field(
+        default="60s",
         description="Length of the observation window (figures are deltas of the gateways' counters "
         "over it).",
     )
-    interval: str = Field(
-        default="10s", pattern=DURATION_PATTERN,
+    interval: Duration = Field(
+        default="10s",
         description="How often the figures are read while the window is open.",
     )
     min_requests: int = Field(
@@ -189,8 +175,8 @@ class AnalysisSpec(ApiModel):
         description="Largest factor by which a canary cluster's p95 latency may exceed the stable "
         "clusters' (e.g. 1.5; checked when the stable clusters served minRequests).",
     )
-    max_wait: str = Field(
-        default="10m", pattern=DURATION_PATTERN, alias="maxWait",
+    max_wait: Duration = Field(
+        default="10m", alias="maxWait",
         description="Longest the gate waits for minRequests; then it fails (not enough traffic to "
         "judge) and the rollout pauses or aborts per onFailure.",
     )
@@ -444,7 +430,6 @@ __all__ = [
     "Verdict",
     "decide",
     "describe",
-    "parse_duration",
     "probe_message",
     "probe_outcome",
     "quantile",

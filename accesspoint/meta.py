@@ -1,13 +1,16 @@
-"""API primitives shared by every meshfed CRD: conditions, label selectors, CRD descriptors.
+"""API primitives shared by every meshfed CRD: conditions, label selectors, durations, RFC 3339 times,
+references (SecretKeyRef, AccessPointRef), CRD descriptors.
 
 Pure and dependency-free (pydantic only); every other meshfed module may import it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +26,77 @@ class ApiModel(BaseModel):
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+# ---- Durations: one grammar for every duration field of the API ----
+# The union of the grammars the API used before (certificates: decimals; soak and analysis gates:
+# milliseconds), all of them valid Go durations, so a value is also what Istio's own fields accept.
+DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
+DURATION_DOC = (
+    "A duration: one or more parts, each a number (integer or decimal) and a unit (h, m, s or ms), "
+    "e.g. 500ms, 90s, 1.5m, 1h30m, 2160h."
+)
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+# A duration field (the CRD generator adds DURATION_DOC to its description).
+Duration = Annotated[str, Field(pattern=DURATION_PATTERN)]
+
+
+def parse_duration(text: str) -> timedelta:
+    """A Duration as a timedelta ("1h30m", "1.5m", "500ms"); ValueError naming the bad input."""
+    text = text.strip()
+    if not re.fullmatch(DURATION_PATTERN, text):
+        raise ValueError(f"invalid duration {text!r} (expected e.g. '500ms', '90s', '1.5m', '1h30m', '2160h')")
+    return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in _DURATION_PART.findall(text)))
+
+
+def format_duration(d: timedelta) -> str:
+    """Whole seconds as a Duration ("1h1m1s"; "0s" for nothing)."""
+    total = int(d.total_seconds())
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
+
+
+# ---- Times in status: RFC 3339, UTC, whole seconds ----
+
+
+def rfc3339(t: datetime) -> str:
+    """`t` as status writes times ("2026-01-01T00:00:00Z")."""
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(s: str) -> datetime:
+    """An RFC 3339 time ("...Z" or with an offset); ValueError when unreadable."""
+    return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def parse_time_or_none(s: str | None) -> datetime | None:
+    """An RFC 3339 time from status, or None when absent or unreadable."""
+    if not s:
+        return None
+    try:
+        return parse_time(s)
+    except ValueError:
+        return None
+
+
+# ---- References shared by several kinds ----
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret on the hub."""
+
+    name: str = Field(min_length=1)
+    namespace: str = Field(default="meshfed-system", min_length=1)
+    key: str = Field(min_length=1)
+
+
+class AccessPointRef(ApiModel):
+    """An AccessPoint in the namespace of the object that refers to it."""
+
+    name: str = Field(min_length=1, max_length=253)
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

@@ -23,14 +23,22 @@ from pydantic import ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
 
 from accesspoint.health import (
-    DURATION_PATTERN,
     AnalysisFigures,
     AnalysisSpec,
     HttpProbe,
     decide,
+)
+from accesspoint.meta import (
+    AGE,
+    ApiModel,
+    Condition,
+    CRDInfo,
+    Duration,
+    LabelSelector,
+    PrinterColumn,
+    Resource,
     parse_duration,
 )
-from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, LabelSelector, PrinterColumn, Resource
 from placement.models import REGION_LABEL, ZONE_LABEL, ClusterFacts
 
 # ---------------------------------------------------------------------------------------------
@@ -71,8 +79,8 @@ class Gate(ApiModel):
     )
 
     type: GateType
-    duration: str | None = Field(
-        default=None, pattern=DURATION_PATTERN, description="Soak only: e.g. 90s, 10m, 1h30m."
+    duration: Duration | None = Field(
+        default=None, description="Soak only: e.g. 90s, 10m, 1h30m."
     )
     analysis: AnalysisSpec | None = Field(
         default=None, description="Analysis only: the thresholds (absent: the defaults of each field)."
@@ -1157,7 +1165,6 @@ __all__ = [
     "Wave",
     "approval_name",
     "default_waves",
-    "parse_duration",
     "plan_waves",
     "predict_membership",
     "probe_url",

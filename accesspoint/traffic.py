@@ -58,13 +58,12 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from accesspoint.meta import ApiModel, Condition, json_copy
+from accesspoint.meta import ApiModel, Condition, Duration, json_copy
 from accesspoint.visibility import VisibilityPolicy
 from placement.models import ClusterFacts
 
 LocalityMode = Literal["Weighted", "Failover", "Drain", "Disabled"]
 _REGION = r"^[^/*\s]+$"
-_DURATION = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"
 P = "spec.traffic.locality"
 
 
@@ -138,8 +137,8 @@ class DrainLocality(ApiModel):
 class OutlierDetection(ApiModel):
     consecutive_5xx_errors: int = Field(default=5, ge=1, alias="consecutive5xxErrors")
     consecutive_gateway_errors: int | None = Field(default=None, ge=1, alias="consecutiveGatewayErrors")
-    interval: str = Field(default="5s", pattern=_DURATION)
-    base_ejection_time: str = Field(default="30s", pattern=_DURATION, alias="baseEjectionTime")
+    interval: Duration = "5s"
+    base_ejection_time: Duration = Field(default="30s", alias="baseEjectionTime")
     max_ejection_percent: int = Field(default=100, ge=0, le=100, alias="maxEjectionPercent")
     min_health_percent: int | None = Field(default=None, ge=0, le=100, alias="minHealthPercent")
 

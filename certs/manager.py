@@ -23,10 +23,10 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from accesspoint.meta import Condition, merge_conditions
+from accesspoint.meta import AccessPointRef, Condition, merge_conditions, parse_duration, parse_time, rfc3339
 from certs.acme_issuer import (
     AcmeIssuer,
     ChallengeSolver,
@@ -40,7 +40,6 @@ from certs.checks import check_bundle
 from certs.delivery import gateway_tls_hosts
 from certs.issuers import CertBundle, IssuanceError, Issuer, issue_bundle, serial_hex
 from certs.models import (
-    AccessPointRef,
     Certificate,
     CertificateIssuer,
     CertificateSpec,
@@ -51,17 +50,9 @@ from certs.models import (
     IssuerRef,
     SecretRef,
 )
-from certs.renewal import CurrentCert, Decision, backoff, decide, parse_duration, renewal_time
+from certs.renewal import CurrentCert, Decision, backoff, decide, renewal_time
 
 SecretReader = Callable[[SecretRef], Awaitable[Mapping[str, bytes] | None]]
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(s: str) -> datetime:
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
 
 
 # --- derivation -------------------------------------------------------------------------------

@@ -10,10 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
+from accesspoint.meta import AGE, AccessPointRef, ApiModel, Condition, CRDInfo, Duration, PrinterColumn, Resource
 
-# Go-style duration as Kubernetes APIs use it ("2160h", "90m", "1h30m", "45s").
-DURATION_PATTERN = r"^([0-9]+(\.[0-9]+)?(h|m|s))+$"
 # A DNS host name or a single leading wildcard label.
 HOST_PATTERN = r"^(\*\.)?([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 Host = Annotated[str, Field(pattern=HOST_PATTERN, max_length=253)]
@@ -134,10 +132,6 @@ class IssuerRef(ApiModel):
     name: str = Field(min_length=1)
 
 
-class AccessPointRef(ApiModel):
-    name: str = Field(min_length=1)
-
-
 class PrivateKeySpec(ApiModel):
     algorithm: Literal["ECDSA", "RSA"] = "ECDSA"
     size: int | None = Field(default=None, description="ECDSA: 256 or 384; RSA: 2048..4096")
@@ -165,11 +159,10 @@ class CertificateSpec(ApiModel):
     hosts: list[Host] = Field(min_length=1, max_length=100)
     issuer_ref: IssuerRef = Field(alias="issuerRef")
     access_point_ref: AccessPointRef | None = Field(default=None, alias="accessPointRef")
-    duration: str = Field(default="2160h", pattern=DURATION_PATTERN)
-    renew_before: str | None = Field(
+    duration: Duration = "2160h"
+    renew_before: Duration | None = Field(
         default=None,
         alias="renewBefore",
-        pattern=DURATION_PATTERN,
         description="default: 1/3 of the lifetime",
     )
     secret_name: str | None = Field(

@@ -1,47 +1,23 @@
 """Renewal policy (pure: no I/O, no clock — callers pass `now`).
 
-Owns: Go-style duration parsing, the renewal time of a certificate (notAfter - renewBefore, default
+Owns: the renewal time of a certificate (notAfter - renewBefore, default
 one third of the lifetime, minus a deterministic jitter derived from the serial so a fleet of
 certificates issued together does not renew in one burst), exponential backoff after failures, and
-the decision "issue now / wait until T" for a Certificate. Imports only the standard library.
+the decision "issue now / wait until T" for a Certificate. Imports only the standard library
+(durations are parsed by accesspoint.meta.parse_duration).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|m|s)")
-_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0}
-
 DEFAULT_JITTER = 0.1  # renew up to 10% of renewBefore earlier
 BACKOFF_BASE = timedelta(seconds=10)
 BACKOFF_CAP = timedelta(hours=1)
-
-
-def parse_duration(text: str) -> timedelta:
-    """'2160h', '1h30m', '45s', '0.5h' → timedelta. Raises ValueError naming the bad input."""
-    text = text.strip()
-    pos, seconds = 0, 0.0
-    for m in _DURATION_PART.finditer(text):
-        if m.start() != pos:
-            break
-        seconds += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(f"invalid duration {text!r} (expected e.g. '2160h', '90m', '1h30m')")
-    return timedelta(seconds=seconds)
-
-
-def format_duration(d: timedelta) -> str:
-    total = int(d.total_seconds())
-    h, rest = divmod(total, 3600)
-    m, s = divmod(rest, 60)
-    return "".join(f"{v}{u}" for v, u in ((h, "h"), (m, "m"), (s, "s")) if v) or "0s"
 
 
 def jitter_fraction(serial: str) -> float:

@@ -408,9 +408,16 @@ async def test_stopped_cluster_keeps_its_vip_for_the_grace_period(
         # After it, the VIP goes (timer-driven, no event needed) and the others stay.
         await wait_resolves(bind, f"shop.{ZONE}", published - {member3_vip}, timeout=30)
         assert time.time() >= expiry and time.time() - expiry < 15, time.time() - expiry
-        st = await wait_ns(hub, namespace, "shop", "True", "Ready")
-        target = next(t for t in st["targets"] if t["cluster"] == "member-3")
-        assert not target["included"] and target["reason"] == "GraceExpired"
+        # The status is written after the DNS UPDATE of the same reconcile: wait for it to say so.
+        async def grace_expired() -> dict[str, Any]:
+            s = await get_status(hub, f"{NSVC.format(ns=namespace)}/shop")
+            t: dict[str, Any] = next((t for t in s.get("targets") or [] if t["cluster"] == "member-3"), {})
+            if t.get("included") is not False or t.get("reason") != "GraceExpired":
+                raise AssertionError(s.get("targets"))
+            return s
+
+        await eventually(grace_expired, 15, message="member-3 should be GraceExpired after its VIP went")
+        await wait_ns(hub, namespace, "shop", "True", "Ready")
     finally:
         await stopping
         down.start(apiserver_binary(quiet=True))

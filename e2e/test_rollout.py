@@ -418,7 +418,16 @@ async def test_each_approval_releases_one_wave_unauthorized_refused_abort_restor
         await auditor.wait(dict.fromkeys(ALL, "v1"))
         ro = await wait_rollout(hub, ns, "cart", phase="Aborted", reason="Aborted")
         assert ro["stable"] == v1 and ro["revision"] == v2
-        assert "every cluster is back on stable revision" in ro["message"], ro["message"]
+
+        # The phase is Aborted at once; the message follows the reconcile that sees the members'
+        # reports of the stable revision (after the auditor saw the writes): wait for it.
+        async def back_on_stable() -> dict[str, Any]:
+            now = await rollout(hub, ns, "cart")
+            assert "every cluster is back on stable revision" in now["message"], now["message"]
+            return now
+
+        ro = await eventually(back_on_stable, 30, message="the rollout should report every cluster on stable")
+        assert ro["phase"] == "Aborted" and ro["stable"] == v1 and ro["revision"] == v2
         name3 = approval_name("cart", v2, 3, "After")
         await eventually(lambda: _phase_is(hub, ns, name3, "Cancelled"), 30, message="pending approval Cancelled")
         st = (await hub.get(f"{AP.format(ns=ns)}/cart") or {})["status"]

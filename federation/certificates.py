@@ -11,7 +11,7 @@ Owns the hub wiring of certs/ (which stays free of Kubernetes clients):
   CertificateIssuer on the hub the feature stays idle. `meshfed.io/certificate-duration` and
   `meshfed.io/certificate-renew-before` on the AccessPoint set the lifetime; other spec fields
   edited on the Certificate (privateKey, secretName) are kept.
-- **Issuance and renewal.** A keyed work queue runs `certs.manager.reconcile` per Certificate with
+- **Issuance and renewal.** A keyed work loop runs `certs.manager.reconcile` per Certificate with
   the issuer built from its CertificateIssuer (`build_issuer`; the CA Secret is read here and only
   here, on the hub, through `_read_secret`). A timer requeues the Certificate at its renewal time
   (or at the end of a failure backoff). Failures land in the Certificate's status and a Warning
@@ -58,7 +58,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import functools
 import logging
 import re
 import time
@@ -71,7 +70,7 @@ import kopf
 from pydantic import ValidationError
 
 from accesspoint.kinds import SECRET
-from accesspoint.meta import API_VERSION, Condition, merge_conditions
+from accesspoint.meta import API_VERSION, DURATION_PATTERN, Condition, merge_conditions, rfc3339
 from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.ownership import HUB, MANAGED_BY, Owner
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, render
@@ -88,9 +87,8 @@ from certs.delivery import (
     tls_secret,
 )
 from certs.issuers import CertBundle, IssuanceError, Issuer
-from certs.manager import build_issuer, desired_certificate, reconcile, rfc3339, with_delivery
+from certs.manager import build_issuer, desired_certificate, reconcile, with_delivery
 from certs.models import (
-    DURATION_PATTERN,
     SDS_STATUS_FIELDS,
     Certificate,
     CertificateIssuer,
@@ -103,12 +101,12 @@ from certs.models import (
     SecretRef,
 )
 from federation import dns as dns_feature
-from federation import metrics, shards, telemetry, tenancy
+from federation import metrics, shards, tenancy
 from federation.controller import Controller
-from federation.hubwriter import STATUS_MANAGER, now_rfc3339
+from federation.hubwriter import now_rfc3339, resource_version
 from federation.kube import ApiError, Gone
 from federation.members import Member
-from federation.workqueue import KeyedQueue
+from federation.workloop import WorkLoop
 from nameservice.dns01 import Dns01ProviderHook
 from nameservice.models import DNSProvider
 from nameservice.providers import Provider, ProviderError
@@ -267,9 +265,10 @@ class Certificates:
         self.cluster_errors: dict[str, dict[str, str]] = {}
         self.issuer_cache: dict[str, Issuer] = {}
         self.http01: dict[int, Http01Responder] = {}
-        self.queue = KeyedQueue()
-        self._retries: dict[str, int] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # The keyed work loop (federation/workloop.py): a Certificate's renewal timer is its timer there.
+        self.loop = WorkLoop("certificates", self._reconcile, fencing=controller, lease_of=self.lease_of,
+                             kind_of=lambda key: "issuer" if key.startswith(ISSUER_KEY) else "certificate",
+                             log=log, log_traceback=False)
         self._loaded: set[str] = set()
         self._lost: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -282,20 +281,18 @@ class Certificates:
     # ---- intake ----
 
     def enqueue(self, key: str) -> None:
-        self.queue.put(key)
+        self.loop.enqueue(key)
 
     def enqueue_at(self, key: str, when: datetime) -> None:
         delay = max((when - datetime.now(UTC)).total_seconds(), 0.0) + 0.05
-        old = self._timers.pop(key, None)
-        if old is not None:
-            old.cancel()
-        self._timers[key] = asyncio.get_running_loop().call_later(min(delay, 86400.0), self.enqueue, key)
+        self.loop.enqueue_after(key, min(delay, 86400.0), replace=True)
 
     def on_issuer(self, event_type: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         old = self.issuers.get(name)
         if event_type == "DELETED":
             self.issuers.pop(name, None)
+            self.writer.status.forget(f"{ISSUERS}/{name}")
         else:
             self.issuers[name] = body
         if old is not None and event_type != "DELETED" and \
@@ -399,9 +396,11 @@ class Certificates:
             if old is not None and old["metadata"].get("uid") == meta.get("uid"):
                 self.certs.pop(key, None)
                 self._loaded.discard(key)
+                self.writer.status.forget(f"{CERTS.format(ns=meta['namespace'])}/{meta['name']}")
                 self.ctl.enqueue(f"ap/{key}")
             return
-        if old is not None and _rv(old) > _rv(body) and old["metadata"].get("uid") == meta.get("uid"):
+        if old is not None and resource_version(old) > resource_version(body) and \
+                old["metadata"].get("uid") == meta.get("uid"):
             return
         self.certs[key] = body
         if old is None or old.get("spec") != body.get("spec") or \
@@ -466,52 +465,25 @@ class Certificates:
         for body in items:
             self.certs[f"{body['metadata']['namespace']}/{body['metadata']['name']}"] = body
         self._warm_deadline = time.monotonic() + WARMUP_SECONDS
-        tasks = [asyncio.create_task(self._worker(), name=f"cert-worker-{i}") for i in range(workers)]
-        self.ctl._tasks.extend(tasks)  # stopped with the controller
+        self.ctl._tasks.extend(self.loop.start(workers))  # stopped with the controller
         for key in self.certs:
             self.enqueue(key)
         for name in self.issuers:  # their status (Ready, caNotAfter), with or without Certificates
             self.enqueue(f"{ISSUER_KEY}{name}")
 
     async def stop(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
+        await self.loop.stop()
         for task in self._secret_watches.values():
             task.cancel()
         self._secret_watches.clear()
         for responder in self.http01.values():
             await responder.stop()
 
-    async def _worker(self) -> None:
-        while True:
-            key = await self.queue.get()
-            lease = self.lease_of(key)
-            if not self.ctl.holds(lease):
-                self.queue.done(key)
-                self.ctl.retry_when_renewed(lease, functools.partial(self.enqueue, key))
-                continue
-            kind = "issuer" if key.startswith(ISSUER_KEY) else "certificate"
-            started = time.monotonic()
-            try:
-                with shards.working_on(self.ctl.shards, lease):
-                    if key.startswith(ISSUER_KEY):
-                        await self.reconcile_issuer(key[len(ISSUER_KEY):])
-                    else:
-                        await self.reconcile_certificate(key)
-                self._retries.pop(key, None)
-            except shards.Fenced as err:
-                log.info("certificate %s: stopped: %s", key, err)
-                self.ctl.retry_when_renewed(lease, functools.partial(self.enqueue, key))
-            except Exception as exc:
-                metrics.reconcile_errors.labels(kind=kind).inc()
-                log.warning("certificate %s: reconcile failed: %s: %s", key, type(exc).__name__, exc)
-                attempt = self._retries.get(key, 0) + 1
-                self._retries[key] = attempt
-                asyncio.get_running_loop().call_later(min(0.5 * 2**attempt, 60.0), self.enqueue, key)
-            finally:
-                metrics.reconciles.labels(kind=kind).inc()
-                metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
-                self.queue.done(key)
+    async def _reconcile(self, key: str) -> None:
+        if key.startswith(ISSUER_KEY):
+            await self.reconcile_issuer(key[len(ISSUER_KEY):])
+        else:
+            await self.reconcile_certificate(key)
 
     # ---- derivation (called from the AccessPoint reconcile) ----
 
@@ -658,9 +630,7 @@ class Certificates:
         self.current.pop(key, None)
         self._loaded.discard(key)
         self.placed.pop(key, None)
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
+        self.loop.forget(key)
         if body is not None:
             labels = (body["metadata"].get("labels") or {})
             if labels.get(HUB) == self.hub_id:
@@ -809,12 +779,10 @@ class Certificates:
             "ready": ready.status,
             "ca_not_after": ca_not_after,
         })
-        wire = status.wire()
-        if wire != (body.get("status") or {}):
-            result = await self._write_status(f"{ISSUERS}/{resource.name}", "CertificateIssuer", resource.name,
-                                              None, wire)
-            if result is not None:
-                self.issuers[resource.name] = result
+        result = await self.writer.status.write(f"{ISSUERS}/{resource.name}", "CertificateIssuer", resource.name,
+                                                None, status.wire(), seen=body)
+        if result is not None:
+            self.issuers[resource.name] = result
 
     # ---- the Certificate reconcile ----
 
@@ -847,7 +815,7 @@ class Certificates:
         if body is None:
             return
         if not self.ctl.registry.warm() and time.monotonic() < self._warm_deadline:
-            asyncio.get_running_loop().call_later(0.2, self.enqueue, key)
+            self.loop.enqueue_after(key, 0.2)
             return
         ns, name = key.split("/", 1)
         if key not in self.ctl.accesspoints and \
@@ -922,11 +890,7 @@ class Certificates:
         for entry in new.clusters:  # once per distinct refusal (a restart finds it in status already)
             if entry.last_error and refused.get(entry.name) != entry.last_error:
                 await self.writer.event(body, "Warning", "DeliveryFailed", f"{entry.name}: {entry.last_error}")
-        wire = {k: v for k, v in new.wire().items() if k not in SDS_STATUS_FIELDS}
-        if wire != {k: v for k, v in (body.get("status") or {}).items() if k not in SDS_STATUS_FIELDS}:
-            result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
-            if result is not None:
-                self.on_certificate("MODIFIED", result)
+        await self._write_status(ns, name, body, new)
         self.enqueue_at(key, out.requeue_at)
 
     async def _refuse(self, ns: str, name: str, body: dict[str, Any], cert: Certificate,
@@ -944,31 +908,19 @@ class Certificates:
         new = status.model_copy(update={
             "conditions": merge_conditions(status.conditions, conds, now_rfc3339()), "observed_generation": gen,
             "last_failure": failure, "summary": reason, "ready": "False", "next_attempt": None})
-        wire = {k: v for k, v in new.wire().items() if k not in SDS_STATUS_FIELDS}
-        if wire != {k: v for k, v in (body.get("status") or {}).items() if k not in SDS_STATUS_FIELDS}:
-            result = await self._write_status(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns, wire)
-            if result is not None:
-                self.on_certificate("MODIFIED", result)
+        await self._write_status(ns, name, body, new)
         if failure is not before:
             log.warning("certificate %s/%s: refused: %s", ns, name, message)
             await self.writer.event(body, "Warning", reason, message)
 
-    async def _write_status(self, path: str, kind: str, name: str, ns: str | None,
-                            status: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply a status (the caller checked it changed); the result updates our view at once, so a
-        reconcile before the watch event neither writes the same status again nor reads a stale one."""
-        shards.check()
-        meta: dict[str, Any] = {"name": name, **({"namespace": ns} if ns else {})}
-        try:
-            result = await self.hub.apply(path, {"apiVersion": API_VERSION, "kind": kind, "metadata": meta,
-                                                 "status": status}, field_manager=STATUS_MANAGER,
-                                          subresource="status")
-        except ApiError as err:
-            if err.status == 404:
-                return None
-            raise
-        telemetry.count("hub_writes", kind="status")
-        return result
+    async def _write_status(self, ns: str, name: str, body: dict[str, Any], status: CertificateStatus) -> None:
+        """Apply a Certificate's status when it changed (status.envoys / status.sds are `meshfed sds`'s:
+        neither applied nor compared); the result updates our view at once, so a reconcile before the
+        watch event neither writes the same status again nor reads a stale one."""
+        result = await self.writer.status.write(f"{CERTS.format(ns=ns)}/{name}", "Certificate", name, ns,
+                                                status.wire(), seen=body, foreign=SDS_STATUS_FIELDS)
+        if result is not None:
+            self.on_certificate("MODIFIED", result)
 
     # ---- AccessPoint status ----
 
@@ -1028,13 +980,6 @@ def _fingerprint(obj: Mapping[str, Any]) -> tuple[str, str]:
     return str(meta.get("uid", "")), str(meta.get("resourceVersion", ""))
 
 
-def _rv(obj: Mapping[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
-
-
 # ---- feature protocol (federation/operator.py) ----
 
 def register(registry: kopf.OperatorRegistry, holder: dict[str, Any]) -> None:
@@ -1080,7 +1025,6 @@ async def install(controller: Controller) -> None:
     controller.status_contributors.append(feature.contribute)
     controller.status_listeners.append(feature.listen)
     controller.shard_listeners.append(feature.shards_changed)
-    metrics.callbacks.queues["certificates"] = lambda: len(feature.queue._queued)
     await feature.start()
 
 

@@ -303,6 +303,7 @@ class Controller:
         if event_type == "DELETED":
             self.accesspoints.pop(key, None)
             self._seen_generation.pop(key, None)
+            self.writer.status.forget(AP_PATH.format(ns=meta["namespace"], name=meta["name"]))
             return
         self.accesspoints[key] = body
         gen = int(meta.get("generation", 0))
@@ -326,6 +327,7 @@ class Controller:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
             self.memberclusters.pop(name, None)
+            self.writer.status.forget(MC_PATH.format(name=name))
             await self.registry.remove(name)
             return
         self.memberclusters[name] = body
@@ -452,8 +454,7 @@ class Controller:
                 or wire.get("istioCRDs") != previous.istio_crds or wire.get("ready") != previous.ready:
             wire["lastProbeTime"] = now_rfc3339()
         wire = {k: v for k, v in wire.items() if v is not None}
-        await self.writer.write_status(MC_PATH.format(name=name), "MemberCluster", name, None, wire,
-                                       body.get("status"))
+        await self.writer.write_status(MC_PATH.format(name=name), "MemberCluster", name, None, wire, body)
         mesh, before = member.mesh, next((c for c in previous.conditions if c.type == "MeshRole"), None)
         if mesh is not None and mesh.warning and (before is None or (before.status, before.reason, before.message)
                                                   != (mesh.status, mesh.reason, mesh.message)):
@@ -687,7 +688,7 @@ class Controller:
 
     async def _write_status(self, path: str, ns: str, name: str, status: AccessPointStatus,
                             body: dict[str, Any]) -> bool:
-        return await self.writer.write_status(path, "AccessPoint", name, ns, status.wire(), body.get("status"))
+        return await self.writer.write_status(path, "AccessPoint", name, ns, status.wire(), body)
 
     async def _emit_transitions(self, body: dict[str, Any], entries: list[ClusterStatus]) -> None:
         key = f"{body['metadata']['namespace']}/{body['metadata']['name']}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from accesspoint.meta import GROUP, VERSION, Resource
+from accesspoint.meta import DURATION_DOC, DURATION_PATTERN, GROUP, VERSION, Resource
 from accesspoint.models import AccessPoint
 from accesspoint.rollout import RolloutApproval
 from accesspoint.tenancy import TenancyPolicy
@@ -80,6 +80,8 @@ def _structural(node: dict[str, Any]) -> dict[str, Any]:
         node["x-kubernetes-preserve-unknown-fields"] = True
     if "properties" in node:
         node.setdefault("type", "object")
+    if node.get("pattern") == DURATION_PATTERN:  # accesspoint.meta.Duration: its grammar, said once
+        node["description"] = f"{node['description']} {DURATION_DOC}" if node.get("description") else DURATION_DOC
     return node
 
 

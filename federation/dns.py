@@ -2,7 +2,7 @@
 
 Owns the hub wiring of NameService and DNSProvider (the pure core and the provider clients live in
 nameservice/): its own kopf `on.event` handlers (NameServices, DNSProviders, and AccessPoint
-additions/removals), a small keyed queue with its own workers, one provider client per DNSProvider
+additions/removals), a keyed work loop (federation/workloop.py), one provider client per DNSProvider
 (rebuilt when its spec or Secret changes; one sync at a time per zone), NameService / DNSProvider
 status written once per change, Events on Ready transitions, and the `meshfed.io/cleanup`
 finalizer that removes only the records a NameService owns.
@@ -29,7 +29,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import functools
 import json
 import logging
 import time
@@ -41,17 +40,17 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from accesspoint.meta import API_VERSION, Condition, merge_conditions
+from accesspoint.meta import Condition, merge_conditions, parse_time_or_none
 from accesspoint.models import AccessPoint, AccessPointStatus
 from federation import metrics, shards, telemetry, tenancy
 from federation.controller import Controller, validation_messages
-from federation.hubwriter import FINALIZER, STATUS_MANAGER, now_rfc3339
+from federation.hubwriter import FINALIZER, now_rfc3339
 from federation.kube import ApiError
-from federation.workqueue import KeyedQueue
+from federation.workloop import WorkLoop
 from nameservice.models import DNSProvider, DNSProviderStatus, NameService, NameServiceStatus
 from nameservice.providers import Provider, ProviderError
 from nameservice.providers.factory import provider_for
-from nameservice.records import TargetFact, parse_time
+from nameservice.records import TargetFact
 from nameservice.sync import delete_nameservice, error_status, sync_nameservice
 
 log = logging.getLogger("meshfed.dns")
@@ -118,13 +117,6 @@ class ProviderClient:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def _rv(body: dict[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
-
-
 def _cond(conditions: Iterable[Condition], type_: str) -> Condition | None:
     return next((c for c in conditions if c.type == type_), None)
 
@@ -139,16 +131,16 @@ class DNSFeature:
         self.nameservices: dict[str, dict[str, Any]] = {}  # "ns/name" -> body
         self.providers: dict[str, dict[str, Any]] = {}  # DNSProvider name -> body
         self.clients: dict[str, ProviderClient] = {}
-        # path -> (resourceVersion, status) of the newest status known (an event or our own write).
-        self.known: dict[str, tuple[int, dict[str, Any]]] = {}
+        self.status = controller.writer.status  # newest status known per object, writes on change
         self.by_ap: dict[str, dict[str, str]] = {}  # AccessPoint key -> {NameService key: fqdn}
         self.ap_of: dict[str, str] = {}  # NameService key -> AccessPoint key
         self.ap_status: dict[str, AccessPointStatus] = {}  # newest computed AccessPoint status
         self.ap_signature: dict[str, tuple[tuple[str, str, str | None, bool | None], ...]] = {}
         self.intake: dict[str, tuple[Any, ...]] = {}  # key -> what last enqueued it (spec, deletion)
-        self.queue = KeyedQueue()
-        self._retries: dict[str, int] = {}
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        # The keyed work loop (federation/workloop.py); reconciles decide when a backoff starts over.
+        self.loop = WorkLoop("dns", self._reconcile, fencing=controller, lease_of=self.lease_of,
+                             kind_of=lambda key: "nameservice" if key.startswith("ns/") else "dnsprovider",
+                             log=log, reset_backoff_on_success=False)
         self._tasks: list[asyncio.Task[None]] = []
         self._expected_members: set[str] = set()
         self._warm_deadline = 0.0
@@ -156,28 +148,14 @@ class DNSFeature:
     # ---- queue ----
 
     def enqueue(self, key: str) -> None:
-        self.queue.put(key)
+        self.loop.enqueue(key)
 
     def enqueue_later(self, key: str, delay: float) -> None:
         """Enqueue `key` after `delay` seconds (an earlier pending timer for it wins)."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        timer = self._timers.get(key)
-        if timer is not None and not timer.cancelled() and timer.when() <= due:
-            return
-        if timer is not None:
-            timer.cancel()
-
-        def fire() -> None:
-            self._timers.pop(key, None)
-            self.enqueue(key)
-
-        self._timers[key] = loop.call_at(due, fire)
+        self.loop.enqueue_after(key, delay)
 
     def _retry(self, key: str, cap: float = 60.0) -> None:
-        attempt = self._retries.get(key, 0) + 1
-        self._retries[key] = attempt
-        self.enqueue_later(key, min(0.5 * 2**attempt, cap))
+        self.loop.retry(key, cap)
 
     def lease_of(self, key: str) -> str | None:
         """The Lease a work-queue key runs under (None: not sharded)."""
@@ -209,33 +187,11 @@ class DNSFeature:
             if shards.lease_shard(self.lease_of(f"dnsp/{name}") or "") in acquired:
                 self.enqueue(f"dnsp/{name}")
 
-    async def _worker(self) -> None:
-        while True:
-            key = await self.queue.get()
-            lease = self.lease_of(key)
-            if not self.controller.holds(lease):
-                self.queue.done(key)
-                self.controller.retry_when_renewed(lease, functools.partial(self.enqueue, key))
-                continue
-            kind = "nameservice" if key.startswith("ns/") else "dnsprovider"
-            started = time.monotonic()
-            try:
-                with shards.working_on(self.controller.shards, lease):
-                    if key.startswith("ns/"):
-                        await self.reconcile_nameservice(key[3:])
-                    elif key.startswith("dnsp/"):
-                        await self.reconcile_provider(key[5:])
-            except shards.Fenced as err:
-                log.info("DNS reconcile %s stopped: %s", key, err)
-                self.controller.retry_when_renewed(lease, functools.partial(self.enqueue, key))
-            except Exception:
-                log.exception("DNS reconcile %s failed", key)
-                metrics.reconcile_errors.labels(kind=kind).inc()
-                self._retry(key)
-            finally:
-                metrics.reconciles.labels(kind=kind).inc()
-                metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
-                self.queue.done(key)
+    async def _reconcile(self, key: str) -> None:
+        if key.startswith("ns/"):
+            await self.reconcile_nameservice(key[3:])
+        elif key.startswith("dnsp/"):
+            await self.reconcile_provider(key[5:])
 
     async def _resync(self) -> None:
         period = min(self.controller.resync_seconds, MAX_RESYNC_SECONDS)
@@ -264,16 +220,14 @@ class DNSFeature:
         members, _ = await self.hub.list("/apis/meshfed.io/v1alpha1/memberclusters")
         self._expected_members = {m["metadata"]["name"] for m in members}
         self._warm_deadline = time.monotonic() + WARMUP_SECONDS
-        for i in range(WORKERS):
-            self._tasks.append(asyncio.create_task(self._worker(), name=f"dns-worker-{i}"))
+        self._tasks.extend(self.loop.start(WORKERS))
         self._tasks.append(asyncio.create_task(self._resync(), name="dns-resync"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for timer in self._timers.values():
-            timer.cancel()
+        await self.loop.stop()
         for client in self.clients.values():
             with contextlib.suppress(Exception):
                 await client.provider.close()
@@ -294,12 +248,13 @@ class DNSFeature:
         path = NS_PATH.format(ns=meta["namespace"], name=meta["name"])
         if event_type == "DELETED":
             self.nameservices.pop(key, None)
-            self.known.pop(path, None)
+            self.status.forget(path)
+            self.loop.forget(f"ns/{key}")
             self.intake.pop(f"ns/{key}", None)
             self._index(key, None)
             return
         self.nameservices[key] = body
-        self._observe_status(path, body)
+        self.status.observe(path, body)
         deleting = bool(meta.get("deletionTimestamp"))
         spec = body.get("spec") or {}
         ref = ((spec.get("target") or {}).get("accessPointRef") or {}).get("name")
@@ -315,14 +270,15 @@ class DNSFeature:
         path = DNSP_PATH.format(name=name)
         if event_type == "DELETED":
             self.providers.pop(name, None)
-            self.known.pop(path, None)
+            self.status.forget(path)
+            self.loop.forget(f"dnsp/{name}")
             self.intake.pop(f"dnsp/{name}", None)
             client = self.clients.pop(name, None)
             if client is not None:
                 asyncio.get_running_loop().create_task(client.provider.close())
         else:
             self.providers[name] = body
-            self._observe_status(path, body)
+            self.status.observe(path, body)
             signature = (body["metadata"].get("generation"), body["metadata"].get("uid"))
             if self.intake.get(f"dnsp/{name}") == signature:
                 return
@@ -343,12 +299,6 @@ class DNSFeature:
             return
         for ns_key in self.by_ap.get(key, {}):
             self.enqueue(f"ns/{ns_key}")
-
-    def _observe_status(self, path: str, body: dict[str, Any]) -> None:
-        rv = _rv(body)
-        known = self.known.get(path)
-        if known is None or rv >= known[0]:
-            self.known[path] = (rv, dict(body.get("status") or {}))
 
     def _index(self, key: str, target: tuple[str, str] | None) -> None:
         old_ap = self.ap_of.pop(key, None)
@@ -463,6 +413,7 @@ class DNSFeature:
         telemetry.count("dns_reconciles")
         ns_name, name = key.split("/", 1)
         path = NS_PATH.format(ns=ns_name, name=name)
+        self.status.observe(path, body)  # (again: the writer's memory is bounded)
         meta = body["metadata"]
         if meta.get("deletionTimestamp"):
             await self._finalize(key, body, path)
@@ -495,7 +446,7 @@ class DNSFeature:
         elif programmed is not None and programmed.status != "True" and programmed.reason not in HUB_FIXABLE:
             self._retry(f"ns/{key}", cap=120.0)  # conflicts, auth or zone problems: look again, slowly
         else:
-            self._retries.pop(f"ns/{key}", None)
+            self.loop.succeeded(f"ns/{key}")
         self._schedule_grace_expiry(key, ns, status, now)
 
     async def _set_finalizer(self, key: str, path: str, meta: dict[str, Any], present: bool) -> None:
@@ -504,7 +455,7 @@ class DNSFeature:
             self.enqueue_later(f"ns/{key}", 1.0)  # changed meanwhile (409): look again
 
     def _previous(self, path: str) -> NameServiceStatus | None:
-        raw = (self.known.get(path) or (0, {}))[1]
+        raw = self.status.known(path)
         if not raw:
             return None
         try:
@@ -552,7 +503,7 @@ class DNSFeature:
         for t in status.targets:
             if t.reason != "UnreachableInGrace":
                 continue
-            start = parse_time(t.last_seen) or parse_time(t.unreachable_since)
+            start = parse_time_or_none(t.last_seen) or parse_time_or_none(t.unreachable_since)
             if start is not None:
                 due.append(max(0.0, (start + grace - now).total_seconds()))
         if due:
@@ -607,7 +558,7 @@ class DNSFeature:
                     self._retry(f"ns/{key}", cap=30.0)
                     return
         await self._set_finalizer(key, path, meta, False)
-        self._retries.pop(f"ns/{key}", None)
+        self.loop.succeeded(f"ns/{key}")
         with contextlib.suppress(ApiError):
             await self.controller.writer.event(body, "Normal", "Deleted", message)
 
@@ -642,7 +593,8 @@ class DNSFeature:
         if body is None:
             return
         path = DNSP_PATH.format(name=name)
-        raw_prev = (self.known.get(path) or (0, {}))[1]
+        self.status.observe(path, body)
+        raw_prev = self.status.known(path) or {}
         try:
             previous = DNSProviderStatus.model_validate(raw_prev) if raw_prev else DNSProviderStatus()
         except ValidationError:
@@ -684,29 +636,13 @@ class DNSFeature:
         if retry or ready.status != "True":
             self._retry(f"dnsp/{name}", cap=120.0)
         else:
-            self._retries.pop(f"dnsp/{name}", None)
+            self.loop.succeeded(f"dnsp/{name}")
 
     # ---- hub writes ----
 
     async def _write(self, path: str, kind: str, name: str, namespace: str | None, status: dict[str, Any]) -> bool:
         """Apply `status` unless it is the newest status known for `path`; True when written."""
-        known = self.known.get(path)
-        if known is not None and known[1] == status:
-            return False
-        meta: dict[str, Any] = {"name": name}
-        if namespace:
-            meta["namespace"] = namespace
-        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "status": status}
-        shards.check()
-        try:
-            resp = await self.hub.apply(path, body, field_manager=STATUS_MANAGER, subresource="status")
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
-        self.known[path] = (_rv(resp), status)
-        telemetry.count("hub_writes", kind="status")
-        return True
+        return await self.status.write(path, kind, name, namespace, status) is not None
 
 
 # ---- the feature module interface (federation/operator.py FEATURES) ----
@@ -748,7 +684,6 @@ async def install(controller: Controller) -> None:
     controller.status_contributors.append(feature.contribute)
     controller.status_listeners.append(feature.listen)
     controller.shard_listeners.append(feature.shards_changed)
-    metrics.callbacks.queues["dns"] = lambda: len(feature.queue._queued)
     await feature.start()
     # Stopped with the controller (Controller.stop cancels its tasks).
     controller._tasks.extend(feature._tasks)

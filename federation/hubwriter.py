@@ -1,8 +1,14 @@
 """Writes to the hub: status (server-side apply, only when changed), finalizers, Events.
 
-Owns the "write once, only on change" rule for hub objects: a status equal to the last one seen
-or written costs no request. Field manager `meshfed-status` for status, `meshfed-federation` for
-finalizers.
+Owns the one hub status writer (`StatusWriter`) that every feature uses (AccessPoints,
+MemberClusters, NameServices, DNSProviders, Certificates, CertificateIssuers, RolloutApprovals,
+PlacementPolicies) and the "write once, only on change" rule for hub objects: per object it
+remembers the newest status known — seen in an event (`observe`, the object with its
+resourceVersion) or returned by its own write — and a status equal to it costs no request. The
+memory is bounded: an entry goes when its object is deleted (`forget`), and past `limit` entries the
+least recently used goes (the next write of that object then compares with what its caller saw).
+Field manager `meshfed-status` for status (one per component: `meshfed sds` applies its own status
+fields under its own), `meshfed-federation` for finalizers.
 
 Events are recorded the way client-go's EventRecorder does it: `event()` only queues, and a
 background task posts them in order, so a reconcile never waits on an Event (they are best-effort:
@@ -12,6 +18,8 @@ their order on the hub (a rollout's WaveStarted events read in sequence).
 Fencing (federation.shards): a status or finalizer write is refused (`Fenced`) unless the Lease of
 the work it belongs to is valid; an Event remembers that Lease when it is queued and is dropped
 when the Lease is no longer valid by the time it would be posted.
+
+Imports accesspoint.meta and federation's shards, telemetry and kube.
 """
 
 from __future__ import annotations
@@ -19,25 +27,107 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections import OrderedDict
+from collections.abc import Collection, Mapping
 from typing import Any
 
-from accesspoint.meta import API_VERSION
+from accesspoint.meta import API_VERSION, rfc3339
 from federation import shards, telemetry
 from federation.kube import ApiError, KubeClient
 
 log = logging.getLogger("meshfed.hub")
 FINALIZER = "meshfed.io/cleanup"
 STATUS_MANAGER = "meshfed-status"
+STATUS_CACHE_LIMIT = 50_000  # objects whose newest status is remembered (~1 KiB each)
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(dt.datetime.now(dt.UTC))
+
+
+def resource_version(body: Mapping[str, Any] | None) -> int:
+    """An object's resourceVersion as a number (0 when absent or not a number)."""
+    try:
+        return int(((body or {}).get("metadata") or {}).get("resourceVersion", "0"))
+    except (TypeError, ValueError):
+        return 0
+
+
+class StatusWriter:
+    """Status of hub objects, applied (server-side apply on the status subresource, one field manager)
+    only when it differs from the newest status known for the object."""
+
+    def __init__(self, hub: KubeClient, field_manager: str = STATUS_MANAGER, *,
+                 limit: int = STATUS_CACHE_LIMIT) -> None:
+        self.hub = hub
+        self.field_manager = field_manager
+        self.limit = limit
+        # path -> (resourceVersion, status) of the newest status known (an event or our own write).
+        self._known: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def observe(self, path: str, body: Mapping[str, Any]) -> None:
+        """The object at `path` as seen (an event, a list): remembered unless older than what is known."""
+        rv = resource_version(body)
+        known = self._known.get(path)
+        if known is None or rv >= known[0]:
+            self._remember(path, rv, dict(body.get("status") or {}))
+
+    def known(self, path: str) -> dict[str, Any] | None:
+        """The newest status known for `path` (None: nothing known)."""
+        entry = self._known.get(path)
+        return entry[1] if entry is not None else None
+
+    def forget(self, path: str) -> None:
+        """The object is gone: nothing of it is kept."""
+        self._known.pop(path, None)
+
+    async def write(self, path: str, kind: str, name: str, namespace: str | None, status: Mapping[str, Any], *,
+                    seen: Mapping[str, Any] | None = None, foreign: Collection[str] = ()) -> dict[str, Any] | None:
+        """Apply `status` to the object at `path` unless the newest status known (`seen`, the object
+        as the caller last saw it, counts when it is newer) already carries it; fields in `foreign`
+        belong to another field manager and are neither applied nor compared. Returns the object
+        the API server answered, None when nothing was written (unchanged, or the object is gone)."""
+        if seen is not None:
+            self.observe(path, seen)
+        mine = {k: v for k, v in status.items() if k not in foreign}
+        known = self.known(path)
+        if known is not None and {k: v for k, v in known.items() if k not in foreign} == mine:
+            self._known.move_to_end(path)
+            return None
+        meta: dict[str, Any] = {"name": name}
+        if namespace:
+            meta["namespace"] = namespace
+        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "status": mine}
+        shards.check()
+        try:
+            result = await self.hub.apply(path, body, field_manager=self.field_manager, subresource="status")
+        except ApiError as err:
+            if err.status == 404:
+                self.forget(path)
+                return None
+            raise
+        telemetry.count("hub_writes", kind="status")
+        # The answer is the object after the write (with other managers' fields); a bare answer
+        # (no status) leaves what was applied, over the foreign fields known.
+        answered = result.get("status") if result else None
+        self._remember(path, resource_version(result), dict(answered) if isinstance(answered, dict) else
+                       {**{k: v for k, v in (known or {}).items() if k in foreign}, **mine})
+        return result
+
+    def _remember(self, path: str, rv: int, status: dict[str, Any]) -> None:
+        self._known[path] = (rv, status)
+        self._known.move_to_end(path)
+        while len(self._known) > self.limit:
+            self._known.popitem(last=False)
 
 
 class HubWriter:
     def __init__(self, hub: KubeClient, *, event_queue: int = 2000, event_senders: int = 1) -> None:
         self.hub = hub
-        self.written: dict[str, dict[str, Any]] = {}
+        self.status = StatusWriter(hub)
         self._event_queue_size = event_queue
         self._event_senders = event_senders
         self._events: asyncio.Queue[tuple[dict[str, Any], tuple[shards.Validity, str] | None]] | None = None
@@ -45,24 +135,9 @@ class HubWriter:
         self.events_dropped = 0
 
     async def write_status(self, path: str, kind: str, name: str, namespace: str | None,
-                           status: dict[str, Any], current: dict[str, Any] | None) -> bool:
-        """Apply `status` unless the object already carries it; True when a write happened."""
-        if status == (current or {}) or (self.written.get(path) == status and current is None):
-            return False
-        meta: dict[str, Any] = {"name": name}
-        if namespace:
-            meta["namespace"] = namespace
-        body = {"apiVersion": API_VERSION, "kind": kind, "metadata": meta, "status": status}
-        shards.check()
-        try:
-            await self.hub.apply(path, body, field_manager=STATUS_MANAGER, subresource="status")
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
-        self.written[path] = status
-        telemetry.count("hub_writes", kind="status")
-        return True
+                           status: dict[str, Any], seen: Mapping[str, Any] | None) -> bool:
+        """StatusWriter.write for callers that only need to know whether a write happened."""
+        return await self.status.write(path, kind, name, namespace, status, seen=seen) is not None
 
     async def set_finalizer(self, path: str, meta: dict[str, Any], present: bool) -> bool:
         finalizers = list(meta.get("finalizers") or [])

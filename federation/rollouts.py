@@ -61,7 +61,7 @@ from accesspoint.rollout import (
 )
 from federation import shards
 from federation.controller import Controller
-from federation.hubwriter import STATUS_MANAGER
+from federation.hubwriter import resource_version
 from federation.kube import ApiError, KubeClient
 from federation.members import Member
 from federation.rollout_health import RolloutHealth
@@ -163,7 +163,6 @@ class Rollouts:
         self.seen: dict[str, dict[str, ClusterObservation]] = {}
         self.approvals: dict[tuple[str, str], dict[str, Any]] = {}  # (namespace, name) -> body
         self.created: set[tuple[str, str]] = set()
-        self.verdicts: dict[tuple[str, str], tuple[str, str]] = {}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.locks: dict[str, asyncio.Lock] = {}
         # Several replicas: when the preload's list started, and when each held shard was acquired.
@@ -210,10 +209,10 @@ class Rollouts:
         if event_type == "DELETED":
             self.approvals.pop(key, None)
             self.created.discard(key)
-            self.verdicts.pop(key, None)
+            self.controller.writer.status.forget(f"{APPROVALS.format(ns=key[0])}/{key[1]}")
         else:
             old = self.approvals.get(key)
-            if old is not None and _rv(old) > _rv(body):
+            if old is not None and resource_version(old) > resource_version(body):
                 return
             self.approvals[key] = body
         ap_name = (body.get("spec") or {}).get("accessPoint")
@@ -403,7 +402,7 @@ class Rollouts:
                 approval = self.approvals.get(akey)
                 if approval is None or (approval.get("spec") or {}).get("accessPoint") == key.split("/", 1)[1]:
                     self.created.discard(akey)
-                    self.verdicts.pop(akey, None)
+                    self.controller.writer.status.forget(f"{APPROVALS.format(ns=akey[0])}/{akey[1]}")
 
     async def _reload(self) -> None:
         try:
@@ -427,21 +426,10 @@ class Rollouts:
             body = self.approvals.get(key)
             if body is None:
                 continue
-            current = body.get("status") or {}
-            wanted = (verdict.phase, verdict.message)
-            if (current.get("phase"), current.get("message")) == wanted or self.verdicts.get(key) == wanted:
-                continue
-            patch = {"apiVersion": "meshfed.io/v1alpha1", "kind": "RolloutApproval",
-                     "metadata": {"name": verdict.name, "namespace": ap.namespace},
-                     "status": {"phase": verdict.phase, "message": verdict.message}}
-            shards.check()
-            try:
-                await self.hub.apply(f"{APPROVALS.format(ns=ap.namespace)}/{verdict.name}", patch,
-                                     field_manager=STATUS_MANAGER, subresource="status")
-                self.verdicts[key] = wanted
-            except ApiError as err:
-                if err.status != 404:
-                    raise
+            await self.controller.writer.status.write(
+                f"{APPROVALS.format(ns=ap.namespace)}/{verdict.name}", "RolloutApproval", verdict.name, ap.namespace,
+                {"phase": verdict.phase, "message": verdict.message}, seen=body,
+                foreign=("conditions",))  # the verdict is phase + message; conditions are not ours
         body = self.controller.accesspoints.get(f"{ap.namespace}/{ap.name}")
         if body is not None:
             for ev in actions.events:
@@ -484,13 +472,6 @@ class Rollouts:
         mine = set_condition(before, rollout_condition(stored, ap.generation), now)
         conditions = [c for c in status.conditions if c.type != ROLLOUT_CONDITION] + mine
         return status.model_copy(update={"rollout": stored, "conditions": conditions, "clusters": clusters})
-
-
-def _rv(body: dict[str, Any]) -> int:
-    try:
-        return int((body.get("metadata") or {}).get("resourceVersion", "0"))
-    except ValueError:
-        return 0
 
 
 def _owner_ref(ap: AccessPoint) -> dict[str, Any]:

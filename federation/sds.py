@@ -57,7 +57,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accesspoint.meta import API_VERSION
+from accesspoint.meta import API_VERSION, rfc3339
 from certs.delivery import CERTIFICATE_LABEL
 from certs.issuers import CertBundle
 from certs.models import SDS_STATUS_FIELDS, CertificateDelivery, EnvoySdsStatus, SdsRefusal, SdsServing
@@ -101,10 +101,6 @@ def granted_identities(cert: Mapping[str, Any], cluster_identity: str = CLUSTER_
         return frozenset(delivery.sds_clients)
     clusters = ((cert.get("status") or {}).get("clusters")) or []
     return frozenset(cluster_identity.format(cluster=c["name"]) for c in clusters if c.get("name"))
-
-
-def rfc3339(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- pure: the status fragment meshfed sds owns ----

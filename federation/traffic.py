@@ -186,7 +186,6 @@ class TrafficFeature:
     def __init__(self, controller: Controller) -> None:
         self.controller = controller
         self.policies: dict[str, dict[str, Any]] = {}
-        self._written: dict[str, dict[str, Any]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -319,7 +318,7 @@ class TrafficFeature:
         key = f"{meta['namespace']}/{meta['name']}"
         if event_type == "DELETED":
             self.policies.pop(key, None)
-            self._written.pop(PP_PATH.format(ns=meta["namespace"], name=meta["name"]), None)
+            self.controller.writer.status.forget(PP_PATH.format(ns=meta["namespace"], name=meta["name"]))
             return
         self.policies[key] = body
         self.poke()
@@ -356,17 +355,13 @@ class TrafficFeature:
                 continue
             ns, name = key.split("/", 1)
             path = PP_PATH.format(ns=ns, name=name)
-            if wire == self._written.get(path) or wire == (body.get("status") or {}):
-                continue
             sh = self.controller.shards
             lease = sh.shard_key(ns, name) if sh is not None else None
             if not self.controller.holds(lease):
                 continue  # the holder of its shard writes it
             try:
                 with shards.working_on(sh, lease):
-                    if await self.controller.writer.write_status(path, "PlacementPolicy", name, ns, wire,
-                                                                 body.get("status")):
-                        self._written[path] = wire
+                    await self.controller.writer.write_status(path, "PlacementPolicy", name, ns, wire, body)
             except shards.Fenced:
                 continue
             except ApiError as err:

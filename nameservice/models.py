@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
+from accesspoint.meta import AGE, AccessPointRef, ApiModel, Condition, CRDInfo, PrinterColumn, Resource, SecretKeyRef
 
 # One DNS label (RFC 1123, lowercase), and a name of 1..127 labels without the trailing dot.
 DNS_NAME_PATTERN = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*\.?$"
@@ -25,20 +25,6 @@ MAX_TTL = 86400
 RecordType = Literal["A", "AAAA", "CNAME"]
 RoutingPolicy = Literal["All", "PrimaryRegionFailover"]
 TSIGAlgorithm = Literal["hmac-sha256", "hmac-sha384", "hmac-sha512", "hmac-sha224", "hmac-sha1", "hmac-md5"]
-
-
-class SecretKeyRef(ApiModel):
-    """A key of a Secret on the hub."""
-
-    name: str = Field(min_length=1)
-    namespace: str = Field(default="meshfed-system", min_length=1)
-    key: str = Field(min_length=1)
-
-
-class AccessPointRef(ApiModel):
-    """An AccessPoint in the NameService's namespace: its ready gateway VIPs are the targets."""
-
-    name: str = Field(min_length=1, max_length=253)
 
 
 _TARGET_RULES: dict[str, Any] = {
@@ -57,7 +43,10 @@ class NameServiceTarget(ApiModel):
 
     model_config = ConfigDict(**ApiModel.model_config, json_schema_extra=_TARGET_RULES)
 
-    access_point_ref: AccessPointRef | None = Field(default=None, alias="accessPointRef")
+    access_point_ref: AccessPointRef | None = Field(
+        default=None, alias="accessPointRef",
+        description="An AccessPoint in the NameService's namespace: its ready gateway VIPs are the targets.",
+    )
     addresses: list[str] = Field(
         default_factory=list, max_length=64, description="Explicit IPv4/IPv6 addresses"
     )

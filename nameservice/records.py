@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from accesspoint.meta import parse_time_or_none
 from nameservice.models import NameService, NameServiceStatus, TargetStatus
 
 OWNER_PREFIX = "_meshfed-owner"
@@ -171,16 +172,6 @@ def _iso(t: datetime) -> str:
     return t.isoformat().replace("+00:00", "Z")
 
 
-def parse_time(s: str | None) -> datetime | None:
-    """An RFC 3339 time from status, or None when absent or unreadable."""
-    if not s:
-        return None
-    try:
-        return datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def _family_ok(rtype: str, value: str) -> bool:
     try:
         addr = ipaddress.ip_address(value)
@@ -195,7 +186,7 @@ def _cluster_target(
     prev_addr = prev.address if prev else None
     # lastSeen is recorded only while the cluster is not reachable (stable status, no churn).
     last_seen = (
-        None if fact.reachable is True else (fact.last_seen or parse_time(prev.last_seen if prev else None))
+        None if fact.reachable is True else (fact.last_seen or parse_time_or_none(prev.last_seen if prev else None))
     )
     base = TargetStatus(
         cluster=fact.cluster,
@@ -225,7 +216,7 @@ def _cluster_target(
             update={"included": False, "reason": "ReachabilityUnknown", "message": "not probed yet"}
         )
     # Unreachable: keep the VIP for the grace period, counted from when it was last seen.
-    since = parse_time(prev.unreachable_since if prev else None) or now
+    since = parse_time_or_none(prev.unreachable_since if prev else None) or now
     start = last_seen or since
     base = base.model_copy(update={"unreachable_since": _iso(since)})
     if not address:

@@ -24,15 +24,16 @@ from accesspoint.meta import (
     LabelSelector,
     PrinterColumn,
     Resource,
+    SecretKeyRef,
 )
 
 REGION_LABEL = "topology.kubernetes.io/region"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
-class SecretKeyRef(ApiModel):
-    name: str = Field(min_length=1)
-    namespace: str = Field(default="meshfed-system", min_length=1)
+class KubeconfigSecretRef(SecretKeyRef):
+    """The key of a hub Secret that holds a member's kubeconfig."""
+
     key: str = Field(default="kubeconfig", min_length=1)
 
 
@@ -141,7 +142,7 @@ class MeshRole(ApiModel):
 
 
 class MemberClusterSpec(ApiModel):
-    kubeconfig_secret_ref: SecretKeyRef = Field(alias="kubeconfigSecretRef")
+    kubeconfig_secret_ref: KubeconfigSecretRef = Field(alias="kubeconfigSecretRef")
     region: str = Field(min_length=1)
     zone: str = Field(min_length=1)
     taints: list[Taint] = Field(default_factory=list)

@@ -6,14 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from accesspoint.meta import format_duration, parse_duration
 from certs.renewal import (
     CurrentCert,
     backoff,
     decide,
     effective_renew_before,
-    format_duration,
     jitter_fraction,
-    parse_duration,
     renewal_time,
 )
 

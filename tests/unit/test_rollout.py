@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from accesspoint.meta import LabelSelector
+from accesspoint.meta import LabelSelector, parse_duration
 from accesspoint.rollout import (
     ApprovalSeen,
     ClusterObservation,
@@ -22,7 +22,6 @@ from accesspoint.rollout import (
     Wave,
     approval_name,
     default_waves,
-    parse_duration,
     probe_url,
     step,
     summary,

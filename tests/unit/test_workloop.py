@@ -1,0 +1,176 @@
+"""federation.workloop.WorkLoop: one pending entry per key, a key enqueued while handled runs again,
+urgent before bulk, one timer per key, backoff, fencing and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import pytest
+
+from federation import metrics, shards
+from federation.workloop import WorkLoop
+
+log = logging.getLogger("test.workloop")
+
+
+class Fence:
+    """Stands in for the Controller's fencing: which Leases are held, and what was put back."""
+
+    def __init__(self, held: bool = True) -> None:
+        self.shards: shards.Shards | None = None
+        self.held = held
+        self.put_back: list[str | None] = []
+
+    def holds(self, lease: str | None) -> bool:
+        return self.held
+
+    def retry_when_renewed(self, lease: str | None, requeue: Callable[[], None]) -> bool:
+        self.put_back.append(lease)
+        requeue()
+        return True
+
+
+def make(handle: Callable[[str], object], fence: Fence | None = None, **kw: bool) -> WorkLoop:
+    async def run(key: str) -> None:
+        result = handle(key)
+        if asyncio.iscoroutine(result):
+            await result
+
+    return WorkLoop("test", run, fencing=fence or Fence(), lease_of=lambda key: f"lease-{key}",
+                    kind_of=lambda key: "testkind", log=log, **kw)
+
+
+def _due_in(loop: WorkLoop, key: str) -> float:
+    return loop._timers[key].when() - asyncio.get_running_loop().time()
+
+
+def _drop_timer(loop: WorkLoop, key: str) -> None:
+    """Cancel the pending timer of `key` (an earlier timer would win over the next retry's)."""
+    loop._timers.pop(key).cancel()
+
+
+async def test_dedups_and_runs_a_key_enqueued_while_active_once_more() -> None:
+    order: list[str] = []
+    gate = asyncio.Event()
+
+    async def handle(key: str) -> None:
+        order.append(key)
+        if len(order) == 1:
+            wl.enqueue("a")  # changed while active: once more after
+            wl.enqueue("a")
+            await gate.wait()
+
+    wl = make(handle)
+    wl.enqueue("a")
+    wl.enqueue("a")
+    wl.enqueue("b")
+    assert wl.pending == 2
+    wl.start(1)
+    await asyncio.sleep(0.05)
+    assert order == ["a"]
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert order == ["a", "b", "a"] and wl.pending == 0
+    await wl.stop()
+
+
+async def test_urgent_keys_go_before_bulk_ones_and_an_urgent_enqueue_moves_a_key_up() -> None:
+    order: list[str] = []
+    wl = make(order.append)
+    for key in ("bulk-1", "bulk-2", "bulk-3"):
+        wl.enqueue(key, urgent=False)
+    wl.enqueue("edit")
+    wl.enqueue("bulk-3")  # an event for a key already waiting as bulk
+    wl.start(1)
+    await asyncio.sleep(0.05)
+    assert order == ["edit", "bulk-3", "bulk-1", "bulk-2"]
+    await wl.stop()
+
+
+async def test_one_timer_per_key_the_earlier_wins_unless_replaced() -> None:
+    wl = make(lambda key: None)
+    wl.enqueue_after("a", 30.0)
+    wl.enqueue_after("a", 60.0)
+    assert 29 < _due_in(wl, "a") <= 30
+    wl.enqueue_after("a", 5.0)
+    assert 4 < _due_in(wl, "a") <= 5
+    wl.enqueue_after("a", 60.0, replace=True)
+    assert 59 < _due_in(wl, "a") <= 60
+    wl.enqueue_after("b", 0.01)
+    await asyncio.sleep(0.05)
+    assert wl.is_queued("b") and "b" not in wl._timers
+    wl.forget("a")
+    assert "a" not in wl._timers
+    await wl.stop()
+
+
+async def test_a_failure_backs_off_doubling_and_a_success_starts_over() -> None:
+    fail = {"x"}
+    runs: list[str] = []
+
+    def handle(key: str) -> None:
+        runs.append(key)
+        if key in fail:
+            raise RuntimeError("boom")
+
+    before = metrics.reconcile_errors.labels(kind="testkind")._value.get()
+    wl = make(handle)
+    wl.start(1)
+    wl.enqueue("x")
+    await asyncio.sleep(0.05)
+    assert 0.9 < _due_in(wl, "x") <= 1.0  # 0.5 s * 2
+    _drop_timer(wl, "x")
+    wl.enqueue("x")
+    await asyncio.sleep(0.05)
+    assert 1.9 < _due_in(wl, "x") <= 2.0  # doubled
+    assert metrics.reconcile_errors.labels(kind="testkind")._value.get() == before + 2
+    _drop_timer(wl, "x")
+    fail.clear()
+    wl.enqueue("x")
+    await asyncio.sleep(0.05)
+    fail.add("x")
+    wl.enqueue("x")
+    await asyncio.sleep(0.05)
+    assert 0.9 < _due_in(wl, "x") <= 1.0
+    assert runs == ["x"] * 4
+    await wl.stop()
+
+
+async def test_without_reset_on_success_the_handler_decides_when_the_backoff_starts_over() -> None:
+    wl = make(lambda key: wl.retry(key, cap=30.0), reset_backoff_on_success=False)
+    wl.start(1)
+    wl.enqueue("k")
+    await asyncio.sleep(0.05)
+    _drop_timer(wl, "k")
+    wl.enqueue("k")
+    await asyncio.sleep(0.05)
+    assert 1.9 < _due_in(wl, "k") <= 2.0
+    await wl.stop()
+
+
+async def test_work_runs_only_under_a_held_lease() -> None:
+    runs: list[str] = []
+    fence = Fence(held=False)
+    wl = make(runs.append, fence)
+    await wl.run_one("a")
+    assert runs == [] and fence.put_back == ["lease-a"] and wl.is_queued("a")
+
+    def fenced(key: str) -> None:
+        runs.append(key)
+        raise shards.Fenced("lease lost")
+
+    fence = Fence(held=True)
+    wl = make(fenced, fence)
+    reconciles = metrics.reconciles.labels(kind="testkind")._value.get()
+    await wl.run_one("b")
+    assert runs == ["b"] and fence.put_back == ["lease-b"] and wl.is_queued("b")
+    assert "b" not in wl._timers  # fencing is not a failure: no backoff
+    assert metrics.reconciles.labels(kind="testkind")._value.get() == reconciles + 1
+
+
+@pytest.fixture(autouse=True)
+def _no_queue_callback_left() -> object:
+    yield
+    metrics.callbacks.queues.pop("test", None)
