@@ -6,9 +6,9 @@ private key: keys live in Secrets that these models only reference by name.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from accesspoint.meta import AGE, ApiModel, Condition, CRDInfo, PrinterColumn, Resource
 
@@ -54,8 +54,9 @@ class Http01Solver(ApiModel):
 class Dns01Solver(ApiModel):
     """DNS-01: `_acme-challenge` TXT records published through a DNSProvider (nameservice)."""
 
-    provider_ref: str = Field(alias="providerRef", min_length=1, description="name of a DNSProvider")
-    provider_namespace: str | None = Field(default=None, alias="providerNamespace")
+    provider_ref: str = Field(
+        alias="providerRef", min_length=1, description="name of a DNSProvider (cluster-scoped)"
+    )
 
 
 class AcmeSolver(ApiModel):
@@ -67,7 +68,9 @@ class AcmeIssuer(ApiModel):
     server: str = Field(min_length=1, pattern=r"^https://", description="ACME directory URL")
     email: str | None = None
     account_key_secret_ref: SecretRef = Field(
-        alias="accountKeySecretRef", description="PEM account key; generated and stored if absent"
+        alias="accountKeySecretRef",
+        description="PEM account key (data key `key`, default tls.key); when the Secret or the key is "
+        "absent, an ECDSA P-256 key is generated and the Secret created holding it",
     )
     external_account_binding: ExternalAccountBinding | None = Field(
         default=None, alias="externalAccountBinding"
@@ -138,12 +141,43 @@ class AccessPointRef(ApiModel):
     name: str = Field(min_length=1)
 
 
+# The key sizes issuance supports (certs.issuers.new_private_key): ECDSA P-256 or P-384, RSA 2048..4096.
+ECDSA_SIZES = (256, 384)
+RSA_SIZES = (2048, 4096)
+_KEY_SIZE_RULES: dict[str, Any] = {
+    "x-kubernetes-validations": [
+        {
+            "rule": "!has(self.size) || (has(self.algorithm) && self.algorithm == 'RSA' ? "
+            f"(self.size >= {RSA_SIZES[0]} && self.size <= {RSA_SIZES[1]}) : "
+            f"(self.size == {ECDSA_SIZES[0]} || self.size == {ECDSA_SIZES[1]}))",
+            "fieldPath": ".size",
+            "reason": "FieldValueInvalid",
+            "message": "size must be 256 or 384 for ECDSA, 2048 to 4096 for RSA",
+        }
+    ]
+}
+
+
 class PrivateKeySpec(ApiModel):
+    model_config = ConfigDict(**ApiModel.model_config, json_schema_extra=_KEY_SIZE_RULES)
+
     algorithm: Literal["ECDSA", "RSA"] = "ECDSA"
-    size: int | None = Field(default=None, description="ECDSA: 256 or 384; RSA: 2048..4096")
+    size: int | None = Field(
+        default=None, description="ECDSA: 256 (default) or 384; RSA: 2048 (default) to 4096"
+    )
     rotation_policy: Literal["Always", "Never"] = Field(
         default="Always", alias="rotationPolicy", description="Always: a new key for every certificate"
     )
+
+    @model_validator(mode="after")
+    def _size_fits_algorithm(self) -> PrivateKeySpec:
+        if self.size is None:
+            return self
+        if self.algorithm == "RSA" and not RSA_SIZES[0] <= self.size <= RSA_SIZES[1]:
+            raise ValueError(f"privateKey.size: RSA keys are {RSA_SIZES[0]} to {RSA_SIZES[1]} bits, not {self.size}")
+        if self.algorithm == "ECDSA" and self.size not in ECDSA_SIZES:
+            raise ValueError(f"privateKey.size: ECDSA keys are 256 or 384 bits, not {self.size}")
+        return self
 
 
 class CertificateSpec(ApiModel):

@@ -76,7 +76,7 @@ from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.ownership import HUB, MANAGED_BY, Owner
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, render
 from accesspoint.tenancy import Problem
-from certs.acme_issuer import Http01Responder
+from certs.acme_issuer import AcmeIssuer, Http01Responder
 from certs.ca import InternalCA
 from certs.checks import disallowed_hosts, load_chain, san_names
 from certs.delivery import (
@@ -102,6 +102,7 @@ from certs.models import (
     IssuerRef,
     SecretRef,
 )
+from certs.renewal import backoff
 from federation import dns as dns_feature
 from federation import metrics, shards, telemetry, tenancy
 from federation.controller import Controller
@@ -278,6 +279,7 @@ class Certificates:
         self._secret_refs: dict[tuple[str, str], set[str]] = {}
         self._secret_watches: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._dns_providers: dict[str, tuple[Any, Any]] = {}  # name -> (generation, uid)
+        self._issuer_failures: dict[str, int] = {}  # issuer name -> consecutive failed builds
 
     # ---- intake ----
 
@@ -729,6 +731,24 @@ class Certificates:
             raise IssuanceError("SecretUnreadable", f"cannot read Secret {ref.namespace}/{ref.name}: "
                                 f"{err.status} {err.reason}") from None
 
+    async def _create_secret(self, ref: SecretRef, data: Mapping[str, bytes]) -> Mapping[str, bytes]:
+        """Create the hub Secret `ref` holding `data` (an ACME account key meshfed generated); when it
+        appeared meanwhile (409), what it holds now. Labelled as meshfed's; never overwrites."""
+        shards.check()
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": ref.name, "namespace": ref.namespace,
+                             "labels": {MANAGED_BY: "meshfed", HUB: self.hub_id}},
+                "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+        try:
+            created = await self.hub.create(SECRETS.format(ns=ref.namespace), body, field_manager=FIELD_MANAGER)
+        except ApiError as err:
+            if err.status == 409:
+                return await self._read_secret(ref) or {}
+            raise IssuanceError("SecretUnwritable", f"cannot create Secret {ref.namespace}/{ref.name}: "
+                                f"{err.status} {err.reason}") from None
+        log.info("created hub Secret %s/%s with a new ACME account key", ref.namespace, ref.name)
+        return _decode(created) or dict(data)
+
     async def _http01(self, port: int) -> Http01Responder:
         responder = self.http01.get(port)
         if responder is None:
@@ -784,20 +804,34 @@ class Certificates:
                 if dns is not None and provider in dns.providers:
                     dns_hooks[provider] = ProviderChallenges(dns, provider,
                                                              RecordOwner(self.hub_id, "acme", resource.name))
-            issuer: Issuer | IssuanceError = await build_issuer(resource, self._read_secret, http01=http01,
-                                                                dns_hooks=dns_hooks, cache=self.issuer_cache)
+            issuer: Issuer | IssuanceError = await build_issuer(
+                resource, self._read_secret, http01=http01, dns_hooks=dns_hooks, cache=self.issuer_cache,
+                create_secret=self._create_secret)
+            if isinstance(issuer, AcmeIssuer):
+                await issuer.register()  # Ready only once the ACME server knows the account
         except IssuanceError as err:
             issuer = err
+            for key in [k for k in self.issuer_cache if k.rsplit("@", 1)[0] == resource.name]:
+                self.issuer_cache.pop(key)  # built again (and registered) on the next attempt
         await self._issuer_status(resource, body, issuer)
         return issuer
 
     async def _issuer_status(self, resource: CertificateIssuer, body: dict[str, Any],
                              issuer: Issuer | IssuanceError) -> None:
         previous = CertificateIssuerStatus.model_validate(body.get("status") or {})
+        name = resource.name
         if isinstance(issuer, IssuanceError):
             ready = Condition(type="Ready", status="False", reason=issuer.reason, message=issuer.message)
+            if issuer.retryable:  # e.g. the ACME server unreachable: look again, backing off
+                failures = self._issuer_failures.get(name, 0) + 1
+                self._issuer_failures[name] = failures
+                self.enqueue_at(f"{ISSUER_KEY}{name}", datetime.now(UTC) + backoff(failures))
         else:
-            ready = Condition(type="Ready", status="True", reason="Ready", message="the issuer can sign")
+            self._issuer_failures.pop(name, None)
+            message = "the issuer can sign"
+            if isinstance(issuer, AcmeIssuer):
+                message = f"account registered at {resource.spec.acme.server if resource.spec.acme else ''}"
+            ready = Condition(type="Ready", status="True", reason="Ready", message=message)
         ready = ready.model_copy(update={"observed_generation": resource.generation})
         ca_not_after = previous.ca_not_after
         if isinstance(issuer, InternalCA):
@@ -808,6 +842,7 @@ class Certificates:
             "type": "CA" if resource.spec.ca is not None else "ACME",
             "ready": ready.status,
             "ca_not_after": ca_not_after,
+            "acme_account_uri": issuer.account_uri if isinstance(issuer, AcmeIssuer) else None,
         })
         wire = status.wire()
         if wire != (body.get("status") or {}):

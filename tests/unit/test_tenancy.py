@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from accesspoint.models import AccessPoint
 from accesspoint.render import render
@@ -331,3 +332,23 @@ def test_first_claim_wins(events: list[Any]) -> None:
             earliest = min((c, n, nm) for n, nm, c, hs in concrete if host in hs)
             expect_refused |= earliest[1] != ns
         assert bool(got[(ns, name)]) == expect_refused, (concrete, got)
+
+
+def test_target_namespace_kinds_are_template_kinds() -> None:
+    """A typo in targetNamespaces[].kinds used to be accepted and then matched nothing (every object of
+    that kind refused, silently): the kinds are the template kinds' enum, in the model and the CRD."""
+    from accesspoint.kinds import TEMPLATE_KIND_NAMES
+    from accesspoint.tenancy import TenancyPolicy
+    from federation.crdgen import crd_manifest
+
+    def policy(kinds: list[str]) -> dict[str, Any]:
+        return {"metadata": {"name": "p"},
+                "spec": {"namespaces": ["pay"], "targetNamespaces": [{"namespace": "edge", "kinds": kinds}]}}
+
+    TenancyPolicy.model_validate(policy(["Gateway", "VirtualService"]))
+    with pytest.raises(ValidationError) as err:
+        TenancyPolicy.model_validate(policy(["Gateway", "Gatway"]))
+    assert err.value.errors()[0]["loc"] == ("spec", "targetNamespaces", 0, "kinds", 1)
+    schema = crd_manifest(TenancyPolicy)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    items = schema["properties"]["spec"]["properties"]["targetNamespaces"]["items"]["properties"]["kinds"]["items"]
+    assert items["enum"] == list(TEMPLATE_KIND_NAMES)
