@@ -14,11 +14,11 @@ Gateway of that AccessPoint may. Checked on the template (`template_problems`, n
 
 **Host ownership.** A *claim* is a host of a hub object: Gateway server hosts, VirtualService and
 ServiceEntry hosts, Gateway API hostnames (AccessPoint templates and the hosts their overrides set),
-a NameService's FQDN, a Certificate's hosts. Claims are compared as patterns, on the template: the
-per-AccessPoint variables `${namespace}` / `${name}` are substituted, while `${cluster}`, `${zone}`
-and `${region}` stand for any text (so ownership never depends on the fleet: adding a region cannot
-move a host), as does Istio's leading `*` wildcard. Two claims collide when some host matches both.
-A claim by namespace N is refused (`HostConflict`) when:
+a NameService's FQDN, a Certificate's hosts (once an AccessPoint of its name exists). Claims are
+compared as patterns, on the template: the per-AccessPoint variables `${namespace}` / `${name}` are
+substituted, while `${cluster}`, `${zone}` and `${region}` stand for any text (so ownership never
+depends on the fleet: adding a region cannot move a host), as does Istio's leading `*` wildcard. Two
+claims collide when some host matches both. A claim by namespace N is refused (`HostConflict`) when:
 
 1. a TenancyPolicy assigns the host to other namespaces (`spec.domains`: `shop.example.com` exactly,
    `*.shop.example.com` every name below it, `*` everything; the most specific assignment covering

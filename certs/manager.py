@@ -33,7 +33,6 @@ from certs.acme_issuer import (
     Dns01Hook,
     Dns01Solver,
     ExternalAccount,
-    Http01Responder,
     new_account_key_pem,
 )
 from certs.ca import InternalCA
@@ -154,9 +153,15 @@ async def build_issuer(
                     "DNSProviderMissing", f"DNSProvider {acme.solver.dns01.provider_ref} not found"
                 )
             solver = Dns01Solver(hook)
-        else:
-            port = acme.solver.http01.port if acme.solver.http01 else 80
-            solver = http01 or Http01Responder(port=port)
+        elif http01 is not None:  # a library caller's own HTTP-01 solver (tests, benchmarks)
+            solver = http01
+        else:  # an object stored before the API server refused http01 (the hub controller offers none)
+            raise IssuanceError(
+                "Http01Unsupported",
+                "spec.acme.solver.http01 is not offered (no route to the controller's responder): "
+                "use spec.acme.solver.dns01 with a DNSProvider",
+                retryable=False,
+            )
         issuer = AcmeIssuer(
             acme.server,
             key_pem,

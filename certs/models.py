@@ -45,8 +45,11 @@ class ExternalAccountBinding(ApiModel):
 
 
 class Http01Solver(ApiModel):
-    """HTTP-01: meshfed serves /.well-known/acme-challenge/<token> with its built-in responder
-    (reachable on `port` for every host of the order, e.g. through the gateway)."""
+    """HTTP-01 is not offered (the API server refuses it; an object stored before is reported not Ready,
+    Http01Unsupported). Kept in the schema only so that refusal can name it: the controller runs as a
+    non-root user without capabilities (no port 80), no Service routes /.well-known/acme-challenge to it,
+    and with several replicas the one answering a validation need not be the one holding the token.
+    Use dns01."""
 
     port: int = Field(default=80, ge=1, le=65535)
 
@@ -60,7 +63,7 @@ class Dns01Solver(ApiModel):
 
 
 class AcmeSolver(ApiModel):
-    http01: Http01Solver | None = None
+    http01: Http01Solver | None = Field(default=None, description="not offered: refused, use dns01")
     dns01: Dns01Solver | None = None
 
 
@@ -119,9 +122,15 @@ class CertificateIssuer(Resource):
                 "message": "exactly one of spec.ca and spec.acme must be set",
             },
             {
-                "rule": "!has(self.spec.acme) || "
-                "(has(self.spec.acme.solver.http01) != has(self.spec.acme.solver.dns01))",
-                "message": "spec.acme.solver needs exactly one of http01 and dns01",
+                "rule": "!has(self.spec.acme) || !has(self.spec.acme.solver.http01)",
+                "fieldPath": ".spec.acme.solver.http01",
+                "message": "HTTP-01 is not offered (no route to the controller's responder): use "
+                "spec.acme.solver.dns01 with a DNSProvider",
+            },
+            {
+                "rule": "!has(self.spec.acme) || has(self.spec.acme.solver.dns01)",
+                "fieldPath": ".spec.acme.solver",
+                "message": "spec.acme.solver needs dns01 (a DNSProvider publishing _acme-challenge records)",
             },
         ),
     )

@@ -76,7 +76,7 @@ from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.ownership import HUB, MANAGED_BY, Owner
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, render
 from accesspoint.tenancy import Problem
-from certs.acme_issuer import AcmeIssuer, Http01Responder
+from certs.acme_issuer import AcmeIssuer
 from certs.ca import InternalCA
 from certs.checks import disallowed_hosts, load_chain, san_names
 from certs.delivery import (
@@ -128,6 +128,7 @@ CERT_NAMESPACE_LABEL = "meshfed.io/certificate-namespace"
 STORE_NAMESPACE = "meshfed-system"
 FIELD_MANAGER = "meshfed-certificates"
 WARMUP_SECONDS = 30.0
+ACCESSPOINT_MISSING = "AccessPointMissing"
 ISSUER_KEY = "issuer:"  # work-queue key prefix of a CertificateIssuer (':' is never in a namespace)
 
 
@@ -267,7 +268,6 @@ class Certificates:
         self.placed: dict[str, tuple[str, ...]] = {}  # AccessPoint key -> clusters placed at its last reconcile
         self.cluster_errors: dict[str, dict[str, str]] = {}
         self.issuer_cache: dict[str, Issuer] = {}
-        self.http01: dict[int, Http01Responder] = {}
         self.queue = KeyedQueue()
         self._retries: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -481,8 +481,6 @@ class Certificates:
         for task in self._secret_watches.values():
             task.cancel()
         self._secret_watches.clear()
-        for responder in self.http01.values():
-            await responder.stop()
 
     async def _worker(self) -> None:
         while True:
@@ -593,6 +591,8 @@ class Certificates:
         if derived.certificate is None:
             if key in self.certs and self._ours(self.certs[key], ap):
                 await self._forget(key)
+            elif key in self.certs:
+                self.enqueue(key)  # one made by hand: its AccessPoint exists now (AccessPointMissing clears)
             return EMPTY_CONTEXT
         await self._ensure_certificate(ap, derived.certificate)
         await self.ensure_loaded(key)
@@ -749,16 +749,6 @@ class Certificates:
         log.info("created hub Secret %s/%s with a new ACME account key", ref.namespace, ref.name)
         return _decode(created) or dict(data)
 
-    async def _http01(self, port: int) -> Http01Responder:
-        responder = self.http01.get(port)
-        if responder is None:
-            try:
-                responder = await Http01Responder("0.0.0.0", port).start()
-            except OSError as exc:
-                raise IssuanceError("Http01ResponderFailed", f"cannot listen on port {port}: {exc}") from None
-            self.http01[port] = responder
-        return responder
-
     async def issuer_for(self, cert: Certificate) -> Issuer | IssuanceError:
         name = cert.spec.issuer_ref.name
         body = self.issuers.get(name)
@@ -793,11 +783,8 @@ class Certificates:
 
     async def _build(self, resource: CertificateIssuer, body: dict[str, Any]) -> Issuer | IssuanceError:
         try:
-            http01 = None
             dns_hooks: dict[str, ProviderChallenges] = {}
             acme = resource.spec.acme
-            if acme is not None and acme.solver.http01 is not None:
-                http01 = await self._http01(acme.solver.http01.port)
             if acme is not None and acme.solver.dns01 is not None:
                 provider = acme.solver.dns01.provider_ref
                 dns = dns_feature.feature_of(self.ctl)
@@ -805,7 +792,7 @@ class Certificates:
                     dns_hooks[provider] = ProviderChallenges(dns, provider,
                                                              RecordOwner(self.hub_id, "acme", resource.name))
             issuer: Issuer | IssuanceError = await build_issuer(
-                resource, self._read_secret, http01=http01, dns_hooks=dns_hooks, cache=self.issuer_cache,
+                resource, self._read_secret, dns_hooks=dns_hooks, cache=self.issuer_cache,
                 create_secret=self._create_secret)
             if isinstance(issuer, AcmeIssuer):
                 await issuer.register()  # Ready only once the ACME server knows the account
@@ -891,6 +878,15 @@ class Certificates:
             if ((body.get("metadata") or {}).get("labels") or {}).get(HUB) == self.hub_id:
                 log.info("certificate %s: its AccessPoint is gone; deleting it", key)
                 await self._forget(key)
+                return
+            # Made by hand: a Certificate is issued and delivered for the AccessPoint of its name (its
+            # Gateways say where the Secret goes). Until that exists: say so, issue nothing, claim no host
+            # (federation/tenancy.py).
+            cert = Certificate.model_validate(body)
+            await self._refuse(ns, name, body, cert, [Problem(
+                f"no AccessPoint {ns}/{name}: a Certificate is issued and delivered for the AccessPoint of the "
+                "same name (its Gateways' TLS hosts); create that AccessPoint, or delete this Certificate",
+                ACCESSPOINT_MISSING)])
             return
         await self.ensure_loaded(key)
         body = self.certs.get(key)
@@ -966,8 +962,9 @@ class Certificates:
 
     async def _refuse(self, ns: str, name: str, body: dict[str, Any], cert: Certificate,
                       problems: Sequence[Problem]) -> None:
-        """A Certificate claiming a host another namespace owns: Issued/Ready False with the reason
-        (HostConflict), lastFailure, one Warning Event per distinct refusal; no issuance, no delivery."""
+        """A Certificate that cannot be used: claiming a host another namespace owns (HostConflict), or
+        made by hand without its AccessPoint (AccessPointMissing). Issued/Ready False with the reason,
+        lastFailure, one Warning Event per distinct refusal; no issuance, no delivery."""
         status = cert.status or CertificateStatus()
         reason, message = problems[0].reason, "; ".join(problems)
         before = status.last_failure

@@ -194,3 +194,55 @@ async def test_the_api_server_refuses_a_kind_that_is_no_template_kind(hub: KubeC
     with pytest.raises(ApiError) as err:
         await hub.create("/apis/meshfed.io/v1alpha1/tenancypolicies", body, field_manager="test")
     assert err.value.status == 422 and "spec.targetNamespaces[0].kinds[0]" in err.value.message, err.value.message
+
+
+async def test_a_certificate_made_by_hand_without_its_accesspoint_says_what_it_needs(
+        hub: KubeClient, feature: Certificates) -> None:
+    """No AccessPoint of its name: Issued/Ready False, reason AccessPointMissing naming what to create,
+    one Warning Event, nothing issued (no serial); a second reconcile writes nothing new."""
+    name = unique("byhand")
+    path = "/apis/meshfed.io/v1alpha1/namespaces/default/certificates"
+    body = await hub.create(path, {"apiVersion": "meshfed.io/v1alpha1", "kind": "Certificate",
+                                   "metadata": {"name": name, "namespace": "default"},
+                                   "spec": {"hosts": ["byhand.example.com"], "issuerRef": {"name": "corp"}}},
+                            field_manager="test")
+    key = f"default/{name}"
+    feature.certs[key] = body
+    await feature.reconcile_certificate(key)
+    got = await hub.get(f"{path}/{name}") or {}
+    status = got.get("status") or {}
+    conds = {c["type"]: c for c in status.get("conditions", [])}
+    for t in ("Issued", "Ready"):
+        assert (conds[t]["status"], conds[t]["reason"]) == ("False", "AccessPointMissing"), status
+    assert f"no AccessPoint default/{name}" in conds["Ready"]["message"] and "serial" not in status
+    async def events() -> list[dict[str, Any]]:
+        items, _ = await hub.list("/api/v1/namespaces/default/events", field_selector=f"involvedObject.name={name}")
+        return items
+
+    assert feature.writer._events is not None
+    await asyncio.wait_for(feature.writer._events.join(), 20)  # Events go out through the writer's queue
+    assert [(e["type"], e["reason"]) for e in await events()] == [("Warning", "AccessPointMissing")]
+    feature.certs[key] = got
+    await feature.reconcile_certificate(key)
+    again = await hub.get(f"{path}/{name}") or {}
+    assert again["metadata"]["resourceVersion"] == got["metadata"]["resourceVersion"]
+    assert feature.writer._events is not None
+    await asyncio.wait_for(feature.writer._events.join(), 20)  # anything queued has been sent
+    assert len(await events()) == 1
+
+
+async def test_http01_is_refused_by_the_api_server_and_an_old_object_is_not_ready(
+        hub: KubeClient, feature: Certificates) -> None:
+    """HTTP-01 is not offered: the API server refuses it naming the field; an issuer stored before
+    (here: read as the controller would) is Ready=False, Http01Unsupported, pointing at dns01."""
+    body = issuer(unique("http"), "https://acme.example/dir", unique("acct"))
+    body["spec"]["acme"]["solver"] = {"http01": {"port": 8089}}
+    with pytest.raises(ApiError) as err:
+        await hub.create(ISSUERS, body, field_manager="test")
+    assert err.value.status == 422 and "spec.acme.solver.http01" in err.value.message, err.value.message
+    assert "dns01" in err.value.message
+    from certs.models import CertificateIssuer
+
+    built = await feature._build(CertificateIssuer.model_validate({**body, "metadata": {
+        "name": body["metadata"]["name"], "generation": 1}}), body)
+    assert getattr(built, "reason", None) == "Http01Unsupported" and "dns01" in getattr(built, "message", "")

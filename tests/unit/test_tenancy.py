@@ -352,3 +352,44 @@ def test_target_namespace_kinds_are_template_kinds() -> None:
     schema = crd_manifest(TenancyPolicy)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     items = schema["properties"]["spec"]["properties"]["targetNamespaces"]["items"]["properties"]["kinds"]["items"]
     assert items["enum"] == list(TEMPLATE_KIND_NAMES)
+
+
+def test_a_certificate_without_its_accesspoint_claims_no_host() -> None:
+    """A Certificate made by hand with no AccessPoint of its name is never issued (AccessPointMissing):
+    its hosts must not refuse another team's AccessPoint (HostConflict). Once its AccessPoint exists it
+    claims them like any other; when that AccessPoint goes, it stops."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from federation.controller import Controller
+    from federation.tenancy import Tenancy
+
+    enqueued: list[tuple[str, str, str]] = []
+    ctl = SimpleNamespace(enqueue_object=lambda *k: enqueued.append(k), accesspoints={})
+    feature = Tenancy(cast(Controller, ctl))
+
+    def gateway_ap(ns: str, name: str, host: str, created: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": ns, "uid": f"{ns}-{name}", "generation": 1,
+                             "creationTimestamp": created},
+                "spec": {"template": [{"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                                       "metadata": {"name": "gw"},
+                                       "spec": {"servers": [{"hosts": [host], "port": {
+                                           "number": 443, "name": "https", "protocol": "HTTPS"}}]}}]}}
+
+    cert = {"metadata": {"name": "mine", "namespace": "early", "uid": "c1", "generation": 1,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"hosts": ["shop.example.com"], "issuerRef": {"name": "corp"}}}
+    feature.on_object("Certificate", "ADDED", cert)
+    late = gateway_ap("late", "shop", "shop.example.com", "2026-02-01T00:00:00Z")
+    feature.on_object("AccessPoint", "ADDED", late)
+    assert feature.validate(AccessPoint.model_validate(late), []) == []
+    assert feature.refusals("Certificate", cert) == []
+
+    # Its AccessPoint appears: the Certificate (the earlier claim) now owns the host.
+    own = gateway_ap("early", "mine", "other.example.com", "2026-03-01T00:00:00Z")
+    feature.on_object("AccessPoint", "ADDED", own)
+    assert any("HostConflict" in p or "shop.example.com" in p
+               for p in feature.validate(AccessPoint.model_validate(late), [])), "the certificate claims again"
+    assert ("AccessPoint", "late", "shop") in enqueued  # the loser is looked at again
+    feature.on_object("AccessPoint", "DELETED", own)
+    assert feature.validate(AccessPoint.model_validate(late), []) == []
