@@ -40,6 +40,7 @@ from fleet.testing import (
     eventually,
     get_status,
     tls_gateway_template,
+    wait_caught_up,
     wait_status,
     write_breakdown,
 )
@@ -391,7 +392,7 @@ async def test_controller_restart_keeps_the_key_and_writes_nothing(
 
     before = await writes()
     controller.restart()
-    await asyncio.sleep(15)  # start, list everything, probe members, reconcile every AccessPoint and Certificate
+    await wait_caught_up(controller, hub)  # every AccessPoint and Certificate reconciled: then count
     assert controller.proc is not None and controller.proc.poll() is None, controller.log_tail()
     after = await writes()
     changed = diff_breakdown(before, after)
