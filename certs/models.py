@@ -72,8 +72,9 @@ class AcmeIssuer(ApiModel):
     email: str | None = None
     account_key_secret_ref: SecretRef = Field(
         alias="accountKeySecretRef",
-        description="PEM account key (data key `key`, default tls.key); when the Secret or the key is "
-        "absent, an ECDSA P-256 key is generated and the Secret created holding it",
+        description="PEM account key (data key `key`, default tls.key). A Secret that does not exist is "
+        "created holding a new ECDSA P-256 key; one that exists without the key is never modified "
+        "(AccountKeyMissing)",
     )
     external_account_binding: ExternalAccountBinding | None = Field(
         default=None, alias="externalAccountBinding"
@@ -192,7 +193,12 @@ class PrivateKeySpec(ApiModel):
 class CertificateSpec(ApiModel):
     hosts: list[Host] = Field(min_length=1, max_length=100)
     issuer_ref: IssuerRef = Field(alias="issuerRef")
-    access_point_ref: AccessPointRef | None = Field(default=None, alias="accessPointRef")
+    access_point_ref: AccessPointRef | None = Field(
+        default=None,
+        alias="accessPointRef",
+        description="set by meshfed: the AccessPoint this Certificate is derived from (always the one of its "
+        "name; without that AccessPoint nothing is issued: AccessPointMissing)",
+    )
     duration: str = Field(default="2160h", pattern=DURATION_PATTERN)
     renew_before: str | None = Field(
         default=None,
