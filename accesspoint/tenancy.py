@@ -14,11 +14,11 @@ Gateway of that AccessPoint may. Checked on the template (`template_problems`, n
 
 **Host ownership.** A *claim* is a host of a hub object: Gateway server hosts, VirtualService and
 ServiceEntry hosts, Gateway API hostnames (AccessPoint templates and the hosts their overrides set),
-a NameService's FQDN, a Certificate's hosts. Claims are compared as patterns, on the template: the
-per-AccessPoint variables `${namespace}` / `${name}` are substituted, while `${cluster}`, `${zone}`
-and `${region}` stand for any text (so ownership never depends on the fleet: adding a region cannot
-move a host), as does Istio's leading `*` wildcard. Two claims collide when some host matches both.
-A claim by namespace N is refused (`HostConflict`) when:
+a NameService's FQDN, a Certificate's hosts (once an AccessPoint of its name exists). Claims are
+compared as patterns, on the template: the per-AccessPoint variables `${namespace}` / `${name}` are
+substituted, while `${cluster}`, `${zone}` and `${region}` stand for any text (so ownership never
+depends on the fleet: adding a region cannot move a host), as does Istio's leading `*` wildcard. Two
+claims collide when some host matches both. A claim by namespace N is refused (`HostConflict`) when:
 
 1. a TenancyPolicy assigns the host to other namespaces (`spec.domains`: `shop.example.com` exactly,
    `*.shop.example.com` every name below it, `*` everything; the most specific assignment covering
@@ -44,7 +44,7 @@ from typing import Any
 from pydantic import Field
 
 from accesspoint.meta import AGE, ApiModel, CRDInfo, PrinterColumn, Resource
-from accesspoint.models import AccessPoint
+from accesspoint.models import AccessPoint, TemplateKind
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DOMAIN_PATTERN = r"^(\*|(\*\.)?[a-zA-Z0-9_]([-a-zA-Z0-9_]*[a-zA-Z0-9])?(\.[a-zA-Z0-9_]([-a-zA-Z0-9_]*[a-zA-Z0-9])?)*)$"
@@ -58,8 +58,9 @@ NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"
 class TargetNamespace(ApiModel):
     namespace: str = Field(min_length=1, max_length=63, pattern=DNS_LABEL,
                            description="A member namespace the AccessPoints of spec.namespaces may write to.")
-    kinds: list[str] = Field(default_factory=list, description=(
-        "Kinds allowed there (e.g. Gateway); empty: every kind. TLS Secrets follow their Gateway."))
+    # The template kinds' enum (accesspoint.models.TemplateKind): a typo is refused by the API server.
+    kinds: list[TemplateKind] = Field(default_factory=list, description=(
+        "Template kinds allowed there (e.g. Gateway); empty: every kind. TLS Secrets follow their Gateway."))
 
 
 class TenancyPolicySpec(ApiModel):

@@ -53,7 +53,8 @@ class VisibilityPolicy(ApiModel):
         alias="gatewayNamespace",
         max_length=63,
         pattern=_NS_PATTERN,
-        description="Namespace of the gateway that serves the AccessPoint (default: the controller's).",
+        description="Member namespace of the gateway that serves the AccessPoint (default: the controller's "
+        "setting, MESHFED_GATEWAY_NAMESPACE when it starts, else istio-system).",
     )
 
 

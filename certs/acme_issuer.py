@@ -305,6 +305,19 @@ class AcmeIssuer:
                 self._account = await _in_thread(self._register)
                 log.info("acme: account %s at %s", self._account.uri, self._url)
 
+    async def register(self) -> str:
+        """Register the account with the ACME server (or find the key's existing account) and return
+        its URI. Raises IssuanceError naming what failed: an unreachable directory, a refused external
+        account binding, a server that wants one."""
+        try:
+            await self._ensure_account()
+        except IssuanceError:
+            raise
+        except Exception as exc:
+            raise _map_error(exc, self._url) from None
+        assert self._account is not None
+        return str(self._account.uri)
+
     async def sign(self, csr_pem: bytes, hosts: Sequence[str], duration: timedelta) -> IssuedChain:
         denied = disallowed_hosts(hosts, self._allowed)
         if denied:

@@ -104,9 +104,15 @@ class Issuer(Protocol):
 
 
 def new_private_key(algorithm: KeyAlgorithm = "ECDSA", size: int | None = None) -> PrivateKey:
+    """A new key: ECDSA P-256 (default) or P-384, RSA 2048 (default) to 4096 bits. Any other size is
+    refused (never silently replaced by a default curve); the CRD schema refuses it first."""
     if algorithm == "ECDSA":
-        curve: ec.EllipticCurve = ec.SECP384R1() if size == 384 else ec.SECP256R1()
-        return ec.generate_private_key(curve)
+        curves: dict[int | None, ec.EllipticCurve] = {None: ec.SECP256R1(), 256: ec.SECP256R1(), 384: ec.SECP384R1()}
+        if size not in curves:
+            raise ValueError(f"unsupported ECDSA key size {size} (256 or 384)")
+        return ec.generate_private_key(curves[size])
+    if size is not None and not 2048 <= size <= 4096:
+        raise ValueError(f"unsupported RSA key size {size} (2048 to 4096)")
     return rsa.generate_private_key(public_exponent=65537, key_size=size or 2048)
 
 
@@ -160,12 +166,15 @@ async def issue_bundle(
     reuse_key_pem: bytes | None = None,
 ) -> CertBundle:
     """Generate a key (new per certificate unless `reuse_key_pem`), a CSR, have `issuer` sign it."""
-    if reuse_key_pem is not None:
-        key = load_key(reuse_key_pem)
-    elif algorithm == "RSA":
-        key = await asyncio.to_thread(new_private_key, algorithm, size)  # RSA keygen takes ~50 ms+
-    else:
-        key = new_private_key(algorithm, size)
+    try:
+        if reuse_key_pem is not None:
+            key = load_key(reuse_key_pem)
+        elif algorithm == "RSA":
+            key = await asyncio.to_thread(new_private_key, algorithm, size)  # RSA keygen takes ~50 ms+
+        else:
+            key = new_private_key(algorithm, size)
+    except ValueError as exc:
+        raise IssuanceError("PrivateKeyInvalid", f"spec.privateKey: {exc}", retryable=False) from None
     csr = make_csr(key, hosts)
     chain = await issuer.sign(csr, hosts, duration)
     return CertBundle(

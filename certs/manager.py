@@ -33,7 +33,7 @@ from certs.acme_issuer import (
     Dns01Hook,
     Dns01Solver,
     ExternalAccount,
-    Http01Responder,
+    new_account_key_pem,
 )
 from certs.ca import InternalCA
 from certs.checks import check_bundle
@@ -53,6 +53,9 @@ from certs.models import (
 from certs.renewal import CurrentCert, Decision, backoff, decide, renewal_time
 
 SecretReader = Callable[[SecretRef], Awaitable[Mapping[str, bytes] | None]]
+# Creates a Secret holding `data` (it did not exist) and returns what the Secret then holds (another
+# writer may have won the race: its data, not ours).
+SecretCreator = Callable[[SecretRef, Mapping[str, bytes]], Awaitable[Mapping[str, bytes]]]
 
 
 # --- derivation -------------------------------------------------------------------------------
@@ -94,9 +97,12 @@ async def build_issuer(
     dns_hooks: Mapping[str, Dns01Hook] | None = None,
     http01: ChallengeSolver | None = None,
     cache: dict[str, Issuer] | None = None,
+    create_secret: SecretCreator | None = None,
 ) -> Issuer:
     """An Issuer for `resource` (cached by name + generation in `cache`). Raises IssuanceError with
-    a reason naming what is missing: CASecretMissing, AccountKeyMissing, DNSProviderMissing..."""
+    a reason naming what is missing: CASecretMissing, AccountKeyMissing, DNSProviderMissing...
+    An ACME account key Secret that does not exist is created with a new key through `create_secret`
+    (without it: AccountKeyMissing); one that exists without the key is not touched (not ours)."""
     key = f"{resource.name}@{resource.generation}"
     if cache is not None and key in cache:
         return cache[key]
@@ -108,11 +114,18 @@ async def build_issuer(
     elif spec.acme is not None:
         acme = spec.acme
         ref = acme.account_key_secret_ref
+        data_key = ref.key or "tls.key"
         account = await read_secret(ref)
-        key_pem = (account or {}).get(ref.key or "tls.key")
+        if account is None and create_secret is not None:
+            account = await create_secret(ref, {data_key: new_account_key_pem()})
+        key_pem = (account or {}).get(data_key)
         if not key_pem:
             raise IssuanceError(
-                "AccountKeyMissing", f"Secret {ref.namespace}/{ref.name} has no {ref.key or 'tls.key'}"
+                "AccountKeyMissing",
+                f"Secret {ref.namespace}/{ref.name} does not exist"
+                if account is None
+                else f"Secret {ref.namespace}/{ref.name} has no {data_key} (meshfed adds no key to a Secret "
+                "it did not create: add it, or name a Secret that does not exist yet to have one generated)",
             )
         eab = None
         if acme.external_account_binding is not None:
@@ -131,9 +144,15 @@ async def build_issuer(
                     "DNSProviderMissing", f"DNSProvider {acme.solver.dns01.provider_ref} not found"
                 )
             solver = Dns01Solver(hook)
-        else:
-            port = acme.solver.http01.port if acme.solver.http01 else 80
-            solver = http01 or Http01Responder(port=port)
+        elif http01 is not None:  # a library caller's own HTTP-01 solver (tests, benchmarks)
+            solver = http01
+        else:  # an object stored before the API server refused http01 (the hub controller offers none)
+            raise IssuanceError(
+                "Http01Unsupported",
+                "spec.acme.solver.http01 is not offered (no route to the controller's responder): "
+                "use spec.acme.solver.dns01 with a DNSProvider",
+                retryable=False,
+            )
         issuer = AcmeIssuer(
             acme.server,
             key_pem,

@@ -6,9 +6,9 @@ private key: keys live in Secrets that these models only reference by name.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from accesspoint.meta import AGE, AccessPointRef, ApiModel, Condition, CRDInfo, Duration, PrinterColumn, Resource
 
@@ -43,8 +43,11 @@ class ExternalAccountBinding(ApiModel):
 
 
 class Http01Solver(ApiModel):
-    """HTTP-01: meshfed serves /.well-known/acme-challenge/<token> with its built-in responder
-    (reachable on `port` for every host of the order, e.g. through the gateway)."""
+    """HTTP-01 is not offered (the API server refuses it; an object stored before is reported not Ready,
+    Http01Unsupported). Kept in the schema only so that refusal can name it: the controller runs as a
+    non-root user without capabilities (no port 80), no Service routes /.well-known/acme-challenge to it,
+    and with several replicas the one answering a validation need not be the one holding the token.
+    Use dns01."""
 
     port: int = Field(default=80, ge=1, le=65535)
 
@@ -52,12 +55,13 @@ class Http01Solver(ApiModel):
 class Dns01Solver(ApiModel):
     """DNS-01: `_acme-challenge` TXT records published through a DNSProvider (nameservice)."""
 
-    provider_ref: str = Field(alias="providerRef", min_length=1, description="name of a DNSProvider")
-    provider_namespace: str | None = Field(default=None, alias="providerNamespace")
+    provider_ref: str = Field(
+        alias="providerRef", min_length=1, description="name of a DNSProvider (cluster-scoped)"
+    )
 
 
 class AcmeSolver(ApiModel):
-    http01: Http01Solver | None = None
+    http01: Http01Solver | None = Field(default=None, description="not offered: refused, use dns01")
     dns01: Dns01Solver | None = None
 
 
@@ -65,7 +69,10 @@ class AcmeIssuer(ApiModel):
     server: str = Field(min_length=1, pattern=r"^https://", description="ACME directory URL")
     email: str | None = None
     account_key_secret_ref: SecretRef = Field(
-        alias="accountKeySecretRef", description="PEM account key; generated and stored if absent"
+        alias="accountKeySecretRef",
+        description="PEM account key (data key `key`, default tls.key). A Secret that does not exist is "
+        "created holding a new ECDSA P-256 key; one that exists without the key is never modified "
+        "(AccountKeyMissing)",
     )
     external_account_binding: ExternalAccountBinding | None = Field(
         default=None, alias="externalAccountBinding"
@@ -114,9 +121,15 @@ class CertificateIssuer(Resource):
                 "message": "exactly one of spec.ca and spec.acme must be set",
             },
             {
-                "rule": "!has(self.spec.acme) || "
-                "(has(self.spec.acme.solver.http01) != has(self.spec.acme.solver.dns01))",
-                "message": "spec.acme.solver needs exactly one of http01 and dns01",
+                "rule": "!has(self.spec.acme) || !has(self.spec.acme.solver.http01)",
+                "fieldPath": ".spec.acme.solver.http01",
+                "message": "HTTP-01 is not offered (no route to the controller's responder): use "
+                "spec.acme.solver.dns01 with a DNSProvider",
+            },
+            {
+                "rule": "!has(self.spec.acme) || has(self.spec.acme.solver.dns01)",
+                "fieldPath": ".spec.acme.solver",
+                "message": "spec.acme.solver needs dns01 (a DNSProvider publishing _acme-challenge records)",
             },
         ),
     )
@@ -132,12 +145,43 @@ class IssuerRef(ApiModel):
     name: str = Field(min_length=1)
 
 
+# The key sizes issuance supports (certs.issuers.new_private_key): ECDSA P-256 or P-384, RSA 2048..4096.
+ECDSA_SIZES = (256, 384)
+RSA_SIZES = (2048, 4096)
+_KEY_SIZE_RULES: dict[str, Any] = {
+    "x-kubernetes-validations": [
+        {
+            "rule": "!has(self.size) || (has(self.algorithm) && self.algorithm == 'RSA' ? "
+            f"(self.size >= {RSA_SIZES[0]} && self.size <= {RSA_SIZES[1]}) : "
+            f"(self.size == {ECDSA_SIZES[0]} || self.size == {ECDSA_SIZES[1]}))",
+            "fieldPath": ".size",
+            "reason": "FieldValueInvalid",
+            "message": "size must be 256 or 384 for ECDSA, 2048 to 4096 for RSA",
+        }
+    ]
+}
+
+
 class PrivateKeySpec(ApiModel):
+    model_config = ConfigDict(**ApiModel.model_config, json_schema_extra=_KEY_SIZE_RULES)
+
     algorithm: Literal["ECDSA", "RSA"] = "ECDSA"
-    size: int | None = Field(default=None, description="ECDSA: 256 or 384; RSA: 2048..4096")
+    size: int | None = Field(
+        default=None, description="ECDSA: 256 (default) or 384; RSA: 2048 (default) to 4096"
+    )
     rotation_policy: Literal["Always", "Never"] = Field(
         default="Always", alias="rotationPolicy", description="Always: a new key for every certificate"
     )
+
+    @model_validator(mode="after")
+    def _size_fits_algorithm(self) -> PrivateKeySpec:
+        if self.size is None:
+            return self
+        if self.algorithm == "RSA" and not RSA_SIZES[0] <= self.size <= RSA_SIZES[1]:
+            raise ValueError(f"privateKey.size: RSA keys are {RSA_SIZES[0]} to {RSA_SIZES[1]} bits, not {self.size}")
+        if self.algorithm == "ECDSA" and self.size not in ECDSA_SIZES:
+            raise ValueError(f"privateKey.size: ECDSA keys are 256 or 384 bits, not {self.size}")
+        return self
 
 
 class CertificateDelivery(ApiModel):
@@ -158,7 +202,12 @@ class CertificateDelivery(ApiModel):
 class CertificateSpec(ApiModel):
     hosts: list[Host] = Field(min_length=1, max_length=100)
     issuer_ref: IssuerRef = Field(alias="issuerRef")
-    access_point_ref: AccessPointRef | None = Field(default=None, alias="accessPointRef")
+    access_point_ref: AccessPointRef | None = Field(
+        default=None,
+        alias="accessPointRef",
+        description="set by meshfed: the AccessPoint this Certificate is derived from (always the one of its "
+        "name; without that AccessPoint nothing is issued: AccessPointMissing)",
+    )
     duration: Duration = "2160h"
     renew_before: Duration | None = Field(
         default=None,

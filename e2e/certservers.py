@@ -130,6 +130,7 @@ class Pebble:
     http01="challtestsrv": challtestsrv serves HTTP-01 on it (see certs.acme_issuer.ChallTestSrv).
     dns_server="127.0.0.1:PORT": Pebble resolves through that server instead of challtestsrv (e.g.
     a BIND from e2e.dnsservers, so DNS-01 validation reads the `_acme-challenge` TXT records there).
+    eab_keys={key ID: base64url HMAC key}: Pebble requires an external account binding with one of them.
     """
 
     def __init__(
@@ -139,9 +140,11 @@ class Pebble:
         always_valid: bool = False,
         http01: str = "builtin",
         dns_server: str | None = None,
+        eab_keys: dict[str, str] | None = None,
         wait_for_apt: float = 300.0,
     ) -> None:
         self.validity_seconds = validity_seconds
+        self.eab_keys = dict(eab_keys or {})  # key ID -> base64url HMAC key: binding required when given
         self.dns_server = dns_server
         self.always_valid = always_valid
         self.http01 = http01
@@ -174,8 +177,10 @@ class Pebble:
             "httpPort": self.http01_port,
             "tlsPort": self.tls_port,
             "ocspResponderURL": "",
-            "externalAccountBindingRequired": False,
+            "externalAccountBindingRequired": bool(self.eab_keys),
         }
+        if self.eab_keys:
+            config["externalAccountMACKeys"] = self.eab_keys
         if self.validity_seconds:
             config["certificateValidityPeriod"] = self.validity_seconds
         (work / "pebble.json").write_text(json.dumps({"pebble": config}))

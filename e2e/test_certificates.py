@@ -40,6 +40,7 @@ from fleet.testing import (
     eventually,
     get_status,
     tls_gateway_template,
+    wait_caught_up,
     wait_status,
     write_breakdown,
 )
@@ -391,7 +392,7 @@ async def test_controller_restart_keeps_the_key_and_writes_nothing(
 
     before = await writes()
     controller.restart()
-    await asyncio.sleep(15)  # start, list everything, probe members, reconcile every AccessPoint and Certificate
+    await wait_caught_up(controller, hub)  # every AccessPoint and Certificate reconciled: then count
     assert controller.proc is not None and controller.proc.poll() is None, controller.log_tail()
     after = await writes()
     changed = diff_breakdown(before, after)
@@ -409,30 +410,45 @@ async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachab
     controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], ns: str,
 ) -> None:
     """ACME through the controller: Pebble (60 s certificates, so a renewal happens during the test),
-    real HTTP-01 validation against the controller's built-in responder; and an ACME directory
-    nobody answers gives a clear condition and delivers nothing."""
+    real DNS-01 validation through a DNSProvider on BIND (the way meshfed solves challenges; HTTP-01 is
+    not offered); and an ACME directory nobody answers gives a clear condition and delivers nothing."""
     from certservers import MissingComponent, Pebble, free_port  # e2e/ is on sys.path (no __init__.py)
+    from dnsservers import start_bind
 
     from certs.acme_issuer import new_account_key_pem
 
+    zone = "example.test"
+    bind = await asyncio.to_thread(start_bind, [zone])
     try:
-        pebble = await asyncio.to_thread(Pebble(validity_seconds=60).start)
+        pebble = await asyncio.to_thread(Pebble(validity_seconds=60, dns_server=f"{bind.host}:{bind.port}").start)
     except MissingComponent as exc:
         pytest.skip(str(exc))
     account = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "acme-account", "namespace": HUB_NS},
                "data": {"tls.key": base64.b64encode(new_account_key_pem()).decode()}}
-    await hub.create(SECRETS.format(ns=HUB_NS), account, field_manager="e2e")
+    tsig = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "e2e-acme-tsig", "namespace": HUB_NS},
+            "data": {"secret": base64.b64encode(bind.key_secret.encode()).decode()}}
+    for secret in (account, tsig):
+        await hub.create(SECRETS.format(ns=HUB_NS), secret, field_manager="e2e")
+    dnsp = "/apis/meshfed.io/v1alpha1/dnsproviders"
+    await hub.create(dnsp, {
+        "apiVersion": "meshfed.io/v1alpha1", "kind": "DNSProvider", "metadata": {"name": "e2e-acme-bind"},
+        "spec": {"type": "rfc2136", "zone": zone,
+                 "rfc2136": {"server": bind.host, "port": bind.port,
+                             "tsig": {"keyName": bind.key_name, "algorithm": bind.key_algorithm,
+                                      "secretRef": {"name": "e2e-acme-tsig", "namespace": HUB_NS,
+                                                    "key": "secret"}}}}}, field_manager="e2e")
 
-    def acme_issuer(name: str, server: str, domain: str, port: int) -> dict[str, Any]:
+    def acme_issuer(name: str, server: str, domain: str) -> dict[str, Any]:
         return {"apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer", "metadata": {"name": name},
                 "spec": {"acme": {"server": server, "accountKeySecretRef": {"name": "acme-account"},
-                                  "solver": {"http01": {"port": port}}, "caBundle": pebble.ca_bundle_pem},
+                                  "solver": {"dns01": {"providerRef": "e2e-acme-bind"}},
+                                  "caBundle": pebble.ca_bundle_pem},
                          "allowedDomains": [domain]}}
 
     dead_url = f"https://127.0.0.1:{free_port()}/dir"
-    await hub.create(ISSUERS, acme_issuer("pebble", pebble.directory_url, "*.example.test", pebble.http01_port),
+    await hub.create(ISSUERS, acme_issuer("pebble", pebble.directory_url, "*.example.test"),
                      field_manager="e2e")
-    await hub.create(ISSUERS, acme_issuer("dead-acme", dead_url, "*.dead.test", free_port()), field_manager="e2e")
+    await hub.create(ISSUERS, acme_issuer("dead-acme", dead_url, "*.dead.test"), field_manager="e2e")
     try:
         await hub.create(AP.format(ns=ns), accesspoint(ns, "acme", "shop.example.test"), field_manager="e2e")
         await hub.create(AP.format(ns=ns), accesspoint(ns, "dead", "shop.dead.test"), field_manager="e2e")
@@ -470,7 +486,9 @@ async def test_acme_issuer_against_pebble_issues_renews_and_reports_an_unreachab
                             message=f"Certificate {name} not deleted")
         await hub.delete(f"{ISSUERS}/pebble")
         await hub.delete(f"{ISSUERS}/dead-acme")
+        await hub.delete(f"{dnsp}/e2e-acme-bind")
         await asyncio.to_thread(pebble.stop)
+        await asyncio.to_thread(bind.stop)
 
 
 def _txt(host: str, port: int, name: str, rtype: str = "TXT") -> list[str]:

@@ -19,7 +19,14 @@ import pytest
 from accesspoint.ownership import HUB, OWNER_NAME, OWNER_NAMESPACE
 from federation.kube import ApiError, KubeClient
 from fleet import Fleet, apiserver_binary
-from fleet.testing import ControllerProcess, diff_breakdown, eventually, wait_status, write_breakdown
+from fleet.testing import (
+    ControllerProcess,
+    diff_breakdown,
+    eventually,
+    wait_caught_up,
+    wait_status,
+    write_breakdown,
+)
 from fleet.testing import accesspoint_status as status
 from fleet.testing import condition as cond
 
@@ -321,7 +328,7 @@ async def test_controller_restart_and_noop_resync_cause_no_writes(
 
     before = await writes()
     controller.restart()
-    await asyncio.sleep(12)  # start, list everything, probe members, reconcile every AccessPoint
+    await wait_caught_up(controller, hub)  # every AccessPoint reconciled, queues empty: then count
     assert controller.proc is not None and controller.proc.poll() is None, controller.log_tail()
     after = await writes()
     changed = diff_breakdown(before, after)

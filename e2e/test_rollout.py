@@ -34,6 +34,7 @@ from fleet.testing import (
     diff_breakdown,
     eventually,
     tls_gateway_template,
+    wait_caught_up,
     wait_status,
     write_breakdown,
 )
@@ -309,7 +310,7 @@ async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zon
 
         before = await writes()
         controller.restart()
-        await asyncio.sleep(12)
+        await wait_caught_up(controller, hub)  # every AccessPoint reconciled, queues empty: then count
         assert controller.proc is not None and controller.proc.poll() is None, controller.log_tail()
         changed = diff_breakdown(before, await writes())
         assert not changed, f"writes after a restart mid-rollout: {changed}"

@@ -75,7 +75,7 @@ from accesspoint.models import AccessPoint, AccessPointStatus
 from accesspoint.ownership import HUB, MANAGED_BY, Owner
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, render
 from accesspoint.tenancy import Problem
-from certs.acme_issuer import Http01Responder
+from certs.acme_issuer import AcmeIssuer
 from certs.ca import InternalCA
 from certs.checks import disallowed_hosts, load_chain, san_names
 from certs.delivery import (
@@ -100,6 +100,7 @@ from certs.models import (
     IssuerRef,
     SecretRef,
 )
+from certs.renewal import backoff
 from federation import dns as dns_feature
 from federation import metrics, shards, tenancy
 from federation.controller import Controller
@@ -125,6 +126,7 @@ CERT_NAMESPACE_LABEL = "meshfed.io/certificate-namespace"
 STORE_NAMESPACE = "meshfed-system"
 FIELD_MANAGER = "meshfed-certificates"
 WARMUP_SECONDS = 30.0
+ACCESSPOINT_MISSING = "AccessPointMissing"
 ISSUER_KEY = "issuer:"  # work-queue key prefix of a CertificateIssuer (':' is never in a namespace)
 
 
@@ -264,7 +266,6 @@ class Certificates:
         self.placed: dict[str, tuple[str, ...]] = {}  # AccessPoint key -> clusters placed at its last reconcile
         self.cluster_errors: dict[str, dict[str, str]] = {}
         self.issuer_cache: dict[str, Issuer] = {}
-        self.http01: dict[int, Http01Responder] = {}
         # The keyed work loop (federation/workloop.py): a Certificate's renewal timer is its timer there.
         self.loop = WorkLoop("certificates", self._reconcile, fencing=controller, lease_of=self.lease_of,
                              kind_of=lambda key: "issuer" if key.startswith(ISSUER_KEY) else "certificate",
@@ -277,6 +278,7 @@ class Certificates:
         self._secret_refs: dict[tuple[str, str], set[str]] = {}
         self._secret_watches: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._dns_providers: dict[str, tuple[Any, Any]] = {}  # name -> (generation, uid)
+        self._issuer_failures: dict[str, int] = {}  # issuer name -> consecutive failed builds
 
     # ---- intake ----
 
@@ -476,8 +478,6 @@ class Certificates:
         for task in self._secret_watches.values():
             task.cancel()
         self._secret_watches.clear()
-        for responder in self.http01.values():
-            await responder.stop()
 
     async def _reconcile(self, key: str) -> None:
         if key.startswith(ISSUER_KEY):
@@ -563,6 +563,8 @@ class Certificates:
         if derived.certificate is None:
             if key in self.certs and self._ours(self.certs[key], ap):
                 await self._forget(key)
+            elif key in self.certs:
+                self.enqueue(key)  # one made by hand: its AccessPoint exists now (AccessPointMissing clears)
             return EMPTY_CONTEXT
         await self._ensure_certificate(ap, derived.certificate)
         await self.ensure_loaded(key)
@@ -699,15 +701,23 @@ class Certificates:
             raise IssuanceError("SecretUnreadable", f"cannot read Secret {ref.namespace}/{ref.name}: "
                                 f"{err.status} {err.reason}") from None
 
-    async def _http01(self, port: int) -> Http01Responder:
-        responder = self.http01.get(port)
-        if responder is None:
-            try:
-                responder = await Http01Responder("0.0.0.0", port).start()
-            except OSError as exc:
-                raise IssuanceError("Http01ResponderFailed", f"cannot listen on port {port}: {exc}") from None
-            self.http01[port] = responder
-        return responder
+    async def _create_secret(self, ref: SecretRef, data: Mapping[str, bytes]) -> Mapping[str, bytes]:
+        """Create the hub Secret `ref` holding `data` (an ACME account key meshfed generated); when it
+        appeared meanwhile (409), what it holds now. Labelled as meshfed's; never overwrites."""
+        shards.check()
+        body = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                "metadata": {"name": ref.name, "namespace": ref.namespace,
+                             "labels": {MANAGED_BY: "meshfed", HUB: self.hub_id}},
+                "data": {k: base64.b64encode(v).decode() for k, v in data.items()}}
+        try:
+            created = await self.hub.create(SECRETS.format(ns=ref.namespace), body, field_manager=FIELD_MANAGER)
+        except ApiError as err:
+            if err.status == 409:
+                return await self._read_secret(ref) or {}
+            raise IssuanceError("SecretUnwritable", f"cannot create Secret {ref.namespace}/{ref.name}: "
+                                f"{err.status} {err.reason}") from None
+        log.info("created hub Secret %s/%s with a new ACME account key", ref.namespace, ref.name)
+        return _decode(created) or dict(data)
 
     async def issuer_for(self, cert: Certificate) -> Issuer | IssuanceError:
         name = cert.spec.issuer_ref.name
@@ -743,31 +753,42 @@ class Certificates:
 
     async def _build(self, resource: CertificateIssuer, body: dict[str, Any]) -> Issuer | IssuanceError:
         try:
-            http01 = None
             dns_hooks: dict[str, ProviderChallenges] = {}
             acme = resource.spec.acme
-            if acme is not None and acme.solver.http01 is not None:
-                http01 = await self._http01(acme.solver.http01.port)
             if acme is not None and acme.solver.dns01 is not None:
                 provider = acme.solver.dns01.provider_ref
                 dns = dns_feature.feature_of(self.ctl)
                 if dns is not None and provider in dns.providers:
                     dns_hooks[provider] = ProviderChallenges(dns, provider,
                                                              RecordOwner(self.hub_id, "acme", resource.name))
-            issuer: Issuer | IssuanceError = await build_issuer(resource, self._read_secret, http01=http01,
-                                                                dns_hooks=dns_hooks, cache=self.issuer_cache)
+            issuer: Issuer | IssuanceError = await build_issuer(
+                resource, self._read_secret, dns_hooks=dns_hooks, cache=self.issuer_cache,
+                create_secret=self._create_secret)
+            if isinstance(issuer, AcmeIssuer):
+                await issuer.register()  # Ready only once the ACME server knows the account
         except IssuanceError as err:
             issuer = err
+            for key in [k for k in self.issuer_cache if k.rsplit("@", 1)[0] == resource.name]:
+                self.issuer_cache.pop(key)  # built again (and registered) on the next attempt
         await self._issuer_status(resource, body, issuer)
         return issuer
 
     async def _issuer_status(self, resource: CertificateIssuer, body: dict[str, Any],
                              issuer: Issuer | IssuanceError) -> None:
         previous = CertificateIssuerStatus.model_validate(body.get("status") or {})
+        name = resource.name
         if isinstance(issuer, IssuanceError):
             ready = Condition(type="Ready", status="False", reason=issuer.reason, message=issuer.message)
+            if issuer.retryable:  # e.g. the ACME server unreachable: look again, backing off
+                failures = self._issuer_failures.get(name, 0) + 1
+                self._issuer_failures[name] = failures
+                self.enqueue_at(f"{ISSUER_KEY}{name}", datetime.now(UTC) + backoff(failures))
         else:
-            ready = Condition(type="Ready", status="True", reason="Ready", message="the issuer can sign")
+            self._issuer_failures.pop(name, None)
+            message = "the issuer can sign"
+            if isinstance(issuer, AcmeIssuer):
+                message = f"account registered at {resource.spec.acme.server if resource.spec.acme else ''}"
+            ready = Condition(type="Ready", status="True", reason="Ready", message=message)
         ready = ready.model_copy(update={"observed_generation": resource.generation})
         ca_not_after = previous.ca_not_after
         if isinstance(issuer, InternalCA):
@@ -778,6 +799,7 @@ class Certificates:
             "type": "CA" if resource.spec.ca is not None else "ACME",
             "ready": ready.status,
             "ca_not_after": ca_not_after,
+            "acme_account_uri": issuer.account_uri if isinstance(issuer, AcmeIssuer) else None,
         })
         result = await self.writer.status.write(f"{ISSUERS}/{resource.name}", "CertificateIssuer", resource.name,
                                                 None, status.wire(), seen=body)
@@ -824,6 +846,15 @@ class Certificates:
             if ((body.get("metadata") or {}).get("labels") or {}).get(HUB) == self.hub_id:
                 log.info("certificate %s: its AccessPoint is gone; deleting it", key)
                 await self._forget(key)
+                return
+            # Made by hand: a Certificate is issued and delivered for the AccessPoint of its name (its
+            # Gateways say where the Secret goes). Until that exists: say so, issue nothing, claim no host
+            # (federation/tenancy.py).
+            cert = Certificate.model_validate(body)
+            await self._refuse(ns, name, body, cert, [Problem(
+                f"no AccessPoint {ns}/{name}: a Certificate is issued and delivered for the AccessPoint of the "
+                "same name (its Gateways' TLS hosts); create that AccessPoint, or delete this Certificate",
+                ACCESSPOINT_MISSING)])
             return
         await self.ensure_loaded(key)
         body = self.certs.get(key)
@@ -895,8 +926,9 @@ class Certificates:
 
     async def _refuse(self, ns: str, name: str, body: dict[str, Any], cert: Certificate,
                       problems: Sequence[Problem]) -> None:
-        """A Certificate claiming a host another namespace owns: Issued/Ready False with the reason
-        (HostConflict), lastFailure, one Warning Event per distinct refusal; no issuance, no delivery."""
+        """A Certificate that cannot be used: claiming a host another namespace owns (HostConflict), or
+        made by hand without its AccessPoint (AccessPointMissing). Issued/Ready False with the reason,
+        lastFailure, one Warning Event per distinct refusal; no issuance, no delivery."""
         status = cert.status or CertificateStatus()
         reason, message = problems[0].reason, "; ".join(problems)
         before = status.last_failure

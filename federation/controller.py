@@ -109,8 +109,11 @@ def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
 class Controller:
     def __init__(self, hub: KubeClient, hub_id: str, *, workers: int = 16, probe_interval: float = 5.0,
                  resync_seconds: float = 600.0, istiod_options: dict[str, float] | None = None,
-                 route_settle: float = 10.0) -> None:
+                 route_settle: float = 10.0, gateway_namespace: str = "istio-system") -> None:
         self.hub = hub
+        # The member namespace of the gateway that serves AccessPoints, unless
+        # spec.traffic.visibility.gatewayNamespace names another (exportTo includes it).
+        self.gateway_namespace = gateway_namespace
         self.hub_id = hub_id
         self.writer = HubWriter(hub)
         self.registry = MemberRegistry(hub, hub_id, self._owner_changed, self._member_changed, probe_interval,

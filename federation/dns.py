@@ -106,6 +106,14 @@ class FencedProvider:
     async def resolve(self, name: str, rtype: str) -> tuple[str, ...]:
         return await self.inner.resolve(name, rtype)
 
+    @property
+    def answer_source(self) -> str:
+        return self.inner.answer_source
+
+    @property
+    def checks_dns(self) -> bool:
+        return self.inner.checks_dns
+
     async def close(self) -> None:
         await self.inner.close()
 

@@ -75,6 +75,8 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             istiod_options={"idle": options.get("istiod_interval", 10.0),
                             "fast": options.get("istiod_fast_interval", 0.5)},
             route_settle=options.get("route_settle", 10.0),
+            gateway_namespace=options.get("gateway_namespace")
+            or os.environ.get("MESHFED_GATEWAY_NAMESPACE", "istio-system"),
         )
         if options.get("shards", 0):
             controller.shards = Shards(

@@ -17,7 +17,9 @@ When the claims of an object change (created, hosts edited, deletion started, de
 whose claims collide with the old or new hosts are re-reconciled, so a claimant waiting for a host
 proceeds once its owner is deleted. A TenancyPolicy change re-reconciles every claimant. The claims
 of an object being deleted are released when its deletion starts (its member objects are being
-removed). Imports accesspoint.*, federation.controller and the DNS/certificate features (lazily).
+removed). A Certificate claims its hosts only while an AccessPoint of its name exists (one made by hand
+without it is never issued: AccessPointMissing, federation/certificates.py). Imports accesspoint.*,
+federation.controller and the DNS/certificate features (lazily).
 """
 
 from __future__ import annotations
@@ -78,6 +80,8 @@ class Tenancy:
         self.index = OwnershipIndex()
         self._seen: dict[tuple[str, str, str], tuple[Any, ...]] = {}
         self._globs: dict[int, tuple[Any, list[str]]] = {}  # id(AccessPoint spec) -> (it, its claim globs)
+        self._accesspoints: set[tuple[str, str]] = set()  # (namespace, name) of live AccessPoints
+        self._certificates: dict[tuple[str, str], Mapping[str, Any]] = {}  # the Certificates seen, by key
 
     # ---- intake ----
 
@@ -108,10 +112,23 @@ class Tenancy:
         meta = body.get("metadata") or {}
         key = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
         gone = event_type == "DELETED" or bool(meta.get("deletionTimestamp"))
+        usable = True
+        if kind == "AccessPoint":
+            self._accesspoint_changed(key[1], key[2], present=not gone)
+        elif kind == "Certificate":
+            # A Certificate without an AccessPoint of its name is never issued (AccessPointMissing,
+            # federation/certificates.py): it claims no host until that AccessPoint exists.
+            usable = (key[1], key[2]) in self._accesspoints
+            if gone:
+                self._certificates.pop((key[1], key[2]), None)
+            else:
+                self._certificates[(key[1], key[2])] = body
+            if not usable:
+                hosts = []
         if event_type == "DELETED":
             self._seen.pop(key, None)
         else:
-            signature = (meta.get("uid"), meta.get("generation"), gone)
+            signature = (meta.get("uid"), meta.get("generation"), gone, usable)
             if self._seen.get(key) == signature:
                 return  # e.g. a status update: the claims did not change
             self._seen[key] = signature
@@ -126,6 +143,18 @@ class Tenancy:
         for other in self.index.colliding(before | after):
             if other != key:
                 self._enqueue(*other)
+
+    def _accesspoint_changed(self, ns: str, name: str, *, present: bool) -> None:
+        """An AccessPoint appeared or went: the Certificate of its name starts or stops claiming hosts."""
+        if ((ns, name) in self._accesspoints) == present:
+            return
+        if present:
+            self._accesspoints.add((ns, name))
+        else:
+            self._accesspoints.discard((ns, name))
+        cert = self._certificates.get((ns, name))
+        if cert is not None:
+            self.on_object("Certificate", "MODIFIED", cert)
 
     def _enqueue(self, kind: str, ns: str, name: str) -> None:
         self.controller.enqueue_object(kind, ns, name)

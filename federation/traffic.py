@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -81,7 +80,6 @@ from placement.select import decision_condition, select, summarize
 log = logging.getLogger("meshfed.traffic")
 
 PP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/placementpolicies/{name}"
-GATEWAY_NAMESPACE = os.environ.get("MESHFED_GATEWAY_NAMESPACE", "istio-system")
 # A placement that selects nothing only because of these (hub-side) criteria is a spec mistake:
 # applying it would remove the AccessPoint everywhere, so it is rejected instead.
 _SPEC_MISMATCH = frozenset({"SelectorMismatch", "WrongRegion", "WrongZone", "NotNamed", "Excluded"})
@@ -255,14 +253,14 @@ class TrafficFeature:
             fragment = fragment_for(fragments, cluster)
             if fragment is not None:
                 objects = apply_traffic(objects, fragment, memo=traffic_memo)
-            return apply_visibility(objects, visibility, GATEWAY_NAMESPACE, default_namespace=ap.namespace,
-                                    memo=visibility_memo)
+            return apply_visibility(objects, visibility, self.controller.gateway_namespace,
+                                    default_namespace=ap.namespace, memo=visibility_memo)
 
         generated: dict[str, tuple[dict[str, Any], ...]] = {}
         ports = gateway_ports(ap)
         if locality is not None and ports:
             gateways = self.gateways(ap, decision, members)
-            exports = export_to(visibility, ap.namespace, GATEWAY_NAMESPACE)
+            exports = export_to(visibility, ap.namespace, self.controller.gateway_namespace)
             host = federated_host(ap.name, ap.namespace)
             # With the local gateway included, a cluster's objects depend only on its region and its
             # fragment, unless every gateway is its own (then there are none): built once per key

@@ -306,6 +306,35 @@ class ControllerProcess:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
 
+async def wait_caught_up(controller: ControllerProcess, hub: KubeClient, *, timeout: float = 120.0) -> dict[str, float]:
+    """Positive evidence that a (re)started controller has looked at everything the hub holds, to be had
+    before asserting that it wrote nothing: it is ready; it finished at least one reconcile per
+    AccessPoint, Certificate and NameService the hub holds (it enqueues each at start); no work queue
+    holds a key; and its reconcile counters stand still across two scrapes 0.5 s apart (nothing in
+    flight). Returns the reconcile counts by kind. Fails, with the controller's log, after `timeout`."""
+    wanted: dict[str, int] = {}
+    for kind, plural in (("accesspoint", "accesspoints"), ("certificate", "certificates"),
+                         ("nameservice", "nameservices")):
+        items, _ = await hub.list(f"/apis/meshfed.io/v1alpha1/{plural}")
+        wanted[kind] = len(items)
+    deadline = time.monotonic() + timeout
+    previous: dict[str, float] | None = None
+    seen: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.5)
+        if not controller.alive or not controller.ready():
+            previous = None
+            continue
+        _, text = await asyncio.to_thread(controller.http, "/metrics")
+        seen = {kind: metric_value(text, "meshfed_reconciles_total", kind=kind) for kind in wanted}
+        depth = metric_value(text, "meshfed_queue_depth")
+        if depth == 0 and all(seen[k] >= n for k, n in wanted.items()) and seen == previous:
+            return seen
+        previous = seen
+    raise AssertionError(f"controller not caught up after {timeout}s: reconciles {seen}, wanted at least "
+                         f"{wanted}\n{controller.log_tail()}")
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` in Prometheus text `text` whose labels include `labels`."""
     total = 0.0

@@ -228,7 +228,9 @@ class PowerDNSSpec(ApiModel):
     server_id: str = Field(default="localhost", alias="serverId", min_length=1)
     api_key_secret_ref: SecretKeyRef = Field(alias="apiKeySecretRef")
     nameserver: str | None = Field(
-        default=None, description="Address of the authoritative DNS endpoint for Resolvable checks"
+        default=None,
+        description="IP address or host name of PowerDNS's DNS endpoint, asked for the Resolvable check; "
+        "unset: Resolvable only compares the API's listing (reason Listed)",
     )
     nameserver_port: int = Field(default=53, alias="nameserverPort", ge=1, le=65535)
     timeout_seconds: float = Field(default=10.0, alias="timeoutSeconds", gt=0, le=120)

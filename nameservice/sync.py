@@ -220,12 +220,14 @@ async def _verify(
         answer = await provider.resolve(name, rtype)
     except ProviderError as err:
         return ("Unknown", err.reason, err.message)
+    source = provider.answer_source
     if tuple(sorted(answer)) == tuple(sorted(published)):
-        return ("True", "Resolved", f"authoritative server answers {','.join(answer)}")
+        # Without a DNS server to ask, the provider's own listing is all there is: say so (reason Listed).
+        return ("True", "Resolved" if provider.checks_dns else "Listed", f"{source} answers {','.join(answer)}")
     return (
         "False",
         "Mismatch",
-        f"authoritative server answers {','.join(answer) or 'nothing'}, expected {','.join(published)}",
+        f"{source} answers {','.join(answer) or 'nothing'}, expected {','.join(published)}",
     )
 
 

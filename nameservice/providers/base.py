@@ -81,4 +81,14 @@ class Provider(Protocol):
         """Canonical values the authoritative server answers for (name, type); () if none."""
         ...
 
+    @property
+    def answer_source(self) -> str:
+        """Who `resolve` asks, for the Resolvable condition's message ("authoritative server h:p")."""
+        ...
+
+    @property
+    def checks_dns(self) -> bool:
+        """False when `resolve` reads the provider's own listing instead of asking a DNS server."""
+        ...
+
     async def close(self) -> None: ...

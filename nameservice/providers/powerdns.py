@@ -8,7 +8,8 @@ PowerDNS has no update prerequisites: just before the PATCH the zone is read aga
 change's `before` is compared with what is there now; a change whose name moved meanwhile is
 reported as a PreconditionFailed conflict and left out (the window is the PATCH round trip).
 
-Resolvable checks query the DNS endpoint (`nameserver`) when one is configured, otherwise the API.
+Resolvable checks query the DNS endpoint (`nameserver`: an IP address or a host name, resolved once)
+when one is configured; otherwise they compare the API's listing, and the status says so (`answer_source`).
 
 Imports aiohttp, dnspython, tenacity, nameservice.records / plan / providers.base.
 """
@@ -16,6 +17,8 @@ Imports aiohttp, dnspython, tenacity, nameservice.records / plan / providers.bas
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -81,6 +84,7 @@ class PowerDNSProvider:
         self.writes_sent = 0
         self._api_key = api_key
         self._session: aiohttp.ClientSession | None = None
+        self._nameserver_ip: str | None = None
 
     @property
     def _zone_url(self) -> str:
@@ -143,12 +147,41 @@ class PowerDNSProvider:
     async def serial(self) -> int:
         return int((await self._zone()).get("serial") or 0)
 
+    @property
+    def answer_source(self) -> str:
+        if self.nameserver is None:
+            return "the PowerDNS API listing (no nameserver set: DNS answers are not checked)"
+        return f"authoritative server {self.nameserver}:{self.nameserver_port}"
+
+    @property
+    def checks_dns(self) -> bool:
+        return self.nameserver is not None
+
+    async def _nameserver_address(self, nameserver: str) -> str:
+        """The nameserver as an IP address (dnspython queries addresses only): a host name is
+        resolved once; a name that does not resolve is a ProviderUnreachable naming it."""
+        if self._nameserver_ip is None:
+            try:
+                ipaddress.ip_address(nameserver)
+                self._nameserver_ip = nameserver
+            except ValueError:
+                try:
+                    infos = await asyncio.get_running_loop().getaddrinfo(
+                        nameserver, self.nameserver_port, type=socket.SOCK_DGRAM
+                    )
+                except OSError as err:
+                    raise ProviderUnreachable(
+                        f"spec.powerdns.nameserver {nameserver!r} does not resolve: {err}"
+                    ) from None
+                self._nameserver_ip = str(infos[0][4][0])
+        return self._nameserver_ip
+
     async def resolve(self, name: str, rtype: str) -> tuple[str, ...]:
         if self.nameserver is None:
             snap = await self.list_records()
             r = snap.get(name, rtype)
             return r.values if r else ()
-        nameserver = self.nameserver
+        nameserver = await self._nameserver_address(self.nameserver)
 
         async def op() -> tuple[str, ...]:
             q = dns.message.make_query(absolute(name), rtype)

@@ -230,6 +230,14 @@ class RFC2136Provider:
 
         return await self._retry("SOA query", op)
 
+    @property
+    def answer_source(self) -> str:
+        return f"authoritative server {self.server}:{self.port}"
+
+    @property
+    def checks_dns(self) -> bool:
+        return True
+
     async def resolve(self, name: str, rtype: str) -> tuple[str, ...]:
         """Ask the authoritative server (no TSIG, like any resolver would)."""
 

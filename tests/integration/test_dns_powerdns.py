@@ -123,3 +123,34 @@ async def test_server_restart_is_retried(pdns: PowerDNSServer) -> None:
     assert st2.ready == "True", st2.conditions
     assert resolve(pdns, ns.spec.fqdn) == ["10.0.0.1", "10.0.0.2"]
     await p.close()
+
+
+async def test_a_nameserver_given_as_a_host_name_is_resolved_and_a_bad_one_named(pdns: PowerDNSServer) -> None:
+    """spec.powerdns.nameserver may be a host name: resolved (dnspython takes addresses only, and used to
+    raise ValueError past the Resolvable check, so no status was written). A name that does not resolve
+    is Resolvable=Unknown naming it, the records still published."""
+    p = PowerDNSProvider(ZONE, pdns.api_url, pdns.api_key, nameserver="localhost", nameserver_port=pdns.port)
+    ns = make_ns()
+    st = await sync_nameservice(ns, p, facts("10.0.0.1"), None, HUB, NOW)
+    assert cond(st, "Resolvable") == ("True", "Resolved") and st.ready == "True", st.conditions
+    await p.close()
+    bad = PowerDNSProvider(ZONE, pdns.api_url, pdns.api_key, nameserver="no-such-host.invalid",
+                           nameserver_port=pdns.port, retry_seconds=1)
+    ns2 = make_ns()
+    st2 = await sync_nameservice(ns2, bad, facts("10.0.0.2"), None, HUB, NOW)
+    assert cond(st2, "Programmed")[0] == "True" and cond(st2, "Resolvable") == ("Unknown", "ProviderUnreachable")
+    message = next(c.message for c in st2.conditions if c.type == "Resolvable")
+    assert "spec.powerdns.nameserver 'no-such-host.invalid' does not resolve" in message
+    assert resolve(pdns, ns2.spec.fqdn) == ["10.0.0.2"]
+    await bad.close()
+
+
+async def test_without_a_nameserver_resolvable_says_it_only_read_the_api(pdns: PowerDNSServer) -> None:
+    """No nameserver: the check compares PowerDNS's own listing, and the condition says so (reason
+    Listed), instead of claiming the authoritative server answered."""
+    p = PowerDNSProvider(ZONE, pdns.api_url, pdns.api_key)
+    st = await sync_nameservice(make_ns(), p, facts("10.0.0.3"), None, HUB, NOW)
+    c = next(c for c in st.conditions if c.type == "Resolvable")
+    assert (c.status, c.reason) == ("True", "Listed") and "PowerDNS API listing" in c.message
+    assert "authoritative server" not in c.message
+    await p.close()

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from certs.ca import InternalCA, generate_ca
-from certs.issuers import CertBundle, IssuanceError, load_key
+from certs.issuers import CertBundle, IssuanceError, load_key, new_private_key
 from certs.models import Certificate, CertificateIssuer
 from federation.crdgen import RESOURCES, crd_manifest
 
@@ -107,15 +107,46 @@ def test_issuer_model() -> None:
     )
     assert ci.spec.acme is not None and ci.spec.acme.solver.dns01 is not None
     assert ci.wire()["spec"]["acme"]["externalAccountBinding"]["keyID"] == "kid"
-    with pytest.raises(ValidationError):
-        CertificateIssuer.model_validate(
-            {
-                "metadata": {"name": "x"},
-                "spec": {
-                    "acme": {"server": "http://insecure", "accountKeySecretRef": {"name": "a"}, "solver": {}}
-                },
-            }
-        )
+    # Each bad field alone (the rest valid), and the error must name that field: a ValidationError
+    # raised by some other field would prove nothing.
+    good = {"server": "https://acme.example/dir", "accountKeySecretRef": {"name": "a"},
+            "solver": {"dns01": {"providerRef": "corp-dns"}}}
+    bads: list[tuple[dict[str, Any], tuple[str | int, ...]]] = [
+        ({"server": "http://insecure"}, ("spec", "acme", "server")),
+        ({"accountKeySecretRef": {"name": ""}}, ("spec", "acme", "accountKeySecretRef", "name")),
+        ({"solver": {"dns01": {"providerRef": "corp-dns", "providerNamespace": "x"}}},
+         ("spec", "acme", "solver", "dns01", "providerNamespace")),  # removed: DNSProviders are cluster-scoped
+    ]
+    for bad, loc in bads:
+        CertificateIssuer.model_validate({"metadata": {"name": "x"}, "spec": {"acme": good}})
+        with pytest.raises(ValidationError) as err:
+            CertificateIssuer.model_validate({"metadata": {"name": "x"}, "spec": {"acme": {**good, **bad}}})
+        assert [e["loc"] for e in err.value.errors()] == [loc], (bad, err.value.errors())
+
+
+@pytest.mark.parametrize(("algorithm", "size", "ok"), [
+    ("ECDSA", None, True), ("ECDSA", 256, True), ("ECDSA", 384, True), ("ECDSA", 521, False),
+    ("ECDSA", 2048, False), ("RSA", None, True), ("RSA", 2048, True), ("RSA", 4096, True),
+    ("RSA", 1024, False), ("RSA", 8192, False), ("RSA", 384, False),
+])
+def test_private_key_size_fits_its_algorithm(algorithm: str, size: int | None, ok: bool) -> None:
+    """The model and the issuance code agree on the sizes; a size issuance cannot make is refused
+    (ECDSA 521 used to become P-256 silently). The CRD carries the same rule (tests/integration)."""
+    spec = {"hosts": ["a.example.com"], "issuerRef": {"name": "corp"},
+            "privateKey": {"algorithm": algorithm, **({"size": size} if size else {})}}
+    if ok:
+        Certificate.model_validate({"metadata": {"name": "x"}, "spec": spec})
+        key = new_private_key(algorithm, size)  # type: ignore[arg-type]
+        assert key.key_size == (size or (256 if algorithm == "ECDSA" else 2048))
+        return
+    with pytest.raises(ValidationError) as err:
+        Certificate.model_validate({"metadata": {"name": "x"}, "spec": spec})
+    assert "privateKey.size" in str(err.value)
+    with pytest.raises(ValueError, match="unsupported"):
+        new_private_key(algorithm, size)  # type: ignore[arg-type]
+    rules = crd_manifest(Certificate)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"]["privateKey"]["x-kubernetes-validations"]
+    assert rules[0]["fieldPath"] == ".size"
 
 
 # --- redaction -----------------------------------------------------------------------------

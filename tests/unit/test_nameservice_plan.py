@@ -230,6 +230,9 @@ class MemoryProvider:
         r = self.rrsets.get((name, rtype))
         return r.values if r else ()
 
+    answer_source = "authoritative server memory"
+    checks_dns = True
+
     async def close(self) -> None:
         return None
 

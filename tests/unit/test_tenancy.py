@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from accesspoint.models import AccessPoint
 from accesspoint.render import render
@@ -331,3 +332,64 @@ def test_first_claim_wins(events: list[Any]) -> None:
             earliest = min((c, n, nm) for n, nm, c, hs in concrete if host in hs)
             expect_refused |= earliest[1] != ns
         assert bool(got[(ns, name)]) == expect_refused, (concrete, got)
+
+
+def test_target_namespace_kinds_are_template_kinds() -> None:
+    """A typo in targetNamespaces[].kinds used to be accepted and then matched nothing (every object of
+    that kind refused, silently): the kinds are the template kinds' enum, in the model and the CRD."""
+    from accesspoint.kinds import TEMPLATE_KIND_NAMES
+    from accesspoint.tenancy import TenancyPolicy
+    from federation.crdgen import crd_manifest
+
+    def policy(kinds: list[str]) -> dict[str, Any]:
+        return {"metadata": {"name": "p"},
+                "spec": {"namespaces": ["pay"], "targetNamespaces": [{"namespace": "edge", "kinds": kinds}]}}
+
+    TenancyPolicy.model_validate(policy(["Gateway", "VirtualService"]))
+    with pytest.raises(ValidationError) as err:
+        TenancyPolicy.model_validate(policy(["Gateway", "Gatway"]))
+    assert err.value.errors()[0]["loc"] == ("spec", "targetNamespaces", 0, "kinds", 1)
+    schema = crd_manifest(TenancyPolicy)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    items = schema["properties"]["spec"]["properties"]["targetNamespaces"]["items"]["properties"]["kinds"]["items"]
+    assert items["enum"] == list(TEMPLATE_KIND_NAMES)
+
+
+def test_a_certificate_without_its_accesspoint_claims_no_host() -> None:
+    """A Certificate made by hand with no AccessPoint of its name is never issued (AccessPointMissing):
+    its hosts must not refuse another team's AccessPoint (HostConflict). Once its AccessPoint exists it
+    claims them like any other; when that AccessPoint goes, it stops."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from federation.controller import Controller
+    from federation.tenancy import Tenancy
+
+    enqueued: list[tuple[str, str, str]] = []
+    ctl = SimpleNamespace(enqueue_object=lambda *k: enqueued.append(k), accesspoints={})
+    feature = Tenancy(cast(Controller, ctl))
+
+    def gateway_ap(ns: str, name: str, host: str, created: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": ns, "uid": f"{ns}-{name}", "generation": 1,
+                             "creationTimestamp": created},
+                "spec": {"template": [{"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                                       "metadata": {"name": "gw"},
+                                       "spec": {"servers": [{"hosts": [host], "port": {
+                                           "number": 443, "name": "https", "protocol": "HTTPS"}}]}}]}}
+
+    cert = {"metadata": {"name": "mine", "namespace": "early", "uid": "c1", "generation": 1,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"hosts": ["shop.example.com"], "issuerRef": {"name": "corp"}}}
+    feature.on_object("Certificate", "ADDED", cert)
+    late = gateway_ap("late", "shop", "shop.example.com", "2026-02-01T00:00:00Z")
+    feature.on_object("AccessPoint", "ADDED", late)
+    assert feature.validate(AccessPoint.model_validate(late), []) == []
+    assert feature.refusals("Certificate", cert) == []
+
+    # Its AccessPoint appears: the Certificate (the earlier claim) now owns the host.
+    own = gateway_ap("early", "mine", "other.example.com", "2026-03-01T00:00:00Z")
+    feature.on_object("AccessPoint", "ADDED", own)
+    assert any("HostConflict" in p or "shop.example.com" in p
+               for p in feature.validate(AccessPoint.model_validate(late), [])), "the certificate claims again"
+    assert ("AccessPoint", "late", "shop") in enqueued  # the loser is looked at again
+    feature.on_object("AccessPoint", "DELETED", own)
+    assert feature.validate(AccessPoint.model_validate(late), []) == []

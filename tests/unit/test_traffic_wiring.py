@@ -120,3 +120,23 @@ def test_status_contribution_keeps_transition_times() -> None:
     prev = AccessPointStatus(conditions=[Condition(type="X", status="True", reason="R", last_transition_time="T0")])
     merged = merge_previous(AccessPointStatus(), prev, [Condition(type="X", status="True", reason="R")], "T9")
     assert merged.conditions[0].last_transition_time == "T0"
+
+
+async def test_export_to_names_the_controllers_gateway_namespace_read_when_it_starts(
+        monkeypatch: Any) -> None:
+    """visibility.gatewayNamespace defaults to the controller's setting (Controller.gateway_namespace,
+    taken from MESHFED_GATEWAY_NAMESPACE when the controller starts), not to a value read at import."""
+    import federation.traffic  # noqa: F401  (already imported: the setting must not come from import time)
+
+    monkeypatch.setenv("MESHFED_GATEWAY_NAMESPACE", "edge-gateways")
+    a = ap([{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "vs"},
+             "spec": {"hosts": ["a"]}}], traffic={"visibility": {"consumerNamespaces": ["web"]}})
+    ctl = SimpleNamespace(registry=SimpleNamespace(members={}), gateway_namespace="edge-gateways",
+                          hub_id="hub")
+    feature = TrafficFeature(cast(Controller, ctl))
+    context = await feature.context(a, select(PlacementSpec(), [EAST]), {})
+    objects = [{"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                "metadata": {"name": "vs", "namespace": "pay"}, "spec": {"hosts": ["a"]}}]
+    for transform in context.transforms:
+        objects = transform(objects, EAST)
+    assert objects[0]["spec"]["exportTo"] == [".", "edge-gateways", "web"]
