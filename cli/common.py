@@ -72,10 +72,11 @@ def api_error_line(err: Any, server: str, context: str) -> str:
         return (f"{where} does not accept the kubeconfig's credentials (401 Unauthorized): renew them "
                 "(an expired certificate or token?)")
     if err.status == 403:
-        return f"forbidden: {err.message} (ask a hub admin for that permission; README: Multi-tenant hub)"
+        return (f"refused by the API server (403 Forbidden): {err.message} (ask a hub admin for that permission; "
+                "README: Multi-tenant hub)")
     if err.status == 404 and "the server could not find the requested resource" in err.message:
         return f"{where} does not serve meshfed's API: install the CRDs (kubectl apply -k deploy/)"
-    return f"refused by {where} ({err.status} {err.reason}): {err.message}"
+    return f"refused by the API server ({err.status} {err.reason}): {err.message}"
 
 
 def run(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> None:

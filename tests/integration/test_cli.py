@@ -198,7 +198,8 @@ async def test_forbidden_is_one_line(apiserver: ApiServer, tmp_path: Path) -> No
         await asyncio.to_thread(meshfed, "approve", "checkout", "--kubeconfig", nobody, "-n", "payments"),
         await asyncio.to_thread(meshfed, *REGISTER, "--member-kubeconfig", nobody, "--kubeconfig", nobody),
     ):
-        one_line_error(proc, 1, "forbidden:", 'User "nobody" cannot', "ask a hub admin")
+        one_line_error(proc, 1, "refused by the API server (403 Forbidden):", 'User "nobody" cannot',
+                       "ask a hub admin")
 
 
 async def test_merged_kubeconfig_context_and_namespace(apiserver: ApiServer, tmp_path: Path) -> None:
