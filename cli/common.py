@@ -197,3 +197,25 @@ def hub_kubeconfig(args: argparse.Namespace) -> str:
     from federation.kube import kubeconfig_paths
 
     return kubeconfig_paths(getattr(args, "kubeconfig", None))[0]
+
+
+def host_port(text: str) -> str:
+    """`[HOST]:PORT` (`0.0.0.0:8081`, `[::]:8081`, `:8081`) for --http-address."""
+    _, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT, e.g. 0.0.0.0:8081")
+    return text
+
+
+def http_url(text: str) -> str:
+    if not re.match(r"^https?://[^/\s]+(/\S*)?$", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an http(s) URL, e.g. http://0.0.0.0:8080/healthz")
+    return text
+
+
+def label_value(text: str) -> str:
+    """A non-empty label value (the hub id goes into owner labels on member objects)."""
+    if not text or not _LABEL_NAME.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a label value: 1-63 letters, digits, '-', '_' or '.', "
+                                         "beginning and ending with a letter or digit")
+    return text

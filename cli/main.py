@@ -24,9 +24,12 @@ from cli.common import (
     UserError,
     add_hub_options,
     guard,
+    host_port,
+    http_url,
     hub_config,
     label_key_problem,
     label_pair,
+    label_value,
     positive_float,
     positive_int,
     run,
@@ -120,7 +123,7 @@ def cmd_fleet(args: argparse.Namespace) -> None:
             asyncio.run(fleet.start_gateway(args.cluster) if part == "gateway" else fleet.start_istiod(args.cluster))
         print(f"{args.cluster}: {part} {verb}ped" if verb == "stop" else f"{args.cluster}: {part} started")
     elif args.action == "echo-mode":
-        if fleet.state is None or not args.cluster or not args.mode:
+        if fleet.state is None or not fleet.state.istio or not args.cluster or not args.mode:
             raise UserError("fleet echo-mode needs a running fleet with Istio, a member name and --mode")
         _fleet_member(fleet, args)
         asyncio.run(fleet.set_echo_mode(args.mode, cluster=args.cluster))
@@ -421,7 +424,7 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     ctl = sub.add_parser("controller", help="run the hub controller")
     ctl.add_argument("--kubeconfig", help="hub kubeconfig (default: in-cluster service account)")
     ctl.add_argument("--context", help="context of --kubeconfig (default: its current-context)")
-    ctl.add_argument("--hub-id", default=os.environ.get("MESHFED_HUB_ID", "meshfed-hub"),
+    ctl.add_argument("--hub-id", default=os.environ.get("MESHFED_HUB_ID", "meshfed-hub"), type=label_value,
                      help="identity written into owner labels on members")
     ctl.add_argument("--workers", type=positive_int, default=16)
     ctl.add_argument("--probe-interval", type=positive_float, default=5.0)
@@ -433,8 +436,8 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     ctl.add_argument("--route-settle", type=float, default=10.0,
                      help="after a write istiod pushes nothing for, routeConfigured may turn True this much later")
     ctl.add_argument("--otel", choices=["none", "console", "otlp"], default=None)
-    ctl.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    ctl.add_argument("--http-address", default=os.environ.get("MESHFED_HTTP_ADDRESS"),
+    ctl.add_argument("--liveness", type=http_url, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    ctl.add_argument("--http-address", default=os.environ.get("MESHFED_HTTP_ADDRESS"), type=host_port,
                      help="serve /metrics (Prometheus), /healthz and /readyz here, e.g. 0.0.0.0:8081")
     ctl.add_argument("--shards", type=int, default=32,
                      help="virtual shards held through hub Leases, so several replicas share the work "

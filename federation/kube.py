@@ -171,6 +171,9 @@ def merge_kubeconfigs(documents: Sequence[tuple[str | None, Mapping[str, Any]]])
     merged: dict[str, dict[str, tuple[dict[str, Any], str]]] = {"clusters": {}, "users": {}, "contexts": {}}
     current = ""
     for path, doc in documents:
+        if not isinstance(doc, Mapping):
+            raise KubeconfigError(f"kubeconfig {path or '(inline)'} is not a kubeconfig (a YAML mapping with "
+                                  "clusters, users, contexts)")
         base = os.path.dirname(os.path.abspath(path)) if path else None
         for section, kind in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
             entries = doc.get(section) or []

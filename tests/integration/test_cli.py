@@ -93,6 +93,10 @@ REGISTER = ("register", "m1", "--region", "eu", "--zone", "eu-1")
     (("controller", "--log-level", "loud"), 2, "--log-level: invalid choice: 'loud'"),
     (("controller", "--workers", "0"), 2, "--workers: 0 must be 1 or more"),
     (("controller", "--kubeconfig", "{kc}", "--context", "nope"), 1, "context 'nope' is not in"),
+    (("controller", "--hub-id", ""), 2, "--hub-id: '' is not a label value"),
+    (("controller", "--http-address", "8081"), 2, "--http-address: '8081' is not HOST:PORT"),
+    (("controller", "--liveness", "0.0.0.0:8080"), 2, "--liveness: '0.0.0.0:8080' is not an http(s) URL"),
+    (("controller", "--kubeconfig", "{tmp}/list.yaml"), 1, "list.yaml is not a kubeconfig"),
     (("controller", "--context", "x"), 2, "--context needs --kubeconfig"),
     (("undo", "checkout", "--to-revision", "-1"), 2, "--to-revision: -1 must be 0 or more"),
     (("approve", "checkout", "--wave", "0"), 2, "--wave: 0 must be 1 or more"),
@@ -115,6 +119,7 @@ def test_bad_input_is_one_line(tmp_path: Path, unreachable: Path, args: tuple[st
     cluster = {"role": "member", "dir": str(tmp_path), "port": 1, "etcd_port": 2, "peer_port": 3}
     (fleet_dir / "fleet.json").write_text(json.dumps({"hub": {**cluster, "name": "hub", "role": "hub"},
                                                       "members": [{**cluster, "name": "member-1"}]}))
+    (tmp_path / "list.yaml").write_text("- not\n- a kubeconfig\n")
     fill = {"kc": str(unreachable), "tmp": str(tmp_path)}
     err = one_line_error(meshfed(*(a.format(**fill) for a in args)), code, needle.format(**fill))
     if "no member" in needle:
