@@ -510,7 +510,7 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sds"]:
-        cmd_sds(argv[1:])
+        guard("meshfed sds", argv[1:], cmd_sds)
     guard("meshfed", argv, _run)
 
 
