@@ -1,7 +1,8 @@
 """The `meshfed` command line: controller, local fleet, CRD generation, status, registration.
 
 Owns argument parsing and human-readable output; the work is done by federation's modules.
-`kubectl meshfed …` (federation/kubectl_plugin.py) reuses the user-facing subcommands.
+`kubectl meshfed …` (cli/kubectl.py) reuses the user-facing subcommands. Errors are one line
+(cli.common.guard); `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
@@ -16,8 +17,27 @@ from typing import Any
 
 import yaml
 
-from cli.common import DEFAULT_FLEET_DIR, hub_kubeconfig, table
+from cli.common import (
+    DEFAULT_FLEET_DIR,
+    Parser,
+    UsageError,
+    UserError,
+    add_hub_options,
+    guard,
+    host_port,
+    http_url,
+    hub_config,
+    label_key_problem,
+    label_pair,
+    label_value,
+    positive_float,
+    positive_int,
+    run,
+    table,
+)
 from cli.rollout import add_rollout_commands, render_rollout
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 # ---- controller ----
 
@@ -26,23 +46,30 @@ def cmd_controller(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(logging.WARNING if args.log_level.upper() != "DEBUG" else logging.DEBUG)
-    if not args.kubeconfig:
+    if args.kubeconfig:
+        from federation.kube import load_kubeconfig
+
+        load_kubeconfig(args.kubeconfig, args.context)  # a bad file or context fails here, in one line
+    else:
         from federation.kube import InClusterError, in_cluster_config
 
+        if args.context:
+            raise UsageError("--context needs --kubeconfig (in a cluster the controller uses its ServiceAccount)")
         try:
             in_cluster_config()
         except InClusterError as exc:
-            sys.exit(f"meshfed controller: {exc}")
+            raise UserError(str(exc)) from None
     telemetry.setup(args.otel)
     if args.shards < 0:
-        sys.exit("meshfed: --shards must be 0 (no Leases: a single process) or more")
+        raise UsageError("--shards must be 0 (no Leases: a single process) or more")
     try:
         from federation.shards import LeaseTiming
 
         LeaseTiming(args.lease_duration, args.renew_deadline, args.retry_period)
     except ValueError as err:
-        sys.exit(f"meshfed: {err}")
-    operator.run(args.kubeconfig, args.hub_id, workers=args.workers, probe_interval=args.probe_interval,
+        raise UsageError(str(err)) from None
+    operator.run(args.kubeconfig, args.hub_id, context=args.context, workers=args.workers,
+                 probe_interval=args.probe_interval,
                  resync_seconds=args.resync, liveness=args.liveness, istiod_interval=args.istiod_interval,
                  istiod_fast_interval=args.istiod_fast_interval, route_settle=args.route_settle,
                  shards=args.shards, identity=args.identity,
@@ -87,7 +114,8 @@ def cmd_fleet(args: argparse.Namespace) -> None:
                          *map(list, fleet.istio_rows())]))
     elif args.action in ("stop-gateway", "start-gateway", "stop-istiod", "start-istiod"):
         if fleet.state is None or not args.cluster or not fleet.state.istio:
-            sys.exit(f"meshfed: fleet {args.action} needs a running fleet with Istio and a member name")
+            raise UserError(f"fleet {args.action} needs a running fleet with Istio (in {args.dir}) and a member name")
+        _fleet_member(fleet, args)
         verb, part = args.action.split("-")
         if verb == "stop":
             (fleet.stop_gateway if part == "gateway" else fleet.stop_istiod)(args.cluster)
@@ -95,28 +123,30 @@ def cmd_fleet(args: argparse.Namespace) -> None:
             asyncio.run(fleet.start_gateway(args.cluster) if part == "gateway" else fleet.start_istiod(args.cluster))
         print(f"{args.cluster}: {part} {verb}ped" if verb == "stop" else f"{args.cluster}: {part} started")
     elif args.action == "echo-mode":
-        if fleet.state is None or not args.cluster or not args.mode:
-            sys.exit("meshfed: fleet echo-mode needs a running fleet with Istio, a member name and --mode")
+        if fleet.state is None or not fleet.state.istio or not args.cluster or not args.mode:
+            raise UserError("fleet echo-mode needs a running fleet with Istio, a member name and --mode")
+        _fleet_member(fleet, args)
         asyncio.run(fleet.set_echo_mode(args.mode, cluster=args.cluster))
         print(f"{args.cluster}: echo backends {args.mode}")
     elif args.action == "publish-backends":
         if fleet.state is None or not fleet.state.istio or not args.namespace or not args.host:
-            sys.exit("meshfed: fleet publish-backends needs a running fleet with Istio, --namespace and --host")
+            raise UserError("fleet publish-backends needs a running fleet with Istio, --namespace and --host")
         asyncio.run(fleet.publish_backends(args.namespace, args.host, service=args.service, port=args.port))
         print(f"echo backends of every member published as {args.host} (ServiceEntry {args.namespace}/{args.service}"
               f" + WorkloadEntries) on every member")
     elif args.action == "kubeconfig":
         if fleet.state is None:
-            sys.exit(f"meshfed: no fleet in {args.dir} (run: meshfed fleet up)")
+            raise UserError(f"no fleet in {args.dir} (run: meshfed fleet up)")
         target = fleet.state.hub if not args.cluster else next(
             (c for c in fleet.state.clusters() if c.name == args.cluster), None)
         if target is None:
-            sys.exit(f"meshfed: no cluster {args.cluster!r} in the fleet")
+            names = ", ".join(c.name for c in fleet.state.clusters())
+            raise UserError(f"no cluster {args.cluster!r} in the fleet in {args.dir} (clusters: {names})")
         print(target.kubeconfig)
     elif args.action in ("stop-member", "start-member"):
         if fleet.state is None or not args.cluster:
-            sys.exit("meshfed: fleet stop-member/start-member need a running fleet and a cluster name")
-        member = fleet.state.member(args.cluster)
+            raise UserError(f"fleet {args.action} needs a running fleet (in {args.dir}) and a member name")
+        member = _fleet_member(fleet, args)
         if args.action == "stop-member":
             member.stop()
         else:
@@ -126,6 +156,15 @@ def cmd_fleet(args: argparse.Namespace) -> None:
             asyncio.run(member.wait_ready())
         fleet.save()
         print(f"{args.cluster}: {'stopped' if args.action == 'stop-member' else 'started'}")
+
+
+def _fleet_member(fleet: Any, args: argparse.Namespace) -> Any:
+    """The fleet member named on the command line, or one line listing the members."""
+    member = next((m for m in fleet.state.members if m.name == args.cluster), None)
+    if member is None:
+        names = ", ".join(m.name for m in fleet.state.members) or "none"
+        raise UserError(f"no member {args.cluster!r} in the fleet in {args.dir} (members: {names})")
+    return member
 
 
 # ---- sds ----
@@ -152,20 +191,6 @@ def cmd_crds(args: argparse.Namespace) -> None:
 
 
 # ---- status ----
-
-async def _get_accesspoint(args: argparse.Namespace) -> dict[str, Any]:
-    from federation.kube import KubeClient
-
-    client = await KubeClient.from_kubeconfig_file(hub_kubeconfig(args), "hub")
-    try:
-        obj = await client.get(f"/apis/meshfed.io/v1alpha1/namespaces/{args.namespace}/accesspoints/{args.name}")
-    finally:
-        await client.close()
-    if obj is None:
-        sys.exit(f"meshfed: AccessPoint {args.namespace}/{args.name} not found "
-                 f"(list them with: kubectl get accesspoints -A)")
-    return obj
-
 
 def probe_cell(record: dict[str, Any] | None) -> str:
     """`Healthy 200 4ms`, `Unhealthy 503 3ms`, `Pending TimedOut 2000ms` (the PROBE column)."""
@@ -258,43 +283,151 @@ def zone_line(c: dict[str, Any]) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> None:
-    print(render_status(asyncio.run(_get_accesspoint(args))))
+    async def work(client: Any) -> str:
+        obj = await client.get(f"/apis/meshfed.io/v1alpha1/namespaces/{args.namespace}/accesspoints/{args.name}")
+        if obj is None:
+            raise UserError(f"AccessPoint {args.namespace}/{args.name} not found "
+                            f"(list them with: kubectl get accesspoints -A)")
+        return render_status(obj)
+
+    run(args, work)
 
 
 # ---- register ----
 
+def taint(text: str) -> dict[str, str]:
+    """`--taint KEY[=VALUE][:EFFECT]` (kubectl taint's syntax; EFFECT NoSchedule, the default, or NoExecute)."""
+    body, _, effect = text.partition(":")
+    effect = effect or "NoSchedule"
+    if effect not in ("NoSchedule", "NoExecute"):
+        raise argparse.ArgumentTypeError(f"taint {text!r}: the effect must be NoSchedule or NoExecute")
+    key, _, value = body.partition("=")
+    problem = label_key_problem(key)
+    if problem:
+        raise argparse.ArgumentTypeError(f"taint {text!r}: {problem}")
+    if value:
+        label_pair(f"x={value}")
+    return {"key": key, "value": value, "effect": effect} if value else {"key": key, "effect": effect}
+
+
+def istiod_service(text: str) -> dict[str, Any]:
+    """`--istiod-service [NAMESPACE/]NAME[:PORT]` (default istio-system/istiod:15014)."""
+    rest, _, port = text.partition(":")
+    namespace, _, name = rest.rpartition("/")
+    out: dict[str, Any] = {"namespace": namespace or "istio-system", "name": name or "istiod"}
+    if port:
+        out["port"] = positive_int(port)
+    return out
+
+
+def gateway_stats(text: str) -> dict[str, Any]:
+    """`--gateway-stats URL` (an Envoy admin the hub reaches) or `pods[:NAMESPACE[:K=V,…[:PORT]]]` (the
+    gateway pods through the member API server; defaults istio-system, istio=ingressgateway, 15000)."""
+    if text.startswith(("http://", "https://")):
+        return {"url": text}
+    kind, *parts = text.split(":")
+    if kind != "pods" or len(parts) > 3:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither an http(s) URL nor pods[:NAMESPACE[:K=V,...[:PORT]]]")
+    pods: dict[str, Any] = {}
+    if parts and parts[0]:
+        pods["namespace"] = parts[0]
+    if len(parts) > 1 and parts[1]:
+        pods["selector"] = dict(label_pair(kv) for kv in parts[1].split(","))
+    if len(parts) > 2 and parts[2]:
+        pods["port"] = positive_int(parts[2])
+    return {"pods": pods}
+
+
+def member_spec(args: argparse.Namespace) -> dict[str, Any]:
+    """The MemberCluster spec fields the flags set, checked against the API model (one line naming the flag)."""
+    from pydantic import ValidationError
+
+    from placement.models import MemberClusterSpec
+
+    extra: dict[str, Any] = {}
+    if args.istiod_url and args.istiod_service:
+        raise UsageError("pass one of --istiod-url and --istiod-service")
+    if args.istiod_url:
+        extra["istiod"] = {"url": args.istiod_url}
+    elif args.istiod_service:
+        extra["istiod"] = {"service": args.istiod_service}
+    if args.gateway_stats:
+        extra["gatewayStats"] = args.gateway_stats
+    if args.taint:
+        extra["taints"] = args.taint
+    flags = {"istiod": "--istiod-url/--istiod-service", "gatewayStats": "--gateway-stats", "taints": "--taint",
+             "region": "--region", "zone": "--zone"}
+    try:
+        MemberClusterSpec.model_validate({"kubeconfigSecretRef": {"name": "x", "namespace": "x", "key": "x"},
+                                          "region": args.region, "zone": args.zone, **extra})
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        message = (f"{first['input']!r} is not an http(s)://HOST[:PORT] base URL"
+                   if first["type"] == "string_pattern_mismatch" else first["msg"])
+        raise UsageError(f"{flags.get(field, field)}: {message}") from None
+    return extra
+
+
 def cmd_register(args: argparse.Namespace) -> None:
-    from federation.kube import KubeClient
+    from federation.kube import ApiError, KubeClient, flatten, load_kubeconfig, portability_problem
     from federation.registration import register_member
 
-    labels = dict(kv.split("=", 1) for kv in args.label)
-    text = Path(args.member_kubeconfig).read_text()
+    labels = dict(args.label)
+    extra = member_spec(args)
+    member = flatten(load_kubeconfig(args.member_kubeconfig, args.member_context, flag="--member-kubeconfig"))
+    problem = portability_problem(member)
+    if problem:
+        raise UserError(f"--member-kubeconfig {args.member_kubeconfig} (context {member.context!r}): {problem}")
+    hub_cfg = hub_config(args)
 
     async def go() -> None:
-        probe = await KubeClient.from_kubeconfig_dict(yaml.safe_load(text), args.cluster, attempts=1)
+        probe = await KubeClient.from_kubeconfig(member, args.cluster, attempts=1)
         try:
             version = await probe.request("GET", "/version", timeout=5, retry=False)
-            print(f"{args.cluster}: reachable, Kubernetes {version.get('gitVersion')}")
+        except ApiError as err:
+            raise UserError(f"member cluster {args.cluster} ({probe.host}, context {member.context!r} of "
+                            f"{args.member_kubeconfig}): "
+                            + (f"unreachable: {err.message}" if err.status == 0 else f"{err.status} {err.message}")
+                            + " (check --member-kubeconfig/--member-context)") from None
         finally:
             await probe.close()
-        hub = await KubeClient.from_kubeconfig_file(hub_kubeconfig(args), "hub")
+        print(f"{args.cluster}: reachable, Kubernetes {version.get('gitVersion')}")
+        hub = await KubeClient.from_kubeconfig(hub_cfg, "hub", attempts=1)
         try:
-            await register_member(hub, args.cluster, text, args.region, args.zone, labels)
+            await register_member(hub, args.cluster, yaml.safe_dump(member.as_dict(), sort_keys=False),
+                                  args.region, args.zone, labels, istiod=extra.get("istiod"),
+                                  gateway_stats=extra.get("gatewayStats"), taints=extra.get("taints"))
+        except ApiError as err:
+            from cli.common import api_error_line
+
+            raise UserError(api_error_line(err, hub.host, hub_cfg.context)) from None
         finally:
             await hub.close()
-        print(f"registered MemberCluster {args.cluster} (region {args.region}, zone {args.zone})")
+        parts = [f"region {args.region}", f"zone {args.zone}"]
+        if "istiod" in extra:
+            parts.append("istiod " + (extra["istiod"].get("url") or "service {namespace}/{name}".format(
+                **extra["istiod"]["service"])))
+        if "gatewayStats" in extra:
+            parts.append("gateway stats " + (extra["gatewayStats"].get("url") or "from the gateway pods"))
+        if "taints" in extra:
+            parts.append(f"{len(extra['taints'])} taint(s)")
+        print(f"registered MemberCluster {args.cluster} ({', '.join(parts)})")
+        if "istiod" not in extra:
+            print("note: without --istiod-url/--istiod-service the cluster's routeConfigured is not evaluated",
+                  file=sys.stderr)
 
     asyncio.run(go())
 
 
 def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description="meshfed: federated Istio access points")
+    parser = Parser(prog=prog, description="meshfed: federated Istio access points")
+    parser.add_argument("--debug", action="store_true", help="show a Python traceback on errors (any position)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     status = sub.add_parser("status", help="per-cluster table of an AccessPoint")
     status.add_argument("name")
-    status.add_argument("-n", "--namespace", default="default")
-    status.add_argument("--kubeconfig")
+    add_hub_options(status)
     status.set_defaults(func=cmd_status)
 
     add_rollout_commands(sub)
@@ -303,20 +436,21 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
 
     ctl = sub.add_parser("controller", help="run the hub controller")
     ctl.add_argument("--kubeconfig", help="hub kubeconfig (default: in-cluster service account)")
-    ctl.add_argument("--hub-id", default=os.environ.get("MESHFED_HUB_ID", "meshfed-hub"),
+    ctl.add_argument("--context", help="context of --kubeconfig (default: its current-context)")
+    ctl.add_argument("--hub-id", default=os.environ.get("MESHFED_HUB_ID", "meshfed-hub"), type=label_value,
                      help="identity written into owner labels on members")
-    ctl.add_argument("--workers", type=int, default=16)
-    ctl.add_argument("--probe-interval", type=float, default=5.0)
-    ctl.add_argument("--resync", type=float, default=600.0, help="safety-net resync period (seconds)")
-    ctl.add_argument("--istiod-interval", type=float, default=10.0,
+    ctl.add_argument("--workers", type=positive_int, default=16)
+    ctl.add_argument("--probe-interval", type=positive_float, default=5.0)
+    ctl.add_argument("--resync", type=positive_float, default=600.0, help="safety-net resync period (seconds)")
+    ctl.add_argument("--istiod-interval", type=positive_float, default=10.0,
                      help="seconds between two /debug/syncz reads of a member's istiod when nothing is in flight")
-    ctl.add_argument("--istiod-fast-interval", type=float, default=0.5,
+    ctl.add_argument("--istiod-fast-interval", type=positive_float, default=0.5,
                      help="seconds between two /debug/syncz reads while a change is in flight")
     ctl.add_argument("--route-settle", type=float, default=10.0,
                      help="after a write istiod pushes nothing for, routeConfigured may turn True this much later")
     ctl.add_argument("--otel", choices=["none", "console", "otlp"], default=None)
-    ctl.add_argument("--liveness", help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
-    ctl.add_argument("--http-address", default=os.environ.get("MESHFED_HTTP_ADDRESS"),
+    ctl.add_argument("--liveness", type=http_url, help="kopf liveness endpoint, e.g. http://0.0.0.0:8080/healthz")
+    ctl.add_argument("--http-address", default=os.environ.get("MESHFED_HTTP_ADDRESS"), type=host_port,
                      help="serve /metrics (Prometheus), /healthz and /readyz here, e.g. 0.0.0.0:8081")
     ctl.add_argument("--shards", type=int, default=32,
                      help="virtual shards held through hub Leases, so several replicas share the work "
@@ -330,7 +464,7 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
                      help="seconds after its last successful renewal a replica stops writing for a Lease "
                      "(< --lease-duration: fencing)")
     ctl.add_argument("--retry-period", type=float, default=2.0, help="seconds between Lease rounds")
-    ctl.add_argument("--log-level", default="info")
+    ctl.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS)
     ctl.set_defaults(func=cmd_controller)
 
     fleet = sub.add_parser("fleet", help="local fleet of real kube-apiservers (hub + members)")
@@ -339,17 +473,17 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
                                           "echo-mode", "publish-backends"])
     fleet.add_argument("cluster", nargs="?")
     fleet.add_argument("--dir", default=str(DEFAULT_FLEET_DIR))
-    fleet.add_argument("--members", type=int, default=3)
-    fleet.add_argument("--regions", type=int, default=2)
-    fleet.add_argument("--zones", type=int, default=3)
+    fleet.add_argument("--members", type=positive_int, default=3)
+    fleet.add_argument("--regions", type=positive_int, default=2)
+    fleet.add_argument("--zones", type=positive_int, default=3)
     fleet.add_argument("--istio", action="store_true",
                        help="every member runs istiod + a gateway Envoy; VIPs forward to it (off: API servers only)")
-    fleet.add_argument("--backends", type=int, default=1, help="echo backends per member (with --istio)")
+    fleet.add_argument("--backends", type=positive_int, default=1, help="echo backends per member (with --istio)")
     fleet.add_argument("--mode", choices=["ok", "fail", "hang", "down"], help="echo-mode: what the backends do")
     fleet.add_argument("--namespace", help="publish-backends: namespace of the ServiceEntry/WorkloadEntries")
     fleet.add_argument("--host", help="publish-backends: the host they serve, e.g. checkout.payments.svc.cluster.local")
     fleet.add_argument("--service", default="echo", help="publish-backends: ServiceEntry name")
-    fleet.add_argument("--port", type=int, default=8080, help="publish-backends: service port")
+    fleet.add_argument("--port", type=positive_int, default=8080, help="publish-backends: service port")
     fleet.set_defaults(func=cmd_fleet)
 
     sds = sub.add_parser("sds", add_help=False,
@@ -362,11 +496,26 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
 
     reg = sub.add_parser("register", help="register a member cluster on the hub")
     reg.add_argument("cluster")
-    reg.add_argument("--member-kubeconfig", required=True)
+    reg.add_argument("--member-kubeconfig", required=True,
+                     help="the member's kubeconfig; its certificates are embedded (kubectl config view --flatten "
+                     "--minify), exec plugins, auth providers and token files are refused (the controller's Pod "
+                     "cannot use them)")
+    reg.add_argument("--member-context", help="context of --member-kubeconfig (default: its current-context)")
     reg.add_argument("--region", required=True)
     reg.add_argument("--zone", required=True)
-    reg.add_argument("--label", action="append", default=[], help="k=v, repeatable")
-    reg.add_argument("--kubeconfig", help="hub kubeconfig")
+    reg.add_argument("--label", action="append", default=[], type=label_pair, help="KEY=VALUE, repeatable")
+    ist = reg.add_mutually_exclusive_group()
+    ist.add_argument("--istiod-url", help="istiod's debug server as the hub reaches it directly, e.g. "
+                     "http://10.0.0.5:15014 (spec.istiod.url)")
+    ist.add_argument("--istiod-service", nargs="?", const="istio-system/istiod:15014", type=istiod_service,
+                     metavar="[NAMESPACE/]NAME[:PORT]", help="istiod's Service, reached through the member API "
+                     "server's service proxy (spec.istiod.service; default istio-system/istiod:15014)")
+    reg.add_argument("--gateway-stats", type=gateway_stats, metavar="URL|pods[:NAMESPACE[:K=V,...[:PORT]]]",
+                     help="where Analysis gates read the gateway Envoy's stats: an admin URL the hub reaches, or "
+                     "the gateway pods through the member API server (spec.gatewayStats)")
+    reg.add_argument("--taint", action="append", default=[], type=taint, metavar="KEY[=VALUE][:EFFECT]",
+                     help="spec.taints entry, repeatable (EFFECT: NoSchedule (default) or NoExecute)")
+    add_hub_options(reg, namespaced=False)
     reg.set_defaults(func=cmd_register)
     return parser
 
@@ -374,7 +523,11 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sds"]:
-        cmd_sds(argv[1:])
+        guard("meshfed sds", argv[1:], cmd_sds)
+    guard("meshfed", argv, _run)
+
+
+def _run(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     args.func(args)
 

@@ -15,11 +15,9 @@ table `render_shards` is pure). Imports cli.common and, lazily, the runtime.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import sys
 from typing import Any
 
-from cli.common import UserError, hub_kubeconfig, run, table
+from cli.common import UsageError, UserError, add_hub_options, non_negative_int, positive_int, run, table
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
 APPROVALS_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/rolloutapprovals"
@@ -160,7 +158,8 @@ def cmd_annotate(args: argparse.Namespace) -> None:
         return f"promote --full requested for revision {revision}: remaining gates are skipped"
 
     if args.command == "promote" and not args.full:
-        sys.exit("meshfed: promote needs --full (skip every remaining gate of the rollout)")
+        raise UsageError("promote skips gates only all at once: pass --full to skip every remaining gate "
+                         f"(to release just the waiting approval: approve {args.name})")
     run(args, work)
 
 
@@ -190,15 +189,18 @@ def cmd_undo(args: argparse.Namespace) -> None:
         try:
             spec = undo(history, args.to_revision, current)
         except RevisionNotFound as err:
-            raise UserError(f"AccessPoint {args.namespace}/{args.name}: {err}") from None
+            raise UserError(f"AccessPoint {args.namespace}/{args.name}: {err} (see: history {args.name})") from None
+        target = history.by_hash(revision_hash(spec))
+        number = target.number if target is not None else args.to_revision
+        what = f"revision {number} ({revision_hash(spec)})" + (" (the previous one)" if not args.to_revision else "")
         if revision_hash(spec) == revision_hash(current):
-            return f"revision {args.to_revision} is already the current revision: nothing to do"
+            return f"AccessPoint {args.namespace}/{args.name}: {what} is already the current revision: nothing to do"
         body = {k: v for k, v in obj.items() if k != "status"}
         body["spec"] = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
         await client.request("PUT", AP_PATH.format(ns=args.namespace, name=args.name), body=body,
                              query={"fieldManager": "kubectl-meshfed"})
-        return (f"AccessPoint {args.namespace}/{args.name}: revision {args.to_revision} re-deployed as a new "
-                f"revision ({revision_hash(spec)}); it rolls out like any change")
+        return (f"AccessPoint {args.namespace}/{args.name}: {what} re-deployed as a new revision; "
+                "it rolls out like any change")
 
     run(args, work)
 
@@ -226,22 +228,21 @@ def add_rollout_commands(sub: Any) -> None:
 
     def target(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("name", help="AccessPoint name")
-        p.add_argument("-n", "--namespace", default="default")
-        p.add_argument("--kubeconfig")
-        return p
+        return add_hub_options(p)
 
     for verb, help_ in (("approve", "release the waiting gate of an AccessPoint's rollout"),
                         ("reject", "reject the waiting gate (aborts the rollout)")):
         p = target(sub.add_parser(verb, help=help_))
         p.add_argument("-m", "--message", default="", help="reason recorded on the RolloutApproval")
-        p.add_argument("--wave", type=int, help="only the gate of this wave (1-based)")
+        p.add_argument("--wave", type=positive_int, help="only the gate of this wave (1-based)")
         p.add_argument("--dry-run", action="store_true", help="ask the API server without recording anything")
         p.set_defaults(func=cmd_decide)
     p = target(sub.add_parser("undo", help="re-deploy an old revision as a new one"))
-    p.add_argument("--to-revision", type=int, default=0, help="revision number (0: the previous one)")
+    p.add_argument("--to-revision", type=non_negative_int, default=0,
+                   help="revision number, as `history` lists them (default 0: the previous revision)")
     p.set_defaults(func=cmd_undo)
     p = target(sub.add_parser("promote", help="skip every remaining gate (needs the promote verb)"))
-    p.add_argument("--full", action="store_true", required=True)
+    p.add_argument("--full", action="store_true", help="skip every remaining gate (the only promotion meshfed has)")
     p.set_defaults(func=cmd_annotate)
     target(sub.add_parser("abort", help="return every cluster to the stable revision")).set_defaults(
         func=cmd_annotate)
@@ -252,7 +253,7 @@ def add_rollout_commands(sub: Any) -> None:
     p = sub.add_parser("shards", help="which controller replica holds which shard (the hub's Leases)")
     p.add_argument("--hub-id", default=None, help="only this hub id's Leases (default: all)")
     p.add_argument("--lease-namespace", default="meshfed-system")
-    p.add_argument("--kubeconfig")
+    add_hub_options(p, namespaced=False)
     p.set_defaults(func=cmd_shards)
 
 
@@ -318,17 +319,12 @@ def render_shards(leases: list[dict[str, Any]], now: float) -> str:
 def cmd_shards(args: argparse.Namespace) -> None:
     import time
 
-    from federation.kube import KubeClient
     from federation.shards import LEASE_OF, LEASES
 
-    async def go() -> list[dict[str, Any]]:
-        client = await KubeClient.from_kubeconfig_file(hub_kubeconfig(args), "hub")
-        try:
-            selector = f"{LEASE_OF}={args.hub_id}" if args.hub_id else LEASE_OF
-            items, _ = await client.list(LEASES.format(ns=args.lease_namespace), label_selector=selector)
-            return items
-        finally:
-            await client.close()
+    async def work(client: Any) -> str:
+        selector = f"{LEASE_OF}={args.hub_id}" if args.hub_id else LEASE_OF
+        items, _ = await client.list(LEASES.format(ns=args.lease_namespace), label_selector=selector)
+        return render_shards(items, time.time())
 
-    print(render_shards(asyncio.run(go()), time.time()))
+    run(args, work)
 

@@ -1,6 +1,11 @@
 """A small async Kubernetes REST client over kubernetes-asyncio's configuration and session.
 
-Owns: loading a kubeconfig (file or dict, any auth kubernetes-asyncio supports) or a Pod's in-cluster
+Owns: the one kubeconfig loader (`load_kubeconfig`: kubectl's rules — `--kubeconfig` or every file of
+the KUBECONFIG path list merged (the first file to set a name or current-context wins), `--context`,
+the context's namespace, relative file paths resolved against the directory of the file that names
+them), used by the controller (its KubeClient and kopf's login), the CLI and `meshfed register`
+(`flatten`, `portability_problem`); loading a kubeconfig (file or dict, any auth kubernetes-asyncio
+supports) or a Pod's in-cluster
 service-account configuration (`in_cluster_config`: KUBERNETES_SERVICE_HOST/PORT and the mounted
 token, CA and namespace, as client-go's rest.InClusterConfig), generic REST calls by path
 (get/list/watch/create/apply/merge-patch/delete), and the retry policy for
@@ -10,14 +15,15 @@ API server; never the global default configuration (kopf logs the hub into it).
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import aiohttp
@@ -95,6 +101,247 @@ def _proxy_for(host: str, configured: str | None) -> str | None:
     return proxy
 
 
+# ---- the kubeconfig loader (kubectl's rules) ----
+
+class KubeconfigError(Exception):
+    """A kubeconfig that cannot be used; the message names the file, the entry and what to do."""
+
+
+# Fields holding a file name, per kubeconfig section (client-go's ResolvePaths): resolved against the
+# directory of the file that names them. `exec.command` only when it contains a path separator.
+_FILE_FIELDS = {"cluster": ("certificate-authority",),
+                "user": ("client-certificate", "client-key", "tokenFile")}
+# What `kubectl config view --flatten` embeds: file field -> data field.
+_EMBEDDED = {"certificate-authority": "certificate-authority-data",
+             "client-certificate": "client-certificate-data", "client-key": "client-key-data"}
+
+
+@dataclass(frozen=True)
+class Kubeconfig:
+    """One context of a (merged) kubeconfig with its cluster and user, every file name absolute:
+    what kubectl uses for a command. `as_dict()` is the minified kubeconfig (`kubectl config view --minify`)."""
+
+    context: str
+    cluster_name: str
+    cluster: Mapping[str, Any]
+    user_name: str
+    user: Mapping[str, Any]
+    namespace: str | None  # the context's namespace (kubectl's default for -n)
+    sources: tuple[str, ...] = field(default=())  # the files it was merged from, for messages
+
+    @property
+    def where(self) -> str:
+        return ", ".join(self.sources) or "the kubeconfig"
+
+    def as_dict(self) -> dict[str, Any]:
+        context: dict[str, Any] = {"cluster": self.cluster_name}
+        if self.user_name:
+            context["user"] = self.user_name
+        if self.namespace:
+            context["namespace"] = self.namespace
+        return {"apiVersion": "v1", "kind": "Config", "current-context": self.context,
+                "clusters": [{"name": self.cluster_name, "cluster": dict(self.cluster)}],
+                "users": [{"name": self.user_name or "user", "user": dict(self.user)}],
+                "contexts": [{"name": self.context,
+                              "context": {**context, "user": self.user_name or "user"}}]}
+
+
+def _resolve(value: Any, base: str | None) -> Any:
+    if base is None or not isinstance(value, str) or not value or os.path.isabs(value):
+        return value
+    return os.path.normpath(os.path.join(base, os.path.expanduser(value)))
+
+
+def _resolved_entry(kind: str, entry: Mapping[str, Any], base: str | None) -> dict[str, Any]:
+    out = dict(entry)
+    for key in _FILE_FIELDS[kind]:
+        if key in out:
+            out[key] = _resolve(out[key], base)
+    exec_ = out.get("exec")
+    if kind == "user" and isinstance(exec_, Mapping) and os.sep in str(exec_.get("command", "")):
+        out["exec"] = {**exec_, "command": _resolve(exec_["command"], base)}
+    return out
+
+
+def merge_kubeconfigs(documents: Sequence[tuple[str | None, Mapping[str, Any]]]) -> dict[str, Any]:
+    """kubectl's merge of the KUBECONFIG files, in order: the first file to define a cluster, user or
+    context name wins it whole (later ones are ignored, not merged into it); the first non-empty
+    current-context wins. File names are made absolute against the directory of the file that names
+    them (a document whose path is None keeps its names). Pure."""
+    merged: dict[str, dict[str, tuple[dict[str, Any], str]]] = {"clusters": {}, "users": {}, "contexts": {}}
+    current = ""
+    for path, doc in documents:
+        if not isinstance(doc, Mapping):
+            raise KubeconfigError(f"kubeconfig {path or '(inline)'} is not a kubeconfig (a YAML mapping with "
+                                  "clusters, users, contexts)")
+        base = os.path.dirname(os.path.abspath(path)) if path else None
+        for section, kind in (("clusters", "cluster"), ("users", "user"), ("contexts", "context")):
+            entries = doc.get(section) or []
+            if not isinstance(entries, list):
+                raise KubeconfigError(f"kubeconfig {path or '(inline)'}: {section} must be a list")
+            for item in entries:
+                if not isinstance(item, Mapping) or not item.get("name"):
+                    raise KubeconfigError(f"kubeconfig {path or '(inline)'}: an entry of {section} has no name")
+                if item["name"] in merged[section]:
+                    continue
+                body = item.get(kind) or {}
+                if not isinstance(body, Mapping):
+                    raise KubeconfigError(f"kubeconfig {path or '(inline)'}: {section} {item['name']!r} "
+                                          f"has no {kind} mapping")
+                if kind != "context":
+                    body = _resolved_entry(kind, body, base)
+                merged[section][str(item["name"])] = (dict(body), path or "(inline)")
+        if not current and doc.get("current-context"):
+            current = str(doc["current-context"])
+    return {"current-context": current, **merged}
+
+
+def select_context(merged: Mapping[str, Any], context: str | None, sources: Sequence[str] = ()) -> Kubeconfig:
+    """The context `context` (else the merged current-context) with its cluster and user. Pure."""
+    where = ", ".join(sources) or "the kubeconfig"
+    contexts: Mapping[str, tuple[dict[str, Any], str]] = merged["contexts"]
+    known = ", ".join(sorted(contexts)) or "none"
+    name = context or merged.get("current-context") or ""
+    if not name:
+        raise KubeconfigError(f"{where} sets no current-context: pass --context (contexts: {known})")
+    if name not in contexts:
+        raise KubeconfigError(f"context {name!r} is not in {where} (contexts: {known})")
+    ctx, ctx_source = contexts[name]
+    cluster_name, user_name = str(ctx.get("cluster") or ""), str(ctx.get("user") or "")
+    if cluster_name not in merged["clusters"]:
+        raise KubeconfigError(f"context {name!r} ({ctx_source}) names cluster {cluster_name!r}, which is not in "
+                              f"{where}")
+    if user_name and user_name not in merged["users"]:
+        raise KubeconfigError(f"context {name!r} ({ctx_source}) names user {user_name!r}, which is not in {where}")
+    cluster = merged["clusters"][cluster_name][0]
+    if not cluster.get("server"):
+        raise KubeconfigError(f"cluster {cluster_name!r} in {where} has no server")
+    user = merged["users"][user_name][0] if user_name else {}
+    return Kubeconfig(context=name, cluster_name=cluster_name, cluster=cluster, user_name=user_name, user=user,
+                      namespace=str(ctx["namespace"]) if ctx.get("namespace") else None, sources=tuple(sources))
+
+
+def kubeconfig_paths(explicit: str | None, environ: Mapping[str, str] | None = None,
+                     flag: str = "--kubeconfig") -> list[str]:
+    """kubectl's precedence: --kubeconfig (one file, must exist), else every existing file of the
+    KUBECONFIG path list (empty and missing entries skipped), else ~/.kube/config."""
+    env = os.environ if environ is None else environ
+    if explicit:
+        path = os.path.expanduser(explicit)
+        if not os.path.isfile(path):
+            raise KubeconfigError(f"kubeconfig {explicit} does not exist (check {flag})")
+        return [path]
+    listed = [os.path.expanduser(p) for p in env.get("KUBECONFIG", "").split(os.pathsep) if p.strip()]
+    if listed:
+        found = [p for p in listed if os.path.isfile(p)]
+        if not found:
+            raise KubeconfigError(f"none of the KUBECONFIG files exists ({os.pathsep.join(listed)}): "
+                                  "set KUBECONFIG or pass --kubeconfig")
+        return found
+    home = os.path.join(env.get("HOME") or os.path.expanduser("~"), ".kube", "config")
+    if not os.path.isfile(home):
+        raise KubeconfigError(f"no kubeconfig: KUBECONFIG is not set and {home} does not exist "
+                              "(pass --kubeconfig or set KUBECONFIG)")
+    return [home]
+
+
+def read_kubeconfig_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            doc = yaml.safe_load(fh)
+    except OSError as err:
+        raise KubeconfigError(f"cannot read kubeconfig {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" (line {mark.line + 1})" if mark is not None else ""
+        raise KubeconfigError(f"kubeconfig {path} is not valid YAML{at}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise KubeconfigError(f"kubeconfig {path} is not a kubeconfig (a YAML mapping with clusters, users, "
+                              "contexts)")
+    return doc
+
+
+def load_kubeconfig(explicit: str | None = None, context: str | None = None,
+                    environ: Mapping[str, str] | None = None, flag: str = "--kubeconfig") -> Kubeconfig:
+    """The kubeconfig kubectl would use: see `kubeconfig_paths`, `merge_kubeconfigs`, `select_context`.
+    Referenced files must exist (KubeconfigError names the first missing one). `flag` names the
+    option that gave `explicit`, for messages."""
+    paths = kubeconfig_paths(explicit, environ, flag)
+    merged = merge_kubeconfigs([(p, read_kubeconfig_file(p)) for p in paths])
+    found = select_context(merged, context, paths)
+    for kind, entry, name in (("cluster", found.cluster, found.cluster_name), ("user", found.user, found.user_name)):
+        for key in _FILE_FIELDS[kind]:
+            data_key = _EMBEDDED.get(key, "token" if key == "tokenFile" else "")
+            if entry.get(key) and not entry.get(data_key) and not os.path.isfile(entry[key]):
+                raise KubeconfigError(f"{kind} {name!r} in {found.where}: {key} {entry[key]} does not exist")
+    return found
+
+
+def kubeconfig_from_dict(config: Mapping[str, Any], context: str | None = None,
+                         source: str = "(inline)") -> Kubeconfig:
+    """A kubeconfig held in memory (a member's Secret): file names are kept as written."""
+    return select_context(merge_kubeconfigs([(None, config)]), context, [source])
+
+
+def flatten(config: Kubeconfig) -> Kubeconfig:
+    """`kubectl config view --flatten`: certificate and key files embedded as their *-data fields."""
+    def embed(entry: Mapping[str, Any], what: str) -> dict[str, Any]:
+        out = dict(entry)
+        for key, data_key in _EMBEDDED.items():
+            if key in out:
+                path = out.pop(key)
+                if not out.get(data_key):
+                    try:
+                        with open(path, "rb") as fh:
+                            out[data_key] = base64.b64encode(fh.read()).decode()
+                    except OSError as err:
+                        raise KubeconfigError(f"{what}: cannot read {key} {path}: {err.strerror or err}") from None
+        return out
+
+    return replace(config, cluster=embed(config.cluster, f"cluster {config.cluster_name!r}"),
+                   user=embed(config.user, f"user {config.user_name!r}"))
+
+
+def portability_problem(config: Kubeconfig) -> str | None:
+    """Why the controller's Pod could not use these credentials (None: it can): they run a program or
+    an auth provider of this machine, or name a file the Pod does not have (after `flatten`: a token
+    file). Pure."""
+    user, name = config.user, config.user_name
+    if user.get("exec"):
+        command = (user["exec"] or {}).get("command", "?") if isinstance(user["exec"], Mapping) else "?"
+        return (f"user {name!r} gets its credentials from the exec plugin {command!r}, which the controller's "
+                "Pod cannot run: use a ServiceAccount token or a client certificate (README: Registering a real "
+                "cluster)")
+    if user.get("auth-provider"):
+        provider = (user["auth-provider"] or {}).get("name", "?") if isinstance(user["auth-provider"], Mapping) \
+            else "?"
+        return (f"user {name!r} uses the {provider!r} auth provider, which the controller's Pod cannot use: use a "
+                "ServiceAccount token or a client certificate (README: Registering a real cluster)")
+    for key in ("tokenFile", *_EMBEDDED):
+        if config.user.get(key) or (key == "certificate-authority" and config.cluster.get(key)):
+            return (f"{key} {config.user.get(key) or config.cluster.get(key)} is a file of this machine, which the "
+                    "controller's Pod does not have: embed it (a token as `token:`)")
+    return None
+
+
+async def load_configuration(config: Kubeconfig) -> Configuration:
+    """kubernetes-asyncio's Configuration for `config` (runs an exec plugin or auth provider if the
+    user has one): the one place a kubeconfig becomes connection settings, for KubeClient and kopf."""
+    from kubernetes_asyncio.config.config_exception import ConfigException
+
+    cfg: Configuration = type.__call__(Configuration)
+    loader = kube_config.KubeConfigLoader(config_dict=config.as_dict(), config_base_path="")
+    try:
+        await loader.load_and_set(cfg)
+        _ssl_context(cfg)  # a bad certificate or key file fails here, naming the kubeconfig
+    except (ConfigException, ssl.SSLError, OSError, ValueError) as err:
+        raise KubeconfigError(f"context {config.context!r} in {config.where}: {err}") from None
+    cfg.connection_pool_maxsize = 64
+    return cfg
+
+
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
@@ -169,18 +416,17 @@ class KubeClient:
         return self._session
 
     @classmethod
-    async def from_kubeconfig_dict(cls, config: Mapping[str, Any], name: str, *, attempts: int = 3) -> KubeClient:
-        cfg = type.__call__(Configuration)
-        loader = kube_config.KubeConfigLoader(config_dict=dict(config), config_base_path=None)
-        await loader.load_and_set(cfg)
-        cfg.connection_pool_maxsize = 64
-        return cls(ApiClient(configuration=cfg), name, attempts=attempts)
+    async def from_kubeconfig(cls, config: Kubeconfig, name: str, *, attempts: int = 3) -> KubeClient:
+        return cls(ApiClient(configuration=await load_configuration(config)), name, attempts=attempts)
 
     @classmethod
-    async def from_kubeconfig_file(cls, path: str, name: str, *, attempts: int = 3) -> KubeClient:
-        with open(path) as fh:
-            config = yaml.safe_load(fh)
-        return await cls.from_kubeconfig_dict(config, name, attempts=attempts)
+    async def from_kubeconfig_dict(cls, config: Mapping[str, Any], name: str, *, attempts: int = 3) -> KubeClient:
+        return await cls.from_kubeconfig(kubeconfig_from_dict(config, source=name), name, attempts=attempts)
+
+    @classmethod
+    async def from_kubeconfig_file(cls, path: str, name: str, *, attempts: int = 3,
+                                   context: str | None = None) -> KubeClient:
+        return await cls.from_kubeconfig(load_kubeconfig(path, context), name, attempts=attempts)
 
     @classmethod
     async def in_cluster(cls, name: str, *, environ: Mapping[str, str] | None = None,

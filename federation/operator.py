@@ -18,7 +18,14 @@ import kopf
 
 from federation.controller import Controller
 from federation.gcpolicy import tune_gc
-from federation.kube import SERVICE_ACCOUNT_DIR, KubeClient, in_cluster_config
+from federation.kube import (
+    SERVICE_ACCOUNT_DIR,
+    KubeClient,
+    Kubeconfig,
+    in_cluster_config,
+    load_configuration,
+    load_kubeconfig,
+)
 from federation.metrics import HttpServer
 from federation.shards import LeaseTiming, Shards
 
@@ -51,9 +58,9 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
     holder: dict[str, Controller] = {}
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> Any:
+    async def login(**_: Any) -> kopf.ConnectionInfo:
         if options.get("kubeconfig"):
-            return kopf.login_with_kubeconfig(**kwargs)
+            return await kubeconfig_login(load_kubeconfig(options["kubeconfig"], options.get("context")))
         return in_cluster_login()
 
     @kopf.on.startup(registry=registry)
@@ -63,7 +70,8 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         settings.persistence.finalizer = "meshfed.io/kopf"  # unused: no handler needs one
         if options.get("kubeconfig"):
-            hub = await KubeClient.from_kubeconfig_file(options["kubeconfig"], "hub")
+            hub = await KubeClient.from_kubeconfig(load_kubeconfig(options["kubeconfig"], options.get("context")),
+                                                   "hub")
         else:
             hub = await KubeClient.in_cluster("hub")
         controller = Controller(
@@ -143,6 +151,21 @@ def in_cluster_login(environ: dict[str, str] | None = None,
                                default_namespace=found.namespace)
 
 
+async def kubeconfig_login(config: Kubeconfig) -> kopf.ConnectionInfo:
+    """kopf's credentials from the same loader as the controller's own hub client (`load_configuration`:
+    kubectl's merge and context, relative file names against the kubeconfig's directory, exec plugins
+    run), read again on each login: kopf logs in again after a 401, so renewed credentials are picked
+    up. kopf has no tls-server-name; proxy-url is passed on."""
+    cfg = await load_configuration(config)
+    header = str(cfg.api_key.get("BearerToken") or "")
+    scheme, _, token = header.partition(" ") if " " in header else ("", "", header)
+    return kopf.ConnectionInfo(
+        server=str(cfg.host), ca_path=cfg.ssl_ca_cert, insecure=not cfg.verify_ssl,
+        certificate_path=cfg.cert_file, private_key_path=cfg.key_file,
+        scheme=scheme or None, token=token or None,  # basic auth too: kubernetes-asyncio's "Basic <b64>"
+        default_namespace=config.namespace, proxy_url=cfg.proxy or None)
+
+
 def _healthy(controller: Controller) -> tuple[bool, str]:
     """Liveness: the event loop answers (this handler runs) and the Lease loop has not died."""
     task = controller.shards._task if controller.shards is not None else None
@@ -168,8 +191,6 @@ def _ready(controller: Controller, started: dict[str, bool]) -> tuple[bool, str]
 
 def run(kubeconfig: str | None, hub_id: str, **options: Any) -> None:
     tune_gc()
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig
     opts = {"kubeconfig": kubeconfig, "hub_id": hub_id, **options}
     asyncio.run(
         kopf.operator(

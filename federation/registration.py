@@ -6,6 +6,7 @@ the same function). Imports federation.kube only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from federation.kube import ApiError, KubeClient
@@ -24,11 +25,15 @@ async def ensure_namespace(client: KubeClient, name: str) -> None:
 
 async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: str, zone: str,
                           labels: dict[str, str], istiod_url: str | None = None,
-                          gateway_admin_url: str | None = None, mesh_primary: str | None = None) -> None:
+                          gateway_admin_url: str | None = None, *, istiod: Mapping[str, Any] | None = None,
+                          gateway_stats: Mapping[str, Any] | None = None,
+                          taints: Sequence[Mapping[str, Any]] | None = None,
+                          mesh_primary: str | None = None) -> None:
     """The documented way to register any cluster: a kubeconfig Secret + a MemberCluster (with
-    `spec.istiod.url` when the cluster's istiod is reached directly, as in the local fleet, and
-    `spec.gatewayStats.url` when its gateway Envoy's admin is: the Analysis gate reads it; `spec.mesh` for an
-    Istio remote of `mesh_primary`)."""
+    `spec.istiod` when the hub can read the cluster's istiod: `istiod_url` when reached directly, as in
+    the local fleet, or `istiod` ({"url"} or {"service"}); `spec.gatewayStats` when its gateway Envoy's
+    stats are readable: the Analysis gate reads them (`gateway_admin_url` or `gateway_stats`); `taints`;
+    `spec.mesh` for an Istio remote of `mesh_primary`)."""
     await ensure_namespace(hub, HUB_NAMESPACE)
     secret = {
         "apiVersion": "v1",
@@ -44,10 +49,12 @@ async def register_member(hub: KubeClient, name: str, kubeconfig: str, region: s
         "region": region,
         "zone": zone,
     }
-    if istiod_url:
-        spec["istiod"] = {"url": istiod_url}
-    if gateway_admin_url:
-        spec["gatewayStats"] = {"url": gateway_admin_url}
+    if istiod_url or istiod:
+        spec["istiod"] = {"url": istiod_url} if istiod_url else dict(istiod or {})
+    if gateway_admin_url or gateway_stats:
+        spec["gatewayStats"] = {"url": gateway_admin_url} if gateway_admin_url else dict(gateway_stats or {})
+    if taints:
+        spec["taints"] = [dict(t) for t in taints]
     if mesh_primary:
         spec["mesh"] = {"role": "Remote", "primary": mesh_primary}
     member = {"apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",

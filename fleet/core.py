@@ -60,7 +60,10 @@ class FleetState:
         return [self.hub, *self.members]
 
     def member(self, name: str) -> ClusterProc:
-        return next(m for m in self.members if m.name == name)
+        found = next((m for m in self.members if m.name == name), None)
+        if found is None:
+            raise LookupError(f"no member {name!r} in the fleet (members: {', '.join(m.name for m in self.members)})")
+        return found
 
 
 class Fleet:
