@@ -32,6 +32,7 @@ def table(rows: list[list[str]]) -> str:
 
 def run(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> None:
     from federation.kube import ApiError, KubeClient
+    from federation.useractions import ActionError
 
     async def go() -> str:
         client = await KubeClient.from_kubeconfig_file(hub_kubeconfig(args), "hub", attempts=1)
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> None
         print(asyncio.run(go()))
     except ApiError as err:
         sys.exit(f"meshfed: refused by the API server ({err.status} {err.reason}): {err.message}")
-    except UserError as err:
+    except (UserError, ActionError) as err:
         sys.exit(f"meshfed: {err}")
 
 

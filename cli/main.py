@@ -248,6 +248,27 @@ def cmd_status(args: argparse.Namespace) -> None:
     print(render_status(asyncio.run(_get_accesspoint(args))))
 
 
+# ---- dashboard ----
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from dashboard.server import serve
+    from federation.kube import ApiError
+
+    def ready(url: str, user: str) -> None:
+        print(f"meshfed dashboard for {user} (acting with your kubeconfig; Ctrl-C stops it):\n  {url}", flush=True)
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(hub_kubeconfig(args), namespace=args.namespace, address=args.address, port=args.port,
+                          open_browser=not args.no_browser, ready=ready))
+    except KeyboardInterrupt:
+        pass
+    except ApiError as err:
+        sys.exit(f"meshfed: dashboard: hub refused or unreachable ({err.status} {err.reason}): {err.message}")
+    except OSError as err:
+        sys.exit(f"meshfed: dashboard: cannot listen on {args.address}:{args.port}: {err}")
+
+
 # ---- register ----
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -285,6 +306,15 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     status.set_defaults(func=cmd_status)
 
     add_rollout_commands(sub)
+    dash = sub.add_parser("dashboard", help="the fleet and its AccessPoints in a browser (a local web UI acting "
+                          "with your kubeconfig's identity)")
+    dash.add_argument("--kubeconfig")
+    dash.add_argument("-n", "--namespace", default="",
+                      help="follow only this namespace's AccessPoints (default: all you may list)")
+    dash.add_argument("--address", default="127.0.0.1", help="listen address (default: loopback only)")
+    dash.add_argument("--port", type=int, default=0, help="listen port (default: a free one)")
+    dash.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
+    dash.set_defaults(func=cmd_dashboard)
     if plugin:
         return parser
 
