@@ -26,6 +26,7 @@ from dashboard.views import (
     gateway_column,
     gateway_routes,
     localities,
+    route_configs,
     traffic_share,
     virtual_services,
 )
@@ -168,13 +169,6 @@ class GatewayReader:
 
 
 def ap_section(dump: Any, virtual_hosts: set[str]) -> list[dict[str, Any]]:
-    """The virtual hosts of an RDS config dump that carry this AccessPoint's routes, as Envoy holds them."""
-    out = []
-    for section in (dump or {}).get("configs") or [] if isinstance(dump, dict) else []:
-        for holder in section.get("dynamicRouteConfigs") or section.get("dynamic_route_configs") or []:
-            rc = holder.get("routeConfig") or holder.get("route_config") or {}
-            for vh in rc.get("virtualHosts") or rc.get("virtual_hosts") or []:
-                if vh.get("name") in virtual_hosts:
-                    out.append({"routeConfig": rc.get("name"), "versionInfo": holder.get("versionInfo")
-                                or holder.get("version_info"), "virtualHost": vh})
-    return out
+    """The virtual hosts of an RDS config dump that carry this AccessPoint's routes, as Envoy is given them."""
+    return [{"routeConfig": rc.get("name"), "virtualHost": vh} for rc in route_configs(dump)
+            for vh in rc.get("virtualHosts") or rc.get("virtual_hosts") or [] if vh.get("name") in virtual_hosts]

@@ -142,8 +142,10 @@ def ap_row(ap: Mapping[str, Any], approvals: Iterable[Mapping[str, Any]], now: f
     summary, ro = status.get("summary") or {}, status.get("rollout") or {}
     waiting = waiting_for_approval(ap, approvals)
     ready = _condition(ap, "Ready").get("status")
-    level = "ok" if ready == "True" else ("warn" if waiting or ro.get("phase") in ("Progressing", "Paused")
-                                          else "bad" if ready == "False" else "warn")
+    if waiting or ro.get("phase") in ("Progressing", "Paused"):
+        level = "warn"
+    else:
+        level = {"True": "ok", "False": "bad"}.get(str(ready), "warn")
     return {
         "namespace": meta.get("namespace", ""), "name": meta["name"],
         "clusters": summary.get("clusters", ""), "phase": summary.get("phase", ""), "vips": summary.get("vips", ""),
@@ -338,43 +340,56 @@ def expected_routes(vss: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["host"], r["destination"], r["port"] or 0))
 
 
+def route_configs(dump: Any) -> list[dict[str, Any]]:
+    """The RouteConfigurations of a config dump: istiod's `/debug/config_dump?proxyID=` lists them as they are
+    (`{"configs": [RouteConfiguration, ...]}`), Envoy's admin `/config_dump` inside a RoutesConfigDump."""
+    out: list[dict[str, Any]] = []
+    configs = _get(dump, "configs") if isinstance(dump, dict) else None
+    for section in configs or []:
+        if not isinstance(section, dict):
+            continue
+        if _get(section, "virtualHosts", "virtual_hosts") is not None:
+            out.append(section)
+            continue
+        for holder in (_get(section, "dynamicRouteConfigs", "dynamic_route_configs") or []) + (
+                _get(section, "staticRouteConfigs", "static_route_configs") or []):
+            rc = _get(holder, "routeConfig", "route_config")
+            if isinstance(rc, dict):
+                out.append(rc)
+    return out
+
+
 def gateway_routes(dump: Any, vs_keys: Iterable[str]) -> list[dict[str, Any]]:
     """The routes of a gateway proxy's RDS config dump that come from the VirtualServices `vs_keys`
     (`ns/name`, matched against Istio's `istio.config` route metadata)."""
     wanted = {f"/namespaces/{k.split('/')[0]}/virtual-service/{k.split('/')[1]}": k for k in vs_keys}
     out = []
-    configs = _get(dump, "configs") if isinstance(dump, dict) else None
-    for section in configs or []:
-        if not isinstance(section, dict):
-            continue
-        for holder in (_get(section, "dynamicRouteConfigs", "dynamic_route_configs") or []) + (
-                _get(section, "staticRouteConfigs", "static_route_configs") or []):
-            rc = _get(holder, "routeConfig", "route_config") or {}
-            for vh in _get(rc, "virtualHosts", "virtual_hosts") or []:
-                vh_name = str(vh.get("name", ""))
-                for route in vh.get("routes") or []:
-                    fm = _get(route.get("metadata") or {}, "filterMetadata", "filter_metadata") or {}
-                    path = str((fm.get("istio") or {}).get("config", ""))
-                    key = next((k for suffix, k in wanted.items() if path.endswith(suffix)), None)
-                    if key is None:
-                        continue
-                    action = route.get("route") or {}
-                    clusters: list[tuple[str, int]] = []
-                    weighted = _get(action, "weightedClusters", "weighted_clusters")
-                    if weighted:
-                        clusters = [(str(c.get("name", "")), int(c.get("weight", 0)))
-                                    for c in weighted.get("clusters") or []]
-                    elif action.get("cluster"):
-                        clusters = [(str(action["cluster"]), 100)]
-                    match = route.get("match") or {}
-                    where = next((f"{k} {match[k]}" for k in ("prefix", "path", "safeRegex", "safe_regex")
-                                  if k in match), "")
-                    for cluster, weight in clusters:
-                        host, port = parse_cluster_name(cluster)
-                        out.append({"routeConfig": str(rc.get("name", "")), "virtualHost": vh_name,
-                                    "host": vh_name.rsplit(":", 1)[0], "match": where,
-                                    "cluster": cluster, "destination": host, "port": port, "weight": weight,
-                                    "config": key})
+    for rc in route_configs(dump):
+        for vh in _get(rc, "virtualHosts", "virtual_hosts") or []:
+            vh_name = str(vh.get("name", ""))
+            for route in vh.get("routes") or []:
+                fm = _get(route.get("metadata") or {}, "filterMetadata", "filter_metadata") or {}
+                path = str((fm.get("istio") or {}).get("config", ""))
+                key = next((k for suffix, k in wanted.items() if path.endswith(suffix)), None)
+                if key is None:
+                    continue
+                action = route.get("route") or {}
+                clusters: list[tuple[str, int]] = []
+                weighted = _get(action, "weightedClusters", "weighted_clusters")
+                if weighted:
+                    clusters = [(str(c.get("name", "")), int(c.get("weight", 0)))
+                                for c in weighted.get("clusters") or []]
+                elif action.get("cluster"):
+                    clusters = [(str(action["cluster"]), 100)]
+                match = route.get("match") or {}
+                where = next((f"{k} {match[k]}" for k in ("prefix", "path", "safeRegex", "safe_regex")
+                              if k in match), "")
+                for cluster, weight in clusters:
+                    host, port = parse_cluster_name(cluster)
+                    out.append({"routeConfig": str(rc.get("name", "")), "virtualHost": vh_name,
+                                "host": vh_name.rsplit(":", 1)[0], "match": where,
+                                "cluster": cluster, "destination": host, "port": port, "weight": weight,
+                                "config": key})
     return sorted(out, key=lambda r: (r["host"], r["destination"], r["port"] or 0, r["routeConfig"]))
 
 
