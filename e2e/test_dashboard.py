@@ -141,6 +141,7 @@ def shot(driver: Any, name: str) -> None:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         height = driver.execute_script("return document.body.scrollHeight")
         driver.set_window_size(1440, max(700, min(int(height) + 40, 2200)))
+        driver.execute_script("window.scrollTo(0, 0)")
         driver.save_screenshot(str(Path(SHOTS) / f"{name}.png"))
         driver.set_window_size(1440, 1000)
 
@@ -360,9 +361,9 @@ async def test_fleet_map_shows_a_stopped_member_unreachable_within_seconds(
     await until(lambda: reachability() == dict.fromkeys(names, "reachable"), 60, "every member reachable")
     shot(browser, "fleet")
     victim = fleet.state.member(names[-1])
+    t0 = time.monotonic()  # from the stop request (stop() waits for the process to end)
     victim.stop()
     fleet.save()
-    t0 = time.monotonic()
     try:
         await until(lambda: reachability().get(victim.name) == "unreachable", 30,
                     f"{victim.name} shown unreachable")
