@@ -150,6 +150,29 @@ def texts(driver: Any, css: str) -> list[str]:
     return [e.text for e in driver.find_elements(By.CSS_SELECTOR, css)]
 
 
+async def text_of(driver: Any, css: str) -> str:
+    """The text of the first element matching `css` (read again if the page re-rendered under us)."""
+    return str(await until(lambda: driver.find_element(By.CSS_SELECTOR, css).text, 30, f"text of {css}"))
+
+
+async def click(driver: Any, css: str) -> None:
+    def once() -> bool:
+        driver.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    await until(once, 30, f"click {css}")
+
+
+async def type_into(driver: Any, css: str, text: str) -> None:
+    def once() -> bool:
+        field = driver.find_element(By.CSS_SELECTOR, css)
+        field.clear()
+        field.send_keys(text)
+        return True
+
+    await until(once, 30, f"type into {css}")
+
+
 def attr(driver: Any, css: str, name: str) -> str | None:
     found = driver.find_elements(By.CSS_SELECTOR, css)
     return found[0].get_attribute(name) if found else None
@@ -274,13 +297,13 @@ async def test_approval_gate_refused_for_bob_released_by_alice_and_gateways_side
     cols = await until(columns, 60, "three gateway columns, the canary as expected")
     assert all(cols[o] == "true" for o in others), cols
     for o in others:
-        column = browser.find_element(By.CSS_SELECTOR, f'.gw-column[data-cluster="{o}"]').text
+        column = await text_of(browser, f'.gw-column[data-cluster="{o}"]')
         assert f"carries revision {v1}, expected {v2}" in column, column
         assert f"missing v2.{ns}.example -> echo.{ns}.svc.cluster.local:8080 weight 100" in column, column
         assert f"unexpected v1.{ns}.example -> echo.{ns}.svc.cluster.local:8080 weight 100" in column, column
-    canary_text = browser.find_element(By.CSS_SELECTOR, f'.gw-column[data-cluster="{canary}"]').text
+    canary_text = await text_of(browser, f'.gw-column[data-cluster="{canary}"]')
     assert f"v2.{ns}.example" in canary_text and "synced" in canary_text, canary_text
-    browser.find_element(By.CSS_SELECTOR, f'button[data-detail="{canary}"]').click()
+    await click(browser, f'button[data-detail="{canary}"]')
     await until(lambda: "virtualHost" in browser.find_element(By.ID, f"detail-{canary}").text, 30,
                 "the config dump section of the canary")
     shot(browser, "gateways")
@@ -292,7 +315,7 @@ async def test_approval_gate_refused_for_bob_released_by_alice_and_gateways_side
     gate = await until(lambda: browser.find_element(By.ID, "gate").text, 30, "bob's page shows the gate")
     assert "Waiting for approval: wave 1 canary" in gate, gate
     assert browser.find_elements(By.CSS_SELECTOR, '[data-error="memberclusters"]'), "bob cannot list clusters"
-    browser.find_element(By.CSS_SELECTOR, 'button[data-action="approve"]').click()
+    await click(browser, 'button[data-action="approve"]')
     notice = await until(lambda: browser.find_element(By.ID, "notice").text, 30, "bob sees the answer")
     assert "refused by the API server (403" in notice and "may not approve" in notice, notice
     shot(browser, "accesspoint-refused")
@@ -308,9 +331,9 @@ async def test_approval_gate_refused_for_bob_released_by_alice_and_gateways_side
     browser.get(f"{alice.base}/#/ap/{ns}/web")
     await until(lambda: browser.find_element(By.ID, "gate").text, 30, "alice's page shows the gate")
     shot(browser, "accesspoint-gate")
-    browser.find_element(By.ID, "decision-message").send_keys("canary looks good")
+    await type_into(browser, "#decision-message", "canary looks good")
     clicked = time.monotonic()
-    browser.find_element(By.CSS_SELECTOR, 'button[data-action="approve"]').click()
+    await click(browser, 'button[data-action="approve"]')
     notice = await until(lambda: browser.find_element(By.ID, "notice").text, 30, "alice sees the answer")
     assert "approved RolloutApproval" in notice and "as alice" in notice, notice
     st = await wait_status(hub, path, lambda s: rollout_of(s).get("phase") == "Succeeded"
@@ -321,7 +344,7 @@ async def test_approval_gate_refused_for_bob_released_by_alice_and_gateways_side
     # ... and the page followed by itself (no reload): both waves done, the approval granted to alice.
     await until(lambda: attr(browser, '.wave[data-wave="2"]', "data-state") == "Done", 60, "wave 2 Done on the page")
     print(f"approve click -> wave 2 Done on the page: {time.monotonic() - clicked:.1f}s")
-    assert "✓ alice" in browser.find_element(By.ID, "timeline").text
+    assert "✓ alice" in await text_of(browser, "#timeline")
     assert not browser.find_elements(By.ID, "gate")
     await wait_status(hub, path, lambda s: (s.get("summary") or {}).get("routes") == "3/3", timeout=120,
                       message="routes 3/3 on v2")
@@ -339,7 +362,7 @@ async def test_approval_gate_refused_for_bob_released_by_alice_and_gateways_side
         await until(lambda: attr(browser, f'.gw-column[data-cluster="{stopped}"]', "data-different") == "true",
                     60, "the stopped gateway shown as different")
         print(f"gateway of {stopped} stopped -> shown as different: {time.monotonic() - t0:.1f}s")
-        column = browser.find_element(By.CSS_SELECTOR, f'.gw-column[data-cluster="{stopped}"]').text
+        column = await text_of(browser, f'.gw-column[data-cluster="{stopped}"]')
         assert "no gateway proxy connected to istiod" in column, column
         shot(browser, "gateways-stopped")
     finally:
@@ -369,8 +392,8 @@ async def test_fleet_map_shows_a_stopped_member_unreachable_within_seconds(
                     f"{victim.name} shown unreachable")
         elapsed = time.monotonic() - t0
         print(f"member {victim.name} stopped -> unreachable on the map: {elapsed:.1f}s")
-        card = browser.find_element(By.CSS_SELECTOR, f'.cluster[data-cluster="{victim.name}"]')
-        assert "level-bad" in (card.get_attribute("class") or "") and "unreachable" in card.text
+        assert "level-bad" in (attr(browser, f'.cluster[data-cluster="{victim.name}"]', "class") or "")
+        assert "unreachable" in await text_of(browser, f'.cluster[data-cluster="{victim.name}"]')
         assert all(v == "reachable" for k, v in reachability().items() if k != victim.name)
         shot(browser, "fleet-unreachable")
     finally:
