@@ -147,8 +147,11 @@ class Dashboard:
         return f"meshfed-dashboard-{self.port}"
 
     def allowed_hosts(self) -> set[str]:
-        names = {self.address, *LOOPBACK_NAMES} if self.address in ("127.0.0.1", "::1", "localhost") \
-            else {self.address}
+        """Host headers this server answers: its own address and, when it listens on loopback or on every
+        address (a container's port published on the host's loopback), the loopback names."""
+        names = {self.address}
+        if self.address in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::"):
+            names |= set(LOOPBACK_NAMES)
         return {f"{n}:{self.port}" for n in names} | {f"[{self.address}]:{self.port}"}
 
     @web.middleware
