@@ -1,7 +1,8 @@
-"""The `meshfed` command line: controller, local fleet, CRD generation, status, registration.
+"""The `meshfed` command line: controller, local fleet, CRD generation, status, registration, dashboard.
 
-Owns argument parsing and human-readable output; the work is done by federation's modules.
-`kubectl meshfed …` (federation/kubectl_plugin.py) reuses the user-facing subcommands.
+Owns argument parsing and human-readable output; the work is done by federation's modules (and the
+dashboard's: `meshfed dashboard` runs dashboard.server). `kubectl meshfed …` (cli.kubectl) reuses the
+user-facing subcommands (status, rollout, dashboard).
 """
 
 from __future__ import annotations
