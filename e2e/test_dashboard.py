@@ -31,15 +31,14 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from selenium import webdriver
+from selenium.webdriver.common.by import By
 
 from federation.kube import KubeClient
 from fleet import GATEWAY_SELECTOR, Fleet, apiserver_binary, kubeconfig_dict, pki
 from fleet.testing import ControllerProcess, wait_status
 
 pytestmark = pytest.mark.e2e
-
-webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.webdriver.common.by import By  # noqa: E402
 
 FLEET = {"members": 3, "regions": 2, "zones": 2, "istio": True}
 AP = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
