@@ -8,7 +8,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 FLEET_DIR ?= $(CURDIR)/.fleet
-DEBIAN_PACKAGES := bind9 bind9-utils bind9-dnsutils pdns-server pdns-backend-sqlite3 pebble
+DEBIAN_PACKAGES := bind9 bind9-utils bind9-dnsutils pdns-server pdns-backend-sqlite3 pebble chromium chromium-driver
 IMAGE_PACKAGES := mmdebstrap umoci
 export MESHFED_FLEET_DIR := $(FLEET_DIR)
 
@@ -38,7 +38,7 @@ apiserver: python-deps
 	@$(PY) -m cli.main fleet build
 
 lint: python-deps
-	@echo "==> ruff"; $(VENV)/bin/ruff check federation accesspoint placement nameservice certs fleet cli tests e2e
+	@echo "==> ruff"; $(VENV)/bin/ruff check federation accesspoint placement nameservice certs fleet cli dashboard tests e2e
 	@echo "==> mypy --strict"; $(VENV)/bin/mypy
 	@echo "==> import contracts (pyproject.toml [tool.importlinter])"; set -o pipefail; $(VENV)/bin/lint-imports --no-cache | sed -n "/^Contracts$$/,$$ p"
 

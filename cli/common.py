@@ -100,10 +100,11 @@ def run(args: argparse.Namespace, work: Callable[[Any], Awaitable[str]]) -> None
 
 def _error_line(err: BaseException) -> tuple[str, int]:
     from federation.kube import ApiError, KubeconfigError
+    from federation.useractions import ActionError
 
     if isinstance(err, UsageError):
         return str(err), 2
-    if isinstance(err, (UserError, KubeconfigError)):
+    if isinstance(err, (UserError, KubeconfigError, ActionError)):
         return str(err), 1
     if isinstance(err, ApiError):
         return str(err), 1

@@ -1,8 +1,9 @@
-"""The `meshfed` command line: controller, local fleet, CRD generation, status, registration.
+"""The `meshfed` command line: controller, local fleet, CRD generation, status, registration, dashboard.
 
-Owns argument parsing and human-readable output; the work is done by federation's modules.
-`kubectl meshfed …` (cli/kubectl.py) reuses the user-facing subcommands. Errors are one line
-(cli.common.guard); `--debug` shows tracebacks.
+Owns argument parsing and human-readable output; the work is done by federation's modules (and the
+dashboard's: `meshfed dashboard` runs dashboard.server). `kubectl meshfed …` (cli.kubectl) reuses the
+user-facing subcommands (status, rollout, dashboard). Errors are one line (cli.common.guard); `--debug`
+shows tracebacks.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cli.common import (
     host_port,
     http_url,
     hub_config,
+    hub_kubeconfig,
     label_key_problem,
     label_pair,
     label_value,
@@ -293,6 +295,27 @@ def cmd_status(args: argparse.Namespace) -> None:
     run(args, work)
 
 
+# ---- dashboard ----
+
+def cmd_dashboard(args: argparse.Namespace) -> None:
+    from dashboard.server import serve
+    from federation.kube import ApiError
+
+    def ready(url: str, user: str) -> None:
+        print(f"meshfed dashboard for {user} (acting with your kubeconfig; Ctrl-C stops it):\n  {url}", flush=True)
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(hub_kubeconfig(args), namespace=args.namespace, address=args.address, port=args.port,
+                          open_browser=not args.no_browser, ready=ready))
+    except KeyboardInterrupt:
+        pass
+    except ApiError as err:
+        sys.exit(f"meshfed: dashboard: hub refused or unreachable ({err.status} {err.reason}): {err.message}")
+    except OSError as err:
+        sys.exit(f"meshfed: dashboard: cannot listen on {args.address}:{args.port}: {err}")
+
+
 # ---- register ----
 
 def taint(text: str) -> dict[str, str]:
@@ -431,6 +454,15 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     status.set_defaults(func=cmd_status)
 
     add_rollout_commands(sub)
+    dash = sub.add_parser("dashboard", help="the fleet and its AccessPoints in a browser (a local web UI acting "
+                          "with your kubeconfig's identity)")
+    dash.add_argument("--kubeconfig")
+    dash.add_argument("-n", "--namespace", default="",
+                      help="follow only this namespace's AccessPoints (default: all you may list)")
+    dash.add_argument("--address", default="127.0.0.1", help="listen address (default: loopback only)")
+    dash.add_argument("--port", type=int, default=0, help="listen port (default: a free one)")
+    dash.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")
+    dash.set_defaults(func=cmd_dashboard)
     if plugin:
         return parser
 

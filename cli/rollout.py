@@ -6,7 +6,8 @@ current user, who is checked there: approve/reject set `spec.decision` of the wa
 RolloutApproval with `spec.approver` = the user the API server reports (SelfSubjectReview), and
 deploy/rbac/approval-policy.yaml refuses anyone without the `approve` verb; promote --full sets an
 annotation that needs the `promote` verb; abort sets an annotation; undo writes an old revision's
-spec back (a new revision that rolls out like any change).
+spec back (a new revision that rolls out like any change). The requests themselves are
+federation.useractions (shared with the dashboard's buttons).
 
 Also `kubectl meshfed shards`: who holds which shard and singleton Lease on the hub (read-only; the
 table `render_shards` is pure). Imports cli.common and, lazily, the runtime.
@@ -17,10 +18,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cli.common import UsageError, UserError, add_hub_options, non_negative_int, positive_int, run, table
+from cli.common import (
+    UsageError,
+    add_hub_options,
+    non_negative_int,
+    positive_int,
+    run,
+    table,
+)
 
 AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints/{name}"
-APPROVALS_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/rolloutapprovals"
 
 
 # ---- status: the rollout part ----
@@ -76,86 +83,28 @@ def render_rollout(status: dict[str, Any]) -> str:
 
 
 async def _accesspoint(client: Any, args: argparse.Namespace) -> dict[str, Any]:
-    obj: dict[str, Any] | None = await client.get(AP_PATH.format(ns=args.namespace, name=args.name))
-    if obj is None:
-        raise UserError(f"AccessPoint {args.namespace}/{args.name} not found (list them with: kubectl get ap -A)")
-    return obj
+    from federation.useractions import accesspoint
+
+    return await accesspoint(client, args.namespace, args.name)
 
 
-def _rollout_revision(obj: dict[str, Any]) -> str:
-    ro = (obj.get("status") or {}).get("rollout") or {}
-    rev = ro.get("revision")
-    if not rev:
-        raise UserError(f"AccessPoint {obj['metadata']['namespace']}/{obj['metadata']['name']} has no rollout "
-                        "yet (the controller has not reported one)")
-    return str(rev)
-
-
-# ---- approve / reject ----
+# ---- approve / reject / abort / promote / undo: federation.useractions (the dashboard's buttons too) ----
 
 def cmd_decide(args: argparse.Namespace) -> None:
-    from federation.rollouts import whoami
-
-    decision = "Approved" if args.command == "approve" else "Rejected"
+    from federation.useractions import decide
 
     async def work(client: Any) -> str:
-        obj = await _accesspoint(client, args)
-        revision = _rollout_revision(obj)
-        items, _ = await client.list(APPROVALS_PATH.format(ns=args.namespace))
-        mine = [a for a in items if (a.get("spec") or {}).get("accessPoint") == args.name]
-        if args.wave is not None:
-            mine = [a for a in mine if a["spec"].get("wave") == args.wave]
-        current = [a for a in mine if a["spec"].get("revision") == revision and not a["spec"].get("decision")]
-        waiting = [a for a in current if (a.get("status") or {}).get("phase") in (None, "Pending")]
-        if not waiting:
-            decided = [a for a in mine if a["spec"].get("revision") == revision and a["spec"].get("decision")]
-            other = [a for a in mine if a["spec"].get("revision") != revision and not a["spec"].get("decision")]
-            detail = ""
-            if decided:
-                detail += "; already decided: " + ", ".join(
-                    f"{a['metadata']['name']} ({a['spec']['decision']} by {a['spec'].get('approver')})"
-                    for a in decided)
-            if other:
-                detail += "; for superseded revisions (nothing to decide): " + ", ".join(
-                    a["metadata"]["name"] for a in other)
-            raise UserError(f"nothing awaits a decision for AccessPoint {args.namespace}/{args.name} "
-                            f"revision {revision}{detail}")
-        waiting.sort(key=lambda a: (a["spec"].get("wave", 0), a["spec"].get("gate") != "Before"))
-        target = waiting[0]
-        user = await whoami(client)
-        patch: dict[str, Any] = {"spec": {"decision": decision, "approver": user}}
-        if args.message:
-            patch["spec"]["reason"] = args.message
-        name = target["metadata"]["name"]
-        query = {"dryRun": "All"} if args.dry_run else None
-        await client.request("PATCH", f"{APPROVALS_PATH.format(ns=args.namespace)}/{name}", body=patch,
-                             query=query, content_type="application/merge-patch+json")
-        spec = target["spec"]
-        what = "approved" if decision == "Approved" else "rejected"
-        return (f"{what} RolloutApproval {name} (revision {spec['revision']}, wave {spec['wave']} "
-                f"{spec.get('waveName', '')}, {spec['gate'].lower()} gate) as {user}"
-                + (" (dry run)" if args.dry_run else ""))
+        return await decide(client, args.namespace, args.name, args.command == "approve", wave=args.wave,
+                            message=args.message, dry_run=args.dry_run)
 
     run(args, work)
 
 
-# ---- abort / promote / pause / resume ----
-
 def cmd_annotate(args: argparse.Namespace) -> None:
-    from accesspoint.rollout import ABORT_ANNOTATION, PROMOTE_ANNOTATION
+    from federation.useractions import annotate
 
     async def work(client: Any) -> str:
-        obj = await _accesspoint(client, args)
-        revision = _rollout_revision(obj)
-        stable = ((obj.get("status") or {}).get("rollout") or {}).get("stable")
-        if revision == stable:
-            raise UserError(f"revision {revision} is already stable: no rollout in progress")
-        annotation = ABORT_ANNOTATION if args.command == "abort" else PROMOTE_ANNOTATION
-        await client.merge_patch(AP_PATH.format(ns=args.namespace, name=args.name),
-                                 {"metadata": {"annotations": {annotation: revision}}}, field_manager="kubectl-meshfed")
-        if args.command == "abort":
-            return f"abort requested for revision {revision}: clusters return to stable revision {stable}"
-        return f"promote --full requested for revision {revision}: remaining gates are skipped"
+        return await annotate(client, args.namespace, args.name, args.command)
 
     if args.command == "promote" and not args.full:
         raise UsageError("promote skips gates only all at once: pass --full to skip every remaining gate "
@@ -175,32 +124,11 @@ def cmd_pause(args: argparse.Namespace) -> None:
     run(args, work)
 
 
-# ---- undo / history ----
-
 def cmd_undo(args: argparse.Namespace) -> None:
-    from accesspoint.models import AccessPoint
-    from accesspoint.revisions import RevisionNotFound, revision_hash, undo
-    from federation.rollouts import read_history
+    from federation.useractions import undo_to
 
     async def work(client: Any) -> str:
-        obj = await _accesspoint(client, args)
-        history = await read_history(client, obj)
-        current = AccessPoint.model_validate(obj).spec
-        try:
-            spec = undo(history, args.to_revision, current)
-        except RevisionNotFound as err:
-            raise UserError(f"AccessPoint {args.namespace}/{args.name}: {err} (see: history {args.name})") from None
-        target = history.by_hash(revision_hash(spec))
-        number = target.number if target is not None else args.to_revision
-        what = f"revision {number} ({revision_hash(spec)})" + (" (the previous one)" if not args.to_revision else "")
-        if revision_hash(spec) == revision_hash(current):
-            return f"AccessPoint {args.namespace}/{args.name}: {what} is already the current revision: nothing to do"
-        body = {k: v for k, v in obj.items() if k != "status"}
-        body["spec"] = spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-        await client.request("PUT", AP_PATH.format(ns=args.namespace, name=args.name), body=body,
-                             query={"fieldManager": "kubectl-meshfed"})
-        return (f"AccessPoint {args.namespace}/{args.name}: {what} re-deployed as a new revision; "
-                "it rolls out like any change")
+        return await undo_to(client, args.namespace, args.name, args.to_revision)
 
     run(args, work)
 
