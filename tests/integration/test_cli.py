@@ -111,8 +111,9 @@ REGISTER = ("register", "m1", "--region", "eu", "--zone", "eu-1")
     (("fleet", "kubeconfig", "typo", "--dir", "{tmp}/fleet"), 1, "no cluster 'typo' in the fleet"),
     (("fleet", "stop-member", "typo", "--dir", "{tmp}/empty"), 1, "needs a running fleet"),
     (("crds", "--out", "/proc/meshfed-crds"), 1, "/proc/meshfed-crds"),
-    (("sds", "--kubeconfig", "{tmp}/nope", "--listen", "unix:{tmp}/sds.sock"), 1, "kubeconfig {tmp}/nope does not exist"),
-        (("sds", "--dir", "{tmp}", "--listen", "127.0.0.1:0"), 2, "refusing plaintext TCP listener"),
+    (("sds", "--kubeconfig", "{tmp}/nope", "--listen", "unix:{tmp}/sds.sock"), 1,
+     "kubeconfig {tmp}/nope does not exist"),
+    (("sds", "--dir", "{tmp}", "--listen", "127.0.0.1:0"), 2, "refusing plaintext TCP listener"),
 ])
 def test_bad_input_is_one_line(tmp_path: Path, unreachable: Path, args: tuple[str, ...], code: int,
                                needle: str) -> None:
