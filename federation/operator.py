@@ -75,6 +75,7 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             istiod_options={"idle": options.get("istiod_interval", 10.0),
                             "fast": options.get("istiod_fast_interval", 0.5)},
             route_settle=options.get("route_settle", 10.0),
+            verify_interval=options.get("verify_interval", 60.0),
         )
         if options.get("shards", 0):
             controller.shards = Shards(
