@@ -584,6 +584,8 @@ class MemberRegistry:
                     break
                 if self._rv_went_back(member, rv):
                     break
+                for item in items:  # PartialObjectMetadata: the kind is the list's
+                    item["kind"], item["apiVersion"] = kind.kind, kind.api_version
                 if self.shard_filter is not None:
                     continue  # unlabelled objects of held shards are not in this list: compare by watch only
                 why = member.cache.disagrees(kind.id, items, rv)
