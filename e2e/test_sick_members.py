@@ -64,7 +64,7 @@ def controller(fleet: Fleet) -> Iterator[ControllerProcess]:
 
 
 def accesspoint(ns: str, name: str, version: str = "v1") -> dict[str, Any]:
-    host = f"{name}.example"
+    host = f"{name}.{ns}.example"  # hosts belong to one namespace (tenancy)
     template = [
         {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": name},
          "spec": {"selector": {"app": "gw"},
@@ -432,7 +432,7 @@ async def test_replaced_member_is_detected_reported_and_repaired(
 
             async def repaired() -> bool:
                 vs = await client.get(f"{KINDS['virtualservices'].format(ns=ns)}/ap-0") or {}
-                return vs.get("spec", {}).get("hosts") == ["ap-0.example"]
+                return vs.get("spec", {}).get("hosts") == [f"ap-0.{ns}.example"]
 
             await eventually(repaired, REPAIR, 0.2, message="the stale object should be repaired")
             print(f"\nreplaced member-3: detected after {detected:.1f}s ({st['lastCacheReset']}); "

@@ -697,9 +697,10 @@ class Controller:
         member = work.member
         if not member.answering or member.client is None:  # the breaker opened while this waited
             return self._held(member, work.owner, work.pending, member.not_answering_since or time.time())
+        sent = time.monotonic()
         outcome = await execute(member.client, work.plan, work.owner, member.cache, adopt=work.ap.spec.adopt_existing)
         if outcome.timed_out:
-            self.registry.not_answering(member, "a write got no answer within its deadline")
+            self.registry.not_answering(member, "a write got no answer within its deadline", sent)
         return self._member_entry(work, outcome)
 
     def _member_entry(self, work: MemberWork, outcome: Outcome | None) -> ClusterStatus | None:

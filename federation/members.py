@@ -59,7 +59,7 @@ ISTIO_RESOURCES = {"gateways", "virtualservices", "destinationrules", "serviceen
 # Aggregated discovery (one request for every group, version and resource; GA since Kubernetes 1.30).
 AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
 KindId = tuple[str, str]  # (group, kind)
-PROBE_TIMEOUT = 3.0  # seconds per probe request: a hung member is noticed within probe interval + this
+PROBE_TIMEOUT = 5.0  # seconds per probe request: a hung member is noticed within probe interval + this
 DEGRADED_AFTER = 1.0  # seconds: a probe answer slower than this marks the member degraded
 IDENTITY_PATH = "/api/v1/namespaces/kube-system"
 
@@ -99,12 +99,15 @@ class OwnedCache:
         self.objects: dict[ObjectKey, dict[str, Any]] = {}
         self.by_owner: dict[str, set[ObjectKey]] = defaultdict(set)
         self.synced: set[KindId] = set()
-        self.max_rv = 0  # the highest resourceVersion seen from this member (etcd revisions only grow)
+        # The highest resourceVersion seen per kind: a consistent list of that kind is never older (a list
+        # of another kind may be: its watch cache's revision moves with its own events only).
+        self.max_rv: dict[KindId, int] = {}
 
     def put(self, obj: dict[str, Any]) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed."""
         key = key_of(obj)
-        self.max_rv = max(self.max_rv, _rv(obj))
+        kind = (key.group, key.kind)
+        self.max_rv[kind] = max(self.max_rv.get(kind, 0), _rv(obj))
         old = self.objects.get(key)
         if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid"):
             if _rv(old) > _rv(obj):
@@ -447,10 +450,12 @@ class MemberRegistry:
         if self.verify_interval > 0:
             member.tasks.append(asyncio.create_task(self._verify_loop(member), name=f"verify-{member.name}"))
 
-    def not_answering(self, member: Member, why: str) -> None:
-        """Open the member's circuit breaker (a request timed out, a probe failed): no new writes until
-        a probe answers again. Reported at once (the MemberCluster status has its own queue)."""
-        if not member.answering:
+    def not_answering(self, member: Member, why: str, since: float) -> None:
+        """Open the member's circuit breaker (a request sent at `since`, monotonic, got no answer): no new
+        writes until a probe answers again. Reported at once (the MemberCluster status has its own
+        queue). A member that answered anything since then is busy, not hung: the breaker stays closed."""
+        client = member.client
+        if not member.answering or (client is not None and client.last_answer > since):
             return
         member.answering = False
         member.not_answering_since = time.time()
@@ -526,10 +531,11 @@ class MemberRegistry:
     async def _probe_loop(self, member: Member) -> None:
         failures = 0
         while True:
+            sent = time.monotonic()
             probe = await self.probe_once(member)
             failures = 0 if probe.reachable else failures + 1
             if not probe.reachable:
-                self.not_answering(member, probe.message)  # no writes from now on; reported at once
+                self.not_answering(member, probe.message, sent)  # no writes from now on; reported at once
             if not probe.reachable and member.probe.reachable and failures < self.failure_threshold:
                 await asyncio.sleep(min(self.probe_interval, 1.0))
                 continue  # Reachable stays as it was (Unknown through the breaker) for a few more probes
@@ -582,7 +588,7 @@ class MemberRegistry:
                 except ApiError as err:
                     log.debug("member %s: verify %s: %s", member.name, kind.plural, err)
                     break
-                if self._rv_went_back(member, rv):
+                if self._rv_went_back(member, kind.id, rv):
                     break
                 for item in items:  # PartialObjectMetadata: the kind is the list's
                     item["kind"], item["apiVersion"] = kind.kind, kind.api_version
@@ -597,17 +603,19 @@ class MemberRegistry:
                     task.cancel()
                     self._ensure_watches(member)
 
-    def _rv_went_back(self, member: Member, list_rv: str) -> bool:
-        """A list older than what the cache has seen: the member's store went back (restored, wiped)."""
+    def _rv_went_back(self, member: Member, kind: KindId, list_rv: str) -> bool:
+        """A list of `kind` older than what the cache has seen of it: the member's store went back
+        (restored from an older backup, wiped)."""
         try:
             listed = int(list_rv)
         except ValueError:
             return False
-        if listed >= member.cache.max_rv:
+        seen = member.cache.max_rv.get(kind, 0)
+        if listed >= seen:
             return False
         metrics.member_cache_repairs.labels(cluster=member.name).inc()
-        self.reset(member, f"resourceVersions went backwards: the member lists at {listed}, the cache "
-                           f"had seen {member.cache.max_rv}")
+        self.reset(member, f"resourceVersions went backwards: the member lists {kind[1]} at {listed}, the "
+                           f"cache had seen {seen}")
         return True
 
     async def _watch_kind(self, member: Member, kind: Kind) -> None:
@@ -629,7 +637,7 @@ class MemberRegistry:
                 await asyncio.Event().wait()  # until the filter changes (cancelled)
             try:
                 items, rv = await client.list(path, label_selector=selector)
-                if self._rv_went_back(member, rv):
+                if self._rv_went_back(member, kind.id, rv):
                     return  # reset() started a new watch of every kind
                 if self.shard_filter is not None and self.shard_of is not None:
                     items += await self._unlabelled(client, path)

@@ -53,7 +53,7 @@ def test_up_to_date_is_the_plans_own_rule() -> None:
 def test_cache_disagreement_and_highest_resource_version() -> None:
     cache = OwnedCache("hub")
     cache.replace_kind(("networking.istio.io", "VirtualService"), [obj("a", "10"), obj("b", "12")], "12")
-    assert cache.max_rv == 12
+    assert cache.max_rv == {("networking.istio.io", "VirtualService"): 12}
     kind = ("networking.istio.io", "VirtualService")
     same = [{"metadata": o["metadata"]} for o in (obj("a", "10"), obj("b", "12"))]
     assert cache.disagrees(kind, [{**o, "kind": "VirtualService", "apiVersion": "networking.istio.io/v1"}
