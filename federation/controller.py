@@ -660,7 +660,8 @@ class Controller:
         if not placed and not owned:
             return None
         base = {"name": member.name, "region": facts.region, "zone": facts.zone}
-        plannable = member.client is not None and bool(member.probe.reachable) and \
+        # Not answering, cache listed: the plan is computed (to say what waits) and nothing is written.
+        plannable = member.client is not None and not member.kubeconfig_error and \
             member.cache.synced >= member.needed_kinds()
         if not member.usable and not (plannable and not member.answering):
             why = member.kubeconfig_error or member.probe.message or "member cache not synced yet"
