@@ -177,16 +177,25 @@ async def test_hung_member_holds_nobody_back_and_converges_exactly_once(
     os.killpg(hung.pid, signal.SIGSTOP)
     stopped = time.monotonic()
     try:
-        started = time.monotonic()
-        await create_bulk(hub, ns_b)
-        t_hung = await time_to_hold(healthy, ns_b, BULK * OBJECTS, started)
-        edits_hung = [await edit_latency(hub, healthy, ns_a, f"ap-{i}", "v3") for i in range(3)]
-
         async def unknown() -> float | None:
             reach = await reachable(hub, "member-4")
             return time.monotonic() - stopped if reach.get("status") in ("Unknown", "False") else None
 
-        detected = await eventually(unknown, 30, 0.1, message="member-4 should be reported not answering")
+        detection = asyncio.create_task(eventually(unknown, 30, 0.1, message="member-4 should be reported"))
+        started = time.monotonic()
+        await create_bulk(hub, ns_b)
+        t_hung = await time_to_hold(healthy, ns_b, BULK * OBJECTS, started)
+        detected = await detection
+
+        # Single edits once the hub shows member-4 not answering (its AccessPoints' entries Unknown: the
+        # burst of status writes that report it is over, as the healthy run's edits came after its bulk).
+        async def reported_everywhere() -> bool:
+            entries = [entry(await status(hub, ns, f"ap-{i}"), "member-4") for ns in (ns_a, ns_b) for i in range(BULK)]
+            return all(e.get("state") == "Unknown" for e in entries)
+
+        await eventually(reported_everywhere, 60, 0.5, message="every AccessPoint should show member-4 Unknown")
+        edits_hung = [await edit_latency(hub, healthy, ns_a, f"ap-{i}", "v3") for i in range(3)]
+
         # The edited AccessPoint: healthy members Applied without waiting; member-4 says what waits, since when.
         async def pending_shown() -> dict[str, Any] | None:
             st = await status(hub, ns_a, "ap-0")

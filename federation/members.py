@@ -99,15 +99,14 @@ class OwnedCache:
         self.objects: dict[ObjectKey, dict[str, Any]] = {}
         self.by_owner: dict[str, set[ObjectKey]] = defaultdict(set)
         self.synced: set[KindId] = set()
-        # The highest resourceVersion seen per kind: a consistent list of that kind is never older (a list
-        # of another kind may be: its watch cache's revision moves with its own events only).
+        # The highest resourceVersion the member's lists and watch events of each kind have shown (not
+        # our own writes' answers: a list served from the watch cache may lag those by a few revisions).
+        # A later list of the kind is never older, unless the member's store went back.
         self.max_rv: dict[KindId, int] = {}
 
     def put(self, obj: dict[str, Any]) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed."""
         key = key_of(obj)
-        kind = (key.group, key.kind)
-        self.max_rv[kind] = max(self.max_rv.get(kind, 0), _rv(obj))
         old = self.objects.get(key)
         if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid"):
             if _rv(old) > _rv(obj):
@@ -164,6 +163,14 @@ class OwnedCache:
                     changed.add(owner)
         self.synced.add(kind)
         return changed
+
+    def observed(self, kind: KindId, resource_version: str) -> None:
+        """A list or watch event of `kind` at `resource_version`."""
+        try:
+            rv = int(resource_version)
+        except ValueError:
+            return
+        self.max_rv[kind] = max(self.max_rv.get(kind, 0), rv)
 
     def disagrees(self, kind: KindId, listed: list[dict[str, Any]], list_rv: str) -> str | None:
         """What a (metadata-only) list of `kind` says that the cache does not: an object the cache lacks
@@ -645,6 +652,7 @@ class MemberRegistry:
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
                 changed = member.cache.replace_kind(kind.id, items, rv)
+                member.cache.observed(kind.id, rv)
                 member.listed[kind.id] = generation
                 for changed_owner in changed:
                     self.on_owner_change(member.name, changed_owner)
@@ -653,6 +661,7 @@ class MemberRegistry:
                 while True:
                     async for ev in client.watch(path, rv, label_selector=selector):
                         rv = str(ev.object.get("metadata", {}).get("resourceVersion") or rv)
+                        member.cache.observed(kind.id, rv)
                         if ev.type == "BOOKMARK":
                             continue
                         ev.object.setdefault("kind", kind.kind)

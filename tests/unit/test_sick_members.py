@@ -53,7 +53,10 @@ def test_up_to_date_is_the_plans_own_rule() -> None:
 def test_cache_disagreement_and_highest_resource_version() -> None:
     cache = OwnedCache("hub")
     cache.replace_kind(("networking.istio.io", "VirtualService"), [obj("a", "10"), obj("b", "12")], "12")
+    cache.observed(("networking.istio.io", "VirtualService"), "12")
+    cache.put(obj("c", "15"))  # our own write's answer: not what a list of the member has shown
     assert cache.max_rv == {("networking.istio.io", "VirtualService"): 12}
+    cache.remove(obj("c", "15"))
     kind = ("networking.istio.io", "VirtualService")
     same = [{"metadata": o["metadata"]} for o in (obj("a", "10"), obj("b", "12"))]
     assert cache.disagrees(kind, [{**o, "kind": "VirtualService", "apiVersion": "networking.istio.io/v1"}
