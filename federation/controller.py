@@ -629,7 +629,8 @@ class Controller:
             else:
                 flights[m.name] = (lane.launch(owner.key, functools.partial(self._apply_work, work), work.pending),
                                    m.client)
-        landed = await wait_flights(flights, stall_after=self.stall_after, cap=self.flight_wait)
+        slow = frozenset(n for n in flights if members[n].degraded)
+        landed = await wait_flights(flights, stall_after=self.stall_after, cap=self.flight_wait, slow=slow)
         for name, (flight, _) in flights.items():
             entries[name] = landed[name] if name in landed else \
                 self._held(members[name], owner, flight.pending, flight.since)

@@ -5,7 +5,8 @@ for this member, see controller.MemberWork), a bound on flights running at once 
 flights waiting (`capacity`: beyond it a reconcile reports the writes as pending and is called back
 when room frees up), and the rule for how long a reconcile waits for its flights: until they land,
 or, for a member that looks stalled (a request unanswered for `stall_after` seconds while nothing else
-answers: hung or slow), not at all. A flight not waited for goes on alone; when it lands, its
+answers: hung) or is known to be slow (its probe is degraded: many requests in flight, each answered
+late), at most `stall_after` seconds. A flight not waited for goes on alone; when it lands, its
 AccessPoint is reconciled again (`on_landed`), which plans against the cache the flight wrote
 through: what landed is not written twice, what is still missing is written once.
 Imports asyncio and federation.kube only.
@@ -82,18 +83,21 @@ class MemberLane(Generic[T]):
 
 
 async def wait_flights(flights: Mapping[str, tuple[Flight[T], KubeClient | None]], *, stall_after: float,
-                       cap: float, tick: float = 0.05) -> dict[str, T]:
+                       cap: float, slow: frozenset[str] = frozenset(), tick: float = 0.05) -> dict[str, T]:
     """The results of the flights (by member) that land while their members answer; a member that
-    stalls (or the `cap` in seconds) ends the wait for its flight, which is then `left_alone`."""
+    stalls (or the `cap` in seconds; `stall_after` for the members known to be `slow`) ends the wait
+    for its flight, which is then `left_alone`."""
     results: dict[str, T] = {}
     waiting = dict(flights)
-    deadline = time.monotonic() + cap
+    started = time.monotonic()
+    deadline = started + cap
     while waiting:
         for name, (flight, client) in list(waiting.items()):
             if flight.task.done():
                 results[name] = flight.task.result()
                 del waiting[name]
-            elif client is None or client.stalled(stall_after) is not None or time.monotonic() >= deadline:
+            elif client is None or client.stalled(stall_after) is not None or time.monotonic() >= deadline or \
+                    (name in slow and time.monotonic() - started >= stall_after):
                 flight.left_alone = True
                 del waiting[name]
         if waiting:

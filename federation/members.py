@@ -49,7 +49,7 @@ from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics
 from federation.istiod import IstiodMonitor
-from federation.kube import MEMBER_DEADLINES, ApiError, Gone, KubeClient
+from federation.kube import MEMBER_DEADLINES, METADATA_LIST, ApiError, Gone, KubeClient
 from federation.shards import SHARD_LABEL
 from placement.models import ClusterFacts, MemberCluster
 
@@ -62,6 +62,7 @@ KindId = tuple[str, str]  # (group, kind)
 PROBE_TIMEOUT = 5.0  # seconds per probe request: a hung member is noticed within probe interval + this
 DEGRADED_AFTER = 1.0  # seconds: a probe answer slower than this marks the member degraded
 IDENTITY_PATH = "/api/v1/namespaces/kube-system"
+RV_RECHECK = 2.0  # seconds before a list that looks older than the cache is asked again
 
 
 def served_resources(discovery: dict[str, Any]) -> dict[tuple[str, str], set[str]] | None:
@@ -595,7 +596,7 @@ class MemberRegistry:
                 except ApiError as err:
                     log.debug("member %s: verify %s: %s", member.name, kind.plural, err)
                     break
-                if self._rv_went_back(member, kind.id, rv):
+                if await self._rv_went_back(member, kind, rv):
                     break
                 for item in items:  # PartialObjectMetadata: the kind is the list's
                     item["kind"], item["apiVersion"] = kind.kind, kind.api_version
@@ -610,18 +611,30 @@ class MemberRegistry:
                     task.cancel()
                     self._ensure_watches(member)
 
-    def _rv_went_back(self, member: Member, kind: KindId, list_rv: str) -> bool:
-        """A list of `kind` older than what the cache has seen of it: the member's store went back
-        (restored from an older backup, wiped)."""
+    async def _rv_went_back(self, member: Member, kind: Kind, list_rv: str) -> bool:
+        """A list of `kind` older than what the cache has seen of it, and still older a moment later (a
+        list served from a lagging watch cache catches up within that moment): the member's store went
+        back (restored from an older backup, wiped)."""
+        seen = member.cache.max_rv.get(kind.id, 0)
         try:
             listed = int(list_rv)
         except ValueError:
             return False
-        seen = member.cache.max_rv.get(kind, 0)
+        if listed >= seen:
+            return False
+        await asyncio.sleep(RV_RECHECK)
+        client = member.client
+        if client is None:
+            return False
+        try:
+            page = await client.request("GET", api_path(kind, None), query={"limit": 1}, accept=METADATA_LIST)
+            listed = int((page.get("metadata") or {}).get("resourceVersion") or 0)
+        except (ApiError, ValueError):
+            return False
         if listed >= seen:
             return False
         metrics.member_cache_repairs.labels(cluster=member.name).inc()
-        self.reset(member, f"resourceVersions went backwards: the member lists {kind[1]} at {listed}, the "
+        self.reset(member, f"resourceVersions went backwards: the member lists {kind.kind} at {listed}, the "
                            f"cache had seen {seen}")
         return True
 
@@ -644,7 +657,7 @@ class MemberRegistry:
                 await asyncio.Event().wait()  # until the filter changes (cancelled)
             try:
                 items, rv = await client.list(path, label_selector=selector)
-                if self._rv_went_back(member, kind.id, rv):
+                if await self._rv_went_back(member, kind, rv):
                     return  # reset() started a new watch of every kind
                 if self.shard_filter is not None and self.shard_of is not None:
                     items += await self._unlabelled(client, path)
