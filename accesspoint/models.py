@@ -115,6 +115,11 @@ class ClusterStatus(ApiModel):
         default=None, alias="endpointsMissing",
         description="Routed hosts of which this cluster's istiod knows no endpoint: the zone is not ready")
     last_error: str | None = Field(default=None, alias="lastError")
+    pending: str | None = Field(
+        default=None, description="writes this cluster has not confirmed yet (it is slow, or does not answer: "
+        "they are held until it does), e.g. `3 to create, 1 to update`; absent when there are none")
+    pending_since: str | None = Field(default=None, alias="pendingSince",
+                                      description="since when those writes wait (RFC 3339)")
     probe: ProbeRecord | None = Field(
         default=None, description="the rollout's HTTP probe of this cluster on the revision it carries "
         "(spec.rollout.healthChecks.http): last result (code, latency), consecutive counts, verdict",

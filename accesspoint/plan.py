@@ -61,6 +61,12 @@ class Plan:
 _IDENTITY = frozenset({"apiVersion", "kind"})
 
 
+def up_to_date(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    """`current` (what a member holds) already is `desired`: same content hash, no managed field drifted."""
+    return _hash(current) == _hash(desired) and is_subset({k: v for k, v in desired.items() if k not in _IDENTITY},
+                                                         current)
+
+
 def _hash(obj: Mapping[str, Any]) -> str | None:
     value = ((obj.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
     return str(value) if value is not None else None
@@ -80,11 +86,10 @@ def plan(desired: Iterable[dict[str, Any]], owned: Mapping[ObjectKey, Mapping[st
         same_hash = _hash(current) == _hash(obj)
         # Every top-level field but apiVersion/kind (the key covers them; list items may lack them):
         # `spec` for most kinds, `data`/`type` for Secrets.
-        drift = not is_subset({k: v for k, v in obj.items() if k not in _IDENTITY}, current)
-        if same_hash and not drift:
+        if up_to_date(obj, current):
             result.unchanged += 1
             continue
-        if same_hash:
+        if same_hash:  # the hash is the same: a field drifted
             result.drifted.append(key)
         result.update.append(obj)
     for key in sorted(set(owned) - wanted, key=lambda k: (k.kind, k.group, k.namespace, k.name)):

@@ -190,3 +190,22 @@ def applied_message(applied: Sequence[ClusterStatus]) -> str:
             names = ", ".join(f"{e.name} ({e.objects} objects)" for e in entries)
             parts.append(f"revision {revision} applied on {names}")
     return "; ".join(parts)
+
+
+def pending_text(create: int, update: int, delete: int) -> str:
+    """`3 to create, 1 to update` for writes a cluster has not confirmed ("" for none)."""
+    parts = [f"{n} to {verb}" for n, verb in ((create, "create"), (update, "update"), (delete, "delete")) if n]
+    return ", ".join(parts)
+
+
+def held_entry(entry: ClusterStatus, *, answering: bool, pending: str, since: str, why: str | None) -> ClusterStatus:
+    """The entry of a cluster whose writes are not confirmed: in flight to a slow cluster (Progressing:
+    it answers, at its own pace) or held for one that does not answer (Unknown, with why). Never
+    Applied: the cluster has not been seen holding them."""
+    return entry.model_copy(update={
+        "state": "Progressing" if answering else "Unknown",
+        "pending": pending or None,
+        "pending_since": since if pending else None,
+        "last_error": None if answering else why,
+        "revision": entry.revision if answering else None,
+    })

@@ -20,6 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -38,12 +39,14 @@ from accesspoint.ownership import Owner
 from accesspoint.plan import Plan, plan
 from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, render, validate
 from accesspoint.revisions import revision_hash
-from accesspoint.status import applied_message, summarize
+from accesspoint.status import applied_message, held_entry, pending_text, summarize
 from federation import metrics, shards, telemetry
-from federation.executor import execute
+from federation.executor import Outcome, execute
 from federation.hubwriter import FINALIZER, HubWriter, now_rfc3339
 from federation.kube import ApiError, KubeClient
-from federation.members import Member, MemberRegistry
+from federation.lanes import Flight, MemberLane, wait_flights
+from federation.members import DEGRADED_AFTER, Member, MemberRegistry
+from federation.workqueue import KeyedQueue
 from placement.models import ClusterFacts, MemberClusterStatus, PlacementDecision, PlacementPolicy, PlacementSpec
 from placement.select import select
 
@@ -95,6 +98,28 @@ def _planned_kinds(the_plan: Plan) -> list[tuple[str, str]]:
              (*the_plan.create, *the_plan.update)] + [(k.group, k.kind) for k, _, _ in the_plan.delete])
 
 
+@dataclass
+class MemberWork:
+    """The unit of work for one member: the objects rendered for it and the plan against what it holds
+    (written by the executor here; a pull-mode agent inside the member could apply the same)."""
+
+    ap: AccessPoint  # the revision this cluster carries
+    owner: Owner
+    member: Member
+    placed: bool
+    revision: str
+    desired: list[dict[str, Any]]
+    plan: Plan
+
+    @property
+    def pending(self) -> str:
+        return pending_text(len(self.plan.create), len(self.plan.update), len(self.plan.delete))
+
+
+def rfc3339(wall: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall))
+
+
 def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
     for obj in objects:
         if obj.get("kind") != "Service" or (obj.get("spec") or {}).get("type") != "LoadBalancer":
@@ -109,7 +134,8 @@ def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
 class Controller:
     def __init__(self, hub: KubeClient, hub_id: str, *, workers: int = 16, probe_interval: float = 5.0,
                  resync_seconds: float = 600.0, istiod_options: dict[str, float] | None = None,
-                 route_settle: float = 10.0, gateway_namespace: str = "istio-system") -> None:
+                 route_settle: float = 10.0, gateway_namespace: str = "istio-system",
+                 verify_interval: float = 60.0) -> None:
         self.hub = hub
         # The member namespace of the gateway that serves AccessPoints, unless
         # spec.traffic.visibility.gatewayNamespace names another (exportTo includes it).
@@ -117,7 +143,17 @@ class Controller:
         self.hub_id = hub_id
         self.writer = HubWriter(hub)
         self.registry = MemberRegistry(hub, hub_id, self._owner_changed, self._member_changed, probe_interval,
-                                       on_istiod_change=self._istiod_changed, istiod_options=istiod_options)
+                                       on_istiod_change=self._istiod_changed, istiod_options=istiod_options,
+                                       verify_interval=verify_interval)
+        # Per-member lanes (federation/lanes.py): a reconcile waits for a member's writes only while it
+        # answers (a request unanswered for `stall_after` s with no other answer ends the wait), and at
+        # most `flight_wait` s (beyond a member's whole-request deadline).
+        self.lanes: dict[str, MemberLane[ClusterStatus | None]] = {}
+        self.stall_after = 1.0
+        self.flight_wait = 15.0
+        # MemberCluster status has a queue and workers of its own: a member's Ready/Reachable is
+        # written within a second of a probe's verdict, never behind a queue of AccessPoint work.
+        self._member_queue = KeyedQueue()
         # routeConfigured: when meshfed last wrote an AccessPoint's objects to a member (monotonic), and
         # the verdict last reported, per (member, AccessPoint key).
         self.route_settle = route_settle
@@ -241,6 +277,9 @@ class Controller:
     # ---- event intake (called by the operator's handlers and the member registry) ----
 
     def enqueue(self, key: str, *, urgent: bool = True) -> None:
+        if key.startswith("mc/"):
+            self._member_queue.put(key)
+            return
         if key in self._active:
             self._dirty.add(key)
             return
@@ -356,6 +395,8 @@ class Controller:
         self._warm_deadline = time.monotonic() + warmup_timeout
         for i in range(self.workers):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
+        for i in range(2):
+            self._tasks.append(asyncio.create_task(self._member_worker(), name=f"member-status-{i}"))
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
 
     async def stop(self) -> None:
@@ -375,40 +416,51 @@ class Controller:
                 await self.on_membercluster("MODIFIED", body)
             self.enqueue_all()
 
+    async def _member_worker(self) -> None:
+        while True:
+            key = await self._member_queue.get()
+            try:
+                await self._process(key)
+            finally:
+                self._member_queue.done(key)
+
     async def _worker(self) -> None:
         while True:
-            key = await self._next_key()
-            lease = self.lease_of(key)
-            if not self.holds(lease):
-                # Another replica's work (enqueued again when this one takes the shard), or this
-                # one's with its renewal late (tried again after a retry period).
-                self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
-                continue
-            self._active.add(key)
-            kind = "accesspoint" if key.startswith("ap/") else "membercluster"
-            started = time.monotonic()
-            try:
-                with shards.working_on(self.shards, lease):
-                    if key.startswith("ap/"):
-                        await self.reconcile_accesspoint(key[3:])
-                    elif key.startswith("mc/"):
-                        await self.write_member_status(key[3:])
-            except shards.Fenced as err:
-                log.info("reconcile %s stopped: %s", key, err)
-                self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
-            except Exception:
-                metrics.reconcile_errors.labels(kind=kind).inc()
-                log.exception("reconcile %s failed", key)
-                attempt = self._retries.get(key, 0) + 1
-                self._retries[key] = attempt
-                self.enqueue_later(key, min(0.5 * 2**attempt, 60.0))
-            finally:
-                metrics.reconciles.labels(kind=kind).inc()
-                metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
-                self._active.discard(key)
-                if key in self._dirty:
-                    self._dirty.discard(key)
-                    self.enqueue(key)
+            await self._process(await self._next_key())
+
+    async def _process(self, key: str) -> None:
+        """Run one key (an AccessPoint reconcile or a MemberCluster status) under its Lease."""
+        lease = self.lease_of(key)
+        if not self.holds(lease):
+            # Another replica's work (enqueued again when this one takes the shard), or this
+            # one's with its renewal late (tried again after a retry period).
+            self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
+            return
+        self._active.add(key)
+        kind = "accesspoint" if key.startswith("ap/") else "membercluster"
+        started = time.monotonic()
+        try:
+            with shards.working_on(self.shards, lease):
+                if key.startswith("ap/"):
+                    await self.reconcile_accesspoint(key[3:])
+                elif key.startswith("mc/"):
+                    await self.write_member_status(key[3:])
+        except shards.Fenced as err:
+            log.info("reconcile %s stopped: %s", key, err)
+            self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
+        except Exception:
+            metrics.reconcile_errors.labels(kind=kind).inc()
+            log.exception("reconcile %s failed", key)
+            attempt = self._retries.get(key, 0) + 1
+            self._retries[key] = attempt
+            self.enqueue_later(key, min(0.5 * 2**attempt, 60.0))
+        finally:
+            metrics.reconciles.labels(kind=kind).inc()
+            metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
+            self._active.discard(key)
+            if key in self._dirty:
+                self._dirty.discard(key)
+                self.enqueue(key)
 
     # ---- MemberCluster status ----
 
@@ -426,13 +478,24 @@ class Controller:
         if member.kubeconfig_error:
             reach = Condition(type="Reachable", status="Unknown", reason="KubeconfigUnavailable",
                               message=member.kubeconfig_error)
+        elif not member.answering and probe.reachable is not False:
+            # The circuit breaker is open (a request timed out, a probe failed): not known to be down
+            # yet (Reachable False after consecutive failed probes), known not to answer now.
+            since = rfc3339(member.not_answering_since or time.time())
+            reach = Condition(type="Reachable", status="Unknown", reason="NotAnswering",
+                              message=f"no answer since {since}: {member.not_answering_why}; writes are held "
+                                      "until a probe answers")
         elif probe.reachable is None:
             reach = Condition(type="Reachable", status="Unknown", reason="Probing", message="not probed yet")
+        elif probe.reachable and member.latency_ms is not None:
+            reach = Condition(type="Reachable", status="True", reason="Degraded",
+                              message=f"slow: answers in ~{member.latency_ms / 1000:.1f}s (degraded above "
+                                      f"{DEGRADED_AFTER:.0f}s); writes go on at its pace")
         elif probe.reachable:
             reach = Condition(type="Reachable", status="True", reason="ProbeSucceeded", message=probe.message)
         else:
             reach = Condition(type="Reachable", status="False", reason="ProbeFailed", message=probe.message)
-        if probe.ready:
+        if probe.ready and reach.status == "True":
             ready = Condition(type="Ready", status="True", reason="Ready", message=probe.message)
         elif reach.status == "True":
             ready = Condition(type="Ready", status="False", reason="IstioCRDsMissing", message=probe.message)
@@ -449,12 +512,16 @@ class Controller:
             istio_crds=probe.istio if probe.istio is not None else previous.istio_crds,
             ready=ready.status,
             mesh_role=member.mesh.printed if member.mesh is not None else None,
+            latency_ms=member.latency_ms,
+            cluster_uid=member.identity or previous.cluster_uid,
+            last_cache_reset=member.last_reset or previous.last_cache_reset,
         )
         # lastProbeTime is not written on every probe: that would be a hub write every few seconds.
         wire = status.wire()
         wire.setdefault("lastProbeTime", (body.get("status") or {}).get("lastProbeTime"))
         if status.conditions != previous.conditions or wire.get("kubernetesVersion") != previous.kubernetes_version \
-                or wire.get("istioCRDs") != previous.istio_crds or wire.get("ready") != previous.ready:
+                or wire.get("istioCRDs") != previous.istio_crds or wire.get("ready") != previous.ready \
+                or wire.get("probeLatencyMs") != previous.latency_ms:
             wire["lastProbeTime"] = now_rfc3339()
         wire = {k: v for k, v in wire.items() if v is not None}
         await self.writer.write_status(MC_PATH.format(name=name), "MemberCluster", name, None, wire, body)
@@ -547,12 +614,7 @@ class Controller:
             if problems:
                 await self._refuse(path, ns, name, body, previous, problems)
                 return
-        results = await asyncio.gather(
-            *(self._sync_cluster(specs.get(m.name, ap), owner, m, m.name in placed, context, renderers,
-                                 prerendered.get(m.name))
-              for m in members.values())
-        )
-        entries = [r for r in results if r is not None]
+        entries = await self._sync_members(ap, specs, owner, members, placed, context, renderers, prerendered)
         # Placed clusters we have no client for (Secret missing): report them, touch nothing.
         for cname in sorted(placed - set(members)):
             entries.append(ClusterStatus(name=cname, state="Unknown", last_error="member cluster not registered"))
@@ -581,31 +643,6 @@ class Controller:
             reason = next((str(r) for p in problems if (r := getattr(p, "reason", None))), "InvalidSpec")
             await self.writer.event(body, "Warning", reason, "; ".join(problems))
 
-    async def _sync_cluster(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
-                            context: RenderContext,
-                            renderers: dict[int, Renderer] | None = None,
-                            prerendered: Rendered | None = None) -> ClusterStatus | None:
-        """Bring one member to the rendering of `ap`, then add Istio's verdict to its entry."""
-        entry = await self._sync_objects(ap, owner, member, placed, context, renderers, prerendered)
-        if entry is None or not member.usable:
-            return entry
-        objects = list(member.cache.owned(owner).values())
-        analysis = analyzer_messages(objects)
-        entry.istio_messages = analysis.messages or None
-        entry.no_current_verdict = analysis.stale or None
-        if member.istiod is not None and entry.state in ("Applied", "Progressing"):
-            verdict = self._route_verdict(member, owner.key, objects)
-            self._verdicts[(member.name, owner.key)] = verdict
-            if verdict is not None:
-                entry.route_configured = verdict.configured
-                entry.route_message = verdict.message
-                entry.gateway_proxies = verdict.proxies if verdict.total or verdict.configured is not None else None
-            zone = self._zone_verdicts[(member.name, owner.key)] = self._zone_verdict(member, objects)
-            if zone is not None:  # a zone primary: its istiod's remotes and the endpoints it knows
-                entry.remotes, entry.endpoints = zone.remotes or None, zone.endpoints
-                entry.endpoints_missing = zone.missing or None
-        return entry
-
     def _zone_verdict(self, member: Member, objects: list[dict[str, Any]]) -> ZoneVerdict | None:
         remotes = self.registry.remotes_of(member.name)
         if not remotes or member.istiod is None:
@@ -613,11 +650,63 @@ class Controller:
         return zone_verdict(objects, member.istiod.view, [r.name for r in remotes],
                             [r.name for r in remotes if r.probe.reachable is False])
 
-    async def _sync_objects(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool,
-                            context: RenderContext,
-                            renderers: dict[int, Renderer] | None = None,
-                            prerendered: Rendered | None = None) -> ClusterStatus | None:
-        """Bring one member to the rendering of `ap` (the revision this cluster should carry)."""
+    def _lane(self, name: str) -> MemberLane[ClusterStatus | None]:
+        lane = self.lanes.get(name)
+        if lane is None:
+            lane = self.lanes[name] = MemberLane(name, lambda key: self.enqueue(f"ap/{key}"),
+                                                 concurrency=self.workers)
+        return lane
+
+    async def _sync_members(self, ap: AccessPoint, specs: Mapping[str, AccessPoint], owner: Owner,
+                            members: Mapping[str, Member], placed: set[str], context: RenderContext,
+                            renderers: dict[int, Renderer], prerendered: Mapping[str, Rendered]) -> list[ClusterStatus]:
+        """Each member's entry: its plan executed in its own lane (federation/lanes.py), waited for while
+        the member answers; a stalled member's writes go on alone and its entry says what is pending."""
+        entries: dict[str, ClusterStatus | None] = {}
+        flights: dict[str, tuple[Flight[ClusterStatus | None], KubeClient | None]] = {}
+        for m in members.values():
+            lane = self._lane(m.name)
+            flight = lane.flight(owner.key)
+            if flight is not None:
+                # This AccessPoint's earlier writes to m are still in the air: nothing is planned against
+                # a cache they are about to change; when they land the AccessPoint is reconciled again.
+                flight.left_alone = True
+                entries[m.name] = self._held(m, owner, flight.pending, flight.since)
+                continue
+            work = self._member_work(specs.get(m.name, ap), owner, m, m.name in placed, context, renderers,
+                                     prerendered.get(m.name))
+            if not isinstance(work, MemberWork):
+                entries[m.name] = work
+            elif work.plan.empty:
+                entries[m.name] = self._member_entry(work, None)
+            elif lane.full:
+                lane.refused.add(owner.key)
+                entries[m.name] = self._held(m, owner, work.pending, time.time())
+            else:
+                flights[m.name] = (lane.launch(owner.key, functools.partial(self._apply_work, work), work.pending),
+                                   m.client)
+        slow = frozenset(n for n in flights if members[n].degraded)
+        landed = await wait_flights(flights, stall_after=self.stall_after, cap=self.flight_wait, slow=slow)
+        for name, (flight, _) in flights.items():
+            entries[name] = landed[name] if name in landed else \
+                self._held(members[name], owner, flight.pending, flight.since)
+        return [e for e in entries.values() if e is not None]
+
+    def _held(self, member: Member, owner: Owner, pending: str, since: float) -> ClusterStatus:
+        """The entry of a member whose writes are in flight (slow) or held (not answering)."""
+        owned = member.cache.owned(owner)
+        facts = member.facts
+        base = ClusterStatus(name=member.name, region=facts.region, zone=facts.zone, state="Unknown",
+                             objects=len(owned), vip=_vip(owned.values()))
+        since_text = rfc3339(member.not_answering_since or since) if not member.answering else rfc3339(since)
+        why = f"not answering since {since_text}: {member.not_answering_why}" if not member.answering else None
+        return held_entry(base, answering=member.answering, pending=pending, since=rfc3339(since), why=why)
+
+    def _member_work(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool, context: RenderContext,
+                     renderers: dict[int, Renderer] | None = None,
+                     prerendered: Rendered | None = None) -> MemberWork | ClusterStatus | None:
+        """What one member should get for `ap` (the revision this cluster carries): its rendered objects and
+        the plan against what it holds (a MemberWork), or its entry when nothing can be planned."""
         if renderers is None:
             revision = revision_of(ap)
         else:  # the spec hash once per AccessPoint revision, not once per cluster
@@ -628,7 +717,10 @@ class Controller:
         if not placed and not owned:
             return None
         base = {"name": member.name, "region": facts.region, "zone": facts.zone}
-        if not member.usable:
+        # Not answering, cache listed: the plan is computed (to say what waits) and nothing is written.
+        plannable = member.client is not None and not member.kubeconfig_error and \
+            member.cache.synced >= member.needed_kinds()
+        if not member.usable and not (plannable and not member.answering):
             why = member.kubeconfig_error or member.probe.message or "member cache not synced yet"
             return ClusterStatus(**base, state="Unknown", objects=len(owned), vip=_vip(owned.values()),
                                  last_error=why if member.probe.reachable is False or member.kubeconfig_error else None)
@@ -656,13 +748,30 @@ class Controller:
             if refused:  # Istio kinds on an Istio remote: Istio would ignore them (placement.mesh)
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
                                      last_error=refused)
-        the_plan = plan(desired, owned)
-        client = member.client
-        assert client is not None
-        outcome = await execute(client, the_plan, owner, member.cache, adopt=ap.spec.adopt_existing) \
-            if not the_plan.empty else None
+        work = MemberWork(ap, owner, member, placed, revision, desired, plan(desired, owned))
+        if not member.answering:
+            # Circuit breaker open: nothing is written; the entry says what waits, and since when.
+            return self._held(member, owner, work.pending, member.not_answering_since or time.time())
+        return work
+
+    async def _apply_work(self, work: MemberWork) -> ClusterStatus | None:
+        """Execute one member's plan (in its lane) and give its entry."""
+        member = work.member
+        if not member.answering or member.client is None:  # the breaker opened while this waited
+            return self._held(member, work.owner, work.pending, member.not_answering_since or time.time())
+        sent = time.monotonic()
+        outcome = await execute(member.client, work.plan, work.owner, member.cache, adopt=work.ap.spec.adopt_existing)
+        if outcome.timed_out:
+            self.registry.not_answering(member, "a write got no answer within its deadline", sent)
+        return self._member_entry(work, outcome)
+
+    def _member_entry(self, work: MemberWork, outcome: Outcome | None) -> ClusterStatus | None:
+        """One member's entry after its plan ran (`outcome` None: nothing to write), Istio's verdict added."""
+        ap, owner, member, desired = work.ap, work.owner, work.member, work.desired
+        facts = member.facts
+        base = {"name": member.name, "region": facts.region, "zone": facts.zone}
         if outcome is not None and outcome.writes:
-            if moves_routes(_planned_kinds(the_plan)):  # a renewed certificate's Secret alone does not
+            if moves_routes(_planned_kinds(work.plan)):  # a renewed certificate's Secret alone does not
                 self._written_at[(member.name, owner.key)] = time.monotonic()
             if member.istiod is not None:
                 member.istiod.kick()
@@ -671,23 +780,42 @@ class Controller:
                 telemetry.propagation_latency.record(time.monotonic() - seen[1], {"cluster": member.name})
         owned_now = member.cache.owned(owner)
         vip = _vip(owned_now.values())
+        entry: ClusterStatus | None
         if outcome is not None and outcome.conflicts:
-            return ClusterStatus(**base, state="Conflict", objects=len(owned_now), vip=vip,
-                                 last_error="; ".join(outcome.conflicts + outcome.errors))
-        if outcome is not None and outcome.unreachable:
-            return ClusterStatus(**base, state="Unknown", objects=len(owned_now), vip=vip,
-                                 last_error="; ".join(outcome.errors))
-        if outcome is not None and outcome.errors:
-            return ClusterStatus(**base, state="Failed", objects=len(owned_now), vip=vip,
-                                 last_error="; ".join(outcome.errors))
-        if not placed:
-            return ClusterStatus(**base, state="Removing", objects=len(owned_now)) if owned_now else None
-        wants_vip = any(o["kind"] == "Service" and (o.get("spec") or {}).get("type") == "LoadBalancer"
-                        for o in desired)
-        if wants_vip and vip is None:
-            return ClusterStatus(**base, state="Progressing", revision=revision, objects=len(owned_now),
-                                 last_error=None, route_configured=None)
-        return ClusterStatus(**base, state="Applied", revision=revision, objects=len(owned_now), vip=vip)
+            entry = ClusterStatus(**base, state="Conflict", objects=len(owned_now), vip=vip,
+                                  last_error="; ".join(outcome.conflicts + outcome.errors))
+        elif outcome is not None and outcome.unreachable:
+            entry = ClusterStatus(**base, state="Unknown", objects=len(owned_now), vip=vip,
+                                  last_error="; ".join(outcome.errors))
+        elif outcome is not None and outcome.errors:
+            entry = ClusterStatus(**base, state="Failed", objects=len(owned_now), vip=vip,
+                                  last_error="; ".join(outcome.errors))
+        elif not work.placed:
+            entry = ClusterStatus(**base, state="Removing", objects=len(owned_now)) if owned_now else None
+        elif any(o["kind"] == "Service" and (o.get("spec") or {}).get("type") == "LoadBalancer"
+                 for o in desired) and vip is None:
+            entry = ClusterStatus(**base, state="Progressing", revision=work.revision, objects=len(owned_now),
+                                  last_error=None, route_configured=None)
+        else:
+            entry = ClusterStatus(**base, state="Applied", revision=work.revision, objects=len(owned_now), vip=vip)
+        if entry is None or not member.usable:
+            return entry
+        objects = list(owned_now.values())
+        analysis = analyzer_messages(objects)
+        entry.istio_messages = analysis.messages or None
+        entry.no_current_verdict = analysis.stale or None
+        if member.istiod is not None and entry.state in ("Applied", "Progressing"):
+            verdict = self._route_verdict(member, owner.key, objects)
+            self._verdicts[(member.name, owner.key)] = verdict
+            if verdict is not None:
+                entry.route_configured = verdict.configured
+                entry.route_message = verdict.message
+                entry.gateway_proxies = verdict.proxies if verdict.total or verdict.configured is not None else None
+            zone = self._zone_verdicts[(member.name, owner.key)] = self._zone_verdict(member, objects)
+            if zone is not None:  # a zone primary: its istiod's remotes and the endpoints it knows
+                entry.remotes, entry.endpoints = zone.remotes or None, zone.endpoints
+                entry.endpoints_missing = zone.missing or None
+        return entry
 
     async def _write_status(self, path: str, ns: str, name: str, status: AccessPointStatus,
                             body: dict[str, Any]) -> bool:

@@ -4,7 +4,9 @@ Owns the write rules of the house: objects are created with POST (never blindly 
 something that exists), updated with server-side apply under one field manager, and deleted only
 with uid+resourceVersion preconditions of the object we saw owned. A pre-existing object we do not
 own is a conflict unless the AccessPoint asks for adoption, and never one owned by another
-AccessPoint or hub. Successful writes go straight into the member's cache (write-through).
+AccessPoint or hub; a create meeting an object of ours that already is as desired (a create that
+timed out and was applied later) writes nothing more. Successful writes go straight into the
+member's cache (write-through).
 Every request that writes is preceded by the fencing check of federation.shards (a replica whose
 shard Lease is no longer valid sends nothing; `Fenced` ends the reconcile).
 """
@@ -17,7 +19,7 @@ from typing import Any
 
 from accesspoint.kinds import NAMESPACE, api_path, managed_kind
 from accesspoint.ownership import FIELD_MANAGER, MANAGED_BY, Owner, foreign_owner_description, owner_of
-from accesspoint.plan import Plan
+from accesspoint.plan import Plan, up_to_date
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics, telemetry
 from federation.kube import ApiError, KubeClient
@@ -31,6 +33,7 @@ class Outcome:
     errors: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
     unreachable: bool = False
+    timed_out: bool = False  # a request got no answer within its deadline (the member may be hung)
 
     @property
     def ok(self) -> bool:
@@ -79,6 +82,11 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
             raise
         existing = await client.get(api_path(kind, key.namespace, key.name)) or {}
         holder = owner_of(existing, owner.hub)
+        if holder == owner and up_to_date(obj, existing):
+            # Ours and already as desired: a create that timed out (a hung member) and was applied
+            # once the member answered again. Written once, not twice.
+            cache.put(existing)
+            return
         if holder == owner or (adopt and holder is None and
                                ((existing.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) != "meshfed"):
             fence()
@@ -102,6 +110,7 @@ async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCach
             telemetry.count("member_errors", cluster=client.name)
             if err.status == 0:
                 out.unreachable = True
+                out.timed_out = out.timed_out or err.timed_out
                 out.errors.append(f"{_describe(key)}: {err.message}")
             elif err.status == 409 and "precondition" in err.message.lower():
                 pass  # the object changed since we saw it; the watch will bring the new state

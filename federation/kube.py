@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import ssl
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -32,23 +33,28 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.config import kube_config
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    """A failed API call. status 0 means the server could not be reached."""
+    """A failed API call. status 0 means the server could not be reached (`timed_out`: it was
+    reached, or being reached, and did not answer within a deadline)."""
 
-    def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None,
+                 *, timed_out: bool = False) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else f"unreachable: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.body = dict(body or {})
+        self.timed_out = timed_out
 
     @property
     def transient(self) -> bool:
@@ -56,7 +62,34 @@ class ApiError(Exception):
 
 
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, ApiError) and exc.transient
+    # A timeout is not retried: its deadline is spent (a retry would multiply it), and a write the
+    # server has received but not answered may still be applied; the next plan sees it.
+    return isinstance(exc, ApiError) and exc.transient and not exc.timed_out
+
+
+@dataclass(frozen=True)
+class Deadlines:
+    """How long one request may take: to connect (TCP), to the first byte of the answer (and between
+    reads), and in all, retries included (a retry gets what is left, never a fresh budget)."""
+
+    connect: float = 10.0
+    first_byte: float = 30.0
+    total: float = 30.0
+
+
+# A member's API server: a hung one is noticed within seconds (federation/lanes.py opens its circuit
+# breaker on the first timeout), while one answering 2 s late still gets its writes through.
+MEMBER_DEADLINES = Deadlines(connect=3.0, first_byte=6.0, total=10.0)
+
+
+class stop_before_deadline(stop_base):  # named like tenacity's own stop conditions
+    """Stop retrying once the whole-request deadline (monotonic) has passed."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() >= self.deadline
 
 
 @dataclass
@@ -391,11 +424,17 @@ def in_cluster_config(environ: Mapping[str, str] | None = None,
 
 
 class KubeClient:
-    def __init__(self, api: ApiClient, name: str, *, attempts: int = 3) -> None:
+    def __init__(self, api: ApiClient, name: str, *, attempts: int = 3, deadlines: Deadlines | None = None) -> None:
         self.api = api
         self.name = name
         self.host = str(api.configuration.host or "").rstrip("/")
         self.attempts = attempts
+        self.deadlines = deadlines or Deadlines()
+        # Requests in flight (id -> monotonic start) and when an answer last came back: `stalled()`
+        # tells a hung or slow server from a busy one without waiting for a deadline.
+        self._inflight: dict[int, float] = {}
+        self._next_request = 0
+        self.last_answer = 0.0
         cfg = api.configuration
         # Per-request options kubernetes-asyncio would pass (aiohttp takes them per request).
         self.request_options: dict[str, Any] = {"proxy": _proxy_for(self.host, cfg.proxy)}
@@ -415,13 +454,32 @@ class KubeClient:
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
         return self._session
 
-    @classmethod
-    async def from_kubeconfig(cls, config: Kubeconfig, name: str, *, attempts: int = 3) -> KubeClient:
-        return cls(ApiClient(configuration=await load_configuration(config)), name, attempts=attempts)
+    def stalled(self, after: float, now: float | None = None) -> float | None:
+        """Since when (monotonic) a request has waited more than `after` seconds with no answer to any
+        request in that time; None when the server answers (or nothing is in flight)."""
+        if not self._inflight:
+            return None
+        now = time.monotonic() if now is None else now
+        oldest = min(self._inflight.values())
+        if now - oldest > after and now - self.last_answer > after:
+            return oldest
+        return None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._inflight)
 
     @classmethod
-    async def from_kubeconfig_dict(cls, config: Mapping[str, Any], name: str, *, attempts: int = 3) -> KubeClient:
-        return await cls.from_kubeconfig(kubeconfig_from_dict(config, source=name), name, attempts=attempts)
+    async def from_kubeconfig(cls, config: Kubeconfig, name: str, *, attempts: int = 3,
+                              deadlines: Deadlines | None = None) -> KubeClient:
+        return cls(ApiClient(configuration=await load_configuration(config)), name, attempts=attempts,
+                   deadlines=deadlines)
+
+    @classmethod
+    async def from_kubeconfig_dict(cls, config: Mapping[str, Any], name: str, *, attempts: int = 3,
+                                   deadlines: Deadlines | None = None) -> KubeClient:
+        return await cls.from_kubeconfig(kubeconfig_from_dict(config, source=name), name, attempts=attempts,
+                                         deadlines=deadlines)
 
     @classmethod
     async def from_kubeconfig_file(cls, path: str, name: str, *, attempts: int = 3,
@@ -468,6 +526,10 @@ class KubeClient:
         headers = await self._headers(content_type, accept)
         session = self.session
         data = None if body is None else json.dumps(body)
+        limits = self.deadlines
+        request_id = self._next_request
+        self._next_request += 1
+        self._inflight[request_id] = time.monotonic()
         try:
             async with session.request(
                 method,
@@ -475,13 +537,19 @@ class KubeClient:
                 params={k: str(v) for k, v in (query or {}).items()},
                 headers=headers,
                 data=data,
-                timeout=aiohttp.ClientTimeout(total=timeout),
+                timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=min(limits.connect, timeout),
+                                              sock_read=min(limits.first_byte, timeout)),
                 **self.request_options,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+            self.last_answer = time.monotonic()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            raise ApiError(0, "Unreachable", f"{self.name}: {type(exc).__name__}: {exc}") from None
+            timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
+            what = f"no answer within {timeout:.0f}s" if timed_out and not str(exc) else f"{type(exc).__name__}: {exc}"
+            raise ApiError(0, "Unreachable", f"{self.name}: {what}", timed_out=timed_out) from None
+        finally:
+            self._inflight.pop(request_id, None)
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
@@ -498,20 +566,27 @@ class KubeClient:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 30.0,
+        timeout: float | None = None,
         retry: bool = True,
         accept: str = "application/json",
     ) -> dict[str, Any]:
+        """One call within `timeout` seconds (default: the client's whole-request deadline), retries
+        of transient failures included: each attempt gets what is left of it."""
+        budget = timeout if timeout is not None else self.deadlines.total
         if not retry or self.attempts <= 1:
-            return await self._once(method, path, query, body, content_type, timeout, accept)
+            return await self._once(method, path, query, body, content_type, budget, accept)
+        deadline = time.monotonic() + budget
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(self.attempts),
+            stop=stop_after_attempt(self.attempts) | stop_before_deadline(deadline),
             wait=wait_exponential(multiplier=0.1, max=2.0),
             reraise=True,
         ):
             with attempt:
-                return await self._once(method, path, query, body, content_type, timeout, accept)
+                left = deadline - time.monotonic()
+                if left <= 0.05:
+                    raise ApiError(0, "Unreachable", f"{self.name}: no answer within {budget:.0f}s", timed_out=True)
+                return await self._once(method, path, query, body, content_type, left, accept)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def request_text(self, path: str, timeout: float = 30.0) -> str:

@@ -10,6 +10,20 @@ others (placement.mesh: `Member.mesh`, `remotes_of`), and, for followWorkload, a
 Deployments in the namespaces it names (`follow_workloads_in`). Changes are reported through callbacks;
 this module never writes to members (the executor does) nor to the hub.
 
+Members are unreliable (a hung, slow, wiped or replaced API server; README "Sick members"):
+- Circuit breaker: a member that does not answer (a failed probe, or a write the executor saw time out:
+  `not_answering`) is `answering=False`, so nothing is planned or written there, until a probe
+  answers again; the probe then runs every second. Requests to members have their own deadlines
+  (kube.MEMBER_DEADLINES: connect 3 s, first byte 6 s, whole request 10 s, retries included).
+- Slow is not dead: a probe slower than DEGRADED_AFTER marks the member degraded (latency kept,
+  rounded, with hysteresis so it does not flap); it keeps receiving writes.
+- The cache never outlives the truth: the probe reads the member's identity (the kube-system
+  namespace UID); a different one, or a list whose resourceVersion is below what the cache has seen
+  (an etcd restored from an older backup or wiped), drops that member's cache and relists every
+  kind (`reset`). Every `verify_interval` seconds each kind is listed again, metadata only, and
+  compared with the cache by uid/resourceVersion; a disagreement relists that kind. A cache error
+  therefore lasts at most verify_interval + one list (default 60 s + a second).
+
 Shard filter (several replicas, federation/shards.py): with `set_shard_filter(held)` the watches
 select only objects labelled `meshfed.io/shard in (held)` (every watch re-lists when the held set
 changes), plus, at each list, objects of held shards that carry no shard label yet (written before
@@ -35,8 +49,9 @@ from accesspoint.istioverdict import gateway_selectors, routed_hosts
 from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS, Kind, api_path
 from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
+from federation import metrics
 from federation.istiod import IstiodMonitor
-from federation.kube import ApiError, Gone, KubeClient
+from federation.kube import MEMBER_DEADLINES, METADATA_LIST, ApiError, Gone, KubeClient
 from federation.shards import SHARD_LABEL
 from placement.mesh import RoleVerdict, remote_refusal, role_verdicts
 from placement.models import ClusterFacts, MemberCluster, WorkloadFact
@@ -47,6 +62,10 @@ ISTIO_RESOURCES = {"gateways", "virtualservices", "destinationrules", "serviceen
 # Aggregated discovery (one request for every group, version and resource; GA since Kubernetes 1.30).
 AGGREGATED_DISCOVERY = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,application/json"
 KindId = tuple[str, str]  # (group, kind)
+PROBE_TIMEOUT = 5.0  # seconds per probe request: a hung member is noticed within probe interval + this
+DEGRADED_AFTER = 1.0  # seconds: a probe answer slower than this marks the member degraded
+IDENTITY_PATH = "/api/v1/namespaces/kube-system"
+RV_RECHECK = 2.0  # seconds before a list that looks older than the cache is asked again
 
 
 def served_resources(discovery: dict[str, Any]) -> dict[tuple[str, str], set[str]] | None:
@@ -84,6 +103,10 @@ class OwnedCache:
         self.objects: dict[ObjectKey, dict[str, Any]] = {}
         self.by_owner: dict[str, set[ObjectKey]] = defaultdict(set)
         self.synced: set[KindId] = set()
+        # The highest resourceVersion the member's lists and watch events of each kind have shown (not
+        # our own writes' answers: a list served from the watch cache may lag those by a few revisions).
+        # A later list of the kind is never older, unless the member's store went back.
+        self.max_rv: dict[KindId, int] = {}
 
     def put(self, obj: dict[str, Any]) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed."""
@@ -145,6 +168,37 @@ class OwnedCache:
         self.synced.add(kind)
         return changed
 
+    def observed(self, kind: KindId, resource_version: str) -> None:
+        """A list or watch event of `kind` at `resource_version`."""
+        try:
+            rv = int(resource_version)
+        except ValueError:
+            return
+        self.max_rv[kind] = max(self.max_rv.get(kind, 0), rv)
+
+    def disagrees(self, kind: KindId, listed: list[dict[str, Any]], list_rv: str) -> str | None:
+        """What a (metadata-only) list of `kind` says that the cache does not: an object the cache lacks
+        or holds with another uid or an older resourceVersion, or one the cache holds that the member
+        no longer has (unless written after the list's snapshot). None when they agree."""
+        group, name = kind
+        try:
+            snapshot = int(list_rv)
+        except ValueError:
+            snapshot = 0
+        fresh = {key_of(o): o for o in listed}
+        for key, obj in fresh.items():
+            held = self.objects.get(key)
+            if held is None:
+                return f"{key} is on the member, not in the cache"
+            if held["metadata"].get("uid") != obj["metadata"].get("uid"):
+                return f"{key} has another uid on the member"
+            if _rv(held) < _rv(obj):
+                return f"{key} is newer on the member"
+        for key, held in self.objects.items():
+            if key.kind == name and key.group == group and key not in fresh and _rv(held) <= snapshot:
+                return f"{key} is in the cache, not on the member"
+        return None
+
     def owned(self, owner: Owner) -> dict[ObjectKey, dict[str, Any]]:
         return {k: self.objects[k] for k in self.by_owner.get(owner.key, set()) if k in self.objects}
 
@@ -161,6 +215,8 @@ class Probe:
     message: str = ""
     at: float = 0.0
     served: frozenset[KindId] | None = None  # managed kinds the member serves (None: not probed)
+    latency: float | None = None  # seconds the readiness request took (None: no answer)
+    identity: str | None = None  # the kube-system namespace UID (None: not known)
 
 
 @dataclass
@@ -185,6 +241,14 @@ class Member:
     # (MemberRegistry.follow_workloads_in); None until then.
     workloads: dict[tuple[str, str], dict[str, str]] | None = None
     workloads_task: asyncio.Task[None] | None = None
+    # Circuit breaker: False from a failed probe or a timed-out write until a probe answers again.
+    answering: bool = True
+    not_answering_since: float | None = None  # wall clock
+    not_answering_why: str = ""
+    degraded: bool = False  # slow probes (latency kept in `probe.latency`)
+    identity: str | None = None  # kube-system UID of the cluster the cache describes
+    last_reset: str = ""  # why and when the cache was last dropped (identity, resourceVersions, relist)
+    resets: int = 0
 
     def needed_kinds(self) -> set[KindId]:
         return {k.id for k in MANAGED_KINDS.values() if self.serves(k)}
@@ -231,8 +295,18 @@ class Member:
 
     @property
     def usable(self) -> bool:
-        """Reachable now and every managed kind it serves listed at least once: safe to plan against."""
-        return bool(self.probe.reachable) and self.client is not None and self.cache.synced >= self.needed_kinds()
+        """Reachable and answering now, and every managed kind it serves listed at least once: safe to
+        plan against."""
+        return bool(self.probe.reachable) and self.answering and self.client is not None and \
+            self.cache.synced >= self.needed_kinds()
+
+    @property
+    def latency_ms(self) -> int | None:
+        """The probe's latency when degraded, rounded to 500 ms (a status write per real change, not
+        per probe); None when the member answers promptly."""
+        if not self.degraded or self.probe.latency is None:
+            return None
+        return int(round(self.probe.latency * 2) * 500)
 
 
 OwnerCallback = Callable[[str, str], None]  # (member name, owner key)
@@ -252,6 +326,7 @@ class MemberRegistry:
         failure_threshold: int = 3,
         on_istiod_change: MemberCallback | None = None,
         istiod_options: dict[str, float] | None = None,
+        verify_interval: float = 60.0,
     ) -> None:
         self.hub = hub
         self.hub_id = hub_id
@@ -262,6 +337,7 @@ class MemberRegistry:
         # Consecutive failed probes before a reachable member is reported unreachable: one slow
         # answer from a busy API server must not flip every AccessPoint on it to Unknown.
         self.failure_threshold = failure_threshold
+        self.verify_interval = verify_interval
         self._kubeconfigs: dict[str, str] = {}
         self.on_istiod_change = on_istiod_change
         self.istiod_options = dict(istiod_options or {})
@@ -411,7 +487,8 @@ class MemberRegistry:
             return
         await self._stop(member)
         try:
-            member.client = await KubeClient.from_kubeconfig_dict(yaml.safe_load(text), member.name, attempts=2)
+            member.client = await KubeClient.from_kubeconfig_dict(yaml.safe_load(text), member.name, attempts=2,
+                                                                  deadlines=MEMBER_DEADLINES)
         except Exception as exc:  # a malformed kubeconfig is user input: report it, do not crash
             member.kubeconfig_error = f"invalid kubeconfig in Secret: {type(exc).__name__}: {exc}"
             member.probe = Probe(reachable=None, ready=False, message=member.kubeconfig_error, at=time.time())
@@ -419,19 +496,61 @@ class MemberRegistry:
         self._kubeconfigs[member.name] = text
         member.cache = OwnedCache(self.hub_id)
         member.listed.clear()
+        member.identity = None
+        member.answering = True
         member.tasks.append(asyncio.create_task(self._probe_loop(member), name=f"probe-{member.name}"))
+        if self.verify_interval > 0:
+            member.tasks.append(asyncio.create_task(self._verify_loop(member), name=f"verify-{member.name}"))
+
+    def not_answering(self, member: Member, why: str, since: float) -> None:
+        """Open the member's circuit breaker (a request sent at `since`, monotonic, got no answer): no new
+        writes until a probe answers again. Reported at once (the MemberCluster status has its own
+        queue). A member that answered anything since then is busy, not hung: the breaker stays closed."""
+        client = member.client
+        if not member.answering or (client is not None and client.last_answer > since):
+            return
+        member.answering = False
+        member.not_answering_since = time.time()
+        member.not_answering_why = why
+        metrics.member_not_answering.labels(cluster=member.name).inc()
+        log.warning("member %s: not answering (%s): writes held until a probe answers", member.name, why)
+        self.on_member_change(member.name)
+
+    def reset(self, member: Member, why: str) -> None:
+        """The cache no longer describes the member: drop it and relist every kind (the plans that
+        follow repair what is missing; nothing is deleted for lack of a cache)."""
+        log.warning("member %s: cache dropped, relisting: %s", member.name, why)
+        for task in member.watches.values():
+            task.cancel()
+        member.watches.clear()
+        member.cache = OwnedCache(self.hub_id)
+        member.listed.clear()
+        member.resets += 1
+        member.last_reset = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {why}"
+        if member.probe.reachable and member.client is not None:
+            self._ensure_watches(member)
+        self.on_member_change(member.name)
 
     async def probe_once(self, member: Member) -> Probe:
         client = member.client
         assert client is not None
         try:
-            await client.request("GET", "/readyz", timeout=5, retry=False)
-            version = await client.request("GET", "/version", timeout=5, retry=False)
+            started = time.monotonic()
+            await client.request("GET", "/readyz", timeout=PROBE_TIMEOUT, retry=False)
+            latency = time.monotonic() - started
+            version = await client.request("GET", "/version", timeout=PROBE_TIMEOUT, retry=False)
             resources = await self._discover(client)
+            try:
+                kube_system = await client.request("GET", IDENTITY_PATH, timeout=PROBE_TIMEOUT, retry=False)
+                identity = str((kube_system.get("metadata") or {}).get("uid") or "") or None
+            except ApiError as err:
+                if err.status == 0:
+                    raise
+                identity = None  # not created yet (an API server just started), or not readable
             istio = resources.get((ISTIO_NET, "v1"), set()) >= ISTIO_RESOURCES
             message = "API server ready" + ("" if istio else "; Istio networking CRDs (v1) are not installed")
             return Probe(True, istio, str(version.get("gitVersion", "")), istio, message, time.time(),
-                         served_kinds(resources))
+                         served_kinds(resources), latency, identity)
         except ApiError as err:
             return Probe(False, False, member.probe.version, member.probe.istio, str(err), time.time())
 
@@ -439,14 +558,14 @@ class MemberRegistry:
     async def _discover(client: KubeClient) -> dict[tuple[str, str], set[str]]:
         """(group, version) -> served resources, for the groups of the managed kinds: one aggregated
         discovery request, or (older API servers) one request per group version."""
-        found = served_resources(await client.request("GET", "/apis", timeout=5, retry=False,
+        found = served_resources(await client.request("GET", "/apis", timeout=PROBE_TIMEOUT, retry=False,
                                                       accept=AGGREGATED_DISCOVERY))
         if found is not None:
             return found
         out: dict[tuple[str, str], set[str]] = {}
         for group, version in sorted({(k.group, k.versions[0]) for k in MANAGED_KINDS.values() if k.group}):
             try:
-                listing = await client.request("GET", f"/apis/{group}/{version}", timeout=5, retry=False)
+                listing = await client.request("GET", f"/apis/{group}/{version}", timeout=PROBE_TIMEOUT, retry=False)
             except ApiError as err:
                 if err.status != 404:
                     raise
@@ -520,24 +639,104 @@ class MemberRegistry:
     async def _probe_loop(self, member: Member) -> None:
         failures = 0
         while True:
+            sent = time.monotonic()
             probe = await self.probe_once(member)
             failures = 0 if probe.reachable else failures + 1
+            if not probe.reachable:
+                self.not_answering(member, probe.message, sent)  # no writes from now on; reported at once
             if not probe.reachable and member.probe.reachable and failures < self.failure_threshold:
                 await asyncio.sleep(min(self.probe_interval, 1.0))
-                continue  # not yet: keep the last good view for a few more probes
+                continue  # Reachable stays as it was (Unknown through the breaker) for a few more probes
             if not probe.reachable and probe.served is None:
                 probe.served = member.probe.served  # what it served when last reachable
-            changed = (probe.reachable, probe.ready, probe.version, probe.istio, probe.served) != (
-                member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio,
-                member.probe.served)
+            latency = probe.latency
+            degraded = member.degraded
+            if latency is not None:
+                # Hysteresis: degraded above DEGRADED_AFTER, healthy again below half of it.
+                degraded = latency > DEGRADED_AFTER or (degraded and latency > DEGRADED_AFTER / 2)
+            before = (member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio,
+                      member.probe.served, member.latency_ms, member.answering)
             member.probe = probe
+            member.degraded = degraded
+            if probe.reachable and not member.answering:
+                log.info("member %s: answering again (not answering since %s)", member.name,
+                         time.strftime("%H:%M:%S", time.gmtime(member.not_answering_since or 0)))
+                member.answering = True
+                member.not_answering_since = None
+                member.not_answering_why = ""
+            if probe.reachable and probe.identity is not None:
+                if member.identity is not None and member.identity != probe.identity:
+                    self.reset(member, f"a different cluster answers: kube-system uid {probe.identity} "
+                                       f"(the cache described {member.identity})")
+                member.identity = probe.identity
             if probe.reachable:
                 self._ensure_watches(member)
-            if changed:
-                log.info("member %s: reachable=%s ready=%s (%s)", member.name, probe.reachable, probe.ready,
-                         probe.message)
+            after = (probe.reachable, probe.ready, probe.version, probe.istio, probe.served, member.latency_ms,
+                     member.answering)
+            if before != after:
+                log.info("member %s: reachable=%s ready=%s latency=%s (%s)", member.name, probe.reachable,
+                         probe.ready, f"{latency:.2f}s" if latency is not None else "-", probe.message)
                 self.on_member_change(member.name)
-            await asyncio.sleep(self.probe_interval if probe.reachable else min(self.probe_interval, 1.0))
+            await asyncio.sleep(self.probe_interval if probe.reachable and member.answering
+                                else min(self.probe_interval, 1.0))
+
+    async def _verify_loop(self, member: Member) -> None:
+        """Every verify_interval: list each kind's owned objects (metadata only) and compare them with
+        the cache; relist a kind that disagrees (reset all on resourceVersions going backwards)."""
+        while True:
+            await asyncio.sleep(self.verify_interval)
+            client, selector = member.client, self.selector()
+            if client is None or selector is None or not member.usable:
+                continue
+            for kind in MANAGED_KINDS.values():
+                if kind.id not in member.cache.synced or kind.id not in member.watches:
+                    continue
+                try:
+                    items, rv = await client.list(api_path(kind, None), label_selector=selector, metadata_only=True)
+                except ApiError as err:
+                    log.debug("member %s: verify %s: %s", member.name, kind.plural, err)
+                    break
+                if await self._rv_went_back(member, kind, rv):
+                    break
+                for item in items:  # PartialObjectMetadata: the kind is the list's
+                    item["kind"], item["apiVersion"] = kind.kind, kind.api_version
+                if self.shard_filter is not None:
+                    continue  # unlabelled objects of held shards are not in this list: compare by watch only
+                why = member.cache.disagrees(kind.id, items, rv)
+                if why is not None:
+                    metrics.member_cache_repairs.labels(cluster=member.name).inc()
+                    log.warning("member %s: cache disagrees with the member (%s): relisting %s", member.name, why,
+                                kind.plural)
+                    task = member.watches.pop(kind.id)
+                    task.cancel()
+                    self._ensure_watches(member)
+
+    async def _rv_went_back(self, member: Member, kind: Kind, list_rv: str) -> bool:
+        """A list of `kind` older than what the cache has seen of it, and still older a moment later (a
+        list served from a lagging watch cache catches up within that moment): the member's store went
+        back (restored from an older backup, wiped)."""
+        seen = member.cache.max_rv.get(kind.id, 0)
+        try:
+            listed = int(list_rv)
+        except ValueError:
+            return False
+        if listed >= seen:
+            return False
+        await asyncio.sleep(RV_RECHECK)
+        client = member.client
+        if client is None:
+            return False
+        try:
+            page = await client.request("GET", api_path(kind, None), query={"limit": 1}, accept=METADATA_LIST)
+            listed = int((page.get("metadata") or {}).get("resourceVersion") or 0)
+        except (ApiError, ValueError):
+            return False
+        if listed >= seen:
+            return False
+        metrics.member_cache_repairs.labels(cluster=member.name).inc()
+        self.reset(member, f"resourceVersions went backwards: the member lists {kind.kind} at {listed}, the "
+                           f"cache had seen {seen}")
+        return True
 
     async def _watch_kind(self, member: Member, kind: Kind) -> None:
         """List+watch one kind forever; relist after 410 or a lost connection (and, cancelled, when the
@@ -558,12 +757,15 @@ class MemberRegistry:
                 await asyncio.Event().wait()  # until the filter changes (cancelled)
             try:
                 items, rv = await client.list(path, label_selector=selector)
+                if await self._rv_went_back(member, kind, rv):
+                    return  # reset() started a new watch of every kind
                 if self.shard_filter is not None and self.shard_of is not None:
                     items += await self._unlabelled(client, path)
                 for item in items:
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
                 changed = member.cache.replace_kind(kind.id, items, rv)
+                member.cache.observed(kind.id, rv)
                 member.listed[kind.id] = generation
                 for changed_owner in changed:
                     self.on_owner_change(member.name, changed_owner)
@@ -572,6 +774,7 @@ class MemberRegistry:
                 while True:
                     async for ev in client.watch(path, rv, label_selector=selector):
                         rv = str(ev.object.get("metadata", {}).get("resourceVersion") or rv)
+                        member.cache.observed(kind.id, rv)
                         if ev.type == "BOOKMARK":
                             continue
                         ev.object.setdefault("kind", kind.kind)

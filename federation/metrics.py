@@ -42,6 +42,11 @@ reconcile_errors = Counter("meshfed_reconcile_errors", "Reconciles that failed (
 member_writes = Counter("meshfed_member_writes", "Writes sent to member API servers, by cluster and verb "
                         "(create, apply, delete)", ["cluster", "verb"], registry=registry)
 member_errors = Counter("meshfed_member_errors", "Failed member calls, by cluster", ["cluster"], registry=registry)
+member_cache_repairs = Counter("meshfed_member_cache_repairs", "Member caches dropped or relisted because they "
+                               "disagreed with the member (identity, resourceVersions, verification list)",
+                               ["cluster"], registry=registry)
+member_not_answering = Counter("meshfed_member_not_answering", "Times a member's circuit breaker opened (a request "
+                               "timed out or a probe failed)", ["cluster"], registry=registry)
 hub_writes = Counter("meshfed_hub_writes", "Writes to the hub, by kind (status, finalizer, event, ...)", ["kind"],
                      registry=registry)
 dns_updates = Counter("meshfed_dns_updates", "DNS change sets sent to providers", registry=registry)

@@ -85,6 +85,7 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             route_settle=options.get("route_settle", 10.0),
             gateway_namespace=options.get("gateway_namespace")
             or os.environ.get("MESHFED_GATEWAY_NAMESPACE", "istio-system"),
+            verify_interval=options.get("verify_interval", 60.0),
         )
         if options.get("shards", 0):
             controller.shards = Shards(

@@ -171,6 +171,18 @@ class MemberClusterStatus(ApiModel):
     mesh_role: str | None = Field(
         default=None, alias="meshRole",
         description="For printing: Primary, Remote(<primary>), or Invalid(<reason>) (see the MeshRole condition)")
+    latency_ms: int | None = Field(
+        default=None, alias="probeLatencyMs",
+        description="how long the member took to answer its probe, rounded to 500 ms, while it is slow "
+        "(Reachable reason Degraded: it keeps receiving writes, at its pace); absent when it answers promptly")
+    cluster_uid: str | None = Field(
+        default=None, alias="clusterUID",
+        description="the member's identity: its kube-system namespace UID. A different one at the same address "
+        "(a rebuilt or replaced cluster) drops the hub's cache of the member, which is relisted and repaired")
+    last_cache_reset: str | None = Field(
+        default=None, alias="lastCacheReset",
+        description="when and why the hub last dropped its cache of this member (another identity, "
+        "resourceVersions going backwards); absent when it never did")
 
 
 class MemberCluster(Resource):

@@ -1,0 +1,105 @@
+"""Per-member lanes: each member's writes run in a lane of their own, so one member never delays another.
+
+Owns, per member: the flights (one per AccessPoint at a time: the execution of that AccessPoint's plan
+for this member, see controller.MemberWork), a bound on flights running at once (`concurrency`) and on
+flights waiting (`capacity`: beyond it a reconcile reports the writes as pending and is called back
+when room frees up), and the rule for how long a reconcile waits for its flights: until they land,
+or, for a member that looks stalled (a request unanswered for `stall_after` seconds while nothing else
+answers: hung) or is known to be slow (its probe is degraded: many requests in flight, each answered
+late), at most `stall_after` seconds. A flight not waited for goes on alone; when it lands, its
+AccessPoint is reconciled again (`on_landed`), which plans against the cache the flight wrote
+through: what landed is not written twice, what is still missing is written once.
+Imports asyncio and federation.kube only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from federation.kube import KubeClient
+
+T = TypeVar("T")
+
+
+@dataclass
+class Flight(Generic[T]):
+    key: str
+    task: asyncio.Task[T]
+    since: float  # wall clock: when its writes were sent (or queued)
+    pending: str  # what it writes, e.g. "3 to create"
+    left_alone: bool = False  # a reconcile stopped waiting: reconcile the key again when it lands
+
+
+@dataclass
+class MemberLane(Generic[T]):
+    name: str
+    on_landed: Callable[[str], None]
+    concurrency: int = 16
+    capacity: int = 1024
+    flights: dict[str, Flight[T]] = field(default_factory=dict)
+    refused: set[str] = field(default_factory=set)  # keys told "lane full": called back when room frees
+    _slots: asyncio.Semaphore | None = None
+
+    def flight(self, key: str) -> Flight[T] | None:
+        """The key's flight still in the air (a landed one is forgotten)."""
+        flight = self.flights.get(key)
+        if flight is not None and flight.task.done():
+            del self.flights[key]
+            return None
+        return flight
+
+    @property
+    def full(self) -> bool:
+        return len(self.flights) >= self.capacity
+
+    def launch(self, key: str, work: Callable[[], Awaitable[T]], pending: str) -> Flight[T]:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrency)
+        slots = self._slots
+
+        async def run() -> T:
+            async with slots:
+                return await work()
+
+        flight: Flight[T] = Flight(key, asyncio.create_task(run(), name=f"lane-{self.name}-{key}"), time.time(),
+                                   pending)
+        self.flights[key] = flight
+        flight.task.add_done_callback(lambda _: self._landed(flight))
+        return flight
+
+    def _landed(self, flight: Flight[T]) -> None:
+        if self.flights.get(flight.key) is flight:
+            del self.flights[flight.key]
+        if flight.left_alone:
+            self.on_landed(flight.key)
+        if self.refused and not self.full:
+            refused, self.refused = self.refused, set()
+            for key in refused:
+                self.on_landed(key)
+
+
+async def wait_flights(flights: Mapping[str, tuple[Flight[T], KubeClient | None]], *, stall_after: float,
+                       cap: float, slow: frozenset[str] = frozenset(), tick: float = 0.05) -> dict[str, T]:
+    """The results of the flights (by member) that land while their members answer; a member that
+    stalls (or the `cap` in seconds; `stall_after` for the members known to be `slow`) ends the wait
+    for its flight, which is then `left_alone`."""
+    results: dict[str, T] = {}
+    waiting = dict(flights)
+    started = time.monotonic()
+    deadline = started + cap
+    while waiting:
+        for name, (flight, client) in list(waiting.items()):
+            if flight.task.done():
+                results[name] = flight.task.result()
+                del waiting[name]
+            elif client is None or client.stalled(stall_after) is not None or time.monotonic() >= deadline or \
+                    (name in slow and time.monotonic() - started >= stall_after):
+                flight.left_alone = True
+                del waiting[name]
+        if waiting:
+            await asyncio.wait([f.task for f, _ in waiting.values()], timeout=tick)
+    return results

@@ -1,0 +1,139 @@
+"""Sick members (issue 19), the parts that need no API server: pending entries, the up-to-date test a
+timed-out create relies on, the cache's disagreement test, the lanes' wait rule, and the request
+deadlines against a local server that accepts connections and never answers (a SIGSTOPped API server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from accesspoint.models import ClusterStatus
+from accesspoint.ownership import HASH_ANNOTATION, HUB, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE
+from accesspoint.plan import plan, up_to_date
+from accesspoint.render import key_of
+from accesspoint.status import held_entry, pending_text
+from federation.kube import ApiError, Deadlines, KubeClient
+from federation.lanes import MemberLane, wait_flights
+from federation.members import OwnedCache
+
+
+def obj(name: str, rv: str, uid: str = "u1", host: str = "a.example", digest: str = "h1") -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv,
+                         "labels": {MANAGED_BY: "meshfed", HUB: "hub", OWNER_NAMESPACE: "ns", OWNER_NAME: "ap"},
+                         "annotations": {HASH_ANNOTATION: digest}},
+            "spec": {"hosts": [host]}}
+
+
+def test_pending_text_and_held_entries_never_say_applied() -> None:
+    assert pending_text(3, 1, 0) == "3 to create, 1 to update"
+    assert pending_text(0, 0, 0) == ""
+    base = ClusterStatus(name="m4", state="Applied", revision="r1", objects=3)
+    slow = held_entry(base, answering=True, pending="1 to update", since="2026-12-04T16:00:00Z", why=None)
+    assert (slow.state, slow.pending, slow.pending_since, slow.last_error) == \
+        ("Progressing", "1 to update", "2026-12-04T16:00:00Z", None)
+    hung = held_entry(base, answering=False, pending="1 to update", since="2026-12-04T16:00:00Z",
+                      why="not answering since 2026-12-04T16:00:00Z: timed out")
+    assert hung.state == "Unknown" and hung.revision is None and "not answering" in (hung.last_error or "")
+    wire = hung.wire() if hasattr(hung, "wire") else hung.model_dump(by_alias=True)
+    assert wire["pendingSince"] == "2026-12-04T16:00:00Z"
+
+
+def test_up_to_date_is_the_plans_own_rule() -> None:
+    desired = obj("vs", "", digest="h2", host="b.example")
+    del desired["metadata"]["uid"], desired["metadata"]["resourceVersion"]
+    held = obj("vs", "7", digest="h2", host="b.example")
+    assert up_to_date(desired, held)
+    assert plan([desired], {key_of(held): held}).empty
+    assert not up_to_date(desired, obj("vs", "7", digest="h1", host="b.example"))  # an older revision
+    assert not up_to_date(desired, obj("vs", "7", digest="h2", host="drifted.example"))
+
+
+def test_cache_disagreement_and_highest_resource_version() -> None:
+    cache = OwnedCache("hub")
+    cache.replace_kind(("networking.istio.io", "VirtualService"), [obj("a", "10"), obj("b", "12")], "12")
+    cache.observed(("networking.istio.io", "VirtualService"), "12")
+    cache.put(obj("c", "15"))  # our own write's answer: not what a list of the member has shown
+    assert cache.max_rv == {("networking.istio.io", "VirtualService"): 12}
+    cache.remove(obj("c", "15"))
+    kind = ("networking.istio.io", "VirtualService")
+    same = [{"metadata": o["metadata"]} for o in (obj("a", "10"), obj("b", "12"))]
+    assert cache.disagrees(kind, [{**o, "kind": "VirtualService", "apiVersion": "networking.istio.io/v1"}
+                                  for o in same], "20") is None
+    wiped: list[dict[str, Any]] = []
+    assert "not on the member" in (cache.disagrees(kind, wiped, "20") or "")
+    # Written after the list's snapshot: not missing.
+    assert cache.disagrees(kind, [obj("a", "10")], "11") is None
+    assert "another uid" in (cache.disagrees(kind, [obj("a", "10", uid="u2"), obj("b", "12")], "20") or "")
+    assert "newer" in (cache.disagrees(kind, [obj("a", "15"), obj("b", "12")], "20") or "")
+
+
+class FakeClient:
+    """Only what wait_flights asks a member client: is it stalled."""
+
+    def __init__(self, stalled: bool) -> None:
+        self.is_stalled = stalled
+
+    def stalled(self, after: float) -> float | None:
+        return 0.0 if self.is_stalled else None
+
+
+async def test_a_stalled_member_is_not_waited_for_and_its_landing_reconciles_again() -> None:
+    landed: list[str] = []
+    healthy: MemberLane[str] = MemberLane("m1", landed.append)
+    hung: MemberLane[str] = MemberLane("m4", landed.append)
+    release = asyncio.Event()
+
+    async def quick() -> str:
+        return "applied"
+
+    async def stuck() -> str:
+        await release.wait()
+        return "late"
+
+    flights = {"m1": (healthy.launch("ns/ap", quick, "1 to create"), FakeClient(False)),
+               "m4": (hung.launch("ns/ap", stuck, "1 to create"), FakeClient(True))}
+    started = time.monotonic()
+    results = await wait_flights(flights, stall_after=1.0, cap=10.0)  # type: ignore[arg-type]
+    assert results == {"m1": "applied"} and time.monotonic() - started < 1.0
+    assert hung.flight("ns/ap") is not None  # still in the air: the next reconcile plans nothing against it
+    release.set()
+    await asyncio.sleep(0.05)
+    assert landed == ["ns/ap"] and hung.flight("ns/ap") is None
+
+
+async def test_a_request_to_a_server_that_never_answers_ends_at_its_deadline_without_retries() -> None:
+    accepted: list[int] = []
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+              "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}],
+              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}
+    client = await KubeClient.from_kubeconfig_dict(config, "hung", attempts=3,
+                                                   deadlines=Deadlines(connect=1.0, first_byte=0.5, total=2.0))
+    try:
+        started = time.monotonic()
+        try:
+            await client.request("GET", "/version")
+        except ApiError as err:
+            assert err.status == 0 and err.timed_out
+        else:
+            raise AssertionError("a server that never answers cannot succeed")
+        took = time.monotonic() - started
+        assert 0.4 < took < 1.5, took  # the first-byte deadline, not three attempts of it
+        assert len(accepted) == 1  # a timeout is not retried
+        task = asyncio.ensure_future(client.request("GET", "/version"))
+        await asyncio.sleep(0.3)
+        assert client.stalled(0.2) is not None and client.in_flight == 1
+        await asyncio.gather(task, return_exceptions=True)
+        assert client.stalled(0.2) is None
+    finally:
+        await client.close()
+        server.close()
