@@ -32,13 +32,13 @@ from typing import Any
 
 import pytest
 import yaml
-from federation.fleet import ClusterProc, Fleet, apiserver_binary, apply_crds, free_port, load_member_crds
-from federation.testing import ControllerProcess, diff_breakdown, eventually, request_breakdown, running_controller
-from federation.testing import accesspoint_status as status
-from federation.testing import condition as cond
 
 from accesspoint.ownership import HUB, OWNER_NAME
 from federation.kube import ApiError, KubeClient
+from fleet import ClusterProc, Fleet, apiserver_binary, apply_crds, free_port, load_member_crds
+from fleet.testing import ControllerProcess, diff_breakdown, eventually, request_breakdown, running_controller
+from fleet.testing import accesspoint_status as status
+from fleet.testing import condition as cond
 
 pytestmark = pytest.mark.e2e
 
