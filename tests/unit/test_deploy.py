@@ -433,8 +433,11 @@ def test_member_rbac_covers_every_kind_the_controller_writes_and_watches() -> No
         assert not allowed(member_rules, kind.group, kind.plural, "update")
         assert not allowed(member_rules, kind.group, kind.plural, "deletecollection")
     assert allowed(member_rules, NAMESPACE_KIND.group, NAMESPACE_KIND.plural, "create")
-    for verb in ("get", "list", "watch", "update", "patch", "delete"):
+    for verb in ("list", "watch", "update", "patch", "delete"):
         assert not allowed(member_rules, "", "namespaces", verb), f"{verb} namespaces is not needed"
+    # federation/members.py: the member's identity is its kube-system namespace's UID: get that one only
+    gets = [r for r in member_rules if "" in r["apiGroups"] and "namespaces" in r["resources"] and "get" in r["verbs"]]
+    assert gets and all(r.get("resourceNames") == ["kube-system"] for r in gets), gets
     # federation/istiod.py: the Pods a Gateway selector matches (list only: no get, no watch, no writes)
     assert allowed(member_rules, "", "pods", "list")
     for verb in ("get", "watch", "create", "update", "patch", "delete"):
