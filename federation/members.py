@@ -15,8 +15,10 @@ Members are unreliable (a hung, slow, wiped or replaced API server; README "Sick
   `not_answering`) is `answering=False`, so nothing is planned or written there, until a probe
   answers again; the probe then runs every second. Requests to members have their own deadlines
   (kube.MEMBER_DEADLINES: connect 3 s, first byte 6 s, whole request 10 s, retries included).
-- Slow is not dead: a probe slower than DEGRADED_AFTER marks the member degraded (latency kept,
-  rounded, with hysteresis so it does not flap); it keeps receiving writes.
+- Slow is not dead: `failure_threshold` consecutive probes slower than DEGRADED_AFTER mark the member
+  degraded (latency kept, rounded, with hysteresis so it does not flap); it keeps receiving writes.
+  A probe's latency is judged net of the time this process's own event loop was stalled meanwhile
+  (`LoopStall`): a controller busy starting up or relisting must not call its members slow.
 - The cache never outlives the truth: the probe reads the member's identity (the kube-system
   namespace UID); a different one, or a list whose resourceVersion is below what the cache has seen
   (an etcd restored from an older backup or wiped), drops that member's cache and relists every
@@ -66,6 +68,54 @@ PROBE_TIMEOUT = 5.0  # seconds per probe request: a hung member is noticed withi
 DEGRADED_AFTER = 1.0  # seconds: a probe answer slower than this marks the member degraded
 IDENTITY_PATH = "/api/v1/namespaces/kube-system"
 RV_RECHECK = 2.0  # seconds before a list that looks older than the cache is asked again
+STALL_TICK = 0.1  # seconds between the event-loop stall monitor's wake-ups
+
+
+def judge_degraded(degraded: bool, slow_streak: int, latency: float | None, threshold: int) -> tuple[bool, int]:
+    """(degraded, slow_streak) after one probe whose answer took `latency` seconds (net of our own
+    stalls; None when it did not answer). Degraded after `threshold` consecutive answers slower than
+    DEGRADED_AFTER; healthy again at the first answer faster than half of it (hysteresis)."""
+    if latency is None:
+        return degraded, slow_streak
+    streak = slow_streak + 1 if latency > DEGRADED_AFTER else 0
+    if degraded:
+        return latency > DEGRADED_AFTER / 2, streak
+    return streak >= max(1, threshold), streak
+
+
+class LoopStall:
+    """How long this process's event loop was too busy to run callbacks: a task that sleeps STALL_TICK
+    and records how late it woke. `since(t)` is the stall time observed after monotonic time `t`."""
+
+    def __init__(self, keep: float = 60.0) -> None:
+        self.keep = keep
+        self.samples: list[tuple[float, float]] = []  # (woke at, seconds late)
+        self.task: asyncio.Task[None] | None = None
+
+    def ensure_running(self) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._run(), name="loop-stall")
+
+    async def _run(self) -> None:
+        while True:
+            before = time.monotonic()
+            await asyncio.sleep(STALL_TICK)
+            now = time.monotonic()
+            late = now - before - STALL_TICK
+            if late > 0.01:
+                self.samples.append((now, late))
+                self.samples = [s for s in self.samples if s[0] > now - self.keep]
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    def since(self, start: float) -> float:
+        # A sample waking after `start` may have begun before it: count only the overlap.
+        return sum(min(late, woke - start) for woke, late in self.samples if woke > start)
 
 
 def served_resources(discovery: dict[str, Any]) -> dict[tuple[str, str], set[str]] | None:
@@ -246,6 +296,7 @@ class Member:
     not_answering_since: float | None = None  # wall clock
     not_answering_why: str = ""
     degraded: bool = False  # slow probes (latency kept in `probe.latency`)
+    slow_probes: int = 0  # consecutive probes slower than DEGRADED_AFTER
     identity: str | None = None  # kube-system UID of the cluster the cache describes
     last_reset: str = ""  # why and when the cache was last dropped (identity, resourceVersions, relist)
     resets: int = 0
@@ -338,6 +389,7 @@ class MemberRegistry:
         # answer from a busy API server must not flip every AccessPoint on it to Unknown.
         self.failure_threshold = failure_threshold
         self.verify_interval = verify_interval
+        self.stall = LoopStall()
         self._kubeconfigs: dict[str, str] = {}
         self.on_istiod_change = on_istiod_change
         self.istiod_options = dict(istiod_options or {})
@@ -444,6 +496,7 @@ class MemberRegistry:
         for member in list(self.members.values()):
             await self._stop(member)
         self.members.clear()
+        await self.stall.stop()
 
     async def _stop(self, member: Member) -> None:
         tasks = [*member.tasks, *member.watches.values(), *([member.workloads_task] if member.workloads_task else [])]
@@ -637,6 +690,7 @@ class MemberRegistry:
                                                           name=f"watch-{member.name}-{kind.qualified}")
 
     async def _probe_loop(self, member: Member) -> None:
+        self.stall.ensure_running()
         failures = 0
         while True:
             sent = time.monotonic()
@@ -650,10 +704,10 @@ class MemberRegistry:
             if not probe.reachable and probe.served is None:
                 probe.served = member.probe.served  # what it served when last reachable
             latency = probe.latency
-            degraded = member.degraded
-            if latency is not None:
-                # Hysteresis: degraded above DEGRADED_AFTER, healthy again below half of it.
-                degraded = latency > DEGRADED_AFTER or (degraded and latency > DEGRADED_AFTER / 2)
+            own_stall = self.stall.since(sent)
+            degraded, member.slow_probes = judge_degraded(
+                member.degraded, member.slow_probes, None if latency is None else max(0.0, latency - own_stall),
+                self.failure_threshold)
             before = (member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio,
                       member.probe.served, member.latency_ms, member.answering)
             member.probe = probe

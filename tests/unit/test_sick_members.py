@@ -137,3 +137,27 @@ async def test_a_request_to_a_server_that_never_answers_ends_at_its_deadline_wit
     finally:
         await client.close()
         server.close()
+
+
+def test_one_slow_probe_is_not_degraded_three_in_a_row_are() -> None:
+    from federation.members import judge_degraded
+
+    state = (False, 0)
+    for latency, expected in [(1.3, False), (0.05, False), (1.3, False), (1.4, False), (1.5, True),
+                              (0.8, True), (0.4, False), (2.0, False), (None, False), (2.0, False), (2.0, True)]:
+        state = judge_degraded(state[0], state[1], latency, 3)
+        assert state[0] is expected, (latency, state)
+
+
+async def test_our_own_stalls_are_measured_and_left_out() -> None:
+    from federation.members import LoopStall
+
+    stall = LoopStall()
+    stall.ensure_running()
+    await asyncio.sleep(0.25)
+    start = time.monotonic()
+    time.sleep(0.6)  # noqa: ASYNC251 - on purpose: the event loop is blocked, a probe in flight looks 0.6 s slower
+    await asyncio.sleep(0.25)
+    await stall.stop()
+    assert 0.45 < stall.since(start) < 0.75
+    assert stall.since(time.monotonic()) == 0
