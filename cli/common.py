@@ -192,14 +192,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-def hub_kubeconfig(args: argparse.Namespace) -> str:
-    """The first kubeconfig file kubectl would read for the hub (a command that needs one path; the
-    others use `hub_config`, which merges the KUBECONFIG list and honours --context)."""
-    from federation.kube import kubeconfig_paths
-
-    return kubeconfig_paths(getattr(args, "kubeconfig", None))[0]
-
-
 def host_port(text: str) -> str:
     """`[HOST]:PORT` (`0.0.0.0:8081`, `[::]:8081`, `:8081`) for --http-address."""
     _, sep, port = text.rpartition(":")

@@ -28,7 +28,6 @@ from cli.common import (
     host_port,
     http_url,
     hub_config,
-    hub_kubeconfig,
     label_key_problem,
     label_pair,
     label_value,
@@ -306,7 +305,8 @@ def cmd_dashboard(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        asyncio.run(serve(hub_kubeconfig(args), namespace=args.namespace, address=args.address, port=args.port,
+        namespace = args.namespace  # "" = every namespace you may list, not the context's (like Kiali)
+        asyncio.run(serve(hub_config(args), namespace=namespace, address=args.address, port=args.port,
                           open_browser=not args.no_browser, ready=ready))
     except KeyboardInterrupt:
         pass
@@ -456,9 +456,9 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     add_rollout_commands(sub)
     dash = sub.add_parser("dashboard", help="the fleet and its AccessPoints in a browser (a local web UI acting "
                           "with your kubeconfig's identity)")
-    dash.add_argument("--kubeconfig")
     dash.add_argument("-n", "--namespace", default="",
                       help="follow only this namespace's AccessPoints (default: all you may list)")
+    add_hub_options(dash, namespaced=False)
     dash.add_argument("--address", default="127.0.0.1", help="listen address (default: loopback only)")
     dash.add_argument("--port", type=int, default=0, help="listen port (default: a free one)")
     dash.add_argument("--no-browser", action="store_true", help="print the URL, do not open a browser")

@@ -30,7 +30,7 @@ from aiohttp import web
 
 from dashboard.gateways import GatewayReader
 from dashboard.views import ap_detail, ap_list, fleet_map
-from federation.kube import ApiError, Gone, KubeClient
+from federation.kube import ApiError, Gone, KubeClient, Kubeconfig
 from federation.rollouts import read_history, whoami
 from federation.useractions import ActionError, annotate, decide, undo_to
 
@@ -339,10 +339,11 @@ def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-async def serve(kubeconfig: str, *, namespace: str = "", address: str = "127.0.0.1", port: int = 0,
+async def serve(kubeconfig: Kubeconfig, *, namespace: str = "", address: str = "127.0.0.1", port: int = 0,
                 open_browser: bool = True, ready: Callable[[str, str], None] | None = None) -> None:
-    """Run until cancelled (Ctrl-C). `ready(url, user)` is called once the server listens."""
-    client = await KubeClient.from_kubeconfig_file(kubeconfig, "hub", attempts=1)
+    """Run until cancelled (Ctrl-C). `ready(url, user)` is called once the server listens. `kubeconfig`
+    is the hub's, as kubectl chooses it (KUBECONFIG merged, --context)."""
+    client = await KubeClient.from_kubeconfig(kubeconfig, "hub", attempts=1)
     try:
         user = await whoami(client)
         dash = Dashboard(client, user, namespace=namespace, address=address, port=port)

@@ -74,7 +74,10 @@ class DashboardProcess:
         assert self.proc.stdout is not None
         started = time.monotonic()
         self.url = ""
+        self.banner = ""
         for line in self.proc.stdout:
+            if line.startswith("meshfed dashboard for "):
+                self.banner = line.strip()
             if line.strip().startswith("http://"):
                 self.url = line.strip()
                 break
@@ -267,6 +270,28 @@ async def test_guard_refuses_without_token_foreign_host_and_foreign_origin(
         async with s.post(f"{d.base}/api/action", json=body, headers={"Origin": d.base, "X-Meshfed-Token": d.token}) \
                 as r:  # accepted by the guard: the hub answers (no such AccessPoint)
             assert r.status == 409 and "not found" in (await r.json())["message"]
+
+
+async def test_context_flag_picks_the_identity_like_kubectl(fleet: Fleet) -> None:
+    """--context chooses among a kubeconfig's contexts (its current-context otherwise), like kubectl."""
+    merged: dict[str, Any] = {"apiVersion": "v1", "kind": "Config", "clusters": [], "users": [], "contexts": []}
+    for user in ("alice", "carol"):
+        one = yaml.safe_load(user_kubeconfig(fleet, user).read_text())
+        merged["clusters"] = one["clusters"]
+        merged["users"].append({**one["users"][0], "name": user})
+        merged["contexts"].append({"name": f"as-{user}", "context": {"cluster": one["clusters"][0]["name"],
+                                                                      "user": user}})
+    merged["current-context"] = "as-alice"
+    path = fleet.root / "two-users.kubeconfig"
+    pki.write_private(path, yaml.safe_dump(merged).encode())
+    default = DashboardProcess(path, fleet.root / "dashboard-context-default.log")
+    chosen = DashboardProcess(path, fleet.root / "dashboard-context-carol.log", "--context", "as-carol")
+    try:
+        assert default.banner.startswith("meshfed dashboard for alice "), default.banner
+        assert chosen.banner.startswith("meshfed dashboard for carol "), chosen.banner
+    finally:
+        default.stop()
+        chosen.stop()
 
 
 async def test_approval_gate_refused_for_bob_released_by_alice_and_gateways_side_by_side(
