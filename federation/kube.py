@@ -15,6 +15,7 @@ API server; never the global default configuration (kopf logs the hub into it).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -23,7 +24,7 @@ import ssl
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -372,7 +373,24 @@ async def load_configuration(config: Kubeconfig) -> Configuration:
     except (ConfigException, ssl.SSLError, OSError, ValueError) as err:
         raise KubeconfigError(f"context {config.context!r} in {config.where}: {err}") from None
     cfg.connection_pool_maxsize = 64
+    if config.user.get("exec") and "BearerToken" in cfg.api_key and hasattr(loader, "exec_plugin_expiry"):
+        cfg.refresh_api_key_hook = _exec_token_refresher(loader)
     return cfg
+
+
+def _exec_token_refresher(loader: Any) -> Callable[[Configuration], Awaitable[None]]:
+    """A hook kubernetes-asyncio calls before each request's credentials are read: runs the user's exec
+    plugin again once the token it gave has expired (its `expirationTimestamp`, as client-go does), so
+    a long-running controller keeps a short-lived token (EKS, GKE, OIDC helpers) fresh. A token without
+    an expiry is kept for the life of the client, also as client-go does."""
+    lock = asyncio.Lock()
+
+    async def refresh(cfg: Configuration) -> None:
+        async with lock:  # one plugin run for the requests that find the token expired together
+            await loader.load_from_exec_plugin()  # returns at once while the token is still valid
+            cfg.api_key["BearerToken"] = loader.token
+
+    return refresh
 
 
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
