@@ -9,7 +9,8 @@ error_detail and the last version Envoy accepted) with the wall-clock time of it
 - **Listeners.** A Unix domain socket (`UnixListener`: file mode and owner set before anyone can
   connect; the client is the peer uid from SO_PEERCRED, mapped to an identity by configuration) or
   TCP with mutual TLS (`TlsListener`: server certificate + the client CA the operator names; the
-  client is the verified certificate's SPIFFE URI or DNS SANs). There is no plaintext TCP listener:
+  client is the verified certificate's SPIFFE URI or DNS SANs; the server certificate is reloaded
+  when its files change: `ServingTls`). There is no plaintext TCP listener:
   `parse_listen` refuses one with the reason. A client without a (mapped uid | verified certificate)
   gets gRPC UNAUTHENTICATED and nothing else; a certificate from another CA fails the TLS handshake.
 - **Grants.** `grant(name, identities)`: the identities that may fetch secret `name` (and its
@@ -164,6 +165,53 @@ def server_tls_context(listener: TlsListener) -> ssl.SSLContext:
     return ctx
 
 
+class ServingTls:
+    """A TLS listener's context, kept current with its files: cert-manager, the kubelet (Secret volumes)
+    and operators rotate the server certificate in place, and a long-running `meshfed sds` must not
+    serve the old one until it expires. `reload_if_changed()` compares the files' (inode, size, mtime)
+    with the last load; a new pair is first loaded into a throwaway context, and only a pair that loads
+    (certificate and key matching) is put into the live one, whose new handshakes then use it. A broken
+    pair is logged and the previous one kept. A new client CA is added (client certificates of the old
+    one stay accepted until a restart: the overlap a CA rotation needs)."""
+
+    def __init__(self, listener: TlsListener) -> None:
+        self.listener = listener
+        self.context = server_tls_context(listener)
+        self.stamp = self._stamp()
+        self.reloads = 0
+        self.last_error = ""
+
+    def _stamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        out: list[tuple[int, int, int] | None] = []
+        for path in (self.listener.cert_file, self.listener.key_file, self.listener.client_ca_file):
+            try:
+                st = path.stat()
+                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+            except OSError:
+                out.append(None)
+        return tuple(out)
+
+    def reload_if_changed(self) -> bool:
+        """True when a changed certificate, key or client CA was loaded."""
+        stamp = self._stamp()
+        if stamp == self.stamp:
+            return False
+        self.stamp = stamp
+        try:
+            server_tls_context(self.listener)  # the whole new set must load before the live context changes
+            self.context.load_cert_chain(self.listener.cert_file, self.listener.key_file)
+            self.context.load_verify_locations(cafile=self.listener.client_ca_file)
+        except ListenerRefused as err:
+            self.last_error = str(err)
+            log.warning("sds %s: the changed certificate files do not load, still serving the previous ones: %s",
+                        self.listener, err)
+            return False
+        self.reloads += 1
+        self.last_error = ""
+        log.info("sds %s: server certificate reloaded from %s", self.listener, self.listener.cert_file)
+        return True
+
+
 @dataclass(frozen=True)
 class Client:
     """An authenticated client: its identities (first: the name used in logs and status)."""
@@ -271,6 +319,7 @@ class SdsServer:
         on_status: Callable[[], None] | None = None,
         on_refusal: Callable[[Refusal], None] | None = None,
         refusal_ttl: float = 300.0,
+        tls_reload_interval: float = 10.0,
     ) -> None:
         self._clock = clock
         self._on_status = on_status
@@ -287,6 +336,9 @@ class SdsServer:
         self._status_changed = asyncio.Condition()
         self._servers: list[tuple[Listener, Server]] = []
         self.port = 0  # the TCP port of the last TLS listener started
+        self.tls_reload_interval = tls_reload_interval
+        self.serving_tls: list[ServingTls] = []  # one per TLS listener, reloaded when its files change
+        self._reloader: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -298,7 +350,8 @@ class SdsServer:
         if isinstance(listener, UnixListener):
             await server.start(sock=_unix_socket(listener))
         else:
-            ctx = server_tls_context(listener)
+            serving = ServingTls(listener)
+            ctx = serving.context
             family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -309,11 +362,29 @@ class SdsServer:
                 raise ListenerRefused(f"--listen {listener.host}:{listener.port}: {err.strerror}") from None
             port = self.port = int(sock.getsockname()[1])
             await server.start(sock=sock, ssl=ctx)
+            self.serving_tls.append(serving)
+            if self._reloader is None:
+                self._reloader = asyncio.create_task(self._reload_tls_loop(), name="sds-tls-reload")
         self._servers.append((listener, server))
         log.info("sds listening on %s", listener if port == 0 else f"{listener} port {port}")
         return port
 
+    def reload_tls(self) -> int:
+        """Reload every TLS listener whose files changed; how many were reloaded."""
+        return sum(serving.reload_if_changed() for serving in self.serving_tls)
+
+    async def _reload_tls_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tls_reload_interval)
+            self.reload_tls()
+
     async def stop(self, grace: float = 0.5) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloader
+            self._reloader = None
+        self.serving_tls = []
         for s in self._streams:
             s.closed = True
             s.wake.set()

@@ -264,3 +264,58 @@ async def test_envoy_over_the_unix_socket_as_a_mapped_uid(tmp_path: Path) -> Non
     finally:
         await asyncio.to_thread(envoy.stop)
         await sds.stop()
+
+
+async def served_serial(port: int) -> int:
+    """The serial of the certificate the TLS listener presents now (a client without a certificate
+    completes the handshake: the refusal comes later, in gRPC)."""
+    import ssl
+
+    from cryptography import x509
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx)
+    try:
+        der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        return int(x509.load_der_x509_certificate(der).serial_number)
+    finally:
+        writer.close()
+
+
+async def test_the_server_certificate_is_reloaded_when_its_files_change(pki: Pki) -> None:
+    from cryptography import x509
+
+    def serial(path: Path) -> int:
+        return int(x509.load_pem_x509_certificate(path.read_bytes()).serial_number)
+
+    sds = SdsServer(tls_reload_interval=0.2)
+    port = await sds.start(TlsListener("127.0.0.1", 0, pki.server_cert, pki.server_key, pki.ca_file))
+    shop = pki.ca.issue_sync(HOSTS, timedelta(days=1))
+    assert sds.set_secret(SECRET, shop).ok
+    sds.grant(SECRET, [GRANTED])
+    try:
+        first = serial(pki.server_cert)
+        assert await served_serial(port) == first
+        # a broken pair (the new certificate with the old key) is not taken: the old one is still served
+        renewed = pki.ca.issue_sync(["localhost"], timedelta(days=1))
+        pki.server_cert.write_bytes(renewed.cert_pem)
+        assert sds.reload_tls() == 0
+        assert sds.serving_tls[0].last_error and await served_serial(port) == first
+        # the matching key arrives: the periodic check loads the pair, new handshakes present it
+        pki.server_key.write_bytes(renewed.key_pem)
+        second = serial(pki.server_cert)
+        assert second != first
+        for _ in range(50):
+            if sds.serving_tls[0].reloads:
+                break
+            await asyncio.sleep(0.1)
+        assert sds.serving_tls[0].reloads == 1 and not sds.serving_tls[0].last_error
+        assert await served_serial(port) == second
+        # and the listener still serves a granted client through the reloaded context
+        async with tls_channel(port, pki, pki.client("granted", GRANTED)) as ch:
+            resp = await first_answer(ch, [SECRET])
+        assert len(resp.resources) == 1
+    finally:
+        await sds.stop()
