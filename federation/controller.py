@@ -1,4 +1,5 @@
-"""The hub controller: a keyed work queue that reconciles AccessPoints and MemberCluster status.
+"""The hub controller: reconciles AccessPoints and MemberCluster status, each in a keyed work loop
+(federation/workloop.py: `loop` for AccessPoints, `member_loop` for MemberCluster status).
 
 Owns the reconcile loop: gather facts (hub objects from kopf events, member caches and probes)
 → pure functions (validate, place, render, plan, summarize) → member writes through the executor
@@ -18,7 +19,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,7 +46,7 @@ from federation.hubwriter import FINALIZER, HubWriter, now_rfc3339
 from federation.kube import ApiError, KubeClient
 from federation.lanes import Flight, MemberLane, wait_flights
 from federation.members import DEGRADED_AFTER, Member, MemberRegistry
-from federation.workqueue import KeyedQueue
+from federation.workloop import WorkLoop
 from placement.models import ClusterFacts, MemberClusterStatus, PlacementDecision, PlacementPolicy, PlacementSpec
 from placement.select import select
 
@@ -151,9 +151,10 @@ class Controller:
         self.lanes: dict[str, MemberLane[ClusterStatus | None]] = {}
         self.stall_after = 1.0
         self.flight_wait = 15.0
-        # MemberCluster status has a queue and workers of its own: a member's Ready/Reachable is
+        # MemberCluster status has a loop and workers of its own: a member's Ready/Reachable is
         # written within a second of a probe's verdict, never behind a queue of AccessPoint work.
-        self._member_queue = KeyedQueue()
+        self.member_loop = WorkLoop("memberclusters", lambda key: self.write_member_status(key[3:]), fencing=self,
+                                    lease_of=self.lease_of, kind_of=lambda key: "membercluster", log=log)
         # routeConfigured: when meshfed last wrote an AccessPoint's objects to a member (monotonic), and
         # the verdict last reported, per (member, AccessPoint key).
         self.route_settle = route_settle
@@ -165,16 +166,13 @@ class Controller:
         self.memberclusters: dict[str, dict[str, Any]] = {}
         self.workers = workers
         self.resync_seconds = resync_seconds
-        # Two levels: event-driven keys (a hub edit, a member object changed) go before bulk work
-        # (resync, member status changes, retries), so a user's change never waits behind a
-        # re-check of every AccessPoint.
-        self._urgent: deque[str] = deque()
-        self._bulk: deque[str] = deque()
-        self._wakeup = asyncio.Event()
-        self._queued: dict[str, bool] = {}  # key -> queued as urgent
-        self._active: set[str] = set()
-        self._dirty: set[str] = set()
-        self._retries: dict[str, int] = {}
+        # The one keyed work loop (federation/workloop.py): event-driven keys (a hub edit, a member
+        # object changed) go before bulk work (resync, member status changes, retries), so a user's
+        # change never waits behind a re-check of every AccessPoint; fenced under the shard's Lease.
+        # The reconcile decides when its backoff ends (a status with Failed/Unknown members retries).
+        self.loop = WorkLoop("accesspoints", lambda key: self.reconcile_accesspoint(key[3:]), fencing=self,
+                             lease_of=self.lease_of, kind_of=lambda key: "accesspoint", log=log,
+                             reset_backoff_on_success=False)
         self._seen_generation: dict[str, tuple[int, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_cluster_state: dict[tuple[str, str], str] = {}
@@ -193,7 +191,6 @@ class Controller:
         self._features: dict[type[Any], Any] = {}
         self.enqueuers: dict[str, Callable[[str, str], None]] = {
             "AccessPoint": lambda ns, name: self.enqueue(f"ap/{ns}/{name}")}
-        metrics.callbacks.queues["accesspoints"] = lambda: self.pending
         metrics.callbacks.reachability = lambda: {
             n: (m.probe.reachable if not m.kubeconfig_error else False) for n, m in self.registry.members.items()}
         metrics.callbacks.cache_objects = lambda: {n: len(m.cache.objects) for n, m in self.registry.members.items()}
@@ -254,10 +251,9 @@ class Controller:
         if lost:
             # Forget what this replica knew about the lost shards' work: should it take one of them
             # again, it starts from what the API servers say (another replica may have moved it on).
-            for state_key in [k for k in self._last_cluster_state if self.in_shards(k[0], lost)]:
-                del self._last_cluster_state[state_key]
-            for key in [k for k in self._retries if k.startswith("ap/") and self.in_shards(k[3:], lost)]:
-                del self._retries[key]
+            self._forget(lambda ap_key, member: self.in_shards(ap_key, lost))
+            for key in [k for k in self.loop.retried() if self.in_shards(k[3:], lost)]:
+                self.loop.succeeded(key)
         for listener in self.shard_listeners:
             listener(acquired, lost)
         if acquired:
@@ -277,20 +273,14 @@ class Controller:
     # ---- event intake (called by the operator's handlers and the member registry) ----
 
     def enqueue(self, key: str, *, urgent: bool = True) -> None:
+        """Queue "ap/<namespace>/<name>" (an AccessPoint reconcile) or "mc/<name>" (a MemberCluster status)."""
         if key.startswith("mc/"):
-            self._member_queue.put(key)
-            return
-        if key in self._active:
-            self._dirty.add(key)
-            return
-        queued_urgent = self._queued.get(key)
-        if queued_urgent is None or (urgent and not queued_urgent):
-            self._queued[key] = urgent
-            (self._urgent if urgent else self._bulk).append(key)
-            self._wakeup.set()
+            self.member_loop.enqueue(key)
+        else:
+            self.loop.enqueue(key, urgent=urgent)
 
     def enqueue_later(self, key: str, delay: float) -> None:
-        asyncio.get_running_loop().call_later(delay, lambda: self.enqueue(key, urgent=False))
+        (self.member_loop if key.startswith("mc/") else self.loop).enqueue_after(key, delay)
 
     def enqueue_all(self) -> None:
         for key in list(self.accesspoints):
@@ -298,18 +288,7 @@ class Controller:
 
     @property
     def pending(self) -> int:
-        return len(self._queued)
-
-    async def _next_key(self) -> str:
-        while True:
-            for source in (self._urgent, self._bulk):
-                while source:
-                    key = source.popleft()
-                    if key in self._queued:  # else already taken from the other level
-                        del self._queued[key]
-                        return key
-            self._wakeup.clear()
-            await self._wakeup.wait()
+        return self.loop.pending
 
     def _owner_changed(self, member: str, owner_key: str) -> None:
         self.enqueue(f"ap/{owner_key}")
@@ -317,6 +296,16 @@ class Controller:
     def _member_changed(self, member: str) -> None:
         self.enqueue(f"mc/{member}")
         self.enqueue_all()
+
+    def _forget(self, matches: Callable[[str, str], bool]) -> None:
+        """Drop what this replica remembers per (AccessPoint key, member) where `matches(ap_key, member)`:
+        its last write time, route and zone verdicts and reported cluster state (an AccessPoint or a
+        member gone, a shard lost), so these maps stay as large as the fleet, not its history."""
+        for by_member in (self._written_at, self._verdicts, self._zone_verdicts):
+            for member, ap_key in [k for k in by_member if matches(k[1], k[0])]:
+                del by_member[(member, ap_key)]
+        for ap_key, member in [k for k in self._last_cluster_state if matches(k[0], k[1])]:
+            del self._last_cluster_state[(ap_key, member)]
 
     def _route_verdict(self, member: Member, owner_key: str, objects: Iterable[dict[str, Any]]) -> RouteVerdict | None:
         view = member.istiod.view if member.istiod is not None else None
@@ -345,6 +334,8 @@ class Controller:
         if event_type == "DELETED":
             self.accesspoints.pop(key, None)
             self._seen_generation.pop(key, None)
+            self._forget(lambda ap_key, member: ap_key == key)
+            self.loop.forget(f"ap/{key}")
             self.writer.status.forget(AP_PATH.format(ns=meta["namespace"], name=meta["name"]))
             return
         self.accesspoints[key] = body
@@ -369,6 +360,9 @@ class Controller:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
             self.memberclusters.pop(name, None)
+            self._forget(lambda ap_key, member: member == name)
+            self.lanes.pop(name, None)
+            self.member_loop.forget(f"mc/{name}")
             self.writer.status.forget(MC_PATH.format(name=name))
             await self.registry.remove(name)
             return
@@ -393,16 +387,16 @@ class Controller:
         for body in items:
             await self.on_membercluster("ADDED", body)
         self._warm_deadline = time.monotonic() + warmup_timeout
-        for i in range(self.workers):
-            self._tasks.append(asyncio.create_task(self._worker(), name=f"worker-{i}"))
-        for i in range(2):
-            self._tasks.append(asyncio.create_task(self._member_worker(), name=f"member-status-{i}"))
+        self.loop.start(self.workers)
+        self.member_loop.start(2)
         self._tasks.append(asyncio.create_task(self._resync(), name="resync"))
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.loop.stop()
+        await self.member_loop.stop()
         if self.shards is not None:
             await self.writer.flush()  # queued Events go out while their Leases are still held
             await self.shards.stop()
@@ -415,52 +409,6 @@ class Controller:
             for body in list(self.memberclusters.values()):
                 await self.on_membercluster("MODIFIED", body)
             self.enqueue_all()
-
-    async def _member_worker(self) -> None:
-        while True:
-            key = await self._member_queue.get()
-            try:
-                await self._process(key)
-            finally:
-                self._member_queue.done(key)
-
-    async def _worker(self) -> None:
-        while True:
-            await self._process(await self._next_key())
-
-    async def _process(self, key: str) -> None:
-        """Run one key (an AccessPoint reconcile or a MemberCluster status) under its Lease."""
-        lease = self.lease_of(key)
-        if not self.holds(lease):
-            # Another replica's work (enqueued again when this one takes the shard), or this
-            # one's with its renewal late (tried again after a retry period).
-            self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
-            return
-        self._active.add(key)
-        kind = "accesspoint" if key.startswith("ap/") else "membercluster"
-        started = time.monotonic()
-        try:
-            with shards.working_on(self.shards, lease):
-                if key.startswith("ap/"):
-                    await self.reconcile_accesspoint(key[3:])
-                elif key.startswith("mc/"):
-                    await self.write_member_status(key[3:])
-        except shards.Fenced as err:
-            log.info("reconcile %s stopped: %s", key, err)
-            self.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
-        except Exception:
-            metrics.reconcile_errors.labels(kind=kind).inc()
-            log.exception("reconcile %s failed", key)
-            attempt = self._retries.get(key, 0) + 1
-            self._retries[key] = attempt
-            self.enqueue_later(key, min(0.5 * 2**attempt, 60.0))
-        finally:
-            metrics.reconciles.labels(kind=kind).inc()
-            metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
-            self._active.discard(key)
-            if key in self._dirty:
-                self._dirty.discard(key)
-                self.enqueue(key)
 
     # ---- MemberCluster status ----
 
@@ -627,11 +575,9 @@ class Controller:
         await self._write_status(path, ns, name, status, body)
         await self._emit_transitions(body, entries)
         if any(e.state in ("Failed", "Unknown", "Removing") for e in entries):
-            attempt = self._retries.get(f"ap/{key}", 0) + 1
-            self._retries[f"ap/{key}"] = attempt
-            self.enqueue_later(f"ap/{key}", min(1.0 * 2**attempt, 300.0))
+            self.loop.retry(f"ap/{key}", cap=300.0, base=1.0)
         else:
-            self._retries.pop(f"ap/{key}", None)
+            self.loop.succeeded(f"ap/{key}")
 
     async def _refuse(self, path: str, ns: str, name: str, body: dict[str, Any],
                       previous: AccessPointStatus | None, problems: Sequence[str]) -> None:

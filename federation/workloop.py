@@ -1,4 +1,5 @@
-"""The keyed work loop every hub-side feature controller instantiates (DNS, certificates).
+"""The keyed work loop every hub-side controller instantiates: AccessPoints and MemberCluster status
+(federation/controller.py), DNS, certificates.
 
 Owns the rules client-go's workqueue has, plus what each controller here needs around them:
 - a key is queued at most once and never handled by two workers at the same time; a key enqueued
@@ -12,9 +13,6 @@ Owns the rules client-go's workqueue has, plus what each controller here needs a
   replica holds it; work stopped by fencing with the renewal merely late runs again after a retry
   period, and work for a Lease that is gone is dropped (taking the shard again enqueues it);
 - metrics: reconciles, failures and durations by kind (`kind_of(key)`), and the queue depth.
-
-The Controller's AccessPoint loop (federation/controller.py) follows the same rules with its own
-code today; it can instantiate this loop with `fencing=self` (see `Fencing`).
 
 Imports federation.shards and federation.metrics only.
 """
@@ -100,11 +98,12 @@ class WorkLoop:
 
         self._timers[key] = loop.call_at(due, fire)
 
-    def retry(self, key: str, cap: float = BACKOFF_CAP) -> None:
-        """Try `key` again after a backoff that doubles with each retry since it last succeeded."""
+    def retry(self, key: str, cap: float = BACKOFF_CAP, base: float = BACKOFF_BASE) -> None:
+        """Try `key` again after a backoff (base * 2**attempt, at most `cap`) that doubles with each
+        retry since it last succeeded."""
         attempt = self._retries.get(key, 0) + 1
         self._retries[key] = attempt
-        self.enqueue_after(key, min(BACKOFF_BASE * 2**attempt, cap))
+        self.enqueue_after(key, min(base * 2**attempt, cap))
 
     def succeeded(self, key: str) -> None:
         """The next `retry` of `key` starts from the shortest backoff."""
@@ -123,6 +122,10 @@ class WorkLoop:
 
     def is_queued(self, key: str) -> bool:
         return key in self._queued
+
+    def retried(self) -> list[str]:
+        """Keys with a backoff in progress (failed since they last succeeded)."""
+        return list(self._retries)
 
     # ---- workers ----
 

@@ -4,7 +4,8 @@ again enqueues it). Measured by the shards benchmark: on a loaded machine a repl
 starved past its renew deadline for a moment, 119 of its AccessPoints were stopped by fencing and none
 ran again until the 10-minute resync, though it never lost a Lease.
 
-The controller's worker runs for real here; only the reconcile itself is replaced (no API server).
+The controller's work loop (federation/workloop.py) runs for real here; only the reconcile itself is
+replaced (no API server).
 """
 
 from __future__ import annotations
@@ -35,12 +36,11 @@ async def controller() -> AsyncIterator[tuple[Controller, Shards, list[str]]]:
     sh = Shards(hub, "hub", identity="me", timing=LeaseTiming(duration=5, renew_deadline=3, retry_period=RETRY))
     ctl.shards = sh
     ran: list[str] = []
-    worker = asyncio.create_task(ctl._worker())
+    ctl.loop.start(1)
     try:
         yield ctl, sh, ran
     finally:
-        worker.cancel()
-        await asyncio.gather(worker, return_exceptions=True)
+        await ctl.loop.stop()
         await api.close()
 
 
