@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 from pydantic.config import JsonDict
@@ -1147,6 +1147,29 @@ def summary(state: RolloutState) -> str:
     return f"{state.phase}({detail})" if detail and state.phase != "Succeeded" else state.phase
 
 
+WAVE_STAGE_LABELS = {"Before": "Gate (before)", "Updating": "Updating", "After": "Gate (after)"}
+
+
+def wave_states(rollout: Mapping[str, Any]) -> list[str]:
+    """Each wave's state for people (the CLI's table, the dashboard's timeline) from a status.rollout as
+    written: Skipped, Done, Pending, or for the current wave its stage (Gate (before), Updating,
+    Gate (after), Current) or Aborted."""
+    index = int(rollout.get("waveIndex", 0))
+    states = []
+    for i, wave in enumerate(rollout.get("waves") or []):
+        if wave.get("skipped"):
+            state = "Skipped"
+        elif rollout.get("phase") == "Succeeded" or i < index:
+            state = "Done"
+        elif i == index:
+            state = "Aborted" if rollout.get("phase") == "Aborted" else \
+                WAVE_STAGE_LABELS.get(rollout.get("stage", ""), "Current")
+        else:
+            state = "Pending"
+        states.append(state)
+    return states
+
+
 __all__ = [
     "AnalysisRequest",
     "ApprovalRequest",
@@ -1170,4 +1193,5 @@ __all__ = [
     "probe_url",
     "step",
     "summary",
+    "wave_states",
 ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from accesspoint.rollout import wave_states
 from cli.common import (
     UsageError,
     add_hub_options,
@@ -47,21 +48,9 @@ def render_rollout(status: dict[str, Any]) -> str:
         lines.append(f"  {ro['message']}")
     waves = ro.get("waves") or []
     if waves:
-        index = int(ro.get("waveIndex", 0))
         rows = [["#", "WAVE", "BEFORE", "AFTER", "CLUSTERS", "RELEASED", "STATE"]]
         granted = {(g["wave"], g["gate"]): g for g in ro.get("granted") or []}
-        for i, w in enumerate(waves):
-            if w.get("skipped"):
-                state = "Skipped"
-            elif ro.get("phase") == "Succeeded" or i < index:
-                state = "Done"
-            elif i == index:
-                state = {"Before": "Gate (before)", "Updating": "Updating", "After": "Gate (after)"}.get(
-                    ro.get("stage", ""), "")
-                if ro.get("phase") == "Aborted":
-                    state = "Aborted"
-            else:
-                state = "Pending"
+        for i, (w, state) in enumerate(zip(waves, wave_states(ro), strict=True)):
 
             def gates(position: str, items: list[dict[str, Any]], number: int = i + 1) -> str:
                 out = []

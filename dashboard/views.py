@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from accesspoint.render import substitute
+from accesspoint.rollout import wave_states
 
 READY_STATES = {"Applied"}
 WAITING_PHASES = {None, "Pending"}
@@ -187,21 +188,9 @@ def rollout_timeline(status: Mapping[str, Any], waiting: list[dict[str, Any]]) -
     ro = status.get("rollout")
     if not ro:
         return None
-    index = int(ro.get("waveIndex", 0))
     granted = {(g.get("wave"), g.get("gate")): g for g in ro.get("granted") or []}
     waves = []
-    for i, w in enumerate(ro.get("waves") or []):
-        if w.get("skipped"):
-            state = "Skipped"
-        elif ro.get("phase") == "Succeeded" or i < index:
-            state = "Done"
-        elif i == index:
-            state = {"Before": "Gate (before)", "Updating": "Updating", "After": "Gate (after)"}.get(
-                ro.get("stage", ""), "Current")
-            if ro.get("phase") == "Aborted":
-                state = "Aborted"
-        else:
-            state = "Pending"
+    for i, (w, state) in enumerate(zip(ro.get("waves") or [], wave_states(ro), strict=True)):
         number = i + 1
         waits = [a["spec"].get("gate") for a in waiting if a["spec"].get("wave") == number]
         clusters = w.get("clusters")

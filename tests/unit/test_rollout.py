@@ -510,3 +510,16 @@ def test_step_is_deterministic_and_does_not_mutate_its_input() -> None:
     one = step(sim.state, sim.inputs(), sim.now)
     two = step(sim.state, sim.inputs(), sim.now)
     assert one == two and sim.state == before
+
+
+def test_wave_states_for_people() -> None:
+    from accesspoint.rollout import wave_states
+
+    waves = [{"name": "canary"}, {"name": "zone-a", "skipped": True}, {"name": "zone-b"}, {"name": "rest"}]
+    assert wave_states({"waves": waves, "waveIndex": 2, "stage": "After", "phase": "Paused"}) == [
+        "Done", "Skipped", "Gate (after)", "Pending"]
+    assert wave_states({"waves": waves, "waveIndex": 0, "stage": "Before", "phase": "Aborted"}) == [
+        "Aborted", "Skipped", "Pending", "Pending"]
+    assert wave_states({"waves": waves, "waveIndex": 0, "phase": "Progressing"})[0] == "Current"
+    assert wave_states({"waves": waves, "waveIndex": 3, "phase": "Succeeded"}) == ["Done", "Skipped", "Done", "Done"]
+    assert wave_states({}) == []
