@@ -31,6 +31,7 @@ from cli.common import (
     label_key_problem,
     label_pair,
     label_value,
+    non_negative_int,
     positive_float,
     positive_int,
     run,
@@ -93,8 +94,17 @@ def cmd_fleet(args: argparse.Namespace) -> None:
         return
     fleet = Fleet(Path(args.dir))
     if args.action == "up":
+        topology, remotes = None, None
+        if args.remotes and fleet.state is None:  # a fleet that exists restarts in its own shape
+            from fleet.core import default_topology, with_remotes
+
+            try:
+                topology, remotes = with_remotes(default_topology(args.members, args.regions, args.zones),
+                                                 args.remotes)
+            except ValueError as err:
+                raise UserError(str(err)) from None
         state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones,
-                                     istio=args.istio, backends=args.backends))
+                                     istio=args.istio, backends=args.backends, topology=topology, remotes=remotes))
         print(table([["CLUSTER", "ROLE", "REGION", "ZONE", "SERVER", "STATE"], *map(list, fleet.status_rows())]))
         if state.istio:
             print()
@@ -514,6 +524,9 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     fleet.add_argument("--istio", action="store_true",
                        help="every member runs istiod + a gateway Envoy; VIPs forward to it (off: API servers only)")
     fleet.add_argument("--backends", type=positive_int, default=1, help="echo backends per member (with --istio)")
+    fleet.add_argument("--remotes", type=non_negative_int, default=0,
+                       help="the first N members get an Istio remote in their zone (<member>-remote, registered "
+                       "with spec.mesh.primary): a zone of a primary + a remote, the zone's backends in the remote")
     fleet.add_argument("--mode", choices=["ok", "fail", "hang", "down"], help="echo-mode: what the backends do")
     fleet.add_argument("--namespace", help="publish-backends: namespace of the ServiceEntry/WorkloadEntries")
     fleet.add_argument("--host", help="publish-backends: the host they serve, e.g. checkout.payments.svc.cluster.local")

@@ -21,7 +21,8 @@ Owns the hub wiring of certs.sds (which stays free of Kubernetes clients):
   resource, ackedVersion or nackVersion + nackMessage, time) and `status.sds` (resource, serial and
   version served, refusedSerial/refusedMessage) and `status.refusedClients` (the identities refused
   this certificate within `--refusal-ttl`, with the node they named), written by server-side apply on the status
-  subresource with this component's own field manager `meshfed-sds`, only when they changed
+  subresource with this component's own field manager `meshfed-sds` (the hub's one status writer,
+  federation.hubwriter.StatusWriter, the controller's fields foreign), only when they changed
   (compared with the live object), after a short debounce that folds bursts (a rotation ACKed by
   many Envoys) into one write. The controller (federation/certificates.py, manager meshfed-status)
   never applies these two fields; it reads them and folds them into Delivered/Ready. Times are kept
@@ -57,7 +58,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from accesspoint.meta import API_VERSION, rfc3339
+from accesspoint.meta import rfc3339
 from certs.delivery import CERTIFICATE_LABEL
 from certs.issuers import CertBundle
 from certs.models import SDS_STATUS_FIELDS, CertificateDelivery, EnvoySdsStatus, SdsRefusal, SdsServing
@@ -74,6 +75,7 @@ from certs.sds import (
 )
 from federation import metrics
 from federation.certificates import CERT_NAMESPACE_LABEL, STORE_NAMESPACE, bundle_from_secret, store_name
+from federation.hubwriter import StatusWriter
 from federation.kube import ApiError, Gone, KubeClient
 from federation.shards import SDS, LeaseTiming, SingletonLease
 
@@ -192,6 +194,7 @@ class HubSds:
         cluster_identity: str = CLUSTER_IDENTITY,
     ) -> None:
         self.hub = hub
+        self.status_writer = StatusWriter(hub, FIELD_MANAGER)
         self.lease = lease
         self.cluster_identity = cluster_identity
         self.server = server
@@ -337,15 +340,12 @@ class HubSds:
             return False
         if self.lease is not None and not self.lease.valid():
             return False  # another replica writes status (marked again when this one takes the Lease)
-        patch = {"apiVersion": API_VERSION, "kind": "Certificate",
-                 "metadata": {"name": name, "namespace": ns}, "status": want}
-        try:
-            result = await self.hub.apply(CERT.format(ns=ns, name=name), patch, field_manager=FIELD_MANAGER,
-                                          subresource="status")
-        except ApiError as err:
-            if err.status == 404:
-                return False
-            raise
+        # The hub's one status writer (federation.hubwriter): server-side apply of the fields this
+        # component owns; the controller's fields are foreign, neither applied nor compared.
+        result = await self.status_writer.write(CERT.format(ns=ns, name=name), "Certificate", name, ns, want,
+                                                seen=body, foreign=[k for k in status if k not in SDS_STATUS_FIELDS])
+        if result is None:
+            return False  # already written (our own last write is newer than the watch), or the Certificate is gone
         self.writes += 1
         log.info("sds: %s: status %s%s", key, "; ".join(
             f"{e['node']} {'NACK ' + str(e.get('nackMessage')) if e.get('nackMessage') else e.get('ackedVersion')}"

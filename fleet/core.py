@@ -47,6 +47,16 @@ def default_topology(members: int, regions: int, zones: int) -> list[tuple[str, 
     return [(f"member-{i + 1}", *zone_names[i % zones]) for i in range(members)]
 
 
+def with_remotes(topology: Sequence[tuple[str, str, str]], count: int) -> tuple[list[tuple[str, str, str]],
+                                                                                  dict[str, str]]:
+    """The topology with an Istio remote `<member>-remote` in the zone of each of the first `count`
+    members (their primaries), and the remotes map for `Fleet.up`."""
+    if count > len(topology):
+        raise ValueError(f"--remotes {count}: only {len(topology)} members can be primaries")
+    added = [(f"{name}-remote", region, zone) for name, region, zone in topology[:count]]
+    return [*topology, *added], {remote: name for (name, _, _), (remote, _, _) in zip(topology, added, strict=False)}
+
+
 @dataclass
 class FleetState:
     hub: ClusterProc
@@ -55,6 +65,9 @@ class FleetState:
     istio: bool = False
     echo_control: int = 0  # loopback port of the echo backends' control API
     vip_block: int = l4.DEFAULT_VIP_BLOCK  # VIPs are 127.<vip_block>.<member index>.0/24 (l4.pool_for)
+    # Every primary's istiod reads every remote (not only its zone's): endpoints of all zones are known
+    # to every zone's gateway, as in a multi-primary mesh whose zones each have remotes.
+    mesh_wide: bool = False
 
     def clusters(self) -> list[ClusterProc]:
         return [self.hub, *self.members]
@@ -80,6 +93,7 @@ class Fleet:
                 istio=bool(raw.get("istio")),
                 echo_control=int((raw.get("echo") or {}).get("control") or 0),
                 vip_block=int(raw.get("vipBlock") or l4.DEFAULT_VIP_BLOCK),
+                mesh_wide=bool(raw.get("meshWide")),
             )
 
     def save(self) -> None:
@@ -92,6 +106,7 @@ class Fleet:
             "istio": self.state.istio,
             "echo": {"control": self.state.echo_control} if self.state.echo_control else None,
             "vipBlock": self.state.vip_block,
+            "meshWide": self.state.mesh_wide,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -108,12 +123,14 @@ class Fleet:
 
     async def up(self, members: int = 3, regions: int = 2, zones: int = 3,
                  topology: Sequence[tuple[str, str, str]] | None = None, vip_allocator: bool = True,
-                 istio: bool = False, backends: int = 1, remotes: Mapping[str, str] | None = None) -> FleetState:
+                 istio: bool = False, backends: int = 1, remotes: Mapping[str, str] | None = None,
+                 mesh_wide: bool = False) -> FleetState:
         """Start (or restart) the fleet. `istio`: every member runs istiod + a gateway Envoy, VIPs
         forward to it, and `backends` echo instances per member answer behind it. `remotes` (member ->
         its primary): those members are Istio remotes (primary-remote zones): no istiod or gateway of
         their own, registered with spec.mesh, read by the primary's istiod through a remote secret, and
-        with `istio` their echo backends live there as Pods on Nodes carrying their locality."""
+        with `istio` their echo backends live there as Pods on Nodes carrying their locality. `mesh_wide`:
+        every primary's istiod reads every remote, so each zone's gateway knows the endpoints of all zones."""
         binary = apiserver_binary()
         binaries = istio_binaries() if istio else {}
         if self.state is None:
@@ -123,6 +140,7 @@ class Fleet:
                 members=[self._new_cluster(n, "member", r, z, {"env": "demo"}) for n, r, z in topo],
                 istio=istio,
                 vip_block=l4.claim_vip_block(self.root),
+                mesh_wide=mesh_wide,
             )
             names = {m.name for m in self.state.members}
             for member in self.state.members:
@@ -181,12 +199,12 @@ class Fleet:
                            for k in range(1, backends + 1)]
 
     async def install_remote_secrets(self, primary: ClusterProc) -> None:
-        """In the primary's istio-system, a remote secret for each of its remotes."""
+        """In the primary's istio-system, a remote secret for each of its remotes (every remote: mesh_wide)."""
         assert self.state is not None
         client = await primary.client()
         try:
             for remote in self.state.members:
-                if remote.mesh_primary == primary.name:
+                if remote.mesh_primary == primary.name or (self.state.mesh_wide and remote.mesh_primary):
                     await mesh.install_remote_secret(client, remote.name, remote.kubeconfig.read_text())
         finally:
             await client.close()
@@ -488,7 +506,8 @@ class Fleet:
                 parts = [f"istiod {'up' if _alive(c.istio.istiod_pid) else 'down'}",
                          f"gateway {'up' if _alive(c.istio.agent_pid) else 'down'}"]
                 state += f" ({', '.join(parts)})"
-            rows.append((c.name, c.role, c.region or "-", c.zone or "-", f"https://127.0.0.1:{c.port}", state))
+            role = f"remote of {c.mesh_primary}" if c.mesh_primary else c.role
+            rows.append((c.name, role, c.region or "-", c.zone or "-", f"https://127.0.0.1:{c.port}", state))
         return rows
 
     def istio_rows(self) -> list[tuple[str, str, str, str, str]]:
