@@ -343,6 +343,44 @@ async def load(host: str, targets: dict[str, str], connections: int = 2) -> Asyn
         await running.finish()
 
 
+@dataclass
+class DrainTiming:
+    landed: dict[str, float]  # gateway cluster -> seconds from the edit until its DestinationRule drains
+    last: float  # monotonic time of the last answer the drained region gave
+    after: dict[str, list[Answer]]  # each gateway's answers after that
+
+
+async def time_drain(running: Load, members: dict[str, KubeClient], ns: str, rule: str, drained: str, t0: float,
+                     *, answers_after: int = 400) -> DrainTiming:
+    """After a Drain of region `drained` was written at `t0` (load running through every gateway): until each
+    gateway cluster's DestinationRule `rule` leaves the region out, then until no gateway got an answer from it
+    for 3 s, then `answers_after` more answers through every gateway."""
+    gateways = list(running.targets)
+    landed: dict[str, float] = {}
+
+    async def rules() -> bool:
+        for gateway in gateways:
+            if gateway not in landed:
+                dr = await members[gateway].get(DR.format(ns=ns, name=rule)) or {}
+                to = dr["spec"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"]["distribute"][0]["to"]
+                if not any(loc.startswith(f"{drained}/") for loc in to):
+                    landed[gateway] = time.monotonic() - t0
+        return len(landed) == len(gateways)
+
+    await eventually(rules, 60, interval=0.05, message="the Drain in every gateway cluster's DestinationRule")
+
+    def last_drained() -> float:
+        return max((a.at for g in gateways for a in running.answers[g] if a.region == drained), default=t0)
+
+    async def quiet() -> bool:
+        return time.monotonic() - last_drained() > 3.0
+
+    await eventually(quiet, 60, interval=0.1, message=f"{drained} still serving after the Drain")
+    last = last_drained()
+    await running.wait_answers(answers_after, since=last + 0.001, timeout=60)
+    return DrainTiming(landed, last, {g: running.since(g, last + 0.001) for g in gateways})
+
+
 def regions_of(answers: Iterable[Answer]) -> Counter[str]:
     return Counter(a.region for a in answers if a.status == 200)
 

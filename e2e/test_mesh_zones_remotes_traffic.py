@@ -22,12 +22,12 @@ from typing import Any
 import pytest
 from test_mesh_traffic import (  # e2e/ is on sys.path for its test modules (no __init__.py)
     AP,
-    DR,
     assert_shares,
     entries,
     http_template,
     load,
     regions_of,
+    time_drain,
     vips,
     wait_serving,
     weighted,
@@ -36,7 +36,7 @@ from test_mesh_zones_traffic import wait_region_weights
 
 from federation.kube import KubeClient
 from fleet import Fleet
-from fleet.testing import ControllerProcess, binomial_band, condition, eventually, request_loop, wait_object
+from fleet.testing import ControllerProcess, binomial_band, condition, request_loop, wait_object
 
 pytestmark = pytest.mark.e2e
 
@@ -120,7 +120,6 @@ async def test_drain_of_a_region_moves_every_zone_gateway(fleet: Fleet, hub: Kub
     for primary in PRIMARIES:
         region = REGION[primary]
         await wait_region_weights(fleet, primary, echo_host(ns), {region: 99, OTHER[region]: 1}, timeout=120)
-    landed: dict[str, float] = {}
     async with load(host, vips(st), connections=2) as running:
         await running.wait_answers(300)
         assert all(regions_of(running.since(p, 0))[drained] > 0 for p in PRIMARIES if REGION[p] == drained)
@@ -128,27 +127,8 @@ async def test_drain_of_a_region_moves_every_zone_gateway(fleet: Fleet, hub: Kub
         await hub.merge_patch(f"{AP.format(ns=ns)}/drain",
                               {"spec": {"traffic": {"locality": {"mode": "Drain", "drain": {"regions": [drained]}}}}})
 
-        async def zone_rules() -> bool:  # when each zone primary's DestinationRule carries the drain
-            for primary in PRIMARIES:
-                if primary not in landed:
-                    dr = await members[primary].get(DR.format(ns=ns, name="drain")) or {}
-                    to = dr["spec"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"]["distribute"][0]["to"]
-                    if not any(loc.startswith(f"{drained}/") for loc in to):
-                        landed[primary] = time.monotonic() - t0
-            return len(landed) == len(PRIMARIES)
-
-        await eventually(zone_rules, 60, interval=0.05, message="the Drain in every zone's DestinationRule")
-
-        def last_drained() -> float:
-            return max((a.at for p in PRIMARIES for a in running.answers[p] if a.region == drained), default=t0)
-
-        async def quiet() -> bool:  # 3 s without an answer from the drained region, on every gateway
-            return time.monotonic() - last_drained() > 3.0
-
-        await eventually(quiet, 60, interval=0.1, message=f"{drained} still serving after the Drain")
-        last = last_drained()
-        await running.wait_answers(400, since=last + 0.001, timeout=60)
-        after = {p: running.since(p, last + 0.001) for p in PRIMARIES}
+        timing = await time_drain(running, members, ns, "drain", drained, t0)
+    landed, last, after = timing.landed, timing.last, timing.after
     drain_time = last - t0
     zones = {p: Counter(a.zone for a in answered if a.status == 200) for p, answered in after.items()}
     for primary, answered in after.items():

@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from test_mesh_traffic import (  # e2e/ is on sys.path for its test modules (no __init__.py)
     AP,
-    DR,
     accesspoint,
     admin_url,
     assert_shares,
@@ -31,6 +30,7 @@ from test_mesh_traffic import (  # e2e/ is on sys.path for its test modules (no 
     http_template,
     load,
     regions_of,
+    time_drain,
     vips,
     wait_serving,
     weighted,
@@ -204,8 +204,6 @@ async def test_drain_of_a_region_in_two_zones_moves_every_new_request(
     st = await wait_serving(hub, ns, "drain", ALL)
     for member in ALL:
         await wait_region_weights(fleet, member, echo_host(ns), {REGION[member]: 99, OTHER[REGION[member]]: 1})
-    landed: dict[str, float] = {}
-
     async with load(host, vips(st), connections=2) as running:
         await running.wait_answers(300)
         assert all(regions_of(running.since(m, 0))[drained] > 0 for m in ("m-b1", "m-b2")), \
@@ -214,28 +212,8 @@ async def test_drain_of_a_region_in_two_zones_moves_every_new_request(
         await hub.merge_patch(f"{AP.format(ns=ns)}/drain",
                               {"spec": {"traffic": {"locality": {"mode": "Drain", "drain": {"regions": [drained]}}}}})
 
-        async def member_rules() -> bool:  # when each member's DestinationRule carries the drain
-            for member in ALL:
-                if member not in landed:
-                    dr = await members[member].get(DR.format(ns=ns, name="drain")) or {}
-                    to = dr["spec"]["trafficPolicy"]["loadBalancer"]["localityLbSetting"]["distribute"][0]["to"]
-                    if not any(loc.startswith(f"{drained}/") for loc in to):
-                        landed[member] = time.monotonic() - t0
-            return len(landed) == len(ALL)
-
-        await eventually(member_rules, 60, interval=0.05, message="the Drain in every member's DestinationRule")
-
-        def last_drained() -> float:
-            return max((a.at for m in ALL for a in running.answers[m] if a.region == drained), default=t0)
-
-        async def quiet() -> bool:  # 3 s without an answer from the drained region, on every gateway
-            return time.monotonic() - last_drained() > 3.0
-
-        await eventually(quiet, 60, interval=0.1, message=f"{drained} still serving after the Drain")
-        last = last_drained()
-        # Enough answers after the last drained one for a 50/50 band on the drained region's gateways.
-        await running.wait_answers(400, since=last + 0.001, timeout=60)
-        after = {m: running.since(m, last + 0.001) for m in ALL}
+        timing = await time_drain(running, members, ns, "drain", drained, t0)
+    landed, last, after = timing.landed, timing.last, timing.after
     drain_time = last - t0
     for member in ALL:
         await wait_region_weights(fleet, member, echo_host(ns), {"region-a": 100})
