@@ -104,8 +104,17 @@ def cmd_fleet(args: argparse.Namespace) -> None:
             except ValueError as err:
                 raise UserError(str(err)) from None
         state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones,
-                                     istio=args.istio, backends=args.backends, topology=topology, remotes=remotes))
+                                     istio=args.istio, backends=args.backends, topology=topology, remotes=remotes,
+                                     dense=args.dense))
         print(table([["CLUSTER", "ROLE", "REGION", "ZONE", "SERVER", "STATE"], *map(list, fleet.status_rows())]))
+        if args.dense:
+            costs = fleet.cost_rows()
+            print()
+            print(table([["API SERVER", "READY AFTER", "RSS"], *map(list, costs)]))
+            members = [float(rss.split()[0]) for name, _, rss in costs if name != "hub" and rss != "-"]
+            if members:
+                print(f"members: {len(members)}, RSS {sum(members):.0f} MiB in all, {sum(members) / len(members):.0f} "
+                      f"MiB each on average (max {max(members):.0f})")
         if state.istio:
             print()
             print(table([["MEMBER", "ISTIOD", "GATEWAY ADMIN", "NETNS", "ECHO BACKENDS"],
@@ -524,6 +533,9 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     fleet.add_argument("--istio", action="store_true",
                        help="every member runs istiod + a gateway Envoy; VIPs forward to it (off: API servers only)")
     fleet.add_argument("--backends", type=positive_int, default=1, help="echo backends per member (with --istio)")
+    fleet.add_argument("--dense", action="store_true",
+                       help="new member API servers tuned for density (watch cache and priority-and-fairness off, "
+                       "GOGC=50): many members on one machine; prints startup time and RSS per API server")
     fleet.add_argument("--remotes", type=non_negative_int, default=0,
                        help="the first N members get an Istio remote in their zone (<member>-remote, registered "
                        "with spec.mesh.primary): a zone of a primary + a remote, the zone's backends in the remote")

@@ -118,6 +118,9 @@ class ClusterProc:
     # primary's istiod reads it through a remote secret. Its echo backends live here as Pods.
     mesh_primary: str = ""
     backends: list[EchoBackend] = field(default_factory=list)
+    # Tuned for density (many members on one machine, issue 20): watch cache and API Priority and
+    # Fairness off, GOGC=50. Measured before: 338-462 MiB with Istio's CRDs, about 282 MiB idle tuned.
+    dense: bool = False
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ClusterProc:
@@ -175,6 +178,7 @@ class ClusterProc:
             f"--service-account-signing-key-file={p / 'sa.key'}",
             "--profiling=false",
             "--v=0",
+            *(["--watch-cache=false", "--enable-priority-and-fairness=false"] if self.dense else []),
         ]
 
     def start(self, binary: Path) -> None:
@@ -187,6 +191,7 @@ class ClusterProc:
             "MESHFED_ETCD_CLIENT_URL": f"http://127.0.0.1:{self.etcd_port}",
             "MESHFED_ETCD_PEER_URL": f"http://127.0.0.1:{self.peer_port}",
             "MESHFED_ETCD_NO_FSYNC": "1",
+            **({"GOGC": "50"} if self.dense else {}),
         }
         log = open(self.path / "apiserver.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
@@ -194,6 +199,17 @@ class ClusterProc:
         )
         log.close()
         self.pid = proc.pid
+
+    def rss_mib(self) -> float | None:
+        """Resident memory of the API server process (with its embedded etcd), MiB; None when not running."""
+        try:
+            with open(f"/proc/{self.pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
 
     def running(self) -> bool:
         if not self.pid:

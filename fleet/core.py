@@ -84,6 +84,7 @@ class Fleet:
         self.root = root
         self.state_file = root / "fleet.json"
         self.state: FleetState | None = None
+        self.ready_seconds: dict[str, float] = {}  # API server -> seconds from start to answering (last up)
         if self.state_file.exists():
             raw = json.loads(self.state_file.read_text())
             self.state = FleetState(
@@ -113,10 +114,10 @@ class Fleet:
         os.replace(tmp, self.state_file)
 
     def _new_cluster(self, name: str, role: str, region: str = "", zone: str = "",
-                     labels: dict[str, str] | None = None) -> ClusterProc:
+                     labels: dict[str, str] | None = None, dense: bool = False) -> ClusterProc:
         return ClusterProc(
             name=name, role=role, dir=str(self.root / name), port=free_port(), etcd_port=free_port(),
-            peer_port=free_port(), region=region, zone=zone, labels=dict(labels or {}),
+            peer_port=free_port(), region=region, zone=zone, labels=dict(labels or {}), dense=dense,
         )
 
     # ---- up ------------------------------------------------------------------------------------
@@ -124,20 +125,22 @@ class Fleet:
     async def up(self, members: int = 3, regions: int = 2, zones: int = 3,
                  topology: Sequence[tuple[str, str, str]] | None = None, vip_allocator: bool = True,
                  istio: bool = False, backends: int = 1, remotes: Mapping[str, str] | None = None,
-                 mesh_wide: bool = False) -> FleetState:
+                 mesh_wide: bool = False, dense: bool = False) -> FleetState:
         """Start (or restart) the fleet. `istio`: every member runs istiod + a gateway Envoy, VIPs
         forward to it, and `backends` echo instances per member answer behind it. `remotes` (member ->
         its primary): those members are Istio remotes (primary-remote zones): no istiod or gateway of
         their own, registered with spec.mesh, read by the primary's istiod through a remote secret, and
         with `istio` their echo backends live there as Pods on Nodes carrying their locality. `mesh_wide`:
-        every primary's istiod reads every remote, so each zone's gateway knows the endpoints of all zones."""
+        every primary's istiod reads every remote, so each zone's gateway knows the endpoints of all zones.
+        `dense`: member API servers tuned for density (ClusterProc.dense); `ready_seconds` keeps how long
+        each API server took to answer."""
         binary = apiserver_binary()
         binaries = istio_binaries() if istio else {}
         if self.state is None:
             topo = list(topology) if topology else default_topology(members, regions, zones)
             self.state = FleetState(
                 hub=self._new_cluster("hub", "hub"),
-                members=[self._new_cluster(n, "member", r, z, {"env": "demo"}) for n, r, z in topo],
+                members=[self._new_cluster(n, "member", r, z, {"env": "demo"}, dense=dense) for n, r, z in topo],
                 istio=istio,
                 vip_block=l4.claim_vip_block(self.root),
                 mesh_wide=mesh_wide,
@@ -159,7 +162,13 @@ class Fleet:
             cluster.start(binary)
         self.save()
         say(f"starting {len(state.clusters())} API servers (hub + {len(state.members)} members) ...")
-        await asyncio.gather(*(c.wait_ready() for c in state.clusters()))
+        started = time.monotonic()
+
+        async def ready(cluster: ClusterProc) -> None:
+            await cluster.wait_ready()
+            self.ready_seconds[cluster.name] = time.monotonic() - started
+
+        await asyncio.gather(*(ready(c) for c in state.clusters()))
         say("API servers ready; installing CRDs ...")
         await self.install_crds()
         for member in state.members:
@@ -508,6 +517,18 @@ class Fleet:
                 state += f" ({', '.join(parts)})"
             role = f"remote of {c.mesh_primary}" if c.mesh_primary else c.role
             rows.append((c.name, role, c.region or "-", c.zone or "-", f"https://127.0.0.1:{c.port}", state))
+        return rows
+
+    def cost_rows(self) -> list[tuple[str, str, str]]:
+        """(API server, seconds until it answered in the last `up`, resident memory) of every cluster."""
+        if self.state is None:
+            return []
+        rows = []
+        for c in self.state.clusters():
+            rss = c.rss_mib()
+            ready = self.ready_seconds.get(c.name)
+            rows.append((c.name, f"{ready:.1f}s" if ready is not None else "-",
+                         f"{rss:.0f} MiB" if rss is not None else "-"))
         return rows
 
     def istio_rows(self) -> list[tuple[str, str, str, str, str]]:
