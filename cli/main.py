@@ -108,10 +108,12 @@ def cmd_fleet(args: argparse.Namespace) -> None:
                                      dense=args.dense))
         print(table([["CLUSTER", "ROLE", "REGION", "ZONE", "SERVER", "STATE"], *map(list, fleet.status_rows())]))
         if args.dense:
-            costs = fleet.cost_rows()
+            costs = fleet.costs()
             print()
-            print(table([["API SERVER", "READY AFTER", "RSS"], *map(list, costs)]))
-            members = [float(rss.split()[0]) for name, _, rss in costs if name != "hub" and rss != "-"]
+            print(table([["API SERVER", "READY AFTER", "RSS"], *(
+                [name, f"{ready:.1f}s" if ready is not None else "-", f"{rss:.0f} MiB" if rss is not None else "-"]
+                for name, ready, rss in costs)]))
+            members = [rss for name, _, rss in costs if name != "hub" and rss is not None]
             if members:
                 print(f"members: {len(members)}, RSS {sum(members):.0f} MiB in all, {sum(members) / len(members):.0f} "
                       f"MiB each on average (max {max(members):.0f})")

@@ -519,17 +519,11 @@ class Fleet:
             rows.append((c.name, role, c.region or "-", c.zone or "-", f"https://127.0.0.1:{c.port}", state))
         return rows
 
-    def cost_rows(self) -> list[tuple[str, str, str]]:
-        """(API server, seconds until it answered in the last `up`, resident memory) of every cluster."""
+    def costs(self) -> list[tuple[str, float | None, float | None]]:
+        """(API server, seconds until it answered in the last `up`, resident memory in MiB) of every cluster."""
         if self.state is None:
             return []
-        rows = []
-        for c in self.state.clusters():
-            rss = c.rss_mib()
-            ready = self.ready_seconds.get(c.name)
-            rows.append((c.name, f"{ready:.1f}s" if ready is not None else "-",
-                         f"{rss:.0f} MiB" if rss is not None else "-"))
-        return rows
+        return [(c.name, self.ready_seconds.get(c.name), c.rss_mib()) for c in self.state.clusters()]
 
     def istio_rows(self) -> list[tuple[str, str, str, str, str]]:
         """(member, istiod URL, gateway admin URL, netns, backends) of every Istio member."""
