@@ -49,13 +49,16 @@ class ApiError(Exception):
     reached, or being reached, and did not answer within a deadline)."""
 
     def __init__(self, status: int, reason: str, message: str, body: Mapping[str, Any] | None = None,
-                 *, timed_out: bool = False) -> None:
+                 *, timed_out: bool = False, retry_after: float | None = None) -> None:
         super().__init__(f"{status} {reason}: {message}" if status else f"unreachable: {message}")
         self.status = status
         self.reason = reason
         self.message = message
         self.body = dict(body or {})
         self.timed_out = timed_out
+        # Seconds the server asked us to wait before trying again (its Retry-After header), on a 429:
+        # the request was not processed (API Priority and Fairness, a watch cache (re)initializing).
+        self.retry_after = retry_after
 
     @property
     def transient(self) -> bool:
@@ -64,8 +67,27 @@ class ApiError(Exception):
 
 def _is_transient(exc: BaseException) -> bool:
     # A timeout is not retried: its deadline is spent (a retry would multiply it), and a write the
-    # server has received but not answered may still be applied; the next plan sees it.
-    return isinstance(exc, ApiError) and exc.transient and not exc.timed_out
+    # server has received but not answered may still be applied; the next plan sees it. A 429 with
+    # Retry-After is left to `KubeClient.request`'s server-directed retries, which wait as asked.
+    return isinstance(exc, ApiError) and exc.transient and not exc.timed_out and exc.retry_after is None
+
+
+# As client-go (rest.Request's checkWait, maxRetries 10): a 429 carrying Retry-After is tried again after
+# the pause the server names, whatever the caller's own retry count; the pause is capped, and the whole
+# call stays within its deadline.
+SERVER_DIRECTED_RETRIES = 10
+LONGEST_RETRY_AFTER = 10.0
+
+
+def retry_after_seconds(status: int, header: str | None) -> float | None:
+    """The pause a 429 answer asks for (Retry-After in whole seconds, as the API server sends it), or None."""
+    if status != 429 or not header:
+        return None
+    try:
+        seconds = float(header.strip())
+    except ValueError:
+        return None  # an HTTP-date: the API server never sends one; treat as an ordinary 429
+    return min(max(seconds, 0.0), LONGEST_RETRY_AFTER)
 
 
 @dataclass(frozen=True)
@@ -561,6 +583,7 @@ class KubeClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                retry_after = retry_after_seconds(status, resp.headers.get("Retry-After"))
             self.last_answer = time.monotonic()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             timed_out = isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError)
@@ -573,7 +596,8 @@ class KubeClient:
         except ValueError:
             payload = {"message": raw.decode(errors="replace")[:500]}
         if status >= 300:
-            raise ApiError(status, str(payload.get("reason", "")), str(payload.get("message", payload)), payload)
+            raise ApiError(status, str(payload.get("reason", "")), str(payload.get("message", payload)), payload,
+                           retry_after=retry_after)
         return payload if isinstance(payload, dict) else {"value": payload}
 
     async def request(
@@ -589,11 +613,29 @@ class KubeClient:
         accept: str = "application/json",
     ) -> dict[str, Any]:
         """One call within `timeout` seconds (default: the client's whole-request deadline), retries
-        of transient failures included: each attempt gets what is left of it."""
+        included: each attempt gets what is left of it. Transient failures are retried `attempts` times;
+        a 429 with Retry-After up to SERVER_DIRECTED_RETRIES times, after the pause it asks for.
+        `retry=False` (probes, leases): one attempt, the answer as it is."""
         budget = timeout if timeout is not None else self.deadlines.total
-        if not retry or self.attempts <= 1:
+        if not retry:
             return await self._once(method, path, query, body, content_type, budget, accept)
         deadline = time.monotonic() + budget
+        for asked in range(SERVER_DIRECTED_RETRIES + 1):
+            try:
+                return await self._attempts(method, path, query, body, content_type, budget, deadline, accept)
+            except ApiError as exc:
+                pause = exc.retry_after
+                if pause is None or asked == SERVER_DIRECTED_RETRIES or time.monotonic() + pause > deadline - 0.05:
+                    raise
+                log.debug("%s: %s %s answered 429, trying again in %.0fs as asked", self.name, method, path, pause)
+                await asyncio.sleep(pause)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempts(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
+                        content_type: str, budget: float, deadline: float, accept: str) -> dict[str, Any]:
+        """Up to `attempts` tries until `deadline`, backing off between transient failures."""
+        if self.attempts <= 1:
+            return await self._once(method, path, query, body, content_type, deadline - time.monotonic(), accept)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self.attempts) | stop_before_deadline(deadline),
