@@ -22,6 +22,7 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,11 @@ async def ensure_ns(client: KubeClient, ns: str) -> None:
     await ensure_namespace(client, ns)
 
 
-async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, workers: int) -> float:
-    """Direct SSA of the same rendered objects (into namespace bench-direct), same concurrency."""
+async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, workers: int,
+                   build: Callable[[str, str], dict[str, Any]] | None = None) -> float:
+    """Direct SSA of the same rendered objects (into namespace bench-direct), same concurrency; `build`
+    makes the AccessPoint (namespace, name) whose rendering is written (default: `accesspoint`)."""
+    build = build or accesspoint
     assert fleet.state is not None
     ns = "bench-direct"
     for client in members.values():
@@ -91,7 +95,7 @@ async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, worke
 
     rendered: list[dict[str, list[dict[str, Any]]]] = []
     for i in range(aps):
-        ap = AccessPoint.model_validate(accesspoint(ns, f"ap-{i}"))
+        ap = AccessPoint.model_validate(build(ns, f"ap-{i}"))
         per_cluster = {}
         for name, m in facts.items():
             cf = ClusterFacts(name=name, region=m.region, zone=m.zone, ready=True, reachable=True)
@@ -209,8 +213,11 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samples: int, aps: int) -> list[float]:
-    """Patch one AccessPoint's template; time until every member's VirtualService carries the change."""
+async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samples: int, aps: int,
+                  make_template: Callable[[str], list[dict[str, Any]]] | None = None) -> list[float]:
+    """Patch one AccessPoint's template; time until every member's VirtualService carries the change
+    (`make_template(tag)`: the template with the VirtualService's x-tag header set to tag)."""
+    make_template = make_template or template
     seen: dict[tuple[str, str], str] = {}
     changed = asyncio.Event()
 
@@ -236,7 +243,7 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
             name = f"ap-{(k * 7) % aps}"
             tag = f"lat-{k}"
             start = time.monotonic()
-            await hub.merge_patch(f"{AP_PATH.format(ns=ns)}/{name}", {"spec": {"template": template(tag)}})
+            await hub.merge_patch(f"{AP_PATH.format(ns=ns)}/{name}", {"spec": {"template": make_template(tag)}})
             while not all(seen.get((m, name)) == tag for m in members):
                 changed.clear()
                 try:

@@ -1,0 +1,103 @@
+"""The controller's cost model: fitted to `e2e/bench/scale.py`'s runs, projected to fleets this machine
+cannot hold. Pure (no I/O, no clock); imports only the standard library.
+
+What one replica costs, as measured:
+  memory  = base + per_member x members it connects to + per_object x member objects it caches
+  CPU     = cpu_per_object x member objects it writes (bulk propagation, the controller's process)
+  hub writes = writes_per_ap x AccessPoints it owns (status, Events, revisions, finalizers; Leases apart)
+The per-member and base terms come from the controller idle with its members connected and no
+AccessPoint (a least-squares line over the runs); the per-object terms from the same runs loaded
+(what the bulk added, over the objects it added). Shards split AccessPoints, not members: every
+replica watches every member, so with R replicas each holds 1/R of the objects and all of the members.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Run:
+    """One scale run's measured figures."""
+
+    members: int
+    aps: int
+    member_objects: int
+    idle_rss_mib: float  # the controller with every member's caches synced, no AccessPoint
+    loaded_rss_mib: float  # the same controller after the bulk (every member object cached)
+    bulk_cpu_s: float  # controller CPU seconds from the first create until all Applied
+    hub_writes: int  # the controller's hub writes during the bulk (Leases apart)
+
+
+@dataclass(frozen=True)
+class Model:
+    base_mib: float
+    per_member_mib: float
+    per_object_kib: float
+    cpu_ms_per_object: float
+    hub_writes_per_ap: float
+
+    def rss_mib(self, members: int, objects: float) -> float:
+        return self.base_mib + self.per_member_mib * members + self.per_object_kib * objects / 1024
+
+
+@dataclass(frozen=True)
+class Projection:
+    members: int
+    aps: int
+    objects_per_ap: int
+    replicas: int
+    objects_per_replica: int
+    rss_mib_per_replica: float
+    bulk_cpu_s_per_replica: float  # CPU to write its share once (e.g. after a template change of all)
+    hub_writes_per_replica: float
+
+
+def line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
+    """Least-squares intercept and slope of ys over xs (one point or equal xs: slope 0)."""
+    if not xs or len(xs) != len(ys):
+        raise ValueError("need as many ys as xs, at least one")
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    if var == 0:
+        return my, 0.0
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+    return my - slope * mx, slope
+
+
+def fit(runs: Sequence[Run]) -> Model:
+    """The model of `runs` (at least one, with objects)."""
+    objects = sum(r.member_objects for r in runs)
+    if not runs or objects <= 0:
+        raise ValueError("fit needs at least one run with member objects")
+    base, per_member = line([r.members for r in runs], [r.idle_rss_mib for r in runs])
+    added_mib = sum(max(0.0, r.loaded_rss_mib - r.idle_rss_mib) for r in runs)
+    return Model(
+        base_mib=base,
+        per_member_mib=max(0.0, per_member),
+        per_object_kib=added_mib * 1024 / objects,
+        cpu_ms_per_object=sum(r.bulk_cpu_s for r in runs) * 1000 / objects,
+        hub_writes_per_ap=sum(r.hub_writes for r in runs) / max(1, sum(r.aps for r in runs)),
+    )
+
+
+def project(model: Model, members: int, aps: int, objects_per_ap: int, replicas: int) -> Projection:
+    """Every AccessPoint placed on every member (the worst case), shards split evenly over `replicas`."""
+    if replicas < 1:
+        raise ValueError("replicas must be at least 1")
+    objects = members * aps * objects_per_ap
+    share = -(-objects // replicas)  # the busiest replica's share, rounded up
+    return Projection(
+        members=members, aps=aps, objects_per_ap=objects_per_ap, replicas=replicas,
+        objects_per_replica=share,
+        rss_mib_per_replica=model.rss_mib(members, share),
+        bulk_cpu_s_per_replica=model.cpu_ms_per_object * share / 1000,
+        hub_writes_per_replica=model.hub_writes_per_ap * aps / replicas,
+    )
+
+
+def check(model: Model, run: Run) -> float:
+    """Predicted over measured loaded RSS of `run` (1.0: exact)."""
+    return model.rss_mib(run.members, run.member_objects) / run.loaded_rss_mib

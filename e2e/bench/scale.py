@@ -1,0 +1,332 @@
+"""Scale benchmark: hub + 10, 25 and 50 members (real kube-apiservers tuned for density), AccessPoints of
+3 objects placed on every member; then a cost model fitted to the smaller runs, checked against the
+largest, and projected to 200 and 1,000 members x 2,000 AccessPoints on 1, 3 and 10 replicas.
+
+Per run, on one fresh fleet (`fleet up --dense`), all measured in the same run:
+  - fleet: seconds until every API server answered, RSS per member API server;
+  - cold start: controller start -> /readyz (every member probed and its caches listed), idle RSS;
+  - watches and connections per member: the members' own apiserver_longrunning_requests{verb="WATCH"}
+    and the controller's TCP connections to them;
+  - baseline: direct server-side apply of the same rendered objects to the same members (16 AccessPoints
+    in flight, each writing to every member in parallel); meshfed: hub create -> every AccessPoint
+    Applied on every member; the ratio baseline/meshfed (target >= 0.8);
+  - controller CPU per member object during the bulk, RSS per member and per cached member object;
+  - hub writes per member object during the bulk, by kind (the controller's meshfed_hub_writes; target
+    <= 0.1), and the hub API server's own count of mutating requests;
+  - one hub edit -> the VirtualService changed on every member, p50/p99 over --samples edits (target
+    p99 <= 1 s; Karmada's 100-cluster p99 1,298 ms);
+  - a staged rollout over 10 zone waves (no gates: each wave starts when the last is healthy), wall time.
+
+Usage: python -m e2e.bench.scale [--members 10,25,50] [--aps 200] [--samples 50] [--json FILE]
+It needs about 330 MiB per member (50 members: 17 GiB) and takes about 25 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from e2e.bench.costmodel import Run, check, fit, project
+from e2e.bench.propagation import (
+    AP_PATH,
+    AppliedTracker,
+    baseline,
+    cpu_seconds,
+    ensure_ns,
+    latency,
+    pct,
+)
+from federation.gcpolicy import tune_gc
+from federation.kube import KubeClient
+from fleet import Fleet
+from fleet.testing import ControllerProcess, diff_breakdown, request_breakdown
+
+OBJECTS_PER_AP = 3
+ZONE_WAVES = 10
+WORKERS = 16
+
+
+def template(tag: str = "v0") -> list[dict[str, Any]]:
+    host = "${name}.${region}.scale.example"
+    return [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}"},
+         "spec": {"selector": {"app": "${name}"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "${name}"},
+         "spec": {"hosts": [host], "gateways": ["mesh"],
+                  "http": [{"route": [{"destination": {"host": "${name}.svc.cluster.local"}}],
+                            "headers": {"response": {"set": {"x-tag": tag, "x-cluster": "${cluster}"}}}}]}},
+        {"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": {"name": "${name}"},
+         "spec": {"host": "${name}.svc.cluster.local"}},
+    ]
+
+
+def accesspoint(ns: str, name: str, tag: str = "v0", waves: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint", "metadata": {"name": name, "namespace": ns},
+            "spec": {"template": template(tag), "rollout": {"waves": waves or [{"name": "all"}]}}}
+
+
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def connections_to(pid: int, ports: set[int]) -> int:
+    """Established TCP connections of process `pid` to 127.0.0.1 on any of `ports`."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in lines:
+            cols = row.split()
+            remote_port = int(cols[2].rsplit(":", 1)[1], 16)
+            if cols[3] == "01" and cols[9] in inodes and remote_port in ports:
+                count += 1
+    return count
+
+
+async def watches(client: KubeClient) -> int:
+    """WATCH requests the API server is serving now (apiserver_longrunning_requests)."""
+    text = await client.request_text("/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
+async def controller_metric(ctl: ControllerProcess, name: str) -> dict[str, float]:
+    """One counter of the controller's /metrics, by its label set."""
+    code, text = await asyncio.to_thread(ctl.http, "/metrics")
+    assert code == 200, text[:200]
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            labels, value = line[len(name):].rsplit(" ", 1)
+            out[labels] = float(value)
+    return out
+
+
+async def until_ready(ctl: ControllerProcess, timeout: float = 600) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        code, _ = await asyncio.to_thread(ctl.http, "/readyz", 2.0)
+        if code == 200:
+            return time.monotonic() - started
+        await asyncio.sleep(0.1)
+    raise SystemExit("controller not ready within 10 minutes:\n" + ctl.log_tail())
+
+
+async def rollout(hub: KubeClient, members: dict[str, KubeClient], zones: list[str], ns: str) -> float:
+    """One AccessPoint with a wave per zone; v0 settled, then v1: seconds until every member has v1."""
+    waves = [{"name": f"z{i}", "clusterSelector": {"matchLabels": {"topology.kubernetes.io/zone": z}}}
+             for i, z in enumerate(zones)]
+    name = "staged"
+    await hub.create(AP_PATH.format(ns=ns), accesspoint(ns, name, "v0", waves), field_manager="bench")
+    path = "/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/{name}"
+
+    async def tags() -> list[str | None]:
+        out = []
+        for client in members.values():
+            vs = await client.get(path.format(ns=ns, name=name)) or {}
+            http = (vs.get("spec") or {}).get("http") or [{}]
+            out.append(((http[0].get("headers") or {}).get("response") or {}).get("set", {}).get("x-tag"))
+        return out
+
+    async def until(tag: str, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while not all(t == tag for t in await tags()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"staged rollout: not every member has {tag} after {timeout:.0f} s")
+            await asyncio.sleep(0.2)
+
+    await until("v0")
+    started = time.monotonic()
+    await hub.merge_patch(f"{AP_PATH.format(ns=ns)}/{name}", {"spec": {"template": template("v1")}})
+    await until("v1")
+    return time.monotonic() - started
+
+
+async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix=f"meshfed-scale-{n}-"))
+    fleet = Fleet(root)
+    print(f"\n== {n} members: fleet up --dense ({root}) ...", flush=True)
+    started = time.monotonic()
+    await fleet.up(members=n, regions=2, zones=ZONE_WAVES, vip_allocator=False, dense=True)
+    up_s = time.monotonic() - started
+    assert fleet.state is not None
+    member_rss = [rss for name, _, rss in fleet.costs() if name != "hub" and rss is not None]
+    ready = [s for name, s, _ in fleet.costs() if name != "hub" and s is not None]
+    hub = await fleet.state.hub.client()
+    members = {m.name: await m.client() for m in fleet.state.members}
+    ports = {m.port for m in fleet.state.members}
+    zones = sorted({m.zone for m in fleet.state.members})
+    ctl = ControllerProcess(fleet.state.hub.kubeconfig, root / "controller.log",
+                            extra=["--workers", str(WORKERS), "--probe-interval", "5", "--resync", "600"])
+    out: dict[str, Any] = {"members": n, "aps": aps, "member_objects": aps * OBJECTS_PER_AP * n,
+                           "fleet_up_s": up_s, "apiserver_ready_s_max": max(ready, default=0.0),
+                           "member_apiserver_rss_mib_mean": statistics.mean(member_rss) if member_rss else 0.0}
+    try:
+        watches0 = await asyncio.gather(*(watches(c) for c in members.values()))
+        print(f"  baseline: direct SSA of {out['member_objects']} objects ...", flush=True)
+        cpu0 = time.process_time()
+        out["baseline_s"] = await baseline(fleet, members, aps, WORKERS, build=accesspoint)
+        out["baseline_client_cpu_s"] = time.process_time() - cpu0
+
+        ns = "scale"
+        await ensure_ns(hub, ns)
+        ctl.start()
+        out["cold_start_s"] = await until_ready(ctl)
+        assert ctl.proc is not None
+        pid = ctl.proc.pid
+        await asyncio.sleep(2)
+        out["idle_rss_mib"] = rss_mib(pid)
+        counts = await asyncio.gather(*(watches(c) for c in members.values()))
+        out["watches_per_member"] = statistics.mean(a - b for a, b in zip(counts, watches0, strict=True))
+        out["connections_per_member"] = connections_to(pid, ports) / n
+
+        print(f"  meshfed: {aps} AccessPoints x {OBJECTS_PER_AP} objects x {n} members ...", flush=True)
+        tracker = AppliedTracker(hub, ns, n)
+        tracking = asyncio.create_task(tracker.run())
+        await asyncio.sleep(0.5)
+        writes0 = await controller_metric(ctl, "meshfed_hub_writes_total")
+        hub0 = await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY", "DELETE"))
+        ctl_cpu0, hub_cpu0 = cpu_seconds(pid), cpu_seconds(fleet.state.hub.pid)
+        started = time.monotonic()
+        sem = asyncio.Semaphore(WORKERS)
+
+        async def create(i: int) -> None:
+            async with sem:
+                await hub.create(AP_PATH.format(ns=ns), accesspoint(ns, f"ap-{i}"), field_manager="bench")
+
+        await asyncio.gather(*(create(i) for i in range(aps)))
+        try:
+            await tracker.wait_for(aps, 1800)
+        except TimeoutError:
+            raise SystemExit("not all AccessPoints applied within 30 minutes:\n" + ctl.log_tail()) from None
+        out["meshfed_s"] = time.monotonic() - started
+        tracking.cancel()
+        out["bulk_controller_cpu_s"] = cpu_seconds(pid) - ctl_cpu0
+        out["bulk_hub_apiserver_cpu_s"] = cpu_seconds(fleet.state.hub.pid) - hub_cpu0
+        writes = diff_breakdown({k: int(v) for k, v in writes0.items()},
+                                {k: int(v) for k, v in (await controller_metric(ctl, "meshfed_hub_writes_total"))
+                                 .items()})
+        out["bulk_hub_writes_by_kind"] = writes
+        out["bulk_hub_writes"] = sum(v for k, v in writes.items() if "lease" not in k.lower())
+        hub_requests = diff_breakdown(hub0, await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY",
+                                                                            "DELETE")))
+        out["bulk_hub_apiserver_mutations"] = hub_requests
+        await asyncio.sleep(3)
+        out["loaded_rss_mib"] = rss_mib(pid)
+        out["peak_rss_mib"] = rss_mib(pid, "VmHWM")
+
+        print(f"  latency: {samples} single edits, hub -> all {n} members ...", flush=True)
+        lat = await latency(hub, members, ns, samples, aps, make_template=template)
+        out["edit_p50_ms"] = statistics.median(lat) * 1000
+        out["edit_p99_ms"] = pct(lat, 99) * 1000
+        out["edit_max_ms"] = max(lat) * 1000
+
+        print(f"  staged rollout over {len(zones)} zone waves ...", flush=True)
+        out["rollout_waves"] = len(zones)
+        out["rollout_s"] = await rollout(hub, members, zones, ns)
+        assert ctl.proc is not None and ctl.proc.poll() is None, ctl.log_tail()
+        return out
+    except BaseException:
+        print("---- controller log (tail) ----\n" + ctl.log_tail(4000))
+        raise
+    finally:
+        ctl.stop()
+        await hub.close()
+        for c in members.values():
+            await c.close()
+        fleet.down(purge=True)
+
+
+def as_run(r: dict[str, Any]) -> Run:
+    return Run(members=r["members"], aps=r["aps"], member_objects=r["member_objects"],
+               idle_rss_mib=r["idle_rss_mib"], loaded_rss_mib=r["loaded_rss_mib"],
+               bulk_cpu_s=r["bulk_controller_cpu_s"], hub_writes=r["bulk_hub_writes"])
+
+
+def report(runs: list[dict[str, Any]]) -> str:
+    lines = ["", "==== scale benchmark ====",
+             f"AccessPoints of {OBJECTS_PER_AP} objects (Service, VirtualService, DestinationRule) on every member; "
+             f"member API servers dense (watch cache and APF off, GOGC=50); controller --workers {WORKERS}",
+             "",
+             "| members | member objects | fleet up | member API server RSS | cold start to ready | watches / member "
+             "| connections / member | direct SSA | meshfed | ratio | controller CPU / member object "
+             "| RSS idle / loaded | RSS per member object | hub writes / member object | edit p50 / p99 "
+             "| 10-wave rollout |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        per_object_kib = max(0.0, r["loaded_rss_mib"] - r["idle_rss_mib"]) * 1024 / r["member_objects"]
+        lines.append(
+            f"| {r['members']} | {r['member_objects']:,} | {r['fleet_up_s']:.0f} s | "
+            f"{r['member_apiserver_rss_mib_mean']:.0f} MiB | {r['cold_start_s']:.1f} s | "
+            f"{r['watches_per_member']:.1f} | {r['connections_per_member']:.1f} | {r['baseline_s']:.1f} s | "
+            f"{r['meshfed_s']:.1f} s | **{r['baseline_s'] / r['meshfed_s']:.2f}** | "
+            f"{r['bulk_controller_cpu_s'] * 1000 / r['member_objects']:.2f} ms | "
+            f"{r['idle_rss_mib']:.0f} / {r['loaded_rss_mib']:.0f} MiB | {per_object_kib:.2f} KiB | "
+            f"{r['bulk_hub_writes'] / r['member_objects']:.3f} | "
+            f"{r['edit_p50_ms']:.0f} / **{r['edit_p99_ms']:.0f} ms** | {r['rollout_s']:.1f} s |")
+    for r in runs:
+        lines.append(f"  {r['members']} members: controller hub writes during the bulk {r['bulk_hub_writes_by_kind']}; "
+                     f"hub API server mutations {r['bulk_hub_apiserver_mutations']}")
+    if len(runs) >= 2:
+        model = fit([as_run(r) for r in runs[:-1]])
+        last = runs[-1]
+        lines += ["", f"cost model, fitted to the {', '.join(str(r['members']) for r in runs[:-1])}-member runs: "
+                      f"base {model.base_mib:.0f} MiB + {model.per_member_mib:.2f} MiB per member + "
+                      f"{model.per_object_kib:.2f} KiB per member object; {model.cpu_ms_per_object:.3f} ms CPU per "
+                      f"member object; {model.hub_writes_per_ap:.1f} hub writes per AccessPoint",
+                  f"check against the {last['members']}-member run: predicted RSS "
+                  f"{model.rss_mib(last['members'], last['member_objects']):.0f} MiB, measured "
+                  f"{last['loaded_rss_mib']:.0f} MiB (ratio {check(model, as_run(last)):.2f})",
+                  "", "projection (every AccessPoint on every member, 3 objects each):",
+                  "| members | AccessPoints | replicas | member objects per replica | RSS per replica "
+                  "| CPU to write its share once | hub writes per replica |",
+                  "|---|---|---|---|---|---|---|"]
+        for members in (200, 1000):
+            for replicas in (1, 3, 10):
+                p = project(model, members, 2000, OBJECTS_PER_AP, replicas)
+                lines.append(f"| {members} | 2,000 | {replicas} | {p.objects_per_replica:,} | "
+                             f"{p.rss_mib_per_replica / 1024:.2f} GiB | {p.bulk_cpu_s_per_replica / 60:.0f} min | "
+                             f"{p.hub_writes_per_replica:,.0f} |")
+    return "\n".join(lines)
+
+
+async def main(args: argparse.Namespace) -> None:
+    runs = []
+    for n in args.members:
+        runs.append(await one_run(n, args.aps, args.samples))
+        if args.json:  # after each run: a later one that fails keeps the figures of the earlier ones
+            await asyncio.to_thread(Path(args.json).write_text, json.dumps(runs, indent=2))
+    print(report(runs))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--members", type=lambda s: [int(x) for x in s.split(",")], default=[10, 25, 50])
+    parser.add_argument("--aps", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--json", default="", help="also write the runs' figures to this file")
+    tune_gc()
+    asyncio.run(main(parser.parse_args()))

@@ -1,0 +1,69 @@
+"""The scale bench's cost model (e2e/bench/costmodel.py): fit and projection, by table."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from e2e.bench.costmodel import Model, Run, check, fit, line, project
+
+
+def run(members: int, aps: int = 200, objects_per_ap: int = 3, *, base: float = 100.0, per_member: float = 2.0,
+        per_object_kib: float = 1.5, cpu_ms: float = 0.4, writes_per_ap: float = 4.0) -> Run:
+    objects = members * aps * objects_per_ap
+    idle = base + per_member * members
+    return Run(members=members, aps=aps, member_objects=objects, idle_rss_mib=idle,
+               loaded_rss_mib=idle + per_object_kib * objects / 1024, bulk_cpu_s=cpu_ms * objects / 1000,
+               hub_writes=round(writes_per_ap * aps))
+
+
+@pytest.mark.parametrize(("xs", "ys", "expected"), [
+    ([1, 2, 3], [3, 5, 7], (1.0, 2.0)),
+    ([5], [9], (9.0, 0.0)),
+    ([4, 4], [1, 3], (2.0, 0.0)),
+    ([0, 10], [10, 0], (10.0, -1.0)),
+])
+def test_line(xs: list[float], ys: list[float], expected: tuple[float, float]) -> None:
+    assert line(xs, ys) == pytest.approx(expected)
+
+
+def test_fit_recovers_the_terms_the_runs_were_made_with() -> None:
+    model = fit([run(10), run(25)])
+    assert model.base_mib == pytest.approx(100.0)
+    assert model.per_member_mib == pytest.approx(2.0)
+    assert model.per_object_kib == pytest.approx(1.5)
+    assert model.cpu_ms_per_object == pytest.approx(0.4)
+    assert model.hub_writes_per_ap == pytest.approx(4.0)
+    assert check(model, run(50)) == pytest.approx(1.0), "a third run made the same way is predicted exactly"
+
+
+def test_check_says_how_far_off_a_run_is() -> None:
+    model = fit([run(10), run(25)])
+    heavier = run(50, per_object_kib=3.0)
+    assert check(model, heavier) < 1.0
+
+
+def test_projection_splits_objects_not_members_over_replicas() -> None:
+    model = Model(base_mib=100.0, per_member_mib=1.0, per_object_kib=1.0, cpu_ms_per_object=0.5,
+                  hub_writes_per_ap=4.0)
+    one = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=1)
+    ten = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=10)
+    assert one.objects_per_replica == 6_000_000 and ten.objects_per_replica == 600_000
+    assert one.rss_mib_per_replica == pytest.approx(100 + 1000 + 6_000_000 / 1024)
+    assert ten.rss_mib_per_replica == pytest.approx(100 + 1000 + 600_000 / 1024), "every replica sees every member"
+    assert ten.bulk_cpu_s_per_replica == pytest.approx(300.0)
+    assert ten.hub_writes_per_replica == pytest.approx(800.0)
+    three = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=3)
+    assert three.objects_per_replica == 2_000_000 and math.isclose(three.hub_writes_per_replica, 8000 / 3)
+
+
+@pytest.mark.parametrize("bad", [[], [Run(10, 0, 0, 1.0, 1.0, 0.0, 0)]])
+def test_fit_refuses_runs_without_objects(bad: list[Run]) -> None:
+    with pytest.raises(ValueError):
+        fit(bad)
+
+
+def test_project_refuses_no_replicas() -> None:
+    with pytest.raises(ValueError):
+        project(fit([run(10)]), 10, 10, 3, 0)
