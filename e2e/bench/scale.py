@@ -128,8 +128,7 @@ async def controller_metric(ctl: ControllerProcess, name: str) -> dict[str, floa
 async def until_ready(ctl: ControllerProcess, timeout: float = 600) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        code, _ = await asyncio.to_thread(ctl.http, "/readyz", 2.0)
-        if code == 200:
+        if await asyncio.to_thread(ctl.ready):
             return time.monotonic() - started
         await asyncio.sleep(0.1)
     raise SystemExit("controller not ready within 10 minutes:\n" + ctl.log_tail())
