@@ -37,7 +37,7 @@ from accesspoint.kinds import ISTIO_NET, group_of
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
 from accesspoint.plan import Plan, plan
-from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, render, validate
+from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, key_of, render, validate
 from accesspoint.revisions import revision_hash
 from accesspoint.status import applied_message, held_entry, pending_text, summarize
 from federation import metrics, shards, telemetry
@@ -306,6 +306,7 @@ class Controller:
                 del by_member[(member, ap_key)]
         for ap_key, member in [k for k in self._last_cluster_state if matches(k[0], k[1])]:
             del self._last_cluster_state[(ap_key, member)]
+        self.registry.forget_wants(matches)
 
     def _route_verdict(self, member: Member, owner_key: str, objects: Iterable[dict[str, Any]]) -> RouteVerdict | None:
         view = member.istiod.view if member.istiod is not None else None
@@ -694,6 +695,11 @@ class Controller:
             if refused:  # Istio kinds on an Istio remote: Istio would ignore them (placement.mesh)
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),
                                      last_error=refused)
+        kinds = frozenset((k.group, k.kind) for k in map(key_of, desired))
+        if self.registry.want(member, owner.key, kinds) and member.answering:
+            # A kind no longer watched here is listed again first (watch on demand, federation/members.py);
+            # its list reconciles this AccessPoint again. Planning now could miss objects of that kind.
+            return ClusterStatus(**base, state="Progressing", objects=len(owned), vip=_vip(owned.values()))
         work = MemberWork(ap, owner, member, placed, revision, desired, plan(desired, owned))
         if not member.answering:
             # Circuit breaker open: nothing is written; the entry says what waits, and since when.

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
 
 from aiohttp import web
@@ -41,6 +42,8 @@ reconcile_errors = Counter("meshfed_reconcile_errors", "Reconciles that failed (
                            registry=registry)
 member_writes = Counter("meshfed_member_writes", "Writes sent to member API servers, by cluster and verb "
                         "(create, apply, delete)", ["cluster", "verb"], registry=registry)
+member_watches = Gauge("meshfed_member_watches", "Watches open on each member (a kind is watched while an "
+                       "AccessPoint plans it there or objects of ours of it exist)", ["cluster"], registry=registry)
 member_errors = Counter("meshfed_member_errors", "Failed member calls, by cluster", ["cluster"], registry=registry)
 member_cache_repairs = Counter("meshfed_member_cache_repairs", "Member caches dropped or relisted because they "
                                "disagreed with the member (identity, resourceVersions, verification list)",
@@ -120,6 +123,7 @@ class HttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._check(lambda: self.healthy()))
         app.router.add_get("/readyz", self._check(lambda: self.ready()))
+        app.router.add_get("/debug/memory", self._memory)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -132,6 +136,26 @@ class HttpServer:
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         return web.Response(body=render(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    @staticmethod
+    async def _memory(request: web.Request) -> web.Response:
+        """Where the controller's Python memory is, by allocating line (`?top=N`, `?by=traceback`), when
+        started with PYTHONTRACEMALLOC=<frames> (Python's own switch; tracing costs CPU and memory, so it
+        is off unless asked for). Sizes and source lines only, never object contents."""
+        if not tracemalloc.is_tracing():
+            return web.Response(status=404, text="tracemalloc is off: start the controller with "
+                                                 "PYTHONTRACEMALLOC=1 (or more frames) to see /debug/memory\n")
+        top = int(request.query.get("top", "30"))
+        by = "traceback" if request.query.get("by") == "traceback" else "lineno"
+        snapshot = await asyncio.to_thread(tracemalloc.take_snapshot)
+        stats = await asyncio.to_thread(snapshot.statistics, by)
+        current, peak = tracemalloc.get_traced_memory()
+        lines = [f"traced: {current / 2**20:.1f} MiB now, {peak / 2**20:.1f} MiB peak; top {top} by {by}"]
+        for stat in stats[:top]:
+            lines.append(f"{stat.size / 2**20:8.2f} MiB {stat.count:9d} blocks  {stat.traceback.format()[0].strip()}")
+            if by == "traceback":
+                lines += ["        " + f.strip() for f in stat.traceback.format()[1:]]
+        return web.Response(text="\n".join(lines) + "\n")
 
     @staticmethod
     def _check(fn: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], asyncio.Future[web.Response]]:

@@ -18,6 +18,8 @@ Per run, on one fresh fleet (`fleet up --dense`), all measured in the same run:
   - a staged rollout over 10 zone waves (no gates: each wave starts when the last is healthy), wall time.
 
 Usage: python -m e2e.bench.scale [--members 10,25,50] [--aps 200] [--samples 50] [--json FILE]
+With PYTHONTRACEMALLOC=1 in the environment the controller traces its allocations (slower) and the
+bench prints its /debug/memory after each bulk.
 It needs about 330 MiB per member (50 members: 17 GiB) and takes about 25 minutes on 2 cores.
 """
 
@@ -236,6 +238,9 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         await asyncio.sleep(3)
         out["loaded_rss_mib"] = rss_mib(pid)
         out["peak_rss_mib"] = rss_mib(pid, "VmHWM")
+        if os.environ.get("PYTHONTRACEMALLOC"):
+            _, text = await asyncio.to_thread(ctl.http, "/debug/memory?top=25", 120.0)
+            print(text, flush=True)
 
         print(f"  latency: {samples} single edits, hub -> all {n} members ...", flush=True)
         lat = await latency(hub, members, ns, samples, aps, make_template=template)
