@@ -566,6 +566,8 @@ class MemberRegistry:
             await member.istiod.stop()
             member.istiod = None
         member.watches.clear()
+        member.parked.clear()  # a new client starts with a new cache: every kind is listed again
+        member.waking.clear()
         with contextlib.suppress(KeyError):
             metrics.member_watches.remove(member.name)
         if member.client is not None:

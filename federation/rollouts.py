@@ -59,7 +59,7 @@ from accesspoint.rollout import (
     RolloutState,
     step,
 )
-from federation import shards
+from federation import shards, telemetry
 from federation.controller import Controller
 from federation.hubwriter import resource_version
 from federation.kube import ApiError, KubeClient
@@ -250,6 +250,7 @@ class Rollouts:
             if (r.hash, r.number) not in fresh:
                 try:
                     await self.hub.delete(f"{path}/{revision_object_name(ap.name, r.hash)}")
+                    telemetry.count("hub_writes", kind="revision")
                 except ApiError as err:
                     if err.status != 404:
                         raise
@@ -271,11 +272,13 @@ class Rollouts:
             }
             try:
                 await self.hub.create(path, body, field_manager=MANAGER)
+                telemetry.count("hub_writes", kind="revision")
             except ApiError as err:
                 if err.status != 409:
                     raise
                 await self.hub.delete(f"{path}/{name}")
                 await self.hub.create(path, body, field_manager=MANAGER)
+                telemetry.count("hub_writes", 2, kind="revision")
         self.histories[uid] = new
         return new
 
@@ -447,6 +450,7 @@ class Rollouts:
         shards.check()
         try:
             created = await self.hub.create(APPROVALS.format(ns=ap.namespace), obj, field_manager=MANAGER)
+            telemetry.count("hub_writes", kind="approval")
             self.approvals.setdefault(key, created)
         except ApiError as err:
             if err.status != 409:
