@@ -31,7 +31,8 @@ from fleet.testing import (
 
 pytestmark = pytest.mark.e2e
 
-FLEET = {"members": 1, "regions": 1, "zones": 1}
+# No VIP allocator: its own watch of Services would come and go in the member's count of watches.
+FLEET = {"members": 1, "regions": 1, "zones": 1, "vip_allocator": False}
 AP = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
 SIDECARS = "/apis/networking.istio.io/v1/namespaces/{ns}/sidecars"
 SERVICES = "/api/v1/namespaces/{ns}/services"

@@ -3,8 +3,9 @@
 Owns: building a KubeClient from a MemberCluster's kubeconfig Secret, probing /readyz, /version and
 API discovery (-> Reachable/Ready facts and which managed kinds the member serves: a kind whose CRD
 is missing is neither watched nor written), and list+watch caches of every object this hub owns
-in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint (whole objects,
-status included: Istio's analyzer verdict is read from there), and the member's IstiodMonitor
+in the member (label `meshfed.io/hub=<hub id>`), indexed by owning AccessPoint (whole objects but
+their managedFields, keys interned (`slim`); status included: Istio's analyzer verdict is read from
+there), and the member's IstiodMonitor
 (federation/istiod.py) when spec.istiod is set. Also: every member's mesh role judged against the
 others (placement.mesh: `Member.mesh`, `remotes_of`), and, for followWorkload, a metadata-only watch of
 Deployments in the namespaces it names (`follow_workloads_in`). Changes are reported through callbacks;
@@ -25,6 +26,14 @@ Members are unreliable (a hung, slow, wiped or replaced API server; README "Sick
   kind (`reset`). Every `verify_interval` seconds each kind is listed again, metadata only, and
   compared with the cache by uid/resourceVersion; a disagreement relists that kind. A cache error
   therefore lasts at most verify_interval + one list (default 60 s + a second).
+
+Watch on demand: every kind the member serves is listed once (at start, with a new client, after a
+reset or a shard-filter change), so objects of ours of a kind no template uses any more are found; a
+kind stays watched while some AccessPoint plans it there (`want`, from the controller's plan) or objects
+of ours of it are cached, and its watch stops with the last of them (`parked`). A parked kind wanted
+again is listed first (`waking`): plans needing it wait for that list, and it reconciles the
+AccessPoints that wait. The verification lists parked kinds too (metadata only): one of ours appearing
+there (an older replica's write, a restore) brings its watch back. `meshfed_member_watches{cluster}`.
 
 Shard filter (several replicas, federation/shards.py): with `set_shard_filter(held)` the watches
 select only objects labelled `meshfed.io/shard in (held)` (every watch re-lists when the held set

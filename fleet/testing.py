@@ -425,13 +425,15 @@ async def wait_balanced(hub: KubeClient, replicas: Iterable[ControllerProcess], 
 
 async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
                       topology: list[tuple[str, str, str]] | None = None, istio: bool = False,
-                      backends: int = 1, remotes: dict[str, str] | None = None, mesh_wide: bool = False) -> Fleet:
+                      backends: int = 1, remotes: dict[str, str] | None = None, mesh_wide: bool = False,
+                      vip_allocator: bool = True) -> Fleet:
     """A fleet in `root`; with `istio`, every member runs istiod + a gateway Envoy and `backends` echo backends
-    (`remotes`: member -> primary, Istio remotes in primary-remote zones; `mesh_wide`; see Fleet.up)."""
+    (`remotes`: member -> primary, Istio remotes in primary-remote zones; `mesh_wide`, `vip_allocator`: see
+    Fleet.up)."""
     fleet = Fleet(root)
     try:
         await fleet.up(members=members, regions=regions, zones=zones, topology=topology, istio=istio,
-                       backends=backends, remotes=remotes, mesh_wide=mesh_wide)
+                       backends=backends, remotes=remotes, mesh_wide=mesh_wide, vip_allocator=vip_allocator)
     except BaseException:
         fleet.down(purge=False)
         raise
@@ -445,10 +447,10 @@ async def start_fleet(root: Path, members: int = 3, regions: int = 2, zones: int
 async def running_fleet(root: Path, members: int = 3, regions: int = 2, zones: int = 3,
                         topology: list[tuple[str, str, str]] | None = None, istio: bool = False,
                         backends: int = 1, remotes: dict[str, str] | None = None,
-                        mesh_wide: bool = False) -> AsyncIterator[Fleet]:
+                        mesh_wide: bool = False, vip_allocator: bool = True) -> AsyncIterator[Fleet]:
     """`start_fleet`, brought down (state kept on disk for post-mortems) on exit."""
     fleet = await start_fleet(root, members=members, regions=regions, zones=zones, topology=topology, istio=istio,
-                              backends=backends, remotes=remotes, mesh_wide=mesh_wide)
+                              backends=backends, remotes=remotes, mesh_wide=mesh_wide, vip_allocator=vip_allocator)
     try:
         yield fleet
     finally:
