@@ -103,6 +103,11 @@ class Deadlines:
 # A member's API server: a hung one is noticed within seconds (federation/lanes.py opens its circuit
 # breaker on the first timeout), while one answering 2 s late still gets its writes through.
 MEMBER_DEADLINES = Deadlines(connect=3.0, first_byte=6.0, total=10.0)
+# Connections for a member's requests (its watches have their own, one each). Each TLS connection holds a
+# 256 KiB read buffer (asyncio's SSLProtocol): with kubernetes-asyncio's pool of 100, a bulk of 16
+# AccessPoints in flight left ~100 connections per member open, 137 MiB of the controller's 214 MiB
+# traced with 10 members (e2e/bench/scale.py, PYTHONTRACEMALLOC). More requests wait for a free one.
+MEMBER_CONNECTIONS = 8
 
 
 class stop_before_deadline(stop_base):  # named like tenacity's own stop conditions
@@ -464,11 +469,14 @@ def in_cluster_config(environ: Mapping[str, str] | None = None,
 
 
 class KubeClient:
-    def __init__(self, api: ApiClient, name: str, *, attempts: int = 3, deadlines: Deadlines | None = None) -> None:
+    def __init__(self, api: ApiClient, name: str, *, attempts: int = 3, deadlines: Deadlines | None = None,
+                 connections: int | None = None) -> None:
         self.api = api
         self.name = name
         self.host = str(api.configuration.host or "").rstrip("/")
         self.attempts = attempts
+        # Connections for requests (None: kubernetes-asyncio's pool size); watches do not count.
+        self.connections = connections or api.configuration.connection_pool_maxsize or 64
         self.deadlines = deadlines or Deadlines()
         # Requests in flight (id -> monotonic start) and when an answer last came back: `stalled()`
         # tells a hung or slow server from a busy one without waiting for a deadline.
@@ -483,16 +491,25 @@ class KubeClient:
         if cfg.tls_server_name:
             self.request_options["server_hostname"] = cfg.tls_server_name
         self._session: aiohttp.ClientSession | None = None
+        self._watch_session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """Our own session (created lazily inside the running loop) with trust_env off; the proxy
-        is resolved once (`_proxy_for`). Same TLS settings and pool size as kubernetes-asyncio's."""
+        """Our own session for requests (created lazily inside the running loop) with trust_env off; the
+        proxy is resolved once (`_proxy_for`). kubernetes-asyncio's TLS settings; `connections` at most."""
         if self._session is None:
-            cfg = self.api.configuration
-            connector = aiohttp.TCPConnector(limit=cfg.connection_pool_maxsize or 64, ssl=_ssl_context(cfg))
+            connector = aiohttp.TCPConnector(limit=self.connections, ssl=_ssl_context(self.api.configuration))
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
         return self._session
+
+    @property
+    def watch_session(self) -> aiohttp.ClientSession:
+        """The session of watches: a connection each, for as long as the watch lasts, apart from the
+        requests' pool (a watch never waits for a request's connection, nor a request for a watch's)."""
+        if self._watch_session is None:
+            connector = aiohttp.TCPConnector(limit=0, ssl=_ssl_context(self.api.configuration))
+            self._watch_session = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
+        return self._watch_session
 
     def stalled(self, after: float, now: float | None = None) -> float | None:
         """Since when (monotonic) a request has waited more than `after` seconds with no answer to any
@@ -511,15 +528,16 @@ class KubeClient:
 
     @classmethod
     async def from_kubeconfig(cls, config: Kubeconfig, name: str, *, attempts: int = 3,
-                              deadlines: Deadlines | None = None) -> KubeClient:
+                              deadlines: Deadlines | None = None, connections: int | None = None) -> KubeClient:
         return cls(ApiClient(configuration=await load_configuration(config)), name, attempts=attempts,
-                   deadlines=deadlines)
+                   deadlines=deadlines, connections=connections)
 
     @classmethod
     async def from_kubeconfig_dict(cls, config: Mapping[str, Any], name: str, *, attempts: int = 3,
-                                   deadlines: Deadlines | None = None) -> KubeClient:
+                                   deadlines: Deadlines | None = None,
+                                   connections: int | None = None) -> KubeClient:
         return await cls.from_kubeconfig(kubeconfig_from_dict(config, source=name), name, attempts=attempts,
-                                         deadlines=deadlines)
+                                         deadlines=deadlines, connections=connections)
 
     @classmethod
     async def from_kubeconfig_file(cls, path: str, name: str, *, attempts: int = 3,
@@ -544,8 +562,9 @@ class KubeClient:
         return cls(ApiClient(configuration=cfg), name)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._watch_session):
+            if session is not None:
+                await session.close()
         await self.api.close()
 
     async def _headers(self, content_type: str, accept: str = "application/json") -> dict[str, str]:
@@ -713,7 +732,7 @@ class KubeClient:
         if field_selector:
             query["fieldSelector"] = field_selector
         headers = await self._headers("application/json", METADATA if metadata_only else "application/json")
-        session = self.session
+        session = self.watch_session
         try:
             async with session.get(
                 self.host + path,

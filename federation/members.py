@@ -63,7 +63,7 @@ from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics
 from federation.istiod import IstiodMonitor
-from federation.kube import MEMBER_DEADLINES, METADATA_LIST, ApiError, Gone, KubeClient
+from federation.kube import MEMBER_CONNECTIONS, MEMBER_DEADLINES, METADATA_LIST, ApiError, Gone, KubeClient
 from federation.shards import SHARD_LABEL
 from placement.mesh import RoleVerdict, remote_refusal, role_verdicts
 from placement.models import ClusterFacts, MemberCluster, WorkloadFact
@@ -609,7 +609,8 @@ class MemberRegistry:
         await self._stop(member)
         try:
             member.client = await KubeClient.from_kubeconfig_dict(yaml.safe_load(text), member.name, attempts=2,
-                                                                  deadlines=MEMBER_DEADLINES)
+                                                                  deadlines=MEMBER_DEADLINES,
+                                                                  connections=MEMBER_CONNECTIONS)
         except Exception as exc:  # a malformed kubeconfig is user input: report it, do not crash
             member.kubeconfig_error = f"invalid kubeconfig in Secret: {type(exc).__name__}: {exc}"
             member.probe = Probe(reachable=None, ready=False, message=member.kubeconfig_error, at=time.time())
