@@ -2,12 +2,15 @@
 cannot hold. Pure (no I/O, no clock); imports only the standard library.
 
 What one replica costs, as measured:
-  memory  = base + per_member x members it connects to + per_object x member objects it caches
+  memory  = base + per_member x members it connects to
+            + connections per member x members x CONNECTION_KIB (each TLS connection's buffers)
+            + per_object x member objects it caches
   CPU     = cpu_per_object x member objects it writes (bulk propagation, the controller's process)
   hub writes = writes_per_ap x AccessPoints it owns (status, Events, revisions, finalizers; Leases apart)
 The per-member and base terms come from the controller idle with its members connected and no
-AccessPoint (a least-squares line over the runs); the per-object terms from the same runs loaded
-(what the bulk added, over the objects it added). Shards split AccessPoints, not members: every
+AccessPoint (a least-squares line over the runs); the connections per member from the runs loaded
+(watches and request pool, counted by the bench); the per-object terms from the same runs loaded (what
+the bulk added, less those connections, over the objects it added). Shards split AccessPoints, not members: every
 replica watches every member, so with R replicas each holds 1/R of the objects and all of the members.
 """
 
@@ -15,6 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+# What one open TLS connection to an API server costs the controller: asyncio's SSLProtocol read buffer
+# and the rest of its state. Measured: tracemalloc counted 38.5 MiB in 308 such buffers at 10 members
+# (e2e/bench/scale.py with PYTHONTRACEMALLOC=1, 2026-12-04), 128 KiB each.
+CONNECTION_KIB = 128.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +36,7 @@ class Run:
     loaded_rss_mib: float  # the same controller after the bulk (every member object cached)
     bulk_cpu_s: float  # controller CPU seconds from the first create until all Applied
     hub_writes: int  # the controller's hub writes during the bulk (Leases apart)
+    connections_per_member: float = 0.0  # the controller's TCP connections to each member, loaded
 
 
 @dataclass(frozen=True)
@@ -37,9 +46,11 @@ class Model:
     per_object_kib: float
     cpu_ms_per_object: float
     hub_writes_per_ap: float
+    connections_per_member: float = 0.0
 
     def rss_mib(self, members: int, objects: float) -> float:
-        return self.base_mib + self.per_member_mib * members + self.per_object_kib * objects / 1024
+        connections_kib = self.connections_per_member * members * CONNECTION_KIB
+        return self.base_mib + self.per_member_mib * members + (connections_kib + self.per_object_kib * objects) / 1024
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,7 @@ class Projection:
     aps: int
     objects_per_ap: int
     replicas: int
+    clusters_per_ap: int
     objects_per_replica: int
     rss_mib_per_replica: float
     bulk_cpu_s_per_replica: float  # CPU to write its share once (e.g. after a template change of all)
@@ -73,24 +85,30 @@ def fit(runs: Sequence[Run]) -> Model:
     if not runs or objects <= 0:
         raise ValueError("fit needs at least one run with member objects")
     base, per_member = line([r.members for r in runs], [r.idle_rss_mib for r in runs])
-    added_mib = sum(max(0.0, r.loaded_rss_mib - r.idle_rss_mib) for r in runs)
+    connections = sum(r.connections_per_member * r.members for r in runs) / sum(r.members for r in runs)
+    added_mib = sum(max(0.0, r.loaded_rss_mib - r.idle_rss_mib - r.connections_per_member * r.members *
+                        CONNECTION_KIB / 1024) for r in runs)
     return Model(
         base_mib=base,
         per_member_mib=max(0.0, per_member),
         per_object_kib=added_mib * 1024 / objects,
         cpu_ms_per_object=sum(r.bulk_cpu_s for r in runs) * 1000 / objects,
         hub_writes_per_ap=sum(r.hub_writes for r in runs) / max(1, sum(r.aps for r in runs)),
+        connections_per_member=connections,
     )
 
 
-def project(model: Model, members: int, aps: int, objects_per_ap: int, replicas: int) -> Projection:
-    """Every AccessPoint placed on every member (the worst case), shards split evenly over `replicas`."""
+def project(model: Model, members: int, aps: int, objects_per_ap: int, replicas: int,
+            clusters_per_ap: int | None = None) -> Projection:
+    """Each AccessPoint placed on `clusters_per_ap` members (None: on every member, the worst case), shards
+    split evenly over `replicas`."""
     if replicas < 1:
         raise ValueError("replicas must be at least 1")
-    objects = members * aps * objects_per_ap
+    spread = members if clusters_per_ap is None else min(clusters_per_ap, members)
+    objects = spread * aps * objects_per_ap
     share = -(-objects // replicas)  # the busiest replica's share, rounded up
     return Projection(
-        members=members, aps=aps, objects_per_ap=objects_per_ap, replicas=replicas,
+        members=members, aps=aps, objects_per_ap=objects_per_ap, replicas=replicas, clusters_per_ap=spread,
         objects_per_replica=share,
         rss_mib_per_replica=model.rss_mib(members, share),
         bulk_cpu_s_per_replica=model.cpu_ms_per_object * share / 1000,

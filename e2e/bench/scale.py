@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e.bench.costmodel import Run, check, fit, project
+from e2e.bench.costmodel import CONNECTION_KIB, Run, check, fit, project
 from e2e.bench.propagation import (
     AP_PATH,
     AppliedTracker,
@@ -52,6 +52,7 @@ from fleet.testing import ControllerProcess, diff_breakdown, request_breakdown
 
 OBJECTS_PER_AP = 3
 ZONE_WAVES = 10
+ZONE_SPREAD = 30  # the projection's other placement: each AccessPoint on one zone of ~30 clusters
 WORKERS = 16
 
 
@@ -273,7 +274,8 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
 def as_run(r: dict[str, Any]) -> Run:
     return Run(members=r["members"], aps=r["aps"], member_objects=r["member_objects"],
                idle_rss_mib=r["idle_rss_mib"], loaded_rss_mib=r["loaded_rss_mib"],
-               bulk_cpu_s=r["bulk_controller_cpu_s"], hub_writes=r["bulk_hub_writes"])
+               bulk_cpu_s=r["bulk_controller_cpu_s"], hub_writes=r["bulk_hub_writes"],
+               connections_per_member=r.get("connections_per_member", 0.0))
 
 
 def report(runs: list[dict[str, Any]]) -> str:
@@ -307,25 +309,31 @@ def report(runs: list[dict[str, Any]]) -> str:
         last = runs[-1]
         lines += ["", f"cost model, fitted to the {', '.join(str(r['members']) for r in runs[:-1])}-member runs: "
                       f"base {model.base_mib:.0f} MiB + {model.per_member_mib:.2f} MiB per member + "
+                      f"{model.connections_per_member:.1f} connections per member x {CONNECTION_KIB:.0f} KiB + "
                       f"{model.per_object_kib:.2f} KiB per member object; {model.cpu_ms_per_object:.3f} ms CPU per "
                       f"member object; {model.hub_writes_per_ap:.1f} hub writes per AccessPoint",
                   f"check against the {last['members']}-member run: predicted RSS "
                   f"{model.rss_mib(last['members'], last['member_objects']):.0f} MiB, measured "
                   f"{last['loaded_rss_mib']:.0f} MiB (ratio {check(model, as_run(last)):.2f})",
-                  "", "projection (every AccessPoint on every member, 3 objects each):",
-                  "| members | AccessPoints | replicas | member objects per replica | RSS per replica "
+                  "", f"projection, 2,000 AccessPoints of {OBJECTS_PER_AP} objects, shards split over the replicas "
+                      "(every replica watches every member):",
+                  "| members | each AccessPoint on | replicas | member objects per replica | RSS per replica "
                   "| CPU to write its share once | hub writes per replica |",
                   "|---|---|---|---|---|---|---|"]
         for members in (200, 1000):
-            for replicas in (1, 3, 10):
-                p = project(model, members, 2000, OBJECTS_PER_AP, replicas)
-                lines.append(f"| {members} | 2,000 | {replicas} | {p.objects_per_replica:,} | "
-                             f"{p.rss_mib_per_replica / 1024:.2f} GiB | {p.bulk_cpu_s_per_replica / 60:.0f} min | "
-                             f"{p.hub_writes_per_replica:,.0f} |")
+            for spread, label in ((None, "every member"), (ZONE_SPREAD, f"{ZONE_SPREAD} members (a zone)")):
+                for replicas in (1, 3, 10):
+                    p = project(model, members, 2000, OBJECTS_PER_AP, replicas, spread)
+                    lines.append(f"| {members} | {label} | {replicas} | {p.objects_per_replica:,} | "
+                                 f"{p.rss_mib_per_replica / 1024:.2f} GiB | {p.bulk_cpu_s_per_replica / 60:.0f} min | "
+                                 f"{p.hub_writes_per_replica:,.0f} |")
     return "\n".join(lines)
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.report:  # the report of runs saved with --json, again (after a change to the model or the table)
+        print(report(json.loads(await asyncio.to_thread(Path(args.report).read_text))))
+        return
     runs = []
     for n in args.members:
         runs.append(await one_run(n, args.aps, args.samples))
@@ -340,5 +348,6 @@ if __name__ == "__main__":
     parser.add_argument("--aps", type=int, default=200)
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--json", default="", help="also write the runs' figures to this file")
+    parser.add_argument("--report", default="", help="print the report of the runs in this --json file; run nothing")
     tune_gc()
     asyncio.run(main(parser.parse_args()))

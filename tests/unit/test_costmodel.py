@@ -6,16 +6,18 @@ import math
 
 import pytest
 
-from e2e.bench.costmodel import Model, Run, check, fit, line, project
+from e2e.bench.costmodel import CONNECTION_KIB, Model, Run, check, fit, line, project
 
 
 def run(members: int, aps: int = 200, objects_per_ap: int = 3, *, base: float = 100.0, per_member: float = 2.0,
-        per_object_kib: float = 1.5, cpu_ms: float = 0.4, writes_per_ap: float = 4.0) -> Run:
+        per_object_kib: float = 1.5, cpu_ms: float = 0.4, writes_per_ap: float = 4.0,
+        connections: float = 0.0) -> Run:
     objects = members * aps * objects_per_ap
     idle = base + per_member * members
     return Run(members=members, aps=aps, member_objects=objects, idle_rss_mib=idle,
-               loaded_rss_mib=idle + per_object_kib * objects / 1024, bulk_cpu_s=cpu_ms * objects / 1000,
-               hub_writes=round(writes_per_ap * aps))
+               loaded_rss_mib=idle + (per_object_kib * objects + connections * members * CONNECTION_KIB) / 1024,
+               bulk_cpu_s=cpu_ms * objects / 1000, hub_writes=round(writes_per_ap * aps),
+               connections_per_member=connections)
 
 
 @pytest.mark.parametrize(("xs", "ys", "expected"), [
@@ -38,6 +40,14 @@ def test_fit_recovers_the_terms_the_runs_were_made_with() -> None:
     assert check(model, run(50)) == pytest.approx(1.0), "a third run made the same way is predicted exactly"
 
 
+def test_connections_are_a_cost_per_member_not_per_object() -> None:
+    model = fit([run(10, connections=4.0), run(25, connections=4.0)])
+    assert model.connections_per_member == pytest.approx(4.0)
+    assert model.per_object_kib == pytest.approx(1.5), "the connections' buffers are not counted per object"
+    assert check(model, run(50, connections=4.0)) == pytest.approx(1.0)
+    assert model.rss_mib(1000, 0) == pytest.approx(100 + 2.0 * 1000 + 4.0 * 1000 * CONNECTION_KIB / 1024)
+
+
 def test_check_says_how_far_off_a_run_is() -> None:
     model = fit([run(10), run(25)])
     heavier = run(50, per_object_kib=3.0)
@@ -56,6 +66,15 @@ def test_projection_splits_objects_not_members_over_replicas() -> None:
     assert ten.hub_writes_per_replica == pytest.approx(800.0)
     three = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=3)
     assert three.objects_per_replica == 2_000_000 and math.isclose(three.hub_writes_per_replica, 8000 / 3)
+
+
+def test_projection_of_a_placement_on_some_members_only() -> None:
+    model = Model(base_mib=100.0, per_member_mib=1.0, per_object_kib=1.0, cpu_ms_per_object=0.5,
+                  hub_writes_per_ap=4.0)
+    zone = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=10, clusters_per_ap=30)
+    assert zone.clusters_per_ap == 30 and zone.objects_per_replica == 18_000
+    assert zone.rss_mib_per_replica == pytest.approx(100 + 1000 + 18_000 / 1024), "members still all watched"
+    assert project(model, 10, 1, 1, 1, clusters_per_ap=50).clusters_per_ap == 10
 
 
 @pytest.mark.parametrize("bad", [[], [Run(10, 0, 0, 1.0, 1.0, 0.0, 0)]])
