@@ -118,6 +118,20 @@ async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, worke
     return time.monotonic() - start
 
 
+async def create_accesspoints(hub: KubeClient, ns: str, count: int, workers: int,
+                              build: Callable[[str, str], dict[str, Any]] | None = None) -> None:
+    """Create AccessPoints ap-0 .. ap-<count-1> in `ns` (`build(ns, name)`, default `accesspoint`),
+    `workers` at a time."""
+    build = build or accesspoint
+    sem = asyncio.Semaphore(workers)
+
+    async def create(i: int) -> None:
+        async with sem:
+            await hub.create(AP_PATH.format(ns=ns), build(ns, f"ap-{i}"), field_manager="bench")
+
+    await asyncio.gather(*(create(i) for i in range(count)))
+
+
 def applied(item: dict[str, Any], members: int) -> bool:
     st = item.get("status") or {}
     conds = {c["type"]: c["status"] for c in st.get("conditions") or []}
@@ -292,13 +306,7 @@ async def main(args: argparse.Namespace) -> None:
         cpu0 = meter.sample()
         hub_writes0 = await request_breakdown(hub)
         member_requests0 = await all_requests(members)
-        sem = asyncio.Semaphore(args.workers)
-
-        async def create(i: int) -> None:
-            async with sem:
-                await hub.create(AP_PATH.format(ns=ns), accesspoint(ns, f"ap-{i}"), field_manager="bench")
-
-        await asyncio.gather(*(create(i) for i in range(args.aps)))
+        await create_accesspoints(hub, ns, args.aps, args.workers)
         try:
             await tracker.wait_for(args.aps, 900)
         except TimeoutError:

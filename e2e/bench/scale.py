@@ -41,6 +41,7 @@ from e2e.bench.propagation import (
     AppliedTracker,
     baseline,
     cpu_seconds,
+    create_accesspoints,
     ensure_ns,
     latency,
     pct,
@@ -216,13 +217,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         hub0 = await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY", "DELETE"))
         ctl_cpu0, hub_cpu0 = cpu_seconds(pid), cpu_seconds(fleet.state.hub.pid)
         started = time.monotonic()
-        sem = asyncio.Semaphore(WORKERS)
-
-        async def create(i: int) -> None:
-            async with sem:
-                await hub.create(AP_PATH.format(ns=ns), accesspoint(ns, f"ap-{i}"), field_manager="bench")
-
-        await asyncio.gather(*(create(i) for i in range(aps)))
+        await create_accesspoints(hub, ns, aps, WORKERS, build=accesspoint)
         try:
             await tracker.wait_for(aps, 1800)
         except TimeoutError:
