@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -244,21 +246,35 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
             _, text = await asyncio.to_thread(ctl.http, "/debug/memory?top=25", 120.0)
             print(text, flush=True)
 
+        # A phase that fails is reported as failed (with what the controller says of its Leases), and the
+        # figures of the others are kept.
         print(f"  latency: {samples} single edits, hub -> all {n} members ...", flush=True)
-        lat = await latency(hub, members, ns, samples, aps, make_template=template)
-        out["edit_p50_ms"] = statistics.median(lat) * 1000
-        out["edit_p99_ms"] = pct(lat, 99) * 1000
-        out["edit_max_ms"] = max(lat) * 1000
-
+        try:
+            lat = await latency(hub, members, ns, samples, aps, make_template=template)
+            out["edit_p50_ms"] = statistics.median(lat) * 1000
+            out["edit_p99_ms"] = pct(lat, 99) * 1000
+            out["edit_max_ms"] = max(lat) * 1000
+        except AssertionError as err:
+            out["edit_error"] = str(err)
         print(f"  staged rollout over {len(zones)} zone waves ...", flush=True)
         out["rollout_waves"] = len(zones)
-        out["rollout_s"] = await rollout(hub, members, zones, ns)
+        try:
+            out["rollout_s"] = await rollout(hub, members, zones, ns)
+        except SystemExit as err:
+            out["rollout_error"] = str(err)
+        lost = await controller_metric(ctl, "meshfed_lease_transitions_total")
+        out["lease_losses"] = int(sum(v for k, v in lost.items() if 'transition="lost"' in k))
         assert ctl.proc is not None and ctl.proc.poll() is None, ctl.log_tail()
         return out
     except BaseException:
         print("---- controller log (tail) ----\n" + ctl.log_tail(4000))
         raise
     finally:
+        if "edit_error" in out or "rollout_error" in out:
+            kept = Path(tempfile.gettempdir()) / f"meshfed-scale-{n}-controller.log"
+            with contextlib.suppress(OSError):
+                shutil.copy(root / "controller.log", kept)
+            print(f"  a phase failed: the controller's log is kept in {kept}", flush=True)
         ctl.stop()
         await hub.close()
         for c in members.values():
@@ -295,8 +311,13 @@ def report(runs: list[dict[str, Any]]) -> str:
             f"{r['bulk_controller_cpu_s'] * 1000 / r['member_objects']:.2f} ms | "
             f"{r['idle_rss_mib']:.0f} / {r['loaded_rss_mib']:.0f} MiB | {per_object_kib:.2f} KiB | "
             f"{r['bulk_hub_writes'] / r['member_objects']:.3f} | "
-            f"{r['edit_p50_ms']:.0f} / **{r['edit_p99_ms']:.0f} ms** | {r['rollout_s']:.1f} s |")
+            + (f"{r['edit_p50_ms']:.0f} / **{r['edit_p99_ms']:.0f} ms** | " if "edit_p50_ms" in r else "failed | ")
+            + (f"{r['rollout_s']:.1f} s |" if "rollout_s" in r else "failed |"))
     for r in runs:
+        for phase in ("edit_error", "rollout_error"):
+            if phase in r:
+                lines.append(f"  {r['members']} members, {phase.split('_')[0]} failed: {r[phase]} "
+                             f"(Leases lost by the controller in the run: {r.get('lease_losses', '?')})")
         lines.append(f"  {r['members']} members: controller hub writes during the bulk {r['bulk_hub_writes_by_kind']}; "
                      f"hub API server mutations {r['bulk_hub_apiserver_mutations']}")
     if len(runs) >= 2:
