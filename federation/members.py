@@ -798,7 +798,8 @@ class MemberRegistry:
                 self._park(member, MANAGED_KINDS[kind_id])
 
     def _park(self, member: Member, kind: Kind) -> None:
-        """Stop watching `kind` on `member` (called from its own watch task, which then returns)."""
+        """Mark `kind` unwatched on `member`: its watch task returns right after (called from it) or was
+        just cancelled (`_park_unused`)."""
         member.watches.pop(kind.id, None)
         member.parked.add(kind.id)
         self._count_watches(member)
