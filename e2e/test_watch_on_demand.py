@@ -12,7 +12,6 @@ which watches are open (apiserver_longrunning_requests) and which kinds were lis
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
@@ -24,6 +23,7 @@ from fleet.testing import (
     create_namespace,
     eventually,
     metric_value,
+    open_watches,
     request_breakdown,
     running_controller,
     wait_condition,
@@ -36,18 +36,6 @@ FLEET = {"members": 1, "regions": 1, "zones": 1, "vip_allocator": False}
 AP = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
 SIDECARS = "/apis/networking.istio.io/v1/namespaces/{ns}/sidecars"
 SERVICES = "/api/v1/namespaces/{ns}/services"
-_WATCH = re.compile(r'^apiserver_longrunning_requests\{([^}]*)\}\s+([0-9.e+]+)$')
-
-
-async def open_watches(member: KubeClient) -> dict[str, int]:
-    """Watches the member's API server is serving now, by resource (its own gauge)."""
-    out: dict[str, int] = {}
-    for line in (await member.request_text("/metrics")).splitlines():
-        m = _WATCH.match(line)
-        if m and 'verb="WATCH"' in m.group(1) and float(m.group(2)) > 0:
-            resource = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))["resource"]
-            out[resource] = out.get(resource, 0) + int(float(m.group(2)))
-    return out
 
 
 async def lists_of(member: KubeClient, resource: str) -> int:

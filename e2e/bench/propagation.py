@@ -220,11 +220,16 @@ async def all_requests(members: dict[str, KubeClient]) -> dict[str, int]:
     return total
 
 
-def peak_rss_mb(pid: int) -> float:
+def rss_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of process `pid` from /proc/<pid>/status (VmRSS now, VmHWM its peak), MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mb(pid: int) -> float:
+    return rss_mib(pid, "VmHWM")
 
 
 async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samples: int, aps: int,

@@ -47,11 +47,12 @@ from e2e.bench.propagation import (
     ensure_ns,
     latency,
     pct,
+    rss_mib,
 )
 from federation.gcpolicy import tune_gc
 from federation.kube import KubeClient
 from fleet import Fleet
-from fleet.testing import ControllerProcess, diff_breakdown, request_breakdown
+from fleet.testing import ControllerProcess, diff_breakdown, open_watches, request_breakdown
 
 OBJECTS_PER_AP = 3
 ZONE_WAVES = 10
@@ -76,13 +77,6 @@ def template(tag: str = "v0") -> list[dict[str, Any]]:
 def accesspoint(ns: str, name: str, tag: str = "v0", waves: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint", "metadata": {"name": name, "namespace": ns},
             "spec": {"template": template(tag), "rollout": {"waves": waves or [{"name": "all"}]}}}
-
-
-def rss_mib(pid: int, field: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def connections_to(pid: int, ports: set[int]) -> int:
@@ -110,13 +104,8 @@ def connections_to(pid: int, ports: set[int]) -> int:
 
 
 async def watches(client: KubeClient) -> int:
-    """WATCH requests the API server is serving now (apiserver_longrunning_requests)."""
-    text = await client.request_text("/metrics")
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("apiserver_longrunning_requests{") and 'verb="WATCH"' in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    """WATCH requests the API server is serving now."""
+    return sum((await open_watches(client)).values())
 
 
 async def controller_metric(ctl: ControllerProcess, name: str) -> dict[str, float]:
