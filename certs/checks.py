@@ -10,13 +10,20 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from certs.issuers import CertBundle, load_key
+
+# How far ahead of ours the clock that stamped a fresh certificate may run: a notBefore up to this
+# far in the future is taken. A CA that does not backdate (Pebble) stamps its own time of issue,
+# and the SDS server may run on another machine than the hub. cert-manager does not check
+# notBefore at all; refusing would re-order and spend the CA's rate limit on a certificate that
+# becomes valid on its own.
+ISSUER_CLOCK_SKEW = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,11 @@ def check_pem(
     hosts: Sequence[str],
     now: datetime,
     ca_pem: bytes = b"",
+    *,
+    not_before_slack: timedelta = timedelta(0),
 ) -> CheckResult:
-    """Every problem with serving (cert_pem, key_pem) for `hosts` at `now`."""
+    """Every problem with serving (cert_pem, key_pem) for `hosts` at `now`. A notBefore up to
+    `not_before_slack` after `now` is not a problem (another clock stamped it)."""
     problems: list[Problem] = []
     try:
         chain = load_chain(cert_pem)
@@ -119,16 +129,14 @@ def check_pem(
     else:
         if _public_der(key.public_key()) != _public_der(leaf.public_key()):
             problems.append(Problem("KeyMismatch", "the private key does not match the certificate"))
-    if now < leaf.not_valid_before_utc:
+    if now + not_before_slack < leaf.not_valid_before_utc:
         problems.append(Problem("NotYetValid", f"valid from {leaf.not_valid_before_utc.isoformat()}"))
     if now >= leaf.not_valid_after_utc:
         problems.append(Problem("Expired", f"expired at {leaf.not_valid_after_utc.isoformat()}"))
     names = san_names(leaf)
     missing = [h for h in hosts if not host_covered(h, names)]
     if missing:
-        problems.append(
-            Problem("HostNotCovered", f"not covered: {', '.join(missing)} (SAN: {', '.join(names)})")
-        )
+        problems.append(Problem("HostNotCovered", f"not covered: {', '.join(missing)} (SAN: {', '.join(names)})"))
     problems.extend(_chain_problems(chain, ca_pem))
     return CheckResult(tuple(problems))
 
@@ -163,8 +171,19 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
-def check_bundle(bundle: CertBundle, now: datetime, hosts: Sequence[str] | None = None) -> CheckResult:
+def check_bundle(
+    bundle: CertBundle,
+    now: datetime,
+    hosts: Sequence[str] | None = None,
+    *,
+    not_before_slack: timedelta = timedelta(0),
+) -> CheckResult:
     """check_pem for a bundle; `hosts` defaults to the hosts it was issued for."""
     return check_pem(
-        bundle.cert_pem, bundle.key_pem, bundle.hosts if hosts is None else hosts, now, bundle.ca_pem
+        bundle.cert_pem,
+        bundle.key_pem,
+        bundle.hosts if hosts is None else hosts,
+        now,
+        bundle.ca_pem,
+        not_before_slack=not_before_slack,
     )

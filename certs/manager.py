@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from time import monotonic
 from typing import Any
 
 from accesspoint.meta import AccessPointRef, Condition, merge_conditions, parse_duration, parse_time, rfc3339
@@ -36,7 +37,7 @@ from certs.acme_issuer import (
     new_account_key_pem,
 )
 from certs.ca import InternalCA
-from certs.checks import check_bundle
+from certs.checks import ISSUER_CLOCK_SKEW, check_bundle
 from certs.delivery import gateway_tls_hosts
 from certs.issuers import CertBundle, IssuanceError, Issuer, issue_bundle, serial_hex
 from certs.models import (
@@ -82,9 +83,7 @@ def desired_certificate(
             "access_point_ref": AccessPointRef(name=access_point),
         }
     )
-    return Certificate(
-        metadata={"name": access_point, "namespace": namespace, "labels": dict(labels or {})}, spec=spec
-    )
+    return Certificate(metadata={"name": access_point, "namespace": namespace, "labels": dict(labels or {})}, spec=spec)
 
 
 # --- issuers ------------------------------------------------------------------------------------
@@ -132,17 +131,13 @@ async def build_issuer(
             e = acme.external_account_binding
             hmac = (await read_secret(e.key_secret_ref) or {}).get(e.key_secret_ref.key or "secret")
             if not hmac:
-                raise IssuanceError(
-                    "ExternalAccountKeyMissing", f"Secret {e.key_secret_ref.name} has no HMAC key"
-                )
+                raise IssuanceError("ExternalAccountKeyMissing", f"Secret {e.key_secret_ref.name} has no HMAC key")
             eab = ExternalAccount(e.key_id, hmac.decode().strip(), e.key_algorithm)
         solver: ChallengeSolver
         if acme.solver.dns01 is not None:
             hook = (dns_hooks or {}).get(acme.solver.dns01.provider_ref)
             if hook is None:
-                raise IssuanceError(
-                    "DNSProviderMissing", f"DNSProvider {acme.solver.dns01.provider_ref} not found"
-                )
+                raise IssuanceError("DNSProviderMissing", f"DNSProvider {acme.solver.dns01.provider_ref} not found")
             solver = Dns01Solver(hook)
         elif http01 is not None:  # a library caller's own HTTP-01 solver (tests, benchmarks)
             solver = http01
@@ -228,6 +223,7 @@ async def reconcile(
         if isinstance(issuer, IssuanceError):
             raise issuer
         reuse = current_key_pem if spec.private_key.rotation_policy == "Never" else None
+        started = monotonic()
         bundle = await issue_bundle(
             issuer,
             spec.hosts,
@@ -236,7 +232,11 @@ async def reconcile(
             size=spec.private_key.size,
             reuse_key_pem=reuse,
         )
-        result = check_bundle(bundle, now, spec.hosts)
+        # Checked as of when the certificate arrived, not when this reconcile began: an ACME order
+        # takes seconds (minutes with DNS-01), and a CA that does not backdate (Pebble) stamps
+        # notBefore with its own time of issue, which is after `now`.
+        arrived = now + timedelta(seconds=monotonic() - started)
+        result = check_bundle(bundle, arrived, spec.hosts, not_before_slack=ISSUER_CLOCK_SKEW)
         if not result.ok:
             raise IssuanceError("IssuedCertificateInvalid", result.message)
     except IssuanceError as err:
@@ -303,9 +303,7 @@ def _delivered(status: CertificateStatus) -> Condition:
         return Condition(type="Delivered", status="False", reason="NotIssued", message="no certificate yet")
     targets = len(status.clusters) + len(status.envoys)
     if targets == 0:
-        return Condition(
-            type="Delivered", status="False", reason="NoTargets", message="not placed on any cluster"
-        )
+        return Condition(type="Delivered", status="False", reason="NoTargets", message="not placed on any cluster")
     errors = [f"{c.name}: {c.last_error}" for c in status.clusters if c.last_error]
     nacks = [f"{e.node}: {e.nack_message}" for e in status.envoys if e.nack_message]
     refused = (
@@ -315,9 +313,7 @@ def _delivered(status: CertificateStatus) -> Condition:
     )
     unknown = [c.name for c in status.clusters if c.revision is None and not c.last_error]
     behind = [  # a cluster that refused the Secret is counted once, with its error
-        c.name
-        for c in status.clusters
-        if c.revision is not None and c.revision != status.revision and not c.last_error
+        c.name for c in status.clusters if c.revision is not None and c.revision != status.revision and not c.last_error
     ]
     stale = [e.node for e in status.envoys if not e.nack_message and not _envoy_current(e, status.serial)]
     ok = targets - len(errors) - len(nacks) - len(unknown) - len(behind) - len(stale)
@@ -368,9 +364,7 @@ def evaluate(status: CertificateStatus, now: datetime) -> CertificateStatus:
     elif failure is not None:
         issued = Condition(type="Issued", status="False", reason=failure.reason, message=failure.message)
     elif expired:
-        issued = Condition(
-            type="Issued", status="False", reason="Expired", message=f"expired at {status.not_after}"
-        )
+        issued = Condition(type="Issued", status="False", reason="Expired", message=f"expired at {status.not_after}")
     else:
         issued = Condition(type="Issued", status="False", reason="Pending", message="not issued yet")
     delivered = _delivered(status)

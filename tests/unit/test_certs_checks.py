@@ -48,10 +48,16 @@ def test_validity_window(good: CertBundle, now: datetime, code: str | None) -> N
     assert check_bundle(good, now).codes == ([code] if code else [])
 
 
+def test_not_before_slack(good: CertBundle) -> None:
+    starts = good.leaf.not_valid_before_utc
+    early = starts - timedelta(seconds=30)
+    assert check_bundle(good, early).codes == ["NotYetValid"]
+    assert check_bundle(good, early, not_before_slack=timedelta(seconds=30)).codes == []
+    assert check_bundle(good, early, not_before_slack=timedelta(seconds=29)).codes == ["NotYetValid"]
+
+
 def test_hosts_not_covered(good: CertBundle) -> None:
-    result = check_bundle(
-        good, NOW, ["a.example.com", "x.apps.example.com", "b.example.com", "y.x.apps.example.com"]
-    )
+    result = check_bundle(good, NOW, ["a.example.com", "x.apps.example.com", "b.example.com", "y.x.apps.example.com"])
     assert result.codes == ["HostNotCovered"]
     assert "b.example.com" in result.message and "y.x.apps.example.com" in result.message
     assert "x.apps.example.com," not in result.message.split("(SAN")[0]

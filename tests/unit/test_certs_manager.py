@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from accesspoint.meta import condition
-from certs.ca import InternalCA, generate_ca
+from certs.ca import BACKDATE, InternalCA, generate_ca
 from certs.issuers import IssuanceError, IssuedChain
 from certs.manager import desired_certificate, evaluate, reconcile, with_delivery
 from certs.models import Certificate, CertificateStatus, ClusterDelivery, EnvoySdsStatus
@@ -101,9 +101,7 @@ async def test_failures_back_off_and_keep_the_current_cert(clock: Clock, issuer:
     clock.now = now
     failed = await reconcile(cert(status=first.status), issuer, now=now)
     st = failed.status
-    assert (
-        failed.bundle is None and st.failures == 1 and st.serial == first.status.serial and st.revision == 1
-    )
+    assert failed.bundle is None and st.failures == 1 and st.serial == first.status.serial and st.revision == 1
     assert st.last_failure is not None and st.last_failure.reason == "AcmeUnreachable"
     issued = condition(st.conditions, "Issued")
     assert issued is not None and issued.status == "True" and issued.reason == "RenewalFailing"
@@ -130,9 +128,7 @@ async def test_build_issuer_error_is_a_condition(issuer: Flaky) -> None:
 
 
 async def test_host_not_allowed(clock: Clock) -> None:
-    ca = InternalCA(
-        *generate_ca(now=T0 - timedelta(days=1)), name="corp", allowed_domains=["*.corp.test"], clock=clock
-    )
+    ca = InternalCA(*generate_ca(now=T0 - timedelta(days=1)), name="corp", allowed_domains=["*.corp.test"], clock=clock)
     out = await reconcile(cert(["shop.example.com"]), ca, now=T0)
     issued = condition(out.status.conditions, "Issued")
     assert issued is not None and issued.reason == "HostNotAllowed" and "shop.example.com" in issued.message
@@ -158,12 +154,15 @@ async def test_delivery_conditions(issuer: Flaky) -> None:
         assert c is not None
         return c.status, c.reason, s.ready
 
-    assert delivered(
-        clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=1)]
-    ) == ("True", "Delivered", "True")
-    assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=0)])[
-        :2
-    ] == ("False", "Delivering")
+    assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=1)]) == (
+        "True",
+        "Delivered",
+        "True",
+    )
+    assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=0)])[:2] == (
+        "False",
+        "Delivering",
+    )
     assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b")])[:2] == (
         "Unknown",
         "Unknown",
@@ -175,9 +174,15 @@ async def test_delivery_conditions(issuer: Flaky) -> None:
         ]
     )[:2] == ("False", "DeliveryFailed")
     # A member refusing the new revision keeps the old one: counted once, as failed, with its message.
-    s = with_delivery(st, now=now, clusters=[
-        ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=1),
-        ClusterDelivery(name="c", revision=0, last_error="secrets is forbidden")])
+    s = with_delivery(
+        st,
+        now=now,
+        clusters=[
+            ClusterDelivery(name="a", revision=1),
+            ClusterDelivery(name="b", revision=1),
+            ClusterDelivery(name="c", revision=0, last_error="secrets is forbidden"),
+        ],
+    )
     c = condition(s.conditions, "Delivered")
     assert c is not None and c.message == "2/3 at revision 1; c: secrets is forbidden"
     good = EnvoySdsStatus(node="gw-1", resource="checkout-tls", acked_version=f"4-{serial[:16]}")
@@ -232,11 +237,56 @@ def test_desired_certificate_from_gateways() -> None:
             ]
         },
     }
-    c = desired_certificate(
-        "checkout", "payments", [gw], "corp", labels={"meshfed.io/accesspoint": "checkout"}
-    )
+    c = desired_certificate("checkout", "payments", [gw], "corp", labels={"meshfed.io/accesspoint": "checkout"})
     assert c is not None
     assert c.spec.hosts == ["api.example.com", "shop.example.com"]
     assert c.spec.access_point_ref is not None and c.spec.access_point_ref.name == "checkout"
     assert c.secret_name == "checkout-tls"
     assert desired_certificate("x", "y", [{"kind": "Service", "apiVersion": "v1"}], "corp") is None
+
+
+class Stamping:
+    """An issuer that does not backdate: notBefore is its own clock at issue (as Pebble does),
+    `ahead` in front of ours, and issuing takes `takes` of the manager's monotonic time."""
+
+    def __init__(self, ahead: timedelta, takes: float, monotonic: list[float]) -> None:
+        self.ahead = ahead
+        self.takes = takes
+        self.monotonic = monotonic
+        self.inner = InternalCA(
+            *generate_ca(now=T0 - timedelta(days=1)), name="corp", clock=lambda: T0 + ahead + BACKDATE
+        )
+
+    @property
+    def name(self) -> str:
+        return "corp"
+
+    async def sign(self, csr_pem: bytes, hosts: Sequence[str], duration: timedelta) -> IssuedChain:
+        self.monotonic[0] += self.takes
+        return await self.inner.sign(csr_pem, hosts, duration)
+
+
+@pytest.mark.parametrize(
+    ("ahead", "takes", "issued"),
+    [
+        (timedelta(0), 0.0, True),
+        (timedelta(seconds=1), 0.0, True),  # the CI failure: Pebble's notBefore 1 s after `now`
+        (timedelta(seconds=50), 0.0, True),  # within ISSUER_CLOCK_SKEW
+        (timedelta(minutes=5), 0.0, False),  # a CA clock far ahead: not yet valid
+        (timedelta(minutes=5), 300.0, True),  # ... unless issuing took that long (DNS-01 waits)
+    ],
+)
+async def test_fresh_certificate_checked_as_of_its_arrival(
+    monkeypatch: pytest.MonkeyPatch, ahead: timedelta, takes: float, issued: bool
+) -> None:
+    monotonic = [1000.0]
+    monkeypatch.setattr("certs.manager.monotonic", lambda: monotonic[0])
+    out = await reconcile(cert(), Stamping(ahead, takes, monotonic), now=T0)
+    if issued:
+        assert out.status.last_failure is None, out.status.last_failure
+        assert out.bundle is not None
+    else:
+        assert out.bundle is None
+        assert out.status.last_failure is not None
+        assert out.status.last_failure.reason == "IssuedCertificateInvalid"
+        assert "NotYetValid" in out.status.last_failure.message
