@@ -103,14 +103,31 @@ class Deadlines:
 # A member's API server: a hung one is noticed within seconds (federation/lanes.py opens its circuit
 # breaker on the first timeout), while one answering 2 s late still gets its writes through.
 MEMBER_DEADLINES = Deadlines(connect=3.0, first_byte=6.0, total=10.0)
-# Connections for a member's requests (its watches have their own, one each). Each TLS connection holds a
-# 256 KiB read buffer (asyncio's SSLProtocol): with kubernetes-asyncio's pool of 100, a bulk of 16
+# Connections for a member's requests (its watches have their own, one each). Each TLS connection held a
+# 256 KiB read buffer (asyncio's SSLProtocol; now TLS_READ_BUFFER): with kubernetes-asyncio's pool of 100, a bulk of 16
 # AccessPoints in flight left ~100 connections per member open, 137 MiB of the controller's 214 MiB
 # traced with 10 members (e2e/bench/scale.py, PYTHONTRACEMALLOC). More requests wait for a free one.
 # 16, not 8: at 5 members x 2,500 objects (e2e/bench/propagation.py, back to back) a pool of 8 made the
 # bulk 61.3 s instead of 51.2 s and 1,803 status applies instead of 1,144 (flights landing later);
 # peak RSS 340 vs 346 MB.
 MEMBER_CONNECTIONS = 16
+
+# The read buffer of each TLS connection. asyncio's SSLProtocol allocates (and zeroes) 256 KiB per
+# connection (`max_size`, Python 3.11 and 3.12) although OpenSSL hands over at most one TLS record,
+# 16 KiB, per read: a controller with 11 connections to each of 50 members held 140 MiB of mostly
+# empty buffers. 32 KiB per connection: RSS per connection 97 KiB instead of 321 (0.30x,
+# e2e/bench/tls_buffers.py, 2026-12-05).
+TLS_READ_BUFFER = 32 * 1024
+
+
+def limit_tls_read_buffers(size: int = TLS_READ_BUFFER) -> None:
+    """Make asyncio's TLS connections opened from now on in this process read through `size` bytes
+    instead of 256 KiB. Process-wide (asyncio has no per-connection setting); a Python without the
+    attribute keeps its own buffers."""
+    protocol = getattr(asyncio, "sslproto", None)
+    cls = getattr(protocol, "SSLProtocol", None)
+    if cls is not None and isinstance(getattr(cls, "max_size", None), int) and cls.max_size > size:
+        cls.max_size = size
 
 
 class stop_before_deadline(stop_base):  # named like tenacity's own stop conditions
@@ -495,13 +512,15 @@ class KubeClient:
             self.request_options["server_hostname"] = cfg.tls_server_name
         self._session: aiohttp.ClientSession | None = None
         self._watch_session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         """Our own session for requests (created lazily inside the running loop) with trust_env off; the
         proxy is resolved once (`_proxy_for`). kubernetes-asyncio's TLS settings; `connections` at most."""
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.connections, ssl=_ssl_context(self.api.configuration))
+            limit_tls_read_buffers()
+            connector = aiohttp.TCPConnector(limit=self.connections, ssl=self._ssl_context())
             self._session = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
         return self._session
 
@@ -510,9 +529,16 @@ class KubeClient:
         """The session of watches: a connection each, for as long as the watch lasts, apart from the
         requests' pool (a watch never waits for a request's connection, nor a request for a watch's)."""
         if self._watch_session is None:
-            connector = aiohttp.TCPConnector(limit=0, ssl=_ssl_context(self.api.configuration))
+            limit_tls_read_buffers()
+            connector = aiohttp.TCPConnector(limit=0, ssl=self._ssl_context())
             self._watch_session = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
         return self._watch_session
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """One TLS context for both sessions (each holds its CA bundle and client certificate)."""
+        if self._ssl is None:
+            self._ssl = _ssl_context(self.api.configuration)
+        return self._ssl
 
     def stalled(self, after: float, now: float | None = None) -> float | None:
         """Since when (monotonic) a request has waited more than `after` seconds with no answer to any

@@ -149,8 +149,9 @@ def served_kinds(resources: dict[tuple[str, str], set[str]]) -> frozenset[KindId
 
 
 def slim(obj: dict[str, Any]) -> dict[str, Any]:
-    """What the cache keeps of a member object: all of it but `metadata.managedFields` (which planning,
-    drift detection and status never read; for server-side-applied objects it is 40 % of the JSON),
+    """What the caches keep of an object (member objects; the hub's AccessPoints too): all of it but
+    `metadata.managedFields` (which planning, drift detection and status never read; for
+    server-side-applied objects it is 40 % of the JSON),
     with every mapping key interned (the same few hundred key strings, not one copy per object).
     Measured on a Service, VirtualService and DestinationRule: 7.7 KB of Python objects each whole,
     4.3 KB without managedFields, 2.8 KB with interned keys too."""

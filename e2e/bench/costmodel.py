@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# What one open TLS connection to an API server costs the controller: asyncio's SSLProtocol read buffer
-# and the rest of its state. Measured: tracemalloc counted 38.5 MiB in 308 such buffers at 10 members
-# (e2e/bench/scale.py with PYTHONTRACEMALLOC=1, 2026-12-04), 128 KiB each.
-CONNECTION_KIB = 128.0
+# What one open TLS connection to an API server costs the controller: its read buffer (federation.kube.
+# TLS_READ_BUFFER, 32 KiB), OpenSSL's state and aiohttp's. Measured as RSS per connection by
+# e2e/bench/tls_buffers.py (2026-12-05): 97 KiB (321 KiB with asyncio's own 256 KiB buffer).
+CONNECTION_KIB = 97.0
 
 
 @dataclass(frozen=True)
