@@ -62,8 +62,9 @@ class StatusWriter:
         self.hub = hub
         self.field_manager = field_manager
         self.limit = limit
-        # path -> (resourceVersion, status) of the newest status known (an event or our own write).
-        self._known: OrderedDict[str, tuple[int, dict[str, Any]]] = OrderedDict()
+        # path -> (resourceVersion, status, written) of the newest status known: an event or a list
+        # (written False), or the answer to our own write (written True).
+        self._known: OrderedDict[str, tuple[int, dict[str, Any], bool]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._known)
@@ -72,13 +73,19 @@ class StatusWriter:
         """The object at `path` as seen (an event, a list): remembered unless older than what is known."""
         rv = resource_version(body)
         known = self._known.get(path)
-        if known is None or rv >= known[0]:
+        if known is None or rv > known[0]:
             self._remember(path, rv, dict(body.get("status") or {}))
 
     def known(self, path: str) -> dict[str, Any] | None:
         """The newest status known for `path` (None: nothing known)."""
         entry = self._known.get(path)
         return entry[1] if entry is not None else None
+
+    def own_echo(self, path: str, body: Mapping[str, Any]) -> bool:
+        """`body` is the object exactly as our last status write left it (its watch event): nothing in
+        it is news to the writer of that status."""
+        known = self._known.get(path)
+        return known is not None and known[2] and resource_version(body) == known[0] > 0
 
     def forget(self, path: str) -> None:
         """The object is gone: nothing of it is kept."""
@@ -114,11 +121,11 @@ class StatusWriter:
         # (no status) leaves what was applied, over the foreign fields known.
         answered = result.get("status") if result else None
         self._remember(path, resource_version(result), dict(answered) if isinstance(answered, dict) else
-                       {**{k: v for k, v in (known or {}).items() if k in foreign}, **mine})
+                       {**{k: v for k, v in (known or {}).items() if k in foreign}, **mine}, written=True)
         return result
 
-    def _remember(self, path: str, rv: int, status: dict[str, Any]) -> None:
-        self._known[path] = (rv, status)
+    def _remember(self, path: str, rv: int, status: dict[str, Any], *, written: bool = False) -> None:
+        self._known[path] = (rv, status, written)
         self._known.move_to_end(path)
         while len(self._known) > self.limit:
             self._known.popitem(last=False)

@@ -32,6 +32,9 @@ class Flight(Generic[T]):
     since: float  # wall clock: when its writes were sent (or queued)
     pending: str  # what it writes, e.g. "3 to create"
     left_alone: bool = False  # a reconcile stopped waiting: reconcile the key again when it lands
+    # The member's watch showed a change to the key's objects while the flight was in the air (mostly
+    # its own writes' events, which often come before their answers): reconcile again when it lands.
+    changed_meanwhile: bool = False
 
 
 @dataclass
@@ -74,7 +77,7 @@ class MemberLane(Generic[T]):
     def _landed(self, flight: Flight[T]) -> None:
         if self.flights.get(flight.key) is flight:
             del self.flights[flight.key]
-        if flight.left_alone:
+        if flight.left_alone or flight.changed_meanwhile:
             self.on_landed(flight.key)
         if self.refused and not self.full:
             refused, self.refused = self.refused, set()

@@ -346,9 +346,15 @@ class Member:
     identity: str | None = None  # kube-system UID of the cluster the cache describes
     last_reset: str = ""  # why and when the cache was last dropped (identity, resourceVersions, relist)
     resets: int = 0
+    _needed: tuple[frozenset[KindId] | None, frozenset[KindId]] | None = field(default=None, repr=False)
 
-    def needed_kinds(self) -> set[KindId]:
-        return {k.id for k in MANAGED_KINDS.values() if self.serves(k)}
+    def needed_kinds(self) -> frozenset[KindId]:
+        """The managed kinds the member serves. Asked on every plan (`usable`): kept until a probe
+        brings another `served`."""
+        served = self.probe.served
+        if self._needed is None or self._needed[0] is not served:
+            self._needed = (served, frozenset(k.id for k in MANAGED_KINDS.values() if self.serves(k)))
+        return self._needed[1]
 
     def may_park(self, kind: KindId) -> bool:
         """Nothing of ours of `kind` is cached here and no AccessPoint plans one: its watch may stop."""

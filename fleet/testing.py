@@ -276,7 +276,13 @@ class ControllerProcess:
     def start(self) -> None:
         self.identity = f"{self.name}-{uuid.uuid4().hex[:4]}"
         self.http_port = free_port()
-        self.args = [*self.base_args, "--identity", self.identity, "--http-address", f"127.0.0.1:{self.http_port}"]
+        # MESHFED_PROFILE=<prefix>: the replica runs under cProfile and writes <prefix>-<identity>.prof when
+        # it stops (benchmarks: `python -m pstats` reads it).
+        profile = os.environ.get("MESHFED_PROFILE")
+        run = [self.base_args[0], "-m", "cProfile", "-o", f"{profile}-{self.identity}.prof"] if profile else [
+            self.base_args[0]]
+        self.args = [*run, *self.base_args[1:], "--identity", self.identity,
+                     "--http-address", f"127.0.0.1:{self.http_port}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
                                      start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})

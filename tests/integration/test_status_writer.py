@@ -116,3 +116,33 @@ async def test_memory_forgets_deleted_objects_and_stays_within_its_limit(hub: Ap
     assert len(writer) == 0
     for _, other in (objects[0], objects[2]):
         await client.delete(other)
+
+
+async def test_own_echo_is_the_event_of_our_own_write_only(hub: ApiServer) -> None:
+    """The watch event our status write causes is recognised (the controller does not reconcile it);
+    a status write by anyone else, or a spec change, is not."""
+    client = await hub.admin_client()
+    writer = StatusWriter(client, "meshfed-status")
+    name, path = await _certificate(client)
+    seen = await client.get(path)
+    assert seen is not None
+    assert not writer.own_echo(path, seen)  # nothing written yet
+    written = await writer.write(path, "Certificate", name, NS, {"summary": "Pending"}, seen=seen)
+    assert written is not None
+    events = client.watch(CERTS, resource_version=seen["metadata"]["resourceVersion"],
+                          field_selector=f"metadata.name={name}", timeout_seconds=5)
+    echo = (await anext(events)).object
+    assert echo["metadata"]["resourceVersion"] == written["metadata"]["resourceVersion"]
+    assert writer.own_echo(path, echo)
+    writer.observe(path, echo)  # seeing the echo again keeps it ours
+    assert writer.own_echo(path, echo)
+
+    other = await client.apply(path, {"apiVersion": API_VERSION, "kind": "Certificate",
+                                      "metadata": {"name": name, "namespace": NS},
+                                      "status": {"summary": "Pending", "revision": 2}},
+                               field_manager="someone-else", subresource="status")
+    assert not writer.own_echo(path, other)
+    writer.observe(path, other)
+    assert not writer.own_echo(path, other)
+    assert not writer.own_echo(path, echo)  # an older event: not the newest, not ours any more
+    await client.delete(path)

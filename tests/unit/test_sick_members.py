@@ -200,3 +200,22 @@ async def test_our_own_stalls_are_measured_and_left_out() -> None:
     await stall.stop()
     assert 0.45 < stall.since(start) < 0.75
     assert stall.since(time.monotonic()) == 0
+
+
+async def test_changes_seen_while_in_the_air_reconcile_once_when_it_lands() -> None:
+    landed: list[str] = []
+    lane: MemberLane[str] = MemberLane("m1", landed.append)
+    release = asyncio.Event()
+
+    async def writes() -> str:
+        await release.wait()
+        return "applied"
+
+    quiet = lane.launch("ns/quiet", writes, "1 to create")
+    busy = lane.launch("ns/busy", writes, "3 to create")
+    for _ in range(3):  # the watch events of its own three creates, before their answers
+        busy.changed_meanwhile = True
+    release.set()
+    await asyncio.gather(quiet.task, busy.task)
+    await asyncio.sleep(0)
+    assert landed == ["ns/busy"]
