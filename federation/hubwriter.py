@@ -73,7 +73,8 @@ class StatusWriter:
         """The object at `path` as seen (an event, a list): remembered unless older than what is known."""
         rv = resource_version(body)
         known = self._known.get(path)
-        if known is None or rv > known[0]:
+        # At the same resourceVersion the object is the same: the answer to our write stays marked ours.
+        if known is None or rv > known[0] or (rv == known[0] and not known[2]):
             self._remember(path, rv, dict(body.get("status") or {}))
 
     def known(self, path: str) -> dict[str, Any] | None:
