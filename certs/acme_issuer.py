@@ -182,7 +182,9 @@ def _jwk(account_key_pem: bytes) -> tuple[jwk.JWK, Any]:
     if isinstance(key, ec.EllipticCurvePrivateKey):
         alg = {256: jwa.ES256, 384: jwa.ES384}.get(key.curve.key_size)
         if alg is None:
-            raise IssuanceError("AccountKeyInvalid", "ACME account keys must be P-256, P-384 or RSA", retryable=False)
+            raise IssuanceError(
+                "AccountKeyInvalid", "ACME account keys must be P-256, P-384 or RSA", retryable=False
+            )
         return jwk.JWKEC(key=key), alg
     assert isinstance(key, rsa.RSAPrivateKey)
     return jwk.JWKRSA(key=key), jwa.RS256
@@ -339,7 +341,9 @@ class AcmeIssuer:
                 if authz.body.status == messages.STATUS_VALID:
                     continue
                 domain = authz.body.identifier.value
-                challb = next((c for c in authz.body.challenges if c.chall.typ == self._solver.challenge_type), None)
+                challb = next(
+                    (c for c in authz.body.challenges if c.chall.typ == self._solver.challenge_type), None
+                )
                 if challb is None:
                     offered = ", ".join(c.chall.typ for c in authz.body.challenges)
                     raise IssuanceError(
@@ -388,7 +392,9 @@ def _wait_authorizations(acme: client.ClientV2, order: messages.OrderResource, d
 
 def _map_error(exc: Exception, url: str) -> IssuanceError:
     if isinstance(exc, requests.exceptions.SSLError):
-        return IssuanceError("AcmeUnreachable", f"TLS to {url} failed (is caBundle right?): {type(exc).__name__}")
+        return IssuanceError(
+            "AcmeUnreachable", f"TLS to {url} failed (is caBundle right?): {type(exc).__name__}"
+        )
     if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
         return IssuanceError("AcmeUnreachable", f"cannot reach {url}: {type(exc).__name__}")
     if isinstance(exc, errors.ValidationError):
@@ -411,7 +417,9 @@ def _map_error(exc: Exception, url: str) -> IssuanceError:
             "externalAccountRequired",
             "unauthorized",
         }
-        return IssuanceError("AcmeRejected", f"{exc.typ.rsplit(':', 1)[-1]}: {exc.detail}", retryable=not permanent)
+        return IssuanceError(
+            "AcmeRejected", f"{exc.typ.rsplit(':', 1)[-1]}: {exc.detail}", retryable=not permanent
+        )
     if isinstance(exc, errors.Error | aiohttp.ClientError):
         return IssuanceError("AcmeError", f"{type(exc).__name__}: {exc}")
     return IssuanceError("AcmeError", f"unexpected {type(exc).__name__}")

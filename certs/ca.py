@@ -101,22 +101,28 @@ class InternalCA:
         try:
             self._key: PrivateKey = load_key(ca_key_pem)
         except ValueError as exc:
-            raise IssuanceError("CASecretInvalid", f"tls.key of the CA Secret: {exc}", retryable=False) from None
+            raise IssuanceError(
+                "CASecretInvalid", f"tls.key of the CA Secret: {exc}", retryable=False
+            ) from None
         if self._key.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         ) != self._cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         ):
-            raise IssuanceError("CASecretInvalid", "the CA key does not match the CA certificate", retryable=False)
+            raise IssuanceError(
+                "CASecretInvalid", "the CA key does not match the CA certificate", retryable=False
+            )
         self._ca_pem = self._cert.public_bytes(serialization.Encoding.PEM)
         self._name = name
         self._allowed = tuple(allowed_domains)
         self._max_duration = max_duration
         self._clock = clock
-        self._hash = hashes.SHA256() if isinstance(self._key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+        self._hash = (
+            hashes.SHA256() if isinstance(self._key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) else None
+        )
         try:
-            self._aki: x509.AuthorityKeyIdentifier | None = x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                self._key.public_key()
+            self._aki: x509.AuthorityKeyIdentifier | None = (
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key())
             )
         except ValueError:
             self._aki = None
@@ -165,7 +171,9 @@ class InternalCA:
         now = self._clock()
         not_after = min(now + min(duration, self._max_duration), self._cert.not_valid_after_utc)
         if not_after <= now:
-            raise IssuanceError("CAExpired", f"the CA expired at {self._cert.not_valid_after_utc.isoformat()}")
+            raise IssuanceError(
+                "CAExpired", f"the CA expired at {self._cert.not_valid_after_utc.isoformat()}"
+            )
         public_key = csr.public_key()
         builder = (
             x509.CertificateBuilder()
@@ -223,9 +231,8 @@ class InternalCA:
         if self._aki is not None:
             builder = builder.add_extension(self._aki, critical=False)
         cert = builder.sign(self._key, self._hash)
-        return CertBundle(
-            cert.public_bytes(serialization.Encoding.PEM), key_to_pem(key), self._ca_pem, tuple(identities), self._name
-        )
+        return CertBundle(cert.public_bytes(serialization.Encoding.PEM), key_to_pem(key), self._ca_pem,
+                          tuple(identities), self._name)
 
     def issue_sync(self, hosts: Sequence[str], duration: timedelta = timedelta(days=90)) -> CertBundle:
         """Key + CSR + signature in one synchronous call (bootstrap, test servers, benchmarks)."""

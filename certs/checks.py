@@ -136,7 +136,9 @@ def check_pem(
     names = san_names(leaf)
     missing = [h for h in hosts if not host_covered(h, names)]
     if missing:
-        problems.append(Problem("HostNotCovered", f"not covered: {', '.join(missing)} (SAN: {', '.join(names)})"))
+        problems.append(
+            Problem("HostNotCovered", f"not covered: {', '.join(missing)} (SAN: {', '.join(names)})")
+        )
     problems.extend(_chain_problems(chain, ca_pem))
     return CheckResult(tuple(problems))
 
@@ -171,19 +173,10 @@ def _issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
-def check_bundle(
-    bundle: CertBundle,
-    now: datetime,
-    hosts: Sequence[str] | None = None,
-    *,
-    not_before_slack: timedelta = timedelta(0),
-) -> CheckResult:
+def check_bundle(bundle: CertBundle, now: datetime, hosts: Sequence[str] | None = None, *,
+                 not_before_slack: timedelta = timedelta(0)) -> CheckResult:
     """check_pem for a bundle; `hosts` defaults to the hosts it was issued for."""
     return check_pem(
-        bundle.cert_pem,
-        bundle.key_pem,
-        bundle.hosts if hosts is None else hosts,
-        now,
-        bundle.ca_pem,
+        bundle.cert_pem, bundle.key_pem, bundle.hosts if hosts is None else hosts, now, bundle.ca_pem,
         not_before_slack=not_before_slack,
     )

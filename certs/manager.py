@@ -83,7 +83,9 @@ def desired_certificate(
             "access_point_ref": AccessPointRef(name=access_point),
         }
     )
-    return Certificate(metadata={"name": access_point, "namespace": namespace, "labels": dict(labels or {})}, spec=spec)
+    return Certificate(
+        metadata={"name": access_point, "namespace": namespace, "labels": dict(labels or {})}, spec=spec
+    )
 
 
 # --- issuers ------------------------------------------------------------------------------------
@@ -131,13 +133,17 @@ async def build_issuer(
             e = acme.external_account_binding
             hmac = (await read_secret(e.key_secret_ref) or {}).get(e.key_secret_ref.key or "secret")
             if not hmac:
-                raise IssuanceError("ExternalAccountKeyMissing", f"Secret {e.key_secret_ref.name} has no HMAC key")
+                raise IssuanceError(
+                    "ExternalAccountKeyMissing", f"Secret {e.key_secret_ref.name} has no HMAC key"
+                )
             eab = ExternalAccount(e.key_id, hmac.decode().strip(), e.key_algorithm)
         solver: ChallengeSolver
         if acme.solver.dns01 is not None:
             hook = (dns_hooks or {}).get(acme.solver.dns01.provider_ref)
             if hook is None:
-                raise IssuanceError("DNSProviderMissing", f"DNSProvider {acme.solver.dns01.provider_ref} not found")
+                raise IssuanceError(
+                    "DNSProviderMissing", f"DNSProvider {acme.solver.dns01.provider_ref} not found"
+                )
             solver = Dns01Solver(hook)
         elif http01 is not None:  # a library caller's own HTTP-01 solver (tests, benchmarks)
             solver = http01
@@ -303,7 +309,9 @@ def _delivered(status: CertificateStatus) -> Condition:
         return Condition(type="Delivered", status="False", reason="NotIssued", message="no certificate yet")
     targets = len(status.clusters) + len(status.envoys)
     if targets == 0:
-        return Condition(type="Delivered", status="False", reason="NoTargets", message="not placed on any cluster")
+        return Condition(
+            type="Delivered", status="False", reason="NoTargets", message="not placed on any cluster"
+        )
     errors = [f"{c.name}: {c.last_error}" for c in status.clusters if c.last_error]
     nacks = [f"{e.node}: {e.nack_message}" for e in status.envoys if e.nack_message]
     refused = (
@@ -313,7 +321,9 @@ def _delivered(status: CertificateStatus) -> Condition:
     )
     unknown = [c.name for c in status.clusters if c.revision is None and not c.last_error]
     behind = [  # a cluster that refused the Secret is counted once, with its error
-        c.name for c in status.clusters if c.revision is not None and c.revision != status.revision and not c.last_error
+        c.name
+        for c in status.clusters
+        if c.revision is not None and c.revision != status.revision and not c.last_error
     ]
     stale = [e.node for e in status.envoys if not e.nack_message and not _envoy_current(e, status.serial)]
     ok = targets - len(errors) - len(nacks) - len(unknown) - len(behind) - len(stale)
@@ -364,7 +374,9 @@ def evaluate(status: CertificateStatus, now: datetime) -> CertificateStatus:
     elif failure is not None:
         issued = Condition(type="Issued", status="False", reason=failure.reason, message=failure.message)
     elif expired:
-        issued = Condition(type="Issued", status="False", reason="Expired", message=f"expired at {status.not_after}")
+        issued = Condition(
+            type="Issued", status="False", reason="Expired", message=f"expired at {status.not_after}"
+        )
     else:
         issued = Condition(type="Issued", status="False", reason="Pending", message="not issued yet")
     delivered = _delivered(status)

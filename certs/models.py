@@ -55,7 +55,9 @@ class Http01Solver(ApiModel):
 class Dns01Solver(ApiModel):
     """DNS-01: `_acme-challenge` TXT records published through a DNSProvider (nameservice)."""
 
-    provider_ref: str = Field(alias="providerRef", min_length=1, description="name of a DNSProvider (cluster-scoped)")
+    provider_ref: str = Field(
+        alias="providerRef", min_length=1, description="name of a DNSProvider (cluster-scoped)"
+    )
 
 
 class AcmeSolver(ApiModel):
@@ -72,7 +74,9 @@ class AcmeIssuer(ApiModel):
         "created holding a new ECDSA P-256 key; one that exists without the key is never modified "
         "(AccountKeyMissing)",
     )
-    external_account_binding: ExternalAccountBinding | None = Field(default=None, alias="externalAccountBinding")
+    external_account_binding: ExternalAccountBinding | None = Field(
+        default=None, alias="externalAccountBinding"
+    )
     solver: AcmeSolver
     ca_bundle: str | None = Field(
         default=None, alias="caBundle", description="PEM CA bundle trusted for the ACME server's TLS"
@@ -162,7 +166,9 @@ class PrivateKeySpec(ApiModel):
     model_config = ConfigDict(**ApiModel.model_config, json_schema_extra=_KEY_SIZE_RULES)
 
     algorithm: Literal["ECDSA", "RSA"] = "ECDSA"
-    size: int | None = Field(default=None, description="ECDSA: 256 (default) or 384; RSA: 2048 (default) to 4096")
+    size: int | None = Field(
+        default=None, description="ECDSA: 256 (default) or 384; RSA: 2048 (default) to 4096"
+    )
     rotation_policy: Literal["Always", "Never"] = Field(
         default="Always", alias="rotationPolicy", description="Always: a new key for every certificate"
     )
@@ -286,13 +292,13 @@ class CertificateStatus(ApiModel):
     )
     sds: SdsServing | None = Field(default=None, description="what `meshfed sds` serves (owned by meshfed-sds)")
     refused_clients: list[SdsRefusal] = Field(
-        default_factory=list,
-        alias="refusedClients",
-        description="clients `meshfed sds` refused this certificate to, recently (owned by meshfed-sds)",
-    )
+        default_factory=list, alias="refusedClients",
+        description="clients `meshfed sds` refused this certificate to, recently (owned by meshfed-sds)")
     last_failure: Failure | None = Field(default=None, alias="lastFailure")
     failures: int = Field(default=0, description="consecutive failed issuance attempts")
-    next_attempt: str | None = Field(default=None, alias="nextAttempt", description="backoff: no retry before")
+    next_attempt: str | None = Field(
+        default=None, alias="nextAttempt", description="backoff: no retry before"
+    )
     summary: str | None = Field(default=None, description="e.g. 'rev 3, 61d' (the AccessPoint CERT column)")
     ready: str | None = Field(default=None, description="Ready condition status, for printing")
 

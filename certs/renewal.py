@@ -26,7 +26,9 @@ def jitter_fraction(serial: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def effective_renew_before(not_before: datetime, not_after: datetime, renew_before: timedelta | None) -> timedelta:
+def effective_renew_before(
+    not_before: datetime, not_after: datetime, renew_before: timedelta | None
+) -> timedelta:
     lifetime = not_after - not_before
     if renew_before is None or renew_before <= timedelta(0) or renew_before >= lifetime:
         # Default, and the fallback for a renewBefore that does not fit the lifetime the CA gave.

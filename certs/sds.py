@@ -132,7 +132,7 @@ def parse_listen(
     """`unix:PATH` or `HOST:PORT` (mutual TLS: all three of tls_cert, tls_key, client_ca).
     A TCP address without them is refused: any client could fetch every private key."""
     if address.startswith("unix:"):
-        path = address[len("unix:") :].removeprefix("//")
+        path = address[len("unix:"):].removeprefix("//")
         if not path:
             raise ListenerRefused(f"--listen {address}: no socket path")
         return UnixListener(Path(path), socket_mode, socket_owner, socket_group, dict(peer_uids or {}))
@@ -144,8 +144,7 @@ def parse_listen(
     if missing:
         raise ListenerRefused(
             f"refusing plaintext TCP listener {address}: any client that reaches it could fetch every private "
-            f"key; listen on unix:PATH, or give {', '.join(missing)} for mutual TLS"
-        )
+            f"key; listen on unix:PATH, or give {', '.join(missing)} for mutual TLS")
     assert tls_cert is not None and tls_key is not None and client_ca is not None
     return TlsListener(host.strip("[]"), int(port), tls_cert, tls_key, client_ca)
 
@@ -204,11 +203,8 @@ class ServingTls:
             self.context.load_verify_locations(cafile=self.listener.client_ca_file)
         except ListenerRefused as err:
             self.last_error = str(err)
-            log.warning(
-                "sds %s: the changed certificate files do not load, still serving the previous ones: %s",
-                self.listener,
-                err,
-            )
+            log.warning("sds %s: the changed certificate files do not load, still serving the previous ones: %s",
+                        self.listener, err)
             return False
         self.reloads += 1
         self.last_error = ""
@@ -422,7 +418,9 @@ class SdsServer:
         if version is None or (current is not None and current.version == version and current.bundle != bundle):
             version = f"{self._counter}-{bundle.serial_hex[:16]}"
         self._secrets[name] = _Served(version, bundle)
-        log.info("sds: serving %s version %s%s", name, version, " (forced past checks)" if not result.ok else "")
+        log.info(
+            "sds: serving %s version %s%s", name, version, " (forced past checks)" if not result.ok else ""
+        )
         self._wake(name)
         return result
 
@@ -465,7 +463,9 @@ class SdsServer:
     def status(self, resource: str | None = None) -> list[EnvoySdsStatus]:
         """Per (Envoy node, secret): ACKed version, or the NACKed version with Envoy's message."""
         return [
-            st.wire() for _, st in sorted(self._status.items()) if resource is None or _base(st.resource) == resource
+            st.wire()
+            for _, st in sorted(self._status.items())
+            if resource is None or _base(st.resource) == resource
         ]
 
     def node_status(self) -> list[NodeStatus]:
@@ -475,11 +475,8 @@ class SdsServer:
         """Refusals of the last `refusal_ttl` seconds (or still subscribed), for secret `resource`
         (its base name; None: all, including UNAUTHENTICATED ones, whose resource is "")."""
         self._expire()
-        return [
-            Refusal(**vars(r))
-            for _, r in sorted(self._refusals.items())
-            if resource is None or (r.resource and _base(r.resource) == resource)
-        ]
+        return [Refusal(**vars(r)) for _, r in sorted(self._refusals.items())
+                if resource is None or (r.resource and _base(r.resource) == resource)]
 
     def _expire(self) -> None:
         """Forget refusals `refusal_ttl` after their last try (and past MAX_REFUSALS, the oldest): a
@@ -522,9 +519,8 @@ class SdsServer:
         if self._on_status is not None:
             self._on_status()
 
-    def _refuse(
-        self, identity: str, resource: str, reason: str, message: str, node: str = "", active: bool = False
-    ) -> None:
+    def _refuse(self, identity: str, resource: str, reason: str, message: str, node: str = "",
+                active: bool = False) -> None:
         """Count, record and (once per identity, resource and reason) log one refusal. Never key bytes."""
         self._expire()
         key = (identity, resource)
@@ -602,13 +598,8 @@ class SdsServer:
                 st = self._status.setdefault((stream.node, resource), NodeStatus(stream.node, resource))
                 if req.HasField("error_detail"):
                     st.nack_version, st.nack_message = version, req.error_detail.message
-                    if (
-                        st.acked_version is None
-                        and not stream.answered
-                        and req.version_info
-                        and "=" not in req.version_info
-                        and len({_base(r) for r in stream.subscribed}) == 1
-                    ):
+                    if (st.acked_version is None and not stream.answered and req.version_info
+                            and "=" not in req.version_info and len({_base(r) for r in stream.subscribed}) == 1):
                         # The first answer on a new stream (e.g. after our restart) to a stream for one
                         # secret: the version Envoy names is the one it still serves for that secret.
                         st.acked_version = req.version_info
@@ -638,14 +629,8 @@ class SdsServer:
         changed = False
         denied = frozenset(r for r in stream.subscribed if not self.allowed(stream.client, r))
         for resource in sorted(denied - stream.denied):
-            self._refuse(
-                stream.client.name,
-                resource,
-                PERMISSION_DENIED,
-                f"{stream.client.name} is not granted {_base(resource)}",
-                stream.node,
-                active=True,
-            )
+            self._refuse(stream.client.name, resource, PERMISSION_DENIED,
+                         f"{stream.client.name} is not granted {_base(resource)}", stream.node, active=True)
             st = self._status.get((stream.node, resource))
             if st is not None and st.connected:
                 st.connected = False  # its grant was revoked while connected
@@ -677,22 +662,19 @@ class SdsServer:
         stream.nonces[nonce] = want
         stream.sent_versions = want
         version = (
-            next(iter(want.values())) if len(set(want.values())) == 1 else ",".join(f"{r}={v}" for r, v in want.items())
+            next(iter(want.values()))
+            if len(set(want.values())) == 1
+            else ",".join(f"{r}={v}" for r, v in want.items())
         )
         errors = [
             discovery_pb2.ResourceError(
                 resource_name=discovery_pb2.ResourceName(name=r),
-                error_detail=status_pb2.Status(
-                    code=Status.PERMISSION_DENIED.value, message=f"{stream.client.name} is not granted {_base(r)}"
-                ),
-            )
+                error_detail=status_pb2.Status(code=Status.PERMISSION_DENIED.value,
+                                               message=f"{stream.client.name} is not granted {_base(r)}"))
             for r in sorted(stream.denied)
         ]
         return discovery_pb2.DiscoveryResponse(
-            version_info=version,
-            resources=resources,
-            type_url=SECRET_TYPE_URL,
-            nonce=nonce,
+            version_info=version, resources=resources, type_url=SECRET_TYPE_URL, nonce=nonce,
             resource_errors=errors,
         )
 
@@ -710,8 +692,7 @@ class SdsServer:
         return found
 
     async def _stream_secrets(
-        self,
-        grpc_stream: Stream[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
+        self, grpc_stream: Stream[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse],
         listener: Listener,
     ) -> None:
         stream = _Stream(await self._client(grpc_stream, listener))
@@ -742,11 +723,8 @@ class SdsServer:
                 if stream.closed:
                     break
                 if stream.subscribed and stream.denied == stream.subscribed:
-                    raise GRPCError(
-                        Status.PERMISSION_DENIED,
-                        f"meshfed sds: {stream.client.name} is not granted "
-                        f"{', '.join(sorted({_base(r) for r in stream.denied}))}",
-                    )
+                    raise GRPCError(Status.PERMISSION_DENIED, f"meshfed sds: {stream.client.name} is not granted "
+                                    f"{', '.join(sorted({_base(r) for r in stream.denied}))}")
                 resp = self._response(stream)
                 if resp is not None:
                     await grpc_stream.send_message(resp)
@@ -764,8 +742,7 @@ class SdsServer:
             await self._notify()
 
     async def _delta_secrets(
-        self,
-        grpc_stream: Stream[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse],
+        self, grpc_stream: Stream[discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse],
         listener: Listener,
     ) -> None:
         await self._client(grpc_stream, listener)
@@ -812,17 +789,11 @@ class _Endpoint:
     def __mapping__(self) -> dict[str, Handler]:
         return {
             f"{SERVICE}/StreamSecrets": Handler(
-                self.stream_secrets,
-                Cardinality.STREAM_STREAM,
-                discovery_pb2.DiscoveryRequest,
-                discovery_pb2.DiscoveryResponse,
-            ),
+                self.stream_secrets, Cardinality.STREAM_STREAM,
+                discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse),
             f"{SERVICE}/DeltaSecrets": Handler(
-                self.delta_secrets,
-                Cardinality.STREAM_STREAM,
-                discovery_pb2.DeltaDiscoveryRequest,
-                discovery_pb2.DeltaDiscoveryResponse,
-            ),
+                self.delta_secrets, Cardinality.STREAM_STREAM,
+                discovery_pb2.DeltaDiscoveryRequest, discovery_pb2.DeltaDiscoveryResponse),
         }
 
 
@@ -847,9 +818,8 @@ def _unix_socket(listener: UnixListener) -> socket.socket:
         os.umask(old)
     try:
         if listener.owner is not None or listener.group is not None:
-            os.chown(
-                path, -1 if listener.owner is None else listener.owner, -1 if listener.group is None else listener.group
-            )
+            os.chown(path, -1 if listener.owner is None else listener.owner,
+                     -1 if listener.group is None else listener.group)
         os.chmod(path, listener.mode)
     except OSError as err:
         sock.close()
@@ -885,8 +855,8 @@ def load_grants(path: Path | None, flags: Collection[str] = ()) -> dict[str, fro
         except (OSError, yaml.YAMLError) as err:
             raise ValueError(f"--grants {path}: {err}") from None
         if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v) for k, v in data.items()
-        ):
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(i, str) for i in v)
+                for k, v in data.items()):
             raise ValueError(f"--grants {path}: expected a mapping of secret name to a list of identities")
         for name, identities in data.items():
             out.setdefault(name, set()).update(identities)

@@ -57,7 +57,9 @@ def test_not_before_slack(good: CertBundle) -> None:
 
 
 def test_hosts_not_covered(good: CertBundle) -> None:
-    result = check_bundle(good, NOW, ["a.example.com", "x.apps.example.com", "b.example.com", "y.x.apps.example.com"])
+    result = check_bundle(
+        good, NOW, ["a.example.com", "x.apps.example.com", "b.example.com", "y.x.apps.example.com"]
+    )
     assert result.codes == ["HostNotCovered"]
     assert "b.example.com" in result.message and "y.x.apps.example.com" in result.message
     assert "x.apps.example.com," not in result.message.split("(SAN")[0]

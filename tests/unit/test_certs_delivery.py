@@ -23,7 +23,9 @@ from certs.issuers import CertBundle
 
 @pytest.fixture(scope="module")
 def bundle() -> CertBundle:
-    return InternalCA(*generate_ca()).issue_sync(["shop.example.com", "*.api.example.com"], timedelta(days=10))
+    return InternalCA(*generate_ca()).issue_sync(
+        ["shop.example.com", "*.api.example.com"], timedelta(days=10)
+    )
 
 
 def test_tls_secret(bundle: CertBundle) -> None:

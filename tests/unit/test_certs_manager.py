@@ -101,7 +101,9 @@ async def test_failures_back_off_and_keep_the_current_cert(clock: Clock, issuer:
     clock.now = now
     failed = await reconcile(cert(status=first.status), issuer, now=now)
     st = failed.status
-    assert failed.bundle is None and st.failures == 1 and st.serial == first.status.serial and st.revision == 1
+    assert (
+        failed.bundle is None and st.failures == 1 and st.serial == first.status.serial and st.revision == 1
+    )
     assert st.last_failure is not None and st.last_failure.reason == "AcmeUnreachable"
     issued = condition(st.conditions, "Issued")
     assert issued is not None and issued.status == "True" and issued.reason == "RenewalFailing"
@@ -128,7 +130,9 @@ async def test_build_issuer_error_is_a_condition(issuer: Flaky) -> None:
 
 
 async def test_host_not_allowed(clock: Clock) -> None:
-    ca = InternalCA(*generate_ca(now=T0 - timedelta(days=1)), name="corp", allowed_domains=["*.corp.test"], clock=clock)
+    ca = InternalCA(
+        *generate_ca(now=T0 - timedelta(days=1)), name="corp", allowed_domains=["*.corp.test"], clock=clock
+    )
     out = await reconcile(cert(["shop.example.com"]), ca, now=T0)
     issued = condition(out.status.conditions, "Issued")
     assert issued is not None and issued.reason == "HostNotAllowed" and "shop.example.com" in issued.message
@@ -154,15 +158,12 @@ async def test_delivery_conditions(issuer: Flaky) -> None:
         assert c is not None
         return c.status, c.reason, s.ready
 
-    assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=1)]) == (
-        "True",
-        "Delivered",
-        "True",
-    )
-    assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=0)])[:2] == (
-        "False",
-        "Delivering",
-    )
+    assert delivered(
+        clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=1)]
+    ) == ("True", "Delivered", "True")
+    assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=0)])[
+        :2
+    ] == ("False", "Delivering")
     assert delivered(clusters=[ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b")])[:2] == (
         "Unknown",
         "Unknown",
@@ -174,15 +175,9 @@ async def test_delivery_conditions(issuer: Flaky) -> None:
         ]
     )[:2] == ("False", "DeliveryFailed")
     # A member refusing the new revision keeps the old one: counted once, as failed, with its message.
-    s = with_delivery(
-        st,
-        now=now,
-        clusters=[
-            ClusterDelivery(name="a", revision=1),
-            ClusterDelivery(name="b", revision=1),
-            ClusterDelivery(name="c", revision=0, last_error="secrets is forbidden"),
-        ],
-    )
+    s = with_delivery(st, now=now, clusters=[
+        ClusterDelivery(name="a", revision=1), ClusterDelivery(name="b", revision=1),
+        ClusterDelivery(name="c", revision=0, last_error="secrets is forbidden")])
     c = condition(s.conditions, "Delivered")
     assert c is not None and c.message == "2/3 at revision 1; c: secrets is forbidden"
     good = EnvoySdsStatus(node="gw-1", resource="checkout-tls", acked_version=f"4-{serial[:16]}")
@@ -237,7 +232,9 @@ def test_desired_certificate_from_gateways() -> None:
             ]
         },
     }
-    c = desired_certificate("checkout", "payments", [gw], "corp", labels={"meshfed.io/accesspoint": "checkout"})
+    c = desired_certificate(
+        "checkout", "payments", [gw], "corp", labels={"meshfed.io/accesspoint": "checkout"}
+    )
     assert c is not None
     assert c.spec.hosts == ["api.example.com", "shop.example.com"]
     assert c.spec.access_point_ref is not None and c.spec.access_point_ref.name == "checkout"

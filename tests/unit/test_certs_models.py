@@ -22,7 +22,9 @@ def _walk(node: Any, path: str, errors: list[str]) -> None:
         if bad in node and not (bad in ("anyOf", "oneOf") and all("type" not in o for o in node[bad])):
             errors.append(f"{path}: {bad}")
     if not (
-        node.get("type") or node.get("x-kubernetes-int-or-string") or node.get("x-kubernetes-preserve-unknown-fields")
+        node.get("type")
+        or node.get("x-kubernetes-int-or-string")
+        or node.get("x-kubernetes-preserve-unknown-fields")
     ):
         errors.append(f"{path}: no type")
     for k, v in (node.get("properties") or {}).items():
@@ -80,7 +82,9 @@ def test_certificate_model_validation() -> None:
     ]
     for bad in bads:
         with pytest.raises(ValidationError):
-            Certificate.model_validate({"metadata": {"name": "x"}, "spec": {"issuerRef": {"name": "corp"}, **bad}})
+            Certificate.model_validate(
+                {"metadata": {"name": "x"}, "spec": {"issuerRef": {"name": "corp"}, **bad}}
+            )
 
 
 def test_issuer_model() -> None:
@@ -105,18 +109,13 @@ def test_issuer_model() -> None:
     assert ci.wire()["spec"]["acme"]["externalAccountBinding"]["keyID"] == "kid"
     # Each bad field alone (the rest valid), and the error must name that field: a ValidationError
     # raised by some other field would prove nothing.
-    good = {
-        "server": "https://acme.example/dir",
-        "accountKeySecretRef": {"name": "a"},
-        "solver": {"dns01": {"providerRef": "corp-dns"}},
-    }
+    good = {"server": "https://acme.example/dir", "accountKeySecretRef": {"name": "a"},
+            "solver": {"dns01": {"providerRef": "corp-dns"}}}
     bads: list[tuple[dict[str, Any], tuple[str | int, ...]]] = [
         ({"server": "http://insecure"}, ("spec", "acme", "server")),
         ({"accountKeySecretRef": {"name": ""}}, ("spec", "acme", "accountKeySecretRef", "name")),
-        (
-            {"solver": {"dns01": {"providerRef": "corp-dns", "providerNamespace": "x"}}},
-            ("spec", "acme", "solver", "dns01", "providerNamespace"),
-        ),  # removed: DNSProviders are cluster-scoped
+        ({"solver": {"dns01": {"providerRef": "corp-dns", "providerNamespace": "x"}}},
+         ("spec", "acme", "solver", "dns01", "providerNamespace")),  # removed: DNSProviders are cluster-scoped
     ]
     for bad, loc in bads:
         CertificateIssuer.model_validate({"metadata": {"name": "x"}, "spec": {"acme": good}})
@@ -125,30 +124,16 @@ def test_issuer_model() -> None:
         assert [e["loc"] for e in err.value.errors()] == [loc], (bad, err.value.errors())
 
 
-@pytest.mark.parametrize(
-    ("algorithm", "size", "ok"),
-    [
-        ("ECDSA", None, True),
-        ("ECDSA", 256, True),
-        ("ECDSA", 384, True),
-        ("ECDSA", 521, False),
-        ("ECDSA", 2048, False),
-        ("RSA", None, True),
-        ("RSA", 2048, True),
-        ("RSA", 4096, True),
-        ("RSA", 1024, False),
-        ("RSA", 8192, False),
-        ("RSA", 384, False),
-    ],
-)
+@pytest.mark.parametrize(("algorithm", "size", "ok"), [
+    ("ECDSA", None, True), ("ECDSA", 256, True), ("ECDSA", 384, True), ("ECDSA", 521, False),
+    ("ECDSA", 2048, False), ("RSA", None, True), ("RSA", 2048, True), ("RSA", 4096, True),
+    ("RSA", 1024, False), ("RSA", 8192, False), ("RSA", 384, False),
+])
 def test_private_key_size_fits_its_algorithm(algorithm: str, size: int | None, ok: bool) -> None:
     """The model and the issuance code agree on the sizes; a size issuance cannot make is refused
     (ECDSA 521 used to become P-256 silently). The CRD carries the same rule (tests/integration)."""
-    spec = {
-        "hosts": ["a.example.com"],
-        "issuerRef": {"name": "corp"},
-        "privateKey": {"algorithm": algorithm, **({"size": size} if size else {})},
-    }
+    spec = {"hosts": ["a.example.com"], "issuerRef": {"name": "corp"},
+            "privateKey": {"algorithm": algorithm, **({"size": size} if size else {})}}
     if ok:
         Certificate.model_validate({"metadata": {"name": "x"}, "spec": spec})
         key = new_private_key(algorithm, size)  # type: ignore[arg-type]
@@ -160,8 +145,7 @@ def test_private_key_size_fits_its_algorithm(algorithm: str, size: int | None, o
     with pytest.raises(ValueError, match="unsupported"):
         new_private_key(algorithm, size)  # type: ignore[arg-type]
     rules = crd_manifest(Certificate)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
-        "properties"
-    ]["privateKey"]["x-kubernetes-validations"]
+        "properties"]["privateKey"]["x-kubernetes-validations"]
     assert rules[0]["fieldPath"] == ".size"
 
 
@@ -199,7 +183,9 @@ def test_errors_never_echo_keys(ca_pair: tuple[bytes, bytes]) -> None:
     broken = b"\n".join([lines[0], b"A" * 20 + lines[1][20:], *lines[2:]]) + b"\n"
     with pytest.raises(ValueError) as exc:
         load_key(broken)
-    assert "PRIVATE KEY" not in str(exc.value) and exc.value.__cause__ is None and exc.value.__suppress_context__
+    assert (
+        "PRIVATE KEY" not in str(exc.value) and exc.value.__cause__ is None and exc.value.__suppress_context__
+    )
     with pytest.raises(IssuanceError) as ierr:
         InternalCA(cert, broken)
     assert ierr.value.reason == "CASecretInvalid" and "PRIVATE KEY" not in str(ierr.value)

@@ -59,7 +59,9 @@ def test_format_duration_round_trips() -> None:
         (timedelta(seconds=30), None, timedelta(seconds=10)),
     ],
 )
-def test_effective_renew_before(lifetime: timedelta, renew_before: timedelta | None, expected: timedelta) -> None:
+def test_effective_renew_before(
+    lifetime: timedelta, renew_before: timedelta | None, expected: timedelta
+) -> None:
     assert effective_renew_before(T0, T0 + lifetime, renew_before) == expected
 
 

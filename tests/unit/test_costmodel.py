@@ -9,41 +9,23 @@ import pytest
 from e2e.bench.costmodel import CONNECTION_KIB, Model, Run, check, fit, line, project
 
 
-def run(
-    members: int,
-    aps: int = 200,
-    objects_per_ap: int = 3,
-    *,
-    base: float = 100.0,
-    per_member: float = 2.0,
-    per_object_kib: float = 1.5,
-    cpu_ms: float = 0.4,
-    writes_per_ap: float = 4.0,
-    connections: float = 0.0,
-) -> Run:
+def run(members: int, aps: int = 200, objects_per_ap: int = 3, *, base: float = 100.0, per_member: float = 2.0,
+        per_object_kib: float = 1.5, cpu_ms: float = 0.4, writes_per_ap: float = 4.0,
+        connections: float = 0.0) -> Run:
     objects = members * aps * objects_per_ap
     idle = base + per_member * members
-    return Run(
-        members=members,
-        aps=aps,
-        member_objects=objects,
-        idle_rss_mib=idle,
-        loaded_rss_mib=idle + (per_object_kib * objects + connections * members * CONNECTION_KIB) / 1024,
-        bulk_cpu_s=cpu_ms * objects / 1000,
-        hub_writes=round(writes_per_ap * aps),
-        connections_per_member=connections,
-    )
+    return Run(members=members, aps=aps, member_objects=objects, idle_rss_mib=idle,
+               loaded_rss_mib=idle + (per_object_kib * objects + connections * members * CONNECTION_KIB) / 1024,
+               bulk_cpu_s=cpu_ms * objects / 1000, hub_writes=round(writes_per_ap * aps),
+               connections_per_member=connections)
 
 
-@pytest.mark.parametrize(
-    ("xs", "ys", "expected"),
-    [
-        ([1, 2, 3], [3, 5, 7], (1.0, 2.0)),
-        ([5], [9], (9.0, 0.0)),
-        ([4, 4], [1, 3], (2.0, 0.0)),
-        ([0, 10], [10, 0], (10.0, -1.0)),
-    ],
-)
+@pytest.mark.parametrize(("xs", "ys", "expected"), [
+    ([1, 2, 3], [3, 5, 7], (1.0, 2.0)),
+    ([5], [9], (9.0, 0.0)),
+    ([4, 4], [1, 3], (2.0, 0.0)),
+    ([0, 10], [10, 0], (10.0, -1.0)),
+])
 def test_line(xs: list[float], ys: list[float], expected: tuple[float, float]) -> None:
     assert line(xs, ys) == pytest.approx(expected)
 
@@ -73,7 +55,8 @@ def test_check_says_how_far_off_a_run_is() -> None:
 
 
 def test_projection_splits_objects_not_members_over_replicas() -> None:
-    model = Model(base_mib=100.0, per_member_mib=1.0, per_object_kib=1.0, cpu_ms_per_object=0.5, hub_writes_per_ap=4.0)
+    model = Model(base_mib=100.0, per_member_mib=1.0, per_object_kib=1.0, cpu_ms_per_object=0.5,
+                  hub_writes_per_ap=4.0)
     one = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=1)
     ten = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=10)
     assert one.objects_per_replica == 6_000_000 and ten.objects_per_replica == 600_000
@@ -86,7 +69,8 @@ def test_projection_splits_objects_not_members_over_replicas() -> None:
 
 
 def test_projection_of_a_placement_on_some_members_only() -> None:
-    model = Model(base_mib=100.0, per_member_mib=1.0, per_object_kib=1.0, cpu_ms_per_object=0.5, hub_writes_per_ap=4.0)
+    model = Model(base_mib=100.0, per_member_mib=1.0, per_object_kib=1.0, cpu_ms_per_object=0.5,
+                  hub_writes_per_ap=4.0)
     zone = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=10, clusters_per_ap=30)
     assert zone.clusters_per_ap == 30 and zone.objects_per_replica == 18_000
     assert zone.rss_mib_per_replica == pytest.approx(100 + 1000 + 18_000 / 1024), "members still all watched"

@@ -21,20 +21,8 @@ CRDS = all_crds()
 IDS = [c["metadata"]["name"] for c in CRDS]
 DEPLOY_CRDS = Path(__file__).resolve().parents[2] / "deploy" / "crds"
 
-FORBIDDEN = (
-    "anyOf",
-    "oneOf",
-    "allOf",
-    "not",
-    "$ref",
-    "$defs",
-    "definitions",
-    "default",
-    "const",
-    "title",
-    "examples",
-    "discriminator",
-)
+FORBIDDEN = ("anyOf", "oneOf", "allOf", "not", "$ref", "$defs", "definitions", "default", "const", "title",
+             "examples", "discriminator")
 ALLOWED_TYPES = {"object", "array", "string", "integer", "number", "boolean"}
 
 
@@ -107,27 +95,22 @@ def test_the_structural_check_catches_what_it_should() -> None:
         "type": "object",
         "required": ["spec", "gone"],
         "properties": {
-            "spec": {
-                "type": "object",
-                "properties": {
-                    "a": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
-                    "b": {"type": "string", "default": "x"},
-                    "c": {"$ref": "#/$defs/C"},
-                    "d": {"type": "array"},
-                    "e": {"type": "object"},
-                    "f": {"type": "integer", "exclusiveMinimum": 0},
-                    "default": {"type": "string"},  # a field named "default" is fine
-                },
-            },
+            "spec": {"type": "object", "properties": {
+                "a": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+                "b": {"type": "string", "default": "x"},
+                "c": {"$ref": "#/$defs/C"},
+                "d": {"type": "array"},
+                "e": {"type": "object"},
+                "f": {"type": "integer", "exclusiveMinimum": 0},
+                "default": {"type": "string"},  # a field named "default" is fine
+            }},
         },
     }
     assert structural_problems(bad) == [
         ".: required 'gone' is not a property",
-        ".spec.a: anyOf",
-        ".spec.a: no type",
+        ".spec.a: anyOf", ".spec.a: no type",
         ".spec.b: default",
-        ".spec.c: $ref",
-        ".spec.c: no type",
+        ".spec.c: $ref", ".spec.c: no type",
         ".spec.d: array without items",
         ".spec.e: object without properties (would prune everything)",
         ".spec.f: exclusiveMinimum must be a boolean in OpenAPI v3.0",
@@ -162,9 +145,8 @@ def test_names_version_and_subresources(crd: dict[str, Any]) -> None:
 def resolves(schema: dict[str, Any], json_path: str) -> bool:
     node = schema
     for part in json_path.strip(".").split("."):
-        if node.get("x-kubernetes-preserve-unknown-fields") or (
-            node.get("type") == "object" and "properties" not in node and part
-        ):
+        if node.get("x-kubernetes-preserve-unknown-fields") or (node.get("type") == "object" and
+                                                                 "properties" not in node and part):
             return True  # open object (metadata): anything may be there
         props = node.get("properties") or {}
         if part not in props:
@@ -189,23 +171,15 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
 def test_every_resource_is_generated_once_in_order() -> None:
     assert [c["spec"]["names"]["kind"] for c in CRDS] == [m.crd.kind for m in RESOURCES]
     assert len(set(IDS)) == len(IDS)
-    assert {c["spec"]["names"]["kind"] for c in CRDS} >= {
-        "MemberCluster",
-        "AccessPoint",
-        "PlacementPolicy",
-        "RolloutApproval",
-        "NameService",
-        "DNSProvider",
-        "CertificateIssuer",
-        "Certificate",
-    }
+    assert {c["spec"]["names"]["kind"] for c in CRDS} >= {"MemberCluster", "AccessPoint", "PlacementPolicy",
+                                                          "RolloutApproval", "NameService", "DNSProvider",
+                                                          "CertificateIssuer", "Certificate"}
 
 
 def test_generation_is_deterministic() -> None:
     assert all_crds() == CRDS
     assert [yaml.safe_dump(crd_manifest(m), sort_keys=False) for m in RESOURCES] == [
-        yaml.safe_dump(c, sort_keys=False) for c in CRDS
-    ]
+        yaml.safe_dump(c, sort_keys=False) for c in CRDS]
 
 
 def test_accesspoint_template_spec_is_open_and_kinds_are_an_enum() -> None:
@@ -213,22 +187,9 @@ def test_accesspoint_template_spec_is_open_and_kinds_are_an_enum() -> None:
     item = schema_of(ap)["properties"]["spec"]["properties"]["template"]["items"]
     assert item["properties"]["spec"]["x-kubernetes-preserve-unknown-fields"] is True
     assert set(item["properties"]["kind"]["enum"]) == {
-        "Service",
-        "Gateway",
-        "VirtualService",
-        "DestinationRule",
-        "ServiceEntry",
-        "WorkloadEntry",
-        "Sidecar",
-        "EnvoyFilter",
-        "AuthorizationPolicy",
-        "PeerAuthentication",
-        "RequestAuthentication",
-        "Telemetry",
-        "HTTPRoute",
-        "GRPCRoute",
-        "ReferenceGrant",
-    }
+        "Service", "Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry", "Sidecar",
+        "EnvoyFilter", "AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", "Telemetry",
+        "HTTPRoute", "GRPCRoute", "ReferenceGrant"}
 
 
 def test_deploy_crds_are_fresh(tmp_path: Path) -> None:

@@ -45,7 +45,10 @@ _PORT = re.compile(r"^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 CEL: dict[str, Any] = {
     '!((has(self.addresses) ? self.addresses : []).exists(k, k.contains("/")) && !((has(self.resolution) ? '
     'self.resolution : "NONE") in ["STATIC", "NONE"]))': lambda s: (
-        not (any("/" in a for a in s.get("addresses", [])) and s.get("resolution", "NONE") not in ("STATIC", "NONE"))
+        not (
+            any("/" in a for a in s.get("addresses", []))
+            and s.get("resolution", "NONE") not in ("STATIC", "NONE")
+        )
     ),
     '!self.contains("*")': lambda s: "*" not in s,
     '((has(self.resolution) ? self.resolution : "") == "DNS_ROUND_ROBIN") ? ((has(self.endpoints) ? '
@@ -67,8 +70,8 @@ CEL: dict[str, Any] = {
     'self != "*"': lambda s: s != "*",
     'self.all(key, !key.contains("*"))': lambda s: all("*" not in k for k in s),
     "self.all(key, key.size() != 0)": lambda s: all(len(k) != 0 for k in s),
-    'self.all(key, size(key) < 63 && key.matches("^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$"))': lambda s: all(
-        len(k) < 63 and _PORT.match(k) for k in s
+    'self.all(key, size(key) < 63 && key.matches("^[a-zA-Z0-9](?:[-a-zA-Z0-9]*[a-zA-Z0-9])?$"))': lambda s: (
+        all(len(k) < 63 and _PORT.match(k) for k in s)
     ),
     "self.all(l1, self.exists_one(l2, l1.number == l2.number))": lambda s: all(
         sum(1 for b in s if b.get("number") == a.get("number")) == 1 for a in s
@@ -285,8 +288,12 @@ policy_st = st.sampled_from(
 
 
 @settings(max_examples=60, deadline=None)
-@given(policy=policy_st, region=st.sampled_from(REGIONS), regions=st.sets(st.sampled_from(REGIONS), min_size=2))
-def test_compiled_destination_rules_match_istio_schema(policy: dict[str, Any], region: str, regions: set[str]) -> None:
+@given(
+    policy=policy_st, region=st.sampled_from(REGIONS), regions=st.sets(st.sampled_from(REGIONS), min_size=2)
+)
+def test_compiled_destination_rules_match_istio_schema(
+    policy: dict[str, Any], region: str, regions: set[str]
+) -> None:
     tp = TrafficPolicy.model_validate({"locality": policy})
     frag = compile_locality(tp, me(region), regions | {"us-east", "us-west"})
     dr = {
@@ -342,9 +349,9 @@ def test_crossref_edges() -> None:
     assert all(e["address"] != "10.0.0.10" for e in se["spec"]["endpoints"])
     assert se["spec"]["endpoints"][0]["ports"] == {"https": 443, "http": 8080}
     # order-free
-    assert cross_cluster_objects("checkout", "shop", me(), list(reversed(gws)), PORTS, [host]) == cross_cluster_objects(
-        "checkout", "shop", me(), gws, PORTS, [host]
-    )
+    assert cross_cluster_objects(
+        "checkout", "shop", me(), list(reversed(gws)), PORTS, [host]
+    ) == cross_cluster_objects("checkout", "shop", me(), gws, PORTS, [host])
     for bad_hosts in ([], ["*"]):
         with pytest.raises(CrossrefError):
             cross_cluster_objects("checkout", "shop", me(), gws, PORTS, bad_hosts)
@@ -355,10 +362,8 @@ def test_crossref_edges() -> None:
 
 @pytest.mark.parametrize("mode", ["endpoints", "workloadEntries"])
 def test_crossref_memo_gives_the_same_objects_and_shares_the_service_entry(mode: str) -> None:
-    gws = [
-        GatewayEndpoint(cluster=f"c{i}", region=r, zone=f"{r}-a", address=f"10.0.0.{i + 1}")
-        for i, r in enumerate(["us-east", "us-west", "eu-west", "us-east"])
-    ]
+    gws = [GatewayEndpoint(cluster=f"c{i}", region=r, zone=f"{r}-a", address=f"10.0.0.{i + 1}")
+           for i, r in enumerate(["us-east", "us-west", "eu-west", "us-east"])]
     ports = [CrossPort(name="https", number=443, protocol="TLS")]
     policy = TrafficPolicy.model_validate({"locality": {"mode": "Weighted"}})
     memo: dict[Any, Any] = {}
@@ -366,29 +371,10 @@ def test_crossref_memo_gives_the_same_objects_and_shares_the_service_entry(mode:
     for gw in gws:
         cluster = ClusterFacts(name=gw.cluster, region=gw.region, zone=gw.zone)
         fragment = compile_locality(policy, cluster, [g.region for g in gws])
-        plain = cross_cluster_objects(
-            "app",
-            "shop",
-            cluster,
-            gws,
-            ports,
-            ["app.shop.global"],
-            mode=mode,  # type: ignore[arg-type]
-            export_to=[".", "web"],
-            traffic=fragment,
-        )
-        memoised = cross_cluster_objects(
-            "app",
-            "shop",
-            cluster,
-            gws,
-            ports,
-            ["app.shop.global"],
-            mode=mode,  # type: ignore[arg-type]
-            export_to=[".", "web"],
-            traffic=fragment,
-            memo=memo,
-        )
+        plain = cross_cluster_objects("app", "shop", cluster, gws, ports, ["app.shop.global"], mode=mode,  # type: ignore[arg-type]
+                                      export_to=[".", "web"], traffic=fragment)
+        memoised = cross_cluster_objects("app", "shop", cluster, gws, ports, ["app.shop.global"], mode=mode,  # type: ignore[arg-type]
+                                         export_to=[".", "web"], traffic=fragment, memo=memo)
         assert memoised == plain
         results.append(memoised)
     assert all(r[0] is results[0][0] for r in results)  # one ServiceEntry, shared (read-only)

@@ -136,15 +136,13 @@ def test_deployment_runs_three_sharded_replicas_with_its_service_account() -> No
     assert container()["readinessProbe"]["httpGet"]["path"] == "/readyz"
     probe_port = container()["readinessProbe"]["httpGet"]["port"]
     assert urlparse(f"http://{args.http_address}").port == next(
-        p["containerPort"] for p in container()["ports"] if p["name"] == probe_port
-    )
+        p["containerPort"] for p in container()["ports"] if p["name"] == probe_port)
     pdb = one(objects("controller/pdb.yaml"), "PodDisruptionBudget", "meshfed-controller")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     leases = one(objects("rbac/leases.yaml"), "Role", "meshfed-leases")
     assert leases["metadata"]["namespace"] == NAMESPACE
-    assert leases["rules"] == [
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update"]}
-    ]
+    assert leases["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                "verbs": ["get", "list", "create", "update"]}]
     labels = spec["template"]["metadata"]["labels"]
     assert spec["selector"]["matchLabels"].items() <= labels.items()
     assert spec["template"]["spec"]["serviceAccountName"] == SA
@@ -291,13 +289,8 @@ def test_sds_reads_certificates_and_bundles_and_writes_only_certificate_status()
 
 # ---- the controller's rights, all files together ------------------------------------------------
 
-CONTROLLER_FILES = (
-    "rbac/controller.yaml",
-    "rbac/rollouts.yaml",
-    "rbac/dns.yaml",
-    "rbac/certificates.yaml",
-    "rbac/tenancy.yaml",
-)
+CONTROLLER_FILES = ("rbac/controller.yaml", "rbac/rollouts.yaml", "rbac/dns.yaml", "rbac/certificates.yaml",
+                    "rbac/tenancy.yaml")
 HUB_RBAC_FILES = sorted(f"rbac/{p.name}" for p in (DEPLOY / "rbac").glob("*.yaml"))
 MEMBER = objects("member/namespace.yaml", "member/serviceaccount.yaml", "member/rbac.yaml")
 SA_SUBJECT = {"kind": "ServiceAccount", "name": SA, "namespace": NAMESPACE}
@@ -358,9 +351,8 @@ def test_hub_secrets_never_cluster_wide_and_only_in_meshfed_system() -> None:
     for path in HUB_RBAC_FILES:
         for obj in objects(path):
             if obj["kind"] == "ClusterRole":
-                assert not any("secrets" in r["resources"] for r in obj["rules"]), (
+                assert not any("secrets" in r["resources"] for r in obj["rules"]), \
                     f"{path}: {obj['metadata']['name']}: Secret access on the hub is per namespace (meshfed-system)"
-                )
             if obj["kind"] == "Role" and any("secrets" in r["resources"] for r in obj["rules"]):
                 assert obj["metadata"]["namespace"] == NAMESPACE, f"{path}: {obj['metadata']['name']}"
     assert not any("secrets" in r["resources"] for r in controller_rules())
@@ -373,25 +365,12 @@ def test_hub_secrets_never_cluster_wide_and_only_in_meshfed_system() -> None:
 
 def test_the_controller_never_writes_what_people_own() -> None:
     rules_ = controller_rules()
-    for plural in (
-        "memberclusters",
-        "placementpolicies",
-        "accesspoints",
-        "nameservices",
-        "dnsproviders",
-        "certificateissuers",
-        "rolloutapprovals",
-    ):
+    for plural in ("memberclusters", "placementpolicies", "accesspoints", "nameservices", "dnsproviders",
+                   "certificateissuers", "rolloutapprovals"):
         for verb in ("update", "delete", "deletecollection"):
             assert not allowed(rules_, "meshfed.io", plural, verb), f"controller may not {verb} {plural}"
-    for plural in (
-        "memberclusters",
-        "placementpolicies",
-        "accesspoints",
-        "nameservices",
-        "dnsproviders",
-        "certificateissuers",
-    ):
+    for plural in ("memberclusters", "placementpolicies", "accesspoints", "nameservices", "dnsproviders",
+                   "certificateissuers"):
         assert not allowed(rules_, "meshfed.io", plural, "create"), f"controller may not create {plural}"
     for plural in ("memberclusters", "placementpolicies", "dnsproviders", "certificateissuers", "rolloutapprovals"):
         assert not allowed(rules_, "meshfed.io", plural, "patch"), f"{plural}: spec/metadata are people's"
@@ -409,10 +388,7 @@ def test_rollouts_can_keep_history_and_approvals() -> None:
         assert allowed(cluster, "meshfed.io", "rolloutapprovals", verb), verb
     assert allowed(cluster, "meshfed.io", "rolloutapprovals/status", "patch")
     assert {res for r in cluster for res in r["resources"]} == {
-        "controllerrevisions",
-        "rolloutapprovals",
-        "rolloutapprovals/status",
-    }
+        "controllerrevisions", "rolloutapprovals", "rolloutapprovals/status"}
 
 
 def test_dns_reads_its_objects_writes_status_and_finalizers_and_gets_its_secrets() -> None:
@@ -447,9 +423,8 @@ def test_member_rbac_covers_every_kind_the_controller_writes_and_watches() -> No
     sa = one(MEMBER, "ServiceAccount", "meshfed-hub")
     one(MEMBER, "Namespace", sa["metadata"]["namespace"])
     binding = one(MEMBER, "ClusterRoleBinding", "meshfed-member")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "meshfed-hub", "namespace": sa["metadata"]["namespace"]}
-    ]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-hub",
+                                    "namespace": sa["metadata"]["namespace"]}]
     role = one(MEMBER, binding["roleRef"]["kind"], binding["roleRef"]["name"])
     member_rules = list(role["rules"])
     for kind in MANAGED_KINDS.values():  # executor: create/apply/delete/get; members.py: list+watch
@@ -473,11 +448,8 @@ def test_member_rbac_covers_every_kind_the_controller_writes_and_watches() -> No
     for verb in ("get", "create", "update", "patch", "delete"):
         assert not allowed(member_rules, "apps", "deployments", verb), f"{verb} deployments is not needed"
     granted = {(g, res) for r in member_rules for g in r["apiGroups"] for res in r["resources"]}
-    wanted = {(k.group, k.plural) for k in MANAGED_KINDS.values()} | {
-        ("", "namespaces"),
-        ("", "pods"),
-        ("apps", "deployments"),
-    }
+    wanted = {(k.group, k.plural) for k in MANAGED_KINDS.values()} | {("", "namespaces"), ("", "pods"),
+                                                                        ("apps", "deployments")}
     assert granted == wanted, f"more than the controller needs: {sorted(granted - wanted)}"
 
 
@@ -487,9 +459,8 @@ def test_member_istiod_access_is_services_proxy_on_istiod_only() -> None:
     assert k["resources"] == ["rbac.yaml"]
     role = one(objs, "Role", "meshfed-istiod-debug")
     assert role["metadata"]["namespace"] == "istio-system"
-    assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["istiod:15014"], "verbs": ["get"]}
-    ]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["services/proxy"], "resourceNames": ["istiod:15014"],
+                              "verbs": ["get"]}]
     binding = one(objs, "RoleBinding", "meshfed-istiod-debug")
     assert binding["roleRef"]["name"] == "meshfed-istiod-debug" and binding["metadata"]["namespace"] == "istio-system"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-hub", "namespace": "meshfed-system"}]
@@ -501,10 +472,8 @@ def test_member_gateway_stats_access_is_pods_list_and_proxy_get_in_istio_system_
     assert k["resources"] == ["rbac.yaml"]
     role = one(objs, "Role", "meshfed-gateway-stats")
     assert role["metadata"]["namespace"] == "istio-system"
-    assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
-        {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]},
-    ]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+                             {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}]
     binding = one(objs, "RoleBinding", "meshfed-gateway-stats")
     assert binding["roleRef"]["name"] == "meshfed-gateway-stats" and binding["metadata"]["namespace"] == "istio-system"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshfed-hub", "namespace": "meshfed-system"}]

@@ -35,19 +35,10 @@ FIELDS: dict[str, Callable[[str], Any]] = {
 # The values tests, examples and docs used with each of the old grammars, and what the union adds
 # (`1.5m` for a gate, `500ms` for a certificate).
 ACCEPTED = {
-    "0s": timedelta(0),
-    "1s": timedelta(seconds=1),
-    "90s": timedelta(seconds=90),
-    "5m": timedelta(minutes=5),
-    "10m": timedelta(minutes=10),
-    "1h30m": timedelta(minutes=90),
-    "720h": timedelta(hours=720),
-    "2160h": timedelta(hours=2160),
-    "0.5h": timedelta(minutes=30),
-    "1h1m1s": timedelta(seconds=3661),
-    "1.5m": timedelta(seconds=90),
-    "500ms": timedelta(milliseconds=500),
-    "1s500ms": timedelta(seconds=1.5),
+    "0s": timedelta(0), "1s": timedelta(seconds=1), "90s": timedelta(seconds=90), "5m": timedelta(minutes=5),
+    "10m": timedelta(minutes=10), "1h30m": timedelta(minutes=90), "720h": timedelta(hours=720),
+    "2160h": timedelta(hours=2160), "0.5h": timedelta(minutes=30), "1h1m1s": timedelta(seconds=3661),
+    "1.5m": timedelta(seconds=90), "500ms": timedelta(milliseconds=500), "1s500ms": timedelta(seconds=1.5),
 }
 REJECTED = ["", "10", "h", "10d", "90d", "1h 30m", "-1h", "1hx", "5 minutes", "1.h", ".5h", "1us"]
 

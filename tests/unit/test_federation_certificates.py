@@ -29,28 +29,16 @@ from placement.models import ClusterDecision, MemberCluster, PlacementDecision
 def feature(issuers: dict[str, list[str]]) -> Certificates:
     ctl = SimpleNamespace(hub=None, writer=None, hub_id="hub-1")
     f = Certificates(cast(Controller, ctl))
-    f.issuers = {
-        name: {"metadata": {"name": name, "generation": 1}, "spec": {"allowedDomains": allowed}}
-        for name, allowed in issuers.items()
-    }
+    f.issuers = {name: {"metadata": {"name": name, "generation": 1}, "spec": {"allowedDomains": allowed}}
+                 for name, allowed in issuers.items()}
     return f
 
 
 def member(name: str, region: str) -> Member:
-    mc = MemberCluster.model_validate(
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "kubeconfigSecretRef": {
-                    "name": f"{name}-kubeconfig",
-                    "namespace": "meshfed-system",
-                    "key": "kubeconfig",
-                },
-                "region": region,
-                "zone": f"{region}-1",
-            },
-        }
-    )
+    mc = MemberCluster.model_validate({
+        "metadata": {"name": name},
+        "spec": {"kubeconfigSecretRef": {"name": f"{name}-kubeconfig", "namespace": "meshfed-system",
+                                         "key": "kubeconfig"}, "region": region, "zone": f"{region}-1"}})
     return Member(name=name, spec=mc, hub_id="hub-1", cache=OwnedCache("hub-1"))
 
 
@@ -58,21 +46,11 @@ def accesspoint(host: str, annotations: dict[str, str] | None = None, tls: bool 
     server: dict[str, Any] = {"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": [host]}
     if tls:
         server["tls"] = {"mode": "SIMPLE"}
-    return AccessPoint.model_validate(
-        {
-            "metadata": {"name": "shop", "namespace": "web", "uid": "u-1", "annotations": annotations or {}},
-            "spec": {
-                "template": [
-                    {
-                        "apiVersion": "networking.istio.io/v1",
-                        "kind": "Gateway",
-                        "metadata": {"name": "gw", "namespace": "edge"},
-                        "spec": {"selector": {"app": "gw"}, "servers": [server]},
-                    }
-                ]
-            },
-        }
-    )
+    return AccessPoint.model_validate({
+        "metadata": {"name": "shop", "namespace": "web", "uid": "u-1", "annotations": annotations or {}},
+        "spec": {"template": [{"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                               "metadata": {"name": "gw", "namespace": "edge"},
+                               "spec": {"selector": {"app": "gw"}, "servers": [server]}}]}})
 
 
 def placed(*names: str) -> PlacementDecision:
@@ -120,10 +98,9 @@ def test_derive_takes_annotations_and_keeps_a_still_valid_issuer() -> None:
     assert (d.certificate.spec.duration, d.certificate.spec.renew_before) == ("90s", "60s")
     assert d.certificate.spec.issuer_ref.name == "corp-ca"
     # Already issued by the catch-all: it still may sign, so it stays (no needless re-issue).
-    f.certs["web/shop"] = {
-        "metadata": {"name": "shop", "namespace": "web"},
-        "spec": {"hosts": ["a.example.com"], "issuerRef": {"name": "a-ca"}, "privateKey": {"algorithm": "RSA"}},
-    }
+    f.certs["web/shop"] = {"metadata": {"name": "shop", "namespace": "web"},
+                           "spec": {"hosts": ["a.example.com"], "issuerRef": {"name": "a-ca"},
+                                    "privateKey": {"algorithm": "RSA"}}}
     kept = f.derive(accesspoint("a.example.com"), placed("m1"), MEMBERS).certificate
     assert kept is not None and kept.spec.issuer_ref.name == "a-ca"
     assert kept.spec.private_key.algorithm == "RSA"  # user edits on the Certificate survive
@@ -135,8 +112,7 @@ def test_annotation_validation_names_the_field() -> None:
     bad = accesspoint("a.example.com", {DURATION_ANNOTATION: "soon"})
     assert validate_annotations(bad, []) == [
         "metadata.annotations[meshfed.io/certificate-duration]: invalid duration 'soon' "
-        "(expected e.g. '2160h', '90m', '1h30m')"
-    ]
+        "(expected e.g. '2160h', '90m', '1h30m')"]
     assert validate_annotations(accesspoint("a.example.com", {RENEW_BEFORE_ANNOTATION: "1h30m"}), []) == []
 
 

@@ -59,8 +59,7 @@ async def wait_until(check: object, timeout: float = 2.0) -> None:
 
 
 async def test_work_skipped_during_a_late_renewal_runs_once_renewed(
-    controller: tuple[Controller, Shards, list[str]],
-) -> None:
+        controller: tuple[Controller, Shards, list[str]]) -> None:
     ctl, sh, ran = controller
     lease = sh.shard_key(NS, NAME)
     hold(sh, lease, -1.0)
@@ -77,8 +76,7 @@ async def test_work_skipped_during_a_late_renewal_runs_once_renewed(
 
 
 async def test_reconcile_fenced_midway_runs_again_once_renewed(
-    controller: tuple[Controller, Shards, list[str]],
-) -> None:
+        controller: tuple[Controller, Shards, list[str]]) -> None:
     ctl, sh, ran = controller
     lease = sh.shard_key(NS, NAME)
     hold(sh, lease, 60.0)

@@ -57,13 +57,13 @@ def run(outcomes: str, probe: HttpProbe = PROBE, revision: str = "r1") -> ProbeR
         ("+++", "Healthy", 3, 0),
         ("-", "Pending", 0, 1),
         ("--", "Unhealthy", 0, 2),
-        ("++-", "Pending", 0, 1),  # a failure resets the successes
+        ("++-", "Pending", 0, 1),           # a failure resets the successes
         ("++-+++", "Healthy", 3, 0),
-        ("+++-", "Healthy", 0, 1),  # healthy until failureThreshold failures in a row
+        ("+++-", "Healthy", 0, 1),          # healthy until failureThreshold failures in a row
         ("+++--", "Unhealthy", 0, 2),
-        ("--++", "Unhealthy", 2, 0),  # unhealthy until successThreshold successes in a row
+        ("--++", "Unhealthy", 2, 0),        # unhealthy until successThreshold successes in a row
         ("--+++", "Healthy", 3, 0),
-        ("-+-+-+", "Pending", 1, 0),  # flapping never decides
+        ("-+-+-+", "Pending", 1, 0),        # flapping never decides
     ],
 )
 def test_tally_table(outcomes: str, verdict: str, successes: int, failures: int) -> None:
@@ -101,12 +101,8 @@ def test_tally_properties(outcomes: str, s: int, f: int) -> None:
 
 @pytest.mark.parametrize(
     ("code", "error", "timed_out", "outcome"),
-    [
-        (200, None, False, "Passed"),
-        (503, None, False, "Failed"),
-        (None, None, True, "TimedOut"),
-        (None, "connection refused", False, "Error"),
-    ],
+    [(200, None, False, "Passed"), (503, None, False, "Failed"), (None, None, True, "TimedOut"),
+     (None, "connection refused", False, "Error")],
 )
 def test_probe_outcome(code: int | None, error: str | None, timed_out: bool, outcome: str) -> None:
     assert probe_outcome(PROBE, code, error, timed_out) == outcome
@@ -116,8 +112,7 @@ def test_probe_messages_name_url_answer_and_timeout() -> None:
     bad = tally(tally(None, result("Failed", 503), PROBE, "r"), result("Failed", 503), PROBE, "r")
     assert probe_message(bad, PROBE) == (
         "probe failed 2x in a row (failureThreshold 2): GET https://shop.example/healthz via 127.100.1.1:443: "
-        "503 (expected 200) in 7 ms"
-    )
+        "503 (expected 200) in 7 ms")
     hung = ProbeResult(url=URL, via="127.100.1.1:443", outcome="TimedOut", latency_ms=2000)
     assert describe(hung, PROBE) == "GET https://shop.example/healthz via 127.100.1.1:443: timed out after 2s"
     refused = ProbeResult(url=URL, outcome="Error", message="connection refused")
@@ -147,8 +142,8 @@ def hist(samples: list[float]) -> list[tuple[float, int]]:
     [
         ([], 0.95, None),
         ([(1.0, 0), (5.0, 0)], 0.95, None),
-        ([(10.0, 100)], 0.5, 5.0),  # inside the first bucket from 0
-        ([(10.0, 50), (20.0, 100)], 0.95, 19.0),  # 95th of 100: 45/50 through (10, 20]
+        ([(10.0, 100)], 0.5, 5.0),                       # inside the first bucket from 0
+        ([(10.0, 50), (20.0, 100)], 0.95, 19.0),        # 95th of 100: 45/50 through (10, 20]
         ([(10.0, 100), (float("inf"), 100)], 0.95, 9.5),
         ([(10.0, 90), (float("inf"), 100)], 0.95, 10.0),  # in +Inf: the highest finite bound
     ],
@@ -203,69 +198,26 @@ CASES: list[tuple[str, AnalysisSpec, AnalysisFigures | None, float, str, list[st
     ("nothing read yet", SPEC, None, 0, "Wait", ["c1: 0/50 requests", "window 0/60s"]),
     ("not enough requests", SPEC, figures(61, c1=tf(20), s1=tf(500)), 61, "Wait", ["c1: 20/50 requests"]),
     ("enough requests, window open", SPEC, figures(30, c1=tf(80), s1=tf(500)), 30, "Wait", ["30s left"]),
-    (
-        "good over the window",
-        SPEC,
-        figures(60, c1=tf(80, 2), s1=tf(500)),
-        60,
-        "Pass",
-        ["c1: 2/80 5xx (2.5%), p95 10 ms", "stable s1: 0/500 5xx (0.0%)", "over 60s"],
-    ),
-    (
-        "5xx breach fails at once",
-        SPEC,
-        figures(10, c1=tf(60, 30), s1=tf(500)),
-        10,
-        "Fail",
-        ["c1: 30/60 5xx (50.0%), p95 10 ms: 5xx 50.0% > max5xxRatio 5.0% (vs stable s1: 0/500 5xx (0.0%)"],
-    ),
-    (
-        "breach below minRequests waits",
-        SPEC,
-        figures(10, c1=tf(40, 40), s1=tf(500)),
-        10,
-        "Wait",
-        ["c1: 40/50 requests"],
-    ),
-    (
-        "latency breach",
-        SPEC,
-        figures(60, c1=tf(80, 0, 400), s1=tf(500)),
-        60,
-        "Fail",
-        ["p95 488 ms > maxP95LatencyMs 200"],
-    ),  # 400 ms samples: interpolated in (250, 500]
-    (
-        "maxWait without traffic",
-        SPEC,
-        figures(300, c1=tf(3), s1=tf(500)),
-        300,
-        "Fail",
-        ["not enough traffic to judge after 300s (maxWait 5m): c1: 3/50 requests"],
-    ),
-    (
-        "every canary cluster must be judged",
-        SPEC,
-        figures(60, c1=tf(80), c2=tf(10), s1=tf(500)),
-        60,
-        "Wait",
-        ["c2: 10/50 requests"],
-    ),
-    (
-        "a bad second canary fails",
-        SPEC,
-        figures(20, c1=tf(80), c2=tf(80, 80), s1=tf(500)),
-        20,
-        "Fail",
-        ["c2: 80/80 5xx (100.0%)"],
-    ),
+    ("good over the window", SPEC, figures(60, c1=tf(80, 2), s1=tf(500)), 60, "Pass",
+     ["c1: 2/80 5xx (2.5%), p95 10 ms", "stable s1: 0/500 5xx (0.0%)", "over 60s"]),
+    ("5xx breach fails at once", SPEC, figures(10, c1=tf(60, 30), s1=tf(500)), 10, "Fail",
+     ["c1: 30/60 5xx (50.0%), p95 10 ms: 5xx 50.0% > max5xxRatio 5.0% (vs stable s1: 0/500 5xx (0.0%)"]),
+    ("breach below minRequests waits", SPEC, figures(10, c1=tf(40, 40), s1=tf(500)), 10, "Wait",
+     ["c1: 40/50 requests"]),
+    ("latency breach", SPEC, figures(60, c1=tf(80, 0, 400), s1=tf(500)), 60, "Fail",
+     ["p95 488 ms > maxP95LatencyMs 200"]),  # 400 ms samples: interpolated in (250, 500]
+    ("maxWait without traffic", SPEC, figures(300, c1=tf(3), s1=tf(500)), 300, "Fail",
+     ["not enough traffic to judge after 300s (maxWait 5m): c1: 3/50 requests"]),
+    ("every canary cluster must be judged", SPEC, figures(60, c1=tf(80), c2=tf(10), s1=tf(500)), 60, "Wait",
+     ["c2: 10/50 requests"]),
+    ("a bad second canary fails", SPEC, figures(20, c1=tf(80), c2=tf(80, 80), s1=tf(500)), 20, "Fail",
+     ["c2: 80/80 5xx (100.0%)"]),
 ]
 
 
 @pytest.mark.parametrize(("name", "spec", "figs", "waited", "decision", "texts"), CASES, ids=[c[0] for c in CASES])
-def test_decide_table(
-    name: str, spec: AnalysisSpec, figs: AnalysisFigures | None, waited: float, decision: str, texts: list[str]
-) -> None:
+def test_decide_table(name: str, spec: AnalysisSpec, figs: AnalysisFigures | None, waited: float, decision: str,
+                      texts: list[str]) -> None:
     canary = [c for c in ("c1", "c2") if figs is None or c in figs.clusters or c == "c1"]
     verdict = decide(spec, canary, ["s1"], figs, waited)
     assert verdict.decision == decision, verdict.message
@@ -274,13 +226,8 @@ def test_decide_table(
 
 
 def test_decide_relative_to_stable() -> None:
-    spec = AnalysisSpec(
-        window="10s",
-        min_requests=50,
-        max_5xx_ratio=None,
-        max_5xx_ratio_over_stable=0.02,
-        max_p95_latency_over_stable=2.0,
-    )
+    spec = AnalysisSpec(window="10s", min_requests=50, max_5xx_ratio=None, max_5xx_ratio_over_stable=0.02,
+                        max_p95_latency_over_stable=2.0)
     # The stable clusters have 10% 5xx themselves: a canary at 11% is not worse by more than 2 points.
     ok = decide(spec, ["c1"], ["s1", "s2"], figures(10, c1=tf(100, 11), s1=tf(100, 10), s2=tf(100, 10)), 10)
     assert ok.decision == "Pass", ok.message
@@ -302,10 +249,7 @@ def test_decide_unreadable_gateway() -> None:
 
 
 @given(
-    requests=st.integers(0, 400),
-    errors=st.integers(0, 400),
-    seconds=st.floats(0, 120),
-    waited=st.floats(0, 400),
+    requests=st.integers(0, 400), errors=st.integers(0, 400), seconds=st.floats(0, 120), waited=st.floats(0, 400),
     ratio=st.floats(0, 1),
 )
 def test_decide_properties(requests: int, errors: int, seconds: float, waited: float, ratio: float) -> None:
@@ -342,12 +286,8 @@ def test_analysis_gate_model() -> None:
 
 
 def vs(http: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": "app"},
-        "spec": {"hosts": ["shop.example"], "gateways": ["gw"], "http": http},
-    }
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": "app"},
+            "spec": {"hosts": ["shop.example"], "gateways": ["gw"], "http": http}}
 
 
 def test_with_stat_prefix() -> None:
@@ -355,13 +295,9 @@ def test_with_stat_prefix() -> None:
     assert prefix == "meshfed_shop-ns_shop"
     route = {"destination": {"host": "app"}}
     objects = [
-        vs(
-            [
-                {"route": [route]},
-                {"match": [{"uri": {"prefix": "/a"}}, {"headers": {"x": {"exact": "1"}}}], "route": [route]},
-                {"match": [{"uri": {"prefix": "/mine"}, "statPrefix": "users"}], "route": [route]},
-            ]
-        ),
+        vs([{"route": [route]},
+            {"match": [{"uri": {"prefix": "/a"}}, {"headers": {"x": {"exact": "1"}}}], "route": [route]},
+            {"match": [{"uri": {"prefix": "/mine"}, "statPrefix": "users"}], "route": [route]}]),
         {"kind": "Service", "metadata": {"name": "gw"}, "spec": {}},
     ]
     before = repr(objects)

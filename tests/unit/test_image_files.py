@@ -76,9 +76,8 @@ def test_kustomization_images_override_sets_the_deployment_image(tmp_path: Path)
     shutil.copytree(REPO / "deploy", tmp_path / "deploy")  # beside my-hub/, as the example has it
     (tmp_path / "my-hub").mkdir()
     (tmp_path / "my-hub" / "kustomization.yaml").write_text(example)
-    out = subprocess.run(
-        ["kubectl", "kustomize", str(tmp_path / "my-hub")], capture_output=True, text=True, check=True
-    ).stdout
+    out = subprocess.run(["kubectl", "kustomize", str(tmp_path / "my-hub")], capture_output=True, text=True,
+                         check=True).stdout
     (dep,) = [d for d in yaml.safe_load_all(out) if d and d["kind"] == "Deployment"]
     image = dep["spec"]["template"]["spec"]["containers"][0]["image"]
     (override,) = k["images"]

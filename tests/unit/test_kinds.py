@@ -50,12 +50,10 @@ if not SHARED.exists():
 
 
 def make_ap(template: list[dict[str, Any]], **spec: Any) -> AccessPoint:
-    return AccessPoint.model_validate(
-        {
-            "metadata": {"name": "shop", "namespace": "payments", "generation": 1},
-            "spec": {"template": template, **spec},
-        }
-    )
+    return AccessPoint.model_validate({
+        "metadata": {"name": "shop", "namespace": "payments", "generation": 1},
+        "spec": {"template": template, **spec},
+    })
 
 
 def member_crds() -> list[dict[str, Any]]:
@@ -86,17 +84,8 @@ def test_kind_names_are_the_crd_enum_and_gateway_names_two_kinds() -> None:
     assert TemplateKind.__args__ == TEMPLATE_KIND_NAMES  # type: ignore[attr-defined]
     assert len(TEMPLATE_KIND_NAMES) == len(TEMPLATE_KINDS) - 1
     assert [k.group for k in kinds_named("Gateway")] == [ISTIO_NET, GATEWAY_API]
-    for name in (
-        "AuthorizationPolicy",
-        "PeerAuthentication",
-        "RequestAuthentication",
-        "Sidecar",
-        "Telemetry",
-        "EnvoyFilter",
-        "HTTPRoute",
-        "GRPCRoute",
-        "ReferenceGrant",
-    ):
+    for name in ("AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication", "Sidecar", "Telemetry",
+                 "EnvoyFilter", "HTTPRoute", "GRPCRoute", "ReferenceGrant"):
         assert len(kinds_named(name)) == 1, name
 
 
@@ -136,8 +125,7 @@ def test_every_new_kind_validates_and_renders_with_variables() -> None:
         assert "${" not in str(obj)
     assert by_kind[("security.istio.io", "AuthorizationPolicy")]["metadata"]["labels"]["meshfed.io/example"] == "east-1"
     assert by_kind[("security.istio.io", "PeerAuthentication")]["spec"]["selector"]["matchLabels"] == {
-        "app": "backend-east-1"
-    }
+        "app": "backend-east-1"}
     assert by_kind[(GATEWAY_API, "HTTPRoute")]["spec"]["hostnames"] == ["app.us-east.example"]
     assert by_kind[(GATEWAY_API, "ReferenceGrant")]["spec"]["from"][0]["namespace"] == "payments"
     assert by_kind[("telemetry.istio.io", "Telemetry")]["metadata"]["labels"]["meshfed.io/zone"] == "us-east-a"
@@ -165,24 +153,19 @@ def test_envoy_filter_needs_the_opt_in() -> None:
 
 def test_allow_envoy_filter_is_revisioned_and_its_default_changes_no_hash() -> None:
     ap = make_ap([samples.authorization_policy()])
-    assert revision_hash(ap.spec) == revision_hash(
-        make_ap([samples.authorization_policy()], allowEnvoyFilter=False).spec
-    )
-    assert revision_hash(ap.spec) != revision_hash(
-        make_ap([samples.authorization_policy()], allowEnvoyFilter=True).spec
-    )
+    assert revision_hash(ap.spec) == revision_hash(make_ap([samples.authorization_policy()],
+                                                            allowEnvoyFilter=False).spec)
+    assert revision_hash(ap.spec) != revision_hash(make_ap([samples.authorization_policy()],
+                                                            allowEnvoyFilter=True).spec)
     assert "allowEnvoyFilter" not in ap.spec.model_dump(by_alias=True, exclude_defaults=True)
 
 
-@pytest.mark.parametrize(
-    ("obj", "fragment"),
-    [
-        ({**samples.authorization_policy(), "apiVersion": "networking.istio.io/v1"}, "use security.istio.io/v1"),
-        ({**samples.http_route(), "apiVersion": "gateway.networking.k8s.io/v1alpha2"}, "gateway.networking.k8s.io/v1"),
-        ({**samples.envoy_filter(), "apiVersion": "networking.istio.io/v1"}, "networking.istio.io/v1alpha3"),
-        ({**samples.telemetry(), "apiVersion": "telemetry.istio.io/v1beta1"}, "telemetry.istio.io/v1alpha1"),
-    ],
-)
+@pytest.mark.parametrize(("obj", "fragment"), [
+    ({**samples.authorization_policy(), "apiVersion": "networking.istio.io/v1"}, "use security.istio.io/v1"),
+    ({**samples.http_route(), "apiVersion": "gateway.networking.k8s.io/v1alpha2"}, "gateway.networking.k8s.io/v1"),
+    ({**samples.envoy_filter(), "apiVersion": "networking.istio.io/v1"}, "networking.istio.io/v1alpha3"),
+    ({**samples.telemetry(), "apiVersion": "telemetry.istio.io/v1beta1"}, "telemetry.istio.io/v1alpha1"),
+])
 def test_wrong_api_version_of_a_new_kind_names_the_field(obj: dict[str, Any], fragment: str) -> None:
     errors = validate(make_ap([obj], allowEnvoyFilter=True))
     assert [e.path for e in errors] == ["spec.template[0].apiVersion"]
@@ -198,15 +181,9 @@ def test_unknown_kind_is_refused_by_the_model() -> None:
 
 
 def istio_gateway(name: str = "web") -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": {"name": name},
-        "spec": {
-            "selector": {"istio": "ingressgateway"},
-            "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}],
-        },
-    }
+    return {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": name},
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{"port": {"number": 8080, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]}]}}
 
 
 def test_both_gateways_of_one_name_are_two_objects() -> None:
@@ -220,35 +197,21 @@ def test_both_gateways_of_one_name_are_two_objects() -> None:
     p = plan(out.objects, {})
     assert len(p.create) == 2
     # the same (group, kind, name) twice is still a duplicate
-    dup = validate(
-        make_ap(
-            [
-                samples.k8s_gateway("web"),
-                {**samples.k8s_gateway("web"), "apiVersion": "gateway.networking.k8s.io/v1beta1"},
-            ]
-        )
-    )
+    dup = validate(make_ap([samples.k8s_gateway("web"), {**samples.k8s_gateway("web"),
+                                                         "apiVersion": "gateway.networking.k8s.io/v1beta1"}]))
     assert [e.path for e in dup] == ["spec.template[1].metadata.name"]
 
 
 def test_override_target_group_picks_one_gateway() -> None:
     patch = {"spec": {"listeners": [{"name": "http", "port": 9090, "protocol": "HTTP"}]}}
-    ambiguous = make_ap(
-        [istio_gateway("web"), samples.k8s_gateway("web")],
-        overrides=[{"clusters": ["east-1"], "target": {"kind": "Gateway", "name": "web"}, "mergePatch": patch}],
-    )
+    ambiguous = make_ap([istio_gateway("web"), samples.k8s_gateway("web")],
+                        overrides=[{"clusters": ["east-1"], "target": {"kind": "Gateway", "name": "web"},
+                                    "mergePatch": patch}])
     out = render(ambiguous, EAST, HUB)
     assert len(out.errors) == 1 and "ambiguous: set target.group" in str(out.errors[0])
-    ok = make_ap(
-        [istio_gateway("web"), samples.k8s_gateway("web")],
-        overrides=[
-            {
-                "clusters": ["east-1"],
-                "mergePatch": patch,
-                "target": {"kind": "Gateway", "name": "web", "group": GATEWAY_API},
-            }
-        ],
-    )
+    ok = make_ap([istio_gateway("web"), samples.k8s_gateway("web")],
+                 overrides=[{"clusters": ["east-1"], "mergePatch": patch,
+                             "target": {"kind": "Gateway", "name": "web", "group": GATEWAY_API}}])
     east = render(ok, EAST, HUB)
     assert east.errors == []
     assert east.objects[1]["spec"]["listeners"][0]["port"] == 9090
@@ -273,44 +236,21 @@ def test_prune_removes_only_the_gateway_that_left_the_template() -> None:
 
 
 def discovery(groups: dict[str, dict[str, list[str]]]) -> dict[str, Any]:
-    return {
-        "kind": "APIGroupDiscoveryList",
-        "apiVersion": "apidiscovery.k8s.io/v2",
-        "items": [
-            {
-                "metadata": {"name": g},
-                "versions": [
-                    {"version": v, "resources": [{"resource": r} for r in res]} for v, res in versions.items()
-                ],
-            }
-            for g, versions in groups.items()
-        ],
-    }
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "items": [
+        {"metadata": {"name": g}, "versions": [
+            {"version": v, "resources": [{"resource": r} for r in res]} for v, res in versions.items()]}
+        for g, versions in groups.items()]}
 
 
 def test_served_kinds_from_aggregated_discovery() -> None:
-    found = served_resources(
-        discovery(
-            {
-                "networking.istio.io": {
-                    "v1": ["gateways", "virtualservices", "sidecars"],
-                    "v1alpha3": ["envoyfilters"],
-                },
-                "gateway.networking.k8s.io": {"v1": ["gateways", "httproutes"], "v1beta1": ["referencegrants"]},
-            }
-        )
-    )
+    found = served_resources(discovery({
+        "networking.istio.io": {"v1": ["gateways", "virtualservices", "sidecars"], "v1alpha3": ["envoyfilters"]},
+        "gateway.networking.k8s.io": {"v1": ["gateways", "httproutes"], "v1beta1": ["referencegrants"]},
+    }))
     assert found is not None
     served = served_kinds(found)
-    assert {
-        ("", "Service"),
-        ("", "Secret"),
-        (ISTIO_NET, "Gateway"),
-        (ISTIO_NET, "Sidecar"),
-        (ISTIO_NET, "EnvoyFilter"),
-        (GATEWAY_API, "Gateway"),
-        (GATEWAY_API, "HTTPRoute"),
-    } <= served
+    assert {("", "Service"), ("", "Secret"), (ISTIO_NET, "Gateway"), (ISTIO_NET, "Sidecar"),
+            (ISTIO_NET, "EnvoyFilter"), (GATEWAY_API, "Gateway"), (GATEWAY_API, "HTTPRoute")} <= served
     # referencegrants only at v1beta1: meshfed writes v1, so not served; no security group at all
     assert (GATEWAY_API, "ReferenceGrant") not in served
     assert ("security.istio.io", "AuthorizationPolicy") not in served
@@ -318,23 +258,16 @@ def test_served_kinds_from_aggregated_discovery() -> None:
 
 
 def test_member_reports_the_kinds_it_does_not_serve_and_waits_only_for_served_ones() -> None:
-    mc = MemberCluster.model_validate(
-        {
-            "metadata": {"name": "m1"},
-            "spec": {"kubeconfigSecretRef": {"name": "k", "namespace": "meshfed-system"}, "region": "r", "zone": "z"},
-        }
-    )
+    mc = MemberCluster.model_validate({"metadata": {"name": "m1"}, "spec": {
+        "kubeconfigSecretRef": {"name": "k", "namespace": "meshfed-system"}, "region": "r", "zone": "z"}})
     member = Member(name="m1", spec=mc, hub_id=HUB, cache=OwnedCache(HUB))
     found = served_resources(discovery({"networking.istio.io": {"v1": ["gateways", "virtualservices"]}}))
     assert found is not None
     member.probe = Probe(reachable=True, ready=True, istio=True, served=served_kinds(found))
-    objects = render(
-        make_ap([istio_gateway(), samples.authorization_policy(), samples.http_route()]), EAST, HUB
-    ).objects
-    assert member.unserved(objects) == [
-        "AuthorizationPolicy (security.istio.io/v1)",
-        "HTTPRoute (gateway.networking.k8s.io/v1)",
-    ]
+    objects = render(make_ap([istio_gateway(), samples.authorization_policy(), samples.http_route()]), EAST,
+                     HUB).objects
+    assert member.unserved(objects) == ["AuthorizationPolicy (security.istio.io/v1)",
+                                        "HTTPRoute (gateway.networking.k8s.io/v1)"]
     member.client = object()  # type: ignore[assignment]  # usable() only checks that one exists
     assert not member.usable
     member.cache.synced |= {("", "Service"), ("", "Secret"), (ISTIO_NET, "Gateway")}
@@ -346,6 +279,7 @@ def test_member_reports_the_kinds_it_does_not_serve_and_waits_only_for_served_on
 # ---- Istio's status on the Gateway API kinds feeds routeConfigured -----------------------------------
 
 
+
 def served(obj: dict[str, Any], generation: int = 1, status: dict[str, Any] | None = None) -> dict[str, Any]:
     out = copy.deepcopy(obj)
     out["metadata"] = {**out["metadata"], "namespace": "payments", "generation": generation}
@@ -354,76 +288,47 @@ def served(obj: dict[str, Any], generation: int = 1, status: dict[str, Any] | No
     return out
 
 
-def cond(
-    type_: str, status: str = "True", reason: str | None = None, generation: int = 1, message: str = ""
-) -> dict[str, Any]:
-    return {
-        "type": type_,
-        "status": status,
-        "reason": reason or type_,
-        "message": message,
-        "observedGeneration": generation,
-        "lastTransitionTime": "2026-12-02T08:00:00Z",
-    }
+def cond(type_: str, status: str = "True", reason: str | None = None, generation: int = 1,
+         message: str = "") -> dict[str, Any]:
+    return {"type": type_, "status": status, "reason": reason or type_, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": "2026-12-02T08:00:00Z"}
 
 
 def gw_status(programmed: str = "True", generation: int = 1, reason: str | None = None) -> dict[str, Any]:
-    return {"conditions": [cond("Accepted", generation=generation), cond("Programmed", programmed, reason, generation)]}
+    return {"conditions": [cond("Accepted", generation=generation),
+                           cond("Programmed", programmed, reason, generation)]}
 
 
-def route_status(
-    accepted: str = "True",
-    resolved: str = "True",
-    generation: int = 1,
-    parent: str = "web",
-    reason: str | None = None,
-    message: str = "",
-) -> dict[str, Any]:
-    return {
-        "parents": [
-            {
-                "parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": parent},
-                "controllerName": ISTIO_GATEWAY_CONTROLLER,
-                "conditions": [
-                    cond("Accepted", accepted, reason, generation, message),
-                    cond("ResolvedRefs", resolved, None if resolved == "True" else "BackendNotFound", generation),
-                ],
-            }
-        ]
-    }
+def route_status(accepted: str = "True", resolved: str = "True", generation: int = 1, parent: str = "web",
+                 reason: str | None = None, message: str = "") -> dict[str, Any]:
+    return {"parents": [{"parentRef": {"group": "gateway.networking.k8s.io", "kind": "Gateway", "name": parent},
+                         "controllerName": ISTIO_GATEWAY_CONTROLLER,
+                         "conditions": [cond("Accepted", accepted, reason, generation, message),
+                                        cond("ResolvedRefs", resolved,
+                                             None if resolved == "True" else "BackendNotFound", generation)]}]}
 
 
 def test_gateway_api_verdict_is_istios_status() -> None:
     assert gateway_api_verdict([served(samples.authorization_policy())]) is None
-    good = [
-        served(samples.k8s_gateway("web"), status=gw_status()),
-        served(samples.http_route("web"), status=route_status()),
-        served(samples.grpc_route("grpc"), status=route_status()),
-    ]
+    good = [served(samples.k8s_gateway("web"), status=gw_status()),
+            served(samples.http_route("web"), status=route_status()),
+            served(samples.grpc_route("grpc"), status=route_status())]
     verdict = gateway_api_verdict(good)
     assert verdict is not None and verdict.configured is True
-    assert verdict.message == (
-        "Istio reports 1 Gateway API Gateway(s) Programmed and 2 route(s) Accepted with references resolved"
-    )
+    assert verdict.message == ("Istio reports 1 Gateway API Gateway(s) Programmed and 2 route(s) Accepted with "
+                               "references resolved")
     # not programmed: the reason and message istiod wrote
     bad = [served(samples.k8s_gateway("web"), status=gw_status("False", reason="AddressNotAssigned")), good[1]]
     verdict = gateway_api_verdict(bad)
     assert verdict is not None and verdict.configured is False
-    assert verdict.message == ("Gateway.gateway.networking.k8s.io payments/web: Programmed=False AddressNotAssigned")
+    assert verdict.message == ("Gateway.gateway.networking.k8s.io payments/web: Programmed=False "
+                               "AddressNotAssigned")
     # a route whose backend does not resolve / not accepted by its listener
     verdict = gateway_api_verdict([served(samples.http_route("web"), status=route_status(resolved="False"))])
     assert verdict is not None and verdict.configured is False
     assert "HTTPRoute payments/web: parent payments/web: ResolvedRefs=False BackendNotFound" in verdict.message
-    verdict = gateway_api_verdict(
-        [
-            served(
-                samples.http_route("web"),
-                status=route_status(
-                    accepted="False", reason="NoMatchingListenerHostname", message="no hostnames matched"
-                ),
-            )
-        ]
-    )
+    verdict = gateway_api_verdict([served(samples.http_route("web"), status=route_status(
+        accepted="False", reason="NoMatchingListenerHostname", message="no hostnames matched"))])
     assert verdict is not None and "Accepted=False NoMatchingListenerHostname: no hostnames matched" in verdict.message
 
 
@@ -455,22 +360,16 @@ def test_route_verdict_combines_the_istio_and_gateway_api_parts() -> None:
     assert combine_verdicts(None, None) is None
     assert combine_verdicts(t, None) == t
     both = combine_verdicts(t, RouteVerdict(configured=True, message="Istio reports ..."))
-    assert (
-        both is not None
-        and both.configured is True
-        and both.message == "routes ACKed by 1/1 gateway proxies; Istio reports ..."
-        and both.proxies == "1/1"
-    )
+    assert both is not None and both.configured is True and both.message == "routes ACKed by 1/1 gateway proxies; " \
+        "Istio reports ..." and both.proxies == "1/1"
     assert combine_verdicts(t, f) == RouteVerdict(configured=False, message=f.message, synced=1, total=1)
     undecided = combine_verdicts(u, t)
     assert undecided is not None and undecided.configured is None and undecided.message == u.message
     falsy = combine_verdicts(u, f)
     assert falsy is not None and falsy.configured is False
     # route_verdict: Gateway API objects only, no istiod view needed
-    objs = [
-        served(samples.k8s_gateway("web"), status=gw_status()),
-        served(samples.http_route("web"), status=route_status()),
-    ]
+    objs = [served(samples.k8s_gateway("web"), status=gw_status()), served(samples.http_route("web"),
+                                                                           status=route_status())]
     verdict = route_verdict(objs, IstiodView(reachable=False, error="down"))
     assert verdict is not None and verdict.configured is True
     istio_gw = served(istio_gateway("web"))
@@ -480,13 +379,8 @@ def test_route_verdict_combines_the_istio_and_gateway_api_parts() -> None:
 
 def test_analyzer_messages_cover_every_istio_group() -> None:
     msg = {"validationMessages": [{"type": {"code": "IST0101"}, "level": "ERROR"}], "observedGeneration": 1}
-    objs = [
-        served(samples.authorization_policy(), status=msg),
-        served(samples.telemetry(), status=msg),
-        served(samples.http_route(), status=msg),
-    ]
+    objs = [served(samples.authorization_policy(), status=msg), served(samples.telemetry(), status=msg),
+            served(samples.http_route(), status=msg)]
     verdict = analyzer_messages(objs)
-    assert [m.object for m in verdict.messages] == [
-        "AuthorizationPolicy payments/deny-admin",
-        "Telemetry payments/access-log",
-    ]
+    assert [m.object for m in verdict.messages] == ["AuthorizationPolicy payments/deny-admin",
+                                                    "Telemetry payments/access-log"]

@@ -15,12 +15,8 @@ from federation.operator import in_cluster_login
 ENV = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 
 
-def service_account(
-    tmp_path: Path,
-    token: str = "tok-1",
-    ca: str = "-----BEGIN CERTIFICATE-----\n",
-    namespace: str | None = "meshfed-system",
-) -> Path:
+def service_account(tmp_path: Path, token: str = "tok-1", ca: str = "-----BEGIN CERTIFICATE-----\n",
+                    namespace: str | None = "meshfed-system") -> Path:
     (tmp_path / "token").write_text(token)
     (tmp_path / "ca.crt").write_text(ca)
     if namespace is not None:
@@ -84,10 +80,6 @@ def test_kopf_login_uses_the_service_host_and_reads_the_token_again(tmp_path: Pa
     directory = service_account(tmp_path)
     info = in_cluster_login(ENV, str(directory))
     assert (info.server, info.token, info.ca_path, info.default_namespace) == (
-        "https://10.96.0.1:443",
-        "tok-1",
-        str(directory / "ca.crt"),
-        "meshfed-system",
-    )
+        "https://10.96.0.1:443", "tok-1", str(directory / "ca.crt"), "meshfed-system")
     (directory / "token").write_text("tok-2\n")
     assert in_cluster_login(ENV, str(directory)).token == "tok-2"

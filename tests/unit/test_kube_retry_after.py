@@ -14,15 +14,8 @@ from kubernetes_asyncio.client import ApiClient, Configuration
 
 from federation.kube import ApiError, KubeClient, retry_after_seconds
 
-TOO_MANY = {
-    "kind": "Status",
-    "apiVersion": "v1",
-    "status": "Failure",
-    "reason": "TooManyRequests",
-    "message": "storage is (re)initializing",
-    "details": {"retryAfterSeconds": 1},
-    "code": 429,
-}
+TOO_MANY = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "TooManyRequests",
+            "message": "storage is (re)initializing", "details": {"retryAfterSeconds": 1}, "code": 429}
 
 
 class Server:
@@ -61,7 +54,8 @@ def client(host: str, attempts: int) -> KubeClient:
 
 
 @pytest.mark.parametrize("attempts", [1, 3])
-async def test_a_429_with_retry_after_is_tried_again_after_the_pause(server: tuple[Server, str], attempts: int) -> None:
+async def test_a_429_with_retry_after_is_tried_again_after_the_pause(server: tuple[Server, str],
+                                                                     attempts: int) -> None:
     srv, host = server
     srv.refusals = 2
     kube = client(host, attempts)
@@ -106,18 +100,9 @@ async def test_retry_false_and_a_spent_deadline_return_the_429(server: tuple[Ser
         await kube.close()
 
 
-@pytest.mark.parametrize(
-    ("status", "header", "expected"),
-    [
-        (429, "1", 1.0),
-        (429, " 3 ", 3.0),
-        (429, "600", 10.0),
-        (429, "-2", 0.0),
-        (429, "Wed, 21 Oct 2026 07:28:00 GMT", None),
-        (429, None, None),
-        (503, "1", None),
-        (200, "1", None),
-    ],
-)
+@pytest.mark.parametrize(("status", "header", "expected"), [
+    (429, "1", 1.0), (429, " 3 ", 3.0), (429, "600", 10.0), (429, "-2", 0.0),
+    (429, "Wed, 21 Oct 2026 07:28:00 GMT", None), (429, None, None), (503, "1", None), (200, "1", None),
+])
 def test_retry_after_seconds(status: int, header: str | None, expected: float | None) -> None:
     assert retry_after_seconds(status, header) == expected

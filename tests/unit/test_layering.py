@@ -16,12 +16,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ["cli", "dashboard", "fleet", "federation", "accesspoint", "placement", "nameservice", "certs"]
-LINT_IMPORTS = [
-    sys.executable,
-    "-c",
-    "import sys; from importlinter.cli import lint_imports_command as c; "
-    "sys.exit(c.main(args=['--no-cache'], standalone_mode=False))",
-]
+LINT_IMPORTS = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; "
+                "sys.exit(c.main(args=['--no-cache'], standalone_mode=False))"]
 
 
 def lint(root: Path) -> subprocess.CompletedProcess[str]:
@@ -49,29 +45,26 @@ def test_the_repository_keeps_every_contract() -> None:
     assert "3 kept, 0 broken" in result.stdout
 
 
-@pytest.mark.parametrize(
-    ("module", "line", "contract"),
-    [
-        # a pure core that talks to the network
-        ("accesspoint/meta.py", "import aiohttp  # noqa", "pure cores do no I/O"),
-        # indirectly: a pure module that loads a DNS provider client (dnspython's query module, aiohttp)
-        ("nameservice/plan.py", "import nameservice.providers.factory  # noqa", "pure cores do no I/O"),
-        # the runtime importing the local fleet
-        ("federation/kube.py", "import fleet.core  # noqa", "cli on top"),
-        # anything importing the CLI
-        ("fleet/l4.py", "import cli.common  # noqa", "cli on top"),
-        # the dashboard reaching into the CLI (only the CLI imports the dashboard)
-        ("dashboard/views.py", "import cli.common  # noqa", "cli on top"),
-        # the runtime importing the dashboard
-        ("federation/kube.py", "import dashboard.views  # noqa", "cli on top"),
-        # a circle between two modules of one package
-        ("accesspoint/meta.py", "import accesspoint.models  # noqa", "no import circle"),
-    ],
-)
+@pytest.mark.parametrize(("module", "line", "contract"), [
+    # a pure core that talks to the network
+    ("accesspoint/meta.py", "import aiohttp  # noqa", "pure cores do no I/O"),
+    # indirectly: a pure module that loads a DNS provider client (dnspython's query module, aiohttp)
+    ("nameservice/plan.py", "import nameservice.providers.factory  # noqa", "pure cores do no I/O"),
+    # the runtime importing the local fleet
+    ("federation/kube.py", "import fleet.core  # noqa", "cli on top"),
+    # anything importing the CLI
+    ("fleet/l4.py", "import cli.common  # noqa", "cli on top"),
+    # the dashboard reaching into the CLI (only the CLI imports the dashboard)
+    ("dashboard/views.py", "import cli.common  # noqa", "cli on top"),
+    # the runtime importing the dashboard
+    ("federation/kube.py", "import dashboard.views  # noqa", "cli on top"),
+    # a circle between two modules of one package
+    ("accesspoint/meta.py", "import accesspoint.models  # noqa", "no import circle"),
+])
 def test_a_contract_broken_on_purpose_fails(tmp_path: Path, module: str, line: str, contract: str) -> None:
     root = tree_copy(tmp_path)
     add_line(root / module, line)
     result = lint(root)
     assert result.returncode != 0, result.stdout
-    broken = result.stdout[result.stdout.index("Broken contracts") :]
+    broken = result.stdout[result.stdout.index("Broken contracts"):]
     assert contract in broken, result.stdout

@@ -17,28 +17,17 @@ SVC = ("", "Service")
 
 
 def vs(name: str, owner: str = "shop", rv: str = "5") -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {
-            "name": name,
-            "namespace": "payments",
-            "uid": f"uid-{name}",
-            "resourceVersion": rv,
-            "labels": Owner(HUB, "payments", owner).labels(),
-            "managedFields": [{"manager": "meshfed", "operation": "Apply", "fieldsV1": {"f:spec": {"f:hosts": {}}}}],
-        },
-        "spec": {"hosts": ["a.example"], "managedFields": "a spec field of that name is kept"},
-    }
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "payments", "uid": f"uid-{name}", "resourceVersion": rv,
+                         "labels": Owner(HUB, "payments", owner).labels(),
+                         "managedFields": [{"manager": "meshfed", "operation": "Apply",
+                                            "fieldsV1": {"f:spec": {"f:hosts": {}}}}]},
+            "spec": {"hosts": ["a.example"], "managedFields": "a spec field of that name is kept"}}
 
 
 def member() -> Member:
-    mc = MemberCluster.model_validate(
-        {
-            "metadata": {"name": "m1"},
-            "spec": {"kubeconfigSecretRef": {"name": "k", "namespace": "meshfed-system"}, "region": "r", "zone": "z"},
-        }
-    )
+    mc = MemberCluster.model_validate({"metadata": {"name": "m1"}, "spec": {
+        "kubeconfigSecretRef": {"name": "k", "namespace": "meshfed-system"}, "region": "r", "zone": "z"}})
     return Member(name="m1", spec=mc, hub_id=HUB, cache=OwnedCache(HUB))
 
 
@@ -49,9 +38,8 @@ def test_slim_drops_managed_fields_only_and_interns_keys() -> None:
     assert obj == before, "the caller's object is not changed"
     assert "managedFields" not in kept["metadata"]
     assert kept["spec"] == before["spec"]
-    assert {k: v for k, v in kept["metadata"].items()} == {
-        k: v for k, v in before["metadata"].items() if k != "managedFields"
-    }
+    assert {k: v for k, v in kept["metadata"].items()} == \
+        {k: v for k, v in before["metadata"].items() if k != "managedFields"}
     other = slim(vs("b"))
     for key in ("apiVersion", "metadata", "spec", "hosts"):
         mine = next(k for k in (*kept, *kept["spec"]) if k == key)

@@ -77,25 +77,18 @@ def test_selector_rejects_bad_input(bad: dict[str, Any]) -> None:
 
 def test_selector_wire_form_is_camel_case() -> None:
     s = sel(matchLabels={"a": "b"}, matchExpressions=[expr("c", "Exists")])
-    assert s.wire() == {
-        "matchLabels": {"a": "b"},
-        "matchExpressions": [{"key": "c", "operator": "Exists", "values": []}],
-    }
+    assert s.wire() == {"matchLabels": {"a": "b"}, "matchExpressions": [{"key": "c", "operator": "Exists",
+                                                                             "values": []}]}
 
 
-@given(
-    st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["x", "y", ""]), max_size=4),
-    st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["x", "y", ""]), max_size=3),
-)
+@given(st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["x", "y", ""]), max_size=4),
+       st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["x", "y", ""]), max_size=3))
 def test_match_labels_is_a_subset_test(labels: dict[str, str], wanted: dict[str, str]) -> None:
     assert sel(matchLabels=wanted).matches(labels) is (wanted.items() <= labels.items())
 
 
-@given(
-    st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["x", "y"]), max_size=4),
-    st.sampled_from("abcd"),
-    st.lists(st.sampled_from(["x", "y", "z"]), max_size=3),
-)
+@given(st.dictionaries(st.sampled_from("abcd"), st.sampled_from(["x", "y"]), max_size=4),
+       st.sampled_from("abcd"), st.lists(st.sampled_from(["x", "y", "z"]), max_size=3))
 def test_in_and_notin_are_complements_when_the_key_is_present(
     labels: dict[str, str], key: str, values: list[str]
 ) -> None:
@@ -115,24 +108,10 @@ def test_in_and_notin_are_complements_when_the_key_is_present(
 T1, T2 = "2025-01-01T00:00:00Z", "2025-01-01T00:05:00Z"
 
 
-def c(
-    type_: str,
-    status: str,
-    reason: str = "R",
-    message: str = "",
-    since: str | None = None,
-    generation: int | None = None,
-) -> Condition:
-    return Condition.model_validate(
-        {
-            "type": type_,
-            "status": status,
-            "reason": reason,
-            "message": message,
-            "lastTransitionTime": since,
-            "observedGeneration": generation,
-        }
-    )
+def c(type_: str, status: str, reason: str = "R", message: str = "", since: str | None = None,
+      generation: int | None = None) -> Condition:
+    return Condition.model_validate({"type": type_, "status": status, "reason": reason, "message": message,
+                                     "lastTransitionTime": since, "observedGeneration": generation})
 
 
 def test_set_condition_adds_a_new_type_with_now() -> None:
@@ -141,9 +120,8 @@ def test_set_condition_adds_a_new_type_with_now() -> None:
 
 
 def test_set_condition_keeps_the_time_when_status_is_unchanged() -> None:
-    out = set_condition(
-        [c("A", "True", "Old", "old", since=T1, generation=1)], c("A", "True", "New", "new", generation=2), T2
-    )
+    out = set_condition([c("A", "True", "Old", "old", since=T1, generation=1)],
+                        c("A", "True", "New", "new", generation=2), T2)
     assert out == [c("A", "True", "New", "new", since=T1, generation=2)]
 
 
@@ -170,10 +148,7 @@ def test_merge_conditions_orders_by_fresh_and_drops_the_rest() -> None:
     fresh = [c("Accepted", "True"), c("Placed", "False"), c("Ready", "False")]
     out = merge_conditions(previous, fresh, T2)
     assert [(x.type, x.status, x.last_transition_time) for x in out] == [
-        ("Accepted", "True", T1),
-        ("Placed", "False", T2),
-        ("Ready", "False", T2),
-    ]
+        ("Accepted", "True", T1), ("Placed", "False", T2), ("Ready", "False", T2)]
 
 
 def test_merge_is_idempotent_so_a_no_op_is_equal() -> None:
@@ -197,10 +172,5 @@ def test_condition_reason_is_required_and_wire_is_metav1() -> None:
     with pytest.raises(ValidationError):
         c("A", "Maybe")
     assert c("A", "True", "Why", "msg", since=T1, generation=3).wire() == {
-        "type": "A",
-        "status": "True",
-        "reason": "Why",
-        "message": "msg",
-        "observedGeneration": 3,
-        "lastTransitionTime": T1,
-    }
+        "type": "A", "status": "True", "reason": "Why", "message": "msg",
+        "observedGeneration": 3, "lastTransitionTime": T1}

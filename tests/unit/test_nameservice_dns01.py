@@ -58,19 +58,10 @@ def test_non_txt_at_the_name_and_outside_the_zone_are_refused() -> None:
 def test_secret_refs_name_every_secret_an_issuer_reads() -> None:
     issuers = {
         "ca": {"spec": {"ca": {"secretRef": {"name": "corp-ca"}}}},
-        "acme": {
-            "spec": {
-                "acme": {
-                    "accountKeySecretRef": {"name": "acct", "namespace": "certs"},
-                    "externalAccountBinding": {"keySecretRef": {"name": "eab"}},
-                }
-            }
-        },
+        "acme": {"spec": {"acme": {"accountKeySecretRef": {"name": "acct", "namespace": "certs"},
+                                   "externalAccountBinding": {"keySecretRef": {"name": "eab"}}}}},
         "acme2": {"spec": {"acme": {"accountKeySecretRef": {"name": "acct", "namespace": "certs"}}}},
         "broken": {"spec": {}},
     }
-    assert secret_refs(issuers) == {
-        ("meshfed-system", "corp-ca"): {"ca"},
-        ("certs", "acct"): {"acme", "acme2"},
-        ("meshfed-system", "eab"): {"acme"},
-    }
+    assert secret_refs(issuers) == {("meshfed-system", "corp-ca"): {"ca"}, ("certs", "acct"): {"acme", "acme2"},
+                                    ("meshfed-system", "eab"): {"acme"}}

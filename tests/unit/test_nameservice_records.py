@@ -144,7 +144,9 @@ def test_unreachable_vip_kept_for_grace_then_dropped() -> None:
     c2 = next(t for t in d.targets if t.cluster == "c2")
     assert c2.reason == "UnreachableInGrace" and c2.address == "10.0.0.2"
     prev2 = NameServiceStatus(records=list(d.values), targets=list(d.targets))
-    d2 = desired(ns, [fact("c1", "10.0.0.1"), fact("c2", None, False)], prev2, HUB, NOW + timedelta(seconds=301))
+    d2 = desired(
+        ns, [fact("c1", "10.0.0.1"), fact("c2", None, False)], prev2, HUB, NOW + timedelta(seconds=301)
+    )
     assert d2.values == ("10.0.0.1",)
     assert next(t for t in d2.targets if t.cluster == "c2").reason == "GraceExpired"
 
@@ -154,9 +156,13 @@ def test_grace_counts_from_first_observation_without_last_seen() -> None:
     prev = status_of(ns, [fact("c1", "10.0.0.1"), fact("c2", "10.0.0.2")], None)
     s1 = status_of(ns, [fact("c1", "10.0.0.1"), fact("c2", "10.0.0.2", False)], prev, NOW)
     assert s1.records == ["10.0.0.1", "10.0.0.2"]
-    s2 = status_of(ns, [fact("c1", "10.0.0.1"), fact("c2", "10.0.0.2", False)], s1, NOW + timedelta(seconds=59))
+    s2 = status_of(
+        ns, [fact("c1", "10.0.0.1"), fact("c2", "10.0.0.2", False)], s1, NOW + timedelta(seconds=59)
+    )
     assert s2.records == ["10.0.0.1", "10.0.0.2"]
-    s3 = status_of(ns, [fact("c1", "10.0.0.1"), fact("c2", "10.0.0.2", False)], s2, NOW + timedelta(seconds=61))
+    s3 = status_of(
+        ns, [fact("c1", "10.0.0.1"), fact("c2", "10.0.0.2", False)], s2, NOW + timedelta(seconds=61)
+    )
     assert s3.records == ["10.0.0.1"]
 
 
@@ -201,7 +207,9 @@ def test_primary_region_failover() -> None:
 
 
 def test_family_and_explicit_and_cname() -> None:
-    d = desired(make_ns(recordType="AAAA"), [fact("a", "10.0.0.1"), fact("b", "2001:db8::0001")], None, HUB, NOW)
+    d = desired(
+        make_ns(recordType="AAAA"), [fact("a", "10.0.0.1"), fact("b", "2001:db8::0001")], None, HUB, NOW
+    )
     assert d.values == ("2001:db8::1",)
     assert next(t for t in d.targets if t.cluster == "a").reason == "AddressFamilyMismatch"
     e = desired(make_ns(target={"addresses": ["10.0.0.9", "10.0.0.8"]}), None, None, HUB, NOW)

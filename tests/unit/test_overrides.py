@@ -182,7 +182,9 @@ def test_model_validation() -> None:
     spec = AccessPointSpec.model_validate(
         {
             "template": [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}}],
-            "overrides": [{"clusters": ["a"], "target": {"kind": "Service", "name": "x"}, "mergePatch": {"spec": {}}}],
+            "overrides": [
+                {"clusters": ["a"], "target": {"kind": "Service", "name": "x"}, "mergePatch": {"spec": {}}}
+            ],
         }
     )
     assert spec.overrides[0].clusters == ["a"]

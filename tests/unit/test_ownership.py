@@ -24,7 +24,8 @@ def labelled(labels: dict[str, str] | None, **meta: Any) -> dict[str, Any]:
 
 
 def test_owner_labels_and_key() -> None:
-    assert OWNER.labels() == {MANAGED_BY: "meshfed", HUB: "hub-1", OWNER_NAMESPACE: "payments", OWNER_NAME: "checkout"}
+    assert OWNER.labels() == {MANAGED_BY: "meshfed", HUB: "hub-1", OWNER_NAMESPACE: "payments",
+                              OWNER_NAME: "checkout"}
     assert OWNER.key == "payments/checkout"
     assert sorted([Owner("h", "b", "a"), Owner("h", "a", "z")]) == [Owner("h", "a", "z"), Owner("h", "b", "a")]
 
@@ -63,22 +64,13 @@ def test_foreign_owner_another_accesspoint_or_hub() -> None:
 
 
 def test_foreign_owner_not_meshfed_names_the_field_managers_sorted_and_unique() -> None:
-    obj = labelled(
-        {"app": "gw"},
-        managedFields=[
-            {"manager": "kubectl-client-side-apply"},
-            {"manager": "helm"},
-            {"manager": "helm"},
-            {"operation": "Update"},
-        ],
-    )
+    obj = labelled({"app": "gw"}, managedFields=[{"manager": "kubectl-client-side-apply"}, {"manager": "helm"},
+                                                 {"manager": "helm"}, {"operation": "Update"}])
     assert foreign_owner_description(obj) == (
-        "an object not managed by meshfed (field managers: ?, helm, kubectl-client-side-apply)"
-    )
+        "an object not managed by meshfed (field managers: ?, helm, kubectl-client-side-apply)")
 
 
-@pytest.mark.parametrize(
-    "obj", [{}, labelled(None), labelled({"app": "x"}, managedFields=[]), labelled({"app": "x"}, managedFields=None)]
-)
+@pytest.mark.parametrize("obj", [{}, labelled(None), labelled({"app": "x"}, managedFields=[]),
+                                 labelled({"app": "x"}, managedFields=None)])
 def test_foreign_owner_without_managers(obj: dict[str, Any]) -> None:
     assert foreign_owner_description(obj) == "an object not managed by meshfed"

@@ -116,7 +116,8 @@ def test_unreachable_previously_selected_stays() -> None:
     prev = select(spec, clusters)
     assert len(prev.names) == 4
     down = [
-        c.model_copy(update={"ready": False, "reachable": False}) if c.name == "us-east-a1" else c for c in clusters
+        c.model_copy(update={"ready": False, "reachable": False}) if c.name == "us-east-a1" else c
+        for c in clusters
     ]
     d = select(spec, down, prev)
     assert d.names == prev.names
@@ -141,7 +142,9 @@ def test_new_matching_cluster_is_added_relabel_prunes() -> None:
     )
     d = select(spec, [*clusters, new], prev)
     assert added_and_removed(prev, d) == (["ap-south-a1"], [])
-    relabeled = [c.model_copy(update={"labels": {"env": "staging"}}) if c.name == "us-east-a1" else c for c in clusters]
+    relabeled = [
+        c.model_copy(update={"labels": {"env": "staging"}}) if c.name == "us-east-a1" else c for c in clusters
+    ]
     d2 = select(spec, relabeled, prev)
     assert added_and_removed(prev, d2) == ([], ["us-east-a1"])
 
@@ -269,7 +272,9 @@ cluster_st = st.builds(
     zone=st.sampled_from(["z1", "z2"]),
     labels=st.dictionaries(st.sampled_from(["env", "tier"]), st.sampled_from(["prod", "dev"]), max_size=2),
     taints=st.lists(
-        st.builds(Taint, key=st.sampled_from(["k1", "k2"]), effect=st.sampled_from(["NoSchedule", "NoExecute"])),
+        st.builds(
+            Taint, key=st.sampled_from(["k1", "k2"]), effect=st.sampled_from(["NoSchedule", "NoExecute"])
+        ),
         max_size=1,
     ),
     ready=st.booleans(),
@@ -303,7 +308,9 @@ spec_st = st.builds(
 def test_properties(
     spec: PlacementSpec, clusters: list[ClusterFacts], prev_names: list[str], data: st.DataObject
 ) -> None:
-    prev = select(PlacementSpec(cluster_names=prev_names), [c.model_copy(update={"ready": True}) for c in clusters])
+    prev = select(
+        PlacementSpec(cluster_names=prev_names), [c.model_copy(update={"ready": True}) for c in clusters]
+    )
     d = select(spec, clusters, prev)
     shuffled = data.draw(st.permutations(clusters))
     assert select(spec, shuffled, prev) == d  # order-free and deterministic
@@ -318,6 +325,14 @@ def test_properties(
         assert len(d.selected) <= spec.spread.max_clusters
     # an outage alone never removes: same decision with every previously selected cluster down
     # still keeps each of them that is kept by hub-side facts
-    down = [c.model_copy(update={"ready": False, "reachable": False}) if c.name in prev.names else c for c in clusters]
-    up = [c.model_copy(update={"ready": True, "reachable": True}) if c.name in prev.names else c for c in clusters]
-    assert set(select(spec, up, prev).names) & set(prev.names) == set(select(spec, down, prev).names) & set(prev.names)
+    down = [
+        c.model_copy(update={"ready": False, "reachable": False}) if c.name in prev.names else c
+        for c in clusters
+    ]
+    up = [
+        c.model_copy(update={"ready": True, "reachable": True}) if c.name in prev.names else c
+        for c in clusters
+    ]
+    assert set(select(spec, up, prev).names) & set(prev.names) == set(select(spec, down, prev).names) & set(
+        prev.names
+    )

@@ -93,18 +93,13 @@ def test_extra_fields_in_current_never_matter(desired: dict[str, Any], extra: di
 
 # ---- plan -----------------------------------------------------------------------------------
 
-
 def obj(kind: str, name: str, spec: dict[str, Any], namespace: str = "payments") -> dict[str, Any]:
     """A desired object the way render() produces it: labelled and hashed."""
     o: dict[str, Any] = {
         "apiVersion": "networking.istio.io/v1" if kind != "Service" else "v1",
         "kind": kind,
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "meshfed"},
-            "annotations": {},
-        },
+        "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/managed-by": "meshfed"},
+                     "annotations": {}},
         "spec": spec,
     }
     o["metadata"]["annotations"][HASH_ANNOTATION] = content_hash(o)
@@ -115,15 +110,9 @@ def as_served(desired: dict[str, Any], uid: str = "uid-1", rv: str = "100") -> d
     """What the member returns for `desired`: server-set metadata, defaults and status added."""
     served = copy.deepcopy(desired)
     served.pop("apiVersion")  # list items may come back without apiVersion/kind
-    served["metadata"].update(
-        {
-            "uid": uid,
-            "resourceVersion": rv,
-            "generation": 3,
-            "creationTimestamp": "2025-01-01T00:00:00Z",
-            "managedFields": [{"manager": "meshfed-federation"}],
-        }
-    )
+    served["metadata"].update({"uid": uid, "resourceVersion": rv, "generation": 3,
+                               "creationTimestamp": "2025-01-01T00:00:00Z",
+                               "managedFields": [{"manager": "meshfed-federation"}]})
     served["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied"] = "{}"
     if "spec" in served:
         served["spec"]["defaultedByServer"] = True
@@ -242,9 +231,7 @@ def test_create_update_delete_unchanged_together() -> None:
 
 def secret(data: dict[str, str]) -> dict[str, Any]:
     o: dict[str, Any] = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
         "metadata": {"name": "checkout-tls", "namespace": "payments", "labels": {}, "annotations": {}},
         "data": data,
     }
@@ -288,8 +275,7 @@ SMALL_JSON = st.recursive(
 SPECS = st.dictionaries(st.sampled_from(["x", "y", "hosts"]), SMALL_JSON, max_size=3)
 OBJECTS = st.lists(
     st.builds(obj, KINDS, NAMES, SPECS, st.sampled_from(["ns1", "ns2"])),
-    max_size=8,
-    unique_by=lambda o: (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]),
+    max_size=8, unique_by=lambda o: (o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]),
 )
 
 
@@ -323,27 +309,15 @@ def test_plan_never_deletes_what_it_does_not_own_and_covers_everything(
 
 
 def test_render_then_plan_against_the_served_objects_is_empty() -> None:
-    ap = AccessPoint.model_validate(
-        {
-            "metadata": {"name": "checkout", "namespace": "payments"},
-            "spec": {
-                "template": [
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Service",
-                        "metadata": {"name": "gw"},
-                        "spec": {"type": "LoadBalancer", "ports": [{"port": 443}]},
-                    },
-                    {
-                        "apiVersion": "networking.istio.io/v1",
-                        "kind": "Gateway",
-                        "metadata": {"name": "gw"},
-                        "spec": {"servers": [{"hosts": ["${cluster}.example"], "port": {"number": 443}}]},
-                    },
-                ]
-            },
-        }
-    )
+    ap = AccessPoint.model_validate({
+        "metadata": {"name": "checkout", "namespace": "payments"},
+        "spec": {"template": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "gw"},
+             "spec": {"type": "LoadBalancer", "ports": [{"port": 443}]}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "gw"},
+             "spec": {"servers": [{"hosts": ["${cluster}.example"], "port": {"number": 443}}]}},
+        ]},
+    })
     desired = render(ap, EAST, "hub").objects
     assert plan(desired, owned_from(desired)).empty
     assert plan(render(ap, EAST.model_copy(update={"name": "east-2"}), "hub").objects, owned_from(desired)).writes == 1

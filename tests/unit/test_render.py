@@ -49,12 +49,8 @@ def gateway(hosts: list[str] | None = None, api_version: str = "networking.istio
         "metadata": {"name": "checkout"},
         "spec": {
             "selector": {"app": "checkout-gw"},
-            "servers": [
-                {
-                    "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
-                    "hosts": hosts or ["checkout.${region}.shop.example"],
-                }
-            ],
+            "servers": [{"port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                         "hosts": hosts or ["checkout.${region}.shop.example"]}],
         },
     }
 
@@ -67,28 +63,18 @@ def virtual_service() -> dict[str, Any]:
         "spec": {
             "hosts": ["checkout.${region}.shop.example"],
             "gateways": ["checkout"],
-            "http": [
-                {
-                    "route": [{"destination": {"host": "checkout.${namespace}.svc.cluster.local"}}],
-                    "headers": {"response": {"set": {"x-served-by": "${cluster}", "x-ap": "${name}"}}},
-                }
-            ],
+            "http": [{"route": [{"destination": {"host": "checkout.${namespace}.svc.cluster.local"}}],
+                      "headers": {"response": {"set": {"x-served-by": "${cluster}", "x-ap": "${name}"}}}}],
         },
     }
 
 
-def make_ap(
-    template: list[dict[str, Any]],
-    overrides: list[dict[str, Any]] | None = None,
-    namespace: str = "payments",
-    name: str = "checkout",
-) -> AccessPoint:
-    return AccessPoint.model_validate(
-        {
-            "metadata": {"name": name, "namespace": namespace, "generation": 1},
-            "spec": {"template": template, "overrides": overrides or []},
-        }
-    )
+def make_ap(template: list[dict[str, Any]], overrides: list[dict[str, Any]] | None = None,
+            namespace: str = "payments", name: str = "checkout") -> AccessPoint:
+    return AccessPoint.model_validate({
+        "metadata": {"name": name, "namespace": namespace, "generation": 1},
+        "spec": {"template": template, "overrides": overrides or []},
+    })
 
 
 def bundle() -> AccessPoint:
@@ -100,7 +86,6 @@ def by_kind(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 # ---- substitution ---------------------------------------------------------------------------
-
 
 @pytest.mark.parametrize(
     ("text", "expected"),
@@ -172,7 +157,6 @@ def test_escape_yields_the_literal_for_any_name(name: str) -> None:
 
 # ---- validation -----------------------------------------------------------------------------
 
-
 def test_valid_bundle_has_no_errors() -> None:
     assert validate(bundle()) == []
 
@@ -192,9 +176,8 @@ def test_malformed_variable_in_metadata_names_the_field() -> None:
     assert "malformed variable" in str(errors[0])
 
 
-@pytest.mark.parametrize(
-    "api_version", ["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]
-)
+@pytest.mark.parametrize("api_version", ["networking.istio.io/v1", "networking.istio.io/v1beta1",
+                                         "networking.istio.io/v1alpha3"])
 def test_accepted_istio_api_versions(api_version: str) -> None:
     assert validate(make_ap([gateway(api_version=api_version)])) == []
 
@@ -204,11 +187,8 @@ def test_accepted_istio_api_versions(api_version: str) -> None:
     [
         (0, gateway(api_version="networking.istio.io/v2"), "use networking.istio.io/v1, networking.istio.io/v1beta1"),
         # Gateway names two kinds: the error lists the apiVersions of both
-        (
-            0,
-            gateway(api_version="gateway.networking.k8s.io/v1alpha2"),
-            "networking.istio.io/v1alpha3, gateway.networking.k8s.io/v1, gateway.networking.k8s.io/v1beta1",
-        ),
+        (0, gateway(api_version="gateway.networking.k8s.io/v1alpha2"),
+         "networking.istio.io/v1alpha3, gateway.networking.k8s.io/v1, gateway.networking.k8s.io/v1beta1"),
         (0, gateway(api_version="v1"), "not an apiVersion of Gateway"),
         (1, {**service(), "apiVersion": "apps/v1"}, "(use v1)"),
         (1, {**service(), "apiVersion": "v2"}, "not an apiVersion of Service"),
@@ -258,7 +238,6 @@ def test_render_refuses_bad_variables_and_writes_nothing() -> None:
 
 
 # ---- rendering ------------------------------------------------------------------------------
-
 
 def test_render_substitutes_per_cluster() -> None:
     east = by_kind(render(bundle(), EAST, HUB_ID).objects)
@@ -357,17 +336,8 @@ def test_content_hash_is_key_order_independent_and_pinned() -> None:
 def test_render_does_not_mutate_its_inputs() -> None:
     ap = bundle()
     before = ap.model_dump()
-    generated = {
-        "east-1": (
-            {
-                "apiVersion": "v1",
-                "kind": "Secret",
-                "metadata": {"name": "s", "namespace": "payments"},
-                "type": "kubernetes.io/tls",
-                "data": {"tls.crt": "Y2VydA=="},
-            },
-        )
-    }
+    generated = {"east-1": ({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "payments"},
+                             "type": "kubernetes.io/tls", "data": {"tls.crt": "Y2VydA=="}},)}
     ctx = RenderContext(generated=generated)
     snapshot = copy.deepcopy(generated)
     first = render(ap, EAST, HUB_ID, ctx)
@@ -381,7 +351,6 @@ def test_render_does_not_mutate_its_inputs() -> None:
 
 
 # ---- render context -------------------------------------------------------------------------
-
 
 def add_label(key: str, value: str) -> Any:
     def transform(objects: list[dict[str, Any]], cluster: ClusterFacts) -> list[dict[str, Any]]:
@@ -403,9 +372,8 @@ def test_transforms_run_in_order_on_substituted_objects() -> None:
         return objects
 
     def overwrite(objects: list[dict[str, Any]], cluster: ClusterFacts) -> list[dict[str, Any]]:
-        return [
-            {**o, "metadata": {**o["metadata"], "labels": {**o["metadata"]["labels"], "step": "2"}}} for o in objects
-        ]
+        return [{**o, "metadata": {**o["metadata"], "labels": {**o["metadata"]["labels"], "step": "2"}}}
+                for o in objects]
 
     ctx = RenderContext(transforms=(record, add_label("step", "1"), overwrite))
     out = render(bundle(), EAST, HUB_ID, ctx)
@@ -414,13 +382,9 @@ def test_transforms_run_in_order_on_substituted_objects() -> None:
 
 
 def test_generated_objects_get_owner_labels_and_hash_and_are_per_cluster() -> None:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "kubernetes.io/tls",
-        "metadata": {"name": "checkout-tls", "namespace": "payments", "labels": {"cert": "c1"}},
-        "data": {"tls.crt": "Y2VydA=="},
-    }
+    secret = {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+              "metadata": {"name": "checkout-tls", "namespace": "payments", "labels": {"cert": "c1"}},
+              "data": {"tls.crt": "Y2VydA=="}}
     ctx = RenderContext(transforms=(add_label("t", "x"),), generated={"east-1": (secret,)})
     east = render(bundle(), EAST, HUB_ID, ctx).objects
     west = render(bundle(), WEST, HUB_ID, ctx).objects
@@ -452,30 +416,16 @@ def test_context_merge_concatenates_transforms_and_generated() -> None:
 
 # ---- overrides ------------------------------------------------------------------------------
 
-
 def test_overrides_apply_after_substitution_transforms_and_generation() -> None:
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "tls", "namespace": "payments"},
-        "data": {"k": "dg=="},
-    }
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "tls", "namespace": "payments"},
+              "data": {"k": "dg=="}}
     overrides: list[dict[str, Any]] = [
-        {
-            "zones": ["us-east-a"],
-            "target": {"kind": "Gateway", "name": "checkout"},
-            "mergePatch": {"spec": {"servers": [{"port": {"number": 8443}, "hosts": ["east.example"]}]}},
-        },
-        {
-            "clusters": ["east-1"],
-            "target": {"kind": "Service", "name": "checkout-gw"},
-            "mergePatch": {"metadata": {"labels": {"t": "patched", MANAGED_BY: "helm"}}},
-        },
-        {
-            "clusters": ["east-1"],
-            "target": {"kind": "Secret", "name": "tls"},
-            "jsonPatch": [{"op": "add", "path": "/data/extra", "value": "eA=="}],
-        },
+        {"zones": ["us-east-a"], "target": {"kind": "Gateway", "name": "checkout"},
+         "mergePatch": {"spec": {"servers": [{"port": {"number": 8443}, "hosts": ["east.example"]}]}}},
+        {"clusters": ["east-1"], "target": {"kind": "Service", "name": "checkout-gw"},
+         "mergePatch": {"metadata": {"labels": {"t": "patched", MANAGED_BY: "helm"}}}},
+        {"clusters": ["east-1"], "target": {"kind": "Secret", "name": "tls"},
+         "jsonPatch": [{"op": "add", "path": "/data/extra", "value": "eA=="}]},
     ]
     ap = make_ap([service(), gateway(), virtual_service()], overrides)
     ctx = RenderContext(transforms=(add_label("t", "transform"),), generated={"east-1": (secret,)})
@@ -513,13 +463,9 @@ NAMES = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1, ma
 CLUSTERS = st.lists(
     st.builds(
         lambda n, r, z: ClusterFacts(name=n, region=r, zone=z, ready=True),
-        NAMES,
-        st.sampled_from(["r1", "r2", "r3"]),
-        st.sampled_from(["z1", "z2", "z3"]),
+        NAMES, st.sampled_from(["r1", "r2", "r3"]), st.sampled_from(["z1", "z2", "z3"]),
     ),
-    min_size=1,
-    max_size=6,
-    unique_by=lambda c: c.name,
+    min_size=1, max_size=6, unique_by=lambda c: c.name,
 )
 
 
@@ -559,23 +505,16 @@ def test_render_is_deterministic_and_independent_of_cluster_and_key_order(
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    st.dictionaries(
-        NAMES,
-        st.recursive(
-            st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-            lambda children: st.lists(children, max_size=3) | st.dictionaries(NAMES, children, max_size=3),
-            max_leaves=10,
-        ),
-        max_size=5,
-    )
-)
+@given(st.dictionaries(NAMES, st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(NAMES, children, max_size=3),
+    max_leaves=10,
+), max_size=5))
 def test_rendered_spec_is_the_substituted_template_spec(spec: dict[str, Any]) -> None:
     try:
         substitute(spec, VARS, "spec")
     except TemplateError:
         return  # random text may hold a malformed variable; that is covered above
-    (obj,) = render(
-        make_ap([{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": spec}]), EAST, HUB_ID
-    ).objects
+    (obj,) = render(make_ap([{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": spec}]),
+                    EAST, HUB_ID).objects
     assert obj["spec"] == substitute(spec, VARS, "spec")

@@ -22,32 +22,13 @@ HUB_ID = "hub-1"
 # Strings as templates hold them: variables, escapes, malformed ones, '$' without a variable, the
 # renderer's internal marker character and JSON-escaped text.
 STRINGS = st.one_of(
-    st.sampled_from(
-        [
-            "${cluster}",
-            "gw-${cluster}-${zone}",
-            "${region}.${namespace}.${name}",
-            "$${cluster}",
-            "$${x}-${cluster}",
-            "price: $5",
-            "$",
-            "plain",
-            "",
-            "${zone}",
-            "${name}-tls",
-            "${cluster}}",
-            "${regoin}",
-            "${cluster",
-            "$${",
-            "\ue000",
-            "\ue0000\ue000",
-            '"quoted" ${cluster}',
-            "caf\u00e9-${zone}",
-            "\\ue0000\\ue000",
-            "a/b~c",
-        ]
-    ),
-    st.text(alphabet='${}ab-/\\"\u00e9', max_size=8),
+    st.sampled_from([
+        "${cluster}", "gw-${cluster}-${zone}", "${region}.${namespace}.${name}", "$${cluster}",
+        "$${x}-${cluster}", "price: $5", "$", "plain", "", "${zone}", "${name}-tls", "${cluster}}",
+        "${regoin}", "${cluster", "$${", "\ue000", "\ue0000\ue000", '"quoted" ${cluster}', "caf\u00e9-${zone}",
+        "\\ue0000\\ue000", "a/b~c",
+    ]),
+    st.text(alphabet="${}ab-/\\\"\u00e9", max_size=8),
 )
 KEYS = st.sampled_from(["a", "b", "host", "hosts", "timeout", "ports", "x-y", "${cluster}", "ü"])
 JSON = st.recursive(
@@ -55,12 +36,8 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=3) | st.dictionaries(KEYS, children, max_size=3),
     max_leaves=12,
 )
-KINDS = [
-    ("Service", "v1"),
-    ("DestinationRule", "networking.istio.io/v1"),
-    ("VirtualService", "networking.istio.io/v1beta1"),
-    ("Gateway", "networking.istio.io/v1"),
-]
+KINDS = [("Service", "v1"), ("DestinationRule", "networking.istio.io/v1"),
+         ("VirtualService", "networking.istio.io/v1beta1"), ("Gateway", "networking.istio.io/v1")]
 NAMES = st.sampled_from(["svc", "${name}", "${name}-${cluster}", "dr-${region}", "x"])
 
 
@@ -73,42 +50,21 @@ def template_object(draw: st.DrawFn) -> dict[str, Any]:
     if draw(st.booleans()):
         meta["labels"] = draw(st.dictionaries(st.sampled_from(["app", "zone"]), STRINGS, max_size=2))
     if draw(st.booleans()):
-        meta["annotations"] = draw(
-            st.dictionaries(st.sampled_from(["note", "meshfed.io/content-hash"]), STRINGS, max_size=2)
-        )
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "metadata": meta,
-        "spec": draw(st.dictionaries(KEYS, JSON, max_size=4)),
-    }
+        meta["annotations"] = draw(st.dictionaries(
+            st.sampled_from(["note", "meshfed.io/content-hash"]), STRINGS, max_size=2))
+    return {"apiVersion": api_version, "kind": kind, "metadata": meta,
+            "spec": draw(st.dictionaries(KEYS, JSON, max_size=4))}
 
 
-PATHS = st.sampled_from(
-    [
-        "/spec/a",
-        "/spec/b/0",
-        "/spec/hosts/-",
-        "/spec/ports/0/x",
-        "/metadata/labels/l",
-        "/metadata/name",
-        "/spec/a~1b",
-        "/spec",
-        "/spec/b/01",
-        "/spec/timeout",
-    ]
-)
+PATHS = st.sampled_from(["/spec/a", "/spec/b/0", "/spec/hosts/-", "/spec/ports/0/x", "/metadata/labels/l",
+                         "/metadata/name", "/spec/a~1b", "/spec", "/spec/b/01", "/spec/timeout"])
 
 
 @st.composite
 def override(draw: st.DrawFn, template: list[dict[str, Any]]) -> dict[str, Any]:
     target = draw(st.sampled_from(template))
-    out: dict[str, Any] = {
-        "target": {
-            "kind": target["kind"],
-            "name": draw(st.sampled_from([target["metadata"]["name"], "svc", "x", "dr-us-east"])),
-        }
-    }
+    out: dict[str, Any] = {"target": {"kind": target["kind"], "name": draw(st.sampled_from(
+        [target["metadata"]["name"], "svc", "x", "dr-us-east"]))}}
     scope = draw(st.sampled_from(["regions", "zones", "clusters", "clusterSelector"]))
     if scope == "regions":
         out["regions"] = draw(st.lists(st.sampled_from(["us-east", "eu-west"]), min_size=1, max_size=2))
@@ -119,19 +75,12 @@ def override(draw: st.DrawFn, template: list[dict[str, Any]]) -> dict[str, Any]:
     else:
         out["clusterSelector"] = {"matchLabels": {"tier": "gold"}}
     if draw(st.booleans()):
-        out["mergePatch"] = draw(
-            st.dictionaries(st.sampled_from(["spec", "metadata"]), st.dictionaries(KEYS, JSON, max_size=2), max_size=2)
-        )
+        out["mergePatch"] = draw(st.dictionaries(st.sampled_from(["spec", "metadata"]),
+                                                 st.dictionaries(KEYS, JSON, max_size=2), max_size=2))
     else:
-        out["jsonPatch"] = draw(
-            st.lists(
-                st.fixed_dictionaries(
-                    {"op": st.sampled_from(["add", "replace", "remove", "test"]), "path": PATHS, "value": JSON}
-                ),
-                min_size=1,
-                max_size=3,
-            )
-        )
+        out["jsonPatch"] = draw(st.lists(st.fixed_dictionaries(
+            {"op": st.sampled_from(["add", "replace", "remove", "test"]), "path": PATHS, "value": JSON}),
+            min_size=1, max_size=3))
     return out
 
 
@@ -139,12 +88,10 @@ def override(draw: st.DrawFn, template: list[dict[str, Any]]) -> dict[str, Any]:
 def access_point(draw: st.DrawFn) -> AccessPoint:
     template = draw(st.lists(template_object(), min_size=1, max_size=4))
     overrides = draw(st.lists(override(template), max_size=3))
-    return AccessPoint.model_validate(
-        {
-            "metadata": {"name": draw(st.sampled_from(["checkout", "caf\u00e9"])), "namespace": "payments"},
-            "spec": {"template": template, "overrides": overrides},
-        }
-    )
+    return AccessPoint.model_validate({
+        "metadata": {"name": draw(st.sampled_from(["checkout", "caf\u00e9"])), "namespace": "payments"},
+        "spec": {"template": template, "overrides": overrides},
+    })
 
 
 CLUSTERS = [
@@ -163,22 +110,13 @@ def context(kind: str) -> RenderContext:
         return RenderContext()
 
     def by_region(objects: list[dict[str, Any]], cluster: ClusterFacts) -> list[dict[str, Any]]:
-        return [
-            {**o, "spec": {**(o.get("spec") or {}), "region": cluster.region}} if o["kind"] == "DestinationRule" else o
-            for o in objects
-        ]
+        return [{**o, "spec": {**(o.get("spec") or {}), "region": cluster.region}}
+                if o["kind"] == "DestinationRule" else o for o in objects]
 
-    shared = {
-        region: (
-            {
-                "apiVersion": "networking.istio.io/v1",
-                "kind": "ServiceEntry",
-                "metadata": {"name": "svc", "namespace": "payments", "labels": {"x": region}},
-                "spec": {"hosts": [f"h.{region}"], "endpoints": [{"address": "10.0.0.1"}]},
-            },
-        )
-        for region in ("us-east", "eu-west")
-    }
+    shared = {region: ({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+                        "metadata": {"name": "svc", "namespace": "payments", "labels": {"x": region}},
+                        "spec": {"hosts": [f"h.{region}"], "endpoints": [{"address": "10.0.0.1"}]}},)
+              for region in ("us-east", "eu-west")}
     generated = {c.name: shared[c.region] for c in CLUSTERS}
     return RenderContext(transforms=(by_region,), generated=generated)
 
@@ -189,7 +127,8 @@ def wire(objects: list[dict[str, Any]]) -> list[str]:
 
 @settings(max_examples=300, deadline=None)
 @given(access_point(), st.sampled_from(["none", "traffic"]), st.permutations(CLUSTERS))
-def test_renderer_equals_the_reference_rendering(ap: AccessPoint, ctx_kind: str, clusters: list[ClusterFacts]) -> None:
+def test_renderer_equals_the_reference_rendering(ap: AccessPoint, ctx_kind: str,
+                                                 clusters: list[ClusterFacts]) -> None:
     ctx = context(ctx_kind)
     snapshot = copy.deepcopy(dict(ctx.generated))
     before = ap.model_dump()
@@ -207,22 +146,14 @@ def test_renderer_equals_the_reference_rendering(ap: AccessPoint, ctx_kind: str,
 
 
 def test_renderer_shares_what_does_not_change_between_clusters() -> None:
-    ap = AccessPoint.model_validate(
-        {
-            "metadata": {"name": "checkout", "namespace": "payments"},
-            "spec": {
-                "template": [
-                    {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}"}, "spec": {"ports": []}},
-                    {
-                        "apiVersion": "networking.istio.io/v1",
-                        "kind": "Gateway",
-                        "metadata": {"name": "${name}"},
-                        "spec": {"servers": [{"hosts": ["${cluster}.example"]}]},
-                    },
-                ]
-            },
-        }
-    )
+    ap = AccessPoint.model_validate({
+        "metadata": {"name": "checkout", "namespace": "payments"},
+        "spec": {"template": [
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "${name}"}, "spec": {"ports": []}},
+            {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "${name}"},
+             "spec": {"servers": [{"hosts": ["${cluster}.example"]}]}},
+        ]},
+    })
     renderer = Renderer(ap, HUB_ID)
     a, b = (renderer.render(c).objects for c in CLUSTERS[:2])
     assert a[0] is b[0]  # the Service: same content, labelled and hashed once
@@ -232,46 +163,16 @@ def test_renderer_shares_what_does_not_change_between_clusters() -> None:
     assert one[0] == two[0] and one[0] is not two[0] and one[0]["spec"] is not two[0]["spec"]
 
 
-OPS = st.lists(
-    st.fixed_dictionaries(
-        {
-            "op": st.sampled_from(["add", "replace", "remove", "move", "copy", "test"]),
-            "path": st.sampled_from(
-                [
-                    "/a",
-                    "/a/0",
-                    "/a/1",
-                    "/a/-",
-                    "/b/c",
-                    "/b/c/d",
-                    "/b",
-                    "/",
-                    "",
-                    "/a/01",
-                    "/a/x",
-                    "/b/~1",
-                    "/n/0",
-                    "/a/0/c",
-                    "/l/2",
-                    "/l/3",
-                ]
-            ),
-            "value": JSON,
-        },
-        optional={"from": st.sampled_from(["/a", "/b/c"])},
-    ),
-    min_size=1,
-    max_size=4,
-)
-DOCS = st.fixed_dictionaries(
-    {},
-    optional={
-        "a": st.lists(JSON, max_size=3),
-        "b": st.dictionaries(st.sampled_from(["c", "d", "/"]), JSON, max_size=2),
-        "n": st.integers(),
-        "l": st.lists(st.integers(), min_size=3, max_size=3),
-    },
-)
+OPS = st.lists(st.fixed_dictionaries({
+    "op": st.sampled_from(["add", "replace", "remove", "move", "copy", "test"]),
+    "path": st.sampled_from(["/a", "/a/0", "/a/1", "/a/-", "/b/c", "/b/c/d", "/b", "/", "", "/a/01", "/a/x",
+                             "/b/~1", "/n/0", "/a/0/c", "/l/2", "/l/3"]),
+    "value": JSON,
+}, optional={"from": st.sampled_from(["/a", "/b/c"])}), min_size=1, max_size=4)
+DOCS = st.fixed_dictionaries({}, optional={
+    "a": st.lists(JSON, max_size=3), "b": st.dictionaries(st.sampled_from(["c", "d", "/"]), JSON, max_size=2),
+    "n": st.integers(), "l": st.lists(st.integers(), min_size=3, max_size=3),
+})
 
 
 @settings(max_examples=500, deadline=None)

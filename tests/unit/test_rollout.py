@@ -48,7 +48,9 @@ def zone_wave(zone: str, **kw: Any) -> Wave:
 class Sim:
     """A fake hub: members follow their assignment when synced; the clock moves only on demand."""
 
-    def __init__(self, clusters: list[ClusterFacts], spec: RolloutSpec | None = None, revision: str = A) -> None:
+    def __init__(
+        self, clusters: list[ClusterFacts], spec: RolloutSpec | None = None, revision: str = A
+    ) -> None:
         self.clusters = list(clusters)
         self.spec = spec
         self.revision = revision
@@ -97,7 +99,9 @@ class Sim:
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
 
-    def approve(self, wave: int, gate: str = "After", decision: str = "Approved", approver: str = "alice") -> None:
+    def approve(
+        self, wave: int, gate: str = "After", decision: str = "Approved", approver: str = "alice"
+    ) -> None:
         assert self.state.revision is not None
         self.approvals.append(
             ApprovalSeen(
@@ -154,7 +158,9 @@ def test_default_canary_choice_is_deterministic() -> None:
 
 
 def test_soak_gate_waits_on_the_fake_clock() -> None:
-    spec = RolloutSpec(waves=[zone_wave("zone-a", after=[Gate(type="Soak", duration="10m")]), zone_wave("zone-b")])
+    spec = RolloutSpec(
+        waves=[zone_wave("zone-a", after=[Gate(type="Soak", duration="10m")]), zone_wave("zone-b")]
+    )
     sim = Sim(fleet(zones=("zone-a", "zone-b")), spec)
     sim.revision = B
     sim.settle()
@@ -353,7 +359,9 @@ def test_empty_wave_is_skipped() -> None:
 
 def test_empty_wave_keeps_its_approval_gate_unless_one_was_just_granted() -> None:
     gate = [Gate(type="Approval")]
-    spec = RolloutSpec(waves=[zone_wave("zone-a", after=gate), zone_wave("zone-x", after=gate), zone_wave("zone-b")])
+    spec = RolloutSpec(
+        waves=[zone_wave("zone-a", after=gate), zone_wave("zone-x", after=gate), zone_wave("zone-b")]
+    )
     sim = Sim(fleet(zones=("zone-a", "zone-b")), spec)
     sim.revision = B
     sim.settle()
@@ -509,17 +517,9 @@ def test_wave_states_for_people() -> None:
 
     waves = [{"name": "canary"}, {"name": "zone-a", "skipped": True}, {"name": "zone-b"}, {"name": "rest"}]
     assert wave_states({"waves": waves, "waveIndex": 2, "stage": "After", "phase": "Paused"}) == [
-        "Done",
-        "Skipped",
-        "Gate (after)",
-        "Pending",
-    ]
+        "Done", "Skipped", "Gate (after)", "Pending"]
     assert wave_states({"waves": waves, "waveIndex": 0, "stage": "Before", "phase": "Aborted"}) == [
-        "Aborted",
-        "Skipped",
-        "Pending",
-        "Pending",
-    ]
+        "Aborted", "Skipped", "Pending", "Pending"]
     assert wave_states({"waves": waves, "waveIndex": 0, "phase": "Progressing"})[0] == "Current"
     assert wave_states({"waves": waves, "waveIndex": 3, "phase": "Succeeded"}) == ["Done", "Skipped", "Done", "Done"]
     assert wave_states({}) == []

@@ -28,11 +28,8 @@ ANALYSIS = AnalysisSpec(window="60s", interval="5s", min_requests=10, max_5xx_ra
 def canary_spec(on_failure: str = "Pause", **kw: Any) -> RolloutSpec:
     return RolloutSpec(
         waves=[
-            Wave(
-                name="canary",
-                cluster_selector=LabelSelector(match_labels={CLUSTER_NAME_LABEL: "a1"}),
-                after=[Gate(type="Analysis", analysis=ANALYSIS)],
-            ),
+            Wave(name="canary", cluster_selector=LabelSelector(match_labels={CLUSTER_NAME_LABEL: "a1"}),
+                 after=[Gate(type="Analysis", analysis=ANALYSIS)]),
             Wave(name="rest"),
         ],
         on_failure=on_failure,  # type: ignore[arg-type]
@@ -52,8 +49,7 @@ def feed(sim: Sim, seconds: float, canary: TrafficFigures, key: str | None = Non
     request = sim.actions.analysis
     assert request is not None or key is not None
     sim.analysis = AnalysisFigures(
-        key=key or (request.key if request else ""),
-        seconds=seconds,
+        key=key or (request.key if request else ""), seconds=seconds,
         clusters={"a1": canary, **{c: good(200) for c in (request.stable if request else [])}},
     )
 
@@ -117,10 +113,8 @@ def test_no_probe_traffic_without_a_probe_or_a_rollout_in_flight() -> None:
 def test_a_failing_probe_pauses_naming_cluster_url_and_answer_then_recovers() -> None:
     spec = RolloutSpec(waves=[zone_wave("zone-a"), zone_wave("zone-b")], health_checks=PROBE)
     sim = started(spec, health="Progressing")
-    why = (
-        "probe failed 3x in a row (failureThreshold 3): GET https://shop.example/healthz via 127.100.1.1:443: "
-        "503 (expected 200) in 3 ms"
-    )
+    why = "probe failed 3x in a row (failureThreshold 3): GET https://shop.example/healthz via 127.100.1.1:443: " \
+          "503 (expected 200) in 3 ms"
     sim.observed["a1"] = ClusterObservation(revision=B, health="Failed", message=why)
     sim.step()
     assert (sim.state.phase, sim.state.reason) == ("Degraded", "HealthFailed")
@@ -190,10 +184,8 @@ def test_a_bad_canary_fails_at_once_and_pause_holds_it_there() -> None:
     sim.advance(8)
     sim.step()
     assert (sim.state.phase, sim.state.reason) == ("Paused", "AnalysisFailed")
-    assert (
-        "wave 1/2 canary: analysis failed: a1: 50/100 5xx (50.0%), p95 10 ms: 5xx 50.0% > max5xxRatio 5.0%"
-        in sim.state.message
-    ), sim.state.message
+    assert "wave 1/2 canary: analysis failed: a1: 50/100 5xx (50.0%), p95 10 ms: 5xx 50.0% > max5xxRatio 5.0%" \
+        in sim.state.message, sim.state.message
     assert "vs stable a2,b1,b2: 0/600 5xx (0.0%)" in sim.state.message
     assert sim.carrying(B) == {"a1"} and sim.actions.analysis is None
     assert sim.events.count("AnalysisFailed") == 1

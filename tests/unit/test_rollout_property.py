@@ -155,7 +155,9 @@ class Oracle:
             for name in carrying:
                 [k] = [k for k, w in enumerate(state.waves) if name in w.released]
                 assert name in (state.waves[k].clusters or [])
-                assert self.gates_ok(rev, state, 3 * k + 1), f"{name} in wave {k + 1} carries {rev} unreleased"
+                assert self.gates_ok(rev, state, 3 * k + 1), (
+                    f"{name} in wave {k + 1} carries {rev} unreleased"
+                )
             if state.phase == "Aborted":
                 assert carrying <= self.last_carrying.get(rev, set()), "an abort spread the revision"
                 if state.revert_index < 0:
@@ -188,7 +190,9 @@ def apply(sim: Sim, oracle: Oracle, event: tuple[Any, ...]) -> None:
         _, decision, approver, twist = event
         req = sim.actions.approval_requests[0]
         rev = (
-            REVISIONS[(REVISIONS.index(req.revision) + 1) % len(REVISIONS)] if twist == "old-revision" else req.revision
+            REVISIONS[(REVISIONS.index(req.revision) + 1) % len(REVISIONS)]
+            if twist == "old-revision"
+            else req.revision
         )
         wave = req.wave + 1 if twist == "next-wave" else req.wave
         a = ApprovalSeen(

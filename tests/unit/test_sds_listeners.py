@@ -43,14 +43,8 @@ def test_listeners() -> None:
 
 
 def test_client_identities_spiffe_first_then_dns() -> None:
-    cert = {
-        "subjectAltName": (
-            ("DNS", "gw.east.example"),
-            ("URI", "spiffe://meshfed/cluster/east-1"),
-            ("URI", "https://not-an-identity"),
-            ("IP Address", "10.0.0.1"),
-        )
-    }
+    cert = {"subjectAltName": (("DNS", "gw.east.example"), ("URI", "spiffe://meshfed/cluster/east-1"),
+                               ("URI", "https://not-an-identity"), ("IP Address", "10.0.0.1"))}
     assert certificate_identities(cert) == ("spiffe://meshfed/cluster/east-1", "gw.east.example")
     assert certificate_identities({}) == () and certificate_identities(None) == ()
 
@@ -59,10 +53,7 @@ def test_directory_grants(tmp_path: Path) -> None:
     f = tmp_path / "grants.yaml"
     f.write_text("checkout-tls: [spiffe://meshfed/cluster/east-1]\nadmin-tls: []\n")
     assert load_grants(f, ["checkout-tls=gw-local", "other=x"]) == {
-        "checkout-tls": {"spiffe://meshfed/cluster/east-1", "gw-local"},
-        "admin-tls": frozenset(),
-        "other": {"x"},
-    }
+        "checkout-tls": {"spiffe://meshfed/cluster/east-1", "gw-local"}, "admin-tls": frozenset(), "other": {"x"}}
     assert load_grants(None) == {}
     f.write_text("checkout-tls: spiffe://meshfed/cluster/east-1\n")
     with pytest.raises(ValueError, match=r"--grants .*grants.yaml: expected a mapping"):
@@ -71,9 +62,8 @@ def test_directory_grants(tmp_path: Path) -> None:
         load_grants(None, ["checkout-tls"])
 
 
-def test_refusals_are_logged_once_per_episode_and_bounded(
-    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_refusals_are_logged_once_per_episode_and_bounded(caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
     import certs.sds as sds_module

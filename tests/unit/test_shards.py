@@ -34,8 +34,7 @@ def test_shard_of_is_stable_and_spread() -> None:
     # Stable across processes and versions (SHA-256, not Python's salted hash): fixed values.
     assert shard_of("shop", "checkout", 32) == shard_of("shop", "checkout", 32)
     assert [shard_of("default", f"ap-{i}", 32) for i in range(5)] == [
-        shard_of("default", f"ap-{i}", 32) for i in range(5)
-    ]
+        shard_of("default", f"ap-{i}", 32) for i in range(5)]
     counts = [0] * 32
     for i in range(3200):
         counts[shard_of("ns", f"ap-{i}", 32)] += 1
@@ -43,10 +42,8 @@ def test_shard_of_is_stable_and_spread() -> None:
 
 
 def test_followers_hash_their_accesspoint() -> None:
-    ns = {
-        "metadata": {"namespace": "shop", "name": "www"},
-        "spec": {"target": {"accessPointRef": {"name": "checkout"}}},
-    }
+    ns = {"metadata": {"namespace": "shop", "name": "www"},
+          "spec": {"target": {"accessPointRef": {"name": "checkout"}}}}
     standalone = {"metadata": {"namespace": "shop", "name": "static"}, "spec": {"target": {"static": []}}}
     cert = {"metadata": {"namespace": "shop", "name": "checkout"}, "spec": {"accessPointRef": {"name": "checkout"}}}
     approval = {"metadata": {"namespace": "shop", "name": "checkout-r1-w1"}, "spec": {"accessPoint": "checkout"}}
@@ -99,14 +96,10 @@ def test_newcomer_gets_released_shards() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    shards=st.integers(min_value=1, max_value=64),
-    replicas=st.integers(min_value=2, max_value=7),
-    seed=st.integers(min_value=0, max_value=10_000),
-)
-def test_survivors_take_a_dead_replicas_shards_in_one_round_without_racing(
-    shards: int, replicas: int, seed: int
-) -> None:
+@given(shards=st.integers(min_value=1, max_value=64), replicas=st.integers(min_value=2, max_value=7),
+       seed=st.integers(min_value=0, max_value=10_000))
+def test_survivors_take_a_dead_replicas_shards_in_one_round_without_racing(shards: int, replicas: int,
+                                                                          seed: int) -> None:
     """Same view, disjoint takes: after a kill every survivor plans from the same holders, no two plan
     to take the same shard (a lost compare-and-swap costs a retry period), and together they take
     every shard the dead replica held, each up to its new target."""
@@ -157,9 +150,8 @@ def simulate(shards: int, live: list[str], holders: dict[int, str], seed: int, r
     seed=st.integers(min_value=0, max_value=10_000),
     fill=st.floats(min_value=0.0, max_value=1.0),
 )
-def test_placement_converges_fairly_without_double_holding(
-    shards: int, replicas: int, dead: int, seed: int, fill: float
-) -> None:
+def test_placement_converges_fairly_without_double_holding(shards: int, replicas: int, dead: int, seed: int,
+                                                          fill: float) -> None:
     rng = random.Random(seed)
     live = [f"r{i}" for i in range(replicas)]
     everyone = live + [f"dead{i}" for i in range(dead)]
@@ -176,8 +168,7 @@ def test_placement_converges_fairly_without_double_holding(
         assert all(h in live for h in state.values())  # (a dict: no shard has two holders)
         for r in live:  # nobody ever holds more than its fair share once the first round is done
             assert len([s for s, h in state.items() if h == r]) <= max(
-                math.ceil(shards / replicas), len([s for s, h in history[0].items() if h == r])
-            )
+                math.ceil(shards / replicas), len([s for s, h in history[0].items() if h == r]))
 
 
 @settings(max_examples=100, deadline=None)
@@ -201,22 +192,11 @@ def test_relist_keeps_objects_written_after_its_snapshot() -> None:
     from federation.members import OwnedCache
 
     def obj(name: str, rv: int) -> dict[str, object]:
-        return {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {
-                "name": name,
-                "namespace": "ns",
-                "uid": f"u-{name}",
-                "resourceVersion": str(rv),
-                "labels": {
-                    "app.kubernetes.io/managed-by": "meshfed",
-                    "meshfed.io/hub": "h",
-                    "meshfed.io/accesspoint-namespace": "ns",
-                    "meshfed.io/accesspoint": name,
-                },
-            },
-        }
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "ns", "uid": f"u-{name}", "resourceVersion": str(rv),
+                             "labels": {"app.kubernetes.io/managed-by": "meshfed", "meshfed.io/hub": "h",
+                                        "meshfed.io/accesspoint-namespace": "ns",
+                                        "meshfed.io/accesspoint": name}}}
 
     cache = OwnedCache("h")
     cache.put(obj("old", 10))
@@ -228,11 +208,9 @@ def test_relist_keeps_objects_written_after_its_snapshot() -> None:
 
 # ---- lease protocol 2: shard Leases live through their holder's replica Lease ----------------------
 
-
 def _observed(holder: str, at: float, protocol: str = "2", duration: float = 15.0) -> Observed:
-    return Observed(
-        holder=holder, renew="r", duration=duration, transitions=0, acquire=None, rv="1", at=at, protocol=protocol
-    )
+    return Observed(holder=holder, renew="r", duration=duration, transitions=0, acquire=None, rv="1", at=at,
+                    protocol=protocol)
 
 
 def test_a_protocol_2_shard_lease_lives_as_long_as_its_holders_replica_lease() -> None:
@@ -240,13 +218,13 @@ def test_a_protocol_2_shard_lease_lives_as_long_as_its_holders_replica_lease() -
     fresh, stale = now - 1, now - 20  # record last changed 1 s / 20 s ago (duration 15 s)
     cases = [
         # (shard record, replica record of its holder) -> live holder
-        (_observed("a", fresh), None, "a"),  # own record fresh
-        (_observed("a", stale), _observed("a", fresh), "a"),  # through the replica Lease
-        (_observed("a", stale), _observed("a", stale), None),  # holder dead
-        (_observed("a", stale), None, None),  # holder's replica Lease gone
-        (_observed("a", stale), _observed("b", fresh), None),  # replica Lease names another
-        (_observed("a", stale, protocol=""), _observed("a", fresh), None),  # old protocol: own record only
-        (_observed("", fresh), _observed("a", fresh), None),  # released
+        (_observed("a", fresh), None, "a"),                                   # own record fresh
+        (_observed("a", stale), _observed("a", fresh), "a"),                  # through the replica Lease
+        (_observed("a", stale), _observed("a", stale), None),                 # holder dead
+        (_observed("a", stale), None, None),                                  # holder's replica Lease gone
+        (_observed("a", stale), _observed("b", fresh), None),                 # replica Lease names another
+        (_observed("a", stale, protocol=""), _observed("a", fresh), None),    # old protocol: own record only
+        (_observed("", fresh), _observed("a", fresh), None),                  # released
     ]
     for shard, replica, expected in cases:
         observed = {"shard-03": shard} | ({"replica-a": replica} if replica is not None else {})
@@ -254,11 +232,8 @@ def test_a_protocol_2_shard_lease_lives_as_long_as_its_holders_replica_lease() -
     # A replica Lease itself is judged by its own record only.
     assert live_holder("replica-a", {"replica-a": _observed("a", stale)}, "replica", now) is None
     # Singletons of another role (meshfed sds) follow that role's replica Lease.
-    observed = {
-        "sds": _observed("x", stale),
-        "sds-replica-x": _observed("x", fresh),
-        "replica-x": _observed("x", stale),
-    }
+    observed = {"sds": _observed("x", stale), "sds-replica-x": _observed("x", fresh),
+                "replica-x": _observed("x", stale)}
     assert live_holder("sds", observed, "sds-replica", now) == "x"
     assert live_holder("sds", observed, "replica", now) is None
 
@@ -270,24 +245,16 @@ def test_kubectl_shards_shows_protocol_2_leases_held_through_the_replica_lease()
         labels = {"meshfed.io/lease-of": "hub", "meshfed.io/lease-kind": kind}
         if protocol:
             labels["meshfed.io/lease-protocol"] = protocol
-        return {
-            "metadata": {"name": f"hub-{name}", "labels": labels},
-            "spec": {"holderIdentity": holder, "renewTime": renewed, "leaseDurationSeconds": 15},
-        }
+        return {"metadata": {"name": f"hub-{name}", "labels": labels},
+                "spec": {"holderIdentity": holder, "renewTime": renewed, "leaseDurationSeconds": 15}}
 
     now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
     fresh, old = "2027-01-15T07:59:58.000000Z", "2027-01-15T07:00:00.000000Z"
-    view = render_shards(
-        [
-            lease("replica-a", "replica", "a", fresh),
-            lease("shard-00", "shard", "a", old),
-            lease("shard-01", "shard", "b", old),
-            lease("shard-02", "shard", "a", old, protocol=""),
-        ],
-        now,
-    )
+    view = render_shards([lease("replica-a", "replica", "a", fresh), lease("shard-00", "shard", "a", old),
+                          lease("shard-01", "shard", "b", old), lease("shard-02", "shard", "a", old, protocol="")],
+                         now)
     rows = {line.split()[1]: line for line in view.splitlines() if line.startswith("hub ")}
-    assert "held" in rows["shard-00"] and "expired" not in rows["shard-00"], view  # through replica a
-    assert "expired" in rows["shard-01"], view  # b is not live
-    assert "expired" in rows["shard-02"], view  # old protocol
+    assert "held" in rows["shard-00"] and "expired" not in rows["shard-00"], view   # through replica a
+    assert "expired" in rows["shard-01"], view                                      # b is not live
+    assert "expired" in rows["shard-02"], view                                      # old protocol
     assert rows["a"].split()[3:5] == ["1", "0"], view  # replica a: one shard held, shard 0

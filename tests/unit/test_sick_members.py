@@ -19,19 +19,11 @@ from federation.members import OwnedCache
 
 
 def obj(name: str, rv: str, uid: str = "u1", host: str = "a.example", digest: str = "h1") -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {
-            "name": name,
-            "namespace": "ns",
-            "uid": uid,
-            "resourceVersion": rv,
-            "labels": {MANAGED_BY: "meshfed", HUB: "hub", OWNER_NAMESPACE: "ns", OWNER_NAME: "ap"},
-            "annotations": {HASH_ANNOTATION: digest},
-        },
-        "spec": {"hosts": [host]},
-    }
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": "ns", "uid": uid, "resourceVersion": rv,
+                         "labels": {MANAGED_BY: "meshfed", HUB: "hub", OWNER_NAMESPACE: "ns", OWNER_NAME: "ap"},
+                         "annotations": {HASH_ANNOTATION: digest}},
+            "spec": {"hosts": [host]}}
 
 
 def test_pending_text_and_held_entries_never_say_applied() -> None:
@@ -39,19 +31,10 @@ def test_pending_text_and_held_entries_never_say_applied() -> None:
     assert pending_text(0, 0, 0) == ""
     base = ClusterStatus(name="m4", state="Applied", revision="r1", objects=3)
     slow = held_entry(base, answering=True, pending="1 to update", since="2026-12-04T16:00:00Z", why=None)
-    assert (slow.state, slow.pending, slow.pending_since, slow.last_error) == (
-        "Progressing",
-        "1 to update",
-        "2026-12-04T16:00:00Z",
-        None,
-    )
-    hung = held_entry(
-        base,
-        answering=False,
-        pending="1 to update",
-        since="2026-12-04T16:00:00Z",
-        why="not answering since 2026-12-04T16:00:00Z: timed out",
-    )
+    assert (slow.state, slow.pending, slow.pending_since, slow.last_error) == \
+        ("Progressing", "1 to update", "2026-12-04T16:00:00Z", None)
+    hung = held_entry(base, answering=False, pending="1 to update", since="2026-12-04T16:00:00Z",
+                      why="not answering since 2026-12-04T16:00:00Z: timed out")
     assert hung.state == "Unknown" and hung.revision is None and "not answering" in (hung.last_error or "")
     wire = hung.wire() if hasattr(hung, "wire") else hung.model_dump(by_alias=True)
     assert wire["pendingSince"] == "2026-12-04T16:00:00Z"
@@ -76,12 +59,8 @@ def test_cache_disagreement_and_highest_resource_version() -> None:
     cache.remove(obj("c", "15"))
     kind = ("networking.istio.io", "VirtualService")
     same = [{"metadata": o["metadata"]} for o in (obj("a", "10"), obj("b", "12"))]
-    assert (
-        cache.disagrees(
-            kind, [{**o, "kind": "VirtualService", "apiVersion": "networking.istio.io/v1"} for o in same], "20"
-        )
-        is None
-    )
+    assert cache.disagrees(kind, [{**o, "kind": "VirtualService", "apiVersion": "networking.istio.io/v1"}
+                                  for o in same], "20") is None
     wiped: list[dict[str, Any]] = []
     assert "not on the member" in (cache.disagrees(kind, wiped, "20") or "")
     # Written after the list's snapshot: not missing.
@@ -113,10 +92,8 @@ async def test_a_stalled_member_is_not_waited_for_and_its_landing_reconciles_aga
         await release.wait()
         return "late"
 
-    flights = {
-        "m1": (healthy.launch("ns/ap", quick, "1 to create"), FakeClient(False)),
-        "m4": (hung.launch("ns/ap", stuck, "1 to create"), FakeClient(True)),
-    }
+    flights = {"m1": (healthy.launch("ns/ap", quick, "1 to create"), FakeClient(False)),
+               "m4": (hung.launch("ns/ap", stuck, "1 to create"), FakeClient(True))}
     started = time.monotonic()
     results = await wait_flights(flights, stall_after=1.0, cap=10.0)  # type: ignore[arg-type]
     assert results == {"m1": "applied"} and time.monotonic() - started < 1.0
@@ -135,17 +112,12 @@ async def test_a_request_to_a_server_that_never_answers_ends_at_its_deadline_wit
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-    }
-    client = await KubeClient.from_kubeconfig_dict(
-        config, "hung", attempts=3, deadlines=Deadlines(connect=1.0, first_byte=0.5, total=2.0)
-    )
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": "c",
+              "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+              "users": [{"name": "u", "user": {"token": "t"}}],
+              "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}
+    client = await KubeClient.from_kubeconfig_dict(config, "hung", attempts=3,
+                                                   deadlines=Deadlines(connect=1.0, first_byte=0.5, total=2.0))
     try:
         started = time.monotonic()
         try:
@@ -171,19 +143,8 @@ def test_one_slow_probe_is_not_degraded_three_in_a_row_are() -> None:
     from federation.members import judge_degraded
 
     state = (False, 0)
-    for latency, expected in [
-        (1.3, False),
-        (0.05, False),
-        (1.3, False),
-        (1.4, False),
-        (1.5, True),
-        (0.8, True),
-        (0.4, False),
-        (2.0, False),
-        (None, False),
-        (2.0, False),
-        (2.0, True),
-    ]:
+    for latency, expected in [(1.3, False), (0.05, False), (1.3, False), (1.4, False), (1.5, True),
+                              (0.8, True), (0.4, False), (2.0, False), (None, False), (2.0, False), (2.0, True)]:
         state = judge_degraded(state[0], state[1], latency, 3)
         assert state[0] is expected, (latency, state)
 

@@ -51,21 +51,11 @@ def test_ready_everywhere() -> None:
 def test_invalid_spec() -> None:
     before = summarize(1, REV, placed("m1"), [applied("m1")], T1, None)
     before.fqdn = "checkout.example"
-    st_ = summarize(
-        2,
-        "",
-        PlacementDecision(),
-        [],
-        T2,
-        before,
-        invalid=["spec.template[1].spec.hosts[0]: unknown variable ${regoin}", "second problem"],
-    )
+    st_ = summarize(2, "", PlacementDecision(), [], T2, before,
+                    invalid=["spec.template[1].spec.hosts[0]: unknown variable ${regoin}", "second problem"])
     assert conds(st_) == {
-        "Accepted": (
-            "False",
-            "InvalidSpec",
-            "spec.template[1].spec.hosts[0]: unknown variable ${regoin}; second problem",
-        ),
+        "Accepted": ("False", "InvalidSpec",
+                     "spec.template[1].spec.hosts[0]: unknown variable ${regoin}; second problem"),
         "Applied": ("Unknown", "InvalidSpec", "nothing is written while the spec is invalid"),
         "Ready": ("False", "InvalidSpec", "the spec is invalid"),
     }
@@ -104,29 +94,20 @@ def test_no_placement_while_objects_are_still_being_removed() -> None:
 
 
 def test_failed_cluster() -> None:
-    clusters = [applied("m1"), state("m2", "Failed", "Gateway payments/checkout: spec.servers: Required value")]
+    clusters = [applied("m1"), state("m2", "Failed", 'Gateway payments/checkout: spec.servers: Required value')]
     st_ = summarize(1, REV, placed("m1", "m2"), clusters, T1, None)
-    assert conds(st_)["Applied"] == (
-        "False",
-        "ApplyFailed",
-        "m2: Gateway payments/checkout: spec.servers: Required value",
-    )
+    assert conds(st_)["Applied"] == ("False", "ApplyFailed",
+                                     "m2: Gateway payments/checkout: spec.servers: Required value")
     assert conds(st_)["Ready"] == ("False", "ApplyFailed", "failed in: m2")
     assert st_.summary == AccessPointSummary(clusters="1/2", vips="10.0.0.1", phase="Degraded")
 
 
 def test_conflict_is_a_failure_and_wins_over_unknown() -> None:
-    clusters = [
-        state("m1", "Conflict", "Service payments/gw exists and is not managed by meshfed"),
-        state("m2", "Unknown", "unreachable"),
-        state("m3", "Failed", "boom"),
-    ]
+    clusters = [state("m1", "Conflict", "Service payments/gw exists and is not managed by meshfed"),
+                state("m2", "Unknown", "unreachable"), state("m3", "Failed", "boom")]
     st_ = summarize(1, REV, placed("m1", "m2", "m3"), clusters, T1, None)
     assert conds(st_)["Applied"] == (
-        "False",
-        "ApplyFailed",
-        "m1: Service payments/gw exists and is not managed by meshfed; m3: boom",
-    )
+        "False", "ApplyFailed", "m1: Service payments/gw exists and is not managed by meshfed; m3: boom")
     assert conds(st_)["Ready"] == ("False", "ApplyFailed", "failed in: m1, m3")
     assert st_.summary is not None and st_.summary.phase == "Degraded"
 
@@ -209,22 +190,12 @@ NAMES = ["m1", "m2", "m3", "m4", "m5"]
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.tuples(st.sampled_from(NAMES), STATES, st.booleans()), max_size=5, unique_by=lambda t: t[0]),
-    st.sets(st.sampled_from(NAMES)),
-    st.booleans(),
-)
+@given(st.lists(st.tuples(st.sampled_from(NAMES), STATES, st.booleans()), max_size=5, unique_by=lambda t: t[0]),
+       st.sets(st.sampled_from(NAMES)), st.booleans())
 def test_summary_properties(entries: list[tuple[str, str, bool]], names: set[str], invalid: bool) -> None:
-    clusters = [
-        ClusterStatus(
-            name=n,
-            state=s,
-            vip="10.0.0.1" if vip else None,
-            route_configured=vip,
-            last_error=None if s == "Applied" else "x",
-        )
-        for n, s, vip in entries
-    ]
+    clusters = [ClusterStatus(name=n, state=s, vip="10.0.0.1" if vip else None,
+                              route_configured=vip, last_error=None if s == "Applied" else "x")
+                for n, s, vip in entries]
     decision = placed(*sorted(names))
     problems = ["bad"] if invalid else []
     first = summarize(1, REV, decision, clusters, T1, None, invalid=problems)
@@ -235,7 +206,8 @@ def test_summary_properties(entries: list[tuple[str, str, bool]], names: set[str
         assert c["Accepted"][0] == "False" and first.summary is not None and first.summary.phase == "Invalid"
         return
     by_name = {n: (s, vip) for n, s, vip in entries}
-    all_ready = bool(names) and all(by_name.get(n) == ("Applied", True) for n in names) and not (set(by_name) - names)
+    all_ready = bool(names) and all(by_name.get(n) == ("Applied", True) for n in names) and not (
+        set(by_name) - names)
     assert (c["Ready"][0] == "True") is all_ready
     assert (first.summary is not None and first.summary.phase == "Ready") is all_ready
     states = {by_name[n][0] if n in by_name else "Unknown" for n in names}
@@ -261,11 +233,8 @@ def test_a_placed_cluster_nobody_reported_on_is_unknown_not_ready() -> None:
 def test_applied_message_one_event_for_many_clusters() -> None:
     entries = [ClusterStatus(name=n, state="Applied", revision="abc", objects=5) for n in ("m3", "m1", "m2")]
     assert applied_message(entries) == "revision abc applied on m1, m2, m3 (5 objects each)"
-    mixed = [
-        ClusterStatus(name="m2", state="Applied", revision="abc", objects=4),
-        ClusterStatus(name="m1", state="Applied", revision="abc", objects=5),
-        ClusterStatus(name="m9", state="Applied", revision="old", objects=5),
-    ]
-    assert applied_message(mixed) == (
-        "revision abc applied on m1 (5 objects), m2 (4 objects); revision old applied on m9 (5 objects each)"
-    )
+    mixed = [ClusterStatus(name="m2", state="Applied", revision="abc", objects=4),
+             ClusterStatus(name="m1", state="Applied", revision="abc", objects=5),
+             ClusterStatus(name="m9", state="Applied", revision="old", objects=5)]
+    assert applied_message(mixed) == ("revision abc applied on m1 (5 objects), m2 (4 objects); "
+                                      "revision old applied on m9 (5 objects each)")

@@ -29,30 +29,18 @@ from accesspoint.tenancy import (
 from placement.models import ClusterFacts
 
 
-def policy(
-    name: str, namespaces: list[str], targets: list[dict[str, Any]] | None = None, domains: list[str] | None = None
-) -> TenancyPolicy:
-    return TenancyPolicy.model_validate(
-        {
-            "metadata": {"name": name},
-            "spec": {"namespaces": namespaces, "targetNamespaces": targets or [], "domains": domains or []},
-        }
-    )
+def policy(name: str, namespaces: list[str], targets: list[dict[str, Any]] | None = None,
+           domains: list[str] | None = None) -> TenancyPolicy:
+    return TenancyPolicy.model_validate({
+        "metadata": {"name": name},
+        "spec": {"namespaces": namespaces, "targetNamespaces": targets or [], "domains": domains or []}})
 
 
-def ap(
-    ns: str,
-    name: str,
-    template: list[dict[str, Any]],
-    overrides: list[dict[str, Any]] | None = None,
-    created: str = "2026-01-01T00:00:00Z",
-) -> AccessPoint:
-    return AccessPoint.model_validate(
-        {
-            "metadata": {"name": name, "namespace": ns, "creationTimestamp": created, "uid": f"uid-{ns}-{name}"},
-            "spec": {"template": template, "overrides": overrides or []},
-        }
-    )
+def ap(ns: str, name: str, template: list[dict[str, Any]], overrides: list[dict[str, Any]] | None = None,
+       created: str = "2026-01-01T00:00:00Z") -> AccessPoint:
+    return AccessPoint.model_validate({
+        "metadata": {"name": name, "namespace": ns, "creationTimestamp": created, "uid": f"uid-{ns}-{name}"},
+        "spec": {"template": template, "overrides": overrides or []}})
 
 
 def svc(namespace: str | None = None, name: str = "web") -> dict[str, Any]:
@@ -66,24 +54,14 @@ def gw(hosts: list[str], namespace: str | None = None, name: str = "gw") -> dict
     meta: dict[str, Any] = {"name": name}
     if namespace is not None:
         meta["namespace"] = namespace
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "Gateway",
-        "metadata": meta,
-        "spec": {
-            "selector": {"istio": "ingressgateway"},
-            "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": hosts}],
-        },
-    }
+    return {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": meta,
+            "spec": {"selector": {"istio": "ingressgateway"},
+                     "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": hosts}]}}
 
 
 def vs(hosts: list[str], name: str = "vs") -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": name},
-        "spec": {"hosts": hosts, "gateways": ["gw"], "http": [{"route": [{"destination": {"host": "web"}}]}]},
-    }
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService", "metadata": {"name": name},
+            "spec": {"hosts": hosts, "gateways": ["gw"], "http": [{"route": [{"destination": {"host": "web"}}]}]}}
 
 
 CLUSTER = ClusterFacts(name="member-1", region="region-a", zone="region-a-1")
@@ -95,16 +73,13 @@ CLUSTER = ClusterFacts(name="member-1", region="region-a", zone="region-a-1")
 def test_template_namespace_outside_the_accesspoints_own_is_refused_naming_the_field() -> None:
     a = ap("tenant", "x", [svc("kube-system")])
     problems = template_problems(a, Policies())
-    assert problems == [
-        "spec.template[0].metadata.namespace: namespace kube-system is not allowed for AccessPoints in tenant"
-    ]
+    assert problems == ["spec.template[0].metadata.namespace: namespace kube-system is not allowed for "
+                        "AccessPoints in tenant"]
     assert problems[0].reason == NAMESPACE_NOT_ALLOWED
 
 
-@pytest.mark.parametrize(
-    ("namespace", "kind_ok"),
-    [(None, True), ("tenant", True), ("${namespace}", True), ("istio-system", False), ("other", False)],
-)
+@pytest.mark.parametrize(("namespace", "kind_ok"), [(None, True), ("tenant", True), ("${namespace}", True),
+                                                    ("istio-system", False), ("other", False)])
 def test_own_namespace_always_allowed(namespace: str | None, kind_ok: bool) -> None:
     a = ap("tenant", "x", [svc(namespace)])
     assert (template_problems(a, Policies()) == []) is kind_ok
@@ -116,10 +91,8 @@ def test_policy_allows_a_target_namespace_for_listed_kinds_only() -> None:
     assert template_problems(ok, pols) == []
     bad = ap("tenant", "x", [svc("istio-system")])
     (problem,) = template_problems(bad, pols)
-    assert problem.startswith(
-        "spec.template[0].metadata.namespace: namespace istio-system is not allowed for "
-        "Service objects of AccessPoints in tenant (TenancyPolicy p allows only Gateway"
-    )
+    assert problem.startswith("spec.template[0].metadata.namespace: namespace istio-system is not allowed for "
+                              "Service objects of AccessPoints in tenant (TenancyPolicy p allows only Gateway")
     # Another hub namespace gets nothing from a policy that does not list it.
     other = ap("other", "x", [gw(["a.example.com"], "istio-system")])
     assert len(template_problems(other, pols)) == 1
@@ -134,10 +107,8 @@ def test_a_namespace_from_a_variable_is_checked_on_the_rendered_objects() -> Non
     rendered = render(a, CLUSTER, "hub")
     assert not rendered.errors
     (problem,) = rendered_problems(a, CLUSTER.name, rendered.objects, Policies(), [])
-    assert problem == (
-        "spec.template[0].metadata.namespace: in cluster member-1: namespace member-1 is not allowed "
-        "for AccessPoints in tenant"
-    )
+    assert problem == ("spec.template[0].metadata.namespace: in cluster member-1: namespace member-1 is not allowed "
+                       "for AccessPoints in tenant")
 
 
 def test_generated_objects_are_confined_and_tls_secrets_follow_their_gateway() -> None:
@@ -164,23 +135,12 @@ def test_rendered_hosts_must_be_claimed() -> None:
 
 
 def test_hosts_set_by_overrides_are_claims() -> None:
-    a = ap(
-        "tenant",
-        "x",
-        [vs(["shop.example.com"])],
-        overrides=[
-            {
-                "clusters": ["member-1"],
-                "target": {"kind": "VirtualService", "name": "vs"},
-                "mergePatch": {"spec": {"hosts": ["b.example.com"]}},
-            },
-            {
-                "regions": ["r"],
-                "target": {"kind": "VirtualService", "name": "vs"},
-                "jsonPatch": [{"op": "add", "path": "/spec/hosts/-", "value": "c.example.com"}],
-            },
-        ],
-    )
+    a = ap("tenant", "x", [vs(["shop.example.com"])], overrides=[
+        {"clusters": ["member-1"], "target": {"kind": "VirtualService", "name": "vs"},
+         "mergePatch": {"spec": {"hosts": ["b.example.com"]}}},
+        {"regions": ["r"], "target": {"kind": "VirtualService", "name": "vs"},
+         "jsonPatch": [{"op": "add", "path": "/spec/hosts/-", "value": "c.example.com"}]},
+    ])
     assert sorted(h for _, h in accesspoint_hosts(a)) == ["b.example.com", "c.example.com", "shop.example.com"]
     assert ("spec.overrides[0].mergePatch", "b.example.com") in accesspoint_hosts(a)
 
@@ -188,21 +148,18 @@ def test_hosts_set_by_overrides_are_claims() -> None:
 # ---- patterns ----
 
 
-@pytest.mark.parametrize(
-    ("a", "b", "expected"),
-    [
-        ("shop.example.com", "shop.example.com", True),
-        ("shop.example.com", "shop.example.org", False),
-        ("shop.*.example.com", "shop.region-a.example.com", True),
-        ("shop.*.example.com", "cart.region-a.example.com", False),
-        ("*.example.com", "shop.*.example.com", True),
-        ("a-*.example.com", "*-b.example.com", True),
-        ("a-*.example.com", "b-*.example.com", False),
-        ("*", "anything.example", True),
-        ("x*y", "xy", False),  # a variable is never empty
-        ("x*y*z", "x*z", True),
-    ],
-)
+@pytest.mark.parametrize(("a", "b", "expected"), [
+    ("shop.example.com", "shop.example.com", True),
+    ("shop.example.com", "shop.example.org", False),
+    ("shop.*.example.com", "shop.region-a.example.com", True),
+    ("shop.*.example.com", "cart.region-a.example.com", False),
+    ("*.example.com", "shop.*.example.com", True),
+    ("a-*.example.com", "*-b.example.com", True),
+    ("a-*.example.com", "b-*.example.com", False),
+    ("*", "anything.example", True),
+    ("x*y", "xy", False),  # a variable is never empty
+    ("x*y*z", "x*z", True),
+])
 def test_overlap_table(a: str, b: str, expected: bool) -> None:
     assert overlap(a, b) is expected and overlap(b, a) is expected
 
@@ -247,9 +204,8 @@ def test_first_claim_wins_and_deleting_the_owner_frees_the_host() -> None:
     index.put(src("a", "shop", "2026-01-03T00:00:00Z"), [("spec.template[0]", "shop.example.com")])
     assert index.refusals("AccessPoint", "b", "shop") == []
     (v,) = index.refusals("AccessPoint", "a", "shop")
-    assert v.message == (
-        "host shop.example.com is owned by namespace b: claimed first by AccessPoint b/shop at 2026-01-02T00:00:00Z"
-    )
+    assert v.message == ("host shop.example.com is owned by namespace b: claimed first by AccessPoint b/shop at "
+                         "2026-01-02T00:00:00Z")
     # Same namespace, other kinds: no conflict.
     index.put(src("b", "shop", "2026-01-02T12:00:00Z", "NameService"), [("spec.fqdn", "shop.example.com")])
     assert index.refusals("NameService", "b", "shop") == []
@@ -301,22 +257,17 @@ def test_wildcards_only_by_policy() -> None:
 
 
 def test_policy_assignment_beats_first_claim_and_the_most_specific_assignment_decides() -> None:
-    index = OwnershipIndex(
-        Policies.build(
-            [
-                policy("platform", ["platform"], domains=["*.example.com"]),
-                policy("payments", ["payments"], domains=["*.pay.example.com", "checkout.example.com"]),
-            ]
-        )
-    )
+    index = OwnershipIndex(Policies.build([
+        policy("platform", ["platform"], domains=["*.example.com"]),
+        policy("payments", ["payments"], domains=["*.pay.example.com", "checkout.example.com"]),
+    ]))
     index.put(src("squatter", "x", "2025-01-01T00:00:00Z"), [("f", "checkout.example.com")])
-    index.put(src("payments", "x", "2026-01-01T00:00:00Z"), [("f", "checkout.example.com"), ("g", "a.pay.example.com")])
+    index.put(src("payments", "x", "2026-01-01T00:00:00Z"), [("f", "checkout.example.com"),
+                                                             ("g", "a.pay.example.com")])
     index.put(src("platform", "x", "2026-01-01T00:00:00Z"), [("f", "*.example.com"), ("g", "www.example.com")])
     (v,) = index.refusals("AccessPoint", "squatter", "x")
-    assert v.message == (
-        "host checkout.example.com is assigned to namespace payments by TenancyPolicy payments "
-        "(domain checkout.example.com)"
-    )
+    assert v.message == ("host checkout.example.com is assigned to namespace payments by TenancyPolicy payments "
+                         "(domain checkout.example.com)")
     assert index.refusals("AccessPoint", "payments", "x") == []
     assert index.refusals("AccessPoint", "platform", "x") == []  # its catch-all wildcard, and www
     index.put(src("platform", "y", "2026-01-01T00:00:00Z"), [("f", "b.pay.example.com")])
@@ -325,9 +276,8 @@ def test_policy_assignment_beats_first_claim_and_the_most_specific_assignment_de
 
 def test_service_names_belong_to_their_namespace() -> None:
     index = OwnershipIndex()
-    index.put(
-        src("a", "x", "2026-01-01T00:00:00Z"), [("f", "web.b.svc.cluster.local"), ("g", "web.a.svc.cluster.local")]
-    )
+    index.put(src("a", "x", "2026-01-01T00:00:00Z"),
+              [("f", "web.b.svc.cluster.local"), ("g", "web.a.svc.cluster.local")])
     (v,) = index.refusals("AccessPoint", "a", "x")
     assert "Service name of namespace b" in v.message
 
@@ -336,20 +286,8 @@ CLAIM = st.tuples(
     st.sampled_from(["a", "b", "c"]),  # namespace
     st.sampled_from(["x", "y"]),  # name
     st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"]),
-    st.lists(
-        st.sampled_from(
-            [
-                "h.example.com",
-                "*.example.com",
-                "h.${region}.example.com",
-                "q.example.com",
-                "${zone}.example.com",
-                "h.eu.example.com",
-            ]
-        ),
-        min_size=1,
-        max_size=3,
-    ),
+    st.lists(st.sampled_from(["h.example.com", "*.example.com", "h.${region}.example.com", "q.example.com",
+                              "${zone}.example.com", "h.eu.example.com"]), min_size=1, max_size=3),
 )
 
 
@@ -385,10 +323,8 @@ def test_verdicts_are_the_same_under_any_event_order(events: list[Any], rnd: Any
 def test_first_claim_wins(events: list[Any]) -> None:
     """With concrete hosts: the owner of every host is the namespace of its earliest claimant, and
     exactly the claimants of other namespaces are refused."""
-    concrete = [
-        (ns, name, created, [h for h in hosts if "$" not in h and "*" not in h] or ["q.example.com"])
-        for ns, name, created, hosts in events
-    ]
+    concrete = [(ns, name, created, [h for h in hosts if "$" not in h and "*" not in h] or ["q.example.com"])
+                for ns, name, created, hosts in events]
     got = verdicts(concrete, Policies())
     for ns, name, _created, hosts in concrete:
         expect_refused = False
@@ -406,10 +342,8 @@ def test_target_namespace_kinds_are_template_kinds() -> None:
     from federation.crdgen import crd_manifest
 
     def policy(kinds: list[str]) -> dict[str, Any]:
-        return {
-            "metadata": {"name": "p"},
-            "spec": {"namespaces": ["pay"], "targetNamespaces": [{"namespace": "edge", "kinds": kinds}]},
-        }
+        return {"metadata": {"name": "p"},
+                "spec": {"namespaces": ["pay"], "targetNamespaces": [{"namespace": "edge", "kinds": kinds}]}}
 
     TenancyPolicy.model_validate(policy(["Gateway", "VirtualService"]))
     with pytest.raises(ValidationError) as err:
@@ -435,40 +369,16 @@ def test_a_certificate_without_its_accesspoint_claims_no_host() -> None:
     feature = Tenancy(cast(Controller, ctl))
 
     def gateway_ap(ns: str, name: str, host: str, created: str) -> dict[str, Any]:
-        return {
-            "metadata": {
-                "name": name,
-                "namespace": ns,
-                "uid": f"{ns}-{name}",
-                "generation": 1,
-                "creationTimestamp": created,
-            },
-            "spec": {
-                "template": [
-                    {
-                        "apiVersion": "networking.istio.io/v1",
-                        "kind": "Gateway",
-                        "metadata": {"name": "gw"},
-                        "spec": {
-                            "servers": [
-                                {"hosts": [host], "port": {"number": 443, "name": "https", "protocol": "HTTPS"}}
-                            ]
-                        },
-                    }
-                ]
-            },
-        }
+        return {"metadata": {"name": name, "namespace": ns, "uid": f"{ns}-{name}", "generation": 1,
+                             "creationTimestamp": created},
+                "spec": {"template": [{"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+                                       "metadata": {"name": "gw"},
+                                       "spec": {"servers": [{"hosts": [host], "port": {
+                                           "number": 443, "name": "https", "protocol": "HTTPS"}}]}}]}}
 
-    cert = {
-        "metadata": {
-            "name": "mine",
-            "namespace": "early",
-            "uid": "c1",
-            "generation": 1,
-            "creationTimestamp": "2026-01-01T00:00:00Z",
-        },
-        "spec": {"hosts": ["shop.example.com"], "issuerRef": {"name": "corp"}},
-    }
+    cert = {"metadata": {"name": "mine", "namespace": "early", "uid": "c1", "generation": 1,
+                         "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"hosts": ["shop.example.com"], "issuerRef": {"name": "corp"}}}
     feature.on_object("Certificate", "ADDED", cert)
     late = gateway_ap("late", "shop", "shop.example.com", "2026-02-01T00:00:00Z")
     feature.on_object("AccessPoint", "ADDED", late)
@@ -478,9 +388,8 @@ def test_a_certificate_without_its_accesspoint_claims_no_host() -> None:
     # Its AccessPoint appears: the Certificate (the earlier claim) now owns the host.
     own = gateway_ap("early", "mine", "other.example.com", "2026-03-01T00:00:00Z")
     feature.on_object("AccessPoint", "ADDED", own)
-    assert any(
-        "HostConflict" in p or "shop.example.com" in p for p in feature.validate(AccessPoint.model_validate(late), [])
-    ), "the certificate claims again"
+    assert any("HostConflict" in p or "shop.example.com" in p
+               for p in feature.validate(AccessPoint.model_validate(late), [])), "the certificate claims again"
     assert ("AccessPoint", "late", "shop") in enqueued  # the loser is looked at again
     feature.on_object("AccessPoint", "DELETED", own)
     assert feature.validate(AccessPoint.model_validate(late), []) == []

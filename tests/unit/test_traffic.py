@@ -176,7 +176,9 @@ def test_failover_and_disabled() -> None:
     pol = tp(mode="Failover", failover={"rules": [{"from": "us-east", "to": "us-west"}]})
     frag = compile_locality(pol, cluster("us-east"), ["us-east", "us-west"])
     assert frag == {
-        "loadBalancer": {"localityLbSetting": {"enabled": True, "failover": [{"from": "us-east", "to": "us-west"}]}},
+        "loadBalancer": {
+            "localityLbSetting": {"enabled": True, "failover": [{"from": "us-east", "to": "us-west"}]}
+        },
         "outlierDetection": OUTLIER,
     }
     assert compile_locality(tp(mode="Disabled"), cluster("a"), ["a"]) == {
@@ -192,7 +194,11 @@ def test_failover_and_disabled() -> None:
 
 
 def test_verbatim_rules() -> None:
-    pol = tp(weighted={"rules": [{"from": "us-east/zone1/*", "to": {"us-east/zone1/*": 80, "us-east/zone2/*": 20}}]})
+    pol = tp(
+        weighted={
+            "rules": [{"from": "us-east/zone1/*", "to": {"us-east/zone1/*": 80, "us-east/zone2/*": 20}}]
+        }
+    )
     assert distribute(compile_locality(pol, cluster("us-east"), ["us-east"])) == {
         "us-east/zone1/*": {"us-east/zone1/*": 80, "us-east/zone2/*": 20}
     }
@@ -225,7 +231,11 @@ def test_verbatim_rules() -> None:
         (tp(weighted={"localWeight": 99}), ["a", "b", "c"], "1 left to share between 2 region(s)"),
         (tp(weighted={"rules": [{"from": "a/*", "to": {"a/*": 50, "a/z1/*": 50}}]}), ["a"], "overlap"),
         (
-            tp(weighted={"rules": [{"from": "a/*", "to": {"a/*": 100}}, {"from": "a/z1", "to": {"a/*": 100}}]}),
+            tp(
+                weighted={
+                    "rules": [{"from": "a/*", "to": {"a/*": 100}}, {"from": "a/z1", "to": {"a/*": 100}}]
+                }
+            ),
             ["a"],
             "overlap",
         ),
@@ -261,7 +271,9 @@ def test_region_left_out_warns() -> None:
     assert any("region eu-west has endpoints but clients in region us-east" in w for w in report.warnings)
     assert traffic_conditions(report)[1].status == "True"
     assert validate_policy(tp(weighted={"localWeight": 98}), ["a", "b", "c"]).warnings == []
-    assert any("has endpoints" in w for w in validate_policy(tp(weighted={"localWeight": 100}), ["a", "b"]).warnings)
+    assert any(
+        "has endpoints" in w for w in validate_policy(tp(weighted={"localWeight": 100}), ["a", "b"]).warnings
+    )
     assert any(
         "no placed clusters" in w
         for w in validate_policy(tp(drain={"regions": ["x"]}, mode="Drain"), ["a", "b"]).warnings
@@ -305,7 +317,9 @@ def test_models() -> None:
     )
     assert pol.locality is not None and pol.locality.weighted is not None
     assert pol.locality.weighted.remotes == [RegionWeight(region="us-west")]
-    assert isinstance(FailoverLocality(rules=[FailoverRule.model_validate({"from": "a", "to": "b"})]), FailoverLocality)
+    assert isinstance(
+        FailoverLocality(rules=[FailoverRule.model_validate({"from": "a", "to": "b"})]), FailoverLocality
+    )
     assert DrainLocality(regions=["a"]).to == []
     assert OutlierDetection().max_ejection_percent == 100
     assert DistributeRule.model_validate({"from": "a", "to": {"a/*": 100}}).from_ == "a"

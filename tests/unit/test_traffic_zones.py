@@ -51,21 +51,11 @@ def effective(fragment: dict[str, Any] | None, client: str, groups: dict[str, in
 # ---- istiod's arithmetic --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("client", "rule", "match"),
-    [
-        ("a/z1", "a/*", True),
-        ("a/z1", "a", True),
-        ("a/z1", "a/z1", True),
-        ("a/z1", "a/z2", False),
-        ("a/z1/s1", "a/z1", True),
-        ("a/z1/s1", "a/z1/s2", False),
-        ("b/z1", "a/*", False),
-        ("b/z1", "*", True),
-        ("a", "a/z1", False),
-        ("a", "a/*", True),
-    ],
-)
+@pytest.mark.parametrize(("client", "rule", "match"), [
+    ("a/z1", "a/*", True), ("a/z1", "a", True), ("a/z1", "a/z1", True), ("a/z1", "a/z2", False),
+    ("a/z1/s1", "a/z1", True), ("a/z1/s1", "a/z1/s2", False), ("b/z1", "a/*", False), ("b/z1", "*", True),
+    ("a", "a/z1", False), ("a", "a/*", True),
+])
 def test_locality_match_is_istios(client: str, rule: str, match: bool) -> None:
     assert locality_match(client, rule) is match
 
@@ -75,32 +65,17 @@ def test_the_measured_98_2_is_what_istiod_computes_for_a_wildcard_over_two_zones
     rules = [{"from": "region-b/*", "to": {"region-b/*": 99, "region-a/*": 1}}]
     groups = {"region-a/region-a-1": 1, "region-a/region-a-2": 1, "region-b/region-b-1": 1}
     assert istio_locality_weights(rules, "region-b/region-b-1", groups) == {
-        "region-a/region-a-1": 1,
-        "region-a/region-a-2": 1,
-        "region-b/region-b-1": 99,
-    }
+        "region-a/region-a-1": 1, "region-a/region-a-2": 1, "region-b/region-b-1": 99}
     # Istio's own table (loadbalancer_test.go "distribution between subzones"): a locality matched by one
     # `to` entry keeps that weight; one matching two groups splits it by endpoint weight (80 -> 40 + 40).
-    sub = [
-        {
-            "from": "region1/zone1/subzone1",
-            "to": {"region1/zone1/subzone1": 80, "region1/zone1/subzone2": 15, "region1/zone1/subzone3": 5},
-        }
-    ]
-    assert istio_locality_weights(
-        sub,
-        "region1/zone1/subzone1",
-        {
-            "region1/zone1/subzone1": 2,
-            "region1/zone1/subzone2": 1,
-            "region1/zone1/subzone3": 1,
-            "region2/zone1": 1,
-        },
-    ) == {"region1/zone1/subzone1": 80, "region1/zone1/subzone2": 15, "region1/zone1/subzone3": 5}
+    sub = [{"from": "region1/zone1/subzone1", "to": {"region1/zone1/subzone1": 80, "region1/zone1/subzone2": 15,
+                                                      "region1/zone1/subzone3": 5}}]
+    assert istio_locality_weights(sub, "region1/zone1/subzone1", {
+        "region1/zone1/subzone1": 2, "region1/zone1/subzone2": 1, "region1/zone1/subzone3": 1, "region2/zone1": 1,
+    }) == {"region1/zone1/subzone1": 80, "region1/zone1/subzone2": 15, "region1/zone1/subzone3": 5}
     # Rounded up per group, in proportion to the endpoints: 99 over 2 + 1 endpoints -> 66 + 33.
-    assert istio_locality_weights(
-        [{"from": "a/*", "to": {"a/*": 99, "b/*": 1}}], "a/x", {"a/x": 2, "a/y": 1, "b/x": 1}
-    ) == {"a/x": 66, "a/y": 33, "b/x": 1}
+    assert istio_locality_weights([{"from": "a/*", "to": {"a/*": 99, "b/*": 1}}], "a/x",
+                                  {"a/x": 2, "a/y": 1, "b/x": 1}) == {"a/x": 66, "a/y": 33, "b/x": 1}
     # No rule for the client: every group keeps its own weight (its endpoint count).
     assert istio_locality_weights(rules, "region-a/region-a-1", groups) == groups
 
@@ -111,21 +86,12 @@ def test_the_measured_98_2_is_what_istiod_computes_for_a_wildcard_over_two_zones
 def test_99_1_in_two_regions_of_two_zones_is_exact_from_every_gateway() -> None:
     fragments = compile_zones(tp(mode="Weighted"), TWO_BY_TWO)
     assert to_of(fragments[("region-a", "region-a-1")]) == {
-        "region-a/region-a-1": 50,
-        "region-a/region-a-2": 49,
-        "region-b/region-b-1": 1,
-    }
+        "region-a/region-a-1": 50, "region-a/region-a-2": 49, "region-b/region-b-1": 1}
     # The other zone of region-a sends its 1% to the other zone of region-b: together every zone gets some.
     assert to_of(fragments[("region-a", "region-a-2")]) == {
-        "region-a/region-a-1": 50,
-        "region-a/region-a-2": 49,
-        "region-b/region-b-2": 1,
-    }
+        "region-a/region-a-1": 50, "region-a/region-a-2": 49, "region-b/region-b-2": 1}
     assert to_of(fragments[("region-b", "region-b-1")]) == {
-        "region-a/region-a-1": 1,
-        "region-b/region-b-1": 50,
-        "region-b/region-b-2": 49,
-    }
+        "region-a/region-a-1": 1, "region-b/region-b-1": 50, "region-b/region-b-2": 49}
     groups = {f"{r}/{z}": 1 for r, zones in TWO_BY_TWO.items() for z in zones}
     for (region, zone), fragment in fragments.items():
         other = "region-b" if region == "region-a" else "region-a"
@@ -169,10 +135,8 @@ def test_drain_over_zones() -> None:
 
 
 def test_verbatim_wildcards_over_two_zones_are_risky_with_the_effective_split() -> None:
-    rules = [
-        {"from": "region-a/*", "to": {"region-a/*": 99, "region-b/*": 1}},
-        {"from": "region-b/*", "to": {"region-b/*": 99, "region-a/*": 1}},
-    ]
+    rules = [{"from": "region-a/*", "to": {"region-a/*": 99, "region-b/*": 1}},
+             {"from": "region-b/*", "to": {"region-b/*": 99, "region-a/*": 1}}]
     policy = tp(mode="Weighted", weighted={"rules": rules})
     report = validate_policy(policy, TWO_BY_TWO)
     assert report.errors == []
@@ -195,10 +159,8 @@ def test_verbatim_wildcards_over_two_zones_are_risky_with_the_effective_split() 
     # A verbatim rule that matches no gateway: Istio falls back to endpoint counts; said too.
     only_a = tp(mode="Weighted", weighted={"rules": rules[:1]})
     msg = validate_policy(only_a, TWO_BY_TWO).splits[-1]
-    assert msg.startswith(
-        "spec.traffic.locality.weighted.rules: no distribute rule matches gateways in region "
-        "region-b: Istio weighs the localities by their endpoints, region-a 50% / region-b 50%"
-    )
+    assert msg.startswith("spec.traffic.locality.weighted.rules: no distribute rule matches gateways in region "
+                          "region-b: Istio weighs the localities by their endpoints, region-a 50% / region-b 50%")
 
 
 def test_a_region_with_clusters_of_unknown_zone_keeps_the_wildcard_and_says_what_it_gets() -> None:
@@ -211,17 +173,13 @@ def test_a_region_with_clusters_of_unknown_zone_keeps_the_wildcard_and_says_what
         "each share rounded up)",
         "spec.traffic.locality: gateways in region b send b 99.01% / a 0.99% instead of b 99% / a 1% (Istio's "
         "locality weights a/a1: 1, b: 50, b/b1: 50: a wildcard's weight is divided over the zones it matches and "
-        "each share rounded up)",
-    ]
+        "each share rounded up)"]
     assert to_of(compile_zones(tp(mode="Weighted"), zones)[("a", "a1")]) == {"a/*": 99, "b/*": 1}
 
 
 def test_placed_zones_counts_clusters() -> None:
     assert placed_zones([("b", "b1"), ("a", "a2"), ("a", "a1"), ("a", "a2"), ("c", None)]) == {
-        "a": {"a1": 1, "a2": 2},
-        "b": {"b1": 1},
-        "c": {"": 1},
-    }
+        "a": {"a1": 1, "a2": 2}, "b": {"b1": 1}, "c": {"": 1}}
 
 
 # ---- properties: any zone count, any clusters and endpoints per zone ------------------------------------
@@ -232,7 +190,8 @@ REGIONS = ["r0", "r1", "r2", "r3"]
 @st.composite
 def zoned_cases(draw: st.DrawFn) -> tuple[TrafficPolicy, Zones, dict[str, int]]:
     regions = draw(st.lists(st.sampled_from(REGIONS), min_size=1, max_size=4, unique=True))
-    zones: Zones = {r: {f"{r}-z{k}": draw(st.integers(1, 3)) for k in range(draw(st.integers(1, 4)))} for r in regions}
+    zones: Zones = {r: {f"{r}-z{k}": draw(st.integers(1, 3)) for k in range(draw(st.integers(1, 4)))}
+                    for r in regions}
     mode = draw(st.sampled_from(["Weighted", "Drain"]))
     local = draw(st.one_of(st.none(), st.integers(1, 100)))
     remotes = draw(st.lists(st.sampled_from(REGIONS), max_size=3, unique=True))
@@ -268,12 +227,8 @@ def test_every_gateway_gets_exactly_the_promised_split(case: tuple[TrafficPolicy
         promised = {r: w for r, w in promised.items() if r in zones}  # a named remote without clusters: warned
         got = region_weights(istio_locality_weights(lb["distribute"], f"{region}/{zone}", endpoints))
         total = sum(promised.values())
-        assert {r: w * total for r, w in got.items()} == {r: w * sum(got.values()) for r, w in promised.items()}, (
-            region,
-            zone,
-            rule["to"],
-            endpoints,
-        )
+        assert {r: w * total for r, w in got.items()} == {r: w * sum(got.values()) for r, w in promised.items()}, \
+            (region, zone, rule["to"], endpoints)
     # Together, a region's gateways send to every zone of every region they send to, as far as the
     # weights allow (each zone listed needs at least 1).
     for region, zs in zones.items():
@@ -293,17 +248,10 @@ def test_the_controller_gives_each_cluster_its_zones_fragment() -> None:
     from federation.traffic import decision_zones, fragment_for
     from placement.models import ClusterDecision, PlacementDecision
 
-    decision = PlacementDecision(
-        selected=[
-            ClusterDecision(cluster=m, reason="selected", region=r, zone=z)
-            for m, r, z in (
-                ("m-a1", "region-a", "region-a-1"),
-                ("m-a2", "region-a", "region-a-2"),
-                ("m-b1", "region-b", "region-b-1"),
-                ("m-b2", "region-b", "region-b-2"),
-            )
-        ]
-    )
+    decision = PlacementDecision(selected=[
+        ClusterDecision(cluster=m, reason="selected", region=r, zone=z)
+        for m, r, z in (("m-a1", "region-a", "region-a-1"), ("m-a2", "region-a", "region-a-2"),
+                        ("m-b1", "region-b", "region-b-1"), ("m-b2", "region-b", "region-b-2"))])
     zones = decision_zones(decision)
     assert zones == TWO_BY_TWO
     fragments = compile_zones(tp(mode="Weighted"), zones)

@@ -38,15 +38,8 @@ def make(handle: Callable[[str], object], fence: Fence | None = None, **kw: bool
         if asyncio.iscoroutine(result):
             await result
 
-    return WorkLoop(
-        "test",
-        run,
-        fencing=fence or Fence(),
-        lease_of=lambda key: f"lease-{key}",
-        kind_of=lambda key: "testkind",
-        log=log,
-        **kw,
-    )
+    return WorkLoop("test", run, fencing=fence or Fence(), lease_of=lambda key: f"lease-{key}",
+                    kind_of=lambda key: "testkind", log=log, **kw)
 
 
 def _due_in(loop: WorkLoop, key: str) -> float:
