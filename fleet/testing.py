@@ -279,9 +279,9 @@ class ControllerProcess:
         # MESHFED_PROFILE=<prefix>: the replica runs under cProfile and writes <prefix>-<identity>.prof when
         # it stops (benchmarks: `python -m pstats` reads it).
         profile = os.environ.get("MESHFED_PROFILE")
-        run = [self.base_args[0], "-m", "cProfile", "-o", f"{profile}-{self.identity}.prof"] if profile else [
-            self.base_args[0]]
-        self.args = [*run, *self.base_args[1:], "--identity", self.identity,
+        profiler = ["-m", "cProfile", "-o", f"{profile}-{self.identity}.prof"] if profile else []
+        python, *command = self.base_args
+        self.args = [python, *profiler, *command, "--identity", self.identity,
                      "--http-address", f"127.0.0.1:{self.http_port}"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
