@@ -1141,6 +1141,21 @@ def step(state: RolloutState, inputs: RolloutInputs, now: datetime) -> tuple[Rol
     return work.s, actions
 
 
+def bookkeeping_step(state: RolloutState, inputs: RolloutInputs, assigned: Mapping[str, str],
+                     observed: Mapping[str, ClusterObservation], now: datetime) -> RolloutState | None:
+    """`state` stepped again with newer observations, when that step only keeps books (which clusters
+    count as updated, progress): no event, approval, probe, Analysis gate or timer, and every cluster
+    keeps the revision it was just rendered with (`assigned`, the actions of the step that made
+    `state`). The caller writes its status once with it, instead of once with the observations of the
+    reconcile before and again after one reconcile more (a first revision reaching every cluster).
+    None: the step acts, so it runs in a reconcile of its own (the renders follow its assignments)."""
+    stepped, actions = step(state, inputs.model_copy(update={"observed": dict(observed)}), now)
+    if actions.events or actions.approval_requests or actions.approval_verdicts or actions.probes or \
+            actions.analysis is not None or actions.requeue_after is not None or actions.assignments != assigned:
+        return None
+    return stepped
+
+
 def summary(state: RolloutState) -> str:
     """A compact phase string for the AccessPoint PHASE column, e.g. "Paused(1/3 AwaitingApproval)"."""
     detail = " ".join(x for x in (state.wave.split(" ")[0] if state.wave else "", state.reason) if x)

@@ -57,6 +57,7 @@ from accesspoint.rollout import (
     RolloutActions,
     RolloutInputs,
     RolloutState,
+    bookkeeping_step,
     step,
 )
 from federation import shards, telemetry
@@ -173,6 +174,9 @@ class Rollouts:
         self._reloads: set[asyncio.Task[None]] = set()
         self.health = RolloutHealth(controller)
         self.entries: dict[str, dict[str, ClusterStatus]] = {}  # by AccessPoint uid: last status entries
+        # By AccessPoint uid, from its `select` to its `contribute` (the same reconcile): the step's
+        # inputs and the revision it assigned to each cluster.
+        self.stepped: dict[str, tuple[RolloutInputs, Mapping[str, str]]] = {}
 
     def observe(self, ap: AccessPoint, uid: str, clusters: list[ClusterStatus],
                 state: RolloutState | None) -> dict[str, ClusterObservation]:
@@ -330,6 +334,7 @@ class Rollouts:
         new, actions = step(state, inputs, now)
         self.states[uid] = new
         self.used[uid] = observed
+        self.stepped[uid] = (inputs, actions.assignments)
         await self.health.track(ap, uid, actions.analysis, members)
         entries = self.entries.get(uid) or {c.name: c for c in (ap.status.clusters if ap.status else [])}
         fqdn = ((ap.status.fqdn if ap.status else None) or "").split(",")[0]
@@ -392,7 +397,7 @@ class Rollouts:
             if not self.controller.in_shards(key, lost):
                 continue
             uid = str((body.get("metadata") or {}).get("uid", ""))
-            for store in (self.states, self.histories, self.used, self.seen):
+            for store in (self.states, self.histories, self.used, self.seen, self.stepped):
                 store.pop(uid, None)
             self.entries.pop(uid, None)
             self.health.forget(uid)  # no probes nor stats reads for an AccessPoint another replica runs
@@ -469,8 +474,15 @@ class Rollouts:
         self.entries[uid] = {c.name: c for c in clusters}
         seen = self.observe(ap, uid, clusters, state)
         self.seen[uid] = seen
+        stepped = self.stepped.pop(uid, None)
         if seen != self.used.get(uid):
-            self.controller.enqueue(f"ap/{ap.namespace}/{ap.name}")  # step again with what changed
+            folded = None if stepped is None else bookkeeping_step(state, stepped[0], stepped[1], seen,
+                                                                   datetime.now(UTC))
+            if folded is None:
+                self.controller.enqueue(f"ap/{ap.namespace}/{ap.name}")  # step again with what changed
+            else:
+                state = self.states[uid] = folded
+                self.used[uid] = seen
         stored = persisted(state, previous.rollout if previous else None)
         before = [c for c in (previous.conditions if previous else []) if c.type == ROLLOUT_CONDITION]
         mine = set_condition(before, rollout_condition(stored, ap.generation), now)

@@ -21,6 +21,7 @@ from accesspoint.rollout import (
     RolloutState,
     Wave,
     approval_name,
+    bookkeeping_step,
     default_waves,
     probe_url,
     step,
@@ -523,3 +524,39 @@ def test_wave_states_for_people() -> None:
     assert wave_states({"waves": waves, "waveIndex": 0, "phase": "Progressing"})[0] == "Current"
     assert wave_states({"waves": waves, "waveIndex": 3, "phase": "Succeeded"}) == ["Done", "Skipped", "Done", "Done"]
     assert wave_states({}) == []
+
+
+def test_bookkeeping_step_counts_the_clusters_that_just_reported() -> None:
+    # A first revision: the step (before the writes) saw nothing yet; the clusters report it after.
+    clusters = fleet()
+    inputs = RolloutInputs(access_point="checkout", revision=A, clusters=clusters)
+    state, actions = step(RolloutState(), inputs, T0)
+    assert state.updated == "0/6" and [e.reason for e in actions.events] == ["InitialRevision"]
+    observed = {c.name: ClusterObservation(revision=A, health="Healthy") for c in clusters}
+    folded = bookkeeping_step(state, inputs, actions.assignments, observed, T0 + timedelta(seconds=1))
+    assert folded is not None and folded.updated == "6/6"
+    assert (folded.phase, folded.reason, folded.stable) == ("Succeeded", "InitialRevision", A)
+    # Nothing left for the next reconcile's step: the same state, no action.
+    again, more = step(folded, inputs.model_copy(update={"observed": observed}), T0 + timedelta(seconds=2))
+    assert again.model_copy(update={"last_step_at": None}) == folded.model_copy(update={"last_step_at": None})
+    assert not (more.events or more.approval_requests or more.approval_verdicts or more.probes)
+    assert more.analysis is None and more.requeue_after is None
+    # Some clusters only: still books.
+    some = {n: o for n, o in observed.items() if n in {"a1", "b2"}}
+    partly = bookkeeping_step(state, inputs, actions.assignments, some, T0)
+    assert partly is not None and partly.updated == "2/6"
+
+
+def test_bookkeeping_step_refuses_a_step_that_acts() -> None:
+    # A new revision on its canary: the canary reporting it healthy opens the approval gate (a
+    # RolloutApproval to create, an Event): that step needs its own reconcile.
+    sim = Sim(fleet())
+    sim.revision = B
+    actions = sim.step()
+    assert sim.carrying(B) == {"a1"}
+    inputs = sim.inputs()
+    observed = {**sim.observed, "a1": ClusterObservation(revision=B, health="Healthy")}
+    assert bookkeeping_step(sim.state, inputs, actions.assignments, observed, sim.now) is None
+    # A cluster assigned another revision than the one it was rendered with: refused as well.
+    elsewhere = {**actions.assignments, "a1": A}
+    assert bookkeeping_step(sim.state, inputs, elsewhere, dict(sim.observed), sim.now) is None
