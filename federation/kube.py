@@ -601,17 +601,13 @@ class KubeClient:
         await self.api.update_params_for_auth(headers, [], ["BearerToken"])
         return headers
 
-    async def _once(
-        self,
-        method: str,
-        path: str,
-        query: Mapping[str, Any] | None,
-        body: Any,
-        content_type: str,
-        timeout: float,
-        accept: str = "application/json",
-    ) -> dict[str, Any]:
+    async def _exchange(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
+                        content_type: str, timeout: float, accept: str = "application/json",
+                        if_none_match: str | None = None) -> tuple[int, bytes, str | None, float | None]:
+        """One HTTP exchange: (status, body, ETag, Retry-After seconds); counted in flight meanwhile."""
         headers = await self._headers(content_type, accept)
+        if if_none_match:
+            headers["If-None-Match"] = if_none_match
         session = self.session
         data = None if body is None else json.dumps(body)
         limits = self.deadlines
@@ -631,6 +627,7 @@ class KubeClient:
             ) as resp:
                 raw = await resp.read()
                 status = resp.status
+                etag = resp.headers.get("ETag")
                 retry_after = retry_after_seconds(status, resp.headers.get("Retry-After"))
             self.last_answer = time.monotonic()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -639,6 +636,10 @@ class KubeClient:
             raise ApiError(0, "Unreachable", f"{self.name}: {what}", timed_out=timed_out) from None
         finally:
             self._inflight.pop(request_id, None)
+        return status, raw, etag, retry_after
+
+    @staticmethod
+    def _payload(status: int, raw: bytes, retry_after: float | None) -> dict[str, Any]:
         try:
             payload = json.loads(raw) if raw else {}
         except ValueError:
@@ -647,6 +648,29 @@ class KubeClient:
             raise ApiError(status, str(payload.get("reason", "")), str(payload.get("message", payload)), payload,
                            retry_after=retry_after)
         return payload if isinstance(payload, dict) else {"value": payload}
+
+    async def _once(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        body: Any,
+        content_type: str,
+        timeout: float,
+        accept: str = "application/json",
+    ) -> dict[str, Any]:
+        status, raw, _, retry_after = await self._exchange(method, path, query, body, content_type, timeout, accept)
+        return self._payload(status, raw, retry_after)
+
+    async def get_unless_unchanged(self, path: str, etag: str | None, *, timeout: float,
+                                   accept: str = "application/json") -> tuple[dict[str, Any] | None, str | None]:
+        """GET `path` once, unless it still has `etag` (If-None-Match; the API server answers 304 and no
+        body): (None, etag) then, else (the object, its ETag, None if the server gave none)."""
+        status, raw, answered, retry_after = await self._exchange("GET", path, None, None, "application/json",
+                                                                  timeout, accept, if_none_match=etag)
+        if status == 304 and etag:
+            return None, etag
+        return self._payload(status, raw, retry_after), answered
 
     async def request(
         self,
