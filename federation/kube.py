@@ -512,6 +512,7 @@ class KubeClient:
             self.request_options["server_hostname"] = cfg.tls_server_name
         self._session: aiohttp.ClientSession | None = None
         self._watch_session: aiohttp.ClientSession | None = None
+        self._probe_session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | None = None
 
     @property
@@ -534,8 +535,22 @@ class KubeClient:
             self._watch_session = aiohttp.ClientSession(connector=connector, trust_env=False, read_bufsize=2**21)
         return self._watch_session
 
+    @property
+    def probe_session(self) -> aiohttp.ClientSession:
+        """One connection for the periodic reads (a member's probe, its istiod's poll), apart from the
+        requests' pool. A probe then never waits behind a bulk's writes for a connection, so its latency
+        is the server's. And the pool empties when the writes stop: aiohttp hands out its idle
+        connections first in, first out, so a probe's four requests every 5 s through the pool kept
+        all 16 of each member's pooled connections from ever idling out (20 members, idle: 368 TLS
+        connections, 35 of the controller's 151 MiB)."""
+        if self._probe_session is None:
+            limit_tls_read_buffers()
+            connector = aiohttp.TCPConnector(limit=1, ssl=self._ssl_context())
+            self._probe_session = aiohttp.ClientSession(connector=connector, trust_env=False)
+        return self._probe_session
+
     def _ssl_context(self) -> ssl.SSLContext:
-        """One TLS context for both sessions (each holds its CA bundle and client certificate)."""
+        """One TLS context for all sessions (each holds its CA bundle and client certificate)."""
         if self._ssl is None:
             self._ssl = _ssl_context(self.api.configuration)
         return self._ssl
@@ -591,7 +606,7 @@ class KubeClient:
         return cls(ApiClient(configuration=cfg), name)
 
     async def close(self) -> None:
-        for session in (self._session, self._watch_session):
+        for session in (self._session, self._watch_session, self._probe_session):
             if session is not None:
                 await session.close()
         await self.api.close()
@@ -603,12 +618,14 @@ class KubeClient:
 
     async def _exchange(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
                         content_type: str, timeout: float, accept: str = "application/json",
-                        if_none_match: str | None = None) -> tuple[int, bytes, str | None, float | None]:
-        """One HTTP exchange: (status, body, ETag, Retry-After seconds); counted in flight meanwhile."""
+                        if_none_match: str | None = None,
+                        probe: bool = False) -> tuple[int, bytes, str | None, float | None]:
+        """One HTTP exchange: (status, body, ETag, Retry-After seconds); counted in flight meanwhile.
+        `probe`: through the probe connection (`probe_session`), not the requests' pool."""
         headers = await self._headers(content_type, accept)
         if if_none_match:
             headers["If-None-Match"] = if_none_match
-        session = self.session
+        session = self.probe_session if probe else self.session
         data = None if body is None else json.dumps(body)
         limits = self.deadlines
         request_id = self._next_request
@@ -658,16 +675,19 @@ class KubeClient:
         content_type: str,
         timeout: float,
         accept: str = "application/json",
+        probe: bool = False,
     ) -> dict[str, Any]:
-        status, raw, _, retry_after = await self._exchange(method, path, query, body, content_type, timeout, accept)
+        status, raw, _, retry_after = await self._exchange(method, path, query, body, content_type, timeout, accept,
+                                                           probe=probe)
         return self._payload(status, raw, retry_after)
 
     async def get_unless_unchanged(self, path: str, etag: str | None, *, timeout: float,
-                                   accept: str = "application/json") -> tuple[dict[str, Any] | None, str | None]:
+                                   accept: str = "application/json",
+                                   probe: bool = False) -> tuple[dict[str, Any] | None, str | None]:
         """GET `path` once, unless it still has `etag` (If-None-Match; the API server answers 304 and no
         body): (None, etag) then, else (the object, its ETag, None if the server gave none)."""
         status, raw, answered, retry_after = await self._exchange("GET", path, None, None, "application/json",
-                                                                  timeout, accept, if_none_match=etag)
+                                                                  timeout, accept, if_none_match=etag, probe=probe)
         if status == 304 and etag:
             return None, etag
         return self._payload(status, raw, retry_after), answered
@@ -683,14 +703,16 @@ class KubeClient:
         timeout: float | None = None,
         retry: bool = True,
         accept: str = "application/json",
+        probe: bool = False,
     ) -> dict[str, Any]:
         """One call within `timeout` seconds (default: the client's whole-request deadline), retries
         included: each attempt gets what is left of it. Transient failures are retried `attempts` times;
         a 429 with Retry-After up to SERVER_DIRECTED_RETRIES times, after the pause it asks for.
-        `retry=False` (probes, leases): one attempt, the answer as it is."""
+        `retry=False` (probes, leases): one attempt, the answer as it is. `probe=True` (with retry=False):
+        through the probe connection (`probe_session`)."""
         budget = timeout if timeout is not None else self.deadlines.total
         if not retry:
-            return await self._once(method, path, query, body, content_type, budget, accept)
+            return await self._once(method, path, query, body, content_type, budget, accept, probe=probe)
         deadline = time.monotonic() + budget
         for asked in range(SERVER_DIRECTED_RETRIES + 1):
             try:
