@@ -1,4 +1,5 @@
-"""A member's probe against a real kube-apiserver: API discovery is asked only to change.
+"""A member's probe against a real kube-apiserver: API discovery is asked only to change, through the
+probe's own connection.
 
 Each probe (every 5 s per member) read the aggregated discovery document (~40 KB of JSON with Istio's
 CRDs, ~3 ms of CPU to parse). The probe now sends the ETag of the last answer (If-None-Match): the API
@@ -45,7 +46,7 @@ async def test_probe_asks_discovery_only_to_change(apiserver: ApiServer) -> None
     client = await apiserver.admin_client()
     registry = MemberRegistry(client, "hub-1", lambda *_: None, lambda *_: None)
     member = _member()
-    member.client = client
+    member.client = probed = await apiserver.admin_client()
     crd_name = ""
     try:
         first = await registry.probe_once(member)
@@ -56,6 +57,8 @@ async def test_probe_asks_discovery_only_to_change(apiserver: ApiServer) -> None
         assert all(p.reachable and p.served is first.served for p in again)  # the same set, not a copy
         # Asked three times, answered "unchanged" three times and never with the document.
         assert (after["304"] - before["304"], after["200"] - before["200"]) == (3, 0), (before, after)
+        # Probes go through a connection of their own: the requests' pool was never opened.
+        assert probed._session is None and probed._probe_session is not None
         # A new CRD changes the document: the next probe brings the new one (a new ETag).
         crd: dict[str, Any] = copy.deepcopy(next(c for c in load_member_crds()
                                                  if c["metadata"]["name"].startswith("gateways.networking.istio")))
@@ -77,3 +80,4 @@ async def test_probe_asks_discovery_only_to_change(apiserver: ApiServer) -> None
         if crd_name:
             await client.delete(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{crd_name}")
         await client.close()
+        await probed.close()
