@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import json
 import logging
 import os
@@ -111,6 +112,58 @@ MEMBER_DEADLINES = Deadlines(connect=3.0, first_byte=6.0, total=10.0)
 # bulk 61.3 s instead of 51.2 s and 1,803 status applies instead of 1,144 (flights landing later);
 # peak RSS 340 vs 346 MB.
 MEMBER_CONNECTIONS = 16
+# Requests in flight to all members together, shared out evenly (`member_request_slots`): each in flight
+# holds a pooled TLS connection (97 KiB), and aiohttp keeps a pooled connection open while requests
+# keep coming (it hands out the oldest idle one first), so a pool grows to the most requests ever in
+# flight at once. Up to 16 members each get all 16; 50 members 5 each; from 64 members on, 4 each.
+MEMBER_REQUEST_BUDGET = 256
+MEMBER_REQUESTS_MIN = 4
+
+
+def member_request_slots(members: int) -> int:
+    """Requests in flight to one member at once when `members` members share the budget."""
+    return max(MEMBER_REQUESTS_MIN, min(MEMBER_CONNECTIONS, MEMBER_REQUEST_BUDGET // max(1, members)))
+
+
+class Slots:
+    """At most `size` holders at once, first come first served; the size may change at any time (a
+    smaller one lets nobody new in until enough holders have left)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.held = 0
+        self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    def resize(self, size: int) -> None:
+        self.size = size
+        self._grant()
+
+    async def __aenter__(self) -> None:
+        if self.held < self.size and not self._waiting:
+            self.held += 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self._release()  # granted, then cancelled before it ran: the slot goes to the next
+            raise
+
+    async def __aexit__(self, *_: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self.held -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and self.held < self.size:
+            turn = self._waiting.popleft()
+            if not turn.done():  # a waiter cancelled meanwhile is skipped
+                self.held += 1
+                turn.set_result(None)
 
 # The read buffer of each TLS connection. asyncio's SSLProtocol allocates (and zeroes) 256 KiB per
 # connection (`max_size`, Python 3.11 and 3.12) although OpenSSL hands over at most one TLS record,
@@ -514,6 +567,9 @@ class KubeClient:
         self._watch_session: aiohttp.ClientSession | None = None
         self._probe_session: aiohttp.ClientSession | None = None
         self._ssl: ssl.SSLContext | None = None
+        # Requests in flight at once beyond the pool's own bound (a member's share of
+        # MEMBER_REQUEST_BUDGET); probes do not count. None: the pool's bound only.
+        self.slots: Slots | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -620,8 +676,18 @@ class KubeClient:
                         content_type: str, timeout: float, accept: str = "application/json",
                         if_none_match: str | None = None,
                         probe: bool = False) -> tuple[int, bytes, str | None, float | None]:
-        """One HTTP exchange: (status, body, ETag, Retry-After seconds); counted in flight meanwhile.
-        `probe`: through the probe connection (`probe_session`), not the requests' pool."""
+        """One HTTP exchange: (status, body, ETag, Retry-After seconds). `probe`: through the probe
+        connection (`probe_session`), not the requests' pool. A request waits for one of the client's
+        `slots` first (not counted in its timeout, nor in flight: `stalled()` is about the server)."""
+        if self.slots is None or probe:
+            return await self._send(method, path, query, body, content_type, timeout, accept, if_none_match, probe)
+        async with self.slots:
+            return await self._send(method, path, query, body, content_type, timeout, accept, if_none_match, probe)
+
+    async def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any, content_type: str,
+                    timeout: float, accept: str, if_none_match: str | None,
+                    probe: bool) -> tuple[int, bytes, str | None, float | None]:
+        """The exchange itself, counted in flight meanwhile."""
         headers = await self._headers(content_type, accept)
         if if_none_match:
             headers["If-None-Match"] = if_none_match

@@ -63,7 +63,16 @@ from accesspoint.ownership import HUB, Owner, owner_of
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics
 from federation.istiod import IstiodMonitor
-from federation.kube import MEMBER_CONNECTIONS, MEMBER_DEADLINES, METADATA_LIST, ApiError, Gone, KubeClient
+from federation.kube import (
+    MEMBER_CONNECTIONS,
+    MEMBER_DEADLINES,
+    METADATA_LIST,
+    ApiError,
+    Gone,
+    KubeClient,
+    Slots,
+    member_request_slots,
+)
 from federation.shards import SHARD_LABEL
 from placement.mesh import RoleVerdict, remote_refusal, role_verdicts
 from placement.models import ClusterFacts, MemberCluster, WorkloadFact
@@ -371,6 +380,8 @@ class Member:
     # holds a pooled TLS connection (~97 KiB) until it idles out, so a cold start listing 15 kinds of
     # every member at once held ~16 connections per member.
     list_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(LISTS_PER_MEMBER), repr=False)
+    # Its requests in flight at once (its client's `slots`): a share of MEMBER_REQUEST_BUDGET.
+    requests: Slots = field(default_factory=lambda: Slots(MEMBER_CONNECTIONS), repr=False)
     last_reset: str = ""  # why and when the cache was last dropped (identity, resourceVersions, relist)
     resets: int = 0
     _needed: tuple[frozenset[KindId] | None, frozenset[KindId]] | None = field(default=None, repr=False)
@@ -526,6 +537,7 @@ class MemberRegistry:
         if member is None:
             member = Member(name=mc.name, spec=mc, hub_id=self.hub_id, cache=OwnedCache(self.hub_id))
             self.members[mc.name] = member
+            self._share_request_budget()
         else:
             member.spec = mc
         self._judge_roles(mc.name)
@@ -571,11 +583,18 @@ class MemberRegistry:
                                       zone_hosts=zone_hosts, **self.istiod_options)
         member.istiod.start()
 
+    def _share_request_budget(self) -> None:
+        """Every member's share of MEMBER_REQUEST_BUDGET for the members registered now."""
+        share = member_request_slots(len(self.members))
+        for member in self.members.values():
+            member.requests.resize(share)
+
     async def remove(self, name: str) -> None:
         """Forget a deregistered member. Its objects stay where they are: deregistering is no deletion."""
         member = self.members.pop(name, None)
         if member is not None:
             await self._stop(member)
+            self._share_request_budget()
         self._judge_roles(name)
         self.on_member_change(name)
 
@@ -646,6 +665,7 @@ class MemberRegistry:
             member.client = await KubeClient.from_kubeconfig_dict(yaml.safe_load(text), member.name, attempts=2,
                                                                   deadlines=MEMBER_DEADLINES,
                                                                   connections=MEMBER_CONNECTIONS)
+            member.client.slots = member.requests
         except Exception as exc:  # a malformed kubeconfig is user input: report it, do not crash
             member.kubeconfig_error = f"invalid kubeconfig in Secret: {type(exc).__name__}: {exc}"
             member.probe = Probe(reachable=None, ready=False, message=member.kubeconfig_error, at=time.time())
