@@ -3,15 +3,18 @@ cannot hold. Pure (no I/O, no clock); imports only the standard library.
 
 What one replica costs, as measured:
   memory  = base + per_member x members it connects to
-            + connections per member x members x CONNECTION_KIB (each TLS connection's buffers)
+            + (connections per member + its pooled share) x members x CONNECTION_KIB (each TLS
+              connection's buffers)
             + per_object x member objects it caches
   CPU     = cpu_per_object x member objects it writes (bulk propagation, the controller's process)
   hub writes = writes_per_ap x AccessPoints it owns (status, Events, revisions, finalizers; Leases apart)
 The per-member and base terms come from the controller idle with its members connected and no
 AccessPoint (a least-squares line over the runs); the connections per member from the runs loaded
-(watches and request pool, counted by the bench); the per-object terms from the same runs loaded (what
-the bulk added, less those connections, over the objects it added). Shards split AccessPoints, not members: every
-replica watches every member, so with R replicas each holds 1/R of the objects and all of the members.
+(counted by the bench): the member's share of the request budget (`PoolShare`, federation.kube's
+member_request_slots: it shrinks as members grow) plus the rest (watches, the probe's); the per-object
+terms from the same runs loaded (what the bulk added, less those connections, over the objects it added).
+Shards split AccessPoints, not members: every replica watches every member, so with R replicas each
+holds 1/R of the objects and all of the members.
 """
 
 from __future__ import annotations
@@ -26,6 +29,19 @@ CONNECTION_KIB = 97.0
 
 
 @dataclass(frozen=True)
+class PoolShare:
+    """Each member's pooled connections for `members` members: `budget` shared out, `least` to `most`
+    each (federation.kube: MEMBER_REQUEST_BUDGET, MEMBER_REQUESTS_MIN, MEMBER_CONNECTIONS)."""
+
+    budget: int
+    least: int
+    most: int
+
+    def per_member(self, members: int) -> int:
+        return max(self.least, min(self.most, self.budget // max(1, members)))
+
+
+@dataclass(frozen=True)
 class Run:
     """One scale run's measured figures."""
 
@@ -37,6 +53,7 @@ class Run:
     bulk_cpu_s: float  # controller CPU seconds from the first create until all Applied
     hub_writes: int  # the controller's hub writes during the bulk (Leases apart)
     connections_per_member: float = 0.0  # the controller's TCP connections to each member, loaded
+    pooled_per_member: float = 0.0  # of those, the member's share of the request budget in that run
 
 
 @dataclass(frozen=True)
@@ -46,10 +63,15 @@ class Model:
     per_object_kib: float
     cpu_ms_per_object: float
     hub_writes_per_ap: float
-    connections_per_member: float = 0.0
+    connections_per_member: float = 0.0  # besides the pooled ones
+    pool: PoolShare | None = None  # the pooled connections per member (None: none)
+
+    def connections(self, members: int) -> float:
+        """The connections to each member, loaded, when there are `members`."""
+        return self.connections_per_member + (self.pool.per_member(members) if self.pool is not None else 0)
 
     def rss_mib(self, members: int, objects: float) -> float:
-        connections_kib = self.connections_per_member * members * CONNECTION_KIB
+        connections_kib = self.connections(members) * members * CONNECTION_KIB
         return self.base_mib + self.per_member_mib * members + (connections_kib + self.per_object_kib * objects) / 1024
 
 
@@ -79,13 +101,15 @@ def line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
-def fit(runs: Sequence[Run]) -> Model:
-    """The model of `runs` (at least one, with objects)."""
+def fit(runs: Sequence[Run], pool: PoolShare | None = None) -> Model:
+    """The model of `runs` (at least one, with objects); `pool`: how the pooled share of each run's
+    connections (`Run.pooled_per_member`) goes with the members."""
     objects = sum(r.member_objects for r in runs)
     if not runs or objects <= 0:
         raise ValueError("fit needs at least one run with member objects")
     base, per_member = line([r.members for r in runs], [r.idle_rss_mib for r in runs])
-    connections = sum(r.connections_per_member * r.members for r in runs) / sum(r.members for r in runs)
+    connections = sum(max(0.0, r.connections_per_member - r.pooled_per_member) * r.members
+                      for r in runs) / sum(r.members for r in runs)
     added_mib = sum(max(0.0, r.loaded_rss_mib - r.idle_rss_mib - r.connections_per_member * r.members *
                         CONNECTION_KIB / 1024) for r in runs)
     return Model(
@@ -95,6 +119,7 @@ def fit(runs: Sequence[Run]) -> Model:
         cpu_ms_per_object=sum(r.bulk_cpu_s for r in runs) * 1000 / objects,
         hub_writes_per_ap=sum(r.hub_writes for r in runs) / max(1, sum(r.aps for r in runs)),
         connections_per_member=connections,
+        pool=pool,
     )
 
 

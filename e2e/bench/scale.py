@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e.bench.costmodel import CONNECTION_KIB, Run, check, fit, project
+from e2e.bench.costmodel import CONNECTION_KIB, PoolShare, Run, check, fit, project
 from e2e.bench.propagation import (
     AP_PATH,
     AppliedTracker,
@@ -50,7 +50,13 @@ from e2e.bench.propagation import (
     rss_mib,
 )
 from federation.gcpolicy import tune_gc
-from federation.kube import KubeClient
+from federation.kube import (
+    MEMBER_CONNECTIONS,
+    MEMBER_REQUEST_BUDGET,
+    MEMBER_REQUESTS_MIN,
+    KubeClient,
+    member_request_slots,
+)
 from fleet import Fleet
 from fleet.testing import ControllerProcess, diff_breakdown, open_watches, request_breakdown
 
@@ -228,6 +234,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         counts = await asyncio.gather(*(watches(c) for c in members.values()))
         out["watches_per_member"] = statistics.mean(a - b for a, b in zip(counts, watches0, strict=True))
         out["connections_per_member"] = connections_to(pid, ports) / n
+        out["request_slots_per_member"] = member_request_slots(n)
         await asyncio.sleep(3)
         out["loaded_rss_mib"] = rss_mib(pid)
         out["peak_rss_mib"] = rss_mib(pid, "VmHWM")
@@ -275,7 +282,12 @@ def as_run(r: dict[str, Any]) -> Run:
     return Run(members=r["members"], aps=r["aps"], member_objects=r["member_objects"],
                idle_rss_mib=r["idle_rss_mib"], loaded_rss_mib=r["loaded_rss_mib"],
                bulk_cpu_s=r["bulk_controller_cpu_s"], hub_writes=r["bulk_hub_writes"],
-               connections_per_member=r.get("connections_per_member", 0.0))
+               connections_per_member=r.get("connections_per_member", 0.0),
+               # Runs from before the request budget: every member had a pool of MEMBER_CONNECTIONS.
+               pooled_per_member=r.get("request_slots_per_member", MEMBER_CONNECTIONS))
+
+
+POOL = PoolShare(budget=MEMBER_REQUEST_BUDGET, least=MEMBER_REQUESTS_MIN, most=MEMBER_CONNECTIONS)
 
 
 def report(runs: list[dict[str, Any]]) -> str:
@@ -310,11 +322,13 @@ def report(runs: list[dict[str, Any]]) -> str:
         lines.append(f"  {r['members']} members: controller hub writes during the bulk {r['bulk_hub_writes_by_kind']}; "
                      f"hub API server mutations {r['bulk_hub_apiserver_mutations']}")
     if len(runs) >= 2:
-        model = fit([as_run(r) for r in runs[:-1]])
+        model = fit([as_run(r) for r in runs[:-1]], POOL)
         last = runs[-1]
         lines += ["", f"cost model, fitted to the {', '.join(str(r['members']) for r in runs[:-1])}-member runs: "
                       f"base {model.base_mib:.0f} MiB + {model.per_member_mib:.2f} MiB per member + "
-                      f"{model.connections_per_member:.1f} connections per member x {CONNECTION_KIB:.0f} KiB + "
+                      f"({model.connections_per_member:.1f} connections + the pooled share: "
+                      f"{POOL.budget} over the members, {POOL.least} to {POOL.most} each) per member x "
+                      f"{CONNECTION_KIB:.0f} KiB + "
                       f"{model.per_object_kib:.2f} KiB per member object; {model.cpu_ms_per_object:.3f} ms CPU per "
                       f"member object; {model.hub_writes_per_ap:.1f} hub writes per AccessPoint",
                   f"check against the {last['members']}-member run: predicted RSS "

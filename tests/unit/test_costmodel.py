@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
 
-from e2e.bench.costmodel import CONNECTION_KIB, Model, Run, check, fit, line, project
+from e2e.bench.costmodel import CONNECTION_KIB, Model, PoolShare, Run, check, fit, line, project
 
 
 def run(members: int, aps: int = 200, objects_per_ap: int = 3, *, base: float = 100.0, per_member: float = 2.0,
@@ -86,3 +87,20 @@ def test_fit_refuses_runs_without_objects(bad: list[Run]) -> None:
 def test_project_refuses_no_replicas() -> None:
     with pytest.raises(ValueError):
         project(fit([run(10)]), 10, 10, 3, 0)
+
+
+def test_the_pooled_share_of_the_connections_shrinks_with_the_members() -> None:
+    pool = PoolShare(budget=256, least=4, most=16)
+    assert [pool.per_member(n) for n in (1, 10, 16, 25, 50, 64, 1000)] == [16, 16, 16, 10, 5, 4, 4]
+
+    def pooled_run(members: int) -> Run:
+        made = run(members, connections=3.0 + pool.per_member(members))
+        return dataclasses.replace(made, pooled_per_member=float(pool.per_member(members)))
+
+    model = fit([pooled_run(10), pooled_run(25)], pool)
+    assert model.connections_per_member == pytest.approx(3.0), "the rest: watches and the probe's"
+    assert model.per_object_kib == pytest.approx(1.5)
+    assert model.connections(10) == 19 and model.connections(50) == 8 and model.connections(1000) == 7
+    assert check(model, pooled_run(50)) == pytest.approx(1.0), "50 members: 5 pooled each, predicted"
+    unpooled = fit([pooled_run(10), pooled_run(25)])
+    assert unpooled.connections(1000) == pytest.approx(3.0), "without the pool: only the rest"
