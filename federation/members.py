@@ -385,6 +385,7 @@ class Member:
     last_reset: str = ""  # why and when the cache was last dropped (identity, resourceVersions, relist)
     resets: int = 0
     _needed: tuple[frozenset[KindId] | None, frozenset[KindId]] | None = field(default=None, repr=False)
+    _facts: tuple[tuple[object, ...], ClusterFacts] | None = field(default=None, repr=False)
 
     def needed_kinds(self) -> frozenset[KindId]:
         """The managed kinds the member serves. Asked on every plan (`usable`): kept until a probe
@@ -415,6 +416,16 @@ class Member:
 
     @property
     def facts(self) -> ClusterFacts:
+        """Kept while what it is made of is the same objects (asked many times per reconcile)."""
+        parts = (self.spec, self.probe.ready, self.probe.reachable, self.mesh, self.workloads)
+        kept = self._facts
+        if kept is not None and all(a is b for a, b in zip(kept[0], parts, strict=True)):
+            return kept[1]
+        facts = self._make_facts()
+        self._facts = (parts, facts)
+        return facts
+
+    def _make_facts(self) -> ClusterFacts:
         return ClusterFacts(
             name=self.name,
             region=self.spec.spec.region,
@@ -812,12 +823,14 @@ class MemberRegistry:
                         if ev.type == "BOOKMARK" or meta.get("namespace") not in wanted:
                             continue
                         key = (str(meta["namespace"]), str(meta["name"]))
-                        before = member.workloads.get(key)
-                        if ev.type == "DELETED":
-                            member.workloads.pop(key, None)
-                        else:
-                            member.workloads[key] = dict(meta.get("labels") or {})
-                        if member.workloads.get(key) != before:
+                        after = None if ev.type == "DELETED" else dict(meta.get("labels") or {})
+                        known = member.workloads or {}
+                        if known.get(key) != after:
+                            # A new dict, never changed in place: `Member.facts` is kept while it is the same.
+                            changed = {k: v for k, v in known.items() if k != key}
+                            if after is not None:
+                                changed[key] = after
+                            member.workloads = changed
                             self.on_member_change(member.name)
             except Gone:
                 continue
