@@ -593,10 +593,10 @@ class KubeClient:
 
     @property
     def probe_session(self) -> aiohttp.ClientSession:
-        """One connection for the periodic reads (a member's probe, its istiod's poll), apart from the
-        requests' pool. A probe then never waits behind a bulk's writes for a connection, so its latency
-        is the server's. And the pool empties when the writes stop: aiohttp hands out its idle
-        connections first in, first out, so a probe's four requests every 5 s through the pool kept
+        """One connection for a member's probe (its periodic reads), apart from the requests' pool. A
+        probe then never waits behind a bulk's writes for a connection, so its latency is the server's.
+        And the pool empties when the writes stop: aiohttp hands out its idle connections first in,
+        first out, so a probe's four requests every 5 s through the pool kept
         all 16 of each member's pooled connections from ever idling out (20 members, idle: 368 TLS
         connections, 35 of the controller's 151 MiB)."""
         if self._probe_session is None:
@@ -774,15 +774,16 @@ class KubeClient:
         """One call within `timeout` seconds (default: the client's whole-request deadline), retries
         included: each attempt gets what is left of it. Transient failures are retried `attempts` times;
         a 429 with Retry-After up to SERVER_DIRECTED_RETRIES times, after the pause it asks for.
-        `retry=False` (probes, leases): one attempt, the answer as it is. `probe=True` (with retry=False):
-        through the probe connection (`probe_session`)."""
+        `retry=False` (probes, leases): one attempt, the answer as it is. `probe=True`: through the probe
+        connection (`probe_session`)."""
         budget = timeout if timeout is not None else self.deadlines.total
         if not retry:
             return await self._once(method, path, query, body, content_type, budget, accept, probe=probe)
         deadline = time.monotonic() + budget
         for asked in range(SERVER_DIRECTED_RETRIES + 1):
             try:
-                return await self._attempts(method, path, query, body, content_type, budget, deadline, accept)
+                return await self._attempts(method, path, query, body, content_type, budget, deadline, accept,
+                                            probe)
             except ApiError as exc:
                 pause = exc.retry_after
                 if pause is None or asked == SERVER_DIRECTED_RETRIES or time.monotonic() + pause > deadline - 0.05:
@@ -792,10 +793,12 @@ class KubeClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempts(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
-                        content_type: str, budget: float, deadline: float, accept: str) -> dict[str, Any]:
+                        content_type: str, budget: float, deadline: float, accept: str,
+                        probe: bool = False) -> dict[str, Any]:
         """Up to `attempts` tries until `deadline`, backing off between transient failures."""
         if self.attempts <= 1:
-            return await self._once(method, path, query, body, content_type, deadline - time.monotonic(), accept)
+            return await self._once(method, path, query, body, content_type, deadline - time.monotonic(), accept,
+                                    probe=probe)
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(self.attempts) | stop_before_deadline(deadline),
@@ -806,7 +809,7 @@ class KubeClient:
                 left = deadline - time.monotonic()
                 if left <= 0.05:
                     raise ApiError(0, "Unreachable", f"{self.name}: no answer within {budget:.0f}s", timed_out=True)
-                return await self._once(method, path, query, body, content_type, left, accept)
+                return await self._once(method, path, query, body, content_type, left, accept, probe=probe)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def request_text(self, path: str, timeout: float = 30.0) -> str:

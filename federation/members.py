@@ -179,8 +179,8 @@ def slim(obj: dict[str, Any]) -> dict[str, Any]:
     with every mapping key interned (the same few hundred key strings, not one copy per object).
     Measured on a Service, VirtualService and DestinationRule: 7.7 KB of Python objects each whole,
     4.3 KB without managedFields, 2.8 KB with interned keys too.
-    managedFields is left out before the copy, and scalars are not descended into: 17 us instead of
-    58-77 us for a VirtualService applied by meshfed (json.loads of it: 38-51 us)."""
+    managedFields is left out before the copy, and scalars are not descended into: 5 us instead of 20 us
+    for a VirtualService applied by meshfed (json.loads of it: 18 us)."""
     meta = obj.get("metadata")
     if isinstance(meta, dict) and "managedFields" in meta:
         obj = {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
