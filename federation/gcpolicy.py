@@ -8,11 +8,17 @@ caches keep triggering full collections. Nearly all garbage here is freed by ref
 so collections can be far less frequent: the young generation every 50,000 allocations instead
 of 700. Objects alive after start-up (modules, kopf, pydantic schemas) are frozen out of
 collections altogether.
+
+`observe_pauses` reports each collection's pause (the controller records them as
+`meshfed_gc_pause_seconds`), so a latency tail can be told apart from a collector pause.
 """
 
 from __future__ import annotations
 
 import gc
+import time
+from collections.abc import Callable
+from typing import Any
 
 THRESHOLDS = (50_000, 20, 10)
 
@@ -21,3 +27,18 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+
+
+def observe_pauses(record: Callable[[int, float], None]) -> Callable[[str, dict[str, Any]], None]:
+    """Call `record(generation, seconds)` after every collection; returns the callback (for removal)."""
+    started = 0.0
+
+    def callback(phase: str, info: dict[str, Any]) -> None:
+        nonlocal started
+        if phase == "start":
+            started = time.perf_counter()
+        else:
+            record(int(info.get("generation", 0)), time.perf_counter() - started)
+
+    gc.callbacks.append(callback)
+    return callback

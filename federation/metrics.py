@@ -15,6 +15,8 @@ Example queries (README "Metrics"):
   sum(meshfed_shards_held) != scalar(max(meshfed_shards_total))           shards nobody holds
   increase(meshfed_lease_transitions_total{transition="lost"}[15m]) > 0   replicas losing Leases
   sum by (reason) (rate(meshfed_sds_refusals_total[5m]))                  SDS clients refused (`meshfed sds`)
+  histogram_quantile(0.99, rate(meshfed_event_loop_lag_seconds_bucket[5m]))  a busy or blocked event loop
+  rate(meshfed_gc_pause_seconds_sum[5m])                                  share of time in the garbage collector
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from prometheus_client.registry import Collector
 log = logging.getLogger("meshfed.metrics")
 
 registry = CollectorRegistry(auto_describe=True)
+LAG_PERIOD = 0.25  # seconds between event-loop lag samples
 
 reconciles = Counter("meshfed_reconciles", "Reconciles run, by kind (accesspoint, membercluster, nameservice, "
                      "dnsprovider, certificate, issuer)", ["kind"], registry=registry)
@@ -63,6 +66,12 @@ lease_transitions = Counter("meshfed_lease_transitions", "Lease transitions of t
 sds_refusals = Counter("meshfed_sds_refusals", "Clients `meshfed sds` refused, by reason (Unauthenticated: no "
                        "verified client certificate / mapped peer uid; PermissionDenied: a secret not granted to "
                        "the client's identity)", ["reason"], registry=registry)
+gc_pauses = Histogram("meshfed_gc_pause_seconds", "Pauses of the controller's garbage collector, by generation "
+                      "(0 and 1 are young; 2 scans every tracked object)", ["generation"],
+                      buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=registry)
+loop_lag = Histogram("meshfed_event_loop_lag_seconds", "How late the event loop ran a timer due now, sampled every "
+                     f"{LAG_PERIOD} s: every reconcile, probe and Lease renewal waits that long", registry=registry,
+                     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
 fenced_writes = Counter("meshfed_fenced_writes", "Writes refused because their Lease was not held (fencing)",
                         ["lease"], registry=registry)
 
@@ -100,6 +109,15 @@ class _Callbacks(Collector):
 
 callbacks = _Callbacks()
 registry.register(callbacks)
+
+
+async def sample_loop_lag(period: float = LAG_PERIOD) -> None:
+    """Observe meshfed_event_loop_lag_seconds for ever: sleep `period`, record how late the wake-up came."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + period
+        await asyncio.sleep(period)
+        loop_lag.observe(max(0.0, loop.time() - due))
 
 
 def render() -> bytes:

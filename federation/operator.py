@@ -16,8 +16,9 @@ from typing import Any, Protocol
 
 import kopf
 
+from federation import metrics as prom
 from federation.controller import Controller
-from federation.gcpolicy import tune_gc
+from federation.gcpolicy import observe_pauses, tune_gc
 from federation.kube import (
     SERVICE_ACCOUNT_DIR,
     KubeClient,
@@ -26,7 +27,7 @@ from federation.kube import (
     load_configuration,
     load_kubeconfig,
 )
-from federation.metrics import HttpServer
+from federation.metrics import HttpServer, sample_loop_lag
 from federation.shards import LeaseTiming, Shards
 
 log = logging.getLogger("meshfed.operator")
@@ -110,11 +111,10 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
                 namespace=options.get("lease_namespace") or "meshfed-system",
                 timing=LeaseTiming(options.get("lease_duration", 15), options.get("renew_deadline", 10.0),
                                    options.get("retry_period", 2.0)))
-            from federation import metrics
-
-            metrics.shards_total.set(options["shards"])
+            prom.shards_total.set(options["shards"])
         holder["controller"] = controller
         started: dict[str, bool] = {}
+        background.append(asyncio.create_task(sample_loop_lag(), name="loop-lag"))
         if options.get("http_address"):
             server = HttpServer(options["http_address"], lambda: _healthy(controller),
                                 lambda: _ready(controller, started))
@@ -131,6 +131,7 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             log.info("meshfed controller started (hub id %r)", options["hub_id"])
 
     servers: list[HttpServer] = []
+    background: list[asyncio.Task[None]] = []
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -140,6 +141,8 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             await controller.hub.close()
         for server in servers:
             await server.stop()
+        for task in background:
+            task.cancel()
 
     @kopf.on.event("meshfed.io", "v1alpha1", "memberclusters", registry=registry)
     async def membercluster_event(event: kopf.RawEvent, **_: Any) -> None:
@@ -209,6 +212,7 @@ def _ready(controller: Controller, started: dict[str, bool]) -> tuple[bool, str]
 
 def run(kubeconfig: str | None, hub_id: str, **options: Any) -> None:
     tune_gc()
+    observe_pauses(lambda generation, seconds: prom.gc_pauses.labels(generation=str(generation)).observe(seconds))
     opts = {"kubeconfig": kubeconfig, "hub_id": hub_id, **options}
     asyncio.run(
         kopf.operator(

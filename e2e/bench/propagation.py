@@ -233,11 +233,15 @@ def peak_rss_mb(pid: int) -> float:
 
 
 async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samples: int, aps: int,
-                  make_template: Callable[[str], list[dict[str, Any]]] | None = None) -> list[float]:
+                  make_template: Callable[[str], list[dict[str, Any]]] | None = None,
+                  arrivals: list[dict[str, float]] | None = None) -> list[float]:
     """Patch one AccessPoint's template; time until every member's VirtualService carries the change
-    (`make_template(tag)`: the template with the VirtualService's x-tag header set to tag)."""
+    (`make_template(tag)`: the template with the VirtualService's x-tag header set to tag). With
+    `arrivals`, each edit appends when each member's watch delivered it (seconds after the patch)."""
     make_template = make_template or template
     seen: dict[tuple[str, str], str] = {}
+    arrived: dict[str, float] = {}
+    current: list[str] = [""]
     changed = asyncio.Event()
 
     async def watch(member: str, client: KubeClient) -> None:
@@ -252,6 +256,8 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
                     spec = ev.object["spec"]
                     tag_now = spec["http"][0]["headers"]["response"]["set"]["x-tag"]
                     seen[(member, ev.object["metadata"]["name"])] = tag_now
+                    if tag_now == current[0]:
+                        arrived.setdefault(member, time.monotonic())
                     changed.set()
 
     tasks = [asyncio.create_task(watch(n, c)) for n, c in members.items()]
@@ -261,6 +267,8 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
         for k in range(samples):
             name = f"ap-{(k * 7) % aps}"
             tag = f"lat-{k}"
+            current[0] = tag
+            arrived.clear()
             start = time.monotonic()
             await hub.merge_patch(f"{AP_PATH.format(ns=ns)}/{name}", {"spec": {"template": make_template(tag)}})
             while not all(seen.get((m, name)) == tag for m in members):
@@ -270,6 +278,8 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
                 except TimeoutError:
                     raise AssertionError(f"change {tag} of {name} not propagated in 10 s") from None
             out.append(time.monotonic() - start)
+            if arrivals is not None:
+                arrivals.append({m: at - start for m, at in arrived.items()})
             await asyncio.sleep(0.05)
     finally:
         for t in tasks:

@@ -126,6 +126,38 @@ async def controller_metric(ctl: ControllerProcess, name: str) -> dict[str, floa
     return out
 
 
+async def stalls(ctl: ControllerProcess) -> dict[str, float]:
+    """The controller's stalls so far (cumulative): garbage-collector pauses by generation (count, seconds)
+    and those over 0.1 s; event-loop lag samples over 0.1, 0.5 and 1 s."""
+    out: dict[str, float] = {}
+    gc_buckets = await controller_metric(ctl, "meshfed_gc_pause_seconds_bucket")
+    for gen in ("0", "1", "2"):
+        total = gc_buckets.get(f'{{generation="{gen}",le="+Inf"}}', 0.0)
+        out[f"gc{gen}_pauses"] = total
+        out[f"gc{gen}_pauses_over_0.1s"] = total - gc_buckets.get(f'{{generation="{gen}",le="0.1"}}', 0.0)
+    for labels, value in (await controller_metric(ctl, "meshfed_gc_pause_seconds_sum")).items():
+        out["gc" + labels.split('"')[1] + "_seconds"] = value
+    lag = await controller_metric(ctl, "meshfed_event_loop_lag_seconds_bucket")
+    total = lag.get('{le="+Inf"}', 0.0)
+    for bound in ("0.1", "0.5", "1.0"):
+        out[f"lag_over_{bound}s"] = total - lag.get(f'{{le="{bound}"}}', 0.0)
+    return out
+
+
+def slowest_edits(lat: list[float], arrivals: list[dict[str, float]], k: int = 3) -> list[str]:
+    """The k slowest edits: total, the first and median member, and the last member and when it had it."""
+    lines = []
+    for i in sorted(range(len(lat)), key=lambda i: -lat[i])[:k]:
+        got = arrivals[i]
+        if not got:
+            continue
+        order = sorted(got, key=lambda m: got[m])
+        first, median, last = got[order[0]], statistics.median(got.values()), got[order[-1]]
+        lines.append(f"{lat[i] * 1000:.0f} ms: first member {first * 1000:.0f} ms, median {median * 1000:.0f} ms, "
+                     f"last {order[-1]} {last * 1000:.0f} ms")
+    return lines
+
+
 async def until_ready(ctl: ControllerProcess, timeout: float = 600) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -213,6 +245,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         writes0 = await controller_metric(ctl, "meshfed_hub_writes_total")
         hub0 = await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY", "DELETE"))
         ctl_cpu0, hub_cpu0 = cpu_seconds(pid), cpu_seconds(fleet.state.hub.pid)
+        bulk_stalls0 = await stalls(ctl)
         started = time.monotonic()
         await create_accesspoints(hub, ns, aps, WORKERS, build=accesspoint)
         try:
@@ -222,6 +255,9 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         out["meshfed_s"] = time.monotonic() - started
         tracking.cancel()
         out["bulk_controller_cpu_s"] = cpu_seconds(pid) - ctl_cpu0
+        bulk_stalls1 = await stalls(ctl)
+        out["bulk_stalls"] = {k: bulk_stalls1[k] - bulk_stalls0.get(k, 0.0) for k in bulk_stalls1}
+        print(f"    controller stalls during the bulk: {out['bulk_stalls']}", flush=True)
         out["bulk_hub_apiserver_cpu_s"] = cpu_seconds(fleet.state.hub.pid) - hub_cpu0
         writes = diff_breakdown({k: int(v) for k, v in writes0.items()},
                                 {k: int(v) for k, v in (await controller_metric(ctl, "meshfed_hub_writes_total"))
@@ -245,13 +281,21 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         # A phase that fails is reported as failed (with what the controller says of its Leases), and the
         # figures of the others are kept.
         print(f"  latency: {samples} single edits, hub -> all {n} members ...", flush=True)
+        stalls0 = await stalls(ctl)
         try:
-            lat = await latency(hub, members, ns, samples, aps, make_template=template)
+            arrivals: list[dict[str, float]] = []
+            lat = await latency(hub, members, ns, samples, aps, make_template=template, arrivals=arrivals)
             out["edit_p50_ms"] = statistics.median(lat) * 1000
             out["edit_p99_ms"] = pct(lat, 99) * 1000
             out["edit_max_ms"] = max(lat) * 1000
+            out["edit_slowest"] = slowest_edits(lat, arrivals)
+            for line in out["edit_slowest"]:
+                print(f"    slow edit: {line}", flush=True)
         except AssertionError as err:
             out["edit_error"] = str(err)
+        stalls1 = await stalls(ctl)
+        out["edit_stalls"] = {k: stalls1[k] - stalls0.get(k, 0.0) for k in stalls1}
+        print(f"    controller stalls during the edits: {out['edit_stalls']}", flush=True)
         print(f"  staged rollout over {len(zones)} zone waves ...", flush=True)
         out["rollout_waves"] = len(zones)
         try:
