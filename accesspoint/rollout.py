@@ -598,8 +598,10 @@ class _Step:
         self.s = s = RolloutState(stable=s.stable, revision=new, last_step_at=self.now)
         if s.stable is None:
             s.stable = new
+            # No Event: each cluster's arrival is the ClusterApplied Event (one per reconcile), and an
+            # Event here would claim the revision deployed before any cluster holds it (and cost every
+            # new AccessPoint one more hub write).
             self.set("Succeeded", "InitialRevision", f"first revision {new} deployed to every placed cluster")
-            self.event("InitialRevision", s.message)
         elif s.stable == new:
             self.set(
                 "Succeeded", "StableRevision", f"revision {new} is the stable revision: nothing to roll out"

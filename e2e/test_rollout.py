@@ -345,7 +345,7 @@ async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zon
             f"wave {next_wave} reached before wave {wave} was done: {reached}"
     events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
     reasons = [e["reason"] for e in events["items"] if e["involvedObject"]["name"] == "shop"]
-    for reason in ("InitialRevision", "RolloutStarted", "AwaitingApproval", "Approved", "WaveStarted",
+    for reason in ("ClusterApplied", "RolloutStarted", "AwaitingApproval", "Approved", "WaveStarted",
                    "RolloutCompleted"):
         assert reason in reasons, (reason, reasons)
 
