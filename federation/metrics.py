@@ -16,6 +16,8 @@ Example queries (README "Metrics"):
   increase(meshfed_lease_transitions_total{transition="lost"}[15m]) > 0   replicas losing Leases
   sum by (reason) (rate(meshfed_sds_refusals_total[5m]))                  SDS clients refused (`meshfed sds`)
   histogram_quantile(0.99, rate(meshfed_event_loop_lag_seconds_bucket[5m]))  a busy or blocked event loop
+  histogram_quantile(0.99, sum by (le) (rate(meshfed_queue_wait_seconds_bucket{level="urgent"}[5m])))
+                                                                          how long an edit waits for a worker
   rate(meshfed_gc_pause_seconds_sum[5m])                                  share of time in the garbage collector
 """
 
@@ -72,6 +74,10 @@ gc_pauses = Histogram("meshfed_gc_pause_seconds", "Pauses of the controller's ga
 loop_lag = Histogram("meshfed_event_loop_lag_seconds", "How late the event loop ran a timer due now, sampled every "
                      f"{LAG_PERIOD} s: every reconcile, probe and Lease renewal waits that long", registry=registry,
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+queue_wait = Histogram("meshfed_queue_wait_seconds", "How long a key waited in a work queue before a worker took "
+                       "it, by queue and level (urgent: a hub edit or event; bulk: resyncs, timers, retries); "
+                       "client-go's workqueue_queue_duration_seconds", ["queue", "level"], registry=registry,
+                       buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 fenced_writes = Counter("meshfed_fenced_writes", "Writes refused because their Lease was not held (fencing)",
                         ["lease"], registry=registry)
 

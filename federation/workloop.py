@@ -12,7 +12,9 @@ Owns the rules client-go's workqueue has, plus what each controller here needs a
 - fencing (federation.shards): a key runs under the Lease `lease_of(key)` names, only while this
   replica holds it; work stopped by fencing with the renewal merely late runs again after a retry
   period, and work for a Lease that is gone is dropped (taking the shard again enqueues it);
-- metrics: reconciles, failures and durations by kind (`kind_of(key)`), and the queue depth.
+- metrics: reconciles, failures and durations by kind (`kind_of(key)`), the queue depth, and how long
+  a key waited for a worker, by level (`meshfed_queue_wait_seconds`: since it was queued; moving up
+  from bulk to urgent starts its urgent wait).
 
 Imports federation.shards and federation.metrics only.
 """
@@ -63,6 +65,7 @@ class WorkLoop:
         self._bulk: deque[str] = deque()
         self._wakeup = asyncio.Event()
         self._queued: dict[str, bool] = {}  # key -> queued as urgent
+        self._queued_at: dict[str, float] = {}  # key -> when it was queued (at its current level)
         self._active: set[str] = set()
         self._dirty: dict[str, bool] = {}  # enqueued while active -> urgent
         self._retries: dict[str, int] = {}
@@ -78,6 +81,7 @@ class WorkLoop:
         queued_urgent = self._queued.get(key)
         if queued_urgent is None or (urgent and not queued_urgent):
             self._queued[key] = urgent
+            self._queued_at[key] = time.monotonic()
             (self._urgent if urgent else self._bulk).append(key)
             self._wakeup.set()
 
@@ -151,7 +155,9 @@ class WorkLoop:
                 while source:
                     key = source.popleft()
                     if key in self._queued:  # else already taken from the other level
-                        del self._queued[key]
+                        level = "urgent" if self._queued.pop(key) else "bulk"
+                        waited = time.monotonic() - self._queued_at.pop(key)
+                        metrics.queue_wait.labels(queue=self.name, level=level).observe(waited)
                         return key
             self._wakeup.clear()
             await self._wakeup.wait()

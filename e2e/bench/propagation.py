@@ -22,7 +22,8 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -232,12 +233,24 @@ def peak_rss_mb(pid: int) -> float:
     return rss_mib(pid, "VmHWM")
 
 
+@dataclass
+class EditTrace:
+    """Where one edit's time went (seconds after the patch was sent): when the hub answered the patch,
+    when each member's watch delivered the change, and what `snapshot` (e.g. the controller's counters)
+    said changed between this edit's start and its end."""
+
+    patched: float
+    arrivals: dict[str, float]
+    controller: dict[str, float] = field(default_factory=dict)
+
+
 async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samples: int, aps: int,
                   make_template: Callable[[str], list[dict[str, Any]]] | None = None,
-                  arrivals: list[dict[str, float]] | None = None) -> list[float]:
+                  traces: list[EditTrace] | None = None,
+                  snapshot: Callable[[], Awaitable[dict[str, float]]] | None = None) -> list[float]:
     """Patch one AccessPoint's template; time until every member's VirtualService carries the change
     (`make_template(tag)`: the template with the VirtualService's x-tag header set to tag). With
-    `arrivals`, each edit appends when each member's watch delivered it (seconds after the patch)."""
+    `traces`, each edit appends its EditTrace (`snapshot` taken before the first edit and after each)."""
     make_template = make_template or template
     seen: dict[tuple[str, str], str] = {}
     arrived: dict[str, float] = {}
@@ -263,6 +276,7 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
     tasks = [asyncio.create_task(watch(n, c)) for n, c in members.items()]
     await asyncio.sleep(1.0)
     out: list[float] = []
+    before = await snapshot() if snapshot is not None else {}
     try:
         for k in range(samples):
             name = f"ap-{(k * 7) % aps}"
@@ -271,6 +285,7 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
             arrived.clear()
             start = time.monotonic()
             await hub.merge_patch(f"{AP_PATH.format(ns=ns)}/{name}", {"spec": {"template": make_template(tag)}})
+            patched = time.monotonic() - start
             while not all(seen.get((m, name)) == tag for m in members):
                 changed.clear()
                 try:
@@ -278,8 +293,11 @@ async def latency(hub: KubeClient, members: dict[str, KubeClient], ns: str, samp
                 except TimeoutError:
                     raise AssertionError(f"change {tag} of {name} not propagated in 10 s") from None
             out.append(time.monotonic() - start)
-            if arrivals is not None:
-                arrivals.append({m: at - start for m, at in arrived.items()})
+            if traces is not None:
+                after = await snapshot() if snapshot is not None else {}
+                traces.append(EditTrace(patched, {m: at - start for m, at in arrived.items()},
+                                        {k: v - before.get(k, 0.0) for k, v in after.items()}))
+                before = after
             await asyncio.sleep(0.05)
     finally:
         for t in tasks:

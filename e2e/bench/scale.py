@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -41,6 +42,7 @@ from e2e.bench.costmodel import CONNECTION_KIB, PoolShare, Run, check, fit, proj
 from e2e.bench.propagation import (
     AP_PATH,
     AppliedTracker,
+    EditTrace,
     baseline,
     cpu_seconds,
     create_accesspoints,
@@ -114,15 +116,40 @@ async def watches(client: KubeClient) -> int:
     return sum((await open_watches(client)).values())
 
 
-async def controller_metric(ctl: ControllerProcess, name: str) -> dict[str, float]:
-    """One counter of the controller's /metrics, by its label set."""
+async def controller_metrics(ctl: ControllerProcess, *names: str) -> dict[str, dict[str, float]]:
+    """Metrics of one scrape of the controller's /metrics: by name, by label set."""
     code, text = await asyncio.to_thread(ctl.http, "/metrics")
     assert code == 200, text[:200]
-    out: dict[str, float] = {}
+    out: dict[str, dict[str, float]] = {name: {} for name in names}
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            labels, value = line[len(name):].rsplit(" ", 1)
-            out[labels] = float(value)
+        for name in names:
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                labels, value = line[len(name):].rsplit(" ", 1)
+                out[name][labels] = float(value)
+    return out
+
+
+async def controller_metric(ctl: ControllerProcess, name: str) -> dict[str, float]:
+    """One metric of the controller's /metrics, by its label set."""
+    return (await controller_metrics(ctl, name))[name]
+
+
+async def edit_snapshot(ctl: ControllerProcess) -> dict[str, float]:
+    """The controller's cumulative counters an edit's time can go to: the AccessPoint queue's waits
+    (urgent and bulk: seconds, keys), reconciles (seconds, count), GC pause seconds, event-loop lag
+    samples over 0.1 s."""
+    m = await controller_metrics(ctl, "meshfed_queue_wait_seconds_sum", "meshfed_queue_wait_seconds_count",
+                                 "meshfed_reconcile_duration_seconds_sum", "meshfed_reconcile_duration_seconds_count",
+                                 "meshfed_gc_pause_seconds_sum", "meshfed_event_loop_lag_seconds_bucket")
+    out = {"gc_s": sum(m["meshfed_gc_pause_seconds_sum"].values())}
+    for level in ("urgent", "bulk"):
+        labels = f'{{level="{level}",queue="accesspoints"}}'
+        out[f"{level}_wait_s"] = m["meshfed_queue_wait_seconds_sum"].get(labels, 0.0)
+        out[f"{level}_keys"] = m["meshfed_queue_wait_seconds_count"].get(labels, 0.0)
+    out["reconcile_s"] = m["meshfed_reconcile_duration_seconds_sum"].get('{kind="accesspoint"}', 0.0)
+    out["reconciles"] = m["meshfed_reconcile_duration_seconds_count"].get('{kind="accesspoint"}', 0.0)
+    lag = m["meshfed_event_loop_lag_seconds_bucket"]
+    out["lag_over_0.1s"] = lag.get('{le="+Inf"}', 0.0) - lag.get('{le="0.1"}', 0.0)
     return out
 
 
@@ -144,17 +171,25 @@ async def stalls(ctl: ControllerProcess) -> dict[str, float]:
     return out
 
 
-def slowest_edits(lat: list[float], arrivals: list[dict[str, float]], k: int = 3) -> list[str]:
-    """The k slowest edits: total, the first and median member, and the last member and when it had it."""
+def slowest_edits(lat: list[float], traces: list[EditTrace], k: int = 3) -> list[str]:
+    """The k slowest edits: total, when the hub answered the patch, the first and median member, the
+    last member and when it had it, and where the controller's time went meanwhile."""
     lines = []
     for i in sorted(range(len(lat)), key=lambda i: -lat[i])[:k]:
-        got = arrivals[i]
+        trace = traces[i]
+        got = trace.arrivals
         if not got:
             continue
         order = sorted(got, key=lambda m: got[m])
         first, median, last = got[order[0]], statistics.median(got.values()), got[order[-1]]
-        lines.append(f"{lat[i] * 1000:.0f} ms: first member {first * 1000:.0f} ms, median {median * 1000:.0f} ms, "
-                     f"last {order[-1]} {last * 1000:.0f} ms")
+        c = trace.controller
+        lines.append(f"{lat[i] * 1000:.0f} ms: hub answered the patch {trace.patched * 1000:.0f} ms, first member "
+                     f"{first * 1000:.0f} ms, median {median * 1000:.0f} ms, last {order[-1]} {last * 1000:.0f} ms; "
+                     f"controller meanwhile: {c.get('urgent_keys', 0):.0f} urgent keys waited "
+                     f"{c.get('urgent_wait_s', 0) * 1000:.0f} ms in all, {c.get('bulk_keys', 0):.0f} bulk "
+                     f"{c.get('bulk_wait_s', 0) * 1000:.0f} ms, {c.get('reconciles', 0):.0f} reconciles "
+                     f"{c.get('reconcile_s', 0) * 1000:.0f} ms, GC {c.get('gc_s', 0) * 1000:.0f} ms, "
+                     f"{c.get('lag_over_0.1s', 0):.0f} loop-lag samples over 0.1 s")
     return lines
 
 
@@ -283,12 +318,13 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         print(f"  latency: {samples} single edits, hub -> all {n} members ...", flush=True)
         stalls0 = await stalls(ctl)
         try:
-            arrivals: list[dict[str, float]] = []
-            lat = await latency(hub, members, ns, samples, aps, make_template=template, arrivals=arrivals)
+            traces: list[EditTrace] = []
+            lat = await latency(hub, members, ns, samples, aps, make_template=template, traces=traces,
+                                snapshot=functools.partial(edit_snapshot, ctl))
             out["edit_p50_ms"] = statistics.median(lat) * 1000
             out["edit_p99_ms"] = pct(lat, 99) * 1000
             out["edit_max_ms"] = max(lat) * 1000
-            out["edit_slowest"] = slowest_edits(lat, arrivals)
+            out["edit_slowest"] = slowest_edits(lat, traces)
             for line in out["edit_slowest"]:
                 print(f"    slow edit: {line}", flush=True)
         except AssertionError as err:

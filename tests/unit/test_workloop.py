@@ -89,6 +89,38 @@ async def test_urgent_keys_go_before_bulk_ones_and_an_urgent_enqueue_moves_a_key
     await wl.stop()
 
 
+def _waits(queue: str, level: str) -> tuple[float, float]:
+    """(keys, seconds) meshfed_queue_wait_seconds has recorded for `queue` at `level`."""
+    samples = {s.name: s.value for m in metrics.queue_wait.collect() for s in m.samples
+               if s.labels.get("queue") == queue and s.labels.get("level") == level}
+    return samples.get("meshfed_queue_wait_seconds_count", 0.0), samples.get("meshfed_queue_wait_seconds_sum", 0.0)
+
+
+async def test_the_wait_for_a_worker_is_recorded_by_level() -> None:
+    gate = asyncio.Event()
+
+    async def handle(key: str) -> None:
+        if key == "busy":
+            await gate.wait()
+
+    wl = make(handle)
+    urgent0, bulk0 = _waits("test", "urgent"), _waits("test", "bulk")
+    wl.enqueue("busy")
+    wl.start(1)
+    await asyncio.sleep(0.02)  # the one worker is busy
+    wl.enqueue("edit")
+    wl.enqueue("resync", urgent=False)
+    await asyncio.sleep(0.2)
+    assert _waits("test", "urgent")[0] == urgent0[0] + 1  # only "busy", taken at once
+    gate.set()
+    await asyncio.sleep(0.05)
+    urgent, bulk = _waits("test", "urgent"), _waits("test", "bulk")
+    assert urgent[0] == urgent0[0] + 2 and bulk[0] == bulk0[0] + 1
+    # "edit" waited the ~0.2 s "busy" held the worker; "resync" that and a little more
+    assert 0.15 <= urgent[1] - urgent0[1] < 1.0 and 0.15 <= bulk[1] - bulk0[1] < 1.0
+    await wl.stop()
+
+
 async def test_one_timer_per_key_the_earlier_wins_unless_replaced() -> None:
     wl = make(lambda key: None)
     wl.enqueue_after("a", 30.0)
