@@ -13,8 +13,13 @@ Per run, on one fresh fleet (`fleet up --dense`), all measured in the same run:
   - controller CPU per member object during the bulk, RSS per member and per cached member object;
   - hub writes per member object during the bulk, by kind (the controller's meshfed_hub_writes; target
     <= 0.1), and the hub API server's own count of mutating requests;
+  - an idle fleet for 20 s, empty (after the cold start) and loaded (after the bulk): CPU of the
+    controller and of the hub's and members' API servers, requests per member per minute (probes,
+    watches, the API servers' own loops), load average: the background every edit competes with;
   - one hub edit -> the VirtualService changed on every member, p50/p99 over --samples edits (target
-    p99 <= 1 s; Karmada's 100-cluster p99 1,298 ms);
+    p99 <= 1 s; Karmada's 100-cluster p99 1,298 ms); for the slowest edits, when the hub answered the
+    patch, the first, median and last member, and the controller's queue waits, reconciles, GC
+    pauses and event-loop lag meanwhile;
   - a staged rollout over 10 zone waves (no gates: each wave starts when the last is healthy), wall time.
 
 Usage: python -m e2e.bench.scale [--members 10,25,50] [--aps 200] [--samples 50] [--json FILE]
@@ -193,6 +198,45 @@ def slowest_edits(lat: list[float], traces: list[EditTrace], k: int = 3) -> list
     return lines
 
 
+IDLE_WINDOW = 20.0  # seconds of an idle fleet measured
+
+
+async def idle_costs(fleet: Fleet, ctl: ControllerProcess, members: dict[str, KubeClient],
+                     seconds: float = IDLE_WINDOW) -> dict[str, Any]:
+    """What an idle fleet costs over `seconds` (nothing written): the CPU of the controller, the hub's and
+    the members' API servers (cores; millicores per member), the members' requests per minute each
+    (all clients: meshfed's probes and watches and the API servers' own loops; /metrics scrapes left
+    out) and the load average after: the background every edit competes with."""
+    assert fleet.state is not None and ctl.proc is not None
+    pids = {"controller": ctl.proc.pid, "hub": fleet.state.hub.pid}
+    member_pids = [m.pid for m in fleet.state.members]
+    requests0 = await asyncio.gather(*(request_breakdown(c) for c in members.values()))
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+    members0 = sum(cpu_seconds(p) for p in member_pids)
+    await asyncio.sleep(seconds)
+    cpu = {k: (cpu_seconds(p) - cpu0[k]) / seconds for k, p in pids.items()}
+    members_cores = (sum(cpu_seconds(p) for p in member_pids) - members0) / seconds
+    requests1 = await asyncio.gather(*(request_breakdown(c) for c in members.values()))
+    by_kind: dict[str, int] = {}
+    for before, after in zip(requests0, requests1, strict=True):
+        for k, v in diff_breakdown(before, after).items():
+            if not k.endswith(" /metrics"):
+                by_kind[k] = by_kind.get(k, 0) + v
+    n = max(len(member_pids), 1)
+    return {"controller_cores": cpu["controller"], "hub_cores": cpu["hub"], "members_cores": members_cores,
+            "member_millicores": members_cores * 1000 / n,
+            "member_requests_per_min": sum(by_kind.values()) * 60 / seconds / n,
+            "member_requests_top": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])[:6]),
+            "load1": os.getloadavg()[0]}
+
+
+def idle_line(name: str, c: dict[str, Any]) -> str:
+    return (f"{name}: controller {c['controller_cores'] * 100:.1f} % of a core, hub API server "
+            f"{c['hub_cores'] * 100:.1f} %, member API servers {c['members_cores'] * 100:.0f} % in all "
+            f"({c['member_millicores']:.1f} millicores each, {c['member_requests_per_min']:.0f} requests/min each: "
+            f"{c['member_requests_top']}); load average {c['load1']:.1f}")
+
+
 async def until_ready(ctl: ControllerProcess, timeout: float = 600) -> float:
     started = time.monotonic()
     while time.monotonic() - started < timeout:
@@ -272,6 +316,8 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         out["idle_rss_mib"] = rss_mib(pid)
         counts = await asyncio.gather(*(watches(c) for c in members.values()))
         out["idle_watches_per_member"] = statistics.mean(a - b for a, b in zip(counts, watches0, strict=True))
+        out["idle_empty"] = await idle_costs(fleet, ctl, members)
+        print("    " + idle_line("idle, no AccessPoint", out["idle_empty"]), flush=True)
 
         print(f"  meshfed: {aps} AccessPoints x {OBJECTS_PER_AP} objects x {n} members ...", flush=True)
         tracker = AppliedTracker(hub, ns, n)
@@ -312,6 +358,9 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         if os.environ.get("PYTHONTRACEMALLOC"):
             _, text = await asyncio.to_thread(ctl.http, "/debug/memory?top=25", 120.0)
             print(text, flush=True)
+
+        out["idle_loaded"] = await idle_costs(fleet, ctl, members)
+        print("    " + idle_line("idle, loaded", out["idle_loaded"]), flush=True)
 
         # A phase that fails is reported as failed (with what the controller says of its Leases), and the
         # figures of the others are kept.
@@ -401,6 +450,9 @@ def report(runs: list[dict[str, Any]]) -> str:
                              f"(Leases lost by the controller in the run: {r.get('lease_losses', '?')})")
         lines.append(f"  {r['members']} members: controller hub writes during the bulk {r['bulk_hub_writes_by_kind']}; "
                      f"hub API server mutations {r['bulk_hub_apiserver_mutations']}")
+        for phase, label in (("idle_empty", "idle, no AccessPoint"), ("idle_loaded", "idle, loaded")):
+            if phase in r:
+                lines.append(f"  {r['members']} members, " + idle_line(label, r[phase]))
     if len(runs) >= 2:
         model = fit([as_run(r) for r in runs[:-1]], POOL)
         last = runs[-1]
