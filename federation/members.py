@@ -26,6 +26,11 @@ Members are unreliable (a hung, slow, wiped or replaced API server; README "Sick
   kind (`reset`). Every `verify_interval` seconds each kind is listed again, metadata only, and
   compared with the cache by uid/resourceVersion; a disagreement relists that kind. A cache error
   therefore lasts at most verify_interval + one list (default 60 s + a second).
+- Periodic work is spread (`jittered`): a member's probes and verification lists come every period x
+  [0.85, 1] (never later than the period), and a member's first verification at a random point of
+  its first period, so the loops of members registered together drift apart instead of sending every
+  member API server, and this process, their requests in the same instant (measured at 50 members:
+  each verification round was 750 LISTs at once).
 
 Watch on demand: every kind the member serves is listed once (at start, with a new client, after a
 reset or a shard-filter change), so objects of ours of a kind no template uses any more are found; a
@@ -48,6 +53,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import random
 import sys
 import time
 from collections import Counter, OrderedDict, defaultdict
@@ -88,6 +94,13 @@ DEGRADED_AFTER = 1.0  # seconds: a probe answer slower than this marks the membe
 IDENTITY_PATH = "/api/v1/namespaces/kube-system"
 RV_RECHECK = 2.0  # seconds before a list that looks older than the cache is asked again
 STALL_TICK = 0.1  # seconds between the event-loop stall monitor's wake-ups
+JITTER = 0.15  # periodic per-member work runs every period x [1 - JITTER, 1]
+
+
+def jittered(period: float, factor: float = JITTER) -> float:
+    """`period` shortened by a random part of up to `factor` of it: never later than the period, and
+    loops started together drift apart (client-go's wait.JitterUntil lengthens it instead)."""
+    return period * (1.0 - factor * random.random())
 
 
 def judge_degraded(degraded: bool, slow_streak: int, latency: float | None, threshold: int) -> tuple[bool, int]:
@@ -941,14 +954,17 @@ class MemberRegistry:
                 log.info("member %s: reachable=%s ready=%s latency=%s (%s)", member.name, probe.reachable,
                          probe.ready, f"{latency:.2f}s" if latency is not None else "-", probe.message)
                 self.on_member_change(member.name)
-            await asyncio.sleep(self.probe_interval if probe.reachable and member.answering
+            await asyncio.sleep(jittered(self.probe_interval) if probe.reachable and member.answering
                                 else min(self.probe_interval, 1.0))
 
     async def _verify_loop(self, member: Member) -> None:
         """Every verify_interval: list each kind's owned objects (metadata only) and compare them with
-        the cache; relist a kind that disagrees (reset all on resourceVersions going backwards)."""
+        the cache; relist a kind that disagrees (reset all on resourceVersions going backwards). The
+        first round comes at a random point of the first interval: members' rounds do not coincide."""
+        wait = self.verify_interval * random.random()
         while True:
-            await asyncio.sleep(self.verify_interval)
+            await asyncio.sleep(wait)
+            wait = jittered(self.verify_interval)
             client, selector = member.client, self.selector()
             if client is None or selector is None or not member.usable:
                 continue
