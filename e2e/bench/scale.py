@@ -189,7 +189,8 @@ def slowest_edits(lat: list[float], traces: list[EditTrace], k: int = 3) -> list
         order = sorted(got, key=lambda m: got[m])
         first, median, last = got[order[0]], statistics.median(got.values()), got[order[-1]]
         c = trace.controller
-        lines.append(f"{lat[i] * 1000:.0f} ms: hub answered the patch {trace.patched * 1000:.0f} ms, first member "
+        lines.append(f"edit {i + 1} of {len(lat)}, {lat[i] * 1000:.0f} ms: hub answered the patch "
+                     f"{trace.patched * 1000:.0f} ms, first member "
                      f"{first * 1000:.0f} ms, median {median * 1000:.0f} ms, last {order[-1]} {last * 1000:.0f} ms; "
                      f"controller meanwhile: {c.get('urgent_keys', 0):.0f} urgent keys waited "
                      f"{c.get('urgent_wait_s', 0) * 1000:.0f} ms in all, {c.get('bulk_keys', 0):.0f} bulk "
