@@ -64,8 +64,7 @@ class WorkLoop:
         self._urgent: deque[str] = deque()
         self._bulk: deque[str] = deque()
         self._wakeup = asyncio.Event()
-        self._queued: dict[str, bool] = {}  # key -> queued as urgent
-        self._queued_at: dict[str, float] = {}  # key -> when it was queued (at its current level)
+        self._queued: dict[str, tuple[bool, float]] = {}  # key -> (queued as urgent, since when at that level)
         self._active: set[str] = set()
         self._dirty: dict[str, bool] = {}  # enqueued while active -> urgent
         self._retries: dict[str, int] = {}
@@ -78,10 +77,9 @@ class WorkLoop:
         if key in self._active:
             self._dirty[key] = self._dirty.get(key, False) or urgent
             return
-        queued_urgent = self._queued.get(key)
-        if queued_urgent is None or (urgent and not queued_urgent):
-            self._queued[key] = urgent
-            self._queued_at[key] = time.monotonic()
+        queued = self._queued.get(key)
+        if queued is None or (urgent and not queued[0]):
+            self._queued[key] = (urgent, time.monotonic())
             (self._urgent if urgent else self._bulk).append(key)
             self._wakeup.set()
 
@@ -155,9 +153,9 @@ class WorkLoop:
                 while source:
                     key = source.popleft()
                     if key in self._queued:  # else already taken from the other level
-                        level = "urgent" if self._queued.pop(key) else "bulk"
-                        waited = time.monotonic() - self._queued_at.pop(key)
-                        metrics.queue_wait.labels(queue=self.name, level=level).observe(waited)
+                        urgent, since = self._queued.pop(key)
+                        metrics.queue_wait.labels(queue=self.name, level="urgent" if urgent else "bulk").observe(
+                            time.monotonic() - since)
                         return key
             self._wakeup.clear()
             await self._wakeup.wait()

@@ -48,7 +48,9 @@ from e2e.bench.costmodel import CONNECTION_KIB, PoolShare, Run, check, fit, proj
 from e2e.bench.propagation import (
     AP_PATH,
     AppliedTracker,
+    CpuMeter,
     EditTrace,
+    all_requests,
     baseline,
     cpu_seconds,
     create_accesspoints,
@@ -162,15 +164,17 @@ async def edit_snapshot(ctl: ControllerProcess) -> dict[str, float]:
 async def stalls(ctl: ControllerProcess) -> dict[str, float]:
     """The controller's stalls so far (cumulative): garbage-collector pauses by generation (count, seconds)
     and those over 0.1 s; event-loop lag samples over 0.1, 0.5 and 1 s."""
+    m = await controller_metrics(ctl, "meshfed_gc_pause_seconds_bucket", "meshfed_gc_pause_seconds_sum",
+                                 "meshfed_event_loop_lag_seconds_bucket")
     out: dict[str, float] = {}
-    gc_buckets = await controller_metric(ctl, "meshfed_gc_pause_seconds_bucket")
+    gc_buckets = m["meshfed_gc_pause_seconds_bucket"]
     for gen in ("0", "1", "2"):
         total = gc_buckets.get(f'{{generation="{gen}",le="+Inf"}}', 0.0)
         out[f"gc{gen}_pauses"] = total
         out[f"gc{gen}_pauses_over_0.1s"] = total - gc_buckets.get(f'{{generation="{gen}",le="0.1"}}', 0.0)
-    for labels, value in (await controller_metric(ctl, "meshfed_gc_pause_seconds_sum")).items():
+    for labels, value in m["meshfed_gc_pause_seconds_sum"].items():
         out["gc" + labels.split('"')[1] + "_seconds"] = value
-    lag = await controller_metric(ctl, "meshfed_event_loop_lag_seconds_bucket")
+    lag = m["meshfed_event_loop_lag_seconds_bucket"]
     total = lag.get('{le="+Inf"}', 0.0)
     for bound in ("0.1", "0.5", "1.0"):
         out[f"lag_over_{bound}s"] = total - lag.get(f'{{le="{bound}"}}', 0.0)
@@ -209,24 +213,16 @@ async def idle_costs(fleet: Fleet, ctl: ControllerProcess, members: dict[str, Ku
     the members' API servers (cores; millicores per member), the members' requests per minute each
     (all clients: meshfed's probes and watches and the API servers' own loops; /metrics scrapes left
     out) and the load average after: the background every edit competes with."""
-    assert fleet.state is not None and ctl.proc is not None
-    pids = {"controller": ctl.proc.pid, "hub": fleet.state.hub.pid}
-    member_pids = [m.pid for m in fleet.state.members]
-    requests0 = await asyncio.gather(*(request_breakdown(c) for c in members.values()))
-    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
-    members0 = sum(cpu_seconds(p) for p in member_pids)
+    assert fleet.state is not None
+    meter = CpuMeter(fleet, ctl)
+    requests0, cpu0 = await all_requests(members), meter.sample()
     await asyncio.sleep(seconds)
-    cpu = {k: (cpu_seconds(p) - cpu0[k]) / seconds for k, p in pids.items()}
-    members_cores = (sum(cpu_seconds(p) for p in member_pids) - members0) / seconds
-    requests1 = await asyncio.gather(*(request_breakdown(c) for c in members.values()))
-    by_kind: dict[str, int] = {}
-    for before, after in zip(requests0, requests1, strict=True):
-        for k, v in diff_breakdown(before, after).items():
-            if not k.endswith(" /metrics"):
-                by_kind[k] = by_kind.get(k, 0) + v
-    n = max(len(member_pids), 1)
-    return {"controller_cores": cpu["controller"], "hub_cores": cpu["hub"], "members_cores": members_cores,
-            "member_millicores": members_cores * 1000 / n,
+    controller_s, hub_s, members_s, _ = (b - a for a, b in zip(cpu0, meter.sample(), strict=True))
+    by_kind = {k: v for k, v in diff_breakdown(requests0, await all_requests(members)).items()
+               if not k.endswith(" /metrics")}
+    n = max(len(members), 1)
+    return {"controller_cores": controller_s / seconds, "hub_cores": hub_s / seconds,
+            "members_cores": members_s / seconds, "member_millicores": members_s * 1000 / seconds / n,
             "member_requests_per_min": sum(by_kind.values()) * 60 / seconds / n,
             "member_requests_top": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])[:6]),
             "load1": os.getloadavg()[0]}

@@ -111,9 +111,13 @@ async def test_the_wait_for_a_worker_is_recorded_by_level() -> None:
     wl.enqueue("edit")
     wl.enqueue("resync", urgent=False)
     await asyncio.sleep(0.2)
+    assert wl.is_queued("edit") and wl.is_queued("resync")  # still waiting: the worker holds "busy"
     assert _waits("test", "urgent")[0] == urgent0[0] + 1  # only "busy", taken at once
     gate.set()
-    await asyncio.sleep(0.05)
+    for _ in range(200):  # until the worker has taken both
+        if wl.pending == 0:
+            break
+        await asyncio.sleep(0.01)
     urgent, bulk = _waits("test", "urgent"), _waits("test", "bulk")
     assert urgent[0] == urgent0[0] + 2 and bulk[0] == bulk0[0] + 1
     # "edit" waited the ~0.2 s "busy" held the worker; "resync" that and a little more
