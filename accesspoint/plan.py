@@ -3,6 +3,11 @@
 Pure. An object is rewritten only when its content hash changed or a field we manage drifted
 (desired is no longer a subset of what the member holds); an unchanged world yields an empty
 plan and therefore zero writes. Imports accesspoint.render and accesspoint.ownership.
+
+What a member holds comes whole, or as the member caches keep it once compared (federation/members.py
+`compact`): the fields read later, and under `IN_SYNC` the content hash of the desired object it was
+found to hold (None: it held less). Each version of a member object is compared once, when it arrives
+or at the first plan after, not at every plan.
 """
 
 from __future__ import annotations
@@ -60,11 +65,24 @@ class Plan:
 
 _IDENTITY = frozenset({"apiVersion", "kind"})
 
+# The key under which a compact cached record carries its comparison's verdict: the content hash of the
+# desired object its version was found to hold, None when it held less. Not a Kubernetes field name.
+IN_SYNC = "@inSync"
+
 
 def up_to_date(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
-    """`current` (what a member holds) already is `desired`: same content hash, no managed field drifted."""
+    """`current` (what a member holds) already is `desired`: same content hash, no managed field drifted.
+    A compact record answers from the verdict it carries (the same hash means the same desired object)."""
+    if IN_SYNC in current:
+        verdict = current[IN_SYNC]
+        return verdict is not None and verdict == _hash(desired)
     return _hash(current) == _hash(desired) and is_subset({k: v for k, v in desired.items() if k not in _IDENTITY},
                                                          current)
+
+
+def in_sync_with(desired: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
+    """The verdict a compact record of `current` keeps: `desired`'s content hash when `current` holds it."""
+    return _hash(desired) if up_to_date(desired, current) else None
 
 
 def _hash(obj: Mapping[str, Any]) -> str | None:

@@ -730,6 +730,8 @@ class Controller:
             # A kind no longer watched here is listed again first (watch on demand, federation/members.py);
             # its list reconciles this AccessPoint again. Planning now could miss objects of that kind.
             return ClusterStatus(**base, state="Progressing", objects=len(owned), vip=_vip(owned.values()))
+        member.cache.compare(owner, desired)  # versions not compared yet are, once; the plan reads verdicts
+        owned = member.cache.owned(owner)
         work = MemberWork(ap, owner, member, placed, revision, desired, plan(desired, owned))
         if not member.answering:
             # Circuit breaker open: nothing is written; the entry says what waits, and since when.

@@ -6,7 +6,7 @@ with uid+resourceVersion preconditions of the object we saw owned. A pre-existin
 own is a conflict unless the AccessPoint asks for adoption, and never one owned by another
 AccessPoint or hub; a create meeting an object of ours that already is as desired (a create that
 timed out and was applied later) writes nothing more. Successful writes go straight into the
-member's cache (write-through).
+member's cache (write-through), compared there with what was written (kept compact, federation/members.py).
 Every request that writes is preceded by the fencing check of federation.shards (a replica whose
 shard Lease is no longer valid sends nothing; `Fenced` ends the reconcile).
 """
@@ -76,7 +76,7 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
             else:
                 raise
         out.writes += 1
-        cache.put(created)
+        cache.put(created, desired=obj)
     except ApiError as err:
         if err.status != 409:
             raise
@@ -85,7 +85,7 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
         if holder == owner and up_to_date(obj, existing):
             # Ours and already as desired: a create that timed out (a hung member) and was applied
             # once the member answered again. Written once, not twice.
-            cache.put(existing)
+            cache.put(existing, desired=obj)
             return
         if holder == owner or (adopt and holder is None and
                                ((existing.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) != "meshfed"):
@@ -93,7 +93,7 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
             metrics.member_writes.labels(cluster=client.name, verb="apply").inc()
             applied = await client.apply(api_path(kind, key.namespace, key.name), obj, field_manager=FIELD_MANAGER)
             out.writes += 1
-            cache.put(applied)
+            cache.put(applied, desired=obj)
             return
         hint = "" if holder else " (set spec.adoptExisting: true to take it over)"
         holder_text = foreign_owner_description(existing)
@@ -124,7 +124,7 @@ async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCach
         applied = await client.apply(api_path(managed_kind(key.group, key.kind), key.namespace, key.name), obj,
                                      field_manager=FIELD_MANAGER)
         out.writes += 1
-        cache.put(applied)
+        cache.put(applied, desired=obj)
 
     async def delete(key: ObjectKey, uid: str, rv: str) -> None:
         current = cache.objects.get(key)
