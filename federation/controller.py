@@ -206,6 +206,7 @@ class Controller:
         metrics.callbacks.reachability = lambda: {
             n: (m.probe.reachable if not m.kubeconfig_error else False) for n, m in self.registry.members.items()}
         metrics.callbacks.cache_objects = lambda: {n: len(m.cache.objects) for n, m in self.registry.members.items()}
+        metrics.callbacks.cache_footprint = self._cache_footprint
 
     # ---- features (federation/operator.py FEATURES) ----
 
@@ -326,6 +327,11 @@ class Controller:
         for ap_key, member in [k for k in self._last_cluster_state if matches(k[0], k[1])]:
             del self._last_cluster_state[(ap_key, member)]
         self.registry.forget_wants(matches)
+
+    def _cache_footprint(self) -> dict[str, dict[str, int]]:
+        seen: set[int] = set()
+        return {n: {"objects": len(m.cache.objects), "whole": m.cache.whole(), "bytes": m.cache.footprint(seen)}
+                for n, m in sorted(self.registry.members.items())}
 
     def _route_verdict(self, member: Member, owner_key: str, objects: Iterable[dict[str, Any]]) -> RouteVerdict | None:
         view = member.istiod.view if member.istiod is not None else None

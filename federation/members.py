@@ -307,6 +307,30 @@ def compact(obj: dict[str, Any], in_sync: str | None) -> dict[str, Any]:
     return record
 
 
+def deep_size(root: Any, seen: set[int]) -> int:
+    """sys.getsizeof of `root` and of everything it refers to (containers, instances' attributes), each
+    object once: ids already in `seen` are skipped, and the ones counted are added to it (so everything
+    counted must stay alive while `seen` is used: an id is reused once its object is gone)."""
+    total, stack = 0, [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        if isinstance(obj, dict):
+            stack.extend(obj.keys())
+            stack.extend(obj.values())
+        elif isinstance(obj, list | tuple | set | frozenset):
+            stack.extend(obj)
+        elif not isinstance(obj, type):
+            if hasattr(obj, "__dict__"):
+                stack.append(vars(obj))
+            stack.extend(getattr(obj, slot) for cls in type(obj).__mro__
+                         for slot in getattr(cls, "__slots__", ()) if slot != "__weakref__" and hasattr(obj, slot))
+    return total
+
+
 def _rv(obj: dict[str, Any]) -> int:
     try:
         return int((obj.get("metadata") or {}).get("resourceVersion", "0"))
@@ -437,6 +461,11 @@ class OwnedCache:
             held = self.objects.get(key)
             if held is not None and IN_SYNC not in held and key in mine:
                 self.objects[key] = compact(held, in_sync_with(obj, held))
+
+    def footprint(self, seen: set[int]) -> int:
+        """Bytes of Python objects this cache holds (records, keys, indexes); what is in `seen` (parts
+        shared with records of other caches, interned strings) is not counted again."""
+        return sum(deep_size(part, seen) for part in (self.objects, self.by_owner, self.per_kind, self.max_rv))
 
     def whole(self) -> int:
         """Objects cached whole: versions not compared with what they should be yet."""

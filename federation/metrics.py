@@ -89,6 +89,8 @@ class _Callbacks(Collector):
         self.queues: dict[str, Callable[[], int]] = {}
         self.reachability: Callable[[], Mapping[str, bool | None]] | None = None
         self.cache_objects: Callable[[], Mapping[str, int]] | None = None
+        # /debug/caches: per member, objects cached, how many whole (not compared yet), bytes held.
+        self.cache_footprint: Callable[[], Mapping[str, Mapping[str, int]]] | None = None
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("meshfed_queue_depth", "Keys waiting in a work queue", labels=["queue"])
@@ -148,6 +150,7 @@ class HttpServer:
         app.router.add_get("/healthz", self._check(lambda: self.healthy()))
         app.router.add_get("/readyz", self._check(lambda: self.ready()))
         app.router.add_get("/debug/memory", self._memory)
+        app.router.add_get("/debug/caches", self._caches)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, self.host, self.port).start()
@@ -180,6 +183,19 @@ class HttpServer:
             if by == "traceback":
                 lines += ["        " + f.strip() for f in stat.traceback.format()[1:]]
         return web.Response(text="\n".join(lines) + "\n")
+
+    @staticmethod
+    async def _caches(_request: web.Request) -> web.Response:
+        """What the member caches hold, per member and in all: objects, objects cached whole (a version
+        not compared yet with what it should be), and bytes of Python objects (parts shared between
+        members counted once). Walks every cached record in the event loop: a debug page, not a metric.
+        Counts only, never object contents."""
+        footprint = callbacks.cache_footprint
+        if footprint is None:
+            return web.Response(status=404, text="no member caches in this process\n")
+        per_member = footprint()
+        total = {k: sum(m[k] for m in per_member.values()) for k in ("objects", "whole", "bytes")}
+        return web.json_response({"members": per_member, "total": total})
 
     @staticmethod
     def _check(fn: Callable[[], tuple[bool, str]]) -> Callable[[web.Request], asyncio.Future[web.Response]]:

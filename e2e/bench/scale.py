@@ -10,7 +10,10 @@ Per run, on one fresh fleet (`fleet up --dense`), all measured in the same run:
   - baseline: direct server-side apply of the same rendered objects to the same members (16 AccessPoints
     in flight, each writing to every member in parallel); meshfed: hub create -> every AccessPoint
     Applied on every member; the ratio baseline/meshfed (target >= 0.8);
-  - controller CPU per member object during the bulk, RSS per member and per cached member object;
+  - controller CPU per member object during the bulk, RSS per member and per cached member object (3 s
+    after the bulk, and settled: after the idle window, the bulk's pooled connections closed), and the
+    member caches' own bytes per object (the controller's /debug/caches: records, keys and indexes,
+    parts shared between members counted once);
   - hub writes per member object during the bulk, by kind (the controller's meshfed_hub_writes; target
     <= 0.1), and the hub API server's own count of mutating requests;
   - an idle fleet for 20 s, empty (after the cold start) and loaded (after the bulk): CPU of the
@@ -353,11 +356,15 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         await asyncio.sleep(3)
         out["loaded_rss_mib"] = rss_mib(pid)
         out["peak_rss_mib"] = rss_mib(pid, "VmHWM")
+        code, text = await asyncio.to_thread(ctl.http, "/debug/caches", 60.0)
+        if code == 200:  # the member caches' own bytes (Python objects, shared parts once)
+            out["cache"] = json.loads(text)["total"]
         if os.environ.get("PYTHONTRACEMALLOC"):
             _, text = await asyncio.to_thread(ctl.http, "/debug/memory?top=25", 120.0)
             print(text, flush=True)
 
         out["idle_loaded"] = await idle_costs(fleet, ctl, members)
+        out["settled_rss_mib"] = rss_mib(pid)  # after the idle window: the bulk's pooled connections closed
         print("    " + idle_line("idle, loaded", out["idle_loaded"]), flush=True)
 
         # A phase that fails is reported as failed (with what the controller says of its Leases), and the
@@ -443,11 +450,14 @@ def report(runs: list[dict[str, Any]]) -> str:
              "| members | member objects | fleet up | member API server RSS | cold start to ready "
              "| watches / member, idle / loaded | connections / member, loaded | direct SSA | meshfed | ratio "
              "| controller CPU / member object "
-             "| RSS idle / loaded | RSS per member object | hub writes / member object | edit p50 / p99 "
-             "| 10-wave rollout |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| RSS idle / loaded / settled | RSS per member object, loaded / settled | cache per member object "
+             "| hub writes / member object | edit p50 / p99 | 10-wave rollout |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         per_object_kib = max(0.0, r["loaded_rss_mib"] - r["idle_rss_mib"]) * 1024 / r["member_objects"]
+        settled = r.get("settled_rss_mib")
+        settled_kib = max(0.0, settled - r["idle_rss_mib"]) * 1024 / r["member_objects"] if settled else None
+        cache = r.get("cache")
         lines.append(
             f"| {r['members']} | {r['member_objects']:,} | {r['fleet_up_s']:.0f} s | "
             f"{r['member_apiserver_rss_mib_mean']:.0f} MiB | {r['cold_start_s']:.1f} s | "
@@ -455,8 +465,11 @@ def report(runs: list[dict[str, Any]]) -> str:
             f"{r['connections_per_member']:.1f} | {r['baseline_s']:.1f} s | "
             f"{r['meshfed_s']:.1f} s | **{r['baseline_s'] / r['meshfed_s']:.2f}** | "
             f"{r['bulk_controller_cpu_s'] * 1000 / r['member_objects']:.2f} ms | "
-            f"{r['idle_rss_mib']:.0f} / {r['loaded_rss_mib']:.0f} MiB | {per_object_kib:.2f} KiB | "
-            f"{r['bulk_hub_writes'] / r['member_objects']:.3f} | "
+            f"{r['idle_rss_mib']:.0f} / {r['loaded_rss_mib']:.0f} / "
+            + (f"{settled:.0f} MiB | " if settled else "- MiB | ")
+            + f"{per_object_kib:.2f} / " + (f"{settled_kib:.2f} KiB | " if settled_kib is not None else "- KiB | ")
+            + (f"{cache['bytes'] / max(1, cache['objects']):.0f} B ({cache['whole']} whole) | " if cache else "- | ")
+            + f"{r['bulk_hub_writes'] / r['member_objects']:.3f} | "
             + (f"{r['edit_p50_ms']:.0f} / **{r['edit_p99_ms']:.0f} ms** (committed: {r['edit_committed_p50_ms']:.0f} "
                f"/ {r['edit_committed_p99_ms']:.0f} ms) | " if "edit_committed_p50_ms" in r else
                f"{r['edit_p50_ms']:.0f} / **{r['edit_p99_ms']:.0f} ms** | " if "edit_p50_ms" in r else "failed | ")

@@ -6,6 +6,7 @@ the verdict; drift is still found. Pure: no I/O."""
 from __future__ import annotations
 
 import copy
+import sys
 import tracemalloc
 from typing import Any
 
@@ -24,7 +25,7 @@ from accesspoint.plan import IN_SYNC, in_sync_with, plan, up_to_date
 from accesspoint.render import content_hash, key_of
 from certs.delivery import REVISION_ANNOTATION, SERIAL_ANNOTATION, delivered_revision
 from federation.controller import _vip
-from federation.members import OwnedCache, compact, slim
+from federation.members import OwnedCache, compact, deep_size, slim
 
 HUB = "hub-1"
 OWNER = Owner(HUB, "payments", "shop")
@@ -264,3 +265,20 @@ def test_what_records_of_several_members_have_in_common_is_held_once() -> None:
     changed["status"]["observedGeneration"] = 1  # the number, not the string "1": not the same status
     assert compact(changed, None)["status"] is not first["status"]
     assert compact(changed, None)["status"] == {**first["status"], "observedGeneration": 1}
+
+
+def test_the_footprint_counts_what_members_share_once() -> None:
+    pairs = bundle()
+    caches = [OwnedCache(HUB), OwnedCache(HUB)]
+    for member, cache in enumerate(caches):
+        for want, held in pairs:
+            version = copy.deepcopy(held)
+            version["metadata"]["uid"] = f"uid-{member}-{key_of(held).name}-{key_of(held).kind}"
+            cache.put(version, desired=want)
+    seen: set[int] = set()
+    first, second = caches[0].footprint(seen), caches[1].footprint(seen)
+    assert first > 0 and 0 < second < first, "the second member's labels, spec and status are the first's"
+    alone = caches[1].footprint(set())
+    assert alone == first, "both members hold the same records"
+    assert deep_size({"a": ["bc", "bc"]}, set()) == \
+        sys.getsizeof({"a": []}) + sys.getsizeof("a") + sys.getsizeof(["bc", "bc"]) + sys.getsizeof("bc")
