@@ -5,9 +5,9 @@ Pure. An object is rewritten only when its content hash changed or a field we ma
 plan and therefore zero writes. Imports accesspoint.render and accesspoint.ownership.
 
 What a member holds comes whole, or as the member caches keep it once compared (federation/members.py
-`compact`): the fields read later, and under `IN_SYNC` the content hash of the desired object it was
-found to hold (None: it held less). Each version of a member object is compared once, when it arrives
-or at the first plan after, not at every plan.
+`compact`): the fields read later, and its content hash under `IN_SYNC` when it was found to hold the
+desired object of that hash, under `OUT_OF_SYNC` when it held less. Each version of a member object is
+compared once, when it arrives or at the first plan after, not at every plan.
 """
 
 from __future__ import annotations
@@ -65,27 +65,37 @@ class Plan:
 
 _IDENTITY = frozenset({"apiVersion", "kind"})
 
-# The key under which a compact cached record carries its comparison's verdict: the content hash of the
-# desired object its version was found to hold, None when it held less. Not a Kubernetes field name.
+# The keys under which a compact cached record carries its comparison's verdict and its content hash (in
+# place of the annotation): IN_SYNC when its version was found to hold the desired object of that hash,
+# OUT_OF_SYNC when it held less. Not Kubernetes field names.
 IN_SYNC = "@inSync"
+OUT_OF_SYNC = "@outOfSync"
+
+
+def compared(current: Mapping[str, Any]) -> bool:
+    """`current` is a compact record (its verdict kept), not a whole object."""
+    return IN_SYNC in current or OUT_OF_SYNC in current
 
 
 def up_to_date(desired: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
     """`current` (what a member holds) already is `desired`: same content hash, no managed field drifted.
     A compact record answers from the verdict it carries (the same hash means the same desired object)."""
-    if IN_SYNC in current:
-        verdict = current[IN_SYNC]
-        return verdict is not None and verdict == _hash(desired)
+    if compared(current):
+        held = current.get(IN_SYNC)
+        return held is not None and held == _hash(desired)
     return _hash(current) == _hash(desired) and is_subset({k: v for k, v in desired.items() if k not in _IDENTITY},
                                                          current)
 
 
-def in_sync_with(desired: Mapping[str, Any], current: Mapping[str, Any]) -> str | None:
-    """The verdict a compact record of `current` keeps: `desired`'s content hash when `current` holds it."""
-    return _hash(desired) if up_to_date(desired, current) else None
+def verdict(desired: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[str, str | None]:
+    """What a compact record of `current` keeps: (IN_SYNC or OUT_OF_SYNC, its content hash)."""
+    return (IN_SYNC if up_to_date(desired, current) else OUT_OF_SYNC), _hash(current)
 
 
 def _hash(obj: Mapping[str, Any]) -> str | None:
+    if compared(obj):
+        held = obj.get(IN_SYNC) or obj.get(OUT_OF_SYNC)
+        return str(held) if held is not None else None
     value = ((obj.get("metadata") or {}).get("annotations") or {}).get(HASH_ANNOTATION)
     return str(value) if value is not None else None
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,7 +54,7 @@ class TemplateError(ValueError):
         self.path = path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: one per cached member object (64 bytes instead of 160)
 class ObjectKey:
     """A member object's identity: kind, namespace, name and API group (Istio's Gateway and the
     Gateway API's share a kind name)."""
@@ -68,9 +69,10 @@ class ObjectKey:
 
 
 def key_of(obj: Mapping[str, Any]) -> ObjectKey:
+    # Interned: a key is kept per cached member object, and its group would otherwise be a new string each.
     meta = obj.get("metadata") or {}
-    return ObjectKey(str(obj.get("kind", "")), str(meta.get("namespace", "")), str(meta.get("name", "")),
-                     group_of(str(obj.get("apiVersion", ""))))
+    return ObjectKey(sys.intern(str(obj.get("kind", ""))), sys.intern(str(meta.get("namespace", ""))),
+                     sys.intern(str(meta.get("name", ""))), sys.intern(group_of(str(obj.get("apiVersion", "")))))
 
 
 def content_hash(obj: Mapping[str, Any]) -> str:

@@ -34,8 +34,8 @@ What the caches keep: an object as a watch or a list brings it is kept whole (bu
 keys interned: `slim`) until it is compared with what it should be, once per version: a write's answer at
 once (the executor knows what it wrote), any other version at its owner's next plan (`compare`; the
 change that brought it reconciles the owner). From then on only a compact record (`compact`): identity,
-labels, meshfed's annotations, status, the few spec fields read later (READ_SPEC) and the verdict
-(accesspoint.plan `IN_SYNC`). A plan then compares content hashes, not objects; a change on the member
+labels, meshfed's annotations, status, the few spec fields read later (READ_SPEC), and the verdict with
+the content hash (accesspoint.plan `verdict`). A plan then compares content hashes, not objects; a change on the member
 is a new version, compared again.
 
 Watch on demand: every kind the member serves is listed once (at start, with a new client, after a
@@ -73,8 +73,8 @@ import yaml
 
 from accesspoint.istioverdict import gateway_selectors, routed_hosts
 from accesspoint.kinds import GATEWAY_API, ISTIO_NET, MANAGED_KINDS, Kind, api_path
-from accesspoint.ownership import HUB, Owner, owner_of
-from accesspoint.plan import IN_SYNC, in_sync_with
+from accesspoint.ownership import HASH_ANNOTATION, HUB, Owner, owner_of
+from accesspoint.plan import compared, verdict
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics
 from federation.istiod import IstiodMonitor
@@ -237,8 +237,9 @@ READ_SPEC: dict[KindId, dict[str, Any]] = {
     (GATEWAY_API, "GRPCRoute"): {"parentRefs": True},
 }
 # Metadata read after the comparison: identity and preconditions (uid, resourceVersion), ownership and
-# shard (labels), Istio's observedGeneration check (generation), and meshfed's own annotations (content
-# hash, certificate revision and serial); other annotations (kubectl's last-applied copy...) are dropped.
+# shard (labels), Istio's observedGeneration check (generation, Istio and Gateway API kinds), and meshfed's
+# own annotations (the certificate revision and serial; the content hash is kept with the verdict); other
+# annotations (kubectl's last-applied copy...) are dropped.
 _KEPT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "labels", "deletionTimestamp")
 _OUR_ANNOTATIONS = "meshfed.io/"
 _UNIQUE = frozenset({"uid", "resourceVersion"})  # values no two objects share: not interned
@@ -250,8 +251,8 @@ class _Shared(dict[str, Any]):
     __slots__ = ("__weakref__",)
 
 
-# Equal parts of compact records are one object: the owner labels of an AccessPoint's objects, the
-# content-hash annotation of a revision, the spec fields and the status that are the same on every member.
+# Equal parts of compact records are one object: the owner labels of an AccessPoint's objects, a
+# certificate's annotations, the spec fields and the status that are the same on every member.
 # Like sys.intern, a table of identical read-only values: an entry lives as long as a record refers to it.
 _SHARED: weakref.WeakValueDictionary[str, _Shared] = weakref.WeakValueDictionary()
 
@@ -275,35 +276,56 @@ def _kept(value: Any, fields: Any) -> Any:
     return value
 
 
-def compact(obj: dict[str, Any], in_sync: str | None) -> dict[str, Any]:
-    """What the caches keep of a member object once compared with the object it should be (`in_sync`, the
-    verdict: accesspoint.plan.in_sync_with): its identity, labels, meshfed's annotations, status (Istio's
-    verdict and the VIP are read from there) and the spec fields of READ_SPEC. A VirtualService of a
-    few routes: ~1 KB of Python objects instead of ~2.8 KB (`slim`), and no Secret's data stays in
-    memory. What repeats across objects and members is held once: names and namespaces interned, labels,
-    annotations, spec fields and status shared (`_shared`). Read-only, like every cached object."""
+def _pruned(value: Any) -> Any:
+    """`value` without empty mappings and lists (every reader takes an absent field for an empty one)."""
+    if type(value) is dict:
+        kept = {k: _pruned(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v != {} and v != []}
+    if type(value) is list:
+        return [_pruned(v) for v in value]
+    return value
+
+
+def _verdict_reads_generation(api_version: str) -> bool:
+    """Istio's analyzer messages and the Gateway API conditions count only at the object's generation."""
+    group = api_version.rpartition("/")[0]
+    return group.endswith(".istio.io") or group == GATEWAY_API
+
+
+def compact(obj: dict[str, Any], verdict: tuple[str, str | None]) -> dict[str, Any]:
+    """What the caches keep of a member object once compared with the object it should be (`verdict`:
+    accesspoint.plan.verdict, kept with the object's content hash in place of the annotation): its
+    identity, labels, meshfed's other annotations, status (Istio's verdict and the VIP are read from
+    there; empty parts left out), the generation where Istio's verdict compares it, and the spec fields of
+    READ_SPEC. About 0.6 KB of Python objects (records, keys and indexes: /debug/caches) instead of
+    2.8 KB for a VirtualService (`slim`); no Secret's data stays in memory. What repeats across objects
+    and members is held once: names, namespaces and hashes interned; labels, annotations, spec fields and
+    status shared (`_shared`). Read-only, like every cached object."""
     meta = obj.get("metadata") or {}
     intern = sys.intern
+    api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
     kept: dict[str, Any] = {}
     for k in _KEPT_METADATA:
-        if k not in meta:
+        if k not in meta or (k == "generation" and not _verdict_reads_generation(api_version)):
             continue
         v = meta[k]
         if k == "labels":
             kept[k] = _shared(v)
         else:
             kept[k] = intern(v) if type(v) is str and k not in _UNIQUE else v
-    ours = {a: b for a, b in (meta.get("annotations") or {}).items() if a.startswith(_OUR_ANNOTATIONS)}
+    ours = {a: b for a, b in (meta.get("annotations") or {}).items()
+            if a.startswith(_OUR_ANNOTATIONS) and a != HASH_ANNOTATION}
     if ours:
         kept["annotations"] = _shared(ours)
-    api_version, kind = str(obj.get("apiVersion", "")), str(obj.get("kind", ""))
+    which, content_hash = verdict
     record: dict[str, Any] = {"apiVersion": intern(api_version), "kind": intern(kind), "metadata": kept,
-                              IN_SYNC: in_sync}
+                              which: intern(content_hash) if content_hash is not None else None}
     fields = READ_SPEC.get((api_version.rpartition("/")[0], kind))
     if fields is not None and isinstance(obj.get("spec"), dict):
         record["spec"] = _shared(_kept(obj["spec"], fields))
-    if obj.get("status"):
-        record["status"] = _shared(obj["status"])
+    status = _pruned(obj.get("status"))
+    if status:
+        record["status"] = _shared(status)
     return record
 
 
@@ -363,14 +385,14 @@ class OwnedCache:
             if _rv(old) > _rv(obj):
                 return None  # an older event than what we hold
             if old["metadata"].get("resourceVersion") == obj["metadata"].get("resourceVersion"):
-                if desired is not None and IN_SYNC not in old:  # the watch was faster than the write's answer
-                    self.objects[key] = compact(old, in_sync_with(desired, old))
+                if desired is not None and not compared(old):  # the watch was faster than the write's answer
+                    self.objects[key] = compact(old, verdict(desired, old))
                 return None  # the watch echo of our own write (already in the cache): nothing new
         previous_owner = self._drop(key)
         owner = owner_of(obj, self.hub)
         if owner is None:  # someone removed our labels: it is no longer ours
             return previous_owner
-        self.objects[key] = slim(obj) if desired is None else compact(obj, in_sync_with(desired, obj))
+        self.objects[key] = slim(obj) if desired is None else compact(obj, verdict(desired, obj))
         self.per_kind[(key.group, key.kind)] += 1
         self.by_owner[owner.key].add(key)
         return owner.key
@@ -452,15 +474,15 @@ class OwnedCache:
 
     def compare(self, owner: Owner, desired: Iterable[dict[str, Any]]) -> None:
         """Before `owner`'s plan: every object of its `desired` that is cached whole (a version not compared
-        yet) is compared with it and kept compact from now on (accesspoint.plan `IN_SYNC`)."""
+        yet) is compared with it and kept compact from now on (accesspoint.plan `verdict`)."""
         mine = self.by_owner.get(owner.key)
         if not mine:
             return
         for obj in desired:
             key = key_of(obj)
             held = self.objects.get(key)
-            if held is not None and IN_SYNC not in held and key in mine:
-                self.objects[key] = compact(held, in_sync_with(obj, held))
+            if held is not None and not compared(held) and key in mine:
+                self.objects[key] = compact(held, verdict(obj, held))
 
     def footprint(self, seen: set[int]) -> int:
         """Bytes of Python objects this cache holds (records, keys, indexes); what is in `seen` (parts
@@ -469,7 +491,7 @@ class OwnedCache:
 
     def whole(self) -> int:
         """Objects cached whole: versions not compared with what they should be yet."""
-        return sum(1 for o in self.objects.values() if IN_SYNC not in o)
+        return sum(1 for o in self.objects.values() if not compared(o))
 
     def owned(self, owner: Owner) -> dict[ObjectKey, dict[str, Any]]:
         return {k: self.objects[k] for k in self.by_owner.get(owner.key, set()) if k in self.objects}

@@ -1,4 +1,4 @@
-"""Compact member-cache records (federation/members.py `compact`, accesspoint/plan.py `IN_SYNC`): every
+"""Compact member-cache records (federation/members.py `compact`, accesspoint/plan.py `verdict`): every
 reader of cached member objects answers the same on a compact record as on the whole object; a version
 is compared once (a write's answer at once, a watch's at the owner's next plan) and the plan then reads
 the verdict; drift is still found. Pure: no I/O."""
@@ -21,7 +21,7 @@ from accesspoint.istioverdict import (
     routed_hosts,
 )
 from accesspoint.ownership import HASH_ANNOTATION, Owner, owner_of
-from accesspoint.plan import IN_SYNC, in_sync_with, plan, up_to_date
+from accesspoint.plan import IN_SYNC, OUT_OF_SYNC, compared, plan, up_to_date, verdict
 from accesspoint.render import content_hash, key_of
 from certs.delivery import REVISION_ANNOTATION, SERIAL_ANNOTATION, delivered_revision
 from federation.controller import _vip
@@ -114,14 +114,17 @@ def readers(objects: list[dict[str, Any]]) -> dict[str, Any]:
         "owners": [owner_of(o, HUB) for o in objects],
         "keys": [key_of(o) for o in objects],
         "preconditions": [(o["metadata"]["uid"], o["metadata"]["resourceVersion"]) for o in objects],
-        "generations": [o["metadata"].get("generation") for o in objects],
+        # Read by Istio's verdicts (analyzer messages, Gateway API conditions) only: kept for those kinds.
+        "generations": [o["metadata"].get("generation") for o in objects
+                        if o["apiVersion"].split("/")[0].endswith(".istio.io")
+                        or o["apiVersion"].startswith("gateway.networking.k8s.io/")],
     }
 
 
 def test_every_reader_answers_the_same_on_compact_records() -> None:
     pairs = bundle()
     whole = [slim(current) for _, current in pairs]
-    compacted = [compact(current, in_sync_with(want, current)) for want, current in pairs]
+    compacted = [compact(current, verdict(want, current)) for want, current in pairs]
     seen = readers(whole)
     assert seen == readers(compacted)
     # The fixture exercises every reader (a reader answering nothing on both forms proves nothing).
@@ -137,12 +140,13 @@ def test_every_reader_answers_the_same_on_compact_records() -> None:
 def test_a_compact_record_keeps_no_secret_data_nor_foreign_annotations() -> None:
     pairs = bundle()
     for want, current in pairs:
-        record = compact(current, in_sync_with(want, current))
+        record = compact(current, verdict(want, current))
         assert record[IN_SYNC] == want["metadata"]["annotations"][HASH_ANNOTATION], key_of(want)
         assert "data" not in record and "managedFields" not in record["metadata"]
-        assert "kubectl.kubernetes.io/last-applied-configuration" not in record["metadata"]["annotations"]
+        assert "kubectl.kubernetes.io/last-applied-configuration" not in record["metadata"].get("annotations", {})
+        assert HASH_ANNOTATION not in record["metadata"].get("annotations", {}), "kept with the verdict"
         assert "creationTimestamp" not in record["metadata"]
-    vs_record = compact(pairs[2][1], None)
+    vs_record = compact(pairs[2][1], (OUT_OF_SYNC, None))
     canary = "pay-canary.payments.svc.cluster.local"
     assert vs_record["spec"] == {"gateways": ["shop", "mesh"],
                                  "http": [{"route": [{"destination": {"host": "pay"}},
@@ -162,11 +166,11 @@ def test_plans_over_compact_records_equal_plans_over_whole_objects() -> None:
                  [stale, pairs[6][1]], []):
         whole = {key_of(o): slim(o) for o in held}
         by_key = {key_of(w): w for w in wanted}
-        compacted = {k: compact(o, in_sync_with(by_key[k], o)) for k, o in whole.items()}
+        compacted = {k: compact(o, verdict(by_key[k], o)) for k, o in whole.items()}
         a, b = plan(wanted, whole), plan(wanted, compacted)
         assert (a.create, a.update, a.delete, a.unchanged, a.drifted) == \
             (b.create, b.update, b.delete, b.unchanged, b.drifted)
-    assert plan(wanted, {key_of(drifted): compact(drifted, in_sync_with(wanted[2], drifted))}).drifted == \
+    assert plan(wanted, {key_of(drifted): compact(drifted, verdict(wanted[2], drifted))}).drifted == \
         [key_of(drifted)]
 
 
@@ -174,7 +178,7 @@ def test_a_version_is_compared_once_then_the_plan_reads_its_verdict() -> None:
     cache = OwnedCache(HUB)
     want, held = bundle()[2]
     assert cache.put(held) == OWNER.key  # a watch or list: kept whole until the owner's plan
-    assert IN_SYNC not in cache.objects[key_of(want)] and cache.whole() == 1
+    assert not compared(cache.objects[key_of(want)]) and cache.whole() == 1
     cache.compare(OWNER, [want])
     record = cache.objects[key_of(want)]
     assert record[IN_SYNC] == want["metadata"]["annotations"][HASH_ANNOTATION] and cache.whole() == 0
@@ -211,7 +215,7 @@ def test_compare_leaves_objects_of_other_owners_alone() -> None:
     want, held = bundle()[3]
     cache.put(held)
     cache.compare(Owner(HUB, "payments", "other"), [want])
-    assert IN_SYNC not in cache.objects[key_of(want)]
+    assert not compared(cache.objects[key_of(want)])
 
 
 def test_a_compact_record_is_a_third_of_a_whole_one() -> None:
@@ -227,7 +231,7 @@ def test_a_compact_record_is_a_third_of_a_whole_one() -> None:
             tracemalloc.stop()
 
     whole = size(slim)
-    compacted = size(lambda o: compact(o, in_sync_with(want, o)))
+    compacted = size(lambda o: compact(o, verdict(want, o)))
     # The copies made to measure are freed before the figure is read: only what is kept counts.
     assert compacted * 2 < whole, (compacted, whole)
 
@@ -245,7 +249,7 @@ def test_the_verdict_kept_is_the_comparison(spec: dict[str, Any], held: Any) -> 
     want = desired("v1", "ConfigMap", "c", {"spec": spec})
     current = on_member(want)
     current["spec"] = held if isinstance(held, dict) else {"a": held}
-    assert up_to_date(want, compact(current, in_sync_with(want, current))) == up_to_date(want, slim(current))
+    assert up_to_date(want, compact(current, verdict(want, current))) == up_to_date(want, slim(current))
 
 
 def test_what_records_of_several_members_have_in_common_is_held_once() -> None:
@@ -254,17 +258,30 @@ def test_what_records_of_several_members_have_in_common_is_held_once() -> None:
     for member in range(3):
         version = copy.deepcopy(held)
         version["metadata"]["uid"] = f"uid-{member}"
-        records.append(compact(version, in_sync_with(want, version)))
+        records.append(compact(version, verdict(want, version)))
     first, *others = records
     for other in others:
         assert other["metadata"]["labels"] is first["metadata"]["labels"]
-        assert other["metadata"]["annotations"] is first["metadata"]["annotations"]
+        assert other[IN_SYNC] is first[IN_SYNC], "the content hash, interned"
         assert other["spec"] is first["spec"] and other["status"] is first["status"]
         assert other["metadata"] is not first["metadata"]
     changed = copy.deepcopy(held)
     changed["status"]["observedGeneration"] = 1  # the number, not the string "1": not the same status
-    assert compact(changed, None)["status"] is not first["status"]
-    assert compact(changed, None)["status"] == {**first["status"], "observedGeneration": 1}
+    assert compact(changed, (OUT_OF_SYNC, None))["status"] is not first["status"]
+    assert compact(changed, (OUT_OF_SYNC, None))["status"] == {**first["status"], "observedGeneration": 1}
+    secrets = [compact(copy.deepcopy(bundle()[6][1]), (OUT_OF_SYNC, None)) for _ in range(2)]
+    assert secrets[0]["metadata"]["annotations"] is secrets[1]["metadata"]["annotations"]
+
+
+def test_empty_parts_of_a_status_are_not_kept() -> None:
+    want, held = bundle()[0]
+    cluster_ip = copy.deepcopy(held)
+    cluster_ip["status"] = {"loadBalancer": {}, "conditions": []}
+    record = compact(cluster_ip, verdict(want, cluster_ip))
+    assert "status" not in record and _vip([record]) is None
+    cluster_ip["status"] = {"loadBalancer": {"ingress": [{"ip": "10.0.0.9", "ports": []}]}}
+    kept = compact(cluster_ip, verdict(want, cluster_ip))["status"]
+    assert kept == {"loadBalancer": {"ingress": [{"ip": "10.0.0.9"}]}}
 
 
 def test_the_footprint_counts_what_members_share_once() -> None:
