@@ -360,7 +360,9 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         if code == 200:  # the member caches' own bytes (Python objects, shared parts once)
             out["cache"] = json.loads(text)["total"]
         if os.environ.get("PYTHONTRACEMALLOC"):
-            _, text = await asyncio.to_thread(ctl.http, "/debug/memory?top=25", 120.0)
+            # PYTHONTRACEMALLOC=N > 1 keeps N frames: then where each allocation was made from, too.
+            by = "&by=traceback" if os.environ["PYTHONTRACEMALLOC"] not in ("1", "") else ""
+            _, text = await asyncio.to_thread(ctl.http, f"/debug/memory?top=25{by}", 120.0)
             print(text, flush=True)
 
         out["idle_loaded"] = await idle_costs(fleet, ctl, members)
