@@ -541,7 +541,8 @@ class Controller:
             if meta.get("deletionTimestamp"):
                 await self._finalize(key, body, path)
                 return
-            await self.writer.set_finalizer(path, meta, True)
+            with metrics.phase("admit"):
+                await self.writer.set_finalizer(path, meta, True)
             await self._reconcile(key, body, path)
 
     async def _reconcile(self, key: str, body: dict[str, Any], path: str) -> None:
@@ -570,14 +571,16 @@ class Controller:
         owner = Owner(self.hub_id, ns, name)
         revision = revision_of(ap)
         members = self.registry.members
-        decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
-        placed = set(decision.names)
-        context = RenderContext(labels=self.shard_labels(ns, name)) if self.shards is not None else EMPTY_CONTEXT
-        for provider in self.context_providers:
-            context = context.merged(await provider(ap, decision, members))
+        with metrics.phase("admit"):
+            decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
+            placed = set(decision.names)
+            context = RenderContext(labels=self.shard_labels(ns, name)) if self.shards is not None else EMPTY_CONTEXT
+            for provider in self.context_providers:
+                context = context.merged(await provider(ap, decision, members))
         specs: Mapping[str, AccessPoint] = {}
         if self.spec_selector is not None:
-            specs = await self.spec_selector(ap, decision, members)
+            with metrics.phase("rollout"):
+                specs = await self.spec_selector(ap, decision, members)
         # One compiled Renderer per AccessPoint revision for all its clusters (accesspoint.render).
         renderers: dict[int, Renderer] = {}
         prerendered: dict[str, Rendered] = {}
@@ -586,16 +589,17 @@ class Controller:
             # cluster's rendering (a namespace from a variable, an override, a generated object)
             # refuses the whole AccessPoint and nothing is written anywhere.
             problems = []
-            for m in members.values():
-                if m.name not in placed or not m.usable:
-                    continue
-                carried = specs.get(m.name, ap)
-                renderer = renderers.get(id(carried)) or renderers.setdefault(
-                    id(carried), Renderer(carried, self.hub_id, context))
-                rendered = prerendered[m.name] = renderer.render(m.facts)
-                if not rendered.errors:
-                    for check in self.rendered_validators:
-                        problems += [p for p in check(carried, m.name, rendered.objects) if p not in problems]
+            with metrics.phase("plan"):
+                for m in members.values():
+                    if m.name not in placed or not m.usable:
+                        continue
+                    carried = specs.get(m.name, ap)
+                    renderer = renderers.get(id(carried)) or renderers.setdefault(
+                        id(carried), Renderer(carried, self.hub_id, context))
+                    rendered = prerendered[m.name] = renderer.render(m.facts)
+                    if not rendered.errors:
+                        for check in self.rendered_validators:
+                            problems += [p for p in check(carried, m.name, rendered.objects) if p not in problems]
             if problems:
                 await self._refuse(path, ns, name, body, previous, problems)
                 return
@@ -609,8 +613,9 @@ class Controller:
             status = contribute(ap, status, previous, now)
         for listener in self.status_listeners:
             listener(key, ap, status)
-        await self._write_status(path, ns, name, status, body)
-        await self._emit_transitions(body, entries)
+        with metrics.phase("status"):
+            await self._write_status(path, ns, name, status, body)
+            await self._emit_transitions(body, entries)
         if any(e.state in ("Failed", "Unknown", "Removing") for e in entries):
             self.loop.retry(f"ap/{key}", cap=300.0, base=1.0)
         else:
@@ -647,6 +652,7 @@ class Controller:
         the member answers; a stalled member's writes go on alone and its entry says what is pending."""
         entries: dict[str, ClusterStatus | None] = {}
         flights: dict[str, tuple[Flight[ClusterStatus | None], KubeClient | None]] = {}
+        planning = time.monotonic()
         for m in members.values():
             lane = self._lane(m.name)
             flight = lane.flight(owner.key)
@@ -668,8 +674,10 @@ class Controller:
             else:
                 flights[m.name] = (lane.launch(owner.key, functools.partial(self._apply_work, work), work.pending),
                                    m.client)
+        metrics.reconcile_phase.labels(phase="plan").observe(time.monotonic() - planning)
         slow = frozenset(n for n in flights if members[n].degraded)
-        landed = await wait_flights(flights, stall_after=self.stall_after, cap=self.flight_wait, slow=slow)
+        with metrics.phase("members"):
+            landed = await wait_flights(flights, stall_after=self.stall_after, cap=self.flight_wait, slow=slow)
         for name, (flight, _) in flights.items():
             entries[name] = landed[name] if name in landed else \
                 self._held(members[name], owner, flight.pending, flight.since)

@@ -19,12 +19,15 @@ Example queries (README "Metrics"):
   histogram_quantile(0.99, sum by (le) (rate(meshfed_queue_wait_seconds_bucket{level="urgent"}[5m])))
                                                                           how long an edit waits for a worker
   rate(meshfed_gc_pause_seconds_sum[5m])                                  share of time in the garbage collector
+  sum by (phase) (rate(meshfed_reconcile_phase_seconds_sum[5m]))          where AccessPoint reconciles spend their time
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator, Mapping
 
@@ -78,6 +81,12 @@ queue_wait = Histogram("meshfed_queue_wait_seconds", "How long a key waited in a
                        "it, by queue and level (urgent: a hub edit or event; bulk: resyncs, timers, retries); "
                        "client-go's workqueue_queue_duration_seconds", ["queue", "level"], registry=registry,
                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+reconcile_phase = Histogram("meshfed_reconcile_phase_seconds", "Where an AccessPoint reconcile's time goes, by phase: "
+                            "admit (validation, placement, context), rollout (revision history and rollout "
+                            "step, hub writes included), plan (rendering and planning every member), members "
+                            "(waiting for the members' writes), status (the hub status write and Events)",
+                            ["phase"], registry=registry,
+                            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 fenced_writes = Counter("meshfed_fenced_writes", "Writes refused because their Lease was not held (fencing)",
                         ["lease"], registry=registry)
 
@@ -117,6 +126,16 @@ class _Callbacks(Collector):
 
 callbacks = _Callbacks()
 registry.register(callbacks)
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time one phase of an AccessPoint reconcile into meshfed_reconcile_phase_seconds (also when it raises)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        reconcile_phase.labels(phase=name).observe(time.monotonic() - started)
 
 
 async def sample_loop_lag(period: float = LAG_PERIOD) -> None:

@@ -39,3 +39,24 @@ async def test_a_blocked_loop_shows_as_lag() -> None:
     finally:
         sampler.cancel()
     assert _lag_count_over("0.1") - before >= 1
+
+
+def _phase(name: str) -> tuple[float, float]:
+    samples = {s.name: s.value for m in metrics.reconcile_phase.collect() for s in m.samples
+               if s.labels.get("phase") == name and s.name.endswith(("_count", "_sum"))}
+    prefix = "meshfed_reconcile_phase_seconds"
+    return samples.get(f"{prefix}_count", 0.0), samples.get(f"{prefix}_sum", 0.0)
+
+
+def test_a_reconcile_phase_is_timed_also_when_it_raises() -> None:
+    count, total = _phase("rollout")
+    with metrics.phase("rollout"):
+        time.sleep(0.02)
+    try:
+        with metrics.phase("rollout"):
+            raise RuntimeError("the hub refused")
+    except RuntimeError:
+        pass
+    count_after, total_after = _phase("rollout")
+    assert count_after == count + 2
+    assert total_after - total >= 0.02
