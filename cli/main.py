@@ -103,9 +103,13 @@ def cmd_fleet(args: argparse.Namespace) -> None:
                                                  args.remotes)
             except ValueError as err:
                 raise UserError(str(err)) from None
-        state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones,
-                                     istio=args.istio, backends=args.backends, topology=topology, remotes=remotes,
-                                     dense=args.dense))
+        member_crds = [k for k in args.member_crds.split(",") if k] if args.member_crds is not None else None
+        try:
+            state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones,
+                                         istio=args.istio, backends=args.backends, topology=topology,
+                                         remotes=remotes, dense=args.dense, member_crds=member_crds))
+        except ValueError as err:  # an unknown kind, or --member-crds with --istio: nothing was started
+            raise UserError(str(err)) from None
         print(table([["CLUSTER", "ROLE", "REGION", "ZONE", "SERVER", "STATE"], *map(list, fleet.status_rows())]))
         if args.dense:
             costs = fleet.costs()
@@ -538,6 +542,10 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     fleet.add_argument("--dense", action="store_true",
                        help="new member API servers tuned for density (watch cache and priority-and-fairness off, "
                        "GOGC=50): many members on one machine; prints startup time and RSS per API server")
+    fleet.add_argument("--member-crds", metavar="KIND[,KIND...]",
+                       help="up: only the CRDs of these Istio and Gateway API kinds on members, e.g. "
+                       "VirtualService,DestinationRule (default: all); each CRD costs every member API server "
+                       "an OpenAPI rebuild at every 5-minute resync. API-only fleets (not with --istio)")
     fleet.add_argument("--remotes", type=non_negative_int, default=0,
                        help="the first N members get an Istio remote in their zone (<member>-remote, registered "
                        "with spec.mesh.primary): a zone of a primary + a remote, the zone's backends in the remote")

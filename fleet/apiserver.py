@@ -101,6 +101,12 @@ def kubeconfig_dict(name: str, port: int, ca: bytes, client: pki.KeyPair) -> dic
     }
 
 
+# Go forces a garbage collection on a heap left alone for 2 minutes; dense members start and idle alike,
+# so those collections come due together (measured on 10 idle members: 31-86 % of a core for 5 s every
+# 2 minutes, 0.1 core-second each). meshfed-apiserver collects instead at a random point of every period.
+DENSE_GC_SPREAD = "2m"
+
+
 @dataclass
 class ClusterProc:
     name: str
@@ -119,7 +125,9 @@ class ClusterProc:
     mesh_primary: str = ""
     backends: list[EchoBackend] = field(default_factory=list)
     # Tuned for density (many members on one machine, issue 20): watch cache and API Priority and
-    # Fairness off, GOGC=50. Measured before: 338-462 MiB with Istio's CRDs, about 282 MiB idle tuned.
+    # Fairness off, GOGC=50, no endpoint reconciler (its Lease and Endpoints writes every 10 s), garbage
+    # collections spread apart (DENSE_GC_SPREAD). Measured before: 338-462 MiB with Istio's CRDs, about
+    # 282 MiB idle tuned.
     dense: bool = False
 
     @classmethod
@@ -178,24 +186,29 @@ class ClusterProc:
             f"--service-account-signing-key-file={p / 'sa.key'}",
             "--profiling=false",
             "--v=0",
-            *(["--watch-cache=false", "--enable-priority-and-fairness=false"] if self.dense else []),
+            *(["--watch-cache=false", "--enable-priority-and-fairness=false",
+               # The `kubernetes` Service's endpoints: nothing in a dense (API-only) member reads them.
+               "--endpoint-reconciler-type=none"] if self.dense else []),
         ]
+
+    def environment(self) -> dict[str, str]:
+        """What meshfed-apiserver reads from its environment (e2e/apiserver/main.go) beside its flags."""
+        return {
+            "MESHFED_ETCD_DIR": str(self.path / "etcd"),
+            "MESHFED_ETCD_CLIENT_URL": f"http://127.0.0.1:{self.etcd_port}",
+            "MESHFED_ETCD_PEER_URL": f"http://127.0.0.1:{self.peer_port}",
+            "MESHFED_ETCD_NO_FSYNC": "1",
+            **({"GOGC": "50", "MESHFED_GC_SPREAD": DENSE_GC_SPREAD} if self.dense else {}),
+        }
 
     def start(self, binary: Path) -> None:
         if self.running():
             return
         self.prepare()
-        env = {
-            **os.environ,
-            "MESHFED_ETCD_DIR": str(self.path / "etcd"),
-            "MESHFED_ETCD_CLIENT_URL": f"http://127.0.0.1:{self.etcd_port}",
-            "MESHFED_ETCD_PEER_URL": f"http://127.0.0.1:{self.peer_port}",
-            "MESHFED_ETCD_NO_FSYNC": "1",
-            **({"GOGC": "50"} if self.dense else {}),
-        }
         log = open(self.path / "apiserver.log", "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
-            self.command(binary), stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            self.command(binary), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.environment()},
+            start_new_session=True
         )
         log.close()
         self.pid = proc.pid
@@ -285,6 +298,19 @@ def load_member_crds() -> list[dict[str, Any]]:
         if release and annotations.get(GATEWAY_API_BUNDLE) == "v0.0.0-dev":
             annotations[GATEWAY_API_BUNDLE] = release
     return docs
+
+
+def select_member_crds(crds: Sequence[dict[str, Any]], kinds: Sequence[str] | None) -> list[dict[str, Any]]:
+    """The member CRDs of `kinds` (None: all). Every CRD costs a member API server for ever: the CRD
+    informer resyncs every 5 minutes and each resync rebuilds every CRD's OpenAPI (0.3-0.5 core-second a
+    member with all Istio and Gateway API CRDs), so a dense fleet installs only what its run uses."""
+    if kinds is None:
+        return list(crds)
+    known = {crd["spec"]["names"]["kind"] for crd in crds}
+    unknown = sorted(set(kinds) - known)
+    if unknown:
+        raise ValueError(f"no member CRD of kind {', '.join(unknown)} (kinds: {', '.join(sorted(known))})")
+    return [crd for crd in crds if crd["spec"]["names"]["kind"] in kinds]
 
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"

@@ -36,6 +36,7 @@ from fleet.apiserver import (
     apply_manifests,
     free_port,
     load_member_crds,
+    select_member_crds,
 )
 from fleet.build import REPO, apiserver_binary, istio_binaries, say
 
@@ -68,6 +69,8 @@ class FleetState:
     # Every primary's istiod reads every remote (not only its zone's): endpoints of all zones are known
     # to every zone's gateway, as in a multi-primary mesh whose zones each have remotes.
     mesh_wide: bool = False
+    # The Istio and Gateway API kinds whose CRDs members get (None: all); fleet/apiserver.select_member_crds.
+    member_crds: tuple[str, ...] | None = None
 
     def clusters(self) -> list[ClusterProc]:
         return [self.hub, *self.members]
@@ -95,6 +98,7 @@ class Fleet:
                 echo_control=int((raw.get("echo") or {}).get("control") or 0),
                 vip_block=int(raw.get("vipBlock") or l4.DEFAULT_VIP_BLOCK),
                 mesh_wide=bool(raw.get("meshWide")),
+                member_crds=tuple(raw["memberCrds"]) if raw.get("memberCrds") is not None else None,
             )
 
     def save(self) -> None:
@@ -108,6 +112,7 @@ class Fleet:
             "echo": {"control": self.state.echo_control} if self.state.echo_control else None,
             "vipBlock": self.state.vip_block,
             "meshWide": self.state.mesh_wide,
+            "memberCrds": list(self.state.member_crds) if self.state.member_crds is not None else None,
         }
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2))
@@ -125,7 +130,8 @@ class Fleet:
     async def up(self, members: int = 3, regions: int = 2, zones: int = 3,
                  topology: Sequence[tuple[str, str, str]] | None = None, vip_allocator: bool = True,
                  istio: bool = False, backends: int = 1, remotes: Mapping[str, str] | None = None,
-                 mesh_wide: bool = False, dense: bool = False) -> FleetState:
+                 mesh_wide: bool = False, dense: bool = False,
+                 member_crds: Sequence[str] | None = None) -> FleetState:
         """Start (or restart) the fleet. `istio`: every member runs istiod + a gateway Envoy, VIPs
         forward to it, and `backends` echo instances per member answer behind it. `remotes` (member ->
         its primary): those members are Istio remotes (primary-remote zones): no istiod or gateway of
@@ -133,7 +139,12 @@ class Fleet:
         with `istio` their echo backends live there as Pods on Nodes carrying their locality. `mesh_wide`:
         every primary's istiod reads every remote, so each zone's gateway knows the endpoints of all zones.
         `dense`: member API servers tuned for density (ClusterProc.dense); `ready_seconds` keeps how long
-        each API server took to answer."""
+        each API server took to answer. `member_crds`: only the CRDs of these Istio and Gateway API kinds
+        on members (select_member_crds; an API-only fleet, not with `istio`)."""
+        if member_crds is not None and istio:
+            raise ValueError("member_crds is for API-only fleets: istiod needs every Istio CRD")
+        if member_crds is not None:
+            select_member_crds(load_member_crds(), member_crds)  # an unknown kind fails before anything starts
         binary = apiserver_binary()
         binaries = istio_binaries() if istio else {}
         if self.state is None:
@@ -144,6 +155,7 @@ class Fleet:
                 istio=istio,
                 vip_block=l4.claim_vip_block(self.root),
                 mesh_wide=mesh_wide,
+                member_crds=tuple(member_crds) if member_crds is not None else None,
             )
             names = {m.name for m in self.state.members}
             for member in self.state.members:
@@ -309,7 +321,7 @@ class Fleet:
             await apply_manifests(hub, APPROVAL_POLICY)
         finally:
             await hub.close()
-        member_crds = load_member_crds()
+        member_crds = select_member_crds(load_member_crds(), self.state.member_crds)
         # A few members at a time: 25 API servers each taking 40 CRDs at once on 2 cores answered none
         # of them within 30 s (each CRD starts storage, a watch cache and an OpenAPI rebuild).
         at_once = asyncio.Semaphore(max(2, 2 * (os.cpu_count() or 1)))
@@ -348,7 +360,7 @@ class Fleet:
         await member.wait_ready()
         client = await member.client()
         try:
-            await apply_crds(client, load_member_crds())
+            await apply_crds(client, select_member_crds(load_member_crds(), self.state.member_crds))
         finally:
             await client.close()
         await self.register(member)
