@@ -543,7 +543,8 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
                        help="new member API servers tuned for density (watch cache and priority-and-fairness off, "
                        "GOGC=50): many members on one machine; prints startup time and RSS per API server")
     fleet.add_argument("--member-crds", metavar="KIND[,KIND...]",
-                       help="up: only the CRDs of these Istio and Gateway API kinds on members (default: all); "
+                       help="up: only the CRDs of these Istio and Gateway API kinds (KIND or KIND.GROUP) on members "
+                       "(default: all); "
                        "each CRD costs every member API server an OpenAPI rebuild at every 5-minute resync. A "
                        "member is Ready with Gateway,VirtualService,DestinationRule,ServiceEntry,WorkloadEntry. "
                        "API-only fleets (not with --istio)")

@@ -301,16 +301,24 @@ def load_member_crds() -> list[dict[str, Any]]:
 
 
 def select_member_crds(crds: Sequence[dict[str, Any]], kinds: Sequence[str] | None) -> list[dict[str, Any]]:
-    """The member CRDs of `kinds` (None: all). Every CRD costs a member API server for ever: the CRD
-    informer resyncs every 5 minutes and each resync rebuilds every CRD's OpenAPI (0.3-0.5 core-second a
-    member with all Istio and Gateway API CRDs), so a dense fleet installs only what its run uses."""
+    """The member CRDs of `kinds` (None: all), each a kind (every CRD of it) or KIND.GROUP. Every CRD
+    costs a member API server for ever: the CRD informer resyncs every 5 minutes and each resync rebuilds
+    every CRD's OpenAPI (0.3-0.5 core-second a member with all 21 Istio and Gateway API CRDs), so a dense
+    fleet installs only what its run uses."""
     if kinds is None:
         return list(crds)
-    known = {crd["spec"]["names"]["kind"] for crd in crds}
+
+    def names(crd: dict[str, Any]) -> set[str]:  # Gateway is two kinds: Gateway.networking.istio.io picks one
+        kind = crd["spec"]["names"]["kind"]
+        return {kind, f"{kind}.{crd['spec']['group']}"}
+
+    known = set().union(*map(names, crds))
     unknown = sorted(set(kinds) - known)
     if unknown:
-        raise ValueError(f"no member CRD of kind {', '.join(unknown)} (kinds: {', '.join(sorted(known))})")
-    return [crd for crd in crds if crd["spec"]["names"]["kind"] in kinds]
+        listed = sorted({crd["spec"]["names"]["kind"] for crd in crds})
+        raise ValueError(f"no member CRD of kind {', '.join(unknown)} (kinds: {', '.join(listed)}; "
+                         "KIND.GROUP picks one of two of the same kind)")
+    return [crd for crd in crds if names(crd) & set(kinds)]
 
 
 CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"

@@ -142,7 +142,7 @@ class Fleet:
         each API server took to answer. `member_crds`: only the CRDs of these Istio and Gateway API kinds
         on members (select_member_crds; an API-only fleet, not with `istio`)."""
         if member_crds is not None and istio:
-            raise ValueError("member_crds is for API-only fleets: istiod needs every Istio CRD")
+            raise ValueError("member CRDs chosen (--member-crds) are for API-only fleets: istiod needs every Istio CRD")
         if member_crds is not None:
             select_member_crds(load_member_crds(), member_crds)  # an unknown kind fails before anything starts
         binary = apiserver_binary()

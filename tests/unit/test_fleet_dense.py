@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,15 +42,20 @@ def test_a_fleet_saved_before_dense_existed_loads() -> None:
     assert ClusterProc.from_dict(proc(dense=True).to_dict()).dense is True
 
 
-def crd(kind: str) -> dict[str, object]:
-    return {"kind": "CustomResourceDefinition", "spec": {"names": {"kind": kind}}}
+ISTIO, GATEWAY_API = "networking.istio.io", "gateway.networking.k8s.io"
+
+
+def crd(kind: str, group: str = ISTIO) -> dict[str, Any]:
+    return {"kind": "CustomResourceDefinition", "spec": {"group": group, "names": {"kind": kind}}}
 
 
 def test_a_dense_fleet_installs_only_the_member_crds_asked_for() -> None:
-    crds = [crd("VirtualService"), crd("DestinationRule"), crd("Gateway"), crd("HTTPRoute")]
+    crds = [crd("VirtualService"), crd("DestinationRule"), crd("Gateway"), crd("Gateway", GATEWAY_API),
+            crd("HTTPRoute", GATEWAY_API)]
     assert select_member_crds(crds, None) == crds
-    assert [c["spec"]["names"]["kind"] for c in select_member_crds(crds, ["DestinationRule", "VirtualService"])] == \
-        ["VirtualService", "DestinationRule"]
+    assert select_member_crds(crds, ["DestinationRule", "VirtualService"]) == crds[:2]
+    assert select_member_crds(crds, ["Gateway"]) == crds[2:4]  # a kind: every CRD of it
+    assert select_member_crds(crds, ["Gateway.networking.istio.io"]) == [crds[2]]
     with pytest.raises(ValueError, match=r"no member CRD of kind Gatewy \(kinds: DestinationRule, Gateway, HTTPRoute"):
         select_member_crds(crds, ["VirtualService", "Gatewy"])
 
