@@ -541,11 +541,13 @@ class Controller:
             if meta.get("deletionTimestamp"):
                 await self._finalize(key, body, path)
                 return
-            with metrics.phase("admit"):
-                await self.writer.set_finalizer(path, meta, True)
-            await self._reconcile(key, body, path)
+            admitting = time.monotonic()
+            await self.writer.set_finalizer(path, meta, True)
+            await self._reconcile(key, body, path, admitting)
 
-    async def _reconcile(self, key: str, body: dict[str, Any], path: str) -> None:
+    async def _reconcile(self, key: str, body: dict[str, Any], path: str, admitting: float) -> None:
+        """`admitting`: when the reconcile began (meshfed_reconcile_phase_seconds{phase="admit"} runs from it
+        through placement and context; each phase is observed once per reconcile that gets that far)."""
         ns, name = key.split("/", 1)
         previous = AccessPointStatus.model_validate(body.get("status") or {}) if body.get("status") else None
         try:
@@ -571,12 +573,12 @@ class Controller:
         owner = Owner(self.hub_id, ns, name)
         revision = revision_of(ap)
         members = self.registry.members
-        with metrics.phase("admit"):
-            decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
-            placed = set(decision.names)
-            context = RenderContext(labels=self.shard_labels(ns, name)) if self.shards is not None else EMPTY_CONTEXT
-            for provider in self.context_providers:
-                context = context.merged(await provider(ap, decision, members))
+        decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
+        placed = set(decision.names)
+        context = RenderContext(labels=self.shard_labels(ns, name)) if self.shards is not None else EMPTY_CONTEXT
+        for provider in self.context_providers:
+            context = context.merged(await provider(ap, decision, members))
+        metrics.reconcile_phase.labels(phase="admit").observe(time.monotonic() - admitting)
         specs: Mapping[str, AccessPoint] = {}
         if self.spec_selector is not None:
             with metrics.phase("rollout"):
@@ -584,26 +586,27 @@ class Controller:
         # One compiled Renderer per AccessPoint revision for all its clusters (accesspoint.render).
         renderers: dict[int, Renderer] = {}
         prerendered: dict[str, Rendered] = {}
+        planning = time.monotonic()  # the "plan" phase: rendering here and planning in _sync_members
         if self.rendered_validators:
             # Every placed cluster rendered (and checked) before any write, so a problem in one
             # cluster's rendering (a namespace from a variable, an override, a generated object)
             # refuses the whole AccessPoint and nothing is written anywhere.
             problems = []
-            with metrics.phase("plan"):
-                for m in members.values():
-                    if m.name not in placed or not m.usable:
-                        continue
-                    carried = specs.get(m.name, ap)
-                    renderer = renderers.get(id(carried)) or renderers.setdefault(
-                        id(carried), Renderer(carried, self.hub_id, context))
-                    rendered = prerendered[m.name] = renderer.render(m.facts)
-                    if not rendered.errors:
-                        for check in self.rendered_validators:
-                            problems += [p for p in check(carried, m.name, rendered.objects) if p not in problems]
+            for m in members.values():
+                if m.name not in placed or not m.usable:
+                    continue
+                carried = specs.get(m.name, ap)
+                renderer = renderers.get(id(carried)) or renderers.setdefault(
+                    id(carried), Renderer(carried, self.hub_id, context))
+                rendered = prerendered[m.name] = renderer.render(m.facts)
+                if not rendered.errors:
+                    for check in self.rendered_validators:
+                        problems += [p for p in check(carried, m.name, rendered.objects) if p not in problems]
             if problems:
                 await self._refuse(path, ns, name, body, previous, problems)
                 return
-        entries = await self._sync_members(ap, specs, owner, members, placed, context, renderers, prerendered)
+        entries = await self._sync_members(ap, specs, owner, members, placed, context, renderers, prerendered,
+                                           planning)
         # Placed clusters we have no client for (Secret missing): report them, touch nothing.
         for cname in sorted(placed - set(members)):
             entries.append(ClusterStatus(name=cname, state="Unknown", last_error="member cluster not registered"))
@@ -647,12 +650,12 @@ class Controller:
 
     async def _sync_members(self, ap: AccessPoint, specs: Mapping[str, AccessPoint], owner: Owner,
                             members: Mapping[str, Member], placed: set[str], context: RenderContext,
-                            renderers: dict[int, Renderer], prerendered: Mapping[str, Rendered]) -> list[ClusterStatus]:
+                            renderers: dict[int, Renderer], prerendered: Mapping[str, Rendered],
+                            planning: float) -> list[ClusterStatus]:
         """Each member's entry: its plan executed in its own lane (federation/lanes.py), waited for while
         the member answers; a stalled member's writes go on alone and its entry says what is pending."""
         entries: dict[str, ClusterStatus | None] = {}
         flights: dict[str, tuple[Flight[ClusterStatus | None], KubeClient | None]] = {}
-        planning = time.monotonic()
         for m in members.values():
             lane = self._lane(m.name)
             flight = lane.flight(owner.key)

@@ -82,7 +82,7 @@ queue_wait = Histogram("meshfed_queue_wait_seconds", "How long a key waited in a
                        "client-go's workqueue_queue_duration_seconds", ["queue", "level"], registry=registry,
                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 reconcile_phase = Histogram("meshfed_reconcile_phase_seconds", "Where an AccessPoint reconcile's time goes, by phase: "
-                            "admit (validation, placement, context), rollout (revision history and rollout "
+                            "admit (finalizer, validation, placement, context), rollout (revision history and rollout "
                             "step, hub writes included), plan (rendering and planning every member), members "
                             "(waiting for the members' writes), status (the hub status write and Events)",
                             ["phase"], registry=registry,

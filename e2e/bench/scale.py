@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS
 from e2e.bench.costmodel import CONNECTION_KIB, PoolShare, Run, check, fit, project
 from e2e.bench.propagation import (
     AP_PATH,
@@ -70,6 +71,7 @@ from federation.kube import (
     KubeClient,
     member_request_slots,
 )
+from federation.members import ISTIO_RESOURCES
 from fleet import Fleet
 from fleet.testing import ControllerProcess, diff_breakdown, open_watches, request_breakdown
 
@@ -282,7 +284,9 @@ async def rollout(hub: KubeClient, members: dict[str, KubeClient], zones: list[s
     return time.monotonic() - started
 
 
-MEMBER_READY_KINDS = ("Gateway", "VirtualService", "DestinationRule", "ServiceEntry", "WorkloadEntry")
+# The Istio networking kinds a member must serve to be Ready (federation.members.ISTIO_RESOURCES).
+MEMBER_READY_KINDS = tuple(sorted(k.kind for k in MANAGED_KINDS.values()
+                                  if k.group == ISTIO_NET and k.plural in ISTIO_RESOURCES))
 
 
 async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
@@ -290,7 +294,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
     fleet = Fleet(root)
     # Members get only the CRDs the run needs (every CRD costs each member an OpenAPI rebuild at every
     # 5-minute resync of its CRD informer: fleet/apiserver.select_member_crds): the template's kinds and
-    # the Istio networking kinds a member must serve to be Ready (federation.members.ISTIO_RESOURCES).
+    # MEMBER_READY_KINDS.
     kinds = sorted({o["kind"] for o in template() if o["apiVersion"] != "v1"} | set(MEMBER_READY_KINDS))
     print(f"\n== {n} members: fleet up --dense --member-crds {','.join(kinds)} ({root}) ...", flush=True)
     started = time.monotonic()
