@@ -12,6 +12,7 @@ from certs.ca import BACKDATE, InternalCA, generate_ca
 from certs.issuers import IssuanceError, IssuedChain
 from certs.manager import desired_certificate, evaluate, reconcile, with_delivery
 from certs.models import Certificate, CertificateStatus, ClusterDelivery, EnvoySdsStatus
+from certs.renewal import jitter_fraction
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -76,9 +77,15 @@ async def test_issue_then_wait_then_renew(clock: Clock, issuer: Flaky) -> None:
     assert condition(st.conditions, "Issued").status == "True"  # type: ignore[union-attr]
     assert condition(st.conditions, "Delivered").reason == "NoTargets"  # type: ignore[union-attr]
     assert st.ready == "False" and st.summary == "rev 1, 30d"
-    # renewal at ~2/3 of the 30-day lifetime (backdated 5 minutes), minus jitter
+    # renewal at 2/3 of the lifetime, minus up to 10 % of renewBefore picked by the serial; the
+    # lifetime is 30 days plus the 5-minute backdate, so renewBefore is 10 days and 100 seconds
     renew = datetime.fromisoformat(st.renewal_time.replace("Z", "+00:00"))  # type: ignore[union-attr]
-    assert T0 + timedelta(days=19) < renew <= T0 + timedelta(days=20)
+    not_after = T0 + timedelta(days=30)
+    before = (not_after - (T0 - BACKDATE)) / 3
+    assert out.bundle.not_after == not_after
+    assert not_after - before * 1.1 - timedelta(seconds=1) <= renew <= not_after - before
+    expected = not_after - before - before * (0.1 * jitter_fraction(st.serial))
+    assert abs(renew - expected) < timedelta(seconds=1)
     assert out.requeue_at.replace(microsecond=0) == renew
 
     # nothing due: no issuance, same revision
