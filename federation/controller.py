@@ -675,7 +675,8 @@ class Controller:
                 lane.refused.add(owner.key)
                 entries[m.name] = self._held(m, owner, work.pending, time.time())
             else:
-                flights[m.name] = (lane.launch(owner.key, functools.partial(self._apply_work, work), work.pending),
+                flights[m.name] = (lane.launch(owner.key, functools.partial(self._apply_work, work), work.pending,
+                                               settled=functools.partial(m.cache.holds_just, owner, work.desired)),
                                    m.client)
         metrics.reconcile_phase.labels(phase="plan").observe(time.monotonic() - planning)
         slow = frozenset(n for n in flights if members[n].degraded)

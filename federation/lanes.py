@@ -8,7 +8,9 @@ or, for a member that looks stalled (a request unanswered for `stall_after` seco
 answers: hung) or is known to be slow (its probe is degraded: many requests in flight, each answered
 late), at most `stall_after` seconds. A flight not waited for goes on alone; when it lands, its
 AccessPoint is reconciled again (`on_landed`), which plans against the cache the flight wrote
-through: what landed is not written twice, what is still missing is written once.
+through: what landed is not written twice, what is still missing is written once. So is a flight during
+which the member's watch showed a change to its objects, unless its `settled` check then finds the member
+holding just what it wrote (the change was the watch event of its own write).
 Imports asyncio and federation.kube only.
 """
 
@@ -33,8 +35,10 @@ class Flight(Generic[T]):
     pending: str  # what it writes, e.g. "3 to create"
     left_alone: bool = False  # a reconcile stopped waiting: reconcile the key again when it lands
     # The member's watch showed a change to the key's objects while the flight was in the air (mostly
-    # its own writes' events, which often come before their answers): reconcile again when it lands.
+    # its own writes' events, which often come before their answers): reconcile again when it lands,
+    # unless `settled` (given at launch) then says the member holds exactly what was written.
     changed_meanwhile: bool = False
+    settled: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -59,7 +63,8 @@ class MemberLane(Generic[T]):
     def full(self) -> bool:
         return len(self.flights) >= self.capacity
 
-    def launch(self, key: str, work: Callable[[], Awaitable[T]], pending: str) -> Flight[T]:
+    def launch(self, key: str, work: Callable[[], Awaitable[T]], pending: str,
+               settled: Callable[[], bool] | None = None) -> Flight[T]:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.concurrency)
         slots = self._slots
@@ -69,7 +74,7 @@ class MemberLane(Generic[T]):
                 return await work()
 
         flight: Flight[T] = Flight(key, asyncio.create_task(run(), name=f"lane-{self.name}-{key}"), time.time(),
-                                   pending)
+                                   pending, settled=settled)
         self.flights[key] = flight
         flight.task.add_done_callback(lambda _: self._landed(flight))
         return flight
@@ -77,12 +82,23 @@ class MemberLane(Generic[T]):
     def _landed(self, flight: Flight[T]) -> None:
         if self.flights.get(flight.key) is flight:
             del self.flights[flight.key]
-        if flight.left_alone or flight.changed_meanwhile:
+        if flight.left_alone or (flight.changed_meanwhile and not self._settled(flight)):
             self.on_landed(flight.key)
         if self.refused and not self.full:
             refused, self.refused = self.refused, set()
             for key in refused:
                 self.on_landed(key)
+
+    @staticmethod
+    def _settled(flight: Flight[T]) -> bool:
+        """The changes seen while `flight` was in the air were its own writes' watch events (or older
+        than their answers): the member holds what it wrote, and reconciling again would plan nothing.
+        (A member's watch event of a create mostly comes before the create's answer: without this
+        check each member's landing reconciled the whole AccessPoint again, members x members plans
+        per AccessPoint in a bulk.)"""
+        if flight.settled is None or flight.task.cancelled() or flight.task.exception() is not None:
+            return False
+        return flight.settled()
 
 
 async def wait_flights(flights: Mapping[str, tuple[Flight[T], KubeClient | None]], *, stall_after: float,

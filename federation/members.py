@@ -74,7 +74,7 @@ import yaml
 from accesspoint.istioverdict import gateway_selectors, routed_hosts
 from accesspoint.kinds import GATEWAY_API, ISTIO_NET, MANAGED_KINDS, Kind, api_path
 from accesspoint.ownership import HASH_ANNOTATION, HUB, Owner, owner_of
-from accesspoint.plan import compared, verdict
+from accesspoint.plan import compared, plan, verdict
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics
 from federation.istiod import IstiodMonitor
@@ -493,6 +493,13 @@ class OwnedCache:
     def whole(self) -> int:
         """Objects cached whole: versions not compared with what they should be yet."""
         return sum(1 for o in self.objects.values() if not compared(o))
+
+    def holds_just(self, owner: Owner, desired: Iterable[dict[str, Any]]) -> bool:
+        """Every object of `owner` held is a version already compared (a write's answer, or one a plan
+        compared; not one a watch or list brought since) and a plan of `desired` against them writes
+        nothing: no change seen on the member since then asks for a reconcile."""
+        owned = self.owned(owner)
+        return all(compared(o) for o in owned.values()) and plan(desired, owned).empty
 
     def owned(self, owner: Owner) -> dict[ObjectKey, dict[str, Any]]:
         return {k: self.objects[k] for k in self.by_owner.get(owner.key, set()) if k in self.objects}

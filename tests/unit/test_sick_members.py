@@ -8,8 +8,10 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from accesspoint.models import ClusterStatus
-from accesspoint.ownership import HASH_ANNOTATION, HUB, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE
+from accesspoint.ownership import HASH_ANNOTATION, HUB, MANAGED_BY, OWNER_NAME, OWNER_NAMESPACE, Owner
 from accesspoint.plan import plan, up_to_date
 from accesspoint.render import key_of
 from accesspoint.status import held_entry, pending_text
@@ -180,3 +182,62 @@ async def test_changes_seen_while_in_the_air_reconcile_once_when_it_lands() -> N
     await asyncio.gather(quiet.task, busy.task)
     await asyncio.sleep(0)
     assert landed == ["ns/busy"]
+
+
+def answer(desired: dict[str, Any], rv: str, **changes: Any) -> dict[str, Any]:
+    """The member's copy of `desired` at resourceVersion `rv` (a write's answer or a watch event)."""
+    meta = {**desired["metadata"], "uid": f"u-{desired['metadata']['name']}", "resourceVersion": rv}
+    return {**desired, "metadata": meta, **changes}
+
+
+@pytest.mark.parametrize(
+    ("name", "before_answers", "after_answers", "fails", "reconciled"),
+    [
+        # The watch events of its own two creates, before the creates' answers: nothing new.
+        ("own echoes", [("a", "20"), ("b", "21")], [], False, False),
+        # Someone's edit that our later write overwrote (its answer is newer): nothing new either.
+        ("superseded edit", [("a", "19")], [], False, False),
+        # Changes after the answers: a foreign edit of the spec, a status the member set (a VIP), a delete.
+        ("edit after", [("a", "20")], [("b", "22", {"spec": {"hosts": ["other.example"]}})], False, True),
+        ("status after", [("a", "20")], [("a", "23", {"status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}]}}})],
+         False, True),
+        ("deleted after", [("a", "20")], [("b", None, {})], False, True),
+        # The writes failed: reconciled again whatever the cache says.
+        ("failed", [("a", "20")], [], True, True),
+    ],
+)
+async def test_a_landing_reconciles_again_only_for_changes_not_its_own(
+    name: str, before_answers: list[tuple[str, str]], after_answers: list[tuple[str, str | None, dict[str, Any]]],
+    fails: bool, reconciled: bool,
+) -> None:
+    owner = Owner("hub", "ns", "ap")
+    desired = {n: obj(n, "") for n in ("a", "b")}
+    for d in desired.values():  # as rendered: no uid, no resourceVersion
+        d["metadata"] = {k: v for k, v in d["metadata"].items() if k not in ("uid", "resourceVersion")}
+    cache = OwnedCache("hub")
+    landed: list[str] = []
+    lane: MemberLane[str] = MemberLane("m1", landed.append)
+    release = asyncio.Event()
+
+    async def writes() -> str:
+        await release.wait()
+        if fails:
+            raise ApiError(500, "InternalError", "etcdserver: request timed out")
+        for n, rv in (("a", "20"), ("b", "21")):
+            cache.put(answer(desired[n], rv), desired=desired[n])  # the creates' answers
+        for n, rv_after, changes in after_answers:
+            if rv_after is None:
+                assert cache.remove(answer(desired[n], "21")) == "ns/ap"
+            else:
+                assert cache.put(answer(desired[n], rv_after, **changes)) == "ns/ap"
+        return "applied"
+
+    flight = lane.launch("ns/ap", writes, "2 to create",
+                         settled=lambda: cache.holds_just(owner, list(desired.values())))
+    for n, rv in before_answers:  # watch events while the writes are in the air (controller._owner_changed)
+        assert cache.put(answer(desired[n], rv)) == "ns/ap"
+        flight.changed_meanwhile = True
+    release.set()
+    await asyncio.gather(flight.task, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert landed == (["ns/ap"] if reconciled else []), name
