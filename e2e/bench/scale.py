@@ -349,6 +349,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         members_cpu0 = meter.sample()[2]
         member_requests0 = await all_requests(members)
         bulk_stalls0 = await stalls(ctl)
+        bulk_snapshot0 = await edit_snapshot(ctl)
         started = time.monotonic()
         await create_accesspoints(hub, ns, aps, WORKERS, build=accesspoint)
         try:
@@ -359,6 +360,13 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         tracking.cancel()
         out["bulk_controller_cpu_s"] = cpu_seconds(pid) - ctl_cpu0
         bulk_stalls1 = await stalls(ctl)
+        bulk_snapshot1 = await edit_snapshot(ctl)
+        out["bulk_reconciles"] = bulk_snapshot1["reconciles"] - bulk_snapshot0["reconciles"]
+        phases = {k[len("phase_"):]: bulk_snapshot1[k] - bulk_snapshot0.get(k, 0.0)
+                  for k in bulk_snapshot1 if k.startswith("phase_")}
+        print(f"    reconciles during the bulk: {out['bulk_reconciles']:.0f} ({out['bulk_reconciles'] / aps:.1f} per "
+              f"AccessPoint), their phases {', '.join(f'{k} {v:.1f} s' for k, v in sorted(phases.items()))}",
+              flush=True)
         out["bulk_stalls"] = {k: bulk_stalls1[k] - bulk_stalls0.get(k, 0.0) for k in bulk_stalls1}
         print(f"    controller stalls during the bulk: {out['bulk_stalls']}", flush=True)
         out["bulk_hub_apiserver_cpu_s"] = cpu_seconds(fleet.state.hub.pid) - hub_cpu0
