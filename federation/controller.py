@@ -699,7 +699,8 @@ class Controller:
         metrics.reconcile_phase.labels(phase="plan").observe(time.monotonic() - planning)
         slow = frozenset(n for n in flights if members[n].degraded)
         with metrics.phase("members"):
-            landed = await wait_flights(flights, stall_after=self.stall_after, cap=self.flight_wait, slow=slow)
+            landed = await wait_flights(flights, stall_after=self.stall_after, cap=self.flight_wait, slow=slow,
+                                        own_stall=self.registry.stall.since)
         for name, (flight, _) in flights.items():
             entries[name] = landed[name] if name in landed else \
                 self._held(members[name], owner, flight.pending, flight.since)

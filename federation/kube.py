@@ -611,14 +611,22 @@ class KubeClient:
             self._ssl = _ssl_context(self.api.configuration)
         return self._ssl
 
-    def stalled(self, after: float, now: float | None = None) -> float | None:
+    def stalled(self, after: float, now: float | None = None,
+                own_stall: Callable[[float], float] | None = None) -> float | None:
         """Since when (monotonic) a request has waited more than `after` seconds with no answer to any
-        request in that time; None when the server answers (or nothing is in flight)."""
+        request in that time; None when the server answers (or nothing is in flight). `own_stall(t)`:
+        how long this process's own event loop could not run since monotonic time `t`, left out of both
+        waits (an answer that came while the loop was starved of CPU is not read yet, and the member
+        is not the one to blame)."""
         if not self._inflight:
             return None
         now = time.monotonic() if now is None else now
         oldest = min(self._inflight.values())
-        if now - oldest > after and now - self.last_answer > after:
+
+        def waited(since: float) -> float:
+            return now - since - (own_stall(since) if own_stall is not None else 0.0)
+
+        if waited(oldest) > after and waited(self.last_answer) > after:
             return oldest
         return None
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -77,7 +78,7 @@ class FakeClient:
     def __init__(self, stalled: bool) -> None:
         self.is_stalled = stalled
 
-    def stalled(self, after: float) -> float | None:
+    def stalled(self, after: float, own_stall: Callable[[float], float] | None = None) -> float | None:
         return 0.0 if self.is_stalled else None
 
 
@@ -134,6 +135,9 @@ async def test_a_request_to_a_server_that_never_answers_ends_at_its_deadline_wit
         task = asyncio.ensure_future(client.request("GET", "/version"))
         await asyncio.sleep(0.3)
         assert client.stalled(0.2) is not None and client.in_flight == 1
+        # The same wait, but this process's own event loop could not run for most of it: not the member's.
+        assert client.stalled(0.2, own_stall=lambda since: 0.25) is None
+        assert client.stalled(0.2, own_stall=lambda since: 0.05) is not None
         await asyncio.gather(task, return_exceptions=True)
         assert client.stalled(0.2) is None
     finally:
