@@ -624,7 +624,9 @@ class KubeClient:
         oldest = min(self._inflight.values())
 
         def waited(since: float) -> float:
-            return now - since - (own_stall(since) if own_stall is not None else 0.0)
+            if own_stall is None or now - since <= after:  # most calls: no need to ask
+                return now - since
+            return now - since - own_stall(since)
 
         if waited(oldest) > after and waited(self.last_answer) > after:
             return oldest

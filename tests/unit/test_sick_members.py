@@ -5,6 +5,7 @@ deadlines against a local server that accepts connections and never answers (a S
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -167,6 +168,21 @@ async def test_our_own_stalls_are_measured_and_left_out() -> None:
     await stall.stop()
     assert 0.45 < stall.since(start) < 0.75
     assert stall.since(time.monotonic()) == 0
+
+
+def test_own_stall_since_any_time_is_the_overlap_of_the_samples_after_it() -> None:
+    from federation.members import LoopStall
+
+    rng = random.Random(7)
+    stall, woke = LoopStall(keep=30.0), 0.0
+    for _ in range(400):
+        late = rng.choice([0.02, 0.1, 0.6, 2.0])
+        woke += 0.1 + late + rng.random()
+        stall.record(woke, late)
+    assert stall.samples[0][0] > woke - 30.0  # only the last `keep` seconds are kept
+    for start in [woke - 40.0, *(woke - rng.random() * 30.0 for _ in range(300)), woke, woke + 1.0]:
+        naive = sum(min(late, w - start) for w, late in stall.samples if w > start)
+        assert abs(stall.since(start) - naive) < 1e-9, start
 
 
 async def test_changes_seen_while_in_the_air_reconcile_once_when_it_lands() -> None:
