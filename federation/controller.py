@@ -169,7 +169,8 @@ class Controller:
         self.writer = HubWriter(hub)
         self.registry = MemberRegistry(hub, hub_id, self._owner_changed, self._member_changed, probe_interval,
                                        on_istiod_change=self._istiod_changed, istiod_options=istiod_options,
-                                       verify_interval=verify_interval)
+                                       verify_interval=verify_interval,
+                                       on_member_latency=lambda name: self.enqueue(f"mc/{name}"))
         # Per-member lanes (federation/lanes.py): a reconcile waits for a member's writes only while it
         # answers (a request unanswered for `stall_after` s with no other answer ends the wait), and at
         # most `flight_wait` s (beyond a member's whole-request deadline).

@@ -698,12 +698,16 @@ class MemberRegistry:
         on_istiod_change: MemberCallback | None = None,
         istiod_options: dict[str, float] | None = None,
         verify_interval: float = 60.0,
+        on_member_latency: MemberCallback | None = None,
     ) -> None:
         self.hub = hub
         self.hub_id = hub_id
         self.members: dict[str, Member] = {}
         self.on_owner_change = on_owner_change
         self.on_member_change = on_member_change
+        # Only the member's probe latency (degraded or not, and how slow) changed: no fact a placement
+        # or a rendering reads (default: treated as any member change).
+        self.on_member_latency = on_member_latency or on_member_change
         self.probe_interval = probe_interval
         # Consecutive failed probes before a reachable member is reported unreachable: one slow
         # answer from a busy API server must not flip every AccessPoint on it to Unknown.
@@ -1122,7 +1126,8 @@ class MemberRegistry:
                 member.degraded, member.slow_probes, None if latency is None else max(0.0, latency - own_stall),
                 self.failure_threshold)
             before = (member.probe.reachable, member.probe.ready, member.probe.version, member.probe.istio,
-                      member.probe.served, member.latency_ms, member.answering)
+                      member.probe.served, member.answering)
+            latency_before = member.latency_ms
             member.probe = probe
             member.degraded = degraded
             if probe.reachable and not member.answering:
@@ -1138,12 +1143,16 @@ class MemberRegistry:
                 member.identity = probe.identity
             if probe.reachable:
                 self._ensure_watches(member)
-            after = (probe.reachable, probe.ready, probe.version, probe.istio, probe.served, member.latency_ms,
-                     member.answering)
-            if before != after:
+            after = (probe.reachable, probe.ready, probe.version, probe.istio, probe.served, member.answering)
+            if before != after or member.latency_ms != latency_before:
                 log.info("member %s: reachable=%s ready=%s latency=%s (%s)", member.name, probe.reachable,
                          probe.ready, f"{latency:.2f}s" if latency is not None else "-", probe.message)
+            if before != after:
                 self.on_member_change(member.name)
+            elif member.latency_ms != latency_before:
+                # A loaded fleet's members go slow and fast again: each such change reconciled every
+                # AccessPoint (every member rendered and planned) for its MemberCluster's status alone.
+                self.on_member_latency(member.name)
             await asyncio.sleep(jittered(self.probe_interval) if probe.reachable and member.answering
                                 else min(self.probe_interval, 1.0))
 

@@ -261,3 +261,42 @@ async def test_a_landing_reconciles_again_only_for_changes_not_its_own(
     await asyncio.gather(flight.task, return_exceptions=True)
     await asyncio.sleep(0)
     assert landed == (["ns/ap"] if reconciled else []), name
+
+
+async def test_a_member_going_slow_and_fast_again_reconciles_its_status_not_every_accesspoint() -> None:
+    from federation.members import Member, MemberRegistry, Probe
+    from placement.models import MemberCluster
+
+    changed: list[str] = []
+    latency_only: list[str] = []
+    registry = MemberRegistry(None, "hub", lambda *_: None, changed.append,  # type: ignore[arg-type]
+                              probe_interval=0.01, failure_threshold=1, on_member_latency=latency_only.append)
+    mc = MemberCluster.model_validate({"metadata": {"name": "m1"}, "spec": {
+        "kubeconfigSecretRef": {"name": "m1", "namespace": "meshfed-system", "key": "kubeconfig"},
+        "region": "r1", "zone": "r1-a"}})
+    member = Member(name="m1", spec=mc, hub_id="hub", cache=OwnedCache("hub"))
+    member.probe = Probe(reachable=True, ready=True, version="v1.34.4", istio=True, served=frozenset(), latency=0.1)
+    # slow, slower, fast again, then upgraded (a fact); the last entry only blocks until cancelled
+    script: list[tuple[float, str]] = [(0.1, "v1.34.4"), (1.6, "v1.34.4"), (2.4, "v1.34.4"), (0.1, "v1.34.4"),
+                                       (0.1, "v1.35.0"), (0.1, "v1.35.0")]
+
+    async def probe_once(m: Member) -> Probe:
+        latency, version = script.pop(0)
+        if not script:
+            await asyncio.Event().wait()
+        return Probe(reachable=True, ready=True, version=version, istio=True, served=frozenset(), latency=latency)
+
+    registry.probe_once = probe_once  # type: ignore[method-assign,assignment]
+    registry._ensure_watches = lambda m: None  # type: ignore[method-assign,assignment]
+    task = asyncio.create_task(registry._probe_loop(member))
+    for _ in range(500):
+        if not script:
+            break
+        await asyncio.sleep(0.01)
+    assert not script
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await registry.stall.stop()
+    # Degraded at 1.6 s, its latency 2.5 s at 2.4 s, healthy again at 0.1 s: three latency-only changes;
+    # the new version is a fact (every AccessPoint reconciled).
+    assert latency_only == ["m1", "m1", "m1"] and changed == ["m1"]
