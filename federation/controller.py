@@ -134,13 +134,21 @@ def _vip(objects: Iterable[dict[str, Any]]) -> str | None:
 _VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
 
 
+def _same_apart_from(a: Mapping[str, Any], b: Mapping[str, Any], top: frozenset[str],
+                     metadata: frozenset[str]) -> bool:
+    """`a` and `b` are equal once the `top` fields and the `metadata` fields (beyond resourceVersion and
+    managedFields, which every write changes) are left out."""
+    def rest(obj: Mapping[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in (obj.get("metadata") or {}).items()
+                if k not in _VOLATILE_METADATA and k not in metadata}
+        return {**{k: v for k, v in obj.items() if k not in top and k != "metadata"}, "metadata": meta}
+    return rest(a) == rest(b)
+
+
 def same_but_status(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     """`a` and `b` differ at most in status, resourceVersion and managedFields (what a status write
     changes)."""
-    def rest(obj: Mapping[str, Any]) -> dict[str, Any]:
-        meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in _VOLATILE_METADATA}
-        return {**{k: v for k, v in obj.items() if k not in ("status", "metadata")}, "metadata": meta}
-    return rest(a) == rest(b)
+    return _same_apart_from(a, b, frozenset({"status"}), frozenset())
 
 
 def same_but_finalizers(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -148,12 +156,7 @@ def same_but_finalizers(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
     finalizer patch changes) and `b` still carries ours: nothing a reconcile reads changed."""
     if FINALIZER not in ((b.get("metadata") or {}).get("finalizers") or []):
         return False  # ours was removed: a reconcile puts it back
-
-    def rest(obj: Mapping[str, Any]) -> dict[str, Any]:
-        meta = {k: v for k, v in (obj.get("metadata") or {}).items()
-                if k not in _VOLATILE_METADATA and k != "finalizers"}
-        return {**{k: v for k, v in obj.items() if k != "metadata"}, "metadata": meta}
-    return rest(a) == rest(b)
+    return _same_apart_from(a, b, frozenset(), frozenset({"finalizers"}))
 
 
 class Controller:

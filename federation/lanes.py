@@ -114,6 +114,10 @@ async def wait_flights(flights: Mapping[str, tuple[Flight[T], KubeClient | None]
     waiting = dict(flights)
     started = time.monotonic()
     deadline = started + cap
+
+    def waited() -> float:
+        return time.monotonic() - started - (own_stall(started) if own_stall is not None else 0.0)
+
     while waiting:
         for name, (flight, client) in list(waiting.items()):
             if flight.task.done():
@@ -121,8 +125,7 @@ async def wait_flights(flights: Mapping[str, tuple[Flight[T], KubeClient | None]
                 del waiting[name]
             elif client is None or client.stalled(stall_after, own_stall=own_stall) is not None or \
                     time.monotonic() >= deadline or \
-                    (name in slow and time.monotonic() - started - (own_stall(started) if own_stall else 0.0)
-                     >= stall_after):
+                    (name in slow and waited() >= stall_after):
                 flight.left_alone = True
                 del waiting[name]
         if waiting:
