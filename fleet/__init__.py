@@ -17,10 +17,12 @@ from federation.registration import HUB_NAMESPACE, ensure_namespace, register_me
 from fleet.apiserver import (
     APPROVAL_POLICY,
     CRD_PATH,
+    FINALIZER_POLICY,
     ClusterProc,
     apply_crds,
     apply_manifests,
     free_port,
+    install_finalizer_policy,
     kubeconfig_dict,
     load_member_crds,
     shared_dir,
@@ -42,9 +44,10 @@ from fleet.core import Fleet, FleetState, default_topology, stop_groups
 from fleet.istio import GATEWAY_SELECTOR, ISTIO_NAMESPACE, EchoBackend, MemberIstio
 
 __all__ = [
-    "APPROVAL_POLICY", "CRD_PATH", "GATEWAY_SELECTOR", "GO_MODULE", "HUB_NAMESPACE", "ISTIO_MODULE",
-    "ISTIO_NAMESPACE", "K8S_VERSION", "LDFLAGS", "REPO", "ClusterProc", "EchoBackend", "Fleet", "FleetState",
-    "MemberIstio", "apiserver_binary", "apply_crds", "apply_manifests", "cache_dir", "default_topology",
-    "ensure_namespace", "envoy_binary", "free_port", "istio_binaries", "istio_binary", "kubeconfig_dict",
-    "load_member_crds", "register_member", "say", "shared_dir", "stop_groups",
+    "APPROVAL_POLICY", "CRD_PATH", "FINALIZER_POLICY", "GATEWAY_SELECTOR", "GO_MODULE", "HUB_NAMESPACE",
+    "ISTIO_MODULE", "ISTIO_NAMESPACE", "K8S_VERSION", "LDFLAGS", "REPO", "ClusterProc", "EchoBackend",
+    "Fleet", "FleetState", "MemberIstio", "apiserver_binary", "apply_crds", "apply_manifests", "cache_dir",
+    "default_topology", "ensure_namespace", "envoy_binary", "free_port", "install_finalizer_policy",
+    "istio_binaries", "istio_binary", "kubeconfig_dict", "load_member_crds", "register_member", "say",
+    "shared_dir", "stop_groups",
 ]

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from federation.hubwriter import FINALIZER
 from federation.kube import ApiError, KubeClient
 from fleet import pki
 from fleet.build import ISTIO_MODULE, REPO
@@ -186,6 +187,10 @@ class ClusterProc:
             f"--service-account-signing-key-file={p / 'sa.key'}",
             "--profiling=false",
             "--v=0",
+            # The hub sets meshfed's cleanup finalizer at admission (deploy/admission/finalizers.yaml):
+            # MutatingAdmissionPolicy is beta in Kubernetes 1.34, off unless asked for.
+            *(["--feature-gates=MutatingAdmissionPolicy=true",
+               "--runtime-config=admissionregistration.k8s.io/v1beta1=true"] if self.role == "hub" else []),
             *(["--watch-cache=false", "--enable-priority-and-fairness=false",
                # The `kubernetes` Service's endpoints: nothing in a dense (API-only) member reads them.
                "--endpoint-reconciler-type=none"] if self.dense else []),
@@ -342,7 +347,10 @@ async def apply_crds(client: KubeClient, crds: Sequence[dict[str, Any]], timeout
 
 
 APPROVAL_POLICY = REPO / "deploy" / "rbac" / "approval-policy.yaml"
+FINALIZER_POLICY = REPO / "deploy" / "admission" / "finalizers.yaml"
 _CLUSTER_PATHS = {
+    "MutatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1beta1/mutatingadmissionpolicies",
+    "MutatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1beta1/mutatingadmissionpolicybindings",
     "ValidatingAdmissionPolicy": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies",
     "ValidatingAdmissionPolicyBinding": "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicybindings",
     "ClusterRole": "/apis/rbac.authorization.k8s.io/v1/clusterroles",
@@ -356,3 +364,29 @@ async def apply_manifests(client: KubeClient, path: Path) -> None:
         if doc:
             await client.apply(f"{_CLUSTER_PATHS[doc['kind']]}/{doc['metadata']['name']}", doc,
                                field_manager="meshfed-fleet")
+
+
+async def install_finalizer_policy(client: KubeClient, timeout: float = 30.0) -> None:
+    """Apply deploy/admission/finalizers.yaml and wait until the API server sets the finalizer (its
+    admission plugin reads policies through an informer): a dry-run create of an AccessPoint comes
+    back with it. Objects created before that would only cost the controller a finalizer write."""
+    await apply_manifests(client, FINALIZER_POLICY)
+    probe = {"apiVersion": "meshfed.io/v1alpha1", "kind": "AccessPoint",
+             "metadata": {"name": "meshfed-finalizer-policy-probe", "namespace": "default"},
+             "spec": {"template": [{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "probe"},
+                                    "spec": {"ports": [{"port": 80}]}}]}}
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            answer = await client.request("POST", "/apis/meshfed.io/v1alpha1/namespaces/default/accesspoints",
+                                          query={"dryRun": "All", "fieldManager": "meshfed-fleet"}, body=probe)
+        except ApiError as err:
+            # A CRD just Established is served a moment later (503 "Resource kind ... not found").
+            if err.status not in (404, 503):
+                raise
+            answer = {}
+        if FINALIZER in ((answer.get("metadata") or {}).get("finalizers") or []):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{client.name}: the finalizer policy was not in effect after {timeout:.0f} s")
+        await asyncio.sleep(0.1)

@@ -35,6 +35,7 @@ from fleet.apiserver import (
     apply_crds,
     apply_manifests,
     free_port,
+    install_finalizer_policy,
     load_member_crds,
     select_member_crds,
 )
@@ -319,6 +320,7 @@ class Fleet:
             await apply_crds(hub, all_crds())
             await ensure_namespace(hub, HUB_NAMESPACE)
             await apply_manifests(hub, APPROVAL_POLICY)
+            await install_finalizer_policy(hub)
         finally:
             await hub.close()
         member_crds = select_member_crds(load_member_crds(), self.state.member_crds)

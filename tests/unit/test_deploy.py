@@ -532,3 +532,30 @@ def test_tenant_roles_stay_in_their_namespace_and_platform_holds_the_cluster_kin
         assert allowed(platform, "meshfed.io", plural, "create")
     assert allowed(controller_rules(), "meshfed.io", "tenancypolicies", "watch")
     assert not allowed(controller_rules(), "meshfed.io", "tenancypolicies", "patch")
+
+
+# ---- the optional finalizer policy (deploy/admission/finalizers.yaml) ------------------------------
+
+def test_finalizer_policy_sets_the_controllers_finalizer_on_create_only() -> None:
+    """The API server adds exactly the finalizer the controllers remove (a different string would hold
+    every deletion for ever), on CREATE only (an UPDATE must not put back a removed finalizer), for
+    the kinds whose controllers add it themselves otherwise, and a failing policy never refuses a
+    create. Integration: tests/integration/test_finalizer_policy.py."""
+    from federation.hubwriter import FINALIZER
+
+    policy = objects("admission/finalizers.yaml")
+    spec = one(policy, "MutatingAdmissionPolicy", "meshfed-cleanup-finalizer")["spec"]
+    assert one(policy, "MutatingAdmissionPolicyBinding", "meshfed-cleanup-finalizer")["spec"]["policyName"] == \
+        "meshfed-cleanup-finalizer"
+    assert spec["failurePolicy"] == "Ignore"
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["operations"] == ["CREATE"]
+    assert set(rule["resources"]) == {"accesspoints", "nameservices"}
+    (mutation,) = spec["mutations"]
+    assert mutation["patchType"] == "JSONPatch"
+    assert mutation["jsonPatch"]["expression"].count(f'"{FINALIZER}"') == 2
+    assert f"'{FINALIZER}'" in spec["matchConditions"][0]["expression"]
+    # Optional (MutatingAdmissionPolicy needs Kubernetes 1.36, or 1.34 with a feature gate): not in the
+    # hub's kustomization, which must apply on any supported hub.
+    (k,) = docs(DEPLOY / "kustomization.yaml")
+    assert not any(r.startswith("admission") for r in k["resources"])
