@@ -147,10 +147,42 @@ async def controller_metric(ctl: ControllerProcess, name: str) -> dict[str, floa
     return (await controller_metrics(ctl, name))[name]
 
 
-async def edit_snapshot(ctl: ControllerProcess) -> dict[str, float]:
+def machine_busy_s() -> float:
+    """CPU seconds all cores together spent not idle since boot (/proc/stat; iowait counts as idle)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(fleet: Fleet, ctl: ControllerProcess) -> dict[str, float]:
+    """Cumulative CPU seconds of the controller, the hub's API server, each member's, this process (the
+    bench's own watches and clients) and the whole machine: an edit's window shows who had the cores."""
+    assert fleet.state is not None
+    out = {"cpu_controller": cpu_seconds(ctl.proc.pid) if ctl.proc is not None else 0.0,
+           "cpu_hub": cpu_seconds(fleet.state.hub.pid), "cpu_bench": time.process_time(),
+           "cpu_machine": machine_busy_s(), "cpu_wall": time.monotonic()}
+    for member in fleet.state.members:
+        out[f"cpu_member:{member.name}"] = cpu_seconds(member.pid)
+    return out
+
+
+def cpu_meanwhile(c: dict[str, float]) -> str:
+    """`cpu_snapshot`'s differences over an edit's window: the machine's load in cores, and by whom."""
+    members = {k.split(":", 1)[1]: v for k, v in c.items() if k.startswith("cpu_member:")}
+    busiest = max(members, key=lambda m: members[m]) if members else ""
+    cores = os.cpu_count() or 1
+    others = c.get("cpu_machine", 0) - sum(members.values()) - sum(
+        c.get(k, 0) for k in ("cpu_controller", "cpu_hub", "cpu_bench"))
+    return (f"CPU meanwhile {c.get('cpu_machine', 0) / max(c.get('cpu_wall', 0), 1e-3):.2f} of {cores} cores busy: "
+            f"controller {c.get('cpu_controller', 0):.2f} s, hub {c.get('cpu_hub', 0):.2f} s, members "
+            f"{sum(members.values()):.2f} s (busiest {busiest} {members.get(busiest, 0):.2f} s), bench "
+            f"{c.get('cpu_bench', 0):.2f} s, anything else {others:.2f} s")
+
+
+async def edit_snapshot(ctl: ControllerProcess, fleet: Fleet | None = None) -> dict[str, float]:
     """The controller's cumulative counters an edit's time can go to: the AccessPoint queue's waits
     (urgent and bulk: seconds, keys), reconciles (seconds, count), GC pause seconds, event-loop lag
-    samples over 0.1 s, and the reconciles' seconds by phase (meshfed_reconcile_phase_seconds)."""
+    samples over 0.1 s, and the reconciles' seconds by phase (meshfed_reconcile_phase_seconds); with
+    `fleet`, the CPU seconds of every process (`cpu_snapshot`)."""
     m = await controller_metrics(ctl, "meshfed_queue_wait_seconds_sum", "meshfed_queue_wait_seconds_count",
                                  "meshfed_reconcile_duration_seconds_sum", "meshfed_reconcile_duration_seconds_count",
                                  "meshfed_gc_pause_seconds_sum", "meshfed_event_loop_lag_seconds_bucket",
@@ -166,6 +198,8 @@ async def edit_snapshot(ctl: ControllerProcess) -> dict[str, float]:
     out["reconciles"] = m["meshfed_reconcile_duration_seconds_count"].get('{kind="accesspoint"}', 0.0)
     lag = m["meshfed_event_loop_lag_seconds_bucket"]
     out["lag_over_0.1s"] = lag.get('{le="+Inf"}', 0.0) - lag.get('{le="0.1"}', 0.0)
+    if fleet is not None:
+        out.update(cpu_snapshot(fleet, ctl))
     return out
 
 
@@ -210,7 +244,8 @@ def slowest_edits(lat: list[float], traces: list[EditTrace], k: int = 3) -> list
                      f"{c.get('reconcile_s', 0) * 1000:.0f} ms, GC {c.get('gc_s', 0) * 1000:.0f} ms, "
                      f"{c.get('lag_over_0.1s', 0):.0f} loop-lag samples over 0.1 s; reconcile phases "
                      + ", ".join(f"{k[6:]} {v * 1000:.0f} ms" for k, v in sorted(c.items())
-                                 if k.startswith("phase_") and v >= 0.0005))
+                                 if k.startswith("phase_") and v >= 0.0005)
+                     + ("; " + cpu_meanwhile(c) if "cpu_machine" in c else ""))
     return lines
 
 
@@ -416,7 +451,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         try:
             traces: list[EditTrace] = []
             lat = await latency(hub, members, ns, samples, aps, make_template=template, traces=traces,
-                                snapshot=functools.partial(edit_snapshot, ctl))
+                                snapshot=functools.partial(edit_snapshot, ctl, fleet))
             out["edit_p50_ms"] = statistics.median(lat) * 1000
             out["edit_p99_ms"] = pct(lat, 99) * 1000
             out["edit_max_ms"] = max(lat) * 1000
