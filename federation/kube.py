@@ -21,6 +21,7 @@ import collections
 import json
 import logging
 import os
+import random
 import ssl
 import time
 import urllib.parse
@@ -200,6 +201,19 @@ class WatchEvent:
 
 
 # Accept headers asking the API server for metadata only (what client-go's metadata client sends).
+# A watch ends after a random 5 to 10 minutes (client-go's reflector does the same): the watches of a
+# fleet's members start together (a bulk plans a kind on every member at once), and with one fixed
+# timeout they all ended, re-watched and, from a compacted revision, relisted at the same instant —
+# measured at 50 dense members: 10.6 CPU-seconds of the members' API servers within 5 s, an edit then
+# took 5.4 s to reach every member instead of 0.3 s.
+MIN_WATCH_TIMEOUT = 300
+
+
+def watch_timeout(draw: Callable[[], float] = random.random) -> int:
+    """Seconds a watch asks the server to run: MIN_WATCH_TIMEOUT x [1, 2)."""
+    return int(MIN_WATCH_TIMEOUT * (1.0 + draw()))
+
+
 METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
@@ -871,10 +885,13 @@ class KubeClient:
         label_selector: str | None = None,
         field_selector: str | None = None,
         metadata_only: bool = False,
-        timeout_seconds: int = 300,
+        timeout_seconds: int | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """Stream watch events from `resource_version`; raises Gone on 410, ApiError otherwise.
-        `metadata_only`: the objects are PartialObjectMetadata (no spec, data or status)."""
+        `metadata_only`: the objects are PartialObjectMetadata (no spec, data or status).
+        `timeout_seconds`: how long the server runs the watch; by default `watch_timeout()`."""
+        if timeout_seconds is None:
+            timeout_seconds = watch_timeout()
         query: dict[str, Any] = {
             "watch": "1",
             "resourceVersion": resource_version,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from federation.kube import _proxy_for
+from federation.kube import MIN_WATCH_TIMEOUT, _proxy_for, watch_timeout
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,13 @@ def test_proxy_decision(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], ho
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert _proxy_for(host, configured) == expected
+
+
+def test_watch_timeouts_are_spread_over_five_to_ten_minutes() -> None:
+    """Watches started together (a bulk plans a kind on every member at once) must not all end, re-watch
+    and relist at the same instant: each asks for its own timeout in [300, 600) seconds."""
+    assert watch_timeout(lambda: 0.0) == MIN_WATCH_TIMEOUT == 300
+    assert watch_timeout(lambda: 0.999) == 599
+    drawn = {watch_timeout() for _ in range(200)}
+    assert all(300 <= t < 600 for t in drawn)
+    assert len(drawn) > 100  # spread, not a handful of values
