@@ -448,6 +448,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         # figures of the others are kept.
         print(f"  latency: {samples} single edits, hub -> all {n} members ...", flush=True)
         stalls0 = await stalls(ctl)
+        edit_requests0 = await all_requests(members)
         try:
             traces: list[EditTrace] = []
             lat = await latency(hub, members, ns, samples, aps, make_template=template, traces=traces,
@@ -481,6 +482,11 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
             stalls1 = await stalls(ctl)
         out["edit_stalls"] = {k: stalls1[k] - stalls0.get(k, 0.0) for k in stalls1}
         print(f"    controller stalls during the edits: {out['edit_stalls']}", flush=True)
+        # Besides the edits' own writes: re-watches, relists and verification lists that came due meanwhile.
+        edit_requests = {k: v for k, v in diff_breakdown(edit_requests0, await all_requests(members)).items()
+                         if not k.endswith(" /metrics")}
+        out["edit_member_requests_top"] = dict(sorted(edit_requests.items(), key=lambda kv: -kv[1])[:10])
+        print(f"    member requests during the edits: {out['edit_member_requests_top']}", flush=True)
         print(f"  staged rollout over {len(zones)} zone waves ...", flush=True)
         out["rollout_waves"] = len(zones)
         try:
