@@ -200,7 +200,6 @@ class WatchEvent:
     object: dict[str, Any]
 
 
-# Accept headers asking the API server for metadata only (what client-go's metadata client sends).
 # A watch ends after a random 5 to 10 minutes (client-go's reflector does the same): the watches of a
 # fleet's members start together (a bulk plans a kind on every member at once), and with one fixed
 # timeout they all ended, re-watched and, from a compacted revision, relisted at the same instant —
@@ -214,6 +213,7 @@ def watch_timeout(draw: Callable[[], float] = random.random) -> int:
     return int(MIN_WATCH_TIMEOUT * (1.0 + draw()))
 
 
+# Accept headers asking the API server for metadata only (what client-go's metadata client sends).
 METADATA = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1"
 METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
