@@ -391,6 +391,10 @@ class OwnedCache:
         # our own writes' answers: a list served from the watch cache may lag those by a few revisions).
         # A later list of the kind is never older, unless the member's store went back.
         self.max_rv: dict[KindId, int] = {}
+        # Namespaces the executor made sure of on this member (federation/executor.py `_namespace_ready`):
+        # the one create per namespace that every create into it waits for, kept once done. A new cache
+        # (a reset: the member was wiped or replaced) makes sure of them again.
+        self.namespaces: dict[str, asyncio.Future[None]] = {}
 
     def put(self, obj: dict[str, Any], desired: dict[str, Any] | None = None) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed. With
