@@ -275,8 +275,7 @@ class Controller:
 
     def _shards_changed(self, acquired: frozenset[int], lost: frozenset[int], singles: frozenset[str]) -> None:
         assert self.shards is not None
-        held = self.shards.held_shards
-        self.registry.set_shard_filter(None if self.shards.holds_all else held)
+        self.registry.set_shard_filter(self.shards.cached_shards)
         self._warm_deadline = max(self._warm_deadline, time.monotonic() + 30.0)
         if lost:
             # Forget what this replica knew about the lost shards' work: should it take one of them

@@ -47,10 +47,12 @@ AccessPoints that wait. The verification lists parked kinds too (metadata only):
 there (an older replica's write, a restore) brings its watch back. `meshfed_member_watches{cluster}`.
 
 Shard filter (several replicas, federation/shards.py): with `set_shard_filter(held)` the watches
-select only objects labelled `meshfed.io/shard in (held)` (every watch re-lists when the held set
-changes), plus, at each list, objects of held shards that carry no shard label yet (written before
-sharding; the next apply labels them). `warm()` is False until every member listed with the
-current filter, so a shard just taken over is never planned against a cache that lacks its objects.
+select only objects labelled `meshfed.io/shard in (held)` (every watch re-lists when the set
+changes; the controller passes federation.shards `cached_shards`, which keeps a shard whose renewal
+came late until it is taken back or moves on), plus, at each list, objects of held shards that carry
+no shard label yet (written before sharding; the next apply labels them). `warm()` is False until
+every member listed with the current filter, so a shard just taken over is never planned against a
+cache that lacks its objects.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,59 @@ async def test_a_live_replica_of_the_older_protocol_makes_shard_leases_renewed(c
         stop.set()
         with contextlib.suppress(Exception):
             await old
+        await replica.stop()
+
+
+class SlowHub:
+    """The hub client, its Lease lists slowed at will: the first one waits `first_delay` (a round slower
+    than the renew deadline: a starved event loop, a slow hub), the next ones wait for `gate`."""
+
+    def __init__(self, client: KubeClient, first_delay: float) -> None:
+        self.client, self.first_delay, self.lists, self.gate = client, first_delay, 0, asyncio.Event()
+        self.gate.set()
+
+    async def list(self, *args: Any, **kwargs: Any) -> Any:
+        self.lists += 1
+        if self.lists == 1:
+            await asyncio.sleep(self.first_delay)
+        else:
+            await self.gate.wait()
+        return await self.client.list(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+async def test_a_late_renewal_keeps_its_shards_cached_until_they_move(client: KubeClient) -> None:
+    """Leases dropped because a renewal came late are taken back at the next round, and their shards stay
+    in `cached_shards` meanwhile (the member caches are not narrowed and relisted); one whose Lease then
+    names another replica leaves it."""
+    hub_id = f"late-{uuid.uuid4().hex[:6]}"
+    replica = Shards(client, hub_id, shards=8, identity="a", timing=TIMING)
+    await replica.start()
+    seen: list[tuple[frozenset[int], frozenset[int] | None]] = []  # (held, cached) at each change
+    replica.listeners.append(lambda acquired, lost, singles: seen.append((replica.held_shards, replica.cached_shards)))
+    try:
+        await eventually(lambda: _async(replica.holds_all), timeout=20)
+        slow = SlowHub(client, TIMING.renew_deadline + 0.5)
+        slow.gate.clear()  # the round after the slow one waits for the test
+        replica.hub = slow  # type: ignore[assignment]
+        await eventually(lambda: _async(not replica.held_shards), timeout=10,
+                         message="the slow round should drop every Lease (renew deadline passed)")
+        assert seen and all(cached is None for _, cached in seen), seen  # nothing narrowed: all still cached
+        # While no round runs, shard 3's Lease comes to name replica b (as b taking it over would).
+        lease = await client.get(f"{LEASES.format(ns=NS)}/{hub_id}-shard-03")
+        assert lease is not None and lease["spec"]["holderIdentity"] == "a"
+        lease["spec"]["holderIdentity"], lease["spec"]["renewTime"] = "b", micro_time()
+        await client.request("PUT", f"{LEASES.format(ns=NS)}/{hub_id}-shard-03", body=lease)
+        slow.gate.set()
+        rest = frozenset(range(8)) - {3}
+        await eventually(lambda: _async(replica.held_shards == rest), timeout=10,
+                         message="the replica should take back the shards still naming it")
+        assert replica.cached_shards == rest, replica.cached_shards
+        assert all(cached is None or cached == rest for _, cached in seen), seen  # never narrower
+        assert replica.valid("shard-00") and not replica.holding("shard-03")
+    finally:
         await replica.stop()
 
 
