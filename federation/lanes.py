@@ -11,18 +11,22 @@ AccessPoint is reconciled again (`on_landed`), which plans against the cache the
 through: what landed is not written twice, what is still missing is written once. So is a flight during
 which the member's watch showed a change to its objects, unless its `settled` check then finds the member
 holding just what it wrote (the change was the watch event of its own write).
-Imports asyncio and federation.kube only.
+Imports asyncio, federation.kube and federation.shards (`Fenced`) only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from federation.kube import KubeClient
+from federation.kube import ApiError, KubeClient
+from federation.shards import Fenced
+
+log = logging.getLogger("meshfed.lanes")
 
 T = TypeVar("T")
 
@@ -82,6 +86,12 @@ class MemberLane(Generic[T]):
     def _landed(self, flight: Flight[T]) -> None:
         if self.flights.get(flight.key) is flight:
             del self.flights[flight.key]
+        failed = None if flight.task.cancelled() else flight.task.exception()  # retrieved here, once
+        if failed is not None and flight.left_alone and not isinstance(failed, (Fenced, ApiError)):
+            # Nobody awaits a flight left alone (its AccessPoint is reconciled again below). A Lease no
+            # longer held (the reconcile again finds its shard gone or taken back) is no error; anything
+            # else is a defect, logged with its traceback.
+            log.error("%s: the writes of %s failed", self.name, flight.key, exc_info=failed)
         if flight.left_alone or (flight.changed_meanwhile and not self._settled(flight)):
             self.on_landed(flight.key)
         if self.refused and not self.full:

@@ -20,6 +20,7 @@ from accesspoint.status import held_entry, pending_text
 from federation.kube import ApiError, Deadlines, KubeClient
 from federation.lanes import MemberLane, wait_flights
 from federation.members import OwnedCache
+from federation.shards import Fenced
 
 
 def obj(name: str, rv: str, uid: str = "u1", host: str = "a.example", digest: str = "h1") -> dict[str, Any]:
@@ -105,6 +106,30 @@ async def test_a_stalled_member_is_not_waited_for_and_its_landing_reconciles_aga
     release.set()
     await asyncio.sleep(0.05)
     assert landed == ["ns/ap"] and hung.flight("ns/ap") is None
+
+
+async def test_a_flight_left_alone_that_fails_is_retrieved_and_only_a_defect_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Nobody awaits a flight left alone: its failure is retrieved when it lands (no "Task exception was
+    never retrieved" from asyncio); a Lease no longer held is no error, anything else is logged."""
+    landed: list[str] = []
+    lane: MemberLane[str] = MemberLane("m1", landed.append)
+
+    async def fenced() -> str:
+        raise Fenced("lease shard-03 is not held")
+
+    async def broken() -> str:
+        raise KeyError("a defect")
+
+    for key, work in (("ns/fenced", fenced), ("ns/broken", broken)):
+        flight = lane.launch(key, work, "1 to create")
+        flight.left_alone = True
+    with caplog.at_level("DEBUG"):
+        await asyncio.sleep(0.05)
+    assert sorted(landed) == ["ns/broken", "ns/fenced"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert [r.getMessage() for r in errors] == ["m1: the writes of ns/broken failed"], caplog.text
+    assert errors[0].exc_info is not None and "a defect" in caplog.text and "never retrieved" not in caplog.text
 
 
 async def test_a_request_to_a_server_that_never_answers_ends_at_its_deadline_without_retries() -> None:
