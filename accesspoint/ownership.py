@@ -52,3 +52,56 @@ def foreign_owner_description(obj: Mapping[str, Any]) -> str:
         )
     managers = sorted({m.get("manager", "?") for m in (obj.get("metadata") or {}).get("managedFields") or []})
     return "an object not managed by meshfed" + (f" (field managers: {', '.join(managers)})" if managers else "")
+
+
+def _fields_union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
+    """The union of two fieldsV1 tries (a field set: nested mappings, `{}` at the leaves)."""
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _fields_union(out[k], v) if isinstance(out.get(k), Mapping) and isinstance(v, Mapping) else v
+    return out
+
+
+def update_entry_index(managed_fields: Any, manager: str = FIELD_MANAGER) -> int | None:
+    """Where `manager` owns fields of the object itself through an Update entry (what a POST create with
+    fieldManager leaves), when that entry can simply become its Apply entry (it has none): the index;
+    -1 when it has an Apply entry too (the two must be merged: `apply_owned`); None when it owns nothing
+    through an Update."""
+    if not isinstance(managed_fields, list):
+        return None
+    index, has_apply = None, False
+    for i, entry in enumerate(managed_fields):
+        if not isinstance(entry, Mapping) or entry.get("manager") != manager or entry.get("subresource"):
+            continue
+        if entry.get("operation") == "Update":
+            index = i if index is None else -1
+        elif entry.get("operation") == "Apply":
+            has_apply = True
+    if index is None:
+        return None
+    return -1 if has_apply else index
+
+
+def apply_owned(managed_fields: list[dict[str, Any]], manager: str = FIELD_MANAGER) -> list[dict[str, Any]] | None:
+    """managedFields with what `manager` owns of the object through Update entries moved into its Apply
+    entry (client-go csaupgrade's rule), or None when there is nothing to move.
+
+    Why: an object created with POST is owned through an Update entry, and server-side apply removes only
+    fields its own Apply entry owned: a field later dropped from the template (an annotation, a port, a
+    spec key) would stay on the member for ever, under a content hash saying it is up to date."""
+    mine = [e for e in managed_fields if e.get("manager") == manager and not e.get("subresource")
+            and e.get("operation") in ("Update", "Apply")]
+    if not any(e.get("operation") == "Update" for e in mine):
+        return None
+    fields: dict[str, Any] = {}
+    for entry in mine:
+        fields = _fields_union(fields, entry.get("fieldsV1") or {})
+    base = next((e for e in mine if e.get("operation") == "Apply"), mine[0])
+    merged = {**base, "operation": "Apply", "fieldsType": "FieldsV1", "fieldsV1": fields}
+    out: list[dict[str, Any]] = []
+    for entry in managed_fields:
+        if entry is base:
+            out.append(merged)
+        elif not any(entry is e for e in mine):
+            out.append(entry)
+    return out

@@ -20,7 +20,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from accesspoint.kinds import NAMESPACE, api_path, managed_kind
-from accesspoint.ownership import FIELD_MANAGER, MANAGED_BY, Owner, foreign_owner_description, owner_of
+from accesspoint.ownership import (
+    FIELD_MANAGER,
+    MANAGED_BY,
+    Owner,
+    apply_owned,
+    foreign_owner_description,
+    owner_of,
+    update_entry_index,
+)
 from accesspoint.plan import Plan, up_to_date
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics, telemetry
@@ -129,6 +137,9 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
             return
         if holder == owner or (adopt and holder is None and
                                ((existing.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) != "meshfed"):
+            index = update_entry_index((existing.get("metadata") or {}).get("managedFields"))
+            if holder == owner and index is not None:
+                await _own_by_apply(client, api_path(kind, key.namespace, key.name), index)
             fence()
             metrics.member_writes.labels(cluster=client.name, verb="apply").inc()
             applied = await client.apply(api_path(kind, key.namespace, key.name), obj, field_manager=FIELD_MANAGER)
@@ -138,6 +149,40 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
         hint = "" if holder else " (set spec.adoptExisting: true to take it over)"
         holder_text = foreign_owner_description(existing)
         out.conflicts.append(f"{_describe(key)} already exists and belongs to {holder_text}{hint}")
+
+
+async def _own_by_apply(client: KubeClient, path: str, index: int) -> None:
+    """Before the first apply to an object we created: what we own of it through the Update entry our
+    POST left becomes our Apply entry's (accesspoint.ownership `apply_owned`), so the apply removes what
+    the template no longer has. One JSON patch renaming the entry's operation at `index` (its `test`s
+    fail, 422, if the entries moved since); otherwise, or with an Apply entry of ours there too, the
+    object is read and the entries merged, on the condition of its resourceVersion."""
+    if index >= 0:
+        at = f"/metadata/managedFields/{index}"
+        try:
+            fence()
+            metrics.member_writes.labels(cluster=client.name, verb="patch").inc()
+            await client.json_patch(path, [{"op": "test", "path": f"{at}/manager", "value": FIELD_MANAGER},
+                                           {"op": "test", "path": f"{at}/operation", "value": "Update"},
+                                           {"op": "replace", "path": f"{at}/operation", "value": "Apply"}],
+                                    field_manager=FIELD_MANAGER)
+            return
+        except ApiError as err:
+            if err.status != 422:
+                raise
+    current = await client.get(path)
+    if current is None:
+        return
+    meta = current["metadata"]
+    managed = apply_owned(meta.get("managedFields") or [])
+    if managed is None:
+        return
+    fence()
+    metrics.member_writes.labels(cluster=client.name, verb="patch").inc()
+    rv = meta["resourceVersion"]
+    await client.json_patch(path, [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+                                   {"op": "replace", "path": "/metadata/managedFields", "value": managed}],
+                            field_manager=FIELD_MANAGER)
 
 
 async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCache, *, adopt: bool = False) -> Outcome:
@@ -159,10 +204,13 @@ async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCach
 
     async def update(obj: dict[str, Any]) -> None:
         key = key_of(obj)
+        path = api_path(managed_kind(key.group, key.kind), key.namespace, key.name)
+        index = cache.update_owned.get(key)
+        if index is not None:
+            await _own_by_apply(client, path, index)
         fence()
         metrics.member_writes.labels(cluster=client.name, verb="apply").inc()
-        applied = await client.apply(api_path(managed_kind(key.group, key.kind), key.namespace, key.name), obj,
-                                     field_manager=FIELD_MANAGER)
+        applied = await client.apply(path, obj, field_manager=FIELD_MANAGER)
         out.writes += 1
         cache.put(applied, desired=obj)
 

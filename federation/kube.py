@@ -958,6 +958,12 @@ class KubeClient:
             content_type="application/merge-patch+json",
         )
 
+    async def json_patch(self, path: str, operations: Sequence[Mapping[str, Any]], *, field_manager: str
+                         ) -> dict[str, Any]:
+        """A JSON patch (RFC 6902); a failing `test` operation answers 422 and changes nothing."""
+        return await self.request("PATCH", path, query={"fieldManager": field_manager}, body=list(operations),
+                                  content_type="application/json-patch+json")
+
     async def delete(self, path: str, *, uid: str = "", resource_version: str = "") -> bool:
         """Delete conditionally on uid/resourceVersion; False when it was already gone."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1"}

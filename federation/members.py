@@ -77,7 +77,7 @@ import yaml
 
 from accesspoint.istioverdict import gateway_selectors, routed_hosts
 from accesspoint.kinds import GATEWAY_API, ISTIO_NET, MANAGED_KINDS, Kind, api_path
-from accesspoint.ownership import HASH_ANNOTATION, HUB, Owner, owner_of
+from accesspoint.ownership import HASH_ANNOTATION, HUB, Owner, owner_of, update_entry_index
 from accesspoint.plan import compared, plan, verdict
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics
@@ -397,6 +397,10 @@ class OwnedCache:
         # the one create per namespace that every create into it waits for, kept once done. A new cache
         # (a reset: the member was wiped or replaced) makes sure of them again.
         self.namespaces: dict[str, asyncio.Future[None]] = {}
+        # Objects whose fields we own through an Update entry (created with POST), by key: the entry's
+        # index in managedFields, -1 when an Apply entry of ours is there too (accesspoint.ownership
+        # `update_entry_index`). The executor moves them into the Apply entry before it applies.
+        self.update_owned: dict[ObjectKey, int] = {}
 
     def put(self, obj: dict[str, Any], desired: dict[str, Any] | None = None) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed. With
@@ -408,6 +412,7 @@ class OwnedCache:
         if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid"):
             if _rv(old) > _rv(obj):
                 return None  # an older event than what we hold
+            self._note_owners(key, obj)
             if old["metadata"].get("resourceVersion") == obj["metadata"].get("resourceVersion"):
                 if desired is not None and not compared(old):  # the watch was faster than the write's answer
                     self.objects[key] = compact(old, verdict(desired, old))
@@ -417,9 +422,20 @@ class OwnedCache:
         if owner is None:  # someone removed our labels: it is no longer ours
             return previous_owner
         self.objects[key] = slim(obj) if desired is None else compact(obj, verdict(desired, obj))
+        self._note_owners(key, obj)
         self.per_kind[(key.group, key.kind)] += 1
         self.by_owner[owner.key].add(key)
         return owner.key
+
+    def _note_owners(self, key: ObjectKey, obj: dict[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        if "managedFields" not in meta:
+            return  # a version without them (stripped by someone) says nothing new
+        index = update_entry_index(meta["managedFields"])
+        if index is None:
+            self.update_owned.pop(key, None)
+        else:
+            self.update_owned[key] = index
 
     def remove(self, obj: dict[str, Any]) -> str | None:
         key = key_of(obj)
@@ -429,6 +445,7 @@ class OwnedCache:
         return self._drop(key)
 
     def _drop(self, key: ObjectKey) -> str | None:
+        self.update_owned.pop(key, None)
         old = self.objects.pop(key, None)
         if old is None:
             return None
@@ -511,7 +528,8 @@ class OwnedCache:
     def footprint(self, seen: set[int]) -> int:
         """Bytes of Python objects this cache holds (records, keys, indexes); what is in `seen` (parts
         shared with records of other caches, interned strings) is not counted again."""
-        return sum(deep_size(part, seen) for part in (self.objects, self.by_owner, self.per_kind, self.max_rv))
+        return sum(deep_size(part, seen) for part in (self.objects, self.by_owner, self.per_kind, self.max_rv,
+                                                      self.update_owned))
 
     def whole(self) -> int:
         """Objects cached whole: versions not compared with what they should be yet."""

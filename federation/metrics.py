@@ -49,7 +49,8 @@ reconcile_duration = Histogram("meshfed_reconcile_duration_seconds", "Duration o
 reconcile_errors = Counter("meshfed_reconcile_errors", "Reconciles that failed (retried), by kind", ["kind"],
                            registry=registry)
 member_writes = Counter("meshfed_member_writes", "Writes sent to member API servers, by cluster and verb "
-                        "(create, apply, delete)", ["cluster", "verb"], registry=registry)
+                        "(create, apply, patch: an object we created handed to our applies, delete)",
+                        ["cluster", "verb"], registry=registry)
 member_watches = Gauge("meshfed_member_watches", "Watches open on each member (a kind is watched while an "
                        "AccessPoint plans it there or objects of ours of it exist)", ["cluster"], registry=registry)
 member_errors = Counter("meshfed_member_errors", "Failed member calls, by cluster", ["cluster"], registry=registry)

@@ -1,4 +1,5 @@
-"""accesspoint.ownership: owner labels, owner_of (ours / another hub / not meshfed) and conflict wording."""
+"""accesspoint.ownership: owner labels, owner_of (ours / another hub / not meshfed), conflict wording, and
+what we own through an Update entry handed to our Apply entry."""
 
 from __future__ import annotations
 
@@ -7,13 +8,16 @@ from typing import Any
 import pytest
 
 from accesspoint.ownership import (
+    FIELD_MANAGER,
     HUB,
     MANAGED_BY,
     OWNER_NAME,
     OWNER_NAMESPACE,
     Owner,
+    apply_owned,
     foreign_owner_description,
     owner_of,
+    update_entry_index,
 )
 
 OWNER = Owner("hub-1", "payments", "checkout")
@@ -74,3 +78,34 @@ def test_foreign_owner_not_meshfed_names_the_field_managers_sorted_and_unique() 
                                  labelled({"app": "x"}, managedFields=None)])
 def test_foreign_owner_without_managers(obj: dict[str, Any]) -> None:
     assert foreign_owner_description(obj) == "an object not managed by meshfed"
+
+
+def _entry(manager: str, operation: str, fields: dict[str, object], subresource: str = "") -> dict[str, object]:
+    out: dict[str, object] = {"manager": manager, "operation": operation, "apiVersion": "v1",
+                              "time": "2026-12-06T12:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": fields}
+    if subresource:
+        out["subresource"] = subresource
+    return out
+
+
+def test_fields_we_own_through_an_update_are_handed_to_our_apply_entry() -> None:
+    created = _entry(FIELD_MANAGER, "Update", {"f:metadata": {"f:annotations": {"f:b": {}}},
+                                                "f:spec": {"f:exportTo": {}, "f:hosts": {}}})
+    applied = _entry(FIELD_MANAGER, "Apply", {"f:metadata": {"f:annotations": {"f:a": {}}}, "f:spec": {"f:hosts": {}}})
+    status = _entry(FIELD_MANAGER, "Update", {"f:status": {}}, subresource="status")
+    other = _entry("istiod", "Update", {"f:metadata": {"f:labels": {"f:x": {}}}})
+    # Created with POST: the Update entry simply becomes the Apply entry, at its index.
+    assert update_entry_index([other, created]) == 1
+    assert update_entry_index([other, created, applied]) == -1  # both: they must be merged
+    assert update_entry_index([other, applied, status]) is None  # nothing of the object itself by Update
+    assert update_entry_index(None) is None and update_entry_index([other]) is None
+    assert apply_owned([other, applied, status]) is None
+    merged = apply_owned([other, created, applied, status])
+    assert merged is not None
+    assert [(e["manager"], e["operation"], e.get("subresource", "")) for e in merged] == [
+        ("istiod", "Update", ""), (FIELD_MANAGER, "Apply", ""), (FIELD_MANAGER, "Update", "status")]
+    assert merged[1]["fieldsV1"] == {"f:metadata": {"f:annotations": {"f:a": {}, "f:b": {}}},
+                                     "f:spec": {"f:exportTo": {}, "f:hosts": {}}}
+    alone = apply_owned([created])
+    assert alone is not None and alone[0]["operation"] == "Apply" and alone[0]["fieldsV1"] == created["fieldsV1"]
+    assert created["operation"] == "Update", "the input is left as it was"

@@ -1,0 +1,150 @@
+"""The executor's updates remove what the template no longer has, on objects it created with POST too.
+
+A POST create leaves meshfed's fields owned through an Update entry of managedFields, and server-side
+apply removes only fields its Apply entry owned: without handing them over first (federation/executor.py
+`_own_by_apply`), an annotation or spec key dropped from the template stayed on the member, and a changed
+Service port was refused (the old port kept beside the new one, "Duplicate value"). Real API server.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from accesspoint.ownership import FIELD_MANAGER, Owner
+from accesspoint.plan import Plan
+from federation.executor import execute
+from federation.kube import KubeClient
+from federation.members import OwnedCache
+from fleet import ensure_namespace
+from fleet.testing import diff_breakdown, request_breakdown
+from tests.integration.conftest import ApiServer
+
+pytestmark = pytest.mark.integration
+
+HUB = "hub-apply-test"
+
+
+@pytest.fixture
+async def client(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
+    c = await apiserver.admin_client()
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def virtual_service(owner: Owner, ns: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": "vs", "namespace": ns, "labels": owner.labels(), "annotations": {"a": "1", "b": "2"}},
+            "spec": {"hosts": ["vs.example"], "exportTo": ["."],
+                     "http": [{"route": [{"destination": {"host": "vs"}}]}]}}
+
+
+def service(owner: Owner, ns: str, port: int) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "svc", "namespace": ns, "labels": owner.labels()},
+            "spec": {"ports": [{"name": "http", "port": port}]}}
+
+
+def managers(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["manager"], e["operation"]) for e in obj["metadata"].get("managedFields") or []
+            if not e.get("subresource")]
+
+
+async def setup(client: KubeClient) -> tuple[str, Owner, OwnedCache]:
+    ns = f"apply-{uuid.uuid4().hex[:8]}"
+    await ensure_namespace(client, ns)
+    return ns, Owner(HUB, "apps", "ap"), OwnedCache(HUB)
+
+
+async def test_fields_dropped_from_the_template_leave_an_object_created_with_post(client: KubeClient) -> None:
+    ns, owner, cache = await setup(client)
+    created = virtual_service(owner, ns)
+    svc = service(owner, ns, 80)
+    outcome = await execute(client, Plan(create=[created, svc]), owner, cache)
+    assert outcome.ok, outcome.errors
+    path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+    assert managers(await client.get(path) or {}) == [(FIELD_MANAGER, "Update")]
+
+    edited = copy.deepcopy(created)
+    del edited["spec"]["exportTo"], edited["metadata"]["annotations"]["b"]
+    writes0 = await request_breakdown(client, ("PATCH", "APPLY"), ("virtualservices", "services"))
+    outcome = await execute(client, Plan(update=[edited, service(owner, ns, 8080)]), owner, cache)
+    assert outcome.ok, outcome.errors
+    vs = await client.get(path) or {}
+    assert "exportTo" not in vs["spec"] and vs["metadata"]["annotations"] == {"a": "1"}, vs
+    assert managers(vs) == [(FIELD_MANAGER, "Apply")]
+    ports = ((await client.get(f"/api/v1/namespaces/{ns}/services/svc") or {})["spec"]["ports"])
+    assert [p["port"] for p in ports] == [8080], ports
+    # One JSON patch each (the entry renamed in place), then the apply.
+    sent = diff_breakdown(writes0, await request_breakdown(client, ("PATCH", "APPLY"), ("virtualservices", "services")))
+    assert sent == {"APPLY services": 1, "APPLY virtualservices": 1, "PATCH services": 1,
+                    "PATCH virtualservices": 1}, sent
+
+    # Handed over once: the next update is one apply, and still removes what it drops.
+    again = copy.deepcopy(edited)
+    del again["metadata"]["annotations"]["a"]
+    writes0 = await request_breakdown(client, ("PATCH", "APPLY"), ("virtualservices",))
+    outcome = await execute(client, Plan(update=[again]), owner, cache)
+    assert outcome.ok, outcome.errors
+    assert "a" not in ((await client.get(path) or {})["metadata"].get("annotations") or {})
+    assert diff_breakdown(writes0, await request_breakdown(client, ("PATCH", "APPLY"), ("virtualservices",))) == {
+        "APPLY virtualservices": 1}
+
+
+async def test_an_update_entry_beside_an_apply_entry_is_merged_into_it(client: KubeClient) -> None:
+    """Objects an earlier meshfed created with POST and applied since carry both entries (and kept the
+    fields dropped meanwhile): the entries are read and merged, then the apply removes what it drops."""
+    ns, owner, cache = await setup(client)
+    created = virtual_service(owner, ns)
+    outcome = await execute(client, Plan(create=[created]), owner, cache)
+    assert outcome.ok, outcome.errors
+    path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+    earlier = copy.deepcopy(created)
+    earlier["spec"]["hosts"] = ["vs.example", "vs2.example"]
+    cache.put(await client.apply(path, earlier, field_manager=FIELD_MANAGER))  # as an earlier version did
+    vs = await client.get(path) or {}
+    assert sorted(managers(vs)) == [(FIELD_MANAGER, "Apply"), (FIELD_MANAGER, "Update")]
+    assert cache.update_owned[next(iter(cache.objects))] == -1
+
+    edited = copy.deepcopy(earlier)
+    del edited["spec"]["exportTo"], edited["metadata"]["annotations"]["b"]
+    outcome = await execute(client, Plan(update=[edited]), owner, cache)
+    assert outcome.ok, outcome.errors
+    vs = await client.get(path) or {}
+    assert "exportTo" not in vs["spec"] and vs["metadata"]["annotations"] == {"a": "1"}, vs
+    assert vs["spec"]["hosts"] == ["vs.example", "vs2.example"]
+    assert managers(vs) == [(FIELD_MANAGER, "Apply")]
+    assert not cache.update_owned
+
+
+async def test_entries_moved_since_the_cache_saw_them_are_read_again(client: KubeClient) -> None:
+    """The index the cache holds is checked by the JSON patch's tests; entries moved since (another
+    manager's Apply entry sorts first) make it fail with 422, and the object is read and merged instead."""
+    ns, owner, cache = await setup(client)
+    created = virtual_service(owner, ns)
+    outcome = await execute(client, Plan(create=[created]), owner, cache)
+    assert outcome.ok, outcome.errors
+    path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+    key = next(iter(cache.objects))
+    assert cache.update_owned[key] == 0
+    # Someone else applies a label (the cache does not see it: no watch here); Apply entries sort first.
+    await client.apply(path, {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                              "metadata": {"name": "vs", "namespace": ns, "labels": {"team": "edge"}}},
+                       field_manager="someone-else")
+    assert managers(await client.get(path) or {}) == [("someone-else", "Apply"), (FIELD_MANAGER, "Update")]
+    refused0 = await request_breakdown(client, ("PATCH",), ("virtualservices",), code="422")
+    edited = copy.deepcopy(created)
+    del edited["spec"]["exportTo"]
+    outcome = await execute(client, Plan(update=[edited]), owner, cache)
+    assert outcome.ok, outcome.errors
+    assert diff_breakdown(refused0, await request_breakdown(client, ("PATCH",), ("virtualservices",), code="422")) \
+        == {"PATCH virtualservices": 1}
+    vs = await client.get(path) or {}
+    assert "exportTo" not in vs["spec"] and vs["metadata"]["labels"]["team"] == "edge", vs
+    assert sorted(managers(vs)) == [(FIELD_MANAGER, "Apply"), ("someone-else", "Apply")]
