@@ -205,10 +205,16 @@ async def edit_snapshot(ctl: ControllerProcess, fleet: Fleet | None = None) -> d
 
 async def stalls(ctl: ControllerProcess) -> dict[str, float]:
     """The controller's stalls so far (cumulative): garbage-collector pauses by generation (count, seconds)
-    and those over 0.1 s; event-loop lag samples over 0.1, 0.5 and 1 s."""
+    and those over 0.1 s; event-loop lag samples over 0.1, 0.5 and 1 s; shard Leases lost (a renewal
+    late: the single replica starved) and members judged not answering."""
     m = await controller_metrics(ctl, "meshfed_gc_pause_seconds_bucket", "meshfed_gc_pause_seconds_sum",
-                                 "meshfed_event_loop_lag_seconds_bucket")
-    out: dict[str, float] = {}
+                                 "meshfed_event_loop_lag_seconds_bucket", "meshfed_lease_transitions_total",
+                                 "meshfed_member_not_answering_total")
+    out: dict[str, float] = {
+        "shard_leases_lost": sum(v for k, v in m["meshfed_lease_transitions_total"].items()
+                                 if 'kind="shard"' in k and 'transition="lost"' in k),
+        "members_not_answering": sum(m["meshfed_member_not_answering_total"].values()),
+    }
     gc_buckets = m["meshfed_gc_pause_seconds_bucket"]
     for gen in ("0", "1", "2"):
         total = gc_buckets.get(f'{{generation="{gen}",le="+Inf"}}', 0.0)
