@@ -1,7 +1,9 @@
 """Executes one member cluster's plan: create, server-side apply, conditional delete.
 
 Owns the write rules of the house: objects are created with POST (never blindly applied over
-something that exists), updated with server-side apply under one field manager, and deleted only
+something that exists), updated with server-side apply under one field manager (what the POST left
+owned through an Update entry is handed to the Apply entry before the first apply, `_own_by_apply`:
+else a field the template drops would stay on the member), and deleted only
 with uid+resourceVersion preconditions of the object we saw owned. A pre-existing object we do not
 own is a conflict unless the AccessPoint asks for adoption, and never one owned by another
 AccessPoint or hub; a create meeting an object of ours that already is as desired (a create that
