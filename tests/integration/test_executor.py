@@ -1,13 +1,18 @@
-"""The executor's updates remove what the template no longer has, on objects it created with POST too.
+"""The executor on a real API server: what it sends, counted by the server's own request metrics.
 
-A POST create leaves meshfed's fields owned through an Update entry of managedFields, and server-side
-apply removes only fields its Apply entry owned: without handing them over first (federation/executor.py
-`_own_by_apply`), an annotation or spec key dropped from the template stayed on the member, and a changed
-Service port was refused (the old port kept beside the new one, "Duplicate value"). Real API server.
+- Namespaces: made sure of once per member; creates going into a namespace the member lacks wait for
+  one namespace create instead of each failing with 404 and creating it themselves
+  (federation/executor.py `_namespace_ready`).
+- Updates remove what the template no longer has, on objects it created with POST too. A POST create
+  leaves meshfed's fields owned through an Update entry of managedFields, and server-side apply removes
+  only fields its Apply entry owned: without handing them over first (`_own_by_apply`), an annotation or
+  spec key dropped from the template stayed on the member, and a changed Service port was refused (the
+  old port kept beside the new one, "Duplicate value").
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import uuid
 from collections.abc import AsyncIterator
@@ -26,7 +31,7 @@ from tests.integration.conftest import ApiServer
 
 pytestmark = pytest.mark.integration
 
-HUB = "hub-apply-test"
+HUB = "hub-executor-test"
 
 
 @pytest.fixture
@@ -38,14 +43,95 @@ async def client(apiserver: ApiServer) -> AsyncIterator[KubeClient]:
         await c.close()
 
 
-def virtual_service(owner: Owner, ns: str) -> dict[str, Any]:
+def service(owner: Owner, ns: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": owner.labels()},
+            "spec": {"ports": [{"name": "http", "port": 80}]}}
+
+
+def virtual_service(owner: Owner, ns: str, name: str) -> dict[str, Any]:
+    return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+            "metadata": {"name": name, "namespace": ns, "labels": owner.labels()},
+            "spec": {"hosts": [f"{name}.example"], "http": [{"route": [{"destination": {"host": name}}]}]}}
+
+
+async def creates(client: KubeClient) -> dict[str, int]:
+    return await request_breakdown(client, ["POST"], ["namespaces", "services", "virtualservices"])
+
+
+async def by_code(client: KubeClient, code: str) -> dict[str, int]:
+    return await request_breakdown(client, ["POST"], ["namespaces", "services", "virtualservices"], code=code)
+
+
+async def test_creates_into_a_missing_namespace_wait_for_one_namespace_create(client: KubeClient) -> None:
+    ns = f"exec-{uuid.uuid4().hex[:8]}"
+    cache = OwnedCache(HUB)
+    owners = [Owner(HUB, "apps", f"ap-{i}") for i in range(4)]
+    plans = [Plan(create=[f(o, ns, f"{o.name}-{j}") for j in range(5) for f in (service, virtual_service)])
+             for o in owners]
+    before, created0, missing0 = await creates(client), await by_code(client, "201"), await by_code(client, "404")
+    # Four AccessPoints' plans at once, 40 creates into a namespace the member lacks.
+    outcomes = await asyncio.gather(*(execute(client, p, o, cache) for p, o in zip(plans, owners, strict=True)))
+    assert all(o.ok for o in outcomes), [o.errors for o in outcomes]
+    assert sum(o.writes for o in outcomes) == 40
+    sent = diff_breakdown(before, await creates(client))
+    assert sent == {"POST namespaces": 1, "POST services": 20, "POST virtualservices": 20}, sent
+    assert diff_breakdown(missing0, await by_code(client, "404")) == {}, "a create found the namespace missing"
+    assert diff_breakdown(created0, await by_code(client, "201"))["POST namespaces"] == 1
+    namespace = await client.get(f"/api/v1/namespaces/{ns}")
+    assert namespace is not None and namespace["metadata"]["labels"]["meshfed.io/hub"] == HUB
+
+    # Made sure of once: the next plan's creates send no namespace create at all.
+    before = await creates(client)
+    more = Owner(HUB, "apps", "ap-more")
+    outcome = await execute(client, Plan(create=[service(more, ns, "more")]), more, cache)
+    assert outcome.ok and outcome.writes == 1
+    assert diff_breakdown(before, await creates(client)) == {"POST services": 1}
+
+
+async def test_an_existing_namespace_costs_one_refused_create_per_member_cache(client: KubeClient) -> None:
+    ns = f"exec-{uuid.uuid4().hex[:8]}"
+    await client.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}},
+                        field_manager="someone-else")
+    owner = Owner(HUB, "apps", "ap-existing")
+    conflicts0, before = await by_code(client, "409"), await creates(client)
+    outcome = await execute(client, Plan(create=[service(owner, ns, f"s-{i}") for i in range(6)]), owner,
+                            OwnedCache(HUB))
+    assert outcome.ok and outcome.writes == 6, outcome.errors
+    assert diff_breakdown(before, await creates(client)) == {"POST namespaces": 1, "POST services": 6}
+    assert diff_breakdown(conflicts0, await by_code(client, "409")) == {"POST namespaces": 1}
+    namespace = await client.get(f"/api/v1/namespaces/{ns}")
+    assert namespace is not None
+    assert "meshfed.io/hub" not in (namespace["metadata"].get("labels") or {}), "a namespace not ours was changed"
+
+
+async def test_a_namespace_gone_since_it_was_made_sure_of_is_created_again(client: KubeClient) -> None:
+    ns = f"exec-{uuid.uuid4().hex[:8]}"
+    cache = OwnedCache(HUB)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    cache.namespaces[ns] = done  # as after a create into it, the namespace since deleted by someone
+    owner = Owner(HUB, "apps", "ap-gone")
+    missing0, before = await by_code(client, "404"), await creates(client)
+    outcome = await execute(client, Plan(create=[service(owner, ns, f"s-{i}") for i in range(3)]), owner, cache)
+    assert outcome.ok and outcome.writes == 3, outcome.errors
+    # The creates sent before it was there found it missing (at least the first), one namespace create
+    # for all of them, then each of those creates again.
+    missing = diff_breakdown(missing0, await by_code(client, "404"))
+    assert set(missing) == {"POST services"} and 1 <= missing["POST services"] <= 3, missing
+    assert diff_breakdown(before, await creates(client)) == {"POST namespaces": 1,
+                                                             "POST services": 3 + missing["POST services"]}
+    assert await client.get(f"/api/v1/namespaces/{ns}/services/s-0") is not None
+
+
+def vs_with_extras(owner: Owner, ns: str) -> dict[str, Any]:
     return {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
             "metadata": {"name": "vs", "namespace": ns, "labels": owner.labels(), "annotations": {"a": "1", "b": "2"}},
             "spec": {"hosts": ["vs.example"], "exportTo": ["."],
                      "http": [{"route": [{"destination": {"host": "vs"}}]}]}}
 
 
-def service(owner: Owner, ns: str, port: int) -> dict[str, Any]:
+def service_on(owner: Owner, ns: str, port: int) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "svc", "namespace": ns, "labels": owner.labels()},
             "spec": {"ports": [{"name": "http", "port": port}]}}
@@ -64,8 +150,8 @@ async def setup(client: KubeClient) -> tuple[str, Owner, OwnedCache]:
 
 async def test_fields_dropped_from_the_template_leave_an_object_created_with_post(client: KubeClient) -> None:
     ns, owner, cache = await setup(client)
-    created = virtual_service(owner, ns)
-    svc = service(owner, ns, 80)
+    created = vs_with_extras(owner, ns)
+    svc = service_on(owner, ns, 80)
     outcome = await execute(client, Plan(create=[created, svc]), owner, cache)
     assert outcome.ok, outcome.errors
     path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
@@ -74,7 +160,7 @@ async def test_fields_dropped_from_the_template_leave_an_object_created_with_pos
     edited = copy.deepcopy(created)
     del edited["spec"]["exportTo"], edited["metadata"]["annotations"]["b"]
     writes0 = await request_breakdown(client, ("PATCH", "APPLY"), ("virtualservices", "services"))
-    outcome = await execute(client, Plan(update=[edited, service(owner, ns, 8080)]), owner, cache)
+    outcome = await execute(client, Plan(update=[edited, service_on(owner, ns, 8080)]), owner, cache)
     assert outcome.ok, outcome.errors
     vs = await client.get(path) or {}
     assert "exportTo" not in vs["spec"] and vs["metadata"]["annotations"] == {"a": "1"}, vs
@@ -101,7 +187,7 @@ async def test_an_update_entry_beside_an_apply_entry_is_merged_into_it(client: K
     """Objects an earlier meshfed created with POST and applied since carry both entries (and kept the
     fields dropped meanwhile): the entries are read and merged, then the apply removes what it drops."""
     ns, owner, cache = await setup(client)
-    created = virtual_service(owner, ns)
+    created = vs_with_extras(owner, ns)
     outcome = await execute(client, Plan(create=[created]), owner, cache)
     assert outcome.ok, outcome.errors
     path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
@@ -127,7 +213,7 @@ async def test_entries_moved_since_the_cache_saw_them_are_read_again(client: Kub
     """The index the cache holds is checked by the JSON patch's tests; entries moved since (another
     manager's Apply entry sorts first) make it fail with 422, and the object is read and merged instead."""
     ns, owner, cache = await setup(client)
-    created = virtual_service(owner, ns)
+    created = vs_with_extras(owner, ns)
     outcome = await execute(client, Plan(create=[created]), owner, cache)
     assert outcome.ok, outcome.errors
     path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
