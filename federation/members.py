@@ -412,7 +412,7 @@ class OwnedCache:
         if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid"):
             if _rv(old) > _rv(obj):
                 return None  # an older event than what we hold
-            self._note_owners(key, obj)
+            self._note_update_entry(key, obj)
             if old["metadata"].get("resourceVersion") == obj["metadata"].get("resourceVersion"):
                 if desired is not None and not compared(old):  # the watch was faster than the write's answer
                     self.objects[key] = compact(old, verdict(desired, old))
@@ -422,12 +422,12 @@ class OwnedCache:
         if owner is None:  # someone removed our labels: it is no longer ours
             return previous_owner
         self.objects[key] = slim(obj) if desired is None else compact(obj, verdict(desired, obj))
-        self._note_owners(key, obj)
+        self._note_update_entry(key, obj)
         self.per_kind[(key.group, key.kind)] += 1
         self.by_owner[owner.key].add(key)
         return owner.key
 
-    def _note_owners(self, key: ObjectKey, obj: dict[str, Any]) -> None:
+    def _note_update_entry(self, key: ObjectKey, obj: dict[str, Any]) -> None:
         meta = obj.get("metadata") or {}
         if "managedFields" not in meta:
             return  # a version without them (stripped by someone) says nothing new
