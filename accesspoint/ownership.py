@@ -82,6 +82,61 @@ def update_entry_index(managed_fields: Any, manager: str = FIELD_MANAGER) -> int
     return -1 if has_apply else index
 
 
+# Paths of field names (one tuple per owned field; a map owned as a whole by its own path).
+FieldPaths = tuple[tuple[str, ...], ...]
+
+
+class _KeyedElement(Exception):
+    """A fieldsV1 trie names list elements (by key, value or index), not only fields."""
+
+
+def _field_paths(fields: Mapping[str, Any], prefix: tuple[str, ...], out: list[tuple[str, ...]]) -> None:
+    for k, sub in fields.items():
+        if k == ".":
+            out.append(prefix)
+        elif not k.startswith("f:"):
+            raise _KeyedElement(k)
+        elif isinstance(sub, Mapping) and sub:
+            _field_paths(sub, (*prefix, k[2:]), out)
+        else:
+            out.append((*prefix, k[2:]))
+
+
+def update_owned_fields(managed_fields: Any, manager: str = FIELD_MANAGER) -> FieldPaths | None:
+    """What `manager` owns of the object through its Update entries, as field paths (sorted); None when
+    an entry names list elements (by key, value or index: a Service's or a ServiceEntry's ports) or
+    cannot be read: whether a template still sets those needs the schema, so the fields are handed over."""
+    paths: list[tuple[str, ...]] = []
+    for entry in managed_fields if isinstance(managed_fields, list) else ():
+        if not isinstance(entry, Mapping) or entry.get("manager") != manager or entry.get("subresource") \
+                or entry.get("operation") != "Update":
+            continue
+        fields = entry.get("fieldsV1")
+        if not isinstance(fields, Mapping):
+            return None
+        try:
+            _field_paths(fields, (), paths)
+        except _KeyedElement:
+            return None
+    return tuple(sorted(set(paths)))
+
+
+def keeps_update_owned(paths: FieldPaths | None, desired: Mapping[str, Any]) -> bool:
+    """Whether `desired`, applied, sets every field of `paths` (`update_owned_fields`): then its apply
+    owns them too (taking over those whose value it changes) and leaves nothing of ours behind, so the
+    Update entry need not be handed to the Apply entry first. Fields the server defaulted at the create
+    (a Service's sessionAffinity) count as not set: conservative, the hand-over is always correct."""
+    if paths is None:
+        return False
+    for path in paths:
+        node: Any = desired
+        for name in path:
+            if not isinstance(node, Mapping) or node.get(name) is None:
+                return False
+            node = node[name]
+    return True
+
+
 def apply_owned(managed_fields: list[dict[str, Any]], manager: str = FIELD_MANAGER) -> list[dict[str, Any]] | None:
     """managedFields with what `manager` owns of the object through Update entries moved into its Apply
     entry (client-go csaupgrade's rule), or None when there is nothing to move.

@@ -2,8 +2,8 @@
 
 Owns the write rules of the house: objects are created with POST (never blindly applied over
 something that exists), updated with server-side apply under one field manager (what the POST left
-owned through an Update entry is handed to the Apply entry before the first apply, `_own_by_apply`:
-else a field the template drops would stay on the member), and deleted only
+owned through an Update entry is handed to the Apply entry, `_own_by_apply`, before an apply that
+would not set it all: else a field the template drops would stay on the member), and deleted only
 with uid+resourceVersion preconditions of the object we saw owned. A pre-existing object we do not
 own is a conflict unless the AccessPoint asks for adoption, and never one owned by another
 AccessPoint or hub; a create meeting an object of ours that already is as desired (a create that
@@ -28,8 +28,10 @@ from accesspoint.ownership import (
     Owner,
     apply_owned,
     foreign_owner_description,
+    keeps_update_owned,
     owner_of,
     update_entry_index,
+    update_owned_fields,
 )
 from accesspoint.plan import Plan, up_to_date
 from accesspoint.render import ObjectKey, key_of
@@ -139,8 +141,10 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
             return
         if holder == owner or (adopt and holder is None and
                                ((existing.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) != "meshfed"):
-            index = update_entry_index((existing.get("metadata") or {}).get("managedFields"))
-            if holder == owner and index is not None:
+            managed_fields = (existing.get("metadata") or {}).get("managedFields")
+            index = update_entry_index(managed_fields)
+            if holder == owner and index is not None and \
+                    not keeps_update_owned(update_owned_fields(managed_fields), obj):
                 await _own_by_apply(client, api_path(kind, key.namespace, key.name), index)
             fence()
             metrics.member_writes.labels(cluster=client.name, verb="apply").inc()
@@ -154,11 +158,14 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
 
 
 async def _own_by_apply(client: KubeClient, path: str, index: int) -> None:
-    """Before the first apply to an object we created: what we own of it through the Update entry our
-    POST left becomes our Apply entry's (accesspoint.ownership `apply_owned`), so the apply removes what
-    the template no longer has. One JSON patch renaming the entry's operation at `index` (its `test`s
-    fail, 422, if the entries moved since); otherwise, or with an Apply entry of ours there too, the
-    object is read and the entries merged, on the condition of its resourceVersion."""
+    """Before an apply to an object we created that would not set every field our POST's Update entry
+    owns (accesspoint.ownership `keeps_update_owned`: a field or list element dropped from the template,
+    a field the server defaulted): what we own through that entry becomes our Apply entry's
+    (`apply_owned`), so the apply removes what the template no longer has. An apply that sets them all
+    owns them too and needs no hand-over: a changed value, the common edit, costs one request.
+    One JSON patch renaming the entry's operation at `index` (its `test`s fail, 422, if the entries moved
+    since); otherwise, or with an Apply entry of ours there too (an apply that needed no hand-over left
+    one), the object is read and the entries merged, on the condition of its resourceVersion."""
     if index >= 0:
         at = f"/metadata/managedFields/{index}"
         try:
@@ -207,9 +214,9 @@ async def execute(client: KubeClient, plan: Plan, owner: Owner, cache: OwnedCach
     async def update(obj: dict[str, Any]) -> None:
         key = key_of(obj)
         path = api_path(managed_kind(key.group, key.kind), key.namespace, key.name)
-        index = cache.update_owned.get(key)
-        if index is not None:
-            await _own_by_apply(client, path, index)
+        update_owned = cache.update_owned.get(key)
+        if update_owned is not None and not keeps_update_owned(update_owned[1], obj):
+            await _own_by_apply(client, path, update_owned[0])
         fence()
         metrics.member_writes.labels(cluster=client.name, verb="apply").inc()
         applied = await client.apply(path, obj, field_manager=FIELD_MANAGER)

@@ -77,7 +77,15 @@ import yaml
 
 from accesspoint.istioverdict import gateway_selectors, routed_hosts
 from accesspoint.kinds import GATEWAY_API, ISTIO_NET, MANAGED_KINDS, Kind, api_path
-from accesspoint.ownership import HASH_ANNOTATION, HUB, Owner, owner_of, update_entry_index
+from accesspoint.ownership import (
+    HASH_ANNOTATION,
+    HUB,
+    FieldPaths,
+    Owner,
+    owner_of,
+    update_entry_index,
+    update_owned_fields,
+)
 from accesspoint.plan import compared, plan, verdict
 from accesspoint.render import ObjectKey, key_of
 from federation import metrics
@@ -399,8 +407,11 @@ class OwnedCache:
         self.namespaces: dict[str, asyncio.Future[None]] = {}
         # Objects whose fields we own through an Update entry (created with POST), by key: the entry's
         # index in managedFields, -1 when an Apply entry of ours is there too (accesspoint.ownership
-        # `update_entry_index`). The executor moves them into the Apply entry before it applies.
-        self.update_owned: dict[ObjectKey, int] = {}
+        # `update_entry_index`), and the fields it owns (`update_owned_fields`, shared between objects of
+        # one shape through `_field_shapes`). Before an apply that would not set them all, the executor
+        # moves them into the Apply entry.
+        self.update_owned: dict[ObjectKey, tuple[int, FieldPaths | None]] = {}
+        self._field_shapes: dict[FieldPaths, FieldPaths] = {}
 
     def put(self, obj: dict[str, Any], desired: dict[str, Any] | None = None) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed. With
@@ -412,7 +423,6 @@ class OwnedCache:
         if old is not None and old["metadata"].get("uid") == obj["metadata"].get("uid"):
             if _rv(old) > _rv(obj):
                 return None  # an older event than what we hold
-            self._note_update_entry(key, obj)
             if old["metadata"].get("resourceVersion") == obj["metadata"].get("resourceVersion"):
                 if desired is not None and not compared(old):  # the watch was faster than the write's answer
                     self.objects[key] = compact(old, verdict(desired, old))
@@ -434,8 +444,13 @@ class OwnedCache:
         index = update_entry_index(meta["managedFields"])
         if index is None:
             self.update_owned.pop(key, None)
-        else:
-            self.update_owned[key] = index
+            return
+        fields = update_owned_fields(meta["managedFields"])
+        if fields is not None:
+            if len(self._field_shapes) >= 4096:  # many templates' shapes: start sharing anew
+                self._field_shapes.clear()
+            fields = self._field_shapes.setdefault(fields, fields)
+        self.update_owned[key] = (index, fields)
 
     def remove(self, obj: dict[str, Any]) -> str | None:
         key = key_of(obj)

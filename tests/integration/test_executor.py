@@ -183,6 +183,47 @@ async def test_fields_dropped_from_the_template_leave_an_object_created_with_pos
         "APPLY virtualservices": 1}
 
 
+async def test_an_update_that_sets_every_field_the_post_owns_is_one_apply(client: KubeClient) -> None:
+    """A changed value (the common edit: a header, a host, a route's weight) sets every field the POST's
+    Update entry owns: the apply owns them too and takes over the changed ones, nothing is handed over
+    first. A later update dropping a field still removes it (the entries are read and merged first)."""
+    ns, owner, cache = await setup(client)
+    created = vs_with_extras(owner, ns)
+    outcome = await execute(client, Plan(create=[created]), owner, cache)
+    assert outcome.ok, outcome.errors
+    path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+    key = next(iter(cache.objects))
+    assert cache.update_owned[key] == (0, (("metadata", "annotations"), ("metadata", "annotations", "a"),
+                                           ("metadata", "annotations", "b"), ("metadata", "labels"),
+                                           *(("metadata", "labels", k) for k in sorted(owner.labels())),
+                                           ("spec",), ("spec", "exportTo"), ("spec", "hosts"), ("spec", "http"))), \
+        cache.update_owned[key]
+
+    edited = copy.deepcopy(created)
+    edited["spec"]["hosts"] = ["vs2.example"]
+    edited["metadata"]["annotations"]["a"] = "2"
+    writes0 = await request_breakdown(client, ("PATCH", "APPLY", "GET"), ("virtualservices",))
+    outcome = await execute(client, Plan(update=[edited]), owner, cache)
+    assert outcome.ok, outcome.errors
+    assert diff_breakdown(writes0, await request_breakdown(client, ("PATCH", "APPLY", "GET"), ("virtualservices",))) \
+        == {"APPLY virtualservices": 1}
+    vs = await client.get(path) or {}
+    assert vs["spec"]["hosts"] == ["vs2.example"] and vs["metadata"]["annotations"] == {"a": "2", "b": "2"}, vs
+    assert sorted(managers(vs)) == [(FIELD_MANAGER, "Apply"), (FIELD_MANAGER, "Update")]
+    assert cache.update_owned[key][0] == -1  # both entries now: a later hand-over merges them
+
+    dropped = copy.deepcopy(edited)
+    del dropped["spec"]["exportTo"], dropped["metadata"]["annotations"]["b"]
+    writes0 = await request_breakdown(client, ("PATCH", "APPLY", "GET"), ("virtualservices",))
+    outcome = await execute(client, Plan(update=[dropped]), owner, cache)
+    assert outcome.ok, outcome.errors
+    vs = await client.get(path) or {}
+    assert "exportTo" not in vs["spec"] and vs["metadata"]["annotations"] == {"a": "2"}, vs
+    assert managers(vs) == [(FIELD_MANAGER, "Apply")] and key not in cache.update_owned
+    assert diff_breakdown(writes0, await request_breakdown(client, ("PATCH", "APPLY", "GET"), ("virtualservices",))) \
+        == {"GET virtualservices": 2, "PATCH virtualservices": 1, "APPLY virtualservices": 1}
+
+
 async def test_an_update_entry_beside_an_apply_entry_is_merged_into_it(client: KubeClient) -> None:
     """Objects an earlier meshfed created with POST and applied since carry both entries (and kept the
     fields dropped meanwhile): the entries are read and merged, then the apply removes what it drops."""
@@ -196,7 +237,7 @@ async def test_an_update_entry_beside_an_apply_entry_is_merged_into_it(client: K
     cache.put(await client.apply(path, earlier, field_manager=FIELD_MANAGER))  # as an earlier version did
     vs = await client.get(path) or {}
     assert sorted(managers(vs)) == [(FIELD_MANAGER, "Apply"), (FIELD_MANAGER, "Update")]
-    assert cache.update_owned[next(iter(cache.objects))] == -1
+    assert cache.update_owned[next(iter(cache.objects))][0] == -1
 
     edited = copy.deepcopy(earlier)
     del edited["spec"]["exportTo"], edited["metadata"]["annotations"]["b"]
@@ -218,7 +259,7 @@ async def test_entries_moved_since_the_cache_saw_them_are_read_again(client: Kub
     assert outcome.ok, outcome.errors
     path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
     key = next(iter(cache.objects))
-    assert cache.update_owned[key] == 0
+    assert cache.update_owned[key][0] == 0
     # Someone else applies a label (the cache does not see it: no watch here); Apply entries sort first.
     await client.apply(path, {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
                               "metadata": {"name": "vs", "namespace": ns, "labels": {"team": "edge"}}},

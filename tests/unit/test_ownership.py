@@ -16,8 +16,10 @@ from accesspoint.ownership import (
     Owner,
     apply_owned,
     foreign_owner_description,
+    keeps_update_owned,
     owner_of,
     update_entry_index,
+    update_owned_fields,
 )
 
 OWNER = Owner("hub-1", "payments", "checkout")
@@ -109,3 +111,39 @@ def test_fields_we_own_through_an_update_are_handed_to_our_apply_entry() -> None
     alone = apply_owned([created])
     assert alone is not None and alone[0]["operation"] == "Apply" and alone[0]["fieldsV1"] == created["fieldsV1"]
     assert created["operation"] == "Update", "the input is left as it was"
+
+
+def test_an_apply_setting_every_field_our_update_entry_owns_needs_no_hand_over() -> None:
+    """The fields our POST's Update entry owns, as paths; an apply that sets them all owns them too and
+    leaves nothing behind. List elements named by key or value (a Service's ports), or a field the
+    desired object lacks (dropped, or defaulted by the server), ask for the hand-over."""
+    created = _entry(FIELD_MANAGER, "Update", {
+        "f:metadata": {"f:annotations": {".": {}, "f:a": {}}, "f:labels": {"f:app": {}}},
+        "f:spec": {"f:hosts": {}, "f:http": {}}})
+    applied = _entry(FIELD_MANAGER, "Apply", {"f:spec": {"f:exportTo": {}}})
+    status = _entry(FIELD_MANAGER, "Update", {"f:status": {"f:x": {}}}, subresource="status")
+    other = _entry("istiod", "Update", {"f:spec": {"f:tcp": {}}})
+    paths = update_owned_fields([other, created, applied, status])
+    assert paths == (("metadata", "annotations"), ("metadata", "annotations", "a"), ("metadata", "labels", "app"),
+                     ("spec", "hosts"), ("spec", "http"))
+    desired = {"metadata": {"annotations": {"a": "2"}, "labels": {"app": "x", "more": "y"}},
+               "spec": {"hosts": ["h"], "http": [{"route": []}], "tcp": []}}
+    assert keeps_update_owned(paths, desired)  # values changed, a field added: all set
+    for drop in (("metadata", "annotations", "a"), ("spec", "http"), ("metadata", "labels")):
+        edited = {"metadata": {k: dict(v) for k, v in desired["metadata"].items()}, "spec": dict(desired["spec"])}
+        parent: dict[str, object] = edited
+        for name in drop[:-1]:
+            parent = parent[name]  # type: ignore[assignment]
+        del parent[drop[-1]]
+        assert not keeps_update_owned(paths, edited), drop
+    assert not keeps_update_owned(paths, {**desired, "spec": {**desired["spec"], "http": None}})
+    assert not keeps_update_owned(paths, {**desired, "spec": "not a mapping"})
+    # Keyed list elements need the schema to compare: always handed over.
+    service = _entry(FIELD_MANAGER, "Update", {"f:spec": {"f:ports": {
+        'k:{"port":80,"protocol":"TCP"}': {".": {}, "f:port": {}, "f:protocol": {}}}}})
+    assert update_owned_fields([service]) is None and not keeps_update_owned(None, {"spec": {"ports": []}})
+    assert update_owned_fields([_entry(FIELD_MANAGER, "Update", {"f:metadata": {"f:finalizers": {'v:"x"': {}}}})]) \
+        is None
+    assert update_owned_fields([{**created, "fieldsV1": None}]) is None
+    # Nothing by Update: nothing to keep.
+    assert update_owned_fields([applied, status, other]) == () and keeps_update_owned((), {})
