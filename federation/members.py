@@ -388,6 +388,12 @@ def _rv(obj: dict[str, Any]) -> int:
         return 0
 
 
+# An object's Update entry of ours: its index in managedFields (-1: beside an Apply entry of ours) and
+# the fields it owns (None: list elements too), accesspoint.ownership `update_entry_index`,
+# `update_owned_fields`.
+UpdateOwned = tuple[int, FieldPaths | None]
+
+
 class OwnedCache:
     """Objects of one member labelled with our hub id, with an index by owning AccessPoint."""
 
@@ -407,11 +413,11 @@ class OwnedCache:
         self.namespaces: dict[str, asyncio.Future[None]] = {}
         # Objects whose fields we own through an Update entry (created with POST), by key: the entry's
         # index in managedFields, -1 when an Apply entry of ours is there too (accesspoint.ownership
-        # `update_entry_index`), and the fields it owns (`update_owned_fields`, shared between objects of
-        # one shape through `_field_shapes`). Before an apply that would not set them all, the executor
-        # moves them into the Apply entry.
-        self.update_owned: dict[ObjectKey, tuple[int, FieldPaths | None]] = {}
-        self._field_shapes: dict[FieldPaths, FieldPaths] = {}
+        # `update_entry_index`), and the fields it owns (`update_owned_fields`). Before an apply that
+        # would not set them all, the executor moves them into the Apply entry. Objects of one shape share
+        # one record (`_shapes`): it costs them nothing but the index's slot.
+        self.update_owned: dict[ObjectKey, UpdateOwned] = {}
+        self._shapes: dict[UpdateOwned, UpdateOwned] = {}
 
     def put(self, obj: dict[str, Any], desired: dict[str, Any] | None = None) -> str | None:
         """Store `obj` unless we hold a newer version; return its owner key when it changed. With
@@ -445,12 +451,10 @@ class OwnedCache:
         if index is None:
             self.update_owned.pop(key, None)
             return
-        fields = update_owned_fields(meta["managedFields"])
-        if fields is not None:
-            if len(self._field_shapes) >= 4096:  # many templates' shapes: start sharing anew
-                self._field_shapes.clear()
-            fields = self._field_shapes.setdefault(fields, fields)
-        self.update_owned[key] = (index, fields)
+        record = (index, update_owned_fields(meta["managedFields"]))
+        if len(self._shapes) >= 4096:  # many templates' shapes: start sharing anew
+            self._shapes.clear()
+        self.update_owned[key] = self._shapes.setdefault(record, record)
 
     def remove(self, obj: dict[str, Any]) -> str | None:
         key = key_of(obj)
