@@ -191,6 +191,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
+    return value
+
+
 def host_port(text: str) -> str:
     """`[HOST]:PORT` (`0.0.0.0:8081`, `[::]:8081`, `:8081`) for --http-address."""
     _, sep, port = text.rpartition(":")

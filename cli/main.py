@@ -31,6 +31,7 @@ from cli.common import (
     label_key_problem,
     label_pair,
     label_value,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -107,7 +108,8 @@ def cmd_fleet(args: argparse.Namespace) -> None:
         try:
             state = asyncio.run(fleet.up(members=args.members, regions=args.regions, zones=args.zones,
                                          istio=args.istio, backends=args.backends, topology=topology,
-                                         remotes=remotes, dense=args.dense, member_crds=member_crds))
+                                         remotes=remotes, dense=args.dense, member_crds=member_crds,
+                                         start_interval=args.start_interval))
         except ValueError as err:  # an unknown kind, or --member-crds with --istio: nothing was started
             raise UserError(str(err)) from None
         print(table([["CLUSTER", "ROLE", "REGION", "ZONE", "SERVER", "STATE"], *map(list, fleet.status_rows())]))
@@ -542,6 +544,10 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     fleet.add_argument("--dense", action="store_true",
                        help="new member API servers tuned for density (watch cache and priority-and-fairness off, "
                        "GOGC=50): many members on one machine; prints startup time and RSS per API server")
+    fleet.add_argument("--start-interval", metavar="SECONDS", type=non_negative_float, default=0.0,
+                       help="up: start the API servers this many seconds apart (default 0: together). Each one's "
+                       "CRD informer resyncs every 5 minutes from its start; many members started together burst "
+                       "together (a few seconds apart is enough: the scale bench uses 6)")
     fleet.add_argument("--member-crds", metavar="KIND[,KIND...]",
                        help="up: only the CRDs of these Istio and Gateway API kinds (KIND or KIND.GROUP) on members "
                        "(default: all); "

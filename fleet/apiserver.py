@@ -107,6 +107,14 @@ def kubeconfig_dict(name: str, port: int, ca: bytes, client: pki.KeyPair) -> dic
 # 2 minutes, 0.1 core-second each). meshfed-apiserver collects instead at a random point of every period.
 DENSE_GC_SPREAD = "2m"
 
+# Each kube-apiserver's CRD informer resyncs every 5 minutes from its start (built in), rebuilding every
+# CRD's OpenAPI: 0.1-0.2 core-second per member with the scale bench's 5 CRDs. Members started within the
+# same seconds burst together: 30 idle dense members took 0.9-1.4 cores for 6 s, 5 minutes after they
+# started (2026-12-06, sampled every 2 s; 0.25-0.3 cores otherwise), and at 50 members such a burst
+# (10 CPU-seconds of members in 5 s) held one scale-bench edit 5.3 s. Members of a real fleet do not
+# start together: `fleet up --start-interval` starts them this many seconds apart, so no two bursts meet.
+MEMBERS_STARTED_APART = 6.0
+
 
 @dataclass
 class ClusterProc:

@@ -132,7 +132,7 @@ class Fleet:
                  topology: Sequence[tuple[str, str, str]] | None = None, vip_allocator: bool = True,
                  istio: bool = False, backends: int = 1, remotes: Mapping[str, str] | None = None,
                  mesh_wide: bool = False, dense: bool = False,
-                 member_crds: Sequence[str] | None = None) -> FleetState:
+                 member_crds: Sequence[str] | None = None, start_interval: float = 0.0) -> FleetState:
         """Start (or restart) the fleet. `istio`: every member runs istiod + a gateway Envoy, VIPs
         forward to it, and `backends` echo instances per member answer behind it. `remotes` (member ->
         its primary): those members are Istio remotes (primary-remote zones): no istiod or gateway of
@@ -141,7 +141,8 @@ class Fleet:
         every primary's istiod reads every remote, so each zone's gateway knows the endpoints of all zones.
         `dense`: member API servers tuned for density (ClusterProc.dense); `ready_seconds` keeps how long
         each API server took to answer. `member_crds`: only the CRDs of these Istio and Gateway API kinds
-        on members (select_member_crds; an API-only fleet, not with `istio`)."""
+        on members (select_member_crds; an API-only fleet, not with `istio`). `start_interval`: seconds
+        between API server starts (fleet.apiserver MEMBERS_STARTED_APART: many members on one machine)."""
         if member_crds is not None and istio:
             raise ValueError("member CRDs chosen (--member-crds) are for API-only fleets: istiod needs every Istio CRD")
         if member_crds is not None:
@@ -171,17 +172,19 @@ class Fleet:
                     self._plan_remote(member, index, backends)
                 else:
                     self._plan_istio(member, index, backends)
-        for cluster in state.clusters():
-            cluster.start(binary)
-        self.save()
-        say(f"starting {len(state.clusters())} API servers (hub + {len(state.members)} members) ...")
+        apart = f", {start_interval:g} s apart" if start_interval > 0 else ""
+        say(f"starting {len(state.clusters())} API servers (hub + {len(state.members)} members{apart}) ...")
         started = time.monotonic()
 
-        async def ready(cluster: ClusterProc) -> None:
+        async def ready(cluster: ClusterProc, index: int) -> None:
+            await asyncio.sleep(max(0.0, started + index * start_interval - time.monotonic()))
+            cluster.start(binary)
+            self.save()  # its pid, for `down`, before waiting
+            began = time.monotonic()
             await cluster.wait_ready()
-            self.ready_seconds[cluster.name] = time.monotonic() - started
+            self.ready_seconds[cluster.name] = time.monotonic() - began
 
-        await asyncio.gather(*(ready(c) for c in state.clusters()))
+        await asyncio.gather(*(ready(c, i) for i, c in enumerate(state.clusters())))
         say("API servers ready; installing CRDs ...")
         await self.install_crds()
         for member in state.members:

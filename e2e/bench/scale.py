@@ -73,6 +73,7 @@ from federation.kube import (
 )
 from federation.members import ISTIO_RESOURCES
 from fleet import Fleet
+from fleet.apiserver import MEMBERS_STARTED_APART
 from fleet.testing import ControllerProcess, diff_breakdown, open_watches, request_breakdown
 
 OBJECTS_PER_AP = 3
@@ -335,12 +336,14 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
     fleet = Fleet(root)
     # Members get only the CRDs the run needs (every CRD costs each member an OpenAPI rebuild at every
     # 5-minute resync of its CRD informer: fleet/apiserver.select_member_crds): the template's kinds and
-    # MEMBER_READY_KINDS.
+    # MEMBER_READY_KINDS. Started apart: members started together burst together at every resync.
     kinds = sorted({o["kind"] for o in template() if o["apiVersion"] != "v1"} | set(MEMBER_READY_KINDS))
-    print(f"\n== {n} members: fleet up --dense --member-crds {','.join(kinds)} ({root}) ...", flush=True)
+    print(f"\n== {n} members: fleet up --dense --member-crds {','.join(kinds)} --start-interval "
+          f"{MEMBERS_STARTED_APART:g} ({root}) ...", flush=True)
     started = time.monotonic()
     try:
-        await fleet.up(members=n, regions=2, zones=ZONE_WAVES, vip_allocator=False, dense=True, member_crds=kinds)
+        await fleet.up(members=n, regions=2, zones=ZONE_WAVES, vip_allocator=False, dense=True, member_crds=kinds,
+                       start_interval=MEMBERS_STARTED_APART)
     except BaseException:
         fleet.down(purge=True)  # no API servers left behind to load the next run
         raise
@@ -539,7 +542,8 @@ def report(runs: list[dict[str, Any]]) -> str:
     lines = ["", "==== scale benchmark ====",
              f"AccessPoints of {OBJECTS_PER_AP} objects (Service, VirtualService, DestinationRule) on every member; "
              "member API servers dense (watch cache, APF and endpoint reconciler off, GOGC=50, collections spread "
-             f"apart, only the CRDs of Istio's 5 core networking kinds); controller --workers {WORKERS}",
+             f"apart, only the CRDs of Istio's 5 core networking kinds, started {MEMBERS_STARTED_APART:g} s apart: "
+             f"fleet up includes that); controller --workers {WORKERS}",
              "",
              "| members | member objects | fleet up | member API server RSS | cold start to ready "
              "| watches / member, idle / loaded | connections / member, loaded | direct SSA | meshfed | ratio "
