@@ -148,6 +148,16 @@ async def setup(client: KubeClient) -> tuple[str, Owner, OwnedCache]:
     return ns, Owner(HUB, "apps", "ap"), OwnedCache(HUB)
 
 
+async def created_vs(client: KubeClient) -> tuple[Owner, OwnedCache, dict[str, Any], str]:
+    """A VirtualService with extras created with POST by the executor: its owner, the cache, what was
+    created and its path."""
+    ns, owner, cache = await setup(client)
+    created = vs_with_extras(owner, ns)
+    outcome = await execute(client, Plan(create=[created]), owner, cache)
+    assert outcome.ok, outcome.errors
+    return owner, cache, created, f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+
+
 async def test_fields_dropped_from_the_template_leave_an_object_created_with_post(client: KubeClient) -> None:
     ns, owner, cache = await setup(client)
     created = vs_with_extras(owner, ns)
@@ -187,11 +197,7 @@ async def test_an_update_that_sets_every_field_the_post_owns_is_one_apply(client
     """A changed value (the common edit: a header, a host, a route's weight) sets every field the POST's
     Update entry owns: the apply owns them too and takes over the changed ones, nothing is handed over
     first. A later update dropping a field still removes it (the entries are read and merged first)."""
-    ns, owner, cache = await setup(client)
-    created = vs_with_extras(owner, ns)
-    outcome = await execute(client, Plan(create=[created]), owner, cache)
-    assert outcome.ok, outcome.errors
-    path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+    owner, cache, created, path = await created_vs(client)
     key = next(iter(cache.objects))
     assert cache.update_owned[key] == (0, (("metadata", "annotations"), ("metadata", "annotations", "a"),
                                            ("metadata", "annotations", "b"), ("metadata", "labels"),
@@ -227,11 +233,7 @@ async def test_an_update_that_sets_every_field_the_post_owns_is_one_apply(client
 async def test_an_update_entry_beside_an_apply_entry_is_merged_into_it(client: KubeClient) -> None:
     """Objects an earlier meshfed created with POST and applied since carry both entries (and kept the
     fields dropped meanwhile): the entries are read and merged, then the apply removes what it drops."""
-    ns, owner, cache = await setup(client)
-    created = vs_with_extras(owner, ns)
-    outcome = await execute(client, Plan(create=[created]), owner, cache)
-    assert outcome.ok, outcome.errors
-    path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+    owner, cache, created, path = await created_vs(client)
     earlier = copy.deepcopy(created)
     earlier["spec"]["hosts"] = ["vs.example", "vs2.example"]
     cache.put(await client.apply(path, earlier, field_manager=FIELD_MANAGER))  # as an earlier version did
@@ -253,16 +255,13 @@ async def test_an_update_entry_beside_an_apply_entry_is_merged_into_it(client: K
 async def test_entries_moved_since_the_cache_saw_them_are_read_again(client: KubeClient) -> None:
     """The index the cache holds is checked by the JSON patch's tests; entries moved since (another
     manager's Apply entry sorts first) make it fail with 422, and the object is read and merged instead."""
-    ns, owner, cache = await setup(client)
-    created = vs_with_extras(owner, ns)
-    outcome = await execute(client, Plan(create=[created]), owner, cache)
-    assert outcome.ok, outcome.errors
-    path = f"/apis/networking.istio.io/v1/namespaces/{ns}/virtualservices/vs"
+    owner, cache, created, path = await created_vs(client)
     key = next(iter(cache.objects))
     assert cache.update_owned[key][0] == 0
     # Someone else applies a label (the cache does not see it: no watch here); Apply entries sort first.
     await client.apply(path, {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                              "metadata": {"name": "vs", "namespace": ns, "labels": {"team": "edge"}}},
+                              "metadata": {"name": "vs", "namespace": created["metadata"]["namespace"],
+                                           "labels": {"team": "edge"}}},
                        field_manager="someone-else")
     assert managers(await client.get(path) or {}) == [("someone-else", "Apply"), (FIELD_MANAGER, "Update")]
     refused0 = await request_breakdown(client, ("PATCH",), ("virtualservices",), code="422")
