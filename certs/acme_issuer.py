@@ -19,6 +19,7 @@ import logging
 import os
 import tempfile
 import time
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -190,6 +191,42 @@ def _jwk(account_key_pem: bytes) -> tuple[jwk.JWK, Any]:
     return jwk.JWKRSA(key=key), jwa.RS256
 
 
+class _CaBundleFile:
+    """A CA bundle where requests (through acme) can read it: `verify` takes a path only. On Linux an
+    anonymous in-memory file (memfd), named through /proc/self/fd, gone with the process however it
+    ends; elsewhere a temporary file, removed by `close`, when collected, or at exit (a killed process
+    leaves it)."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._finalizer: weakref.finalize[Any, Any]
+        memfd_create = getattr(os, "memfd_create", None)
+        if memfd_create is not None:
+            fd: int = memfd_create("meshfed-acme-ca", 0)  # not inherited by children (O_CLOEXEC)
+            view = memoryview(pem)
+            while view:
+                view = view[os.write(fd, view):]
+            self.path = f"/proc/self/fd/{fd}"
+            self._finalizer = weakref.finalize(self, _close_quietly, fd)
+        else:
+            fd, self.path = tempfile.mkstemp(prefix="meshfed-acme-ca-", suffix=".pem")
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+            self._finalizer = weakref.finalize(self, _unlink_quietly, self.path)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
 class AcmeIssuer:
     """An `Issuer` that orders certificates from an ACME CA."""
 
@@ -222,12 +259,10 @@ class AcmeIssuer:
         self._timeout = timeout
         self._net_timeout = network_timeout
         self._verify: bool | str = True
-        self._bundle_file: str | None = None
+        self._bundle: _CaBundleFile | None = None
         if ca_bundle_pem:
-            fd, self._bundle_file = tempfile.mkstemp(prefix="meshfed-acme-ca-", suffix=".pem")
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(ca_bundle_pem)
-            self._verify = self._bundle_file
+            self._bundle = _CaBundleFile(ca_bundle_pem)
+            self._verify = self._bundle.path
         self._directory: messages.Directory | None = None
         self._account: messages.RegistrationResource | None = None
         self._account_lock = asyncio.Lock()
@@ -246,10 +281,10 @@ class AcmeIssuer:
     __str__ = __repr__
 
     def close(self) -> None:
-        if self._bundle_file:
-            with contextlib.suppress(OSError):
-                os.unlink(self._bundle_file)
-            self._bundle_file = None
+        """Release the CA bundle's file, once nothing uses the issuer any more (else: done when the issuer
+        is collected or the process ends; an issuer dropped from a cache is simply let go)."""
+        if self._bundle is not None:
+            self._bundle.close()
 
     # -- blocking parts (worker threads) --
 

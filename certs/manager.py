@@ -167,6 +167,10 @@ async def build_issuer(
     else:
         raise IssuanceError("IssuerInvalid", "neither spec.ca nor spec.acme is set", retryable=False)
     if cache is not None:
+        # Older generations of this issuer go (each ACME issuer holds its account, directory and CA
+        # bundle file; released when the last issuance using it ends).
+        for stale in [k for k in cache if k.rsplit("@", 1)[0] == resource.name]:
+            del cache[stale]
         cache[key] = issuer
     return issuer
 

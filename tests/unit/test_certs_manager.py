@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import gc
+import os
+import ssl
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from accesspoint.meta import condition
+from certs.acme_issuer import _CaBundleFile
 from certs.ca import BACKDATE, InternalCA, generate_ca
-from certs.issuers import IssuanceError, IssuedChain
-from certs.manager import desired_certificate, evaluate, reconcile, with_delivery
-from certs.models import Certificate, CertificateStatus, ClusterDelivery, EnvoySdsStatus
+from certs.issuers import IssuanceError, IssuedChain, Issuer
+from certs.manager import build_issuer, desired_certificate, evaluate, reconcile, with_delivery
+from certs.models import (
+    Certificate,
+    CertificateIssuer,
+    CertificateStatus,
+    ClusterDelivery,
+    EnvoySdsStatus,
+    SecretRef,
+)
 from certs.renewal import jitter_fraction
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -294,3 +307,49 @@ async def test_fresh_certificate_checked_as_of_its_arrival(
         assert out.status.last_failure is not None
         assert out.status.last_failure.reason == "IssuedCertificateInvalid"
         assert "NotYetValid" in out.status.last_failure.message
+
+
+async def test_a_new_generation_of_an_issuer_replaces_the_cached_one() -> None:
+    """The cache keeps one issuer per CertificateIssuer: an edited one (a new generation) is built
+    again and the older generations are let go (each ACME issuer holds a CA bundle file)."""
+    ca_pem, key_pem = generate_ca(now=T0 - timedelta(days=1))
+
+    async def read_secret(ref: SecretRef) -> dict[str, bytes]:
+        return {"tls.crt": ca_pem, "tls.key": key_pem}
+
+    def resource(generation: int, name: str = "corp") -> CertificateIssuer:
+        return CertificateIssuer.model_validate({
+            "apiVersion": "meshfed.io/v1alpha1", "kind": "CertificateIssuer",
+            "metadata": {"name": name, "generation": generation},
+            "spec": {"ca": {"secretRef": {"name": "corp-ca"}}}})
+
+    cache: dict[str, Issuer] = {}
+    first = await build_issuer(resource(1), read_secret, cache=cache)
+    assert await build_issuer(resource(1), read_secret, cache=cache) is first
+    other = await build_issuer(resource(1, "other"), read_secret, cache=cache)
+    second = await build_issuer(resource(2), read_secret, cache=cache)
+    assert second is not first and cache == {"corp@2": second, "other@1": other}
+
+
+def test_the_acme_ca_bundle_leaves_no_file_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """requests takes the ACME server's CA bundle as a path: on Linux an in-memory file read through
+    /proc/self/fd (nothing in the temporary directory, gone with the process even when killed), closed
+    when the issuer goes; elsewhere a temporary file, removed then."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ca_pem, _ = generate_ca(now=T0 - timedelta(days=1))
+    bundle = _CaBundleFile(ca_pem)
+    assert list(tmp_path.iterdir()) == [] and bundle.path.startswith("/proc/self/fd/")
+    for _ in range(2):  # read whole each time (a new open file, not a shared offset)
+        assert len(ssl.create_default_context(cafile=bundle.path).get_ca_certs()) == 1
+    fd = int(bundle.path.rsplit("/", 1)[1])
+    del bundle
+    gc.collect()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    # Without memfd: a temporary file, removed by close().
+    monkeypatch.delattr(os, "memfd_create")
+    bundle = _CaBundleFile(ca_pem)
+    assert [p.name for p in tmp_path.iterdir()] == [Path(bundle.path).name]
+    assert len(ssl.create_default_context(cafile=bundle.path).get_ca_certs()) == 1
+    bundle.close()
+    assert list(tmp_path.iterdir()) == []
