@@ -62,6 +62,11 @@ def _fields_union(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _ours(entry: Any, manager: str) -> bool:
+    """A managedFields entry of `manager` for the object itself (not a subresource such as status)."""
+    return isinstance(entry, Mapping) and entry.get("manager") == manager and not entry.get("subresource")
+
+
 def update_entry_index(managed_fields: Any, manager: str = FIELD_MANAGER) -> int | None:
     """Where `manager` owns fields of the object itself through an Update entry (what a POST create with
     fieldManager leaves), when that entry can simply become its Apply entry (it has none): the index;
@@ -71,7 +76,7 @@ def update_entry_index(managed_fields: Any, manager: str = FIELD_MANAGER) -> int
         return None
     index, has_apply = None, False
     for i, entry in enumerate(managed_fields):
-        if not isinstance(entry, Mapping) or entry.get("manager") != manager or entry.get("subresource"):
+        if not _ours(entry, manager):
             continue
         if entry.get("operation") == "Update":
             index = i if index is None else -1
@@ -108,8 +113,7 @@ def update_owned_fields(managed_fields: Any, manager: str = FIELD_MANAGER) -> Fi
     cannot be read: whether a template still sets those needs the schema, so the fields are handed over."""
     paths: list[tuple[str, ...]] = []
     for entry in managed_fields if isinstance(managed_fields, list) else ():
-        if not isinstance(entry, Mapping) or entry.get("manager") != manager or entry.get("subresource") \
-                or entry.get("operation") != "Update":
+        if not _ours(entry, manager) or entry.get("operation") != "Update":
             continue
         fields = entry.get("fieldsV1")
         if not isinstance(fields, Mapping):
@@ -144,8 +148,7 @@ def apply_owned(managed_fields: list[dict[str, Any]], manager: str = FIELD_MANAG
     Why: an object created with POST is owned through an Update entry, and server-side apply removes only
     fields its own Apply entry owned: a field later dropped from the template (an annotation, a port, a
     spec key) would stay on the member for ever, under a content hash saying it is up to date."""
-    mine = [e for e in managed_fields if e.get("manager") == manager and not e.get("subresource")
-            and e.get("operation") in ("Update", "Apply")]
+    mine = [e for e in managed_fields if _ours(e, manager) and e.get("operation") in ("Update", "Apply")]
     if not any(e.get("operation") == "Update" for e in mine):
         return None
     fields: dict[str, Any] = {}

@@ -169,10 +169,15 @@ async def build_issuer(
     if cache is not None:
         # Older generations of this issuer go (each ACME issuer holds its account, directory and CA
         # bundle file; released when the last issuance using it ends).
-        for stale in [k for k in cache if k.rsplit("@", 1)[0] == resource.name]:
-            del cache[stale]
+        forget_issuer(cache, resource.name)
         cache[key] = issuer
     return issuer
+
+
+def forget_issuer(cache: dict[str, Issuer], name: str) -> None:
+    """Drop every cached generation of issuer `name` (`build_issuer`'s keys are name@generation)."""
+    for key in [k for k in cache if k.rsplit("@", 1)[0] == name]:
+        del cache[key]
 
 
 # --- reconcile ----------------------------------------------------------------------------------

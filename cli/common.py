@@ -181,24 +181,22 @@ positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
 
 
-def positive_float(text: str) -> float:
+def _seconds(text: str, *, zero_ok: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be more than 0")
+    if value != value or value == float("inf") or value < 0 or (value == 0 and not zero_ok):
+        raise argparse.ArgumentTypeError(f"{text} must be {'0 or more' if zero_ok else 'more than 0'}")
     return value
+
+
+def positive_float(text: str) -> float:
+    return _seconds(text, zero_ok=False)
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be 0 or more")
-    return value
+    return _seconds(text, zero_ok=True)
 
 
 def host_port(text: str) -> str:

@@ -87,7 +87,7 @@ from certs.delivery import (
     tls_secret,
 )
 from certs.issuers import CertBundle, IssuanceError, Issuer
-from certs.manager import build_issuer, desired_certificate, reconcile, with_delivery
+from certs.manager import build_issuer, desired_certificate, forget_issuer, reconcile, with_delivery
 from certs.models import (
     SDS_STATUS_FIELDS,
     Certificate,
@@ -308,8 +308,7 @@ class Certificates:
         """Issuer `name`, a Secret or a DNSProvider it uses changed: build it again, refresh its status
         and retry its Certificates now (a failure backoff is not waited out: the input it waited for
         may have arrived)."""
-        for key in [k for k in self.issuer_cache if k.rsplit("@", 1)[0] == name]:
-            self.issuer_cache.pop(key, None)
+        forget_issuer(self.issuer_cache, name)
         if name in self.issuers:
             self.enqueue(f"{ISSUER_KEY}{name}")
         for key, cert in self.certs.items():
@@ -768,8 +767,7 @@ class Certificates:
                 await issuer.register()  # Ready only once the ACME server knows the account
         except IssuanceError as err:
             issuer = err
-            for key in [k for k in self.issuer_cache if k.rsplit("@", 1)[0] == resource.name]:
-                self.issuer_cache.pop(key)  # built again (and registered) on the next attempt
+            forget_issuer(self.issuer_cache, resource.name)  # built again (and registered) on the next attempt
         await self._issuer_status(resource, body, issuer)
         return issuer
 
