@@ -22,7 +22,7 @@ import pytest
 
 from accesspoint.ownership import FIELD_MANAGER, Owner
 from accesspoint.plan import Plan
-from federation.executor import execute
+from federation.executor import _namespace_ready, execute
 from federation.kube import KubeClient
 from federation.members import OwnedCache
 from fleet import ensure_namespace
@@ -122,6 +122,28 @@ async def test_a_namespace_gone_since_it_was_made_sure_of_is_created_again(clien
     assert diff_breakdown(before, await creates(client)) == {"POST namespaces": 1,
                                                              "POST services": 3 + missing["POST services"]}
     assert await client.get(f"/api/v1/namespaces/{ns}/services/s-0") is not None
+
+
+async def test_creates_finding_the_namespace_missing_one_after_another_create_it_once(client: KubeClient) -> None:
+    # The order CI once met: of a bulk's creates that waited for the same (stale) making-sure, the second
+    # found the namespace missing only after the first had created it again. It used to create it twice.
+    ns = f"exec-{uuid.uuid4().hex[:8]}"
+    cache = OwnedCache(HUB)
+    stale: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stale.set_result(None)
+    cache.namespaces[ns] = stale
+    owner = Owner(HUB, "apps", "ap-gone")
+    before = await creates(client)
+    first = await _namespace_ready(client, ns, owner, cache, missing_since=stale)
+    second = await _namespace_ready(client, ns, owner, cache, missing_since=stale)
+    assert first is second is cache.namespaces[ns] and first is not stale
+    assert diff_breakdown(before, await creates(client)) == {"POST namespaces": 1}
+    # A create that waited for the new making-sure and still finds it missing makes sure again.
+    await client.delete(f"/api/v1/namespaces/{ns}")
+    before = await creates(client)
+    third = await _namespace_ready(client, ns, owner, cache, missing_since=first)
+    assert third is not first
+    assert diff_breakdown(before, await creates(client)) == {"POST namespaces": 1}
 
 
 def vs_with_extras(owner: Owner, ns: str) -> dict[str, Any]:
