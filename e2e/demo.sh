@@ -125,6 +125,13 @@ served_by() {  # cluster -> one line: VIP, x-served-by, the backend's answer
   fi
 }
 for m in member-1 member-2 member-3; do served_by $m; done
+echo
+echo "100 requests through member-1's gateway (one connection), by the answering backend's region"
+echo "(spec.traffic.locality: 99% stay in the gateway's region, region-a; 1% go to region-b):"
+urls=$(for _ in $(seq 1 100); do printf 'https://%s/ ' "$FQDN"; done)
+# shellcheck disable=SC2086  # one URL per word
+curl -sS --resolve $FQDN:443:$VIP --cacert "$FLEET_DIR/ca/ca.crt" -w '\n' $urls \
+  | grep -o '"region": "[^"]*"' | sort | uniq -c | awk '{gsub(/"/, "", $3); printf "  %s: %d\n", $3, $1}'
 
 step "a staged change: edit checkout (the x-served-by header gets -v2); the default rollout goes to one cluster, then waits for approval"
 show kubectl -n $NS patch accesspoint checkout --type json \
