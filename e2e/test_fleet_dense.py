@@ -1,5 +1,6 @@
-"""A dense fleet of real API servers (issue 20): members carry only the CRDs asked for and start with the
-density settings; meshfed-apiserver refuses a malformed MESHFED_GC_SPREAD in one line."""
+"""A dense fleet of real API servers (issue 20): members carry only the CRDs asked for, start with the
+density settings and, asked to, apart from each other; meshfed-apiserver refuses a malformed
+MESHFED_GC_SPREAD in one line."""
 
 from __future__ import annotations
 
@@ -15,15 +16,24 @@ def _proc(pid: int, name: str) -> bytes:
     return Path(f"/proc/{pid}/{name}").read_bytes()
 
 
+def _started_ticks(pid: int) -> int:
+    """When the process started, in clock ticks after boot (/proc/<pid>/stat field 22)."""
+    return int(_proc(pid, "stat").rsplit(b")", 1)[1].split()[19])
+
+
 READY_KINDS = ["DestinationRule", "Gateway.networking.istio.io", "ServiceEntry", "VirtualService", "WorkloadEntry"]
 
 
 async def test_a_dense_member_gets_only_the_crds_asked_for(tmp_path: Path) -> None:
     fleet = Fleet(tmp_path)
     try:
-        await fleet.up(members=1, regions=1, zones=1, vip_allocator=False, dense=True, member_crds=READY_KINDS)
+        await fleet.up(members=1, regions=1, zones=1, vip_allocator=False, dense=True, member_crds=READY_KINDS,
+                       start_interval=2.0)
         assert fleet.state is not None
         member = fleet.state.members[0]
+        # Started apart (`fleet up --start-interval`): the member 2 s after the hub, by the kernel's clock.
+        apart = (_started_ticks(member.pid) - _started_ticks(fleet.state.hub.pid)) / os.sysconf("SC_CLK_TCK")
+        assert 1.9 <= apart < 10, apart
         client = await member.client()
         try:
             items, _ = await client.list(CRD_PATH)
