@@ -59,6 +59,13 @@ def _describe(key: ObjectKey) -> str:
     return str(key)
 
 
+async def _create_fenced(client: KubeClient, collection: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST `body` into `collection`, counted, and only while this replica holds the shard (`fence`)."""
+    fence()
+    metrics.member_writes.labels(cluster=client.name, verb="create").inc()
+    return await client.create(collection, body, field_manager=FIELD_MANAGER)
+
+
 async def _ensure_namespace(client: KubeClient, name: str, owner: Owner, *, known_missing: bool) -> None:
     """Create the namespace if it is missing. Namespaces are never updated or deleted by meshfed.
     Before the first create into it (`known_missing` False) a refusal (403: the identity may not create
@@ -66,9 +73,7 @@ async def _ensure_namespace(client: KubeClient, name: str, owner: Owner, *, know
     body = {"apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": {MANAGED_BY: "meshfed", "meshfed.io/hub": owner.hub}}}
     try:
-        fence()
-        metrics.member_writes.labels(cluster=client.name, verb="create").inc()
-        await client.create(api_path(NAMESPACE, None), body, field_manager=FIELD_MANAGER)
+        await _create_fenced(client, api_path(NAMESPACE, None), body)
     except ApiError as err:
         if err.status != 409 and (known_missing or err.status != 403):
             raise
@@ -120,15 +125,11 @@ async def _create(client: KubeClient, obj: dict[str, Any], owner: Owner, adopt: 
     try:
         made_sure = await _namespace_ready(client, key.namespace, owner, cache) if key.namespace else None
         try:
-            fence()
-            metrics.member_writes.labels(cluster=client.name, verb="create").inc()
-            created = await client.create(collection, obj, field_manager=FIELD_MANAGER)
+            created = await _create_fenced(client, collection, obj)
         except ApiError as err:
             if err.status == 404 and "namespaces" in err.message and key.namespace:
                 await _namespace_ready(client, key.namespace, owner, cache, missing_since=made_sure)
-                fence()
-                metrics.member_writes.labels(cluster=client.name, verb="create").inc()
-                created = await client.create(collection, obj, field_manager=FIELD_MANAGER)
+                created = await _create_fenced(client, collection, obj)
             else:
                 raise
         out.writes += 1
