@@ -39,6 +39,7 @@ from fleet.testing import (
     ControllerProcess,
     create_namespace,
     diff_breakdown,
+    events_until,
     eventually,
     get_status,
     tls_gateway_template,
@@ -236,8 +237,10 @@ async def test_fqdn_resolves_to_the_vips_and_follows_a_vip_change(
         return sorted(st["records"]) == sorted(expected)
 
     await eventually(recorded, 10, message="status.records should show the new VIP")
-    events = await hub.request("GET", f"/api/v1/namespaces/{namespace}/events")
-    assert any(e["reason"] == "Published" and e["involvedObject"]["name"] == "shop" for e in events["items"])
+    def published(events: list[dict[str, Any]]) -> None:
+        assert any(e["reason"] == "Published" and e["involvedObject"]["name"] == "shop" for e in events)
+
+    await events_until(hub, namespace, published)
 
 
 async def test_controller_restart_writes_nothing_to_the_hub_or_dns(
@@ -285,8 +288,10 @@ async def test_foreign_record_is_never_overwritten(
     await asyncio.sleep(3)  # several syncs later (the AccessPoint got its VIPs meanwhile): still untouched
     assert await resolve(bind, f"taken.{ZONE}") == {"192.0.2.10"}
     assert await resolve(bind, f"_meshfed-owner.taken.{ZONE}", "TXT") == set()
-    events = await hub.request("GET", f"/api/v1/namespaces/{namespace}/events")
-    assert any(e["reason"] == "ForeignRecord" and e["involvedObject"]["name"] == "taken" for e in events["items"])
+    def foreignrecord(events: list[dict[str, Any]]) -> None:
+        assert any(e["reason"] == "ForeignRecord" and e["involvedObject"]["name"] == "taken" for e in events)
+
+    await events_until(hub, namespace, foreignrecord)
     # Deleting the NameService leaves the foreign record alone.
     await hub.delete(f"{NSVC.format(ns=namespace)}/taken")
 

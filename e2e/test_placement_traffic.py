@@ -31,6 +31,7 @@ from fleet.testing import (
     create_namespace,
     delete_accesspoints,
     diff_breakdown,
+    events_until,
     eventually,
     get_object,
     tls_gateway_template,
@@ -524,10 +525,12 @@ async def test_bad_input_gets_a_clear_condition_and_changes_nothing(
         assert await snapshot(members, ns, "guard") == before, f"{label}: member objects changed"
     changed = diff_breakdown(writes_before, await member_writes(members))
     assert not changed, f"bad input caused member writes: {changed}"
-    events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
-    messages = [e["message"] for e in events["items"] if e["reason"] == "InvalidSpec"]
-    for label, _, expected in BAD_INPUT:
-        assert any(all(t in m for t in expected) for m in messages), f"no InvalidSpec event for {label}"
+    def every_refusal(events: list[dict[str, Any]]) -> None:
+        messages = [e["message"] for e in events if e["reason"] == "InvalidSpec"]
+        for label, _, expected in BAD_INPUT:
+            assert any(all(t in m for t in expected) for m in messages), f"no InvalidSpec event for {label}"
+
+    await events_until(hub, ns, every_refusal)
 
     # Risky (a region with endpoints left out of `to`) is a warning, not an error: it is applied.
     risky = {"locality": {"mode": "Weighted", "weighted": {"remotes": [{"region": "region-b"}]}}}

@@ -32,6 +32,7 @@ from fleet.testing import (
     ControllerProcess,
     accesspoint_status,
     diff_breakdown,
+    events_until,
     eventually,
     tls_gateway_template,
     wait_caught_up,
@@ -343,11 +344,13 @@ async def test_default_strategy_stops_after_one_cluster_and_approve_releases_zon
     for wave, next_wave in itertools.pairwise(waves):
         assert max(reached[c] or 0.0 for c in wave) < min(reached[c] or 0.0 for c in next_wave), \
             f"wave {next_wave} reached before wave {wave} was done: {reached}"
-    events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
-    reasons = [e["reason"] for e in events["items"] if e["involvedObject"]["name"] == "shop"]
-    for reason in ("ClusterApplied", "RolloutStarted", "AwaitingApproval", "Approved", "WaveStarted",
-                   "RolloutCompleted"):
-        assert reason in reasons, (reason, reasons)
+    def every_reason(events: list[dict[str, Any]]) -> None:
+        reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == "shop"]
+        for reason in ("ClusterApplied", "RolloutStarted", "AwaitingApproval", "Approved", "WaveStarted",
+                       "RolloutCompleted"):
+            assert reason in reasons, (reason, reasons)
+
+    await events_until(hub, ns, every_reason)
 
 
 async def _phase_is(hub: KubeClient, ns: str, name: str, phase: str) -> bool:
@@ -440,9 +443,11 @@ async def test_each_approval_releases_one_wave_unauthorized_refused_abort_restor
         await auditor.stop()
     auditor.check()
     assert not any(s["m-c1"] == "v2" or s["m-c2"] == "v2" for s in auditor.samples)
-    events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
-    reasons = [e["reason"] for e in events["items"] if e["involvedObject"]["name"] == "cart"]
-    assert "Aborted" in reasons and "WaveReverted" in reasons and "AbortCompleted" in reasons, reasons
+    def aborted(events: list[dict[str, Any]]) -> None:
+        reasons = [e["reason"] for e in events if e["involvedObject"]["name"] == "cart"]
+        assert "Aborted" in reasons and "WaveReverted" in reasons and "AbortCompleted" in reasons, reasons
+
+    await events_until(hub, ns, aborted)
 
 
 async def test_new_revision_supersedes_pending_approval_and_undo_outside_history_is_refused(

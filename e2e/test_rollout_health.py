@@ -32,6 +32,7 @@ from fleet.istio import http_get
 from fleet.testing import (
     ControllerProcess,
     accesspoint_status,
+    events_until,
     eventually,
     gateway_vip,
     request_loop,
@@ -393,9 +394,12 @@ async def test_a_good_revision_passes_probe_and_analysis_and_completes(
         assert e["probe"]["verdict"] == "Healthy" and e["probe"]["last"]["code"] == 200, e
     finally:
         await versions.stop()
-    events = await hub.request("GET", f"/api/v1/namespaces/{ns}/events")
-    mine = [ev for ev in events["items"] if ev["involvedObject"]["name"] == name]
-    passed = [ev["message"] for ev in mine if ev["reason"] == "AnalysisPassed"]
-    assert passed and "m1: 0/" in passed[0] and "over " in passed[0], passed
+    def analysis_passed(events: list[dict[str, Any]]) -> None:
+        assert any(ev["reason"] == "AnalysisPassed" and ev["involvedObject"]["name"] == name for ev in events)
+
+    events = await events_until(hub, ns, analysis_passed)
+    passed = [ev["message"] for ev in events
+              if ev["involvedObject"]["name"] == name and ev["reason"] == "AnalysisPassed"]
+    assert "m1: 0/" in passed[0] and "over " in passed[0], passed
     assert 8 <= window < 40, window
     print(f"\n[figure] good revision: {window:.1f}s from Analyzing to Completed (window 8s): {passed[0]}")

@@ -125,6 +125,20 @@ async def eventually(check: Callable[[], Awaitable[T]], timeout: float = 30.0, i
     raise AssertionError(f"{message} (after {timeout:.0f}s; last: {last!r})")
 
 
+async def events_until(hub: KubeClient, ns: str, check: Callable[[list[dict[str, Any]]], None],
+                       timeout: float = 30.0) -> list[dict[str, Any]]:
+    """The Events of namespace `ns` once `check` (asserting over them) passes. The controller sends Events
+    from a queue after the reconcile that made them, so one may reach the hub after the status that
+    followed it: a test that reads Events once, right after that status, may miss it."""
+    async def listed() -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = (await hub.request("GET", f"/api/v1/namespaces/{ns}/events"))["items"]
+        check(items)
+        return items or [{}]  # truthy even when `check` accepts none
+
+    found = await eventually(listed, timeout, message=f"Events in {ns}")
+    return [e for e in found if e]
+
+
 # ---- hub object status: get, condition by type, wait -------------------------------------------
 
 ACCESSPOINTS = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
