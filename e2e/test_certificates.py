@@ -19,7 +19,7 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,6 +37,7 @@ from fleet.testing import (
     create_namespace,
     delete_accesspoints,
     diff_breakdown,
+    events_until,
     eventually,
     get_status,
     tls_gateway_template,
@@ -151,9 +152,20 @@ def kubectl(fleet: Fleet, *args: str) -> str:
                           env={**os.environ, "KUBECONFIG": str(fleet.state.hub.kubeconfig)}).stdout
 
 
-async def events(hub: KubeClient, ns: str, name: str) -> list[dict[str, Any]]:
-    items = (await hub.request("GET", f"/api/v1/namespaces/{ns}/events"))["items"]
-    return [e for e in items if e["involvedObject"]["name"] == name]
+async def events(hub: KubeClient, ns: str, name: str,
+                 until: Callable[[list[dict[str, Any]]], bool] | None = None) -> list[dict[str, Any]]:
+    """The Events of object `name`; with `until`, once it holds (Events reach the hub from the controller's
+    queue, possibly after the status a test waited for: `fleet.testing.events_until`)."""
+    def mine(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [e for e in items if e["involvedObject"]["name"] == name]
+
+    if until is None:
+        return mine((await hub.request("GET", f"/api/v1/namespaces/{ns}/events"))["items"])
+
+    def holds(items: list[dict[str, Any]]) -> None:
+        assert until(mine(items)), mine(items)
+
+    return mine(await events_until(hub, ns, holds))
 
 
 # ---- tests ----
@@ -200,8 +212,8 @@ async def test_tls_secret_lands_in_every_placed_member_and_the_gateway_reference
     assert "corp-ca" in row
     issuer = await hub.get(f"{ISSUERS}/corp-ca") or {}
     assert issuer["status"]["ready"] == "True" and issuer["status"]["type"] == "CA"
-    evs = await events(hub, ns, "shop")
-    assert any(e["reason"] == "Issued" and st["serial"] in e["message"] for e in evs), evs
+    evs = await events(hub, ns, "shop", until=lambda evs: any(e["reason"] == "Issued" and st["serial"] in e["message"]
+                                                               for e in evs))
     # Key material: only in the member Secrets and the store Secret, never in status, events or logs.
     member_secret = await members["member-1"].get(f"{SECRETS.format(ns=ns)}/shop-tls") or {}
     key_pem = decode(member_secret)["tls.key"]
@@ -230,8 +242,8 @@ async def test_renewal_rotates_the_secret_on_every_member(
         assert f"{leaf.serial_number:x}" == second["serial"]
         assert secret["metadata"]["annotations"]["meshfed.io/certificate-revision"] == "2"
         assert decode(secret)["tls.key"] != old[name]["tls.key"], "a new key per certificate"
-    evs = await events(hub, ns, "rot")
-    assert any(e["reason"] == "Renewed" and second["serial"] in e["message"] for e in evs), evs
+    await events(hub, ns, "rot", until=lambda evs: any(e["reason"] == "Renewed" and second["serial"] in e["message"]
+                                                       for e in evs))
     # Deleting the AccessPoint removes its Secrets on members, its Certificate and the stored bundle.
     await hub.delete(f"{AP.format(ns=ns)}/rot")
 
@@ -279,8 +291,8 @@ async def test_a_host_no_issuer_may_sign_gets_a_condition_and_nothing_is_deliver
         assert await member.get(f"{SECRETS.format(ns=ns)}/rogue-tls") is None
         gw = await member.get(f"{GW.format(ns=ns)}/rogue-gw") or {}
         assert gw["spec"]["servers"][0]["tls"]["credentialName"] == "preexisting-tls"
-    evs = await events(hub, ns, "rogue")
-    assert any(e["reason"] == "IssuanceFailed" and "HostNotAllowed" in e["message"] for e in evs), evs
+    await events(hub, ns, "rogue", until=lambda evs: any(e["reason"] == "IssuanceFailed" and
+                                                         "HostNotAllowed" in e["message"] for e in evs))
     row = kubectl(fleet, "get", "accesspoints", "-n", ns, "rogue").splitlines()[1]
     assert "HostNotAllowed" in row
     # The other AccessPoint's certificate is untouched.
@@ -335,7 +347,9 @@ async def test_missing_ca_secret_gets_a_condition_then_issues_once_it_exists(
         st = await wait_delivered(hub, ns, "lost", timeout=30)
         issued_after = time.monotonic() - created
         assert datetime.now(UTC) < next_attempt or issued_after < 8, (issued_after, next_attempt)
-        issued = next(e for e in await events(hub, ns, "lost") if e["reason"] == "Issued")
+        issued = next(e for e in await events(hub, ns, "lost", until=lambda evs: any(e["reason"] == "Issued"
+                                                                                  for e in evs))
+                      if e["reason"] == "Issued")
         first_seen = datetime.fromisoformat(
             (issued.get("firstTimestamp") or issued["eventTime"]).replace("Z", "+00:00"))
         assert first_seen < next_attempt, f"issued at {first_seen}, only when the backoff ended ({next_attempt})"
@@ -695,10 +709,12 @@ async def test_a_member_that_rejects_the_secret_fails_alone_and_converges_once_i
             leaf = check_tls_secret(secret, ca[0], ["picky.example.com"])
             assert f"{leaf.serial_number:x}" == st["serial"] != first["serial"]
         # A Warning Event names the cluster and carries the member's message.
-        evs = [e for e in await events(hub, ns, "picky") if e["type"] == "Warning"]
-        for kind, reason in (("AccessPoint", "ClusterFailed"), ("Certificate", "DeliveryFailed")):
-            assert any(e["involvedObject"]["kind"] == kind and e["reason"] == reason and
-                       e["message"].startswith("member-2: ") and refusal in e["message"] for e in evs), evs
+        def warned(evs: list[dict[str, Any]]) -> bool:
+            return all(any(e["type"] == "Warning" and e["involvedObject"]["kind"] == kind and e["reason"] == reason
+                           and e["message"].startswith("member-2: ") and refusal in e["message"] for e in evs)
+                       for kind, reason in (("AccessPoint", "ClusterFailed"), ("Certificate", "DeliveryFailed")))
+
+        await events(hub, ns, "picky", until=warned)
         # Nothing else changes: the other objects on member-2, the other clusters' state.
         others_now = {k: ((await m2.get(p)) or {})["metadata"]["resourceVersion"] for k, p in paths.items()}
         assert others_now == others_before
