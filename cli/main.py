@@ -505,9 +505,9 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
                      help="seconds between two /debug/syncz reads of a member's istiod when nothing is in flight")
     ctl.add_argument("--istiod-fast-interval", type=positive_float, default=0.5,
                      help="seconds between two /debug/syncz reads while a change is in flight")
-    ctl.add_argument("--verify-interval", type=float, default=60.0,
-                     help="seconds between comparisons of each member cache with the member (0: off); bounds how "
-                          "long a cache error can last")
+    ctl.add_argument("--verify-interval", type=float, default=600.0,
+                     help="seconds between comparisons of each member cache with the member, a LIST per kind "
+                          "(0: off); bounds how long a cache error can last")
     ctl.add_argument("--route-settle", type=float, default=10.0,
                      help="after a write istiod pushes nothing for, routeConfigured may turn True this much later")
     ctl.add_argument("--otel", choices=["none", "console", "otlp"], default=None)

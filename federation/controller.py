@@ -45,7 +45,7 @@ from federation.executor import Outcome, execute
 from federation.hubwriter import FINALIZER, HubWriter, now_rfc3339
 from federation.kube import ApiError, KubeClient
 from federation.lanes import Flight, MemberLane, wait_flights
-from federation.members import DEGRADED_AFTER, Member, MemberRegistry, slim
+from federation.members import DEGRADED_AFTER, VERIFY_INTERVAL, Member, MemberRegistry, slim
 from federation.workloop import WorkLoop
 from placement.models import ClusterFacts, MemberClusterStatus, PlacementDecision, PlacementPolicy, PlacementSpec
 from placement.select import select
@@ -163,7 +163,7 @@ class Controller:
     def __init__(self, hub: KubeClient, hub_id: str, *, workers: int = 16, probe_interval: float = 5.0,
                  resync_seconds: float = 600.0, istiod_options: dict[str, float] | None = None,
                  route_settle: float = 10.0, gateway_namespace: str = "istio-system",
-                 verify_interval: float = 60.0) -> None:
+                 verify_interval: float = VERIFY_INTERVAL) -> None:
         self.hub = hub
         # The member namespace of the gateway that serves AccessPoints, unless
         # spec.traffic.visibility.gatewayNamespace names another (exportTo includes it).

@@ -27,6 +27,7 @@ from federation.kube import (
     load_configuration,
     load_kubeconfig,
 )
+from federation.members import VERIFY_INTERVAL
 from federation.metrics import HttpServer, sample_loop_lag
 from federation.shards import LeaseTiming, Shards
 
@@ -103,7 +104,7 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             route_settle=options.get("route_settle", 10.0),
             gateway_namespace=options.get("gateway_namespace")
             or os.environ.get("MESHFED_GATEWAY_NAMESPACE", "istio-system"),
-            verify_interval=options.get("verify_interval", 60.0),
+            verify_interval=options.get("verify_interval", VERIFY_INTERVAL),
         )
         if options.get("shards", 0):
             controller.shards = Shards(
