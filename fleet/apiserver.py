@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import random
 import signal
@@ -51,6 +52,7 @@ def shared_dir() -> Path:
 PORT_RANGE = (20000, 32700)
 PORT_MARKERS = Path(os.environ.get("TMPDIR", "/tmp")) / "meshfed-ports"
 PORT_MARKER_TTL = 120.0  # seconds: by then the server that asked has bound it (a bind test protects it after)
+KILLED_GONE_WITHIN = 10.0  # seconds a SIGKILLed API server may take to be gone
 
 
 def _bindable(host: str, port: int, kind: socket.SocketKind) -> bool:
@@ -251,16 +253,28 @@ class ClusterProc:
             return True
 
     def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; returns once the process is gone, so its ports are free
+        for a restart on the same ones (a killed API server holds them until the kernel has torn it down:
+        a restart right after the SIGKILL met "address already in use")."""
         if not self.running():
             self.pid = 0
             return
         os.killpg(self.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.running() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if self.running():
-            os.killpg(self.pid, signal.SIGKILL)
+        if not self._gone_within(timeout):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            if not self._gone_within(KILLED_GONE_WITHIN):
+                raise RuntimeError(f"API server {self.name} (pid {self.pid}) still there "
+                                   f"{KILLED_GONE_WITHIN:.0f} s after SIGKILL")
         self.pid = 0
+
+    def _gone_within(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while self.running():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     async def client(self, attempts: int = 3) -> KubeClient:
         return await KubeClient.from_kubeconfig_file(str(self.kubeconfig), self.name, attempts=attempts)
