@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from accesspoint.ownership import HUB
-from e2e.bench.propagation import AppliedTracker, CpuMeter, all_requests, baseline, create_accesspoints, ensure_ns
+from e2e.bench.propagation import (
+    AppliedTracker,
+    CpuMeter,
+    all_requests,
+    baseline,
+    cpu_seconds,
+    create_accesspoints,
+    ensure_ns,
+)
 from e2e.bench.scale import MEMBER_READY_KINDS, WORKERS, accesspoint, template, until_ready
 from federation.gcpolicy import tune_gc
 from federation.kube import KubeClient
@@ -54,10 +62,8 @@ async def window(fleet: Fleet, ctl: ControllerProcess, members: dict[str, KubeCl
             "populated_lists": sum(by_kind.get(k, 0) for k in POPULATED)}
 
 
-async def list_cost(fleet: Fleet, client: KubeClient, pid: int, repeats: int = 20) -> float:
+async def list_cost(client: KubeClient, pid: int, repeats: int = 20) -> float:
     """Member CPU of one metadata-only LIST of VirtualServices with meshfed's label selector, ms."""
-    from e2e.bench.propagation import cpu_seconds
-
     selector = f"{HUB}=meshfed-hub"
     start = cpu_seconds(pid)
     for _ in range(repeats):
@@ -104,7 +110,7 @@ async def main(args: argparse.Namespace) -> None:
         await tracker.wait_for(args.aps, 900)
         tracking.cancel()
         first = fleet.state.members[0]
-        cost_ms = await list_cost(fleet, members[first.name], first.pid)
+        cost_ms = await list_cost(members[first.name], first.pid)
 
         results: list[tuple[str, dict[str, Any]]] = []
         ctl.stop()
