@@ -137,29 +137,29 @@ def meshfed_hub_writes(hub_requests: dict[str, int]) -> dict[str, int]:
 
 
 async def create_accesspoints(hub: KubeClient, ns: str, count: int, workers: int,
-                              build: Callable[[str, str], dict[str, Any]] | None = None) -> None:
-    """Create AccessPoints ap-0 .. ap-<count-1> in `ns` (`build(ns, name)`, default `accesspoint`),
+                              build: Callable[[str, str], dict[str, Any]] | None = None, prefix: str = "ap-") -> None:
+    """Create AccessPoints <prefix>0 .. <prefix><count-1> in `ns` (`build(ns, name)`, default `accesspoint`),
     `workers` at a time."""
     build = build or accesspoint
     sem = asyncio.Semaphore(workers)
 
     async def create(i: int) -> None:
         async with sem:
-            await hub.create(AP_PATH.format(ns=ns), build(ns, f"ap-{i}"), field_manager="bench")
+            await hub.create(AP_PATH.format(ns=ns), build(ns, f"{prefix}{i}"), field_manager="bench")
 
     await asyncio.gather(*(create(i) for i in range(count)))
 
 
 async def meshfed_bulk(hub: KubeClient, ns: str, aps: int, workers: int, members: int) -> float:
     """Seconds from the first of `aps` AccessPoints created in `ns` until all report Applied on every member
-    (a running controller)."""
+    (a running controller). Named `<ns>-<i>`: their hosts (from the name) are no other namespace's."""
     await ensure_ns(hub, ns)
     tracker = AppliedTracker(hub, ns, members)
     tracking = asyncio.create_task(tracker.run())
     await asyncio.sleep(0.5)
     start = time.monotonic()
     try:
-        await create_accesspoints(hub, ns, aps, workers)
+        await create_accesspoints(hub, ns, aps, workers, prefix=f"{ns}-")
         await tracker.wait_for(aps, 900)
         return time.monotonic() - start
     finally:
@@ -208,6 +208,7 @@ class AppliedTracker:
     def __init__(self, hub: KubeClient, ns: str, members: int) -> None:
         self.hub, self.path, self.members = hub, AP_PATH.format(ns=ns), members
         self.done: set[str] = set()
+        self.refused: dict[str, str] = {}  # name -> the Accepted condition's message, when False
         self.changed = asyncio.Event()
 
     async def run(self) -> None:
@@ -222,6 +223,10 @@ class AppliedTracker:
 
     def _see(self, item: dict[str, Any]) -> None:
         name = item["metadata"]["name"]
+        accepted = next((c for c in (item.get("status") or {}).get("conditions") or [] if c.get("type") == "Accepted"),
+                        None)
+        if accepted is not None and accepted.get("status") == "False":
+            self.refused[name] = str(accepted.get("message", ""))
         if applied(item, self.members):
             self.done.add(name)
         else:
@@ -231,6 +236,9 @@ class AppliedTracker:
     async def wait_for(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while len(self.done) < count:
+            if self.refused:
+                name, message = next(iter(self.refused.items()))
+                raise SystemExit(f"{len(self.refused)} AccessPoints refused, {name}: {message}")
             self.changed.clear()
             await asyncio.wait_for(self.changed.wait(), max(0.01, deadline - time.monotonic()))
 
