@@ -462,10 +462,13 @@ class Controller:
         await self.registry.close()
 
     async def _resync(self) -> None:
+        """The safety net: every MemberCluster registered again (its kubeconfig Secret read again), every
+        MemberCluster status and every AccessPoint reconciled once."""
         while True:
             await asyncio.sleep(self.resync_seconds)
-            for body in list(self.memberclusters.values()):
+            for name, body in list(self.memberclusters.items()):
                 await self.on_membercluster("MODIFIED", body)
+                self.enqueue(f"mc/{name}")
             self.enqueue_all()
 
     # ---- MemberCluster status ----

@@ -734,6 +734,13 @@ OwnerCallback = Callable[[str, str], None]  # (member name, owner key)
 MemberCallback = Callable[[str], None]  # member name
 
 
+def _planned_from(member: Member) -> tuple[Any, ...]:
+    """What of a member planning and its status read, from its MemberCluster and what that made: compared
+    before and after an upsert (identity for the client and the istiod monitor: a new one is a change)."""
+    return (member.spec.spec, member.spec.labels, member.mesh, id(member.client), id(member.istiod),
+            member.kubeconfig_error, member.probe.reachable, member.probe.ready, member.probe.message)
+
+
 class MemberRegistry:
     """Starts/stops Members as MemberCluster objects and their Secrets come and go."""
 
@@ -800,18 +807,28 @@ class MemberRegistry:
         return f"{base},{SHARD_LABEL} in ({','.join(str(s) for s in sorted(self.shard_filter))})"
 
     async def upsert(self, body: dict[str, Any]) -> None:
+        """A MemberCluster as the hub has it now (an event, or the resync reading each again: its kubeconfig
+        Secret is read again too). The member is reported changed (`on_member_change`: every AccessPoint is
+        planned again) only when something planning reads changed: its spec or labels, its mesh role, its
+        client (a new kubeconfig) or istiod access, or the kubeconfig's error. Not for an event of its status
+        alone, which is ours: one MemberCluster status write re-planned every AccessPoint, and a resync
+        every AccessPoint once per member (`tests/integration/test_member_upsert.py`)."""
         mc = MemberCluster.model_validate(body)
         member = self.members.get(mc.name)
         if member is None:
             member = Member(name=mc.name, spec=mc, hub_id=self.hub_id, cache=OwnedCache(self.hub_id))
             self.members[mc.name] = member
             self._share_request_budget()
+            before = None
         else:
-            member.spec = mc
+            before = _planned_from(member)
+            if mc.spec != member.spec.spec or mc.labels != member.spec.labels:
+                member.spec = mc  # else the one it had: Member.facts stays as it was
         self._judge_roles(mc.name)
         await self._ensure_client(member)
         await self._ensure_istiod(member)
-        self.on_member_change(mc.name)
+        if before is None or _planned_from(member) != before:
+            self.on_member_change(mc.name)
 
     def remotes_of(self, primary: str) -> list[Member]:
         """The members that are valid Istio remotes of `primary` (its zone's other clusters), by name."""
