@@ -151,7 +151,8 @@ async def create_accesspoints(hub: KubeClient, ns: str, count: int, workers: int
     await asyncio.gather(*(create(i) for i in range(count)))
 
 
-async def meshfed_bulk(hub: KubeClient, ns: str, aps: int, workers: int, members: int) -> float:
+async def meshfed_bulk(hub: KubeClient, ns: str, aps: int, workers: int, members: int,
+                       build: Callable[[str, str], dict[str, Any]] | None = None) -> float:
     """Seconds from the first of `aps` AccessPoints created in `ns` until all report Applied on every member
     (a running controller). Named `<ns>-<i>`: their hosts (from the name) are no other namespace's."""
     await ensure_ns(hub, ns)
@@ -160,7 +161,7 @@ async def meshfed_bulk(hub: KubeClient, ns: str, aps: int, workers: int, members
     await asyncio.sleep(0.5)
     start = time.monotonic()
     try:
-        await create_accesspoints(hub, ns, aps, workers, prefix=f"{ns}-")
+        await create_accesspoints(hub, ns, aps, workers, build=build, prefix=f"{ns}-")
         await tracker.wait_for(aps, 900)
         return time.monotonic() - start
     finally:

@@ -9,7 +9,9 @@ Per run, on one fresh fleet (`fleet up --dense`), all measured in the same run:
     and the controller's TCP connections to them;
   - baseline: direct server-side apply of the same rendered objects to the same members (16 AccessPoints
     in flight, each writing to every member in parallel); meshfed: hub create -> every AccessPoint
-    Applied on every member; the ratio baseline/meshfed (target >= 0.8);
+    Applied on every member; the ratio baseline/meshfed (target >= 0.8); at the end the pair again the
+    other way round (meshfed first, into fresh namespaces) and the ratio over both orders (each bulk
+    leaves the members fuller: the second of a pair pays for it);
   - controller CPU per member object during the bulk, RSS per member and per cached member object (3 s
     after the bulk, and settled: after the idle window, the bulk's pooled connections closed), and the
     member caches' own bytes per object (the controller's /debug/caches: records, keys and indexes,
@@ -29,7 +31,7 @@ Per run, on one fresh fleet (`fleet up --dense`), all measured in the same run:
 Usage: python -m e2e.bench.scale [--members 10,25,50] [--aps 200] [--samples 50] [--json FILE]
 With PYTHONTRACEMALLOC=1 in the environment the controller traces its allocations (slower) and the
 bench prints its /debug/memory after each bulk.
-It needs about 330 MiB per member (50 members: 17 GiB) and takes about 25 minutes on 2 cores.
+It needs about 330 MiB per member (50 members: 17 GiB) and takes about 35 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -55,11 +57,13 @@ from e2e.bench.propagation import (
     CpuMeter,
     EditTrace,
     all_requests,
+    balanced_ratio,
     baseline,
     cpu_seconds,
     create_accesspoints,
     ensure_ns,
     latency,
+    meshfed_bulk,
     pct,
     rss_mib,
 )
@@ -506,6 +510,21 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
             out["rollout_s"] = await rollout(hub, members, zones, ns)
         except SystemExit as err:
             out["rollout_error"] = str(err)
+        # The pair again in the other order (meshfed first, then direct SSA, into fresh namespaces): each
+        # bulk leaves the members fuller and the next one slower, so the first pair's ratio is the one
+        # with meshfed second; balanced over both orders it is not (propagation.balanced_ratio).
+        print("  the pair reversed: meshfed first, then direct SSA ...", flush=True)
+        try:
+            out["meshfed_2_s"] = await meshfed_bulk(hub, f"{ns}-2", aps, WORKERS, n, build=accesspoint)
+            out["baseline_2_s"] = await baseline(fleet, members, aps, WORKERS, build=accesspoint,
+                                                 ns="bench-direct-2")
+            out["ratio_balanced"] = balanced_ratio([(out["baseline_s"], out["meshfed_s"]),
+                                                    (out["baseline_2_s"], out["meshfed_2_s"])])
+            print(f"    meshfed {out['meshfed_2_s']:.1f} s, direct SSA {out['baseline_2_s']:.1f} s: ratio "
+                  f"{out['baseline_2_s'] / out['meshfed_2_s']:.2f}; both orders {out['ratio_balanced']:.2f}",
+                  flush=True)
+        except (SystemExit, TimeoutError) as err:
+            out["reversed_error"] = str(err)[:500]
         lost = await controller_metric(ctl, "meshfed_lease_transitions_total")
         out["lease_losses"] = int(sum(v for k, v in lost.items() if 'transition="lost"' in k))
         assert ctl.proc is not None and ctl.proc.poll() is None, ctl.log_tail()
@@ -561,8 +580,10 @@ def report(runs: list[dict[str, Any]]) -> str:
             f"{r['member_apiserver_rss_mib_mean']:.0f} MiB | {r['cold_start_s']:.1f} s | "
             f"{r['idle_watches_per_member']:.1f} / {r['watches_per_member']:.1f} | "
             f"{r['connections_per_member']:.1f} | {r['baseline_s']:.1f} s | "
-            f"{r['meshfed_s']:.1f} s | **{r['baseline_s'] / r['meshfed_s']:.2f}** | "
-            f"{r['bulk_controller_cpu_s'] * 1000 / r['member_objects']:.2f} ms | "
+            f"{r['meshfed_s']:.1f} s | **{r['baseline_s'] / r['meshfed_s']:.2f}**"
+            + (f" (both orders **{r['ratio_balanced']:.2f}**: {r['baseline_2_s']:.1f} / {r['meshfed_2_s']:.1f} s "
+               "meshfed first) | " if "ratio_balanced" in r else " | ")
+            + f"{r['bulk_controller_cpu_s'] * 1000 / r['member_objects']:.2f} ms | "
             f"{r['idle_rss_mib']:.0f} / {r['loaded_rss_mib']:.0f} / "
             + (f"{settled:.0f} MiB | " if settled else "- MiB | ")
             + f"{per_object_kib:.2f} / " + (f"{settled_kib:.2f} KiB | " if settled_kib is not None else "- KiB | ")
@@ -573,7 +594,7 @@ def report(runs: list[dict[str, Any]]) -> str:
                f"{r['edit_p50_ms']:.0f} / **{r['edit_p99_ms']:.0f} ms** | " if "edit_p50_ms" in r else "failed | ")
             + (f"{r['rollout_s']:.1f} s |" if "rollout_s" in r else "failed |"))
     for r in runs:
-        for phase in ("edit_error", "rollout_error"):
+        for phase in ("edit_error", "rollout_error", "reversed_error"):
             if phase in r:
                 lines.append(f"  {r['members']} members, {phase.split('_')[0]} failed: {r[phase]} "
                              f"(Leases lost by the controller in the run: {r.get('lease_losses', '?')})")
