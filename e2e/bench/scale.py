@@ -72,6 +72,7 @@ from federation.kube import (
     MEMBER_CONNECTIONS,
     MEMBER_REQUEST_BUDGET,
     MEMBER_REQUESTS_MIN,
+    ApiError,
     KubeClient,
     member_request_slots,
 )
@@ -523,8 +524,9 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
             print(f"    meshfed {out['meshfed_2_s']:.1f} s, direct SSA {out['baseline_2_s']:.1f} s: ratio "
                   f"{out['baseline_2_s'] / out['meshfed_2_s']:.2f}; both orders {out['ratio_balanced']:.2f}",
                   flush=True)
-        except (SystemExit, TimeoutError) as err:
+        except (SystemExit, TimeoutError, ApiError) as err:  # reported; the run's other figures are kept
             out["reversed_error"] = str(err)[:500]
+            print(f"    the reversed pair failed: {out['reversed_error']}", flush=True)
         lost = await controller_metric(ctl, "meshfed_lease_transitions_total")
         out["lease_losses"] = int(sum(v for k, v in lost.items() if 'transition="lost"' in k))
         assert ctl.proc is not None and ctl.proc.poll() is None, ctl.log_tail()
