@@ -736,8 +736,9 @@ MemberCallback = Callable[[str], None]  # member name
 
 def _planned_from(member: Member) -> tuple[Any, ...]:
     """What of a member planning and its status read, from its MemberCluster and what that made: compared
-    before and after an upsert (identity for the client and the istiod monitor: a new one is a change)."""
-    return (member.spec.spec, member.spec.labels, member.mesh, id(member.client), id(member.istiod),
+    before and after an upsert. The client and the istiod monitor themselves (plain objects: equal only to
+    themselves, a new one is a change; held here, so a new one cannot reuse the old one's id)."""
+    return (member.spec.spec, member.spec.labels, member.mesh, member.client, member.istiod,
             member.kubeconfig_error, member.probe.reachable, member.probe.ready, member.probe.message)
 
 
