@@ -735,11 +735,13 @@ MemberCallback = Callable[[str], None]  # member name
 
 
 def _planned_from(member: Member) -> tuple[Any, ...]:
-    """What of a member planning and its status read, from its MemberCluster and what that made: compared
-    before and after an upsert. The client and the istiod monitor themselves (plain objects: equal only to
-    themselves, a new one is a change; held here, so a new one cannot reuse the old one's id)."""
+    """What an upsert may change of what planning and the member's status read: its MemberCluster's spec and
+    labels, its mesh role, its client and istiod monitor (the objects themselves: plain objects, equal
+    only to themselves, and held here so that a new one cannot take the old one's id) and the kubeconfig's
+    error. Not the probe's verdict: the probe loop runs meanwhile and reports its own changes (compared
+    here, a probe landing during an upsert's read of the Secret made the upsert report a change too)."""
     return (member.spec.spec, member.spec.labels, member.mesh, member.client, member.istiod,
-            member.kubeconfig_error, member.probe.reachable, member.probe.ready, member.probe.message)
+            member.kubeconfig_error)
 
 
 class MemberRegistry:
@@ -810,9 +812,9 @@ class MemberRegistry:
     async def upsert(self, body: dict[str, Any]) -> None:
         """A MemberCluster as the hub has it now (an event, or the resync reading each again: its kubeconfig
         Secret is read again too). The member is reported changed (`on_member_change`: every AccessPoint is
-        planned again) only when something planning reads changed: its spec or labels, its mesh role, its
-        client (a new kubeconfig) or istiod access, or the kubeconfig's error. Not for an event of its status
-        alone, which is ours: one MemberCluster status write re-planned every AccessPoint, and a resync
+        planned again) only when something planning reads changed (`_planned_from`): its spec or labels, its
+        mesh role, its client (a new kubeconfig) or istiod access, or the kubeconfig's error. Not for an event
+        of its status alone, which is ours: one MemberCluster status write re-planned every AccessPoint, and a resync
         every AccessPoint once per member (`tests/integration/test_member_upsert.py`)."""
         mc = MemberCluster.model_validate(body)
         member = self.members.get(mc.name)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from federation.members import MemberRegistry
+from federation.members import MemberRegistry, Probe
 from federation.registration import ensure_namespace
 from tests.integration.conftest import ApiServer
 
@@ -71,6 +71,23 @@ async def test_only_what_planning_reads_reports_the_member_changed(apiserver: Ap
              "2026-12-07T00:00:00Z"}]}
         for again in (status_only, status_only, body):
             await registry.upsert(again)
+        assert reported == ["upsert-m1"]
+
+        # A probe landing while an upsert reads the Secret (the probe loop runs meanwhile) is the probe
+        # loop's to report, not the upsert's (a clean-clone CI run met this race).
+        read_secret = hub.get
+
+        async def probe_lands_meanwhile(path: str, *args: Any, **kwargs: Any) -> Any:
+            member.probe = Probe(reachable=not member.probe.reachable, ready=not member.probe.ready,
+                                 message="a probe landed", at=member.probe.at + 1)
+            return await read_secret(path, *args, **kwargs)
+
+        hub.get = probe_lands_meanwhile  # type: ignore[method-assign]
+        try:
+            await registry.upsert(status_only)
+        finally:
+            hub.get = read_secret  # type: ignore[method-assign]
+        assert member.probe.message == "a probe landed"
         assert reported == ["upsert-m1"]
         assert member.client is client  # the same client: the Secret was read again, unchanged
 
