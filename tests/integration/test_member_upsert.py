@@ -44,11 +44,14 @@ async def test_only_what_planning_reads_reports_the_member_changed(apiserver: Ap
     hub = await apiserver.admin_client()
     upserting = asyncio.current_task()
     reported: list[str] = []
+    probe_reported = asyncio.Event()
 
     def on_member_change(name: str) -> None:
         # Counted only from upsert itself (this task): the probe loop it starts reports its own verdicts.
         if asyncio.current_task() is upserting:
             reported.append(name)
+        else:
+            probe_reported.set()
 
     registry = MemberRegistry(hub, "hub-upsert", lambda *_: None, on_member_change, probe_interval=3600.0,
                               verify_interval=0)
@@ -74,7 +77,11 @@ async def test_only_what_planning_reads_reports_the_member_changed(apiserver: Ap
         assert reported == ["upsert-m1"]
 
         # A probe landing while an upsert reads the Secret (the probe loop runs meanwhile) is the probe
-        # loop's to report, not the upsert's (a clean-clone CI run met this race).
+        # loop's to report, not the upsert's (a clean-clone CI run met this race). The loop's first probe
+        # must have landed first: the next comes an hour later, so the one landing below is the test's
+        # (a clean-clone CI run's first probe landed after it and overwrote it).
+        await asyncio.wait_for(probe_reported.wait(), timeout=30.0)
+        assert member.probe.reachable is True
         read_secret = hub.get
 
         async def probe_lands_meanwhile(path: str, *args: Any, **kwargs: Any) -> Any:
