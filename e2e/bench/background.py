@@ -27,13 +27,12 @@ from typing import Any
 
 from accesspoint.ownership import HUB
 from e2e.bench.propagation import (
-    AppliedTracker,
     CpuMeter,
     all_requests,
     baseline,
     cpu_seconds,
-    create_accesspoints,
     ensure_ns,
+    meshfed_bulk,
 )
 from e2e.bench.scale import MEMBER_READY_KINDS, WORKERS, accesspoint, template, until_ready
 from federation.gcpolicy import tune_gc
@@ -104,11 +103,7 @@ async def main(args: argparse.Namespace) -> None:
         ctl.start()
         await until_ready(ctl)
         print(f"meshfed's objects: {args.aps} AccessPoints x 3 objects on every member ...", flush=True)
-        tracker = AppliedTracker(hub, ns, args.members)
-        tracking = asyncio.create_task(tracker.run())
-        await create_accesspoints(hub, ns, args.aps, WORKERS, build=accesspoint)
-        await tracker.wait_for(args.aps, 900)
-        tracking.cancel()
+        await meshfed_bulk(hub, ns, args.aps, WORKERS, args.members, build=accesspoint, prefix="ap-")
         first = fleet.state.members[0]
         cost_ms = await list_cost(members[first.name], first.pid)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import math
 import os
 import statistics
@@ -152,20 +153,38 @@ async def create_accesspoints(hub: KubeClient, ns: str, count: int, workers: int
 
 
 async def meshfed_bulk(hub: KubeClient, ns: str, aps: int, workers: int, members: int,
-                       build: Callable[[str, str], dict[str, Any]] | None = None) -> float:
+                       build: Callable[[str, str], dict[str, Any]] | None = None, *, prefix: str | None = None,
+                       at_start: Callable[[], Awaitable[None]] | None = None, timeout: float = 900.0) -> float:
     """Seconds from the first of `aps` AccessPoints created in `ns` until all report Applied on every member
-    (a running controller). Named `<ns>-<i>`: their hosts (from the name) are no other namespace's."""
+    (a running controller). Named `<prefix><i>`, by default `<ns>-<i>`: their hosts (from the name) are no
+    other namespace's. `at_start` runs once the hub is watched, just before the clock starts: where a
+    caller takes its counters from. TimeoutError after `timeout` seconds."""
     await ensure_ns(hub, ns)
     tracker = AppliedTracker(hub, ns, members)
     tracking = asyncio.create_task(tracker.run())
     await asyncio.sleep(0.5)
-    start = time.monotonic()
     try:
-        await create_accesspoints(hub, ns, aps, workers, build=build, prefix=f"{ns}-")
-        await tracker.wait_for(aps, 900)
+        if at_start is not None:
+            await at_start()
+        start = time.monotonic()
+        await create_accesspoints(hub, ns, aps, workers, build=build, prefix=f"{ns}-" if prefix is None else prefix)
+        await tracker.wait_for(aps, timeout)
         return time.monotonic() - start
     finally:
         tracking.cancel()
+
+
+async def settle(hub: KubeClient, members: dict[str, KubeClient], limit: float = 120.0) -> float:
+    """Wait until two 3-second windows see no writes (the last status and Event writes after "Applied"
+    belong to the bulk load, not to what comes next); seconds waited."""
+    start = time.monotonic()
+    quiet, last = 0, await writes(hub, members)
+    while quiet < 2 and time.monotonic() - start < limit:
+        await asyncio.sleep(3)
+        now = await writes(hub, members)
+        quiet = quiet + 1 if now == last else 0
+        last = now
+    return time.monotonic() - start
 
 
 async def more_pairs(fleet: Fleet, hub: KubeClient, members: dict[str, KubeClient], args: argparse.Namespace,
@@ -175,19 +194,19 @@ async def more_pairs(fleet: Fleet, hub: KubeClient, members: dict[str, KubeClien
     baseline first (the members hold more objects with each bulk: neither side always comes second)."""
     pairs = [first]
     for k in range(2, args.pairs + 1):
-        print(f"pair {k}/{args.pairs}: {'meshfed, then the baseline' if k % 2 == 0 else 'baseline, then meshfed'} ...",
-              flush=True)
-        await asyncio.sleep(PAUSE_BETWEEN_BULKS)
-        if k % 2 == 0:
-            took = await meshfed_bulk(hub, f"bench-{k}", args.aps, args.workers, len(members))
+        meshfed_first = k % 2 == 0
+        print(f"pair {k}/{args.pairs}: {'meshfed, then the baseline' if meshfed_first else 'baseline, then meshfed'} "
+              "...", flush=True)
+        bulks = {"meshfed": functools.partial(meshfed_bulk, hub, f"bench-{k}", args.aps, args.workers, len(members)),
+                 "baseline": functools.partial(baseline, fleet, members, args.aps, args.workers,
+                                               ns=f"bench-direct-{k}")}
+        took: dict[str, float] = {}
+        for side in (("meshfed", "baseline") if meshfed_first else ("baseline", "meshfed")):
             await asyncio.sleep(PAUSE_BETWEEN_BULKS)
-            base = await baseline(fleet, members, args.aps, args.workers, ns=f"bench-direct-{k}")
-        else:
-            base = await baseline(fleet, members, args.aps, args.workers, ns=f"bench-direct-{k}")
-            await asyncio.sleep(PAUSE_BETWEEN_BULKS)
-            took = await meshfed_bulk(hub, f"bench-{k}", args.aps, args.workers, len(members))
-        print(f"  baseline {base:.1f} s, meshfed {took:.1f} s: ratio {base / took:.2f}", flush=True)
-        pairs.append((base, took))
+            took[side] = await bulks[side]()
+        print(f"  baseline {took['baseline']:.1f} s, meshfed {took['meshfed']:.1f} s: ratio "
+              f"{took['baseline'] / took['meshfed']:.2f}", flush=True)
+        pairs.append((took["baseline"], took["meshfed"]))
     return pairs
 
 
@@ -412,37 +431,28 @@ async def main(args: argparse.Namespace) -> None:
         ctl.start()
         await asyncio.sleep(3)  # controller up and members probed
         print(f"meshfed: {args.aps} AccessPoints x 5 objects x {args.members} members ...", flush=True)
-        tracker = AppliedTracker(hub, ns, args.members)
-        tracking = asyncio.create_task(tracker.run())
-        await asyncio.sleep(0.5)
-        start = time.monotonic()
-        cpu0 = meter.sample()
-        hub_writes0 = await request_breakdown(hub)
-        member_requests0 = await all_requests(members)
-        await create_accesspoints(hub, ns, args.aps, args.workers)
-        try:
-            await tracker.wait_for(args.aps, 900)
+        counters: dict[str, Any] = {}
+
+        async def count_from_here() -> None:
+            counters["cpu"] = meter.sample()
+            counters["hub"] = await request_breakdown(hub)
+            counters["members"] = await all_requests(members)
+
+        try:  # named ap-<i>: the latency edits below patch them
+            took = await meshfed_bulk(hub, ns, args.aps, args.workers, args.members, prefix="ap-",
+                                      at_start=count_from_here)
         except TimeoutError:
             raise SystemExit("not all AccessPoints applied within 15 minutes:\n" + ctl.log_tail()) from None
-        took = time.monotonic() - start
-        tracking.cancel()
-        bulk_cpu = CpuMeter.since(cpu0, meter.sample())
-        bulk_hub_writes = diff_breakdown(hub_writes0, await request_breakdown(hub))
-        bulk_member_requests = diff_breakdown(member_requests0, await all_requests(members))
+        bulk_cpu = CpuMeter.since(counters["cpu"], meter.sample())
+        bulk_hub_writes = diff_breakdown(counters["hub"], await request_breakdown(hub))
+        bulk_member_requests = diff_breakdown(counters["members"], await all_requests(members))
         print(f"  meshfed: {took:.1f} s ({total_objects / took:.0f} objects/s)", flush=True)
 
         # Settle: the last reconciles after "Applied" (rollout phase Succeeded, events) are part of
-        # the bulk load, not of a no-op resync. Wait until two 3-second windows see no writes.
-        settle_start = time.monotonic()
-        quiet, last = 0, await writes(hub, members)
-        while quiet < 2 and time.monotonic() - settle_start < 120:
-            await asyncio.sleep(3)
-            now_writes = await writes(hub, members)
-            quiet = quiet + 1 if now_writes == last else 0
-            last = now_writes
-        settled = time.monotonic() - settle_start
+        # the bulk load, not of a no-op resync.
+        settled = await settle(hub, members)
         # The bulk's hub writes: until settled (Events are posted from a queue, some after "Applied").
-        settled_hub_writes = diff_breakdown(hub_writes0, await request_breakdown(hub))
+        settled_hub_writes = diff_breakdown(counters["hub"], await request_breakdown(hub))
 
         # A restart with a short resync: its writes once it has looked at every AccessPoint, then the
         # writes of a window in which it reconciled every AccessPoint again (both counted only with that

@@ -53,14 +53,12 @@ from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS
 from e2e.bench.costmodel import CONNECTION_KIB, PoolShare, Run, check, fit, project
 from e2e.bench.propagation import (
     AP_PATH,
-    AppliedTracker,
     CpuMeter,
     EditTrace,
     all_requests,
     balanced_ratio,
     baseline,
     cpu_seconds,
-    create_accesspoints,
     ensure_ns,
     latency,
     meshfed_bulk,
@@ -389,24 +387,26 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         print("    " + idle_line("idle, no AccessPoint", out["idle_empty"]), flush=True)
 
         print(f"  meshfed: {aps} AccessPoints x {OBJECTS_PER_AP} objects x {n} members ...", flush=True)
-        tracker = AppliedTracker(hub, ns, n)
-        tracking = asyncio.create_task(tracker.run())
-        await asyncio.sleep(0.5)
-        writes0 = await controller_metric(ctl, "meshfed_hub_writes_total")
-        hub0 = await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY", "DELETE"))
-        ctl_cpu0, hub_cpu0 = cpu_seconds(pid), cpu_seconds(fleet.state.hub.pid)
-        members_cpu0 = meter.sample()[2]
-        member_requests0 = await all_requests(members)
-        bulk_stalls0 = await stalls(ctl)
-        bulk_snapshot0 = await edit_snapshot(ctl)
-        started = time.monotonic()
-        await create_accesspoints(hub, ns, aps, WORKERS, build=accesspoint)
-        try:
-            await tracker.wait_for(aps, 1800)
+        hub_pid = fleet.state.hub.pid
+        at: dict[str, Any] = {}
+
+        async def count_from_here() -> None:
+            at["writes"] = await controller_metric(ctl, "meshfed_hub_writes_total")
+            at["hub"] = await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY", "DELETE"))
+            at["ctl_cpu"], at["hub_cpu"], at["members_cpu"] = cpu_seconds(pid), cpu_seconds(hub_pid), \
+                meter.sample()[2]
+            at["member_requests"] = await all_requests(members)
+            at["stalls"] = await stalls(ctl)
+            at["snapshot"] = await edit_snapshot(ctl)
+
+        try:  # named ap-<i>: the edits below patch them
+            out["meshfed_s"] = await meshfed_bulk(hub, ns, aps, WORKERS, n, build=accesspoint, prefix="ap-",
+                                                  at_start=count_from_here, timeout=1800)
         except TimeoutError:
             raise SystemExit("not all AccessPoints applied within 30 minutes:\n" + ctl.log_tail()) from None
-        out["meshfed_s"] = time.monotonic() - started
-        tracking.cancel()
+        writes0, hub0, member_requests0 = at["writes"], at["hub"], at["member_requests"]
+        ctl_cpu0, hub_cpu0, members_cpu0 = at["ctl_cpu"], at["hub_cpu"], at["members_cpu"]
+        bulk_stalls0, bulk_snapshot0 = at["stalls"], at["snapshot"]
         out["bulk_controller_cpu_s"] = cpu_seconds(pid) - ctl_cpu0
         bulk_stalls1 = await stalls(ctl)
         bulk_snapshot1 = await edit_snapshot(ctl)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import random
 import statistics
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from e2e.bench.propagation import AppliedTracker, cpu_seconds, ensure_ns, pct, writes
+from e2e.bench.propagation import cpu_seconds, create_accesspoints, ensure_ns, meshfed_bulk, pct, settle, writes
 from e2e.bench.propagation import template as propagation_template
 from federation.kube import KubeClient
 from fleet import REPO, Fleet
@@ -96,36 +97,13 @@ def pids(procs: list[ControllerProcess]) -> list[int]:
     return out
 
 
-async def create_accesspoints(hub: KubeClient, ns: str, prefix: str, count: int, concurrency: int = 16) -> None:
-    sem = asyncio.Semaphore(concurrency)
-
-    async def create(i: int) -> None:
-        async with sem:
-            await hub.create(AP_PATH.format(ns=ns), accesspoint(ns, f"{prefix}-{i}"), field_manager="bench")
-
-    await asyncio.gather(*(create(i) for i in range(count)))
-
-
-async def settle(hub: KubeClient, members: dict[str, KubeClient], limit: float = 120.0) -> float:
-    """Wait until two 3-second windows see no writes (the last status and Event writes after
-    "Applied" belong to the bulk load); seconds waited."""
-    start = time.monotonic()
-    quiet, last = 0, await writes(hub, members)
-    while quiet < 2 and time.monotonic() - start < limit:
-        await asyncio.sleep(3)
-        now = await writes(hub, members)
-        quiet = quiet + 1 if now == last else 0
-        last = now
-    return time.monotonic() - start
-
-
 async def takeovers(fleet: Fleet, hub: KubeClient, kills: int) -> list[float]:
     ns = "kills"
     await ensure_ns(hub, ns)
     out: list[float] = []
     with running_replicas(fleet, 3, hub_id="bench-kill", extra=FAST_LEASES) as procs:
         try:
-            await create_accesspoints(hub, ns, "k", 20)
+            await create_accesspoints(hub, ns, 20, 16, build=accesspoint, prefix="k-")
             for n in range(kills):
                 await wait_balanced(hub, procs, hub_id="bench-kill", timeout=120)
                 victim = random.choice(procs)
@@ -181,18 +159,16 @@ async def bulk(fleet: Fleet, hub: KubeClient, members: dict[str, KubeClient], re
     with running_replicas(fleet, replicas, hub_id=hub_id, extra=extra) as procs:
         try:
             await wait_balanced(hub, procs, hub_id=hub_id, timeout=120)
-            tracker = AppliedTracker(hub, ns, len(members))
-            tracking = asyncio.create_task(tracker.run())
-            await asyncio.sleep(0.5)
-            cpu0 = [cpu_seconds(pid) for pid in pids(procs)]
-            api0 = sum(cpu_seconds(pid) for pid in apiservers)
-            start = time.monotonic()
-            await create_accesspoints(hub, ns, "ap", aps)
-            await tracker.wait_for(aps, 900)
-            took = time.monotonic() - start
-            tracking.cancel()
-            cpu = [cpu_seconds(pid) - c for pid, c in zip(pids(procs), cpu0, strict=True)]
-            api_cpu = sum(cpu_seconds(pid) for pid in apiservers) - api0
+            cpu0: dict[str, list[float]] = {}
+
+            async def count_from_here() -> None:
+                cpu0["replicas"] = [cpu_seconds(pid) for pid in pids(procs)]
+                cpu0["apiservers"] = [cpu_seconds(pid) for pid in apiservers]
+
+            took = await meshfed_bulk(hub, ns, aps, 16, len(members), build=accesspoint, prefix="ap-",
+                                      at_start=count_from_here)
+            cpu = [cpu_seconds(pid) - c for pid, c in zip(pids(procs), cpu0["replicas"], strict=True)]
+            api_cpu = sum(cpu_seconds(pid) for pid in apiservers) - sum(cpu0["apiservers"])
             settled = await settle(hub, members)
             rss = [rss_mb(pid) for pid in pids(procs)]
             cached = [metric_value(p.http("/metrics")[1], "meshfed_member_cache_objects") for p in procs]
@@ -208,7 +184,7 @@ async def bulk(fleet: Fleet, hub: KubeClient, members: dict[str, KubeClient], re
                     p.base_args += ["--resync", str(resync)]
                     p.stop()
                     p.start()
-                    await eventually(lambda p=p: _ready(p), 120, 0.5, message=f"{p.name} Ready")
+                    await eventually(functools.partial(_ready, p), 120, 0.5, message=f"{p.name} Ready")
                     await wait_balanced(hub, procs, hub_id=hub_id, timeout=120)
                 await asyncio.sleep(5)
                 result["restart"] = diff_breakdown(before, await writes(hub, members))
