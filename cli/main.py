@@ -543,7 +543,8 @@ def build_parser(prog: str = "meshfed", plugin: bool = False) -> argparse.Argume
     fleet.add_argument("--backends", type=positive_int, default=1, help="echo backends per member (with --istio)")
     fleet.add_argument("--dense", action="store_true",
                        help="new member API servers tuned for density (watch cache and priority-and-fairness off, "
-                       "GOGC=50): many members on one machine; prints startup time and RSS per API server")
+                       "GOGC=50, GOMAXPROCS=1): many members on one machine; prints startup time and RSS per API "
+                       "server")
     fleet.add_argument("--start-interval", metavar="SECONDS", type=non_negative_float, default=0.0,
                        help="up: start the API servers this many seconds apart (default 0: together). Each one's "
                        "CRD informer resyncs every 5 minutes from its start; many members started together burst "

@@ -26,13 +26,21 @@ def test_dense_members_turn_off_the_watch_cache_priority_and_fairness_and_the_en
                    for a in plain)
 
 
-def test_dense_members_tune_and_spread_their_garbage_collections() -> None:
+def test_dense_members_tune_and_spread_their_garbage_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GOMAXPROCS", raising=False)
     dense, plain = proc(dense=True).environment(), proc().environment()
     assert dense["GOGC"] == "50" and dense["MESHFED_GC_SPREAD"] == "2m"
     assert "GOGC" not in plain and "MESHFED_GC_SPREAD" not in plain
+    # One scheduler each (many members share few cores), unless GOMAXPROCS is set (Go's own knob).
+    assert dense["GOMAXPROCS"] == "1" and "GOMAXPROCS" not in plain
     # Both run with their own embedded etcd, without fsync (a throw-away fleet).
     for env in (dense, plain):
         assert env["MESHFED_ETCD_DIR"] == "/tmp/m/etcd" and env["MESHFED_ETCD_NO_FSYNC"] == "1"
+
+
+def test_a_gomaxprocs_in_the_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GOMAXPROCS", "2")
+    assert proc(dense=True).environment()["GOMAXPROCS"] == "2"
 
 
 def test_a_fleet_saved_before_dense_existed_loads() -> None:
