@@ -118,9 +118,10 @@ DENSE_GC_SPREAD = "2m"
 MEMBERS_STARTED_APART = 6.0
 
 # Go runs as many schedulers as cores; 50 dense members on 2 cores each keep 2, and each wake-up spins
-# them. With one each (2026-12-07, 50 dense members x 200 VirtualServices, e2e/bench/fanout.py: the same
-# VirtualService applied on all 50 at once, 40-60 times): idle 7.5 against 9.2-10.1 millicores a member,
-# 3.5-4.0 against 4.4-5.0 ms of member CPU a write, the fan-out's p99 213-337 against 367-422 ms.
+# them. With one each, measured by e2e/bench/fanout.py (50 dense members x 200 VirtualServices, the same
+# VirtualService applied on all 50 at once, 50 times; 2026-12-07, 2 rounds in alternating order against
+# Go's default in the same run): idle 0.91x, member CPU a write 0.92x, the fan-out's p50 0.91x and p99
+# 0.88x (3.8-4.7 against 4.5-4.8 ms a write; p99 319-355 against 346-421 ms). Small, but in every pair.
 # A GOMAXPROCS in the environment wins (Go's own knob).
 DENSE_GOMAXPROCS = "1"
 
