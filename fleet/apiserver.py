@@ -121,7 +121,8 @@ MEMBERS_STARTED_APART = 6.0
 # them. With one each, measured by e2e/bench/fanout.py (50 dense members x 200 VirtualServices, the same
 # VirtualService applied on all 50 at once, 50 times; 2026-12-07, 2 rounds in alternating order against
 # Go's default in the same run): idle 0.91x, member CPU a write 0.92x, the fan-out's p50 0.91x and p99
-# 0.88x (3.8-4.7 against 4.5-4.8 ms a write; p99 319-355 against 346-421 ms). Small, but in every pair.
+# 0.88x (3.8-4.7 against 4.5-4.8 ms a write; p99 319-355 against 346-421 ms). Small: within one pair's
+# scatter, but idle, CPU a write and p50 lower in each of 4 pairs (2 by hand), p99 in 3.
 # A GOMAXPROCS in the environment wins (Go's own knob).
 DENSE_GOMAXPROCS = "1"
 
