@@ -404,29 +404,26 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
                                                   at_start=count_from_here, timeout=1800)
         except TimeoutError:
             raise SystemExit("not all AccessPoints applied within 30 minutes:\n" + ctl.log_tail()) from None
-        writes0, hub0, member_requests0 = at["writes"], at["hub"], at["member_requests"]
-        ctl_cpu0, hub_cpu0, members_cpu0 = at["ctl_cpu"], at["hub_cpu"], at["members_cpu"]
-        bulk_stalls0, bulk_snapshot0 = at["stalls"], at["snapshot"]
-        out["bulk_controller_cpu_s"] = cpu_seconds(pid) - ctl_cpu0
+        out["bulk_controller_cpu_s"] = cpu_seconds(pid) - at["ctl_cpu"]
         bulk_stalls1 = await stalls(ctl)
         bulk_snapshot1 = await edit_snapshot(ctl)
-        out["bulk_reconciles"] = bulk_snapshot1["reconciles"] - bulk_snapshot0["reconciles"]
-        phases = {k[len("phase_"):]: bulk_snapshot1[k] - bulk_snapshot0.get(k, 0.0)
+        out["bulk_reconciles"] = bulk_snapshot1["reconciles"] - at["snapshot"]["reconciles"]
+        phases = {k[len("phase_"):]: bulk_snapshot1[k] - at["snapshot"].get(k, 0.0)
                   for k in bulk_snapshot1 if k.startswith("phase_")}
         print(f"    reconciles during the bulk: {out['bulk_reconciles']:.0f} ({out['bulk_reconciles'] / aps:.1f} per "
               f"AccessPoint), their phases {', '.join(f'{k} {v:.1f} s' for k, v in sorted(phases.items()))}",
               flush=True)
-        out["bulk_stalls"] = {k: bulk_stalls1[k] - bulk_stalls0.get(k, 0.0) for k in bulk_stalls1}
+        out["bulk_stalls"] = {k: bulk_stalls1[k] - at["stalls"].get(k, 0.0) for k in bulk_stalls1}
         print(f"    controller stalls during the bulk: {out['bulk_stalls']}", flush=True)
-        out["bulk_hub_apiserver_cpu_s"] = cpu_seconds(fleet.state.hub.pid) - hub_cpu0
-        out["bulk_members_cpu_s"] = meter.sample()[2] - members_cpu0
+        out["bulk_hub_apiserver_cpu_s"] = cpu_seconds(fleet.state.hub.pid) - at["hub_cpu"]
+        out["bulk_members_cpu_s"] = meter.sample()[2] - at["members_cpu"]
         # The same objects written to the same members: what meshfed's way of writing them costs the
         # members beyond direct SSA (its watches, reads, retries) shows here.
         print(f"    CPU, direct SSA: members {out['baseline_members_cpu_s']:.1f} s, bench client "
               f"{out['baseline_client_cpu_s']:.1f} s; meshfed: members {out['bulk_members_cpu_s']:.1f} s, "
               f"controller {out['bulk_controller_cpu_s']:.1f} s, hub API server "
               f"{out['bulk_hub_apiserver_cpu_s']:.1f} s", flush=True)
-        requests = {k: v for k, v in diff_breakdown(member_requests0, await all_requests(members)).items()
+        requests = {k: v for k, v in diff_breakdown(at["member_requests"], await all_requests(members)).items()
                     if not k.endswith(" /metrics")}
         # The top 8, and every list and watch (each list of a kind reads all its objects on a member
         # without watch cache, the bench's direct-SSA objects too).
@@ -434,12 +431,12 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
                                            enumerate(sorted(requests.items(), key=lambda kv: -kv[1]))
                                            if i < 8 or k.startswith(("LIST ", "WATCH "))}
         print(f"    member requests during the bulk: {out['bulk_member_requests_top']}", flush=True)
-        writes = diff_breakdown({k: int(v) for k, v in writes0.items()},
+        writes = diff_breakdown({k: int(v) for k, v in at["writes"].items()},
                                 {k: int(v) for k, v in (await controller_metric(ctl, "meshfed_hub_writes_total"))
                                  .items()})
         out["bulk_hub_writes_by_kind"] = writes
         out["bulk_hub_writes"] = sum(v for k, v in writes.items() if "lease" not in k.lower())
-        hub_requests = diff_breakdown(hub0, await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY",
+        hub_requests = diff_breakdown(at["hub"], await request_breakdown(hub, ("POST", "PUT", "PATCH", "APPLY",
                                                                             "DELETE")))
         out["bulk_hub_apiserver_mutations"] = hub_requests
         counts = await asyncio.gather(*(watches(c) for c in members.values()))
