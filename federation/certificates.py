@@ -302,7 +302,7 @@ class Certificates:
             return  # a status update (ours): nothing to redo
         self._sync_secret_watches()
         self.issuer_inputs_changed(name)
-        self.ctl.enqueue_all()  # issuer choice (and whether certificates are wanted) may change
+        self.ctl.enqueue_all(cause="certificate")  # issuer choice (and whether certificates are wanted) may change
 
     def issuer_inputs_changed(self, name: str) -> None:
         """Issuer `name`, a Secret or a DNSProvider it uses changed: build it again, refresh its status
@@ -398,7 +398,7 @@ class Certificates:
                 self.certs.pop(key, None)
                 self._loaded.discard(key)
                 self.writer.status.forget(f"{CERTS.format(ns=meta['namespace'])}/{meta['name']}")
-                self.ctl.enqueue(f"ap/{key}")
+                self.ctl.enqueue(f"ap/{key}", cause="certificate")
             return
         if old is not None and resource_version(old) > resource_version(body) and \
                 old["metadata"].get("uid") == meta.get("uid"):
@@ -410,7 +410,7 @@ class Certificates:
         before, after = (old or {}).get("status") or {}, body.get("status") or {}
         if (before.get("summary"), before.get("ready"), before.get("lastFailure")) != \
                 (after.get("summary"), after.get("ready"), after.get("lastFailure")):
-            self.ctl.enqueue(f"ap/{key}")  # the CERT column
+            self.ctl.enqueue(f"ap/{key}", cause="certificate")  # the CERT column
         if any(before.get(f) != after.get(f) for f in SDS_STATUS_FIELDS):
             self.enqueue(key)  # meshfed sds reported Envoy ACK/NACK: re-evaluate Delivered/Ready
 
@@ -894,7 +894,7 @@ class Certificates:
             await self._store(ns, name, body, out.bundle, revision)
             self.current[key] = Current(out.bundle, revision)
             self._lost.discard(key)
-            self.ctl.enqueue(f"ap/{key}")
+            self.ctl.enqueue(f"ap/{key}", cause="certificate")
             what = "Issued" if out.decision.reason == "Initial" or revision == 1 else "Renewed"
             log.info("certificate %s: %s revision %d, serial %s, hosts %s, notAfter %s (%s)", key, what.lower(),
                      revision, out.bundle.serial_hex, ",".join(out.bundle.hosts), out.status.not_after,

@@ -219,7 +219,7 @@ class Controller:
         # feature that owns its kind (tenancy re-checks claimants of every kind without importing them).
         self._features: dict[type[Any], Any] = {}
         self.enqueuers: dict[str, Callable[[str, str], None]] = {
-            "AccessPoint": lambda ns, name: self.enqueue(f"ap/{ns}/{name}")}
+            "AccessPoint": lambda ns, name: self.enqueue(f"ap/{ns}/{name}", cause="tenancy")}
         metrics.callbacks.reachability = lambda: {
             n: (m.probe.reachable if not m.kubeconfig_error else False) for n, m in self.registry.members.items()}
         metrics.callbacks.cache_objects = lambda: {n: len(m.cache.objects) for n, m in self.registry.members.items()}
@@ -288,10 +288,10 @@ class Controller:
         if acquired:
             for key in list(self.accesspoints):
                 if self.in_shards(key, acquired):
-                    self.enqueue(f"ap/{key}", urgent=False)
+                    self.enqueue(f"ap/{key}", urgent=False, cause="shard")
         if shards.MEMBERS in singles:
             for name in list(self.memberclusters):
-                self.enqueue(f"mc/{name}", urgent=False)
+                self.enqueue(f"mc/{name}", urgent=False, cause="shard")
 
     def shard_labels(self, namespace: str, name: str) -> dict[str, str]:
         """Labels every member object of AccessPoint namespace/name carries (the shard label)."""
@@ -301,25 +301,26 @@ class Controller:
 
     # ---- event intake (called by the operator's handlers and the member registry) ----
 
-    def enqueue(self, key: str, *, urgent: bool = True) -> None:
-        """Queue "ap/<namespace>/<name>" (an AccessPoint reconcile) or "mc/<name>" (a MemberCluster status)."""
+    def enqueue(self, key: str, *, urgent: bool = True, cause: str = "other") -> None:
+        """Queue "ap/<namespace>/<name>" (an AccessPoint reconcile) or "mc/<name>" (a MemberCluster status);
+        `cause`: what asks for it (meshfed_reconcile_causes)."""
         if key.startswith("mc/"):
-            self.member_loop.enqueue(key)
+            self.member_loop.enqueue(key, cause=cause)
         else:
-            self.loop.enqueue(key, urgent=urgent)
+            self.loop.enqueue(key, urgent=urgent, cause=cause)
 
-    def enqueue_later(self, key: str, delay: float) -> None:
-        (self.member_loop if key.startswith("mc/") else self.loop).enqueue_after(key, delay)
+    def enqueue_later(self, key: str, delay: float, *, cause: str = "timer") -> None:
+        (self.member_loop if key.startswith("mc/") else self.loop).enqueue_after(key, delay, cause=cause)
 
-    def enqueue_all(self) -> None:
+    def enqueue_all(self, *, cause: str) -> None:
         for key in list(self.accesspoints):
-            self.enqueue(f"ap/{key}", urgent=False)
+            self.enqueue(f"ap/{key}", urgent=False, cause=cause)
 
     @property
     def pending(self) -> int:
         return self.loop.pending
 
-    def _owner_changed(self, member: str, owner_key: str) -> None:
+    def _owner_changed(self, member: str, owner_key: str, cause: str = "member-object") -> None:
         lane = self.lanes.get(member)
         flight = lane.flight(owner_key) if lane is not None else None
         if flight is not None:
@@ -327,11 +328,11 @@ class Controller:
             # them until they land, so one reconcile then (MemberLane.on_landed), not one per event.
             flight.changed_meanwhile = True
             return
-        self.enqueue(f"ap/{owner_key}")
+        self.enqueue(f"ap/{owner_key}", cause=cause)
 
     def _member_changed(self, member: str) -> None:
-        self.enqueue(f"mc/{member}")
-        self.enqueue_all()
+        self.enqueue(f"mc/{member}", cause="member")
+        self.enqueue_all(cause="member")
 
     def _forget(self, matches: Callable[[str, str], bool]) -> None:
         """Drop what this replica remembers per (AccessPoint key, member) where `matches(ap_key, member)`:
@@ -368,7 +369,7 @@ class Controller:
             verdict = self._route_verdict(member, owner_key, objects)
             moved = self._zone_verdicts.get((name, owner_key)) != self._zone_verdict(member, objects)
             if (self._verdicts.get((name, owner_key)) != verdict or moved) and owner_key in self.accesspoints:
-                self.enqueue(f"ap/{owner_key}")
+                self.enqueue(f"ap/{owner_key}", cause="istiod")
 
     def on_accesspoint(self, event_type: str, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -400,7 +401,7 @@ class Controller:
             # controller's finalizer): reconciling it again rendered and planned every member for nothing,
             # one reconcile in two of a bulk.
             return
-        self.enqueue(f"ap/{key}")
+        self.enqueue(f"ap/{key}", cause="hub-object")
 
     def on_policy(self, event_type: str, body: dict[str, Any]) -> None:
         meta = body["metadata"]
@@ -412,7 +413,7 @@ class Controller:
         for ap_key, ap in self.accesspoints.items():
             ref = (ap.get("spec") or {}).get("placementRef") or {}
             if ap_key.split("/")[0] == meta["namespace"] and ref.get("name") == meta["name"]:
-                self.enqueue(f"ap/{ap_key}")
+                self.enqueue(f"ap/{ap_key}", cause="policy")
 
     async def on_membercluster(self, event_type: str, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -468,8 +469,8 @@ class Controller:
             await asyncio.sleep(self.resync_seconds)
             for name, body in list(self.memberclusters.items()):
                 await self.on_membercluster("MODIFIED", body)
-                self.enqueue(f"mc/{name}")
-            self.enqueue_all()
+                self.enqueue(f"mc/{name}", cause="resync")
+            self.enqueue_all(cause="resync")
 
     # ---- MemberCluster status ----
 
@@ -555,7 +556,7 @@ class Controller:
         if body is None:
             return
         if not self.registry.warm() and time.monotonic() < self._warm_deadline:
-            self.enqueue_later(f"ap/{key}", 0.2)
+            self.enqueue_later(f"ap/{key}", 0.2, cause="warming")
             return
         telemetry.count("reconciles")
         ns, name = key.split("/", 1)
@@ -668,8 +669,9 @@ class Controller:
     def _lane(self, name: str) -> MemberLane[ClusterStatus | None]:
         lane = self.lanes.get(name)
         if lane is None:
-            lane = self.lanes[name] = MemberLane(name, lambda key: self.enqueue(f"ap/{key}"),
-                                                 concurrency=self.workers)
+            lane = self.lanes[name] = MemberLane(name, lambda key: self.enqueue(f"ap/{key}", cause="landed"),
+                                                 concurrency=self.workers,
+                                                 on_room=lambda key: self.enqueue(f"ap/{key}", cause="lane-room"))
         return lane
 
     async def _sync_members(self, ap: AccessPoint, specs: Mapping[str, AccessPoint], owner: Owner,
@@ -898,7 +900,7 @@ class Controller:
                         waiting.append(member.name)
         if waiting:
             log.info("AccessPoint %s: deletion waits for clusters %s", key, ", ".join(waiting))
-            self.enqueue_later(f"ap/{key}", 5.0)
+            self.enqueue_later(f"ap/{key}", 5.0, cause="deleting")
             return
         await self.writer.set_finalizer(path, meta, False)
         try:

@@ -322,7 +322,7 @@ class DNSFeature:
         if old_ap != new_ap or (target is not None and old_fqdn != target[1]):
             for changed in (old_ap, new_ap):
                 if changed is not None and changed in self.controller.accesspoints:
-                    self.controller.enqueue(f"ap/{changed}")
+                    self.controller.enqueue(f"ap/{changed}", cause="nameservice")
 
     def _nameservices_of_provider(self, name: str) -> list[str]:
         return [k for k, b in self.nameservices.items()

@@ -53,6 +53,7 @@ class MemberLane(Generic[T]):
     capacity: int = 1024
     flights: dict[str, Flight[T]] = field(default_factory=dict)
     refused: set[str] = field(default_factory=set)  # keys told "lane full": called back when room frees
+    on_room: Callable[[str], None] | None = None  # how they are called back (default: on_landed)
     _slots: asyncio.Semaphore | None = None
 
     def flight(self, key: str) -> Flight[T] | None:
@@ -97,7 +98,7 @@ class MemberLane(Generic[T]):
         if self.refused and not self.full:
             refused, self.refused = self.refused, set()
             for key in refused:
-                self.on_landed(key)
+                (self.on_room or self.on_landed)(key)
 
     @staticmethod
     def _settled(flight: Flight[T]) -> bool:

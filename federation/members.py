@@ -730,7 +730,9 @@ class Member:
         return int(round(self.probe.latency * 2) * 500)
 
 
-OwnerCallback = Callable[[str, str], None]  # (member name, owner key)
+# (member name, owner key, why: "member-object" a watch event, "relist" a list that found it changed,
+# "waking" the list of a kind it waits for)
+OwnerCallback = Callable[[str, str, str], None]
 MemberCallback = Callable[[str], None]  # member name
 
 
@@ -1310,7 +1312,7 @@ class MemberRegistry:
                 return
             if selector is None:  # no shard held: nothing of this kind is ours to cache
                 for changed_owner in member.cache.replace_kind(kind.id, []):
-                    self.on_owner_change(member.name, changed_owner)
+                    self.on_owner_change(member.name, changed_owner, "relist")
                 member.listed[kind.id] = generation
                 self.on_member_change(member.name)
                 await asyncio.Event().wait()  # until the filter changes (cancelled)
@@ -1328,12 +1330,12 @@ class MemberRegistry:
                 member.cache.observed(kind.id, rv)
                 member.listed[kind.id] = generation
                 for changed_owner in changed:
-                    self.on_owner_change(member.name, changed_owner)
+                    self.on_owner_change(member.name, changed_owner, "relist")
                 if kind.id in member.waking:
                     # Restarted for AccessPoints that now plan this kind: those wait for it, nobody else.
                     member.waking.discard(kind.id)
                     for owner_key in [k for k, kinds in member.wants.items() if kind.id in kinds]:
-                        self.on_owner_change(member.name, owner_key)
+                        self.on_owner_change(member.name, owner_key, "waking")
                 else:
                     self.on_member_change(member.name)
                 if member.may_park(kind.id) and member.watches.get(kind.id) is asyncio.current_task():
@@ -1350,7 +1352,7 @@ class MemberRegistry:
                         ev.object.setdefault("apiVersion", kind.api_version)
                         owner = member.cache.remove(ev.object) if ev.type == "DELETED" else member.cache.put(ev.object)
                         if owner:
-                            self.on_owner_change(member.name, owner)
+                            self.on_owner_change(member.name, owner, "member-object")
                         if ev.type == "DELETED" and member.may_park(kind.id) and \
                                 member.watches.get(kind.id) is asyncio.current_task():
                             self._park(member, kind)  # the last one went

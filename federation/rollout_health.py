@@ -194,7 +194,7 @@ class RolloutHealth:
             records[cluster] = tally(records.get(cluster), result, target.probe, target.revision)
             key = self.keys.get(uid)
             if key is not None:
-                self.controller.enqueue(f"ap/{key}")
+                self.controller.enqueue(f"ap/{key}", cause="rollout")
             await asyncio.sleep(target.probe.period_seconds)
 
     # -- Analysis ---------------------------------------------------------------------------------

@@ -221,7 +221,7 @@ class Rollouts:
             self.approvals[key] = body
         ap_name = (body.get("spec") or {}).get("accessPoint")
         if ap_name and f"{key[0]}/{ap_name}" in self.controller.accesspoints:
-            self.controller.enqueue(f"ap/{key[0]}/{ap_name}")
+            self.controller.enqueue(f"ap/{key[0]}/{ap_name}", cause="rollout")
 
     # -- history ----------------------------------------------------------------------------
     async def history(self, ap: AccessPoint) -> RevisionHistory:
@@ -479,7 +479,7 @@ class Rollouts:
             folded = None if stepped is None else bookkeeping_step(state, stepped[0], stepped[1], seen,
                                                                    datetime.now(UTC))
             if folded is None:
-                self.controller.enqueue(f"ap/{ap.namespace}/{ap.name}")  # step again with what changed
+                self.controller.enqueue(f"ap/{ap.namespace}/{ap.name}", cause="rollout")  # step again with what changed
             else:
                 state = self.states[uid] = folded
                 self.used[uid] = seen

@@ -95,7 +95,7 @@ class Tenancy:
         for kind, ns, obj in self.index.sources():
             self._enqueue(kind, ns, obj)
         for key in list(self.controller.accesspoints):  # also those with no host (namespaces)
-            self.controller.enqueue(f"ap/{key}")
+            self.controller.enqueue(f"ap/{key}", cause="tenancy")
 
     def _rebuild_policies(self) -> None:
         parsed = []

@@ -12,9 +12,12 @@ Owns the rules client-go's workqueue has, plus what each controller here needs a
 - fencing (federation.shards): a key runs under the Lease `lease_of(key)` names, only while this
   replica holds it; work stopped by fencing with the renewal merely late runs again after a retry
   period, and work for a Lease that is gone is dropped (taking the shard again enqueues it);
-- metrics: reconciles, failures and durations by kind (`kind_of(key)`), the queue depth, and how long
+- metrics: reconciles, failures and durations by kind (`kind_of(key)`), the queue depth, how long
   a key waited for a worker, by level (`meshfed_queue_wait_seconds`: since it was queued; moving up
-  from bulk to urgent starts its urgent wait).
+  from bulk to urgent starts its urgent wait), and what asked for each reconcile
+  (`meshfed_reconcile_causes{kind,cause}`: the `cause` of the enqueue that queued the key; asked for
+  again while queued, it still runs once, counted under the first cause; timers count as `timer`,
+  backoffs as `retry`, work put back by fencing as `fenced`).
 
 Imports federation.shards and federation.metrics only.
 """
@@ -64,26 +67,31 @@ class WorkLoop:
         self._urgent: deque[str] = deque()
         self._bulk: deque[str] = deque()
         self._wakeup = asyncio.Event()
-        self._queued: dict[str, tuple[bool, float]] = {}  # key -> (queued as urgent, since when at that level)
+        # key -> (queued as urgent, since when at that level, what asked for it first)
+        self._queued: dict[str, tuple[bool, float, str]] = {}
         self._active: set[str] = set()
-        self._dirty: dict[str, bool] = {}  # enqueued while active -> urgent
+        self._dirty: dict[str, tuple[bool, str]] = {}  # enqueued while active -> (urgent, first cause)
+        self._taken: dict[str, str] = {}  # key taken by a worker -> its cause (for run_one's count)
         self._retries: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     # ---- intake ----
 
-    def enqueue(self, key: str, *, urgent: bool = True) -> None:
+    def enqueue(self, key: str, *, urgent: bool = True, cause: str = "other") -> None:
+        """Queue `key` (once; `urgent` moves a bulk key up). `cause` names what asked for it, for
+        meshfed_reconcile_causes (e.g. "hub-object", "member-object", "resync")."""
         if key in self._active:
-            self._dirty[key] = self._dirty.get(key, False) or urgent
+            dirty = self._dirty.get(key)
+            self._dirty[key] = (urgent, cause) if dirty is None else (dirty[0] or urgent, dirty[1])
             return
         queued = self._queued.get(key)
         if queued is None or (urgent and not queued[0]):
-            self._queued[key] = (urgent, time.monotonic())
+            self._queued[key] = (urgent, time.monotonic(), cause if queued is None else queued[2])
             (self._urgent if urgent else self._bulk).append(key)
             self._wakeup.set()
 
-    def enqueue_after(self, key: str, delay: float, *, replace: bool = False) -> None:
+    def enqueue_after(self, key: str, delay: float, *, replace: bool = False, cause: str = "timer") -> None:
         """Enqueue `key` (bulk) after `delay` seconds: one timer per key, the earlier due time wins
         (`replace`: this one wins)."""
         loop = asyncio.get_running_loop()
@@ -96,7 +104,7 @@ class WorkLoop:
 
         def fire() -> None:
             self._timers.pop(key, None)
-            self.enqueue(key, urgent=False)
+            self.enqueue(key, urgent=False, cause=cause)
 
         self._timers[key] = loop.call_at(due, fire)
 
@@ -105,7 +113,7 @@ class WorkLoop:
         retry since it last succeeded."""
         attempt = self._retries.get(key, 0) + 1
         self._retries[key] = attempt
-        self.enqueue_after(key, min(base * 2**attempt, cap))
+        self.enqueue_after(key, min(base * 2**attempt, cap), cause="retry")
 
     def succeeded(self, key: str) -> None:
         """The next `retry` of `key` starts from the shortest backoff."""
@@ -153,7 +161,8 @@ class WorkLoop:
                 while source:
                     key = source.popleft()
                     if key in self._queued:  # else already taken from the other level
-                        urgent, since = self._queued.pop(key)
+                        urgent, since, cause = self._queued.pop(key)
+                        self._taken[key] = cause
                         metrics.queue_wait.labels(queue=self.name, level="urgent" if urgent else "bulk").observe(
                             time.monotonic() - since)
                         return key
@@ -171,10 +180,12 @@ class WorkLoop:
         if not self.fencing.holds(lease):
             # Another replica's work (enqueued again when this one takes the shard), or this one's
             # with its renewal late (tried again after a retry period).
-            self.fencing.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
+            self.fencing.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False, cause="fenced"))
+            self._taken.pop(key, None)
             return
         self._active.add(key)
         kind = self.kind_of(key)
+        metrics.reconcile_causes.labels(kind=kind, cause=self._taken.pop(key, "direct")).inc()
         started = time.monotonic()
         try:
             with shards.working_on(self.fencing.shards, lease):
@@ -183,7 +194,7 @@ class WorkLoop:
                 self.succeeded(key)
         except shards.Fenced as err:
             self.log.info("%s %s: stopped: %s", kind, key, err)
-            self.fencing.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False))
+            self.fencing.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False, cause="fenced"))
         except Exception as exc:
             metrics.reconcile_errors.labels(kind=kind).inc()
             if self.log_traceback:
@@ -195,6 +206,6 @@ class WorkLoop:
             metrics.reconciles.labels(kind=kind).inc()
             metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
             self._active.discard(key)
-            urgent = self._dirty.pop(key, None)
-            if urgent is not None:
-                self.enqueue(key, urgent=urgent)
+            dirty = self._dirty.pop(key, None)
+            if dirty is not None:
+                self.enqueue(key, urgent=dirty[0], cause=dirty[1])

@@ -330,6 +330,11 @@ class ControllerProcess:
         _, text = self.http("/metrics")
         return metric_value(text, name, **labels)
 
+    def metric_by(self, name: str, by: str, **labels: str) -> dict[str, float]:
+        """The samples of metric `name` (matching `labels`) on /metrics, summed by the value of label `by`."""
+        _, text = self.http("/metrics")
+        return metric_by(text, name, by, **labels)
+
     def ready(self) -> bool:
         try:
             return self.http("/readyz", timeout=2.0)[0] == 200
@@ -387,7 +392,13 @@ async def wait_caught_up(controller: ControllerProcess, hub: KubeClient, *, time
 
 def metric_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples of `name` in Prometheus text `text` whose labels include `labels`."""
-    total = 0.0
+    return sum(metric_by(text, name, None, **labels).values())
+
+
+def metric_by(text: str, name: str, by: str | None, **labels: str) -> dict[str, float]:
+    """The samples of `name` in Prometheus text `text` whose labels include `labels`, summed by the
+    value of label `by` (None: all under "")."""
+    out: dict[str, float] = {}
     for line in text.splitlines():
         if not line.startswith(name) or line.startswith("#"):
             continue
@@ -396,8 +407,9 @@ def metric_value(text: str, name: str, **labels: str) -> float:
             continue
         have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
         if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
+            group = have.get(by, "") if by is not None else ""
+            out[group] = out.get(group, 0.0) + float(m.group(3))
+    return out
 
 
 LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/meshfed-system/leases"

@@ -437,6 +437,8 @@ async def main(args: argparse.Namespace) -> None:
             counters["cpu"] = meter.sample()
             counters["hub"] = await request_breakdown(hub)
             counters["members"] = await all_requests(members)
+            counters["causes"] = await asyncio.to_thread(ctl.metric_by, "meshfed_reconcile_causes_total", "cause",
+                                                         kind="accesspoint")
 
         try:  # named ap-<i>: the latency edits below patch them
             took = await meshfed_bulk(hub, ns, args.aps, args.workers, args.members, prefix="ap-",
@@ -446,7 +448,12 @@ async def main(args: argparse.Namespace) -> None:
         bulk_cpu = CpuMeter.since(counters["cpu"], meter.sample())
         bulk_hub_writes = diff_breakdown(counters["hub"], await request_breakdown(hub))
         bulk_member_requests = diff_breakdown(counters["members"], await all_requests(members))
-        print(f"  meshfed: {took:.1f} s ({total_objects / took:.0f} objects/s)", flush=True)
+        causes = await asyncio.to_thread(ctl.metric_by, "meshfed_reconcile_causes_total", "cause", kind="accesspoint")
+        causes = {k: v - counters["causes"].get(k, 0.0) for k, v in causes.items()}
+        print(f"  meshfed: {took:.1f} s ({total_objects / took:.0f} objects/s); {sum(causes.values()):.0f} AccessPoint "
+              f"reconciles ({sum(causes.values()) / args.aps:.2f} each), asked for by "
+              + ", ".join(f"{k} {v:.0f}" for k, v in sorted(causes.items(), key=lambda kv: -kv[1]) if v > 0),
+              flush=True)
 
         # Settle: the last reconciles after "Applied" (rollout phase Succeeded, events) are part of
         # the bulk load, not of a no-op resync.

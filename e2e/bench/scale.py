@@ -185,15 +185,19 @@ def cpu_meanwhile(c: dict[str, float]) -> str:
 async def edit_snapshot(ctl: ControllerProcess, fleet: Fleet | None = None) -> dict[str, float]:
     """The controller's cumulative counters an edit's time can go to: the AccessPoint queue's waits
     (urgent and bulk: seconds, keys), reconciles (seconds, count), GC pause seconds, event-loop lag
-    samples over 0.1 s, and the reconciles' seconds by phase (meshfed_reconcile_phase_seconds); with
-    `fleet`, the CPU seconds of every process (`cpu_snapshot`)."""
+    samples over 0.1 s, the reconciles' seconds by phase (meshfed_reconcile_phase_seconds) and their count
+    by what asked for them (meshfed_reconcile_causes); with `fleet`, the CPU seconds of every process
+    (`cpu_snapshot`)."""
     m = await controller_metrics(ctl, "meshfed_queue_wait_seconds_sum", "meshfed_queue_wait_seconds_count",
                                  "meshfed_reconcile_duration_seconds_sum", "meshfed_reconcile_duration_seconds_count",
                                  "meshfed_gc_pause_seconds_sum", "meshfed_event_loop_lag_seconds_bucket",
-                                 "meshfed_reconcile_phase_seconds_sum")
+                                 "meshfed_reconcile_phase_seconds_sum", "meshfed_reconcile_causes_total")
     out = {"gc_s": sum(m["meshfed_gc_pause_seconds_sum"].values())}
     for labels, value in m["meshfed_reconcile_phase_seconds_sum"].items():
         out["phase_" + labels.split('"')[1]] = value
+    for labels, value in m["meshfed_reconcile_causes_total"].items():
+        if 'kind="accesspoint"' in labels:
+            out["cause_" + labels.split('cause="')[1].split('"')[0]] = value
     for level in ("urgent", "bulk"):
         labels = f'{{level="{level}",queue="accesspoints"}}'
         out[f"{level}_wait_s"] = m["meshfed_queue_wait_seconds_sum"].get(labels, 0.0)
@@ -233,6 +237,13 @@ async def stalls(ctl: ControllerProcess) -> dict[str, float]:
     return out
 
 
+def causes_text(c: dict[str, float]) -> str:
+    """The AccessPoint reconciles of a snapshot difference by what asked for them, e.g. "hub-object 1,
+    landed 2" (meshfed_reconcile_causes)."""
+    return ", ".join(f"{k[len('cause_'):]} {v:.0f}" for k, v in sorted(c.items(), key=lambda kv: -kv[1])
+                     if k.startswith("cause_") and v > 0)
+
+
 def slowest_edits(lat: list[float], traces: list[EditTrace], k: int = 3) -> list[str]:
     """The k slowest edits: total, when the hub answered the patch, the first and median member, the
     last member and when it had it, and where the controller's time went meanwhile."""
@@ -252,7 +263,8 @@ def slowest_edits(lat: list[float], traces: list[EditTrace], k: int = 3) -> list
                      f"{c.get('urgent_wait_s', 0) * 1000:.0f} ms in all, {c.get('bulk_keys', 0):.0f} bulk "
                      f"{c.get('bulk_wait_s', 0) * 1000:.0f} ms, {c.get('reconciles', 0):.0f} reconciles "
                      f"{c.get('reconcile_s', 0) * 1000:.0f} ms, GC {c.get('gc_s', 0) * 1000:.0f} ms, "
-                     f"{c.get('lag_over_0.1s', 0):.0f} loop-lag samples over 0.1 s; reconcile phases "
+                     f"{c.get('lag_over_0.1s', 0):.0f} loop-lag samples over 0.1 s; reconciles asked for by "
+                     + (causes_text(c) or "-") + "; reconcile phases "
                      + ", ".join(f"{k[6:]} {v * 1000:.0f} ms" for k, v in sorted(c.items())
                                  if k.startswith("phase_") and v >= 0.0005)
                      + ("; " + cpu_meanwhile(c) if "cpu_machine" in c else ""))
@@ -410,8 +422,11 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         out["bulk_reconciles"] = bulk_snapshot1["reconciles"] - at["snapshot"]["reconciles"]
         phases = {k[len("phase_"):]: bulk_snapshot1[k] - at["snapshot"].get(k, 0.0)
                   for k in bulk_snapshot1 if k.startswith("phase_")}
+        out["bulk_reconcile_causes"] = {k[len("cause_"):]: v - at["snapshot"].get(k, 0.0)
+                                        for k, v in bulk_snapshot1.items() if k.startswith("cause_")}
         print(f"    reconciles during the bulk: {out['bulk_reconciles']:.0f} ({out['bulk_reconciles'] / aps:.1f} per "
-              f"AccessPoint), their phases {', '.join(f'{k} {v:.1f} s' for k, v in sorted(phases.items()))}",
+              f"AccessPoint), their phases {', '.join(f'{k} {v:.1f} s' for k, v in sorted(phases.items()))}; "
+              f"asked for by {causes_text({'cause_' + k: v for k, v in out['bulk_reconcile_causes'].items()})}",
               flush=True)
         out["bulk_stalls"] = {k: bulk_stalls1[k] - at["stalls"].get(k, 0.0) for k in bulk_stalls1}
         print(f"    controller stalls during the bulk: {out['bulk_stalls']}", flush=True)

@@ -210,3 +210,54 @@ async def test_work_runs_only_under_a_held_lease() -> None:
 def _no_queue_callback_left() -> object:
     yield
     metrics.callbacks.queues.pop("test", None)
+
+
+def _causes(kind: str) -> dict[str, float]:
+    return {s.labels["cause"]: s.value for m in metrics.reconcile_causes.collect() for s in m.samples
+            if s.name.endswith("_total") and s.labels["kind"] == kind}
+
+
+async def test_each_reconcile_is_counted_under_the_cause_that_queued_it() -> None:
+    """meshfed_reconcile_causes: asked for again while queued (any level), a key runs once, under its
+    first cause; asked for while running, it runs once more under the cause of that ask; timers,
+    backoffs and fencing name themselves."""
+    gate = asyncio.Event()
+    ran: list[str] = []
+
+    async def handle(key: str) -> None:
+        ran.append(key)
+        if key == "busy" and len(ran) == 1:
+            await gate.wait()
+
+    fence = Fence()
+    wl = WorkLoop("causes", handle, fencing=fence, lease_of=lambda key: f"lease-{key}",
+                  kind_of=lambda key: "causekind", log=log)
+    wl.enqueue("busy", cause="hub-object")
+    wl.start(1)
+    await asyncio.sleep(0.02)  # the worker holds "busy"
+    wl.enqueue("busy", cause="member-object")  # while running: once more, under this cause
+    wl.enqueue("busy", cause="resync")  # merged into the ask above
+    wl.enqueue("a", urgent=False, cause="resync")
+    wl.enqueue("a", cause="hub-object")  # moved up to urgent, still counted as the resync that queued it
+    wl.enqueue_after("b", 0.0)
+    wl.retry("c")
+    gate.set()
+    for _ in range(300):  # "c" backs off 1 s
+        if len(ran) >= 5 and wl.pending == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(ran) == ["a", "b", "busy", "busy", "c"]
+    assert _causes("causekind") == {"hub-object": 1, "member-object": 1, "resync": 1, "timer": 1, "retry": 1}
+    await wl.stop()
+    fence.held = False  # fenced: not run, not counted; put back as "fenced"
+    await wl.run_one("d")
+    assert wl.is_queued("d") and "d" not in ran and fence.put_back == ["lease-d"]
+    fence.held = True
+    wl.start(1)
+    for _ in range(100):
+        if "d" in ran:
+            break
+        await asyncio.sleep(0.01)
+    assert _causes("causekind") == {"hub-object": 1, "member-object": 1, "resync": 1, "timer": 1, "retry": 1,
+                                    "fenced": 1}
+    await wl.stop()
