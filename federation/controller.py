@@ -330,9 +330,9 @@ class Controller:
             return
         self.enqueue(f"ap/{owner_key}", cause=cause)
 
-    def _member_changed(self, member: str) -> None:
-        self.enqueue(f"mc/{member}", cause="member")
-        self.enqueue_all(cause="member")
+    def _member_changed(self, member: str, why: str) -> None:
+        self.enqueue(f"mc/{member}", cause=f"member-{why}")
+        self.enqueue_all(cause=f"member-{why}")
 
     def _forget(self, matches: Callable[[str, str], bool]) -> None:
         """Drop what this replica remembers per (AccessPoint key, member) where `matches(ap_key, member)`:

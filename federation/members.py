@@ -734,6 +734,10 @@ class Member:
 # "waking" the list of a kind it waits for)
 OwnerCallback = Callable[[str, str, str], None]
 MemberCallback = Callable[[str], None]  # member name
+# (member name, why: "upsert" its MemberCluster or kubeconfig, "mesh" its mesh role, "removed", "not-answering",
+# "reset" its cache dropped, "workloads" followWorkload's Deployments, "probe" the probe's verdict, "listed" a
+# kind's list, "no-shard" no shard held: nothing of any kind is ours)
+MemberChangeCallback = Callable[[str, str], None]
 
 
 def _planned_from(member: Member) -> tuple[Any, ...]:
@@ -754,7 +758,7 @@ class MemberRegistry:
         hub: KubeClient,
         hub_id: str,
         on_owner_change: OwnerCallback,
-        on_member_change: MemberCallback,
+        on_member_change: MemberChangeCallback,
         probe_interval: float = 5.0,
         failure_threshold: int = 3,
         on_istiod_change: MemberCallback | None = None,
@@ -769,7 +773,7 @@ class MemberRegistry:
         self.on_member_change = on_member_change
         # Only the member's probe latency (degraded or not, and how slow) changed: no fact a placement
         # or a rendering reads (default: treated as any member change).
-        self.on_member_latency = on_member_latency or on_member_change
+        self.on_member_latency: MemberCallback = on_member_latency or (lambda name: on_member_change(name, "latency"))
         self.probe_interval = probe_interval
         # Consecutive failed probes before a reachable member is reported unreachable: one slow
         # answer from a busy API server must not flip every AccessPoint on it to Unknown.
@@ -833,7 +837,7 @@ class MemberRegistry:
         await self._ensure_client(member)
         await self._ensure_istiod(member)
         if before is None or _planned_from(member) != before:
-            self.on_member_change(mc.name)
+            self.on_member_change(mc.name, "upsert")
 
     def remotes_of(self, primary: str) -> list[Member]:
         """The members that are valid Istio remotes of `primary` (its zone's other clusters), by name."""
@@ -848,7 +852,7 @@ class MemberRegistry:
             if member.mesh != verdicts[name]:
                 member.mesh = verdicts[name]
                 if name != changed:
-                    self.on_member_change(name)
+                    self.on_member_change(name, "mesh")
 
     async def _ensure_istiod(self, member: Member) -> None:
         """One IstiodMonitor per member with spec.istiod (restarted when spec.istiod changes)."""
@@ -886,7 +890,7 @@ class MemberRegistry:
             await self._stop(member)
             self._share_request_budget()
         self._judge_roles(name)
-        self.on_member_change(name)
+        self.on_member_change(name, "removed")
 
     def warm(self) -> bool:
         """Every member has been probed, and the reachable ones have listed their objects.
@@ -981,7 +985,7 @@ class MemberRegistry:
         member.not_answering_why = why
         metrics.member_not_answering.labels(cluster=member.name).inc()
         log.warning("member %s: not answering (%s): writes held until a probe answers", member.name, why)
-        self.on_member_change(member.name)
+        self.on_member_change(member.name, "not-answering")
 
     def reset(self, member: Member, why: str) -> None:
         """The cache no longer describes the member: drop it and relist every kind (the plans that
@@ -998,7 +1002,7 @@ class MemberRegistry:
         member.last_reset = f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: {why}"
         if member.probe.reachable and member.client is not None:
             self._ensure_watches(member)
-        self.on_member_change(member.name)
+        self.on_member_change(member.name, "reset")
 
     async def probe_once(self, member: Member) -> Probe:
         client = member.client
@@ -1093,7 +1097,7 @@ class MemberRegistry:
                     meta = item.get("metadata") or {}
                     if meta.get("namespace") in wanted:
                         member.workloads[(meta["namespace"], meta["name"])] = dict(meta.get("labels") or {})
-                self.on_member_change(member.name)
+                self.on_member_change(member.name, "workloads")
                 delay = 0.2
                 while True:
                     async for ev in client.watch(path, rv, metadata_only=True):
@@ -1110,7 +1114,7 @@ class MemberRegistry:
                             if after is not None:
                                 changed[key] = after
                             member.workloads = changed
-                            self.on_member_change(member.name)
+                            self.on_member_change(member.name, "workloads")
             except Gone:
                 continue
             except ApiError as err:
@@ -1220,7 +1224,7 @@ class MemberRegistry:
                 log.info("member %s: reachable=%s ready=%s latency=%s (%s)", member.name, probe.reachable,
                          probe.ready, f"{latency:.2f}s" if latency is not None else "-", probe.message)
             if before != after:
-                self.on_member_change(member.name)
+                self.on_member_change(member.name, "probe")
             elif member.latency_ms != latency_before:
                 # A loaded fleet's members go slow and fast again: each such change reconciled every
                 # AccessPoint (every member rendered and planned) for its MemberCluster's status alone.
@@ -1314,7 +1318,7 @@ class MemberRegistry:
                 for changed_owner in member.cache.replace_kind(kind.id, []):
                     self.on_owner_change(member.name, changed_owner, "relist")
                 member.listed[kind.id] = generation
-                self.on_member_change(member.name)
+                self.on_member_change(member.name, "no-shard")
                 await asyncio.Event().wait()  # until the filter changes (cancelled)
             try:
                 async with member.list_slots:
@@ -1337,7 +1341,7 @@ class MemberRegistry:
                     for owner_key in [k for k, kinds in member.wants.items() if kind.id in kinds]:
                         self.on_owner_change(member.name, owner_key, "waking")
                 else:
-                    self.on_member_change(member.name)
+                    self.on_member_change(member.name, "listed")
                 if member.may_park(kind.id) and member.watches.get(kind.id) is asyncio.current_task():
                     self._park(member, kind)
                     return

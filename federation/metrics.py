@@ -45,8 +45,9 @@ reconciles = Counter("meshfed_reconciles", "Reconciles run, by kind (accesspoint
                      "dnsprovider, certificate, issuer)", ["kind"], registry=registry)
 reconcile_causes = Counter("meshfed_reconcile_causes", "Reconciles run, by kind and what asked for them (the "
                            "first ask while queued): hub-object, member-object, relist, waking, landed, "
-                           "lane-room, member, resync, retry, timer, warming, deleting, shard, policy, istiod, "
-                           "rollout, tenancy, certificate, nameservice, fenced, other",
+                           "lane-room, member-<why> (a member changed: federation.members), resync, retry, "
+                           "timer, warming, deleting, shard, policy, istiod, rollout, tenancy, certificate, "
+                           "nameservice, fenced, other",
                            ["kind", "cause"], registry=registry)
 reconcile_duration = Histogram("meshfed_reconcile_duration_seconds", "Duration of one reconcile, by kind", ["kind"],
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

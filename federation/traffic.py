@@ -404,8 +404,8 @@ async def install(controller: Controller) -> None:
     # Member changes (labels, readiness, new members) change PlacementPolicy decisions.
     notify = controller.registry.on_member_change
 
-    def member_changed(name: str) -> None:
-        notify(name)
+    def member_changed(name: str, why: str) -> None:
+        notify(name, why)
         feature.poke()
 
     controller.registry.on_member_change = member_changed

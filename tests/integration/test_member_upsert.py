@@ -46,7 +46,7 @@ async def test_only_what_planning_reads_reports_the_member_changed(apiserver: Ap
     reported: list[str] = []
     probe_reported = asyncio.Event()
 
-    def on_member_change(name: str) -> None:
+    def on_member_change(name: str, why: str) -> None:
         # Counted only from upsert itself (this task): the probe loop it starts reports its own verdicts.
         if asyncio.current_task() is upserting:
             reported.append(name)

@@ -294,7 +294,7 @@ async def test_a_member_going_slow_and_fast_again_reconciles_its_status_not_ever
 
     changed: list[str] = []
     latency_only: list[str] = []
-    registry = MemberRegistry(None, "hub", lambda *_: None, changed.append,  # type: ignore[arg-type]
+    registry = MemberRegistry(None, "hub", lambda *_: None, lambda name, _why: changed.append(name),  # type: ignore[arg-type]
                               probe_interval=0.01, failure_threshold=1, on_member_latency=latency_only.append)
     mc = MemberCluster.model_validate({"metadata": {"name": "m1"}, "spec": {
         "kubeconfigSecretRef": {"name": "m1", "namespace": "meshfed-system", "key": "kubeconfig"},
