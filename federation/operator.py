@@ -115,15 +115,25 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
             prom.shards_total.set(options["shards"])
         holder["controller"] = controller
         started: dict[str, bool] = {}
-        background.append(asyncio.create_task(sample_loop_lag(), name="loop-lag"))
-        if options.get("http_address"):
-            server = HttpServer(options["http_address"], lambda: _healthy(controller),
-                                lambda: _ready(controller, started))
-            await server.start()
-            servers.append(server)
-        for feature in features():
-            await feature.install(controller)
-        await controller.start()
+        try:
+            background.append(asyncio.create_task(sample_loop_lag(), name="loop-lag"))
+            if options.get("http_address"):
+                server = HttpServer(options["http_address"], lambda: _healthy(controller),
+                                    lambda: _ready(controller, started))
+                await server.start()
+                servers.append(server)
+            for feature in features():
+                await feature.install(controller)
+            await controller.start()
+        except BaseException:
+            # kopf tries a failed startup again (after 60 s): nothing of this attempt may stay behind (its
+            # /metrics port bound, its hub client, its tasks), else the next attempt fails on those
+            # ("address already in use") and the log no longer shows why the first one failed.
+            try:
+                await teardown()
+            except Exception:
+                log.exception("startup failed, and so did releasing what it had started")
+            raise
         started["done"] = True
         if controller.shards is not None:
             log.info("meshfed controller started (hub id %r, replica %s, %d of %d shards)", options["hub_id"],
@@ -134,16 +144,21 @@ def build_registry(options: dict[str, Any]) -> kopf.OperatorRegistry:
     servers: list[HttpServer] = []
     background: list[asyncio.Task[None]] = []
 
-    @kopf.on.cleanup(registry=registry)
-    async def cleanup(**_: Any) -> None:
+    async def teardown() -> None:
         controller = holder.pop("controller", None)
         if controller is not None:
             await controller.stop()
             await controller.hub.close()
         for server in servers:
             await server.stop()
+        servers.clear()
         for task in background:
             task.cancel()
+        background.clear()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await teardown()
 
     @kopf.on.event("meshfed.io", "v1alpha1", "memberclusters", registry=registry)
     async def membercluster_event(event: kopf.RawEvent, **_: Any) -> None:
