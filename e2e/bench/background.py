@@ -33,8 +33,9 @@ from e2e.bench.propagation import (
     cpu_seconds,
     ensure_ns,
     meshfed_bulk,
+    until_ready,
 )
-from e2e.bench.scale import MEMBER_READY_KINDS, WORKERS, accesspoint, template, until_ready
+from e2e.bench.scale import MEMBER_READY_KINDS, WORKERS, accesspoint, template
 from federation.gcpolicy import tune_gc
 from federation.kube import KubeClient
 from federation.members import VERIFY_INTERVAL

@@ -64,6 +64,7 @@ from e2e.bench.propagation import (
     meshfed_bulk,
     pct,
     rss_mib,
+    until_ready,
 )
 from federation.gcpolicy import tune_gc
 from federation.kube import (
@@ -300,15 +301,6 @@ def idle_line(name: str, c: dict[str, Any]) -> str:
             f"{c['hub_cores'] * 100:.1f} %, member API servers {c['members_cores'] * 100:.0f} % in all "
             f"({c['member_millicores']:.1f} millicores each, {c['member_requests_per_min']:.0f} requests/min each: "
             f"{c['member_requests_top']}); load average {c['load1']:.1f}")
-
-
-async def until_ready(ctl: ControllerProcess, timeout: float = 600) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if await asyncio.to_thread(ctl.ready):
-            return time.monotonic() - started
-        await asyncio.sleep(0.1)
-    raise SystemExit("controller not ready within 10 minutes:\n" + ctl.log_tail())
 
 
 async def rollout(hub: KubeClient, members: dict[str, KubeClient], zones: list[str], ns: str) -> float:
