@@ -47,7 +47,7 @@ reconcile_causes = Counter("meshfed_reconcile_causes", "Reconciles run, by kind 
                            "first ask while queued): hub-object, member-object, relist, waking, landed, "
                            "lane-room, member-<why> (a member changed: federation.members), resync, retry, "
                            "timer, warming, deleting, shard, policy, istiod, rollout, tenancy, certificate, "
-                           "nameservice, fenced, other",
+                           "nameservice, fenced, other (direct: run_one called without one)",
                            ["kind", "cause"], registry=registry)
 reconcile_duration = Histogram("meshfed_reconcile_duration_seconds", "Duration of one reconcile, by kind", ["kind"],
                                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),

@@ -71,7 +71,6 @@ class WorkLoop:
         self._queued: dict[str, tuple[bool, float, str]] = {}
         self._active: set[str] = set()
         self._dirty: dict[str, tuple[bool, str]] = {}  # enqueued while active -> (urgent, first cause)
-        self._taken: dict[str, str] = {}  # key taken by a worker -> its cause (for run_one's count)
         self._retries: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,37 +154,36 @@ class WorkLoop:
             timer.cancel()
         self._timers.clear()
 
-    async def _next_key(self) -> str:
+    async def _next_key(self) -> tuple[str, str]:
+        """The next key to handle and what asked for it."""
         while True:
             for source in (self._urgent, self._bulk):
                 while source:
                     key = source.popleft()
                     if key in self._queued:  # else already taken from the other level
                         urgent, since, cause = self._queued.pop(key)
-                        self._taken[key] = cause
                         metrics.queue_wait.labels(queue=self.name, level="urgent" if urgent else "bulk").observe(
                             time.monotonic() - since)
-                        return key
+                        return key, cause
             self._wakeup.clear()
             await self._wakeup.wait()
 
     async def _worker(self) -> None:
         while True:
-            key = await self._next_key()
-            await self.run_one(key)
+            key, cause = await self._next_key()
+            await self.run_one(key, cause)
 
-    async def run_one(self, key: str) -> None:
+    async def run_one(self, key: str, cause: str = "direct") -> None:
         """Handle `key` now, under the loop's rules (fencing, backoff, metrics, once more if dirty)."""
         lease = self.lease_of(key)
         if not self.fencing.holds(lease):
             # Another replica's work (enqueued again when this one takes the shard), or this one's
             # with its renewal late (tried again after a retry period).
             self.fencing.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False, cause="fenced"))
-            self._taken.pop(key, None)
             return
         self._active.add(key)
         kind = self.kind_of(key)
-        metrics.reconcile_causes.labels(kind=kind, cause=self._taken.pop(key, "direct")).inc()
+        metrics.reconcile_causes.labels(kind=kind, cause=cause).inc()
         started = time.monotonic()
         try:
             with shards.working_on(self.fencing.shards, lease):
