@@ -740,8 +740,7 @@ class Controller:
             return None
         base = {"name": member.name, "region": facts.region, "zone": facts.zone}
         # Not answering, cache listed: the plan is computed (to say what waits) and nothing is written.
-        plannable = member.client is not None and not member.kubeconfig_error and \
-            member.cache.synced >= member.needed_kinds()
+        plannable = member.client is not None and not member.kubeconfig_error and member.synced
         if not member.usable and not (plannable and not member.answering):
             why = member.kubeconfig_error or member.probe.message or "member cache not synced yet"
             return ClusterStatus(**base, state="Unknown", objects=len(owned), vip=_vip(owned.values()),

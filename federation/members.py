@@ -715,11 +715,15 @@ class Member:
         return sorted(missing)
 
     @property
+    def synced(self) -> bool:
+        """Every managed kind the member serves listed at least once (its cache is complete)."""
+        return self.cache.synced >= self.needed_kinds()
+
+    @property
     def usable(self) -> bool:
         """Reachable and answering now, and every managed kind it serves listed at least once: safe to
         plan against."""
-        return bool(self.probe.reachable) and self.answering and self.client is not None and \
-            self.cache.synced >= self.needed_kinds()
+        return bool(self.probe.reachable) and self.answering and self.client is not None and self.synced
 
     @property
     def latency_ms(self) -> int | None:
@@ -735,8 +739,8 @@ class Member:
 OwnerCallback = Callable[[str, str, str], None]
 MemberCallback = Callable[[str], None]  # member name
 # (member name, why: "upsert" its MemberCluster or kubeconfig, "mesh" its mesh role, "removed", "not-answering",
-# "reset" its cache dropped, "workloads" followWorkload's Deployments, "probe" the probe's verdict, "listed" a
-# kind's list, "no-shard" no shard held: nothing of any kind is ours)
+# "reset" its cache dropped, "workloads" followWorkload's Deployments, "probe" the probe's verdict, "listed" the
+# list that completed its cache (`Member.synced`), "no-shard" no shard held: the same, with nothing of any kind ours)
 MemberChangeCallback = Callable[[str, str], None]
 
 
@@ -1315,10 +1319,12 @@ class MemberRegistry:
             if client is None:
                 return
             if selector is None:  # no shard held: nothing of this kind is ours to cache
+                synced_before = member.synced
                 for changed_owner in member.cache.replace_kind(kind.id, []):
                     self.on_owner_change(member.name, changed_owner, "relist")
                 member.listed[kind.id] = generation
-                self.on_member_change(member.name, "no-shard")
+                if member.synced and not synced_before:
+                    self.on_member_change(member.name, "no-shard")
                 await asyncio.Event().wait()  # until the filter changes (cancelled)
             try:
                 async with member.list_slots:
@@ -1330,6 +1336,7 @@ class MemberRegistry:
                 for item in items:
                     item.setdefault("kind", kind.kind)
                     item.setdefault("apiVersion", kind.api_version)
+                synced_before = member.synced
                 changed = member.cache.replace_kind(kind.id, items, rv)
                 member.cache.observed(kind.id, rv)
                 member.listed[kind.id] = generation
@@ -1340,7 +1347,11 @@ class MemberRegistry:
                     member.waking.discard(kind.id)
                     for owner_key in [k for k, kinds in member.wants.items() if kind.id in kinds]:
                         self.on_owner_change(member.name, owner_key, "waking")
-                else:
+                elif member.synced and not synced_before:
+                    # The list that completes the cache: plans that found it incomplete can run now. Not
+                    # every list: a relist reports the owners it found changed (above), and a member's
+                    # change reconciles every AccessPoint — at 15 kinds per member, each member's start
+                    # queued them all 15 times, and each relist (410 Gone, a verification) once more.
                     self.on_member_change(member.name, "listed")
                 if member.may_park(kind.id) and member.watches.get(kind.id) is asyncio.current_task():
                     self._park(member, kind)

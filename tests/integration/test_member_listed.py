@@ -1,0 +1,103 @@
+"""A member's lists report the member changed once, when its cache is complete, not at every list.
+
+A member's change (`on_member_change`) makes the controller reconcile every AccessPoint. The registry
+reported one after every list of every kind: at a member's start once per kind it serves (15 with
+Istio's CRDs), and again at each relist (410 Gone, a verification that found the cache disagreeing),
+although a relist reports the owners it found changed by themselves. Against a real API server (the
+member is the test's kube-apiserver with Istio's CRDs): the start reports `listed` once, and a relist
+that finds an object of ours the cache lacked reports its owner, and no member change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+
+from accesspoint.kinds import MANAGED_KINDS
+from accesspoint.ownership import Owner
+from federation.members import MemberRegistry
+from federation.registration import ensure_namespace
+from tests.integration.conftest import ApiServer
+
+pytestmark = pytest.mark.integration
+
+NS = "meshfed-system"
+SECRET = "listed-m1-kubeconfig"
+MEMBER = "listed-m1"
+HUB_ID = "hub-listed"
+OWNER = Owner(HUB_ID, "team-listed", "web")
+
+
+async def test_the_list_that_completes_the_cache_reports_the_member_and_a_relist_only_its_owners(
+        apiserver: ApiServer) -> None:
+    hub = await apiserver.admin_client()
+    whys: list[str] = []
+    synced = asyncio.Event()
+    owner_reports: list[tuple[str, str]] = []
+    relisted = asyncio.Event()
+
+    def on_member_change(name: str, why: str) -> None:
+        whys.append(why)
+        if why == "listed":
+            synced.set()
+
+    def on_owner_change(name: str, owner_key: str, why: str) -> None:
+        owner_reports.append((owner_key, why))
+        if why == "relist" and owner_key == OWNER.key:
+            relisted.set()
+
+    registry = MemberRegistry(hub, HUB_ID, on_owner_change, on_member_change, probe_interval=3600.0,
+                              verify_interval=0.5)
+    try:
+        await ensure_namespace(hub, NS)
+        await ensure_namespace(hub, "listed-apps")
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
+                  "data": {"kubeconfig": base64.b64encode(apiserver.kubeconfig.read_text().encode()).decode()}}
+        await hub.apply(f"/api/v1/namespaces/{NS}/secrets/{SECRET}", secret, field_manager="test")
+        await registry.upsert({
+            "apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": MEMBER, "resourceVersion": "1", "generation": 1},
+            "spec": {"kubeconfigSecretRef": {"name": SECRET, "namespace": NS, "key": "kubeconfig"},
+                     "region": "r1", "zone": "r1-a"}})
+        member = registry.members[MEMBER]
+        await asyncio.wait_for(synced.wait(), timeout=60.0)
+        for _ in range(1200):  # (the old registry reported the first list)
+            if member.usable:
+                break
+            await asyncio.sleep(0.05)
+        assert len(member.needed_kinds()) > 5  # Istio's kinds too: as many lists as kinds
+        assert whys.count("listed") == 1, whys
+        assert member.synced and member.usable
+
+        # An AccessPoint plans a Service here (its watch runs: a kind nobody wants is parked) and the Service
+        # appears on the member; the watch event reports its owner.
+        service_kind = next(k for k in MANAGED_KINDS.values() if k.kind == "Service" and not k.group)
+        if registry.want(member, OWNER.key, frozenset({service_kind.id})):
+            for _ in range(600):
+                if service_kind.id not in member.waking:
+                    break
+                await asyncio.sleep(0.05)
+        service = {"apiVersion": "v1", "kind": "Service",
+                   "metadata": {"name": "web", "namespace": "listed-apps", "labels": OWNER.labels()},
+                   "spec": {"ports": [{"port": 80}]}}
+        client = member.client
+        assert client is not None
+        created = await client.create("/api/v1/namespaces/listed-apps/services", service, field_manager="test")
+        for _ in range(600):
+            if (OWNER.key, "member-object") in owner_reports:
+                break
+            await asyncio.sleep(0.05)
+        assert (OWNER.key, "member-object") in owner_reports, owner_reports
+
+        # The cache loses it (as a missed watch event would): the verification finds the cache disagreeing
+        # and relists the kind, which reports the owner it found changed. No member change: the cache was
+        # complete before the relist and is after it.
+        assert member.cache.remove(created) == OWNER.key
+        await asyncio.wait_for(relisted.wait(), timeout=30.0)
+        assert any(k.kind == "Service" and k.name == "web" for k in member.cache.objects)
+        assert whys.count("listed") == 1, whys
+    finally:
+        await registry.close()
+        await hub.close()
