@@ -74,11 +74,26 @@ async def wait_ready(hub: KubeClient, ns: str, name: str, clusters: int = 3, tim
                              show=("summary", "conditions", "clusters"))
 
 
+async def reconcile_causes(controller: ControllerProcess) -> dict[str, float]:
+    """meshfed_reconcile_causes of AccessPoints by cause, once the controller serves its endpoints."""
+    async def serving() -> bool:
+        try:
+            return controller.http("/healthz")[0] == 200
+        except OSError:
+            return False
+
+    await eventually(serving, 30, message="the controller does not serve /healthz")
+    return controller.metric_by("meshfed_reconcile_causes_total", "cause", kind="accesspoint")
+
+
 async def test_propagates_with_owner_labels_status_and_columns(
     fleet: Fleet, controller: ControllerProcess, hub: KubeClient, members: dict[str, KubeClient], namespace: str
 ) -> None:
+    causes_before = await reconcile_causes(controller)
     await hub.create(AP.format(ns=namespace), accesspoint(namespace, "shop"), field_manager="e2e")
     st = await wait_ready(hub, namespace, "shop")
+    causes = await reconcile_causes(controller)
+    assert causes.get("hub-object", 0) > causes_before.get("hub-object", 0), (causes_before, causes)
     assert {c["name"] for c in st["clusters"]} == set(members)
     vips = set()
     for name, client in members.items():
@@ -118,6 +133,7 @@ async def test_drift_on_a_member_is_reverted_by_the_watch(
 ) -> None:
     await hub.create(AP.format(ns=namespace), accesspoint(namespace, "drift"), field_manager="e2e")
     await wait_ready(hub, namespace, "drift")
+    causes_before = await reconcile_causes(controller)
     member = members["member-2"]
     path = f"{VS.format(ns=namespace)}/app"
     await member.merge_patch(path, {"spec": {"hosts": ["hijacked.example"]}}, field_manager="someone")
@@ -130,6 +146,10 @@ async def test_drift_on_a_member_is_reverted_by_the_watch(
     start = loop.time()
     await eventually(reverted, 10, interval=0.05, message="drift not reverted")
     assert loop.time() - start < 5, "drift correction must be watch-driven, not wait for a resync"
+    # ... and meshfed_reconcile_causes says so: the reconcile that reverted it was asked for by the
+    # member's watch event (the hub's object did not change).
+    causes = await reconcile_causes(controller)
+    assert causes.get("member-object", 0) > causes_before.get("member-object", 0), (causes_before, causes)
 
 
 async def test_foreign_object_is_never_overwritten_unless_adoption_is_asked(
