@@ -320,7 +320,7 @@ class Controller:
     def pending(self) -> int:
         return self.loop.pending
 
-    def _owner_changed(self, member: str, owner_key: str, cause: str = "member-object") -> None:
+    def _owner_changed(self, member: str, owner_key: str, cause: str) -> None:
         lane = self.lanes.get(member)
         flight = lane.flight(owner_key) if lane is not None else None
         if flight is not None:

@@ -1096,12 +1096,14 @@ class MemberRegistry:
                 return
             try:
                 items, rv = await client.list(path, metadata_only=True)
-                member.workloads = {}
+                listed: dict[tuple[str, str], dict[str, str]] = {}
                 for item in items:
                     meta = item.get("metadata") or {}
                     if meta.get("namespace") in wanted:
-                        member.workloads[(meta["namespace"], meta["name"])] = dict(meta.get("labels") or {})
-                self.on_member_change(member.name, "workloads")
+                        listed[(meta["namespace"], meta["name"])] = dict(meta.get("labels") or {})
+                if member.workloads != listed:  # a relist (410 Gone) that finds them as they were changes nothing
+                    member.workloads = listed
+                    self.on_member_change(member.name, "workloads")
                 delay = 0.2
                 while True:
                     async for ev in client.watch(path, rv, metadata_only=True):

@@ -1,17 +1,19 @@
-"""A member's lists report the member changed once, when its cache is complete, not at every list.
+"""A member's lists report the member changed when what planning reads changed, not at every list.
 
 A member's change (`on_member_change`) makes the controller reconcile every AccessPoint. The registry
 reported one after every list of every kind: at a member's start once per kind it serves (15 with
 Istio's CRDs), and again at each relist (410 Gone, a verification that found the cache disagreeing),
 although a relist reports the owners it found changed by themselves. Against a real API server (the
 member is the test's kube-apiserver with Istio's CRDs): the start reports `listed` once, and a relist
-that finds an object of ours the cache lacked reports its owner, and no member change.
+that finds an object of ours the cache lacked reports its owner, and no member change. The same for
+followWorkload's Deployments: their relist reported the member changed even when it found them as they were.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import pytest
 
@@ -98,6 +100,83 @@ async def test_the_list_that_completes_the_cache_reports_the_member_and_a_relist
         await asyncio.wait_for(relisted.wait(), timeout=30.0)
         assert any(k.kind == "Service" and k.name == "web" for k in member.cache.objects)
         assert whys.count("listed") == 1, whys
+    finally:
+        await registry.close()
+        await hub.close()
+
+
+async def test_a_relist_of_the_followed_workloads_that_finds_them_unchanged_reports_nothing(
+        apiserver: ApiServer) -> None:
+    hub = await apiserver.admin_client()
+    workload_reports = 0
+    reported = asyncio.Event()
+
+    def on_member_change(name: str, why: str) -> None:
+        nonlocal workload_reports
+        if why == "workloads":
+            workload_reports += 1
+            reported.set()
+
+    async def next_report() -> None:
+        await asyncio.wait_for(reported.wait(), timeout=30.0)
+        reported.clear()
+
+    registry = MemberRegistry(hub, HUB_ID, lambda *_: None, on_member_change, probe_interval=3600.0, verify_interval=0)
+    registry.follow_workloads_in(frozenset({"listed-wl"}))
+    try:
+        await ensure_namespace(hub, NS)
+        await ensure_namespace(hub, "listed-wl")
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
+                  "data": {"kubeconfig": base64.b64encode(apiserver.kubeconfig.read_text().encode()).decode()}}
+        await hub.apply(f"/api/v1/namespaces/{NS}/secrets/{SECRET}", secret, field_manager="test")
+        await registry.upsert({
+            "apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
+            "metadata": {"name": MEMBER, "resourceVersion": "1", "generation": 1},
+            "spec": {"kubeconfigSecretRef": {"name": SECRET, "namespace": NS, "key": "kubeconfig"},
+                     "region": "r1", "zone": "r1-a"}})
+        member = registry.members[MEMBER]
+        await next_report()  # the first list: the workloads are known
+        assert member.workloads == {} and workload_reports == 1
+
+        def deployment(name: str) -> dict[str, object]:
+            return {"apiVersion": "apps/v1", "kind": "Deployment",
+                    "metadata": {"name": name, "namespace": "listed-wl", "labels": {"app": name}},
+                    "spec": {"selector": {"matchLabels": {"app": name}},
+                             "template": {"metadata": {"labels": {"app": name}},
+                                          "spec": {"containers": [{"name": "c", "image": "x"}]}}}}
+
+        path = "/apis/apps/v1/namespaces/listed-wl/deployments"
+        await hub.create(path, deployment("one"), field_manager="test")
+        await next_report()  # its watch event
+        assert member.workloads == {("listed-wl", "one"): {"app": "one"}} and workload_reports == 2
+
+        # The watch starts again from a list (as after 410 Gone) that finds what the cache had: no report,
+        # once that list has answered.
+        client = member.client
+        assert client is not None
+        list_deployments = client.list
+        relisted = asyncio.Event()
+
+        async def noting_the_list(path: str, *args: Any, **kwargs: Any) -> Any:
+            answer = await list_deployments(path, *args, **kwargs)
+            if path == "/apis/apps/v1/deployments":
+                relisted.set()
+            return answer
+
+        client.list = noting_the_list  # type: ignore[method-assign]
+        task = member.workloads_task
+        assert task is not None
+        task.cancel()
+        member.workloads_task = None
+        registry._ensure_watches(member)
+        await asyncio.wait_for(relisted.wait(), timeout=30.0)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the list's answer handled (no await between it and the report)
+        assert workload_reports == 2
+        await hub.create(path, deployment("two"), field_manager="test")
+        await next_report()  # the new watch runs
+        assert member.workloads is not None and set(member.workloads) == {("listed-wl", "one"), ("listed-wl", "two")}
+        assert workload_reports == 3
     finally:
         await registry.close()
         await hub.close()
