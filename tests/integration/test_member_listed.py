@@ -19,7 +19,8 @@ import pytest
 
 from accesspoint.kinds import MANAGED_KINDS
 from accesspoint.ownership import Owner
-from federation.members import MemberRegistry
+from federation.kube import KubeClient
+from federation.members import Member, MemberRegistry
 from federation.registration import ensure_namespace
 from tests.integration.conftest import ApiServer
 
@@ -30,6 +31,20 @@ SECRET = "listed-m1-kubeconfig"
 MEMBER = "listed-m1"
 HUB_ID = "hub-listed"
 OWNER = Owner(HUB_ID, "team-listed", "web")
+
+
+async def register_the_apiserver(apiserver: ApiServer, hub: KubeClient, registry: MemberRegistry) -> Member:
+    """The test's API server as member MEMBER of `registry` (its kubeconfig in a Secret on the same server)."""
+    await ensure_namespace(hub, NS)
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
+              "data": {"kubeconfig": base64.b64encode(apiserver.kubeconfig.read_text().encode()).decode()}}
+    await hub.apply(f"/api/v1/namespaces/{NS}/secrets/{SECRET}", secret, field_manager="test")
+    await registry.upsert({
+        "apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
+        "metadata": {"name": MEMBER, "resourceVersion": "1", "generation": 1},
+        "spec": {"kubeconfigSecretRef": {"name": SECRET, "namespace": NS, "key": "kubeconfig"},
+                 "region": "r1", "zone": "r1-a"}})
+    return registry.members[MEMBER]
 
 
 async def test_the_list_that_completes_the_cache_reports_the_member_and_a_relist_only_its_owners(
@@ -53,17 +68,8 @@ async def test_the_list_that_completes_the_cache_reports_the_member_and_a_relist
     registry = MemberRegistry(hub, HUB_ID, on_owner_change, on_member_change, probe_interval=3600.0,
                               verify_interval=0.5)
     try:
-        await ensure_namespace(hub, NS)
         await ensure_namespace(hub, "listed-apps")
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
-                  "data": {"kubeconfig": base64.b64encode(apiserver.kubeconfig.read_text().encode()).decode()}}
-        await hub.apply(f"/api/v1/namespaces/{NS}/secrets/{SECRET}", secret, field_manager="test")
-        await registry.upsert({
-            "apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
-            "metadata": {"name": MEMBER, "resourceVersion": "1", "generation": 1},
-            "spec": {"kubeconfigSecretRef": {"name": SECRET, "namespace": NS, "key": "kubeconfig"},
-                     "region": "r1", "zone": "r1-a"}})
-        member = registry.members[MEMBER]
+        member = await register_the_apiserver(apiserver, hub, registry)
         await asyncio.wait_for(synced.wait(), timeout=60.0)
         for _ in range(1200):  # (the old registry reported the first list)
             if member.usable:
@@ -124,17 +130,8 @@ async def test_a_relist_of_the_followed_workloads_that_finds_them_unchanged_repo
     registry = MemberRegistry(hub, HUB_ID, lambda *_: None, on_member_change, probe_interval=3600.0, verify_interval=0)
     registry.follow_workloads_in(frozenset({"listed-wl"}))
     try:
-        await ensure_namespace(hub, NS)
         await ensure_namespace(hub, "listed-wl")
-        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SECRET, "namespace": NS},
-                  "data": {"kubeconfig": base64.b64encode(apiserver.kubeconfig.read_text().encode()).decode()}}
-        await hub.apply(f"/api/v1/namespaces/{NS}/secrets/{SECRET}", secret, field_manager="test")
-        await registry.upsert({
-            "apiVersion": "meshfed.io/v1alpha1", "kind": "MemberCluster",
-            "metadata": {"name": MEMBER, "resourceVersion": "1", "generation": 1},
-            "spec": {"kubeconfigSecretRef": {"name": SECRET, "namespace": NS, "key": "kubeconfig"},
-                     "region": "r1", "zone": "r1-a"}})
-        member = registry.members[MEMBER]
+        member = await register_the_apiserver(apiserver, hub, registry)
         await next_report()  # the first list: the workloads are known
         assert member.workloads == {} and workload_reports == 1
 
