@@ -299,8 +299,44 @@ class Fleet:
     async def wait_istiod(self, member: ClusterProc, timeout: float = 120.0) -> None:
         istio = member.istio
         assert istio is not None
-        await _wait_http(f"{istio.istiod_url}/ready", timeout, f"istiod of {member.name}", istio.istiod_pid,
-                         istio.istiod_dir / "istiod.log")
+        log = istio.istiod_dir / "istiod.log"
+        try:
+            await _wait_http(f"{istio.istiod_url}/ready", timeout, f"istiod of {member.name}", istio.istiod_pid, log)
+        except TimeoutError as err:
+            # Say which informers it waits for and whether the member's API server answers a list of their
+            # kinds (istiod logs no error when a watch never completes its initial list: a CI run met a
+            # GatewayClass informer that never synced while the other members' did within 3 s).
+            stuck = mesh.unsynced_informers(await asyncio.to_thread(_tail, log, 1_000_000))
+            if not stuck:
+                raise
+            answers = await self._list_kinds_of(member, stuck)
+            raise TimeoutError(f"{err}; informers never synced: {', '.join(stuck)}"
+                               + (f"; the member's API server: {'; '.join(answers)}" if answers else "")) from None
+
+    async def _list_kinds_of(self, member: ClusterProc, informers: Sequence[str]) -> list[str]:
+        """For each CRD kind an informer name ends with ("crdclient/informer/GatewayClass",
+        "gateway/informer/GatewayClasses"): how the member's API server answers a consistent LIST of it."""
+        by_name = {}
+        for crd in load_member_crds():
+            names = crd["spec"]["names"]
+            by_name[names["kind"].lower()] = by_name[names["plural"].lower()] = crd
+        crds = {id(c): c for c in (by_name.get(i.rsplit("/", 1)[-1].lower()) for i in informers) if c is not None}
+        out = []
+        client = await member.client()
+        try:
+            for crd in crds.values():
+                version = next(v["name"] for v in crd["spec"]["versions"] if v.get("storage"))
+                path = f"/apis/{crd['spec']['group']}/{version}/{crd['spec']['names']['plural']}"
+                began = time.monotonic()
+                try:
+                    page = await client.request("GET", path, query={"limit": 1}, timeout=5.0, retry=False)
+                    answer = f"{len(page.get('items') or [])} item(s)"
+                except Exception as exc:  # a diagnosis: whatever it was is the answer
+                    answer = f"{type(exc).__name__}: {exc}"
+                out.append(f"LIST {path}: {answer} after {(time.monotonic() - began) * 1000:.0f} ms")
+        finally:
+            await client.close()
+        return out
 
     async def wait_gateway(self, member: ClusterProc, timeout: float = 120.0) -> None:
         istio = member.istio

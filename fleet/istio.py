@@ -30,6 +30,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -271,6 +272,22 @@ def spawn(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
 
 
 # ---- HTTP probes (istiod /ready, the gateway's readiness and admin) ---------------------------
+
+
+_WAITING = re.compile(r"\twaiting for sync\.\.\.\tname=(\S+)")
+_SYNCED = re.compile(r"\tsync complete\tname=(\S+)")
+
+
+def unsynced_informers(log_text: str) -> list[str]:
+    """The informers istiod's log says it still waits for ("waiting for sync...  name=X", with no later
+    "sync complete  name=X"), in the order first named: what keeps its /ready at 503."""
+    waiting: dict[str, None] = {}
+    for line in log_text.splitlines():
+        if (m := _WAITING.search(line)) is not None:
+            waiting.setdefault(m.group(1), None)
+        elif (m := _SYNCED.search(line)) is not None:
+            waiting.pop(m.group(1), None)
+    return list(waiting)
 
 
 async def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
