@@ -271,7 +271,7 @@ def spawn(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
     return proc.pid
 
 
-# ---- HTTP probes (istiod /ready, the gateway's readiness and admin) ---------------------------
+# ---- istiod's log -------------------------------------------------------------------------------
 
 
 _WAITING = re.compile(r"\twaiting for sync\.\.\.\tname=(\S+)")
@@ -288,6 +288,9 @@ def unsynced_informers(log_text: str) -> list[str]:
         elif (m := _SYNCED.search(line)) is not None:
             waiting.pop(m.group(1), None)
     return list(waiting)
+
+
+# ---- HTTP probes (istiod /ready, the gateway's readiness and admin) ---------------------------
 
 
 async def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
