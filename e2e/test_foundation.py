@@ -75,14 +75,11 @@ async def wait_ready(hub: KubeClient, ns: str, name: str, clusters: int = 3, tim
 
 
 async def reconcile_causes(controller: ControllerProcess) -> dict[str, float]:
-    """meshfed_reconcile_causes of AccessPoints by cause, once the controller serves its endpoints."""
-    async def serving() -> bool:
-        try:
-            return controller.http("/healthz")[0] == 200
-        except OSError:
-            return False
+    """meshfed_reconcile_causes of AccessPoints by cause, once the controller is ready (serving /metrics)."""
+    async def ready() -> bool:
+        return controller.ready()
 
-    await eventually(serving, 30, message="the controller does not serve /healthz")
+    await eventually(ready, 60, message="the controller is not ready")
     return controller.metric_by("meshfed_reconcile_causes_total", "cause", kind="accesspoint")
 
 
