@@ -166,9 +166,8 @@ async def test_a_relist_of_the_followed_workloads_that_finds_them_unchanged_repo
         task.cancel()
         member.workloads_task = None
         registry._ensure_watches(member)
+        # The list answered; its handling ran on to the report (no await between them) before this resumed.
         await asyncio.wait_for(relisted.wait(), timeout=30.0)
-        for _ in range(3):
-            await asyncio.sleep(0)  # the list's answer handled (no await between it and the report)
         assert workload_reports == 2
         await hub.create(path, deployment("two"), field_manager="test")
         await next_report()  # the new watch runs
