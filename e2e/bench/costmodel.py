@@ -8,6 +8,15 @@ What one replica costs, as measured:
             + per_object x member objects it caches
   CPU     = cpu_per_object x member objects it writes (bulk propagation, the controller's process)
   hub writes = writes_per_ap x AccessPoints it owns (status, Events, revisions, finalizers; Leases apart)
+  a full pass (a resync, or a member's change: every AccessPoint it owns rendered and planned again,
+  nothing to write) = for each of its AccessPoints: pass_fixed + pass_per_placed x the members it is on
+                      + pass_per_unplaced x the members it is not on (CPU)
+The pass terms: a line over the runs' full passes per AccessPoint (each on every member) against the
+members gives pass_fixed and pass_per_placed; the runs' passes over AccessPoints on one member each
+(each edited once) give pass_per_unplaced: their slope against the members (each edit's own watch
+event and the fixed part are the same at every member count); from one member count, what is left
+after that line's value for one member, over the members they are not on (a bound from above: the
+edit's own cost counted in).
 The per-member and base terms come from the controller idle with its members connected and no
 AccessPoint (a least-squares line over the runs); the connections per member from the runs loaded
 (counted by the bench): the member's share of the request budget (`PoolShare`, federation.kube's
@@ -54,6 +63,8 @@ class Run:
     hub_writes: int  # the controller's hub writes during the bulk (Leases apart)
     connections_per_member: float = 0.0  # the controller's TCP connections to each member, loaded
     pooled_per_member: float = 0.0  # of those, the member's share of the request budget in that run
+    pass_ms_per_ap: float = 0.0  # a full pass's controller CPU per AccessPoint on every member (0: not measured)
+    one_member_pass_ms_per_ap: float = 0.0  # the same per AccessPoint on one member, edited (0: not measured)
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,14 @@ class Model:
     hub_writes_per_ap: float
     connections_per_member: float = 0.0  # besides the pooled ones
     pool: PoolShare | None = None  # the pooled connections per member (None: none)
+    pass_ms_fixed: float = 0.0  # a full pass's CPU per AccessPoint, whatever its placement
+    pass_ms_per_placed: float = 0.0  # ... and per member it is placed on
+    pass_ms_per_unplaced: float = 0.0  # ... and per member it is not placed on
+
+    def pass_ms_per_ap(self, members: int, placed_on: int) -> float:
+        """A full pass's controller CPU for one AccessPoint placed on `placed_on` of `members` members."""
+        return self.pass_ms_fixed + self.pass_ms_per_placed * placed_on + \
+            self.pass_ms_per_unplaced * max(0, members - placed_on)
 
     def connections(self, members: int) -> float:
         """The connections to each member, loaded, when there are `members`."""
@@ -85,6 +104,7 @@ class Projection:
     objects_per_replica: int
     rss_mib_per_replica: float
     bulk_cpu_s_per_replica: float  # CPU to write its share once (e.g. after a template change of all)
+    pass_cpu_s_per_replica: float  # CPU of a full pass over its share (a resync, a member's change)
     hub_writes_per_replica: float
 
 
@@ -112,7 +132,23 @@ def fit(runs: Sequence[Run], pool: PoolShare | None = None) -> Model:
                       for r in runs) / sum(r.members for r in runs)
     added_mib = sum(max(0.0, r.loaded_rss_mib - r.idle_rss_mib - r.connections_per_member * r.members *
                         CONNECTION_KIB / 1024) for r in runs)
+    measured = [r for r in runs if r.pass_ms_per_ap > 0]
+    if len({r.members for r in measured}) >= 2:
+        pass_fixed, per_placed = line([r.members for r in measured], [r.pass_ms_per_ap for r in measured])
+        pass_fixed, per_placed = max(0.0, pass_fixed), max(0.0, per_placed)
+    else:  # one member count: all of it per member placed on (no fixed part can be told apart)
+        pass_fixed = 0.0
+        per_placed = sum(r.pass_ms_per_ap / r.members for r in measured) / len(measured) if measured else 0.0
+    one = [r for r in runs if r.one_member_pass_ms_per_ap > 0 and r.members > 1]
+    if len({r.members for r in one}) >= 2:  # the slope: the edit's own cost and the fixed part are constants
+        per_unplaced = max(0.0, line([r.members for r in one], [r.one_member_pass_ms_per_ap for r in one])[1])
+    else:  # one member count: all of the rest, the edit's own cost too (a bound from above)
+        per_unplaced = sum(max(0.0, r.one_member_pass_ms_per_ap - pass_fixed - per_placed) / (r.members - 1)
+                           for r in one) / len(one) if one else 0.0
     return Model(
+        pass_ms_fixed=pass_fixed,
+        pass_ms_per_placed=per_placed,
+        pass_ms_per_unplaced=per_unplaced,
         base_mib=base,
         per_member_mib=max(0.0, per_member),
         per_object_kib=added_mib * 1024 / objects,
@@ -137,6 +173,7 @@ def project(model: Model, members: int, aps: int, objects_per_ap: int, replicas:
         objects_per_replica=share,
         rss_mib_per_replica=model.rss_mib(members, share),
         bulk_cpu_s_per_replica=model.cpu_ms_per_object * share / 1000,
+        pass_cpu_s_per_replica=-(-aps // replicas) * model.pass_ms_per_ap(members, spread) / 1000,
         hub_writes_per_replica=model.hub_writes_per_ap * aps / replicas,
     )
 
@@ -144,3 +181,10 @@ def project(model: Model, members: int, aps: int, objects_per_ap: int, replicas:
 def check(model: Model, run: Run) -> float:
     """Predicted over measured loaded RSS of `run` (1.0: exact)."""
     return model.rss_mib(run.members, run.member_objects) / run.loaded_rss_mib
+
+
+def check_pass(model: Model, run: Run) -> float | None:
+    """Predicted over measured full-pass CPU per AccessPoint of `run` (1.0: exact; None: not measured)."""
+    if run.pass_ms_per_ap <= 0:
+        return None
+    return model.pass_ms_per_ap(run.members, run.members) / run.pass_ms_per_ap

@@ -26,12 +26,17 @@ Per run, on one fresh fleet (`fleet up --dense`), all measured in the same run:
     committed) to the last member: what the controller and members add; for the slowest edits, when
     the hub answered the patch, the first, median and last member, and the controller's queue waits,
     reconciles, GC pauses and event-loop lag meanwhile;
-  - a staged rollout over 10 zone waves (no gates: each wave starts when the last is healthy), wall time.
+  - a staged rollout over 10 zone waves (no gates: each wave starts when the last is healthy), wall time;
+  - a full pass (a MemberCluster's label edited: every AccessPoint rendered and planned again with nothing
+    to write, as a resync or a member's change asks for), 3 times: controller CPU per AccessPoint (idle
+    and the bench's scrapes taken off) and the writes meanwhile (none); then --aps AccessPoints placed
+    on one member, each edited once: what a member an AccessPoint is not on costs a pass. The cost
+    model projects a pass from them (CPU per replica, 1,000 members x 2,000 AccessPoints).
 
 Usage: python -m e2e.bench.scale [--members 10,25,50] [--aps 200] [--samples 50] [--json FILE]
 With PYTHONTRACEMALLOC=1 in the environment the controller traces its allocations (slower) and the
 bench prints its /debug/memory after each bulk.
-It needs about 330 MiB per member (50 members: 17 GiB) and takes about 35 minutes on 2 cores.
+It needs about 330 MiB per member (50 members: 17 GiB) and takes about 45 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -46,13 +51,15 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from accesspoint.kinds import ISTIO_NET, MANAGED_KINDS
-from e2e.bench.costmodel import CONNECTION_KIB, PoolShare, Run, check, fit, project
+from e2e.bench.costmodel import CONNECTION_KIB, PoolShare, Run, check, check_pass, fit, project
 from e2e.bench.propagation import (
     AP_PATH,
+    WRITE_VERBS,
     CpuMeter,
     EditTrace,
     all_requests,
@@ -333,6 +340,123 @@ async def rollout(hub: KubeClient, members: dict[str, KubeClient], zones: list[s
     return time.monotonic() - started
 
 
+MC_PATH = "/apis/meshfed.io/v1alpha1/memberclusters/{name}"
+PASSES = 3  # full passes measured per run (their median)
+PASS_POLL = 1.0  # seconds between the controller's /metrics scrapes while a pass runs
+
+
+async def scrape_cpu_s(ctl: ControllerProcess) -> float:
+    """Controller CPU seconds one /metrics scrape costs (the median of 3): what polling a pass adds."""
+    assert ctl.proc is not None
+    costs = []
+    for _ in range(3):
+        before = cpu_seconds(ctl.proc.pid)
+        await controller_metric(ctl, "meshfed_reconciles_total")
+        costs.append(cpu_seconds(ctl.proc.pid) - before)
+    return statistics.median(costs)
+
+
+async def pass_cost(ctl: ControllerProcess, members: dict[str, KubeClient], trigger: Callable[[], Awaitable[None]],
+                    cause: str, expect: int, idle_cores: float, scrape_s: float,
+                    timeout: float = 600) -> dict[str, Any]:
+    """What the controller spends when `trigger()` makes it reconcile `expect` AccessPoints (counted by
+    meshfed_reconcile_causes{cause}) that have nothing to change: its CPU seconds, less what it spends idle
+    over the same time (`idle_cores`) and the scrapes that watched for the end (`scrape_s` each); the
+    wall seconds (to within PASS_POLL); and the writes meanwhile, which must be none: the controller's hub
+    writes (Leases apart) and the members' mutating requests (their API servers' own Leases apart). The
+    reconciles counted are the positive evidence that it looked."""
+    assert ctl.proc is not None
+    pid = ctl.proc.pid
+    # Begun once what came before is done: no reconcile and no hub write (an Event goes out after its
+    # status) between two scrapes PASS_POLL apart.
+    snap0, writes0 = await edit_snapshot(ctl), await controller_metric(ctl, "meshfed_hub_writes_total")
+    for _ in range(int(timeout / PASS_POLL)):
+        await asyncio.sleep(PASS_POLL)
+        snap, writes = await edit_snapshot(ctl), await controller_metric(ctl, "meshfed_hub_writes_total")
+        if snap["reconciles"] == snap0["reconciles"] and writes == writes0:
+            break
+        snap0, writes0 = snap, writes
+    requests0 = await all_requests(members)
+    cpu0, started = cpu_seconds(pid), time.monotonic()
+    await trigger()
+    scrapes = 0
+    while True:
+        await asyncio.sleep(PASS_POLL)
+        snap, scrapes = await edit_snapshot(ctl), scrapes + 1
+        if snap.get(f"cause_{cause}", 0.0) - snap0.get(f"cause_{cause}", 0.0) >= expect and \
+                snap["reconciles"] - snap0["reconciles"] >= expect:
+            break
+        if time.monotonic() - started > timeout:
+            raise SystemExit(f"a pass: {snap.get(f'cause_{cause}', 0.0) - snap0.get(f'cause_{cause}', 0.0):.0f} "
+                             f"of {expect} reconciles asked for by {cause} after {timeout:.0f} s")
+    cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - started
+    hub_writes = {k: int(v) for k, v in diff_breakdown(
+        {k: int(v) for k, v in writes0.items()},
+        {k: int(v) for k, v in (await controller_metric(ctl, "meshfed_hub_writes_total")).items()}).items()
+        if "lease" not in k.lower()}
+    member_writes = {k: v for k, v in diff_breakdown(requests0, await all_requests(members)).items()
+                     if k.startswith(WRITE_VERBS) and not k.endswith(" leases")}
+    return {"reconciles": snap["reconciles"] - snap0["reconciles"], "wall_s": wall,
+            "cpu_s": max(0.0, cpu - idle_cores * wall - scrapes * scrape_s),
+            "hub_writes": hub_writes, "member_writes": member_writes}
+
+
+async def full_passes(hub: KubeClient, ctl: ControllerProcess, members: dict[str, KubeClient], aps: int,
+                      idle_cores: float, repeat: int = PASSES) -> dict[str, Any]:
+    """`repeat` full passes, each asked for by a label edited on one MemberCluster (a label no placement
+    selects: `meshfed_reconcile_causes{cause="member-upsert"}`, as a resync or a member's change asks for
+    one): every AccessPoint rendered and planned on every member again, nothing to write. The median's
+    figures, and every pass's CPU."""
+    scrape_s = await scrape_cpu_s(ctl)
+    names = sorted(members)
+    runs = []
+    for i in range(repeat):
+        path = MC_PATH.format(name=names[i % len(names)])
+
+        async def touch(path: str = path, i: int = i) -> None:
+            await hub.merge_patch(path, {"metadata": {"labels": {"bench.meshfed.io/pass": str(i)}}})
+
+        runs.append(await pass_cost(ctl, members, touch, "member-upsert", aps, idle_cores, scrape_s))
+    median = sorted(runs, key=lambda r: r["cpu_s"])[len(runs) // 2]
+    return {**median, "aps": aps, "cpu_s_each": [r["cpu_s"] for r in runs], "scrape_s": scrape_s,
+            "writes": sum(sum(r["hub_writes"].values()) + sum(r["member_writes"].values()) for r in runs)}
+
+
+async def one_member_pass(hub: KubeClient, ctl: ControllerProcess, members: dict[str, KubeClient], aps: int,
+                          idle_cores: float) -> dict[str, Any]:
+    """`aps` AccessPoints placed on one member each (the first), then each edited once (an annotation: no
+    new generation, nothing to write): their reconciles' CPU per AccessPoint less the all-member passes'
+    gives what a member an AccessPoint is not placed on costs it (the cost model's unplaced term)."""
+    ns, member = "scale-one", sorted(members)[0]
+
+    def build(ns: str, name: str) -> dict[str, Any]:
+        body = accesspoint(ns, name)
+        body["spec"]["placement"] = {"clusterNames": [member]}
+        return body
+
+    await meshfed_bulk(hub, ns, aps, WORKERS, 1, build=build, prefix="one-", timeout=600)
+    sem = asyncio.Semaphore(WORKERS)
+
+    async def annotate(i: int) -> None:
+        async with sem:
+            await hub.merge_patch(f"{AP_PATH.format(ns=ns)}/one-{i}",
+                                  {"metadata": {"annotations": {"bench.meshfed.io/pass": "1"}}})
+
+    async def edit_all() -> None:
+        await asyncio.gather(*(annotate(i) for i in range(aps)))
+
+    return await pass_cost(ctl, members, edit_all, "hub-object", aps, idle_cores, await scrape_cpu_s(ctl))
+
+
+def pass_line(p: dict[str, Any], placed_on: int) -> str:
+    """A pass's figures in one line."""
+    each = f" (each: {', '.join(f'{c:.2f}' for c in p['cpu_s_each'])} s)" if "cpu_s_each" in p else ""
+    writes = {**p["hub_writes"], **{f"member {k}": v for k, v in p["member_writes"].items()}}
+    return (f"{p['reconciles']:.0f} reconciles in {p['wall_s']:.1f} s, controller CPU {p['cpu_s']:.2f} s{each}: "
+            f"{p['cpu_s'] * 1000 / p['reconciles']:.2f} ms per AccessPoint placed on {placed_on} member(s); "
+            f"writes {writes or 'none'}")
+
+
 # The Istio networking kinds a member must serve to be Ready (federation.members.ISTIO_RESOURCES).
 MEMBER_READY_KINDS = tuple(sorted(k.kind for k in MANAGED_KINDS.values()
                                   if k.group == ISTIO_NET and k.plural in ISTIO_RESOURCES))
@@ -531,6 +655,22 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         except (SystemExit, TimeoutError, ApiError) as err:  # reported; the run's other figures are kept
             out["reversed_error"] = str(err)[:500]
             print(f"    the reversed pair failed: {out['reversed_error']}", flush=True)
+        # What a pass over every AccessPoint costs when nothing changed (a resync; a member's change asks
+        # for one too): over the AccessPoints so far, each on every member (both bulks' and the rollout's),
+        # then with `aps` more on one member.
+        idle_cores = out["idle_loaded"]["controller_cores"]
+        everywhere = len((await hub.list("/apis/meshfed.io/v1alpha1/accesspoints"))[0])
+        print(f"  full passes: a MemberCluster label edited, {everywhere} AccessPoints on every member planned "
+              "again ...", flush=True)
+        try:
+            out["full_pass"] = await full_passes(hub, ctl, members, everywhere, idle_cores)
+            print("    " + pass_line(out["full_pass"], n), flush=True)
+            print(f"  {aps} AccessPoints on one member, each edited once ...", flush=True)
+            out["one_member_pass"] = await one_member_pass(hub, ctl, members, aps, idle_cores)
+            print("    " + pass_line(out["one_member_pass"], 1), flush=True)
+        except (SystemExit, TimeoutError, ApiError) as err:  # reported; the run's other figures are kept
+            out["pass_error"] = str(err)[:500]
+            print(f"    the passes failed: {out['pass_error']}", flush=True)
         lost = await controller_metric(ctl, "meshfed_lease_transitions_total")
         out["lease_losses"] = int(sum(v for k, v in lost.items() if 'transition="lost"' in k))
         assert ctl.proc is not None and ctl.proc.poll() is None, ctl.log_tail()
@@ -539,7 +679,7 @@ async def one_run(n: int, aps: int, samples: int) -> dict[str, Any]:
         print("---- controller log (tail) ----\n" + ctl.log_tail(4000))
         raise
     finally:
-        if "edit_error" in out or "rollout_error" in out:
+        if "edit_error" in out or "rollout_error" in out or "pass_error" in out:
             kept = Path(tempfile.gettempdir()) / f"meshfed-scale-{n}-controller.log"
             with contextlib.suppress(OSError):
                 shutil.copy(root / "controller.log", kept)
@@ -557,7 +697,14 @@ def as_run(r: dict[str, Any]) -> Run:
                bulk_cpu_s=r["bulk_controller_cpu_s"], hub_writes=r["bulk_hub_writes"],
                connections_per_member=r.get("connections_per_member", 0.0),
                # Runs from before the request budget: every member had a pool of MEMBER_CONNECTIONS.
-               pooled_per_member=r.get("request_slots_per_member", MEMBER_CONNECTIONS))
+               pooled_per_member=r.get("request_slots_per_member", MEMBER_CONNECTIONS),
+               pass_ms_per_ap=per_ap_ms(r.get("full_pass")),
+               one_member_pass_ms_per_ap=per_ap_ms(r.get("one_member_pass")))
+
+
+def per_ap_ms(p: dict[str, Any] | None) -> float:
+    """A pass's controller CPU milliseconds per AccessPoint reconciled (0.0: not measured)."""
+    return p["cpu_s"] * 1000 / p["reconciles"] if p and p.get("reconciles") else 0.0
 
 
 POOL = PoolShare(budget=MEMBER_REQUEST_BUDGET, least=MEMBER_REQUESTS_MIN, most=MEMBER_CONNECTIONS)
@@ -609,6 +756,15 @@ def report(runs: list[dict[str, Any]]) -> str:
         for phase, label in (("idle_empty", "idle, no AccessPoint"), ("idle_loaded", "idle, loaded")):
             if phase in r:
                 lines.append(f"  {r['members']} members, " + idle_line(label, r[phase]))
+        if "full_pass" in r:
+            lines.append(f"  {r['members']} members, a full pass (median of {len(r['full_pass']['cpu_s_each'])}): "
+                         + pass_line(r["full_pass"], r["members"]) + "; "
+                         f"{per_ap_ms(r['full_pass']) / r['members']:.3f} ms per (AccessPoint, member)")
+        if "one_member_pass" in r:
+            lines.append(f"  {r['members']} members, AccessPoints on one member each, edited: "
+                         + pass_line(r["one_member_pass"], 1))
+        if "pass_error" in r:
+            lines.append(f"  {r['members']} members, the passes failed: {r['pass_error']}")
     if len(runs) >= 2:
         model = fit([as_run(r) for r in runs[:-1]], POOL)
         last = runs[-1]
@@ -619,20 +775,28 @@ def report(runs: list[dict[str, Any]]) -> str:
                       f"{CONNECTION_KIB:.0f} KiB + "
                       f"{model.per_object_kib:.2f} KiB per member object; {model.cpu_ms_per_object:.3f} ms CPU per "
                       f"member object; {model.hub_writes_per_ap:.1f} hub writes per AccessPoint",
+                  f"a full pass (every AccessPoint rendered and planned again, nothing to write): "
+                  f"{model.pass_ms_fixed:.3f} ms CPU per AccessPoint + {model.pass_ms_per_placed:.3f} ms per member "
+                  f"it is on + {model.pass_ms_per_unplaced:.4f} ms per member it is not on",
                   f"check against the {last['members']}-member run: predicted RSS "
                   f"{model.rss_mib(last['members'], last['member_objects']):.0f} MiB, measured "
-                  f"{last['loaded_rss_mib']:.0f} MiB (ratio {check(model, as_run(last)):.2f})",
+                  f"{last['loaded_rss_mib']:.0f} MiB (ratio {check(model, as_run(last)):.2f})"
+                  + (f"; a full pass {model.pass_ms_per_ap(last['members'], last['members']):.1f} ms per "
+                     f"AccessPoint predicted, {per_ap_ms(last.get('full_pass')):.1f} ms measured (ratio {ratio:.2f})"
+                     if (ratio := check_pass(model, as_run(last))) is not None else ""),
                   "", f"projection, 2,000 AccessPoints of {OBJECTS_PER_AP} objects, shards split over the replicas "
                       "(every replica watches every member):",
                   "| members | each AccessPoint on | replicas | member objects per replica | RSS per replica "
-                  "| CPU to write its share once | hub writes per replica |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| CPU to write its share once | CPU of a full pass (resync, a member's change) "
+                  "| hub writes per replica |",
+                  "|---|---|---|---|---|---|---|---|"]
         for members in (200, 1000):
             for spread, label in ((None, "every member"), (ZONE_SPREAD, f"{ZONE_SPREAD} members (a zone)")):
                 for replicas in (1, 3, 10):
                     p = project(model, members, 2000, OBJECTS_PER_AP, replicas, spread)
                     lines.append(f"| {members} | {label} | {replicas} | {p.objects_per_replica:,} | "
                                  f"{p.rss_mib_per_replica / 1024:.2f} GiB | {p.bulk_cpu_s_per_replica / 60:.0f} min | "
+                                 f"{p.pass_cpu_s_per_replica:.0f} s | "
                                  f"{p.hub_writes_per_replica:,.0f} |")
     return "\n".join(lines)
 

@@ -7,18 +7,21 @@ import math
 
 import pytest
 
-from e2e.bench.costmodel import CONNECTION_KIB, Model, PoolShare, Run, check, fit, line, project
+from e2e.bench.costmodel import CONNECTION_KIB, Model, PoolShare, Run, check, check_pass, fit, line, project
 
 
 def run(members: int, aps: int = 200, objects_per_ap: int = 3, *, base: float = 100.0, per_member: float = 2.0,
         per_object_kib: float = 1.5, cpu_ms: float = 0.4, writes_per_ap: float = 4.0,
-        connections: float = 0.0) -> Run:
+        connections: float = 0.0, pass_fixed: float = 0.0, per_placed: float = 0.0,
+        per_unplaced: float = 0.0) -> Run:
     objects = members * aps * objects_per_ap
     idle = base + per_member * members
     return Run(members=members, aps=aps, member_objects=objects, idle_rss_mib=idle,
                loaded_rss_mib=idle + (per_object_kib * objects + connections * members * CONNECTION_KIB) / 1024,
                bulk_cpu_s=cpu_ms * objects / 1000, hub_writes=round(writes_per_ap * aps),
-               connections_per_member=connections)
+               connections_per_member=connections,
+               pass_ms_per_ap=pass_fixed + per_placed * members,
+               one_member_pass_ms_per_ap=pass_fixed + per_placed + per_unplaced * (members - 1) if per_placed else 0.0)
 
 
 @pytest.mark.parametrize(("xs", "ys", "expected"), [
@@ -104,3 +107,39 @@ def test_the_pooled_share_of_the_connections_shrinks_with_the_members() -> None:
     assert check(model, pooled_run(50)) == pytest.approx(1.0), "50 members: 5 pooled each, predicted"
     unpooled = fit([pooled_run(10), pooled_run(25)])
     assert unpooled.connections(1000) == pytest.approx(3.0), "without the pool: only the rest"
+
+
+def test_fit_recovers_a_full_pass_fixed_placed_and_unplaced_terms() -> None:
+    terms = {"pass_fixed": 0.5, "per_placed": 0.9, "per_unplaced": 0.01}
+    model = fit([run(10, **terms), run(25, **terms)])
+    assert (model.pass_ms_fixed, model.pass_ms_per_placed, model.pass_ms_per_unplaced) == \
+        pytest.approx((0.5, 0.9, 0.01))
+    assert check_pass(model, run(50, **terms)) == pytest.approx(1.0)
+    assert check_pass(model, run(50, pass_fixed=0.5, per_placed=1.8)) == pytest.approx((0.5 + 45) / (0.5 + 90))
+    assert check_pass(model, run(50)) is None, "a run without passes is not checked"
+
+
+def test_a_full_pass_is_projected_over_each_replicas_accesspoints_and_every_member() -> None:
+    model = Model(base_mib=100.0, per_member_mib=1.0, per_object_kib=1.0, cpu_ms_per_object=0.5,
+                  hub_writes_per_ap=4.0, pass_ms_fixed=1.0, pass_ms_per_placed=0.5, pass_ms_per_unplaced=0.01)
+    everywhere = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=10)
+    assert everywhere.pass_cpu_s_per_replica == pytest.approx(200 * (1.0 + 0.5 * 1000) / 1000)
+    zone = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=3, clusters_per_ap=30)
+    assert zone.pass_cpu_s_per_replica == pytest.approx(667 * (1.0 + 0.5 * 30 + 0.01 * 970) / 1000), \
+        "the busiest replica's AccessPoints, each costing its unplaced members too"
+
+
+def test_passes_at_one_member_count_are_all_per_member_placed_on() -> None:
+    model = fit([run(10, pass_fixed=2.0, per_placed=0.8), run(10, pass_fixed=2.0, per_placed=0.8)])
+    assert model.pass_ms_fixed == 0.0 and model.pass_ms_per_placed == pytest.approx(1.0)
+    assert fit([run(10), run(25)]).pass_ms_per_ap(1000, 30) == 0.0, "not measured: no pass cost projected"
+
+
+def test_the_unplaced_term_is_a_slope_so_each_edits_own_cost_drops_out() -> None:
+    edited = [dataclasses.replace(r, one_member_pass_ms_per_ap=r.one_member_pass_ms_per_ap + 2.0)
+              for r in (run(10, pass_fixed=0.5, per_placed=0.9, per_unplaced=0.01),
+                        run(25, pass_fixed=0.5, per_placed=0.9, per_unplaced=0.01))]
+    assert fit(edited).pass_ms_per_unplaced == pytest.approx(0.01)
+    alone = fit(edited[:1])  # one member count: a bound, the fixed part and the edit's 2 ms spread over 9 members
+    assert alone.pass_ms_per_placed == pytest.approx(0.95)
+    assert alone.pass_ms_per_unplaced == pytest.approx((0.5 + 0.9 + 0.09 + 2.0 - 0.95) / 9)
