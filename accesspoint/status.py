@@ -136,7 +136,7 @@ def summarize(
         observed_generation=gen,
         revision=revision,
         conditions=merge_conditions(prev_conditions, fresh, now),
-        placement=decision,
+        placement=decision.shortened(),  # the clusters not placed: at most REJECTED_SHOWN listed
         clusters=list(entries),
         summary=AccessPointSummary(
             clusters=f"{len(ready)}/{len(in_place)}", vips=",".join(vips), phase=phase,

@@ -39,6 +39,7 @@ from cli.common import (
     table,
 )
 from cli.rollout import add_rollout_commands, render_rollout
+from placement.models import not_placed_beyond
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
@@ -290,9 +291,13 @@ def render_status(obj: dict[str, Any]) -> str:
         lines += ["", "Istio:", *details]
     if probes:
         lines += ["", "Last probes:", *probes]
-    rejected = (status.get("placement") or {}).get("rejected") or []
+    placement = status.get("placement") or {}
+    rejected = placement.get("rejected") or []
     if rejected:
         lines += ["", "Not placed:"] + [f"  {r['cluster']}: {r['reason']}" for r in rejected]
+        more = not_placed_beyond(placement)
+        if more:
+            lines.append(f"  {more}")
 
     rollout = render_rollout(status)
     if rollout:

@@ -18,6 +18,7 @@ from typing import Any
 
 from accesspoint.render import substitute
 from accesspoint.rollout import wave_states
+from placement.models import not_placed_beyond
 
 READY_STATES = {"Applied"}
 WAITING_PHASES = {None, "Pending"}
@@ -265,6 +266,7 @@ def ap_detail(ap: Mapping[str, Any], approvals: Iterable[Mapping[str, Any]],
                         "message": c.get("message", "")} for c in status.get("conditions") or []],
         "clusters": cluster_rows(status),
         "notPlaced": (status.get("placement") or {}).get("rejected") or [],
+        "notPlacedMore": not_placed_beyond(status.get("placement") or {}),
         "rollout": rollout_timeline(status, waiting),
         "approvals": [{"name": a["metadata"]["name"], "revision": a["spec"].get("revision"),
                        "wave": a["spec"].get("wave"), "waveName": a["spec"].get("waveName", ""),

@@ -339,7 +339,7 @@ class TrafficFeature:
             cond = cond.model_copy(update={"reason": "SelectorMatchesNothing", "message": "; ".join(problems)})
         merged = set_condition([c for c in previous.conditions if c.type == cond.type], cond, now)
         status = PlacementPolicyStatus(observed_generation=policy.generation, conditions=merged,
-                                       decision=decision, summary=summarize(decision))
+                                       decision=decision.shortened(), summary=summarize(decision))
         return status.wire()
 
     async def sweep(self) -> None:

@@ -12,6 +12,7 @@ Imports only accesspoint.meta (shared API primitives). Pure data, no I/O.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
@@ -371,9 +372,32 @@ class ClusterDecision(ApiModel):
         default=None, description="target Zone: the Istio remotes of this primary (the rest of the zone)")
 
 
+# At most this many clusters not placed are listed in a status (KubeFleet's scheduler keeps 20 too): an
+# AccessPoint placed on one zone of a 1,000-cluster fleet otherwise carries 970 of them in every status
+# write, in the hub's storage and in every replica's memory, for one reader in a thousand.
+REJECTED_SHOWN = 20
+
+# The codes listed first when the list is shortened: clusters the criteria would take but for their
+# state (what a reader asking "why not there?" is after), before those the criteria leave out.
+_TELLING_CODES: tuple[str, ...] = ("NotReady", "Tainted", "SpreadLimit", "NoWorkload", "WorkloadUnknown",
+                                   "MeshRoleInvalid", "Excluded", "IstioRemote")
+
+
 class PlacementDecision(ApiModel):
     selected: list[ClusterDecision] = Field(default_factory=list)
-    rejected: list[ClusterDecision] = Field(default_factory=list)
+    rejected: list[ClusterDecision] = Field(
+        default_factory=list,
+        description=f"Clusters not placed, each with why. In a status at most {REJECTED_SHOWN}: those the "
+        "criteria would take but for their state (not ready, tainted, over the spread limit, no workload) "
+        "first, then those the criteria leave out, by name; rejectedTotal and rejectedByCode then count "
+        "them all.")
+    rejected_total: int | None = Field(
+        default=None, alias="rejectedTotal",
+        description="How many clusters were not placed, set when `rejected` lists only some of them.")
+    rejected_by_code: dict[str, int] | None = Field(
+        default=None, alias="rejectedByCode",
+        description="The clusters not placed counted by code (e.g. NotNamed: 960), set when `rejected` lists "
+        "only some of them.")
     unknown_clusters: list[str] = Field(
         default_factory=list,
         alias="unknownClusters",
@@ -383,6 +407,29 @@ class PlacementDecision(ApiModel):
     @property
     def names(self) -> list[str]:
         return [d.cluster for d in self.selected]
+
+    def shortened(self, limit: int = REJECTED_SHOWN) -> PlacementDecision:
+        """The decision as a status shows it: at most `limit` clusters not placed, the telling ones
+        first (`_TELLING_CODES`), then by name, listed by name; the rest counted (itself when none is
+        left out)."""
+        if len(self.rejected) <= limit:
+            return self
+        rank = {code: i for i, code in enumerate(_TELLING_CODES)}
+        kept = sorted(self.rejected, key=lambda d: (rank.get(d.code or "", len(rank)), d.cluster))[:limit]
+        codes = Counter(d.code or "Rejected" for d in self.rejected)
+        return self.model_copy(update={"rejected": sorted(kept, key=lambda d: d.cluster),
+                                       "rejected_total": len(self.rejected),
+                                       "rejected_by_code": dict(sorted(codes.items()))})
+
+
+def not_placed_beyond(placement: dict[str, object]) -> str:
+    """What a status's shortened `rejected` list leaves out, from its wire form: `and 950 more not placed
+    (NotNamed 940, NotReady 10)`, or "" when it lists them all."""
+    total, codes, listed = placement.get("rejectedTotal"), placement.get("rejectedByCode"), placement.get("rejected")
+    if not isinstance(total, int) or not isinstance(listed, list) or total <= len(listed):
+        return ""
+    counts = f" ({', '.join(f'{code} {n}' for code, n in codes.items())})" if isinstance(codes, dict) and codes else ""
+    return f"and {total - len(listed)} more not placed{counts}"
 
 
 class PlacementSummary(ApiModel):

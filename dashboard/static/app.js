@@ -185,7 +185,7 @@ function renderAccessPoint(d) {
       <td>${esc(c.proxies)}</td><td>${istio || "-"}</td><td>${esc(c.probe)}</td><td>${esc(c.lastError)}</td></tr>`;
   }
   out += `</table>`;
-  if (d.notPlaced.length) out += `<h2>Not placed</h2>` + d.notPlaced.map((r) => `<div>${esc(r.cluster)}: ${esc(r.reason)}</div>`).join("");
+  if (d.notPlaced.length) out += `<h2>Not placed</h2>` + d.notPlaced.map((r) => `<div>${esc(r.cluster)}: ${esc(r.reason)}</div>`).join("") + (d.notPlacedMore ? `<div>${esc(d.notPlacedMore)}</div>` : "");
   out += `<h2>Rollout</h2>` + renderRollout(d.rollout, d);
   out += `<h2>Approvals</h2><table id="approvals"><tr><th>Name</th><th>Revision</th><th>Wave</th><th>Gate</th><th>Phase</th>
     <th>Decision</th><th>By</th><th>Reason</th></tr>${d.approvals.map((a) => `<tr data-approval="${esc(a.name)}"><td>${esc(a.name)}</td>

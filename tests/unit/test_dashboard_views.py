@@ -166,3 +166,18 @@ def test_endpoint_localities_and_traffic_share() -> None:
     share = traffic_share([{"region": "r-a", "stats": {"requests": 30}}, {"region": "r-b", "stats": {"requests": 10}},
                            {"region": "r-b", "stats": {"error": "down"}}])
     assert share == [{"region": "r-a", "requests": 30, "share": 75.0}, {"region": "r-b", "requests": 10, "share": 25.0}]
+
+
+# A status placed on one zone of 971 clusters: 20 of the 970 not placed listed, the rest counted.
+SHORTENED_PLACEMENT = {
+    "selected": [{"cluster": "a1", "reason": "zone a"}],
+    "rejected": [{"cluster": f"b{i}", "reason": "zone b is not one of [a]", "code": "WrongZone"} for i in range(20)],
+    "rejectedTotal": 970, "rejectedByCode": {"NotReady": 1, "WrongZone": 969}}
+
+
+def test_the_page_says_how_many_more_clusters_are_not_placed() -> None:
+    body = ap()
+    body["status"]["placement"] = SHORTENED_PLACEMENT
+    view = ap_detail(body, [], [])
+    assert len(view["notPlaced"]) == 20
+    assert view["notPlacedMore"] == "and 950 more not placed (NotReady 1, WrongZone 969)"

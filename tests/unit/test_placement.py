@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from accesspoint.meta import LabelSelector, LabelSelectorRequirement
 from placement.models import (
+    REJECTED_SHOWN,
     ClusterFacts,
     PlacementDecision,
     PlacementPolicy,
@@ -18,6 +19,7 @@ from placement.models import (
     Toleration,
     WorkloadFact,
     WorkloadRef,
+    not_placed_beyond,
 )
 from placement.select import added_and_removed, decision_condition, select, summarize
 
@@ -336,3 +338,32 @@ def test_properties(
     assert set(select(spec, up, prev).names) & set(prev.names) == set(select(spec, down, prev).names) & set(
         prev.names
     )
+
+
+def big_fleet(zones: int = 40, per_zone: int = 25) -> list[ClusterFacts]:
+    """`zones` zones of `per_zone` clusters (1,000 by default), a few not ready, a few tainted."""
+    return [ClusterFacts(name=f"c{z:02d}-{i:02d}", region=f"r{z % 4}", zone=f"z{z:02d}", ready=(z, i) != (3, 7),
+                         reachable=True, taints=[Taint(key="maint", value="x", effect="NoSchedule")] if i == 24 else [])
+            for z in range(zones) for i in range(per_zone)]
+
+
+def test_a_status_lists_at_most_20_clusters_not_placed_the_telling_ones_first_and_counts_them_all() -> None:
+    full = select(PlacementSpec(zones=["z03"]), big_fleet())
+    assert len(full.names) == 23 and len(full.rejected) == 977, "the decision itself keeps every reason"
+    shown = full.shortened()
+    assert shown.selected == full.selected and len(shown.rejected) == REJECTED_SHOWN
+    assert shown.rejected_total == 977
+    assert shown.rejected_by_code == {"NotReady": 1, "Tainted": 1, "WrongZone": 975}
+    listed = {d.cluster: d.code for d in shown.rejected}
+    assert listed["c03-07"] == "NotReady" and listed["c03-24"] == "Tainted", "the state-kept ones come first"
+    assert [d.cluster for d in shown.rejected] == sorted(listed), "listed by name"
+    assert shown.model_dump_json() == select(PlacementSpec(zones=["z03"]), list(reversed(big_fleet()))).shortened()\
+        .model_dump_json(), "the same list whatever the order of the clusters: a status written only on change"
+    assert len(shown.model_dump_json(by_alias=True)) * 10 < len(full.model_dump_json(by_alias=True))
+    assert not_placed_beyond(shown.wire()) == "and 957 more not placed (NotReady 1, Tainted 1, WrongZone 975)"
+
+
+def test_a_decision_with_few_clusters_not_placed_is_shown_as_it_is() -> None:
+    decision = select(PlacementSpec(regions=["us-east"]), fleet())
+    assert decision.shortened() is decision and "rejectedTotal" not in decision.wire()
+    assert not_placed_beyond(decision.wire()) == ""

@@ -238,3 +238,12 @@ def test_applied_message_one_event_for_many_clusters() -> None:
              ClusterStatus(name="m9", state="Applied", revision="old", objects=5)]
     assert applied_message(mixed) == ("revision abc applied on m1 (5 objects), m2 (4 objects); "
                                       "revision old applied on m9 (5 objects each)")
+
+
+def test_the_placement_in_a_status_lists_at_most_20_clusters_not_placed() -> None:
+    rejected = [ClusterDecision(cluster=f"m{i:03d}", reason="not in clusterNames", code="NotNamed") for i in range(100)]
+    decision = PlacementDecision(selected=placed("m1").selected, rejected=rejected)
+    st_ = summarize(1, REV, decision, [applied("m1")], T1, None)
+    assert st_.placement is not None and len(st_.placement.rejected) == 20
+    assert st_.placement.rejected_total == 100 and st_.placement.rejected_by_code == {"NotNamed": 100}
+    assert len(st_.wire()["placement"]["rejected"]) == 20
