@@ -89,6 +89,35 @@ async def test_urgent_keys_go_before_bulk_ones_and_an_urgent_enqueue_moves_a_key
     await wl.stop()
 
 
+async def test_a_worker_lets_the_event_loop_run_between_keys_whose_handling_never_waits() -> None:
+    # A reconcile with nothing to change awaits nothing that suspends (no write, no list); a queue of
+    # them (a resync, a member's change: every AccessPoint) held the loop for the whole pass: Lease
+    # renewals, watches, probes and /metrics waited seconds (the scale bench's /metrics scrape timed out).
+    handled: list[str] = []
+    all_handled = asyncio.Event()
+
+    def handle(key: str) -> None:
+        handled.append(key)
+        if len(handled) == 1000:
+            all_handled.set()
+
+    wl = make(handle)
+    for i in range(1000):
+        wl.enqueue(f"ap-{i}", urgent=False)
+    others: list[int] = []
+
+    async def lease_renewal() -> None:
+        while len(others) < 3:
+            others.append(len(handled))
+            await asyncio.sleep(0)
+
+    wl.start(4)
+    await lease_renewal()
+    assert others[-1] < 10, f"other tasks ran only after {others[-1]} keys were handled: {others}"
+    await asyncio.wait_for(all_handled.wait(), 10)
+    await wl.stop()
+
+
 def _waits(queue: str, level: str) -> tuple[float, float]:
     """(keys, seconds) meshfed_queue_wait_seconds has recorded for `queue` at `level`."""
     samples = {s.name: s.value for m in metrics.queue_wait.collect() for s in m.samples
