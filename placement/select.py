@@ -32,6 +32,7 @@ Stability rules (nothing moves because of an outage):
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
@@ -48,7 +49,11 @@ from placement.models import (
 )
 
 
-def _fmt(values: Iterable[str]) -> str:
+@functools.lru_cache(maxsize=1024)
+def _fmt(values: tuple[str, ...]) -> str:
+    """The values sorted, comma-separated; kept, as the same spec's list is written once per cluster it
+    leaves out (970 times an AccessPoint on one zone of 1,000 clusters, each reconcile: a quarter of
+    `select`'s time)."""
     return ", ".join(sorted(values))
 
 
@@ -71,11 +76,11 @@ def _evaluate(
         why.append("matches clusterSelector")
     if spec.regions:
         if cluster.region not in spec.regions:
-            return False, "WrongRegion", f"region {cluster.region} is not one of [{_fmt(spec.regions)}]"
+            return False, "WrongRegion", f"region {cluster.region} is not one of [{_fmt(tuple(spec.regions))}]"
         why.append(f"region {cluster.region}")
     if spec.zones:
         if cluster.zone not in spec.zones:
-            return False, "WrongZone", f"zone {cluster.zone} is not one of [{_fmt(spec.zones)}]"
+            return False, "WrongZone", f"zone {cluster.zone} is not one of [{_fmt(tuple(spec.zones))}]"
         why.append(f"zone {cluster.zone}")
     for taint in sorted(cluster.taints, key=lambda t: (t.key, t.value, t.effect)):
         if any(tol.tolerates(taint) for tol in spec.tolerations):
