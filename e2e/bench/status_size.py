@@ -12,7 +12,8 @@ Per member count, for one AccessPoint on one zone of `--zone-size` clusters, eac
     `federation.members.slim`: every replica keeps every AccessPoint), and that times --aps;
   - CPU of the status part of a reconcile that changes nothing: the previous status parsed
     (`AccessPointStatus.model_validate`), `placement.select` and `accesspoint.status.summarize` run, the
-    result put on the wire and compared with the previous (`wire()`), median of 20 rounds.
+    result put on the wire and compared with the previous (`wire()`), median of 60 rounds, the baseline's
+    and the status's in turn.
 Every figure of the status as written now is printed as a ratio to the baseline's, measured in the same
 run. Target (issue 20): 1,000 members x 2,000 AccessPoints on <= 10 replicas, each under 2 GiB.
 """
@@ -64,14 +65,16 @@ def held_bytes(payload: str, copies: int = 50) -> float:
     return (after - before) / copies
 
 
-def cpu_ms(step: Callable[[], object], rounds: int = 20) -> float:
-    """Median process CPU milliseconds of `step()`."""
-    times = []
+def cpu_ms(steps: dict[str, Callable[[], object]], rounds: int = 60) -> dict[str, float]:
+    """Median process CPU milliseconds of each step, the steps taken in turn round after round (so that
+    whatever else the machine does weighs on each alike)."""
+    times: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(rounds):
-        started = time.process_time()
-        step()
-        times.append((time.process_time() - started) * 1000)
-    return statistics.median(times)
+        for label, step in steps.items():
+            started = time.process_time()
+            step()
+            times[label].append((time.process_time() - started) * 1000)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 def measure(members: int, zone_size: int, aps: int) -> dict[str, dict[str, float]]:
@@ -83,6 +86,7 @@ def measure(members: int, zone_size: int, aps: int) -> dict[str, dict[str, float
     now_status = summarize(1, REVISION, decision, entries, NOW, None)
     before_status = now_status.model_copy(update={"placement": decision})  # every cluster not placed listed
     out: dict[str, dict[str, float]] = {}
+    steps: dict[str, Callable[[], object]] = {}
     for label, status in (("baseline", before_status), ("now", now_status)):
         wire = status.wire()
         payload = json.dumps(body_of(wire))
@@ -96,9 +100,11 @@ def measure(members: int, zone_size: int, aps: int) -> dict[str, dict[str, float
                 fresh = fresh.model_copy(update={"placement": current})
             return fresh.wire() == wire
 
+        steps[label] = reconcile_status
         out[label] = {"status_bytes": len(json.dumps(wire)), "held_bytes": held, "held_mib_all": held * aps / 2**20,
-                      "cpu_ms": cpu_ms(reconcile_status), "rejected_listed": len(status.placement.rejected)
-                      if status.placement else 0}
+                      "rejected_listed": len(status.placement.rejected) if status.placement else 0}
+    for label, ms in cpu_ms(steps).items():
+        out[label]["cpu_ms"] = ms
     return out
 
 
