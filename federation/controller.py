@@ -52,6 +52,11 @@ from placement.select import select
 
 log = logging.getLogger("meshfed.controller")
 
+# MemberRegistry.on_member_change causes that are the member's own state (federation/members.py), not
+# its MemberCluster's: "upsert" (labels, region, zone, taints, kubeconfig), "mesh" and "removed" can move
+# any AccessPoint's placement; these only those whose placement turns on that member or that it holds.
+MEMBER_SIDE_CAUSES = frozenset({"probe", "not-answering", "reset", "listed", "workloads", "no-shard"})
+
 # ---- extension points: each feature's wiring lives in its own module and registers here ----
 # Validator: blocking problems (each naming its field) for an AccessPoint, given the known clusters.
 Validator = Callable[[AccessPoint, Sequence[ClusterFacts]], list[str]]
@@ -205,6 +210,9 @@ class Controller:
         self._seen_generation: dict[str, tuple[int, float]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._last_cluster_state: dict[tuple[str, str], str] = {}
+        # Per AccessPoint key, the members whose own state its last placement turned on
+        # (PlacementDecision.hinges_on); absent: not planned yet, or refused (its validity may turn on any).
+        self._hinges: dict[str, frozenset[str]] = {}
         self._warm_deadline = 0.0
         self.validators: list[Validator] = []
         self.rendered_validators: list[RenderedValidator] = []
@@ -281,6 +289,8 @@ class Controller:
             # Forget what this replica knew about the lost shards' work: should it take one of them
             # again, it starts from what the API servers say (another replica may have moved it on).
             self._forget(lambda ap_key, member: self.in_shards(ap_key, lost))
+            for key in [k for k in self._hinges if self.in_shards(k, lost)]:
+                del self._hinges[key]
             for key in [k for k in self.loop.retried() if self.in_shards(k[3:], lost)]:
                 self.loop.succeeded(key)
         for listener in self.shard_listeners:
@@ -332,7 +342,22 @@ class Controller:
 
     def _member_changed(self, member: str, why: str) -> None:
         self.enqueue(f"mc/{member}", cause=f"member-{why}")
-        self.enqueue_all(cause=f"member-{why}")
+        if why not in MEMBER_SIDE_CAUSES:
+            self.enqueue_all(cause=f"member-{why}")
+            return
+        # The member's own state moved (a probe's verdict, a list, its Deployments): only the AccessPoints
+        # that state can reach are planned again. At 1,000 members a probe flipping somewhere every few
+        # seconds otherwise planned every AccessPoint on every member each time (7-23 s of CPU per
+        # replica, zone placement, e2e/bench/scale.py's full pass).
+        m = self.registry.members.get(member)
+        holding = m.cache.by_owner.keys() if m is not None else ()
+        # An Istio remote's reachability is in its primary's zone verdict (_zone_verdict), whatever the
+        # remote's own placement code.
+        primary = m.spec.spec.mesh_primary if m is not None else None
+        for key in list(self.accesspoints):
+            hinges = self._hinges.get(key)
+            if hinges is None or member in hinges or primary in hinges or key in holding:
+                self.enqueue(f"ap/{key}", urgent=False, cause=f"member-{why}")
 
     def _forget(self, matches: Callable[[str, str], bool]) -> None:
         """Drop what this replica remembers per (AccessPoint key, member) where `matches(ap_key, member)`:
@@ -377,6 +402,7 @@ class Controller:
         if event_type == "DELETED":
             self.accesspoints.pop(key, None)
             self._seen_generation.pop(key, None)
+            self._hinges.pop(key, None)
             self._forget(lambda ap_key, member: ap_key == key)
             self.loop.forget(f"ap/{key}")
             self.writer.status.forget(AP_PATH.format(ns=meta["namespace"], name=meta["name"]))
@@ -599,6 +625,7 @@ class Controller:
         revision = revision_of(ap)
         members = self.registry.members
         decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
+        self._hinges[key] = decision.hinges_on()
         placed = set(decision.names)
         context = RenderContext(labels=self.shard_labels(ns, name)) if self.shards is not None else EMPTY_CONTEXT
         for provider in self.context_providers:
@@ -653,6 +680,7 @@ class Controller:
                       previous: AccessPointStatus | None, problems: Sequence[str]) -> None:
         """Accepted=False with the problems (each naming its field), an Event when it changed, and
         no member write. The reason is the first problem's own (e.g. HostConflict) or InvalidSpec."""
+        self._hinges.pop(f"{ns}/{name}", None)  # whether it is valid may turn on any member's state
         generation = int(body["metadata"].get("generation", 0))
         status = summarize(generation, "", PlacementDecision(), [], now_rfc3339(), previous, invalid=problems)
         if await self._write_status(path, ns, name, status, body):

@@ -1352,8 +1352,8 @@ class MemberRegistry:
                 elif member.synced and not synced_before:
                     # The list that completes the cache: plans that found it incomplete can run now. Not
                     # every list: a relist reports the owners it found changed (above), and a member's
-                    # change reconciles every AccessPoint — at 15 kinds per member, each member's start
-                    # queued them all 15 times, and each relist (410 Gone, a verification) once more.
+                    # change reconciles every AccessPoint placed there — at 15 kinds per member, each
+                    # member's start queued them 15 times, and each relist (410 Gone, a verification) once more.
                     self.on_member_change(member.name, "listed")
                 if member.may_park(kind.id) and member.watches.get(kind.id) is asyncio.current_task():
                     self._park(member, kind)

@@ -383,6 +383,11 @@ _TELLING_CODES: tuple[str, ...] = ("NotReady", "Tainted", "SpreadLimit", "NoWork
                                    "MeshRoleInvalid", "Excluded", "IstioRemote")
 
 
+# The codes the hub's facts alone decide: the AccessPoint's spec against a MemberCluster's name, labels,
+# region and zone. A member's own state (probes, lists, its Deployments, Istio) cannot change them.
+HUB_SIDE_CODES: frozenset[str] = frozenset({"Excluded", "NotNamed", "SelectorMismatch", "WrongRegion", "WrongZone"})
+
+
 class PlacementDecision(ApiModel):
     selected: list[ClusterDecision] = Field(default_factory=list)
     rejected: list[ClusterDecision] = Field(
@@ -407,6 +412,15 @@ class PlacementDecision(ApiModel):
     @property
     def names(self) -> list[str]:
         return [d.cluster for d in self.selected]
+
+    def hinges_on(self) -> frozenset[str]:
+        """The clusters whose own state this decision can turn on: the placed ones, and those not placed for
+        a reason other than the hub-side criteria (`HUB_SIDE_CODES`): not ready, tainted, over the spread
+        limit, no workload, Istio remotes. Any other cluster becoming ready, unreachable or relisted leaves
+        the decision, and what is rendered from it for the placed clusters, as it is. Call it on the whole
+        decision, not on a `shortened` one."""
+        return frozenset([d.cluster for d in self.selected]
+                         + [d.cluster for d in self.rejected if (d.code or "") not in HUB_SIDE_CODES])
 
     def shortened(self, limit: int = REJECTED_SHOWN) -> PlacementDecision:
         """The decision as a status shows it: at most `limit` clusters not placed, the telling ones

@@ -39,6 +39,7 @@ from collections.abc import Iterable
 from accesspoint.meta import Condition
 from placement.mesh import Domain, domains
 from placement.models import (
+    HUB_SIDE_CODES,
     ClusterDecision,
     ClusterFacts,
     DecisionCode,
@@ -126,10 +127,12 @@ def _domain_view(domain: Domain) -> tuple[ClusterFacts, list[str]]:
     return domain.primary.model_copy(update={"workloads": workloads}), [r.name for r in domain.remotes]
 
 
-def _zone_reason(spec: PlacementSpec, domain: Domain, reason: str) -> str:
+def _zone_reason(spec: PlacementSpec, domain: Domain, reason: str, code: DecisionCode) -> str:
     remotes = ", ".join(r.name for r in domain.remotes) or "none"
     where = ""
-    if spec.follow_workload is not None:
+    # Where the Deployment runs, only when the zone is not left out by the hub's facts alone: a reason
+    # there must not change with a member's own state (PlacementDecision.hinges_on).
+    if spec.follow_workload is not None and code not in HUB_SIDE_CODES:
         found = [c.name for c in domain.clusters
                  if c.workloads is not None and spec.follow_workload.found_in(c.workloads)]
         if found:
@@ -180,7 +183,7 @@ def select(
         cluster = units[name]
         ok, code, reason = _evaluate(spec, cluster, name in before)
         if name in doms:
-            reason = _zone_reason(spec, doms[name], reason)
+            reason = _zone_reason(spec, doms[name], reason, code)
         if ok:
             candidates.append((cluster, code, reason))
         else:

@@ -1,6 +1,7 @@
 """A member's lists report the member changed when what planning reads changed, not at every list.
 
-A member's change (`on_member_change`) makes the controller reconcile every AccessPoint. The registry
+A member's change (`on_member_change`) makes the controller reconcile every AccessPoint whose placement
+hinges on that member (every AccessPoint, before federation.controller.MEMBER_SIDE_CAUSES). The registry
 reported one after every list of every kind: at a member's start once per kind it serves (15 with
 Istio's CRDs), and again at each relist (410 Gone, a verification that found the cache disagreeing),
 although a relist reports the owners it found changed by themselves. Against a real API server (the

@@ -367,3 +367,63 @@ def test_a_decision_with_few_clusters_not_placed_is_shown_as_it_is() -> None:
     decision = select(PlacementSpec(regions=["us-east"]), fleet())
     assert decision.shortened() is decision and "rejectedTotal" not in decision.wire()
     assert not_placed_beyond(decision.wire()) == ""
+
+
+# ---- hinges_on: which clusters' own state a decision turns on ---------------------------------------
+
+def test_hinges_on_names_the_placed_and_those_kept_out_by_their_state() -> None:
+    clusters = fleet()
+    clusters[1] = clusters[1].model_copy(update={"ready": False})  # us-east-a2: NotReady
+    spec = PlacementSpec(regions=["us-east"], cluster_selector=LabelSelector(match_labels={"env": "prod"}),
+                         exclude_clusters=["us-east-b1"])
+    d = select(spec, clusters)
+    assert codes(d)["us-east-a1"] == "Matched" and codes(d)["us-east-b1"] == "Excluded"
+    assert d.hinges_on() == {"us-east-a1"}  # a2 is a staging cluster: SelectorMismatch first
+    d = select(PlacementSpec(regions=["us-east"], spread=Spread(per_zone=1)), clusters)
+    assert codes(d) == {"us-east-a1": "Matched", "us-east-a2": "NotReady", "us-east-b1": "Matched",
+                        "us-east-b2": "SpreadLimit", **{c.name: "WrongRegion" for c in clusters[4:]}}
+    assert d.hinges_on() == {"us-east-a1", "us-east-a2", "us-east-b1", "us-east-b2"}
+
+
+workload_st = st.one_of(st.none(), st.lists(st.builds(WorkloadFact, namespace=st.just("shop"),
+                                                       name=st.sampled_from(["checkout", "cart"])), max_size=2))
+mesh_cluster_st = st.builds(
+    ClusterFacts, name=names, region=st.sampled_from(["r1", "r2"]), zone=st.sampled_from(["z1", "z2"]),
+    labels=st.dictionaries(st.just("env"), st.sampled_from(["prod", "dev"]), max_size=1),
+    taints=st.lists(st.builds(Taint, key=st.just("k1"), effect=st.sampled_from(["NoSchedule", "NoExecute"])),
+                    max_size=1),
+    ready=st.booleans(), reachable=st.sampled_from([True, False, None]), workloads=workload_st,
+    mesh_primary=st.one_of(st.none(), names))
+wide_spec_st = st.builds(
+    PlacementSpec,
+    cluster_names=st.lists(names, max_size=3, unique=True),
+    regions=st.lists(st.sampled_from(["r1", "r2"]), max_size=1),
+    zones=st.lists(st.sampled_from(["z1", "z2"]), max_size=1),
+    exclude_clusters=st.lists(names, max_size=2, unique=True),
+    cluster_selector=st.one_of(st.none(), st.builds(LabelSelector, match_labels=st.just({"env": "prod"}))),
+    spread=st.one_of(st.none(), st.builds(Spread, per_zone=st.one_of(st.none(), st.integers(1, 2)),
+                                          max_clusters=st.one_of(st.none(), st.integers(1, 3)))),
+    follow_workload=st.one_of(st.none(), st.builds(WorkloadRef, namespace=st.just("shop"), name=st.just("checkout"))),
+    target=st.sampled_from(["Cluster", "Zone"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(spec=wide_spec_st, clusters=st.lists(mesh_cluster_st, max_size=8, unique_by=lambda c: c.name),
+       prev_names=st.lists(names, unique=True), data=st.data())
+def test_a_cluster_the_decision_does_not_hinge_on_changes_nothing_by_its_own_state(
+    spec: PlacementSpec, clusters: list[ClusterFacts], prev_names: list[str], data: st.DataObject
+) -> None:
+    """What lets the controller plan again only the AccessPoints whose placement hinges on a member whose
+    own state moved (federation/controller.py MEMBER_SIDE_CAUSES): any other member may become ready,
+    unreachable or run other Deployments, and the decision stays exactly as it was."""
+    prev = select(PlacementSpec(cluster_names=prev_names), [c.model_copy(update={"ready": True}) for c in clusters])
+    d = select(spec, clusters, prev)
+    others = [c for c in clusters if c.name not in d.hinges_on()]
+    if not others:
+        return
+    moved = data.draw(st.sampled_from(others))
+    state = {"ready": data.draw(st.booleans()), "reachable": data.draw(st.sampled_from([True, False, None])),
+             "workloads": data.draw(workload_st)}
+    changed = [c.model_copy(update=state) if c.name == moved.name else c for c in clusters]
+    assert select(spec, changed, prev) == d
