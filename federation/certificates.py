@@ -112,7 +112,7 @@ from nameservice.dns01 import Dns01ProviderHook
 from nameservice.models import DNSProvider
 from nameservice.providers import Provider, ProviderError
 from nameservice.records import Owner as RecordOwner
-from placement.models import ClusterFacts, PlacementDecision
+from placement.models import ClusterFacts, PlacementDecision, PlacementSpec
 
 log = logging.getLogger("meshfed.certificates")
 
@@ -993,7 +993,8 @@ class Certificates:
         return status.model_copy(update={"certificate": column, "clusters": clusters})
 
 
-def validate_annotations(ap: AccessPoint, _facts: Sequence[ClusterFacts]) -> list[str]:
+def validate_annotations(ap: AccessPoint, _facts: Sequence[ClusterFacts], _spec: PlacementSpec | None,
+                         _decision: PlacementDecision) -> list[str]:
     """Validator: the certificate annotations of an AccessPoint, each problem naming its field."""
     annotations = dict(ap.metadata.get("annotations") or {})
     problems = []

@@ -58,8 +58,10 @@ log = logging.getLogger("meshfed.controller")
 MEMBER_SIDE_CAUSES = frozenset({"probe", "not-answering", "reset", "listed", "workloads", "no-shard"})
 
 # ---- extension points: each feature's wiring lives in its own module and registers here ----
-# Validator: blocking problems (each naming its field) for an AccessPoint, given the known clusters.
-Validator = Callable[[AccessPoint, Sequence[ClusterFacts]], list[str]]
+# Validator: blocking problems (each naming its field) for an AccessPoint, given the known clusters, its
+# placement spec (None: its PlacementPolicy is missing) and the placement decided over them (the one the
+# reconcile goes on with, computed once: empty without a spec).
+Validator = Callable[[AccessPoint, Sequence[ClusterFacts], PlacementSpec | None, PlacementDecision], list[str]]
 # ContextProvider: facts for rendering (traffic transforms, generated objects), once per reconcile.
 ContextProvider = Callable[[AccessPoint, PlacementDecision, Mapping[str, Member]], Awaitable[RenderContext]]
 # SpecSelector: which AccessPoint (revision) each placed cluster should carry (the rollout).
@@ -608,6 +610,7 @@ class Controller:
             ap = None
             problems = validation_messages(err)
         spec = None
+        decision = PlacementDecision()
         if ap is not None and not problems:
             spec, missing = self._placement_spec(ap)
             if missing:
@@ -615,8 +618,10 @@ class Controller:
             elif spec is not None and spec.follow_workload is not None:  # its facts: Deployments there
                 self.registry.follow_workloads_in(self.registry.workload_namespaces | {spec.follow_workload.namespace})
             facts = [m.facts for m in self.registry.members.values()]
+            if spec is not None:
+                decision = select(spec, facts, previous.placement if previous else None)
             for validator in self.validators:
-                problems += validator(ap, facts)
+                problems += validator(ap, facts, spec, decision)
         if ap is None or problems or spec is None:
             await self._refuse(path, ns, name, body, previous, problems)
             return
@@ -624,7 +629,6 @@ class Controller:
         owner = Owner(self.hub_id, ns, name)
         revision = revision_of(ap)
         members = self.registry.members
-        decision = select(spec, [m.facts for m in members.values()], previous.placement if previous else None)
         self._hinges[key] = decision.hinges_on()
         placed = set(decision.names)
         context = RenderContext(labels=self.shard_labels(ns, name)) if self.shards is not None else EMPTY_CONTEXT

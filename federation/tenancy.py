@@ -45,7 +45,7 @@ from accesspoint.tenancy import (
     template_problems,
 )
 from federation.controller import Controller
-from placement.models import ClusterFacts
+from placement.models import ClusterFacts, PlacementDecision, PlacementSpec
 
 log = logging.getLogger("meshfed.tenancy")
 
@@ -161,7 +161,8 @@ class Tenancy:
 
     # ---- checks ----
 
-    def validate(self, ap: AccessPoint, _facts: Sequence[ClusterFacts]) -> list[str]:
+    def validate(self, ap: AccessPoint, _facts: Sequence[ClusterFacts], _spec: PlacementSpec | None,
+                 _decision: PlacementDecision) -> list[str]:
         """Validator: the template's namespaces, then the AccessPoint's host claims (brought up to
         date from the very body being reconciled; a no-op when its generation was seen)."""
         meta = ap.metadata

@@ -197,19 +197,11 @@ class TrafficFeature:
             return f"PlacementPolicy {ap.spec.placement_ref.name} (spec.placementRef) spec"
         return "spec.placement"
 
-    def _decision(self, ap: AccessPoint, facts: Sequence[ClusterFacts]) -> tuple[PlacementSpec | None,
-                                                                                   PlacementDecision]:
-        spec, _ = self.controller._placement_spec(ap)
-        if spec is None:
-            return None, PlacementDecision()
-        previous = ap.status.placement if ap.status else None
-        return spec, select(spec, facts, previous)
-
     # -- Validator --
 
-    def validate(self, ap: AccessPoint, facts: Sequence[ClusterFacts]) -> list[str]:
+    def validate(self, ap: AccessPoint, facts: Sequence[ClusterFacts], spec: PlacementSpec | None,
+                 decision: PlacementDecision) -> list[str]:
         problems: list[str] = []
-        spec, decision = self._decision(ap, facts)
         if spec is not None:
             problems += placement_problems(spec, decision, facts, self._where(ap))
         problems += validate_overrides(ap.spec.overrides, facts).errors

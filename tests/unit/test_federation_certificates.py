@@ -110,10 +110,11 @@ def test_derive_takes_annotations_and_keeps_a_still_valid_issuer() -> None:
 
 def test_annotation_validation_names_the_field() -> None:
     bad = accesspoint("a.example.com", {DURATION_ANNOTATION: "soon"})
-    assert validate_annotations(bad, []) == [
+    assert validate_annotations(bad, [], None, PlacementDecision()) == [
         "metadata.annotations[meshfed.io/certificate-duration]: invalid duration 'soon' "
         "(expected e.g. '2160h', '90m', '1h30m')"]
-    assert validate_annotations(accesspoint("a.example.com", {RENEW_BEFORE_ANNOTATION: "1h30m"}), []) == []
+    assert validate_annotations(accesspoint("a.example.com", {RENEW_BEFORE_ANNOTATION: "1h30m"}), [], None,
+                                PlacementDecision()) == []
 
 
 def test_bundle_round_trips_through_a_secret_without_showing_the_key() -> None:

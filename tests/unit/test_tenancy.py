@@ -26,7 +26,7 @@ from accesspoint.tenancy import (
     rendered_problems,
     template_problems,
 )
-from placement.models import ClusterFacts
+from placement.models import ClusterFacts, PlacementDecision
 
 
 def policy(name: str, namespaces: list[str], targets: list[dict[str, Any]] | None = None,
@@ -382,14 +382,14 @@ def test_a_certificate_without_its_accesspoint_claims_no_host() -> None:
     feature.on_object("Certificate", "ADDED", cert)
     late = gateway_ap("late", "shop", "shop.example.com", "2026-02-01T00:00:00Z")
     feature.on_object("AccessPoint", "ADDED", late)
-    assert feature.validate(AccessPoint.model_validate(late), []) == []
+    assert feature.validate(AccessPoint.model_validate(late), [], None, PlacementDecision()) == []
     assert feature.refusals("Certificate", cert) == []
 
     # Its AccessPoint appears: the Certificate (the earlier claim) now owns the host.
     own = gateway_ap("early", "mine", "other.example.com", "2026-03-01T00:00:00Z")
     feature.on_object("AccessPoint", "ADDED", own)
-    assert any("HostConflict" in p or "shop.example.com" in p
-               for p in feature.validate(AccessPoint.model_validate(late), [])), "the certificate claims again"
+    problems = feature.validate(AccessPoint.model_validate(late), [], None, PlacementDecision())
+    assert any("HostConflict" in p or "shop.example.com" in p for p in problems), "the certificate claims again"
     assert ("AccessPoint", "late", "shop") in enqueued  # the loser is looked at again
     feature.on_object("AccessPoint", "DELETED", own)
-    assert feature.validate(AccessPoint.model_validate(late), []) == []
+    assert feature.validate(AccessPoint.model_validate(late), [], None, PlacementDecision()) == []
