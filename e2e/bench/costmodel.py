@@ -28,6 +28,7 @@ holds 1/R of the objects and all of the members.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,7 +105,10 @@ class Projection:
     objects_per_replica: int
     rss_mib_per_replica: float
     bulk_cpu_s_per_replica: float  # CPU to write its share once (e.g. after a template change of all)
-    pass_cpu_s_per_replica: float  # CPU of a full pass over its share (a resync, a member's change)
+    pass_cpu_s_per_replica: float  # CPU of a full pass over its share (a resync, a MemberCluster's change)
+    # CPU of a member's own state moving (a probe's verdict, a relist): only the AccessPoints placed on that
+    # member are planned again (federation.controller.MEMBER_SIDE_CAUSES), the busiest replica's share
+    member_change_cpu_s_per_replica: float
     hub_writes_per_replica: float
 
 
@@ -174,6 +178,9 @@ def project(model: Model, members: int, aps: int, objects_per_ap: int, replicas:
         rss_mib_per_replica=model.rss_mib(members, share),
         bulk_cpu_s_per_replica=model.cpu_ms_per_object * share / 1000,
         pass_cpu_s_per_replica=-(-aps // replicas) * model.pass_ms_per_ap(members, spread) / 1000,
+        # the AccessPoints placed on one member: aps x spread / members of them, over the replicas
+        member_change_cpu_s_per_replica=math.ceil(math.ceil(aps * spread / members) / replicas)
+        * model.pass_ms_per_ap(members, spread) / 1000,
         hub_writes_per_replica=model.hub_writes_per_ap * aps / replicas,
     )
 

@@ -787,16 +787,16 @@ def report(runs: list[dict[str, Any]]) -> str:
                   "", f"projection, 2,000 AccessPoints of {OBJECTS_PER_AP} objects, shards split over the replicas "
                       "(every replica watches every member):",
                   "| members | each AccessPoint on | replicas | member objects per replica | RSS per replica "
-                  "| CPU to write its share once | CPU of a full pass (resync, a member's change) "
-                  "| hub writes per replica |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| CPU to write its share once | CPU of a full pass (resync, a MemberCluster's change) "
+                  "| CPU of a member's own state moving (a probe, a relist) | hub writes per replica |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for members in (200, 1000):
             for spread, label in ((None, "every member"), (ZONE_SPREAD, f"{ZONE_SPREAD} members (a zone)")):
                 for replicas in (1, 3, 10):
                     p = project(model, members, 2000, OBJECTS_PER_AP, replicas, spread)
                     lines.append(f"| {members} | {label} | {replicas} | {p.objects_per_replica:,} | "
                                  f"{p.rss_mib_per_replica / 1024:.2f} GiB | {p.bulk_cpu_s_per_replica / 60:.0f} min | "
-                                 f"{p.pass_cpu_s_per_replica:.0f} s | "
+                                 f"{p.pass_cpu_s_per_replica:.0f} s | {p.member_change_cpu_s_per_replica:.2f} s | "
                                  f"{p.hub_writes_per_replica:,.0f} |")
     return "\n".join(lines)
 

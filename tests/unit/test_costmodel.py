@@ -127,6 +127,10 @@ def test_a_full_pass_is_projected_over_each_replicas_accesspoints_and_every_memb
     zone = project(model, members=1000, aps=2000, objects_per_ap=3, replicas=3, clusters_per_ap=30)
     assert zone.pass_cpu_s_per_replica == pytest.approx(667 * (1.0 + 0.5 * 30 + 0.01 * 970) / 1000), \
         "the busiest replica's AccessPoints, each costing its unplaced members too"
+    # A member's own state moving plans only the AccessPoints placed on it: 2,000 x 30 / 1,000 = 60 of them,
+    # 20 on the busiest of 3 replicas; on every member, all of them.
+    assert zone.member_change_cpu_s_per_replica == pytest.approx(20 * (1.0 + 0.5 * 30 + 0.01 * 970) / 1000)
+    assert everywhere.member_change_cpu_s_per_replica == everywhere.pass_cpu_s_per_replica
 
 
 def test_passes_at_one_member_count_are_all_per_member_placed_on() -> None:
