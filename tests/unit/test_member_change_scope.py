@@ -6,37 +6,28 @@ No API server: the hub client is never contacted."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import pytest
-from kubernetes_asyncio.client import ApiClient, Configuration
 
 from federation.controller import MEMBER_SIDE_CAUSES, Controller
-from federation.kube import KubeClient
 
 
 @pytest.fixture
-async def ctl() -> AsyncIterator[Controller]:
-    cfg = Configuration()
-    cfg.host = "https://127.0.0.1:9"  # never contacted
-    api = ApiClient(cfg)
-    try:
-        c = Controller(KubeClient(api, "hub"), "hub")
-        for name in ("placed-on-m1", "placed-on-m2", "m1-not-ready-there", "never-planned", "held-by-m1",
-                     "placed-on-primary-of-m1"):
-            c.accesspoints[f"team/{name}"] = {"metadata": {"namespace": "team", "name": name}}
-        c._hinges.update({"team/placed-on-m1": frozenset({"m1"}), "team/placed-on-m2": frozenset({"m2"}),
-                          "team/m1-not-ready-there": frozenset({"m2", "m1"}),
-                          "team/held-by-m1": frozenset({"m3"}),
-                          "team/placed-on-primary-of-m1": frozenset({"p1"})})
-        # m1 holds objects of held-by-m1 (placed elsewhere now: they are to be removed) and is p1's remote.
-        c.registry.members["m1"] = SimpleNamespace(  # type: ignore[assignment]
-            name="m1", wants={}, cache=SimpleNamespace(by_owner={"team/held-by-m1": set()}),
-            spec=SimpleNamespace(spec=SimpleNamespace(mesh_primary="p1")))
-        yield c
-    finally:
-        await api.close()
+def ctl(offline_controller: Controller) -> Controller:
+    c = offline_controller
+    for name in ("placed-on-m1", "placed-on-m2", "m1-not-ready-there", "never-planned", "held-by-m1",
+                 "placed-on-primary-of-m1"):
+        c.accesspoints[f"team/{name}"] = {"metadata": {"namespace": "team", "name": name}}
+    c._hinges.update({"team/placed-on-m1": frozenset({"m1"}), "team/placed-on-m2": frozenset({"m2"}),
+                      "team/m1-not-ready-there": frozenset({"m2", "m1"}),
+                      "team/held-by-m1": frozenset({"m3"}),
+                      "team/placed-on-primary-of-m1": frozenset({"p1"})})
+    # m1 holds objects of held-by-m1 (placed elsewhere now: they are to be removed) and is p1's remote.
+    c.registry.members["m1"] = SimpleNamespace(  # type: ignore[assignment]
+        name="m1", wants={}, cache=SimpleNamespace(by_owner={"team/held-by-m1": set()}),
+        spec=SimpleNamespace(spec=SimpleNamespace(mesh_primary="p1")))
+    return c
 
 
 def queued(ctl: Controller) -> set[str]:
