@@ -583,7 +583,8 @@ class Controller:
         body = self.accesspoints.get(key)
         if body is None:
             return
-        if not self.registry.warm() and time.monotonic() < self._warm_deadline:
+        # The deadline first: warm() looks at every member, and after the warm-up nothing needs it.
+        if time.monotonic() < self._warm_deadline and not self.registry.warm():
             self.enqueue_later(f"ap/{key}", 0.2, cause="warming")
             return
         telemetry.count("reconciles")
@@ -602,12 +603,14 @@ class Controller:
         """`admitting`: when the reconcile began (meshfed_reconcile_phase_seconds{phase="admit"} runs from it
         through placement and context; each phase is observed once per reconcile that gets that far)."""
         ns, name = key.split("/", 1)
-        previous = AccessPointStatus.model_validate(body.get("status") or {}) if body.get("status") else None
         try:
             ap = AccessPoint.model_validate(body)
+            # Its status, parsed with it (parsing it again cost 3 % of a full pass's CPU).
+            previous = ap.status if body.get("status") else None
             problems = [str(e) for e in validate(ap)]
         except ValidationError as err:
             ap = None
+            previous = AccessPointStatus.model_validate(body["status"]) if body.get("status") else None
             problems = validation_messages(err)
         spec = None
         decision = PlacementDecision()
@@ -715,7 +718,13 @@ class Controller:
         entries: dict[str, ClusterStatus | None] = {}
         flights: dict[str, tuple[Flight[ClusterStatus | None], KubeClient | None]] = {}
         for m in members.values():
-            lane = self._lane(m.name)
+            known = self.lanes.get(m.name)
+            if m.name not in placed and not m.cache.by_owner.get(owner.key) and \
+                    (known is None or owner.key not in known.flights):
+                # Neither placed there nor holding anything of it, nothing in the air: nothing to plan
+                # (what _member_work would find, at a fraction of the cost: most members, at 1,000).
+                continue
+            lane = known or self._lane(m.name)
             flight = lane.flight(owner.key)
             if flight is not None:
                 # This AccessPoint's earlier writes to m are still in the air: nothing is planned against
