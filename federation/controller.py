@@ -326,7 +326,14 @@ class Controller:
 
     def enqueue_all(self, *, cause: str) -> None:
         for key in list(self.accesspoints):
-            self.enqueue(f"ap/{key}", urgent=False, cause=cause)
+            if self._in_held_shard(key):
+                self.enqueue(f"ap/{key}", urgent=False, cause=cause)
+
+    def _in_held_shard(self, key: str) -> bool:
+        """AccessPoint key "namespace/name" is in a shard this replica holds (always, unsharded). Another
+        replica's keys would only be dropped at the Lease check (9 in 10 of them on 10 replicas), and
+        taking a shard queues everything in it (_shards_changed)."""
+        return self.shards is None or self.shards.holding(self.shards.shard_key(*key.split("/", 1)))
 
     @property
     def pending(self) -> int:
@@ -358,7 +365,8 @@ class Controller:
         primary = m.spec.spec.mesh_primary if m is not None else None
         for key in list(self.accesspoints):
             hinges = self._hinges.get(key)
-            if hinges is None or member in hinges or primary in hinges or key in holding:
+            if (hinges is None or member in hinges or primary in hinges or key in holding) and \
+                    self._in_held_shard(key):
                 self.enqueue(f"ap/{key}", urgent=False, cause=f"member-{why}")
 
     def _forget(self, matches: Callable[[str, str], bool]) -> None:

@@ -53,3 +53,15 @@ async def test_a_refused_or_deleted_accesspoint_hinges_on_no_member_in_particula
     assert "team/placed-on-m2" not in ctl._hinges
     ctl._member_changed("m9", "probe")
     assert queued(ctl) == {"never-planned"}
+
+
+async def test_only_the_keys_of_shards_this_replica_holds_are_queued(ctl: Controller) -> None:
+    """Another replica's AccessPoints would only be dropped at the Lease check (and taking a shard queues
+    all of it): neither a member's change nor a full pass queues them here."""
+    ctl.shards = SimpleNamespace(  # type: ignore[assignment]
+        holding=lambda lease: lease == "lease-0",
+        shard_key=lambda ns, name: "lease-0" if name.startswith("placed") else "lease-1")
+    ctl._member_changed("m1", "probe")
+    assert queued(ctl) == {"placed-on-m1", "placed-on-primary-of-m1"}
+    ctl._member_changed("m2", "upsert")
+    assert queued(ctl) == {"placed-on-m1", "placed-on-m2", "placed-on-primary-of-m1"}
