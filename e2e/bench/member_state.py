@@ -28,23 +28,21 @@ import argparse
 import asyncio
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from e2e.bench.propagation import ensure_ns, meshfed_bulk, until_ready
+from e2e.bench.propagation import AP_PATH, ensure_ns, meshfed_bulk, until_ready
 from e2e.bench.scale import (
     MC_PATH,
     MEMBER_READY_KINDS,
-    PASS_POLL,
     WORKERS,
     accesspoint,
-    edit_snapshot,
     idle_costs,
     idle_line,
     pass_cost,
     scrape_cpu_s,
     template,
+    until_quiet,
 )
 from federation.gcpolicy import tune_gc
 from federation.kube import KubeClient
@@ -54,7 +52,6 @@ from fleet.testing import ControllerProcess, wait_status
 
 NS = "member-state"
 WORKLOADS_NS = "bench-workloads"
-AP_PATH = "/apis/meshfed.io/v1alpha1/namespaces/{ns}/accesspoints"
 
 
 def deployment(name: str) -> dict[str, Any]:
@@ -65,17 +62,10 @@ def deployment(name: str) -> dict[str, Any]:
                                   "spec": {"containers": [{"name": "app", "image": "registry.invalid/app"}]}}}}
 
 
-async def settled_cause(ctl: ControllerProcess, cause: str, timeout: float = 120) -> float:
-    """meshfed_reconcile_causes{cause} once no reconcile happened for PASS_POLL seconds."""
-    last = await edit_snapshot(ctl)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        await asyncio.sleep(PASS_POLL)
-        snap = await edit_snapshot(ctl)
-        if snap["reconciles"] == last["reconciles"]:
-            return snap.get(f"cause_{cause}", 0.0)
-        last = snap
-    raise SystemExit(f"the controller still reconciled after {timeout:.0f} s")
+async def settled_cause(ctl: ControllerProcess, cause: str) -> float:
+    """meshfed_reconcile_causes{cause} once the controller is quiet (e2e.bench.scale.until_quiet)."""
+    snap, _ = await until_quiet(ctl)
+    return snap.get(f"cause_{cause}", 0.0)
 
 
 async def run(n: int, zones: int, aps: int, passes: int) -> dict[str, Any]:

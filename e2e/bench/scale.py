@@ -356,6 +356,19 @@ async def scrape_cpu_s(ctl: ControllerProcess) -> float:
     return statistics.median(costs)
 
 
+async def until_quiet(ctl: ControllerProcess, timeout: float = 600) -> tuple[dict[str, float], dict[str, float]]:
+    """The controller's edit_snapshot and hub writes once no reconcile and no hub write (an Event goes out
+    after its status) happened between two scrapes PASS_POLL apart (or after `timeout` seconds)."""
+    snap0, writes0 = await edit_snapshot(ctl), await controller_metric(ctl, "meshfed_hub_writes_total")
+    for _ in range(int(timeout / PASS_POLL)):
+        await asyncio.sleep(PASS_POLL)
+        snap, writes = await edit_snapshot(ctl), await controller_metric(ctl, "meshfed_hub_writes_total")
+        if snap["reconciles"] == snap0["reconciles"] and writes == writes0:
+            break
+        snap0, writes0 = snap, writes
+    return snap0, writes0
+
+
 async def pass_cost(ctl: ControllerProcess, members: dict[str, KubeClient], trigger: Callable[[], Awaitable[None]],
                     cause: str, expect: int, idle_cores: float, scrape_s: float,
                     timeout: float = 600) -> dict[str, Any]:
@@ -367,15 +380,8 @@ async def pass_cost(ctl: ControllerProcess, members: dict[str, KubeClient], trig
     reconciles counted are the positive evidence that it looked."""
     assert ctl.proc is not None
     pid = ctl.proc.pid
-    # Begun once what came before is done: no reconcile and no hub write (an Event goes out after its
-    # status) between two scrapes PASS_POLL apart.
-    snap0, writes0 = await edit_snapshot(ctl), await controller_metric(ctl, "meshfed_hub_writes_total")
-    for _ in range(int(timeout / PASS_POLL)):
-        await asyncio.sleep(PASS_POLL)
-        snap, writes = await edit_snapshot(ctl), await controller_metric(ctl, "meshfed_hub_writes_total")
-        if snap["reconciles"] == snap0["reconciles"] and writes == writes0:
-            break
-        snap0, writes0 = snap, writes
+    # Begun once what came before is done.
+    snap0, writes0 = await until_quiet(ctl, timeout)
     requests0 = await all_requests(members)
     cpu0, started = cpu_seconds(pid), time.monotonic()
     await trigger()
