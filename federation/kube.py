@@ -664,9 +664,9 @@ class KubeClient:
                                          deadlines=deadlines, connections=connections)
 
     @classmethod
-    async def from_kubeconfig_file(cls, path: str, name: str, *, attempts: int = 3,
-                                   context: str | None = None) -> KubeClient:
-        return await cls.from_kubeconfig(load_kubeconfig(path, context), name, attempts=attempts)
+    async def from_kubeconfig_file(cls, path: str, name: str, *, attempts: int = 3, context: str | None = None,
+                                   deadlines: Deadlines | None = None) -> KubeClient:
+        return await cls.from_kubeconfig(load_kubeconfig(path, context), name, attempts=attempts, deadlines=deadlines)
 
     @classmethod
     async def in_cluster(cls, name: str, *, environ: Mapping[str, str] | None = None,

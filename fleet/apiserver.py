@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from federation.hubwriter import FINALIZER
-from federation.kube import ApiError, KubeClient
+from federation.kube import ApiError, Deadlines, KubeClient
 from fleet import pki
 from fleet.build import ISTIO_MODULE, REPO
 from fleet.istio import EchoBackend, MemberIstio
@@ -286,8 +286,9 @@ class ClusterProc:
             time.sleep(0.05)
         return True
 
-    async def client(self, attempts: int = 3) -> KubeClient:
-        return await KubeClient.from_kubeconfig_file(str(self.kubeconfig), self.name, attempts=attempts)
+    async def client(self, attempts: int = 3, deadlines: Deadlines | None = None) -> KubeClient:
+        return await KubeClient.from_kubeconfig_file(str(self.kubeconfig), self.name, attempts=attempts,
+                                                     deadlines=deadlines)
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
         client = await self.client(attempts=1)

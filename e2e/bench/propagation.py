@@ -33,7 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from accesspoint.models import AccessPoint
 from accesspoint.ownership import HUB
@@ -90,8 +90,13 @@ async def ensure_ns(client: KubeClient, ns: str) -> None:
     await ensure_namespace(client, ns)
 
 
+class DirectRun(NamedTuple):
+    seconds: float  # the first apply sent -> the last answered
+    slowest_apply_s: float  # one apply, sent -> answered (each is sent once: the clients' deadline bounds it)
+
+
 async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, workers: int,
-                   build: Callable[[str, str], dict[str, Any]] | None = None, ns: str = "bench-direct") -> float:
+                   build: Callable[[str, str], dict[str, Any]] | None = None, ns: str = "bench-direct") -> DirectRun:
     """Direct SSA of the same rendered objects (into namespace `ns`), same concurrency; `build`
     makes the AccessPoint (namespace, name) whose rendering is written (default: `accesspoint`)."""
     build = build or accesspoint
@@ -113,17 +118,23 @@ async def baseline(fleet: Fleet, members: dict[str, KubeClient], aps: int, worke
     for i in range(aps):
         queue.put_nowait(i)
 
+    slowest = 0.0
+
+    async def apply(client: KubeClient, obj: dict[str, Any]) -> None:
+        nonlocal slowest
+        sent = time.monotonic()
+        await client.apply(PATHS[obj["kind"]].format(ns=ns, name=obj["metadata"]["name"]), obj,
+                           field_manager="bench-direct")
+        slowest = max(slowest, time.monotonic() - sent)
+
     async def worker() -> None:
         while not queue.empty():
             i = queue.get_nowait()
-            await asyncio.gather(*(
-                members[c].apply(PATHS[o["kind"]].format(ns=ns, name=o["metadata"]["name"]), o,
-                                 field_manager="bench-direct")
-                for c, objs in rendered[i].items() for o in objs))
+            await asyncio.gather(*(apply(members[c], o) for c, objs in rendered[i].items() for o in objs))
 
     start = time.monotonic()
     await asyncio.gather(*(worker() for _ in range(workers)))
-    return time.monotonic() - start
+    return DirectRun(time.monotonic() - start, slowest)
 
 
 # Hub writes during meshfed's bulk that are not the controller's: the bench's own AccessPoint creates and
@@ -207,9 +218,12 @@ async def more_pairs(fleet: Fleet, hub: KubeClient, members: dict[str, KubeClien
         meshfed_first = k % 2 == 0
         print(f"pair {k}/{args.pairs}: {'meshfed, then the baseline' if meshfed_first else 'baseline, then meshfed'} "
               "...", flush=True)
-        bulks = {"meshfed": functools.partial(meshfed_bulk, hub, f"bench-{k}", args.aps, args.workers, len(members)),
-                 "baseline": functools.partial(baseline, fleet, members, args.aps, args.workers,
-                                               ns=f"bench-direct-{k}")}
+        async def direct(k: int = k) -> float:
+            return (await baseline(fleet, members, args.aps, args.workers, ns=f"bench-direct-{k}")).seconds
+
+        bulks: dict[str, Callable[[], Awaitable[float]]] = {
+            "meshfed": functools.partial(meshfed_bulk, hub, f"bench-{k}", args.aps, args.workers, len(members)),
+            "baseline": direct}
         took: dict[str, float] = {}
         for side in (("meshfed", "baseline") if meshfed_first else ("baseline", "meshfed")):
             await asyncio.sleep(PAUSE_BETWEEN_BULKS)
@@ -432,7 +446,7 @@ async def main(args: argparse.Namespace) -> None:
               flush=True)
         meter = CpuMeter(fleet, ctl)
         cpu0 = meter.sample()
-        base = await baseline(fleet, members, args.aps, args.workers)
+        base = (await baseline(fleet, members, args.aps, args.workers)).seconds
         base_cpu = CpuMeter.since(cpu0, meter.sample())
         print(f"  baseline: {base:.1f} s ({total_objects / base:.0f} objects/s)", flush=True)
 
