@@ -431,7 +431,9 @@ class Renderer:
     while the Renderer is in use (the controller builds one per reconcile).
     """
 
-    def __init__(self, ap: AccessPoint, hub: str, context: RenderContext = EMPTY_CONTEXT) -> None:
+    def __init__(self, ap: AccessPoint, hub: str, context: RenderContext = EMPTY_CONTEXT, *,
+                 revision: str | None = None) -> None:
+        """`revision`: `ap`'s revision_hash when the caller has it already (computed here otherwise)."""
         self.ap = ap
         self.hub = hub
         self.context = context
@@ -450,7 +452,7 @@ class Renderer:
         # again (shared substitution, generated object, memoised override) is finished once.
         self._finished: dict[int, tuple[Mapping[str, Any], dict[str, Any]]] = {}
         self._overridden: OverrideMemo = {}
-        self._revision: str | None = None
+        self._revision = revision
 
     @property
     def revision(self) -> str:

@@ -88,6 +88,7 @@ def record(
     spec: AccessPointSpec,
     now: datetime,
     keep: Iterable[str] = (),
+    revision: str | None = None,
 ) -> tuple[RevisionHistory, RevisionRecord]:
     """Record `spec` as the newest revision; return the new history and the spec's record.
 
@@ -95,12 +96,14 @@ def record(
     becomes a new revision (new number, `undoOf` = the old number; the old record is dropped, as a
     Deployment renumbers a ReplicaSet). The oldest records beyond `history.limit` are dropped,
     except the hashes in `keep` (pass the stable revision: an abort must still be able to render it).
+    `revision`: `revision_hash(spec)` when the caller has it (the content is then dumped only for a
+    new record, not on every reconcile).
     """
-    content = revision_content(spec)
-    hash_ = content_hash(content)
+    hash_ = revision if revision is not None else revision_hash(spec)
     latest = history.latest
     if latest is not None and latest.hash == hash_:
         return history, latest
+    content = revision_content(spec)
     number = latest.number + 1 if latest is not None else 1
     older = history.by_hash(hash_)
     new = RevisionRecord(

@@ -37,7 +37,7 @@ from accesspoint.kinds import ISTIO_NET, group_of
 from accesspoint.models import AccessPoint, AccessPointStatus, ClusterStatus
 from accesspoint.ownership import Owner
 from accesspoint.plan import Plan, plan
-from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, key_of, render, validate
+from accesspoint.render import EMPTY_CONTEXT, RenderContext, Rendered, Renderer, key_of, validate
 from accesspoint.revisions import revision_hash
 from accesspoint.status import applied_message, held_entry, pending_text, summarize
 from federation import metrics, shards, telemetry
@@ -64,8 +64,10 @@ MEMBER_SIDE_CAUSES = frozenset({"probe", "not-answering", "reset", "listed", "wo
 Validator = Callable[[AccessPoint, Sequence[ClusterFacts], PlacementSpec | None, PlacementDecision], list[str]]
 # ContextProvider: facts for rendering (traffic transforms, generated objects), once per reconcile.
 ContextProvider = Callable[[AccessPoint, PlacementDecision, Mapping[str, Member]], Awaitable[RenderContext]]
-# SpecSelector: which AccessPoint (revision) each placed cluster should carry (the rollout).
-SpecSelector = Callable[[AccessPoint, PlacementDecision, Mapping[str, Member]], Awaitable[Mapping[str, AccessPoint]]]
+# SpecSelector: which AccessPoint (revision) each placed cluster should carry (the rollout), given the
+# AccessPoint's own revision (its spec's hash, computed once per reconcile).
+SpecSelector = Callable[[AccessPoint, PlacementDecision, Mapping[str, Member], str],
+                        Awaitable[Mapping[str, AccessPoint]]]
 # StatusContributor: adds its part (FQDN, certificate, rollout, extra conditions) to a computed status.
 StatusContributor = Callable[[AccessPoint, AccessPointStatus, AccessPointStatus | None, str], AccessPointStatus]
 # StatusListener: told about every computed status of an AccessPoint (changed or not).
@@ -649,9 +651,10 @@ class Controller:
         specs: Mapping[str, AccessPoint] = {}
         if self.spec_selector is not None:
             with metrics.phase("rollout"):
-                specs = await self.spec_selector(ap, decision, members)
-        # One compiled Renderer per AccessPoint revision for all its clusters (accesspoint.render).
-        renderers: dict[int, Renderer] = {}
+                specs = await self.spec_selector(ap, decision, members, revision)
+        # One compiled Renderer per AccessPoint revision for all its clusters (accesspoint.render), keyed
+        # by id: every AccessPoint a cluster carries stays referenced by the reconcile while they live.
+        renderers: dict[int, Renderer] = {id(ap): Renderer(ap, self.hub_id, context, revision=revision)}
         prerendered: dict[str, Rendered] = {}
         planning = time.monotonic()  # the "plan" phase: rendering here and planning in _sync_members
         if self.rendered_validators:
@@ -774,15 +777,13 @@ class Controller:
         return held_entry(base, answering=member.answering, pending=pending, since=rfc3339(since), why=why)
 
     def _member_work(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool, context: RenderContext,
-                     renderers: dict[int, Renderer] | None = None,
+                     renderers: dict[int, Renderer],
                      prerendered: Rendered | None = None) -> MemberWork | ClusterStatus | None:
         """What one member should get for `ap` (the revision this cluster carries): its rendered objects and
-        the plan against what it holds (a MemberWork), or its entry when nothing can be planned."""
-        if renderers is None:
-            revision = revision_of(ap)
-        else:  # the spec hash once per AccessPoint revision, not once per cluster
-            renderer_ = renderers.get(id(ap)) or renderers.setdefault(id(ap), Renderer(ap, self.hub_id, context))
-            revision = renderer_.revision
+        the plan against what it holds (a MemberWork), or its entry when nothing can be planned. `renderers`:
+        the reconcile's Renderer per AccessPoint revision (its spec hash and compiled template, once)."""
+        renderer = renderers.get(id(ap)) or renderers.setdefault(id(ap), Renderer(ap, self.hub_id, context))
+        revision = renderer.revision
         facts = member.facts
         owned = member.cache.owned(owner)
         if not placed and not owned:
@@ -796,13 +797,7 @@ class Controller:
                                  last_error=why if member.probe.reachable is False or member.kubeconfig_error else None)
         desired: list[dict[str, Any]] = []
         if placed:
-            if prerendered is not None:
-                rendered = prerendered
-            elif renderers is None:
-                rendered = render(ap, facts, self.hub_id, context)
-            else:  # keyed by id: every `ap` stays referenced by the reconcile while renderers lives
-                renderer = renderers.get(id(ap)) or renderers.setdefault(id(ap), Renderer(ap, self.hub_id, context))
-                rendered = renderer.render(facts)
+            rendered = prerendered if prerendered is not None else renderer.render(facts)
             if rendered.errors:
                 # Keep the last good objects in this cluster; report the problem.
                 return ClusterStatus(**base, state="Failed", objects=len(owned), vip=_vip(owned.values()),

@@ -45,7 +45,6 @@ from accesspoint.revisions import (
     RevisionHistory,
     RevisionRecord,
     record,
-    revision_hash,
     spec_of,
 )
 from accesspoint.rollout import (
@@ -241,9 +240,9 @@ class Rollouts:
         return found.model_copy(update={"limit": history_limit(ap)})
 
     async def record(self, ap: AccessPoint, history: RevisionHistory, keep: list[str],
-                     now: datetime) -> RevisionHistory:
+                     now: datetime, revision: str) -> RevisionHistory:
         uid = str(ap.metadata.get("uid", ""))
-        new, _ = record(history, ap.spec, now, keep=keep)
+        new, _ = record(history, ap.spec, now, keep=keep, revision=revision)
         if new.records == history.records and new.limit == history.limit:
             return history
         old = {(r.hash, r.number) for r in history.records}
@@ -287,33 +286,34 @@ class Rollouts:
         return new
 
     # -- the SpecSelector -------------------------------------------------------------------
-    def _seed(self, ap: AccessPoint, history: RevisionHistory) -> RolloutState:
+    def _seed(self, ap: AccessPoint, history: RevisionHistory, revision: str) -> RolloutState:
         status = ap.status
         if status is not None and status.rollout is not None:
             return status.rollout
         if status is not None and status.revision and history.by_hash(status.revision) is not None \
                 and any(c.revision == status.revision for c in status.clusters):
             return RolloutState(stable=status.revision)
-        if status is not None and status.revision and status.revision != revision_hash(ap.spec) \
+        if status is not None and status.revision and status.revision != revision \
                 and any(c.revision for c in status.clusters):
             log.warning("AccessPoint %s/%s: no rollout state and the revision its clusters carry (%s) is "
                         "not in the history: the current revision is treated as the first one",
                         ap.namespace, ap.name, status.revision)
         return RolloutState()
 
-    async def select(self, ap: AccessPoint, decision: PlacementDecision,
-                     members: Mapping[str, Member]) -> Mapping[str, AccessPoint]:
+    async def select(self, ap: AccessPoint, decision: PlacementDecision, members: Mapping[str, Member],
+                     revision: str) -> Mapping[str, AccessPoint]:
+        """The SpecSelector; `revision`: `ap`'s revision_hash."""
         uid = str(ap.metadata.get("uid", ""))
         lock = self.locks.setdefault(uid, asyncio.Lock())
         async with lock:
-            return await self._select(ap, decision, members, uid)
+            return await self._select(ap, decision, members, uid, revision)
 
     async def _select(self, ap: AccessPoint, decision: PlacementDecision, members: Mapping[str, Member],
-                      uid: str) -> Mapping[str, AccessPoint]:
+                      uid: str, revision: str) -> Mapping[str, AccessPoint]:
         key = f"{ap.namespace}/{ap.name}"
         now = datetime.now(UTC)
         history = await self.history(ap)
-        state = self.states.get(uid) or self._seed(ap, history)
+        state = self.states.get(uid) or self._seed(ap, history, revision)
         if ap.status is not None:
             self.health.seed(uid, ap.status.clusters)
         observed = self.seen.get(uid)
@@ -322,7 +322,7 @@ class Rollouts:
         annotations = ap.metadata.get("annotations") or {}
         inputs = RolloutInputs(
             access_point=ap.name,
-            revision=revision_hash(ap.spec),
+            revision=revision,
             spec=ap.spec.rollout,
             clusters=[members[n].facts for n in decision.names if n in members],
             observed=observed,
@@ -339,7 +339,7 @@ class Rollouts:
         entries = self.entries.get(uid) or {c.name: c for c in (ap.status.clusters if ap.status else [])}
         fqdn = ((ap.status.fqdn if ap.status else None) or "").split(",")[0]
         self.health.want_probes(ap, uid, actions.probes, entries, {n: m.facts for n, m in members.items()}, fqdn)
-        history = await self.record(ap, history, [s for s in (new.stable,) if s], now)
+        history = await self.record(ap, history, [s for s in (new.stable,) if s], now, revision)
         await self._act(ap, actions)
         if actions.requeue_after is not None:
             self._requeue(uid, key, actions.requeue_after.total_seconds())

@@ -64,6 +64,25 @@ def test_record_numbers_dedupes_and_is_idempotent() -> None:
     assert [r.number for r in h.records] == [2, 3]
 
 
+def test_record_given_the_revision_it_already_has_records_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The controller hashes a spec once per reconcile and hands the hash on; with it, an unchanged spec
+    is not dumped again, and every history comes out as without it."""
+    import accesspoint.revisions as revisions
+
+    histories = [RevisionHistory()]
+    for port, day in ((80, 0), (81, 1), (80, 2), (80, 3)):
+        h = histories[-1]
+        without = record(h, spec(port), T0 + timedelta(day))
+        given = record(h, spec(port), T0 + timedelta(day), revision=revision_hash(spec(port)))
+        assert given == without
+        histories.append(given[0])
+    known = revision_hash(spec(80))
+    dumped: list[AccessPointSpec] = []
+    monkeypatch.setattr(revisions, "revision_content", lambda s: dumped.append(s) or {})
+    h, _ = record(histories[-1], spec(80), T0 + timedelta(4), revision=known)
+    assert h == histories[-1] and dumped == []
+
+
 def test_history_is_bounded_but_keeps_the_stable_revision() -> None:
     h = RevisionHistory(limit=2)
     h, stable = record(h, spec(1), T0)
