@@ -11,6 +11,7 @@ Example queries (README "Metrics"):
   histogram_quantile(0.95, sum by (le) (rate(meshfed_reconcile_duration_seconds_bucket[5m])))
   sum by (cluster, verb) (rate(meshfed_member_writes_total[5m]))          member writes by verb and cluster
   meshfed_queue_depth                                                     keys waiting, per queue
+  meshfed_queue_longest_running_seconds > 300                             a reconcile that does not end
   min by (cluster) (meshfed_member_reachable) == 0                        unreachable members
   sum(meshfed_shards_held) != scalar(max(meshfed_shards_total))           shards nobody holds
   increase(meshfed_lease_transitions_total{transition="lost"}[15m]) > 0   replicas losing Leases
@@ -103,6 +104,8 @@ class _Callbacks(Collector):
 
     def __init__(self) -> None:
         self.queues: dict[str, Callable[[], int]] = {}
+        # per queue: (keys being handled, seconds the longest-running of them has run)
+        self.in_progress: dict[str, Callable[[], tuple[int, float]]] = {}
         self.reachability: Callable[[], Mapping[str, bool | None]] | None = None
         self.cache_objects: Callable[[], Mapping[str, int]] | None = None
         # /debug/caches: per member, objects cached, how many whole (not compared yet), bytes held.
@@ -116,6 +119,20 @@ class _Callbacks(Collector):
             except Exception:  # a queue being torn down: skip it
                 continue
         yield depth
+        active = GaugeMetricFamily("meshfed_queue_in_progress", "Keys a worker is handling now, per queue",
+                                   labels=["queue"])
+        longest = GaugeMetricFamily("meshfed_queue_longest_running_seconds", "How long the longest-running "
+                                    "handling of a key has run (0: none), per queue; client-go's "
+                                    "workqueue_longest_running_processor_seconds", labels=["queue"])
+        for name, running in sorted(self.in_progress.items()):
+            try:
+                count, seconds = running()
+            except Exception:  # a queue being torn down: skip it
+                continue
+            active.add_metric([name], float(count))
+            longest.add_metric([name], seconds)
+        yield active
+        yield longest
         reach = GaugeMetricFamily("meshfed_member_reachable", "1 when the member's API server answers its probe, "
                                   "0 when not (absent: not probed yet)", labels=["cluster"])
         if self.reachability is not None:

@@ -69,7 +69,7 @@ class WorkLoop:
         self._wakeup = asyncio.Event()
         # key -> (queued as urgent, since when at that level, what asked for it first)
         self._queued: dict[str, tuple[bool, float, str]] = {}
-        self._active: set[str] = set()
+        self._active: dict[str, float] = {}  # key being handled -> since when (time.monotonic)
         self._dirty: dict[str, tuple[bool, str]] = {}  # enqueued while active -> (urgent, first cause)
         self._retries: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -129,6 +129,15 @@ class WorkLoop:
     def pending(self) -> int:
         return len(self._queued)
 
+    def in_progress(self) -> tuple[int, float]:
+        """Keys being handled now, and for how many seconds the longest-running one has been (0 with
+        none): a handler that never returns swallows every later ask for its key (they only mark it
+        dirty), so it shows here rather than in the reconcile counts (client-go's workqueue
+        unfinished_work / longest_running_processor_seconds)."""
+        if not self._active:
+            return 0, 0.0
+        return len(self._active), time.monotonic() - min(self._active.values())
+
     def is_queued(self, key: str) -> bool:
         return key in self._queued
 
@@ -141,6 +150,7 @@ class WorkLoop:
     def start(self, workers: int) -> list[asyncio.Task[None]]:
         """Start the workers (and report the queue depth as meshfed_queue_depth{queue=name})."""
         metrics.callbacks.queues[self.name] = lambda: self.pending
+        metrics.callbacks.in_progress[self.name] = self.in_progress
         new = [asyncio.create_task(self._worker(), name=f"{self.name}-worker-{i}") for i in range(workers)]
         self._tasks.extend(new)
         return new
@@ -186,10 +196,9 @@ class WorkLoop:
             # with its renewal late (tried again after a retry period).
             self.fencing.retry_when_renewed(lease, functools.partial(self.enqueue, key, urgent=False, cause="fenced"))
             return
-        self._active.add(key)
+        started = self._active[key] = time.monotonic()
         kind = self.kind_of(key)
         metrics.reconcile_causes.labels(kind=kind, cause=cause).inc()
-        started = time.monotonic()
         try:
             with shards.working_on(self.fencing.shards, lease):
                 await self.handle(key)
@@ -208,7 +217,7 @@ class WorkLoop:
         finally:
             metrics.reconciles.labels(kind=kind).inc()
             metrics.reconcile_duration.labels(kind=kind).observe(time.monotonic() - started)
-            self._active.discard(key)
+            self._active.pop(key, None)
             dirty = self._dirty.pop(key, None)
             if dirty is not None:
                 self.enqueue(key, urgent=dirty[0], cause=dirty[1])

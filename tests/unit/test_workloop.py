@@ -239,6 +239,7 @@ async def test_work_runs_only_under_a_held_lease() -> None:
 def _no_queue_callback_left() -> object:
     yield
     metrics.callbacks.queues.pop("test", None)
+    metrics.callbacks.in_progress.pop("test", None)
 
 
 def _causes(kind: str) -> dict[str, float]:
@@ -290,3 +291,38 @@ async def test_each_reconcile_is_counted_under_the_cause_that_queued_it() -> Non
     assert _causes("causekind") == {"hub-object": 1, "member-object": 1, "resync": 1, "timer": 1, "retry": 1,
                                     "fenced": 1}
     await wl.stop()
+
+
+def _in_progress(queue: str) -> tuple[float, float]:
+    samples = {(s.name, s.labels.get("queue")): s.value for m in metrics.callbacks.collect() for s in m.samples}
+    return (samples.get(("meshfed_queue_in_progress", queue), -1.0),
+            samples.get(("meshfed_queue_longest_running_seconds", queue), -1.0))
+
+
+async def test_a_handling_that_does_not_end_shows_in_the_longest_running_gauge() -> None:
+    """An ask for a key whose handling never ends only marks it dirty: nothing is counted, so only the
+    in-progress gauges can show it (client-go's longest_running_processor_seconds)."""
+    gate = asyncio.Event()
+
+    async def handle(key: str) -> None:
+        await gate.wait()
+
+    wl = make(handle)
+    try:
+        assert wl.in_progress() == (0, 0.0)
+        wl.enqueue("stuck")
+        wl.start(1)
+        await asyncio.sleep(0.3)
+        wl.enqueue("stuck", urgent=False, cause="member-upsert")  # swallowed: marked dirty, not queued
+        assert not wl.is_queued("stuck")
+        count, seconds = _in_progress("test")
+        assert count == 1 and seconds >= 0.25
+        gate.set()
+        for _ in range(200):  # the dirty key runs once more, then nothing is in progress
+            if wl.in_progress() == (0, 0.0) and not wl.is_queued("stuck"):
+                break
+            await asyncio.sleep(0.01)
+        assert _in_progress("test") == (0.0, 0.0)
+    finally:
+        await wl.stop()
+        metrics.callbacks.in_progress.pop("test", None)
