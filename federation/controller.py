@@ -666,8 +666,7 @@ class Controller:
                 if m.name not in placed or not m.usable:
                     continue
                 carried = specs.get(m.name, ap)
-                renderer = renderers.get(id(carried)) or renderers.setdefault(
-                    id(carried), Renderer(carried, self.hub_id, context))
+                renderer = self._renderer(renderers, carried, context)
                 rendered = prerendered[m.name] = renderer.render(m.facts)
                 if not rendered.errors:
                     for check in self.rendered_validators:
@@ -776,13 +775,20 @@ class Controller:
         why = f"not answering since {since_text}: {member.not_answering_why}" if not member.answering else None
         return held_entry(base, answering=member.answering, pending=pending, since=rfc3339(since), why=why)
 
+    def _renderer(self, renderers: dict[int, Renderer], ap: AccessPoint, context: RenderContext) -> Renderer:
+        """The reconcile's Renderer of `ap` (one per AccessPoint revision a cluster carries), built on first use."""
+        found = renderers.get(id(ap))
+        if found is None:
+            found = renderers[id(ap)] = Renderer(ap, self.hub_id, context)
+        return found
+
     def _member_work(self, ap: AccessPoint, owner: Owner, member: Member, placed: bool, context: RenderContext,
                      renderers: dict[int, Renderer],
                      prerendered: Rendered | None = None) -> MemberWork | ClusterStatus | None:
         """What one member should get for `ap` (the revision this cluster carries): its rendered objects and
         the plan against what it holds (a MemberWork), or its entry when nothing can be planned. `renderers`:
         the reconcile's Renderer per AccessPoint revision (its spec hash and compiled template, once)."""
-        renderer = renderers.get(id(ap)) or renderers.setdefault(id(ap), Renderer(ap, self.hub_id, context))
+        renderer = self._renderer(renderers, ap, context)
         revision = renderer.revision
         facts = member.facts
         owned = member.cache.owned(owner)
